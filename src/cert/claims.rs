@@ -1,0 +1,208 @@
+//! Certificate v1 claims. Unknown members are refused everywhere: a member the broker does not
+//! understand may be a restriction the signer meant, and ignoring it would widen the grant.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Claims {
+    pub iss: String,
+    pub sub: String,
+    pub jti: String,
+    pub iat: i64,
+    pub nbf: i64,
+    pub exp: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cnf: Option<Confirmation>,
+    pub seb: SebClaims,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Confirmation {
+    /// base64url SHA-256 of the agent's client certificate DER (RFC 8705).
+    #[serde(rename = "x5t#S256")]
+    pub x5t_s256: String,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum TargetKind {
+    Aws,
+    Kubernetes,
+    Http,
+}
+
+impl TargetKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TargetKind::Aws => "aws",
+            TargetKind::Kubernetes => "kubernetes",
+            TargetKind::Http => "http",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SebClaims {
+    pub v: u32,
+    pub action: String,
+    pub policy: String,
+    pub policy_epoch: u64,
+    pub revocation_epoch: u64,
+    #[serde(default = "one")]
+    pub max_uses: u32,
+    pub target: TargetKind,
+    /// Target-specific; each target parses it into its own typed contract.
+    pub request: Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<BodyRule>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precondition: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<Value>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// What the request body may be. A certificate without `body` admits only an empty body.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(untagged)]
+pub enum BodyRule {
+    Sha256(Sha256Rule),
+    Constraints(ConstraintsRule),
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Sha256Rule {
+    pub sha256: String,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ConstraintsRule {
+    pub constraints: serde_json::Map<String, Value>,
+    pub others: Others,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Others {
+    Deny,
+    Allow,
+}
+
+/// Highest `max_uses` a certificate may ask for; a certificate is a permission for one change,
+/// not a session.
+pub const MAX_USES_LIMIT: u32 = 1000;
+
+impl Claims {
+    /// Parses and checks what a well-formed v1 payload must satisfy on its own.
+    pub fn from_payload(payload: Value) -> Result<Claims, String> {
+        let claims: Claims = serde_path_to_error::deserialize(payload).map_err(|e| {
+            let path = e.path().to_string();
+            if path == "." {
+                format!("payload: {}", e.inner())
+            } else {
+                format!("payload {path}: {}", e.inner())
+            }
+        })?;
+        if claims.seb.v != 1 {
+            return Err(format!(
+                "seb.v is {}, this broker reads version 1",
+                claims.seb.v
+            ));
+        }
+        if claims.jti.is_empty() || claims.jti.len() > 128 {
+            return Err("jti must be 1 to 128 characters".into());
+        }
+        if claims.sub.is_empty() || claims.iss.is_empty() {
+            return Err("iss and sub must not be empty".into());
+        }
+        if claims.exp <= claims.nbf {
+            return Err(format!(
+                "exp {} is not after nbf {}",
+                claims.exp, claims.nbf
+            ));
+        }
+        if claims.seb.max_uses == 0 || claims.seb.max_uses > MAX_USES_LIMIT {
+            return Err(format!("seb.max_uses must be 1 to {MAX_USES_LIMIT}"));
+        }
+        if let Some(BodyRule::Sha256(Sha256Rule { sha256 })) = &claims.seb.body {
+            if sha256.len() != 64
+                || !sha256
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            {
+                return Err("seb.body.sha256 must be 64 lowercase hex digits".into());
+            }
+        }
+        if let Some(ev) = &claims.seb.evidence {
+            if !ev.is_object() {
+                return Err("seb.evidence must be an object".into());
+            }
+        }
+        Ok(claims)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    pub fn sample() -> Value {
+        json!({
+            "iss": "signer", "sub": "agent:a", "jti": "c1", "iat": 100, "nbf": 100, "exp": 400,
+            "seb": {"v": 1, "action": "deploy", "policy": "p", "policy_epoch": 1, "revocation_epoch": 1,
+                    "target": "http", "request": {"upstream": "u", "method": "POST", "path": "/x"},
+                    "body": {"constraints": {"/a": {"eq": 1}}, "others": "deny"}}
+        })
+    }
+
+    #[test]
+    fn parses_v1_and_defaults_max_uses() {
+        let c = Claims::from_payload(sample()).unwrap();
+        assert_eq!(c.seb.max_uses, 1);
+        assert!(matches!(&c.seb.body, Some(BodyRule::Constraints(r)) if r.others == Others::Deny));
+    }
+
+    #[test]
+    fn refuses_unknown_members_and_bad_values() {
+        let mut v = sample();
+        v["aud"] = json!("x");
+        assert!(Claims::from_payload(v).is_err());
+        let mut v = sample();
+        v["seb"]["scope"] = json!("*");
+        assert!(Claims::from_payload(v).unwrap_err().contains("scope"));
+        let mut v = sample();
+        v["seb"]["v"] = json!(2);
+        assert!(Claims::from_payload(v).is_err());
+        let mut v = sample();
+        v["exp"] = json!(100);
+        assert!(Claims::from_payload(v).is_err());
+        let mut v = sample();
+        v["exp"] = json!(400.5);
+        assert!(Claims::from_payload(v).is_err());
+        let mut v = sample();
+        v["seb"]["max_uses"] = json!(0);
+        assert!(Claims::from_payload(v).is_err());
+        let mut v = sample();
+        v["seb"]["body"] = json!({"sha256": "ABC"});
+        assert!(Claims::from_payload(v).is_err());
+        let mut v = sample();
+        v["seb"]["body"] = json!({"constraints": {}, "others": "maybe"});
+        assert!(Claims::from_payload(v).is_err());
+        let mut v = sample();
+        v["seb"]["body"] = json!({"sha256": "0".repeat(64), "constraints": {}});
+        assert!(Claims::from_payload(v).is_err());
+        let mut v = sample();
+        v["seb"]["target"] = json!("ftp");
+        assert!(Claims::from_payload(v).is_err());
+    }
+}

@@ -1,0 +1,429 @@
+//! Does the request's body match what the certificate allows?
+//!
+//! Two forms (certificate v1 `seb.body`): an exact SHA-256 of the bytes, or constraints on
+//! JSON fields by pointer with `others` saying whether unnamed fields may appear. Targets turn
+//! their requests into a JSON value (a JSON body as is; AWS query parameters as a flat object)
+//! and call [`check_constraints`].
+
+use crate::cert::claims::{BodyRule, ConstraintsRule, Others, Sha256Rule};
+use crate::denial::{Denial, Reason};
+use serde_json::Value;
+
+fn mismatch(msg: impl Into<String>) -> Denial {
+    Denial::new(Reason::ContractMismatch, msg)
+}
+
+/// The body as received, before any interpretation.
+pub struct BodyView<'a> {
+    pub bytes: &'a [u8],
+    pub sha256_hex: &'a str,
+    pub content_type: Option<&'a str>,
+    pub content_encoding: Option<&'a str>,
+}
+
+/// Checks a body against the certificate's rule. Without a rule only an empty body passes.
+pub fn check_body(rule: Option<&BodyRule>, body: &BodyView) -> Result<(), Denial> {
+    match rule {
+        None if body.bytes.is_empty() => Ok(()),
+        None => Err(mismatch(format!(
+            "the certificate allows no request body, and this request has {} bytes",
+            body.bytes.len()
+        ))),
+        Some(BodyRule::Sha256(Sha256Rule { sha256 })) => {
+            if sha256 == body.sha256_hex {
+                Ok(())
+            } else {
+                Err(mismatch(format!(
+                    "body sha256 is {}, the certificate allows {sha256}",
+                    body.sha256_hex
+                )))
+            }
+        }
+        Some(BodyRule::Constraints(rule)) => {
+            let value = json_body(body)?;
+            check_constraints(rule, &value)
+        }
+    }
+}
+
+/// Reads the body as strict JSON when its fields are to be checked. Whatever the upstream would
+/// read differently from us is refused: encodings we did not decode, a media type that says it
+/// is something else, duplicate keys.
+pub fn json_body(body: &BodyView) -> Result<Value, Denial> {
+    if let Some(enc) = body.content_encoding {
+        if !enc.trim().eq_ignore_ascii_case("identity") {
+            return Err(Denial::new(
+                Reason::RequestMalformed,
+                format!("Content-Encoding {enc:?} is not decoded by the broker; send the body uncompressed"),
+            ));
+        }
+    }
+    match body.content_type {
+        Some(ct) if is_json_media_type(ct) => {}
+        Some(ct) => {
+            return Err(Denial::new(
+                Reason::RequestMalformed,
+                format!("Content-Type {ct:?} is not JSON, and the certificate constrains the body's JSON fields"),
+            ))
+        }
+        None => {
+            return Err(Denial::new(
+                Reason::RequestMalformed,
+                "no Content-Type; the certificate constrains JSON fields, so send application/json",
+            ))
+        }
+    }
+    crate::json::parse_strict(body.bytes).map_err(|e| {
+        Denial::new(
+            Reason::RequestMalformed,
+            format!("body is not valid JSON: {e}"),
+        )
+    })
+}
+
+pub fn is_json_media_type(ct: &str) -> bool {
+    let essence = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let Some((kind, sub)) = essence.split_once('/') else {
+        return false;
+    };
+    kind == "application" && (sub == "json" || sub.ends_with("+json"))
+}
+
+/// One constraint on the values a pointer selects.
+#[derive(Debug, PartialEq)]
+enum Constraint<'a> {
+    Eq(&'a Value),
+    In(&'a [Value]),
+    Min(f64),
+    Max(f64),
+    Prefix(&'a str),
+    Present,
+}
+
+fn parse_constraint<'a>(pointer: &str, c: &'a Value) -> Result<Constraint<'a>, Denial> {
+    let bad = |what: &str| {
+        Denial::new(
+            Reason::CertMalformed,
+            format!("constraint on {pointer}: {what}"),
+        )
+    };
+    let obj = c
+        .as_object()
+        .ok_or_else(|| bad("must be an object such as {\"eq\": V}"))?;
+    if obj.len() != 1 {
+        return Err(bad(
+            "must have exactly one of eq, in, min, max, prefix, present",
+        ));
+    }
+    let (k, v) = obj.iter().next().expect("one member");
+    Ok(match k.as_str() {
+        "eq" => Constraint::Eq(v),
+        "in" => Constraint::In(v.as_array().ok_or_else(|| bad("in takes an array"))?),
+        "min" => Constraint::Min(v.as_f64().ok_or_else(|| bad("min takes a number"))?),
+        "max" => Constraint::Max(v.as_f64().ok_or_else(|| bad("max takes a number"))?),
+        "prefix" => Constraint::Prefix(v.as_str().ok_or_else(|| bad("prefix takes a string"))?),
+        "present" if v == &Value::Bool(true) => Constraint::Present,
+        "present" => return Err(bad("present takes only true")),
+        other => return Err(bad(&format!("unknown constraint {other:?}"))),
+    })
+}
+
+/// Numbers given as strings compare as numbers (AWS query parameters are all strings).
+fn as_number(v: &Value) -> Option<f64> {
+    match v {
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) => {
+            let s = s.trim();
+            // "0x10", "inf", "NaN" parse in some readers and not others; only plain decimals count.
+            if s.is_empty()
+                || !s
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || b"+-.eE".contains(&b))
+            {
+                return None;
+            }
+            s.parse::<f64>().ok().filter(|f| f.is_finite())
+        }
+        _ => None,
+    }
+}
+
+fn values_equal(expected: &Value, actual: &Value) -> bool {
+    if expected == actual {
+        return true;
+    }
+    match (expected, actual) {
+        (Value::Number(_), Value::String(_)) | (Value::String(_), Value::Number(_)) => {
+            matches!((as_number(expected), as_number(actual)), (Some(a), Some(b)) if a == b)
+        }
+        _ => false,
+    }
+}
+
+impl Constraint<'_> {
+    fn holds(&self, actual: &Value) -> bool {
+        match self {
+            Constraint::Eq(v) => values_equal(v, actual),
+            Constraint::In(vs) => vs.iter().any(|v| values_equal(v, actual)),
+            Constraint::Min(n) => as_number(actual).is_some_and(|a| a >= *n),
+            Constraint::Max(n) => as_number(actual).is_some_and(|a| a <= *n),
+            Constraint::Prefix(p) => actual.as_str().is_some_and(|s| s.starts_with(p)),
+            Constraint::Present => true,
+        }
+    }
+}
+
+fn describe(v: &Value) -> String {
+    let s = v.to_string();
+    if s.len() > 80 {
+        format!(
+            "{}…",
+            &s[..s
+                .char_indices()
+                .take_while(|(i, _)| *i < 80)
+                .last()
+                .map(|(i, c)| i + c.len_utf8())
+                .unwrap_or(0)]
+        )
+    } else {
+        s
+    }
+}
+
+/// Every named pointer must exist and satisfy its constraint; with `others: deny`, every leaf
+/// of the value must lie at or under a named pointer.
+pub fn check_constraints(rule: &ConstraintsRule, value: &Value) -> Result<(), Denial> {
+    let mut covered: Vec<Vec<&str>> = Vec::with_capacity(rule.constraints.len());
+    for (pointer, c) in &rule.constraints {
+        let constraint = parse_constraint(pointer, c)?;
+        let matches = crate::json::pointer_matches(value, pointer)
+            .map_err(|e| Denial::new(Reason::CertMalformed, e))?;
+        if matches.is_empty() {
+            return Err(mismatch(format!(
+                "{pointer} is required by the certificate and absent from the request"
+            )));
+        }
+        for (at, actual) in matches {
+            if !constraint.holds(actual) {
+                return Err(mismatch(format!(
+                    "{at} is {}, the certificate allows {}",
+                    describe(actual),
+                    describe(c)
+                )));
+            }
+        }
+        covered.push(segments(pointer));
+    }
+    if rule.others == Others::Deny {
+        for leaf in crate::json::leaves(value) {
+            let leaf_segs = segments(&leaf);
+            let allowed = covered.iter().any(|c| {
+                c.len() <= leaf_segs.len()
+                    && c.iter()
+                        .zip(&leaf_segs)
+                        .all(|(c, l)| *c == *l || (*c == "*" && is_index(l)))
+            });
+            if !allowed {
+                let shown = if leaf.is_empty() {
+                    "the body".to_string()
+                } else {
+                    leaf
+                };
+                return Err(mismatch(format!(
+                    "{shown} is not named by the certificate, which denies other fields"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn segments(pointer: &str) -> Vec<&str> {
+    if pointer.is_empty() {
+        Vec::new()
+    } else {
+        pointer[1..].split('/').collect()
+    }
+}
+
+fn is_index(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn rule(v: Value) -> ConstraintsRule {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn check(r: Value, body: Value) -> Result<(), Denial> {
+        check_constraints(&rule(r), &body)
+    }
+
+    #[test]
+    fn each_constraint_accepts_and_refuses() {
+        let r = json!({"constraints": {"/n": {"eq": 3}}, "others": "deny"});
+        assert!(check(r.clone(), json!({"n": 3})).is_ok());
+        assert!(
+            check(r.clone(), json!({"n": "3"})).is_ok(),
+            "numbers as strings compare as numbers"
+        );
+        assert!(check(r.clone(), json!({"n": 4})).is_err());
+        assert!(check(r, json!({"n": "3x"})).is_err());
+        let r = json!({"constraints": {"/s": {"in": ["a", "b"]}}, "others": "deny"});
+        assert!(check(r.clone(), json!({"s": "b"})).is_ok());
+        assert!(check(r, json!({"s": "c"})).is_err());
+        let r = json!({"constraints": {"/n": {"min": 1}, "/m": {"max": 5}}, "others": "deny"});
+        assert!(check(r.clone(), json!({"n": 1, "m": "5"})).is_ok());
+        assert!(check(r.clone(), json!({"n": 0, "m": 5})).is_err());
+        assert!(check(r.clone(), json!({"n": 1, "m": 5.5})).is_err());
+        assert!(check(r, json!({"n": "NaN", "m": 1})).is_err());
+        let r = json!({"constraints": {"/img": {"prefix": "registry.local/"}}, "others": "deny"});
+        assert!(check(r.clone(), json!({"img": "registry.local/app:1"})).is_ok());
+        assert!(check(r, json!({"img": "evil.io/registry.local/"})).is_err());
+        let r = json!({"constraints": {"/p": {"present": true}}, "others": "deny"});
+        assert!(check(r.clone(), json!({"p": {"any": ["thing"]}})).is_ok());
+        assert!(check(r, json!({})).is_err());
+    }
+
+    #[test]
+    fn others_deny_refuses_unnamed_fields_and_allow_permits_them() {
+        let deny = json!({"constraints": {"/spec/replicas": {"eq": 3}}, "others": "deny"});
+        assert!(check(deny.clone(), json!({"spec": {"replicas": 3}})).is_ok());
+        let e = check(
+            deny.clone(),
+            json!({"spec": {"replicas": 3, "paused": true}}),
+        )
+        .unwrap_err();
+        assert!(e.message.contains("/spec/paused"), "{}", e.message);
+        assert!(
+            check(deny, json!({"spec": {"replicas": 3}, "x": {}})).is_err(),
+            "empty objects are fields too"
+        );
+        let allow = json!({"constraints": {"/spec/replicas": {"eq": 3}}, "others": "allow"});
+        assert!(check(allow, json!({"spec": {"replicas": 3, "paused": true}})).is_ok());
+    }
+
+    #[test]
+    fn wildcards_cover_every_index() {
+        let r = json!({"constraints": {"/c/*/image": {"prefix": "ok/"}, "/c/*/name": {"present": true}}, "others": "deny"});
+        assert!(check(
+            r.clone(),
+            json!({"c": [{"name": "a", "image": "ok/1"}, {"name": "b", "image": "ok/2"}]})
+        )
+        .is_ok());
+        assert!(check(
+            r.clone(),
+            json!({"c": [{"name": "a", "image": "ok/1"}, {"name": "b", "image": "bad/2"}]})
+        )
+        .is_err());
+        let e = check(
+            r,
+            json!({"c": [{"name": "a", "image": "ok/1", "privileged": true}]}),
+        )
+        .unwrap_err();
+        assert!(e.message.contains("/c/0/privileged"));
+    }
+
+    #[test]
+    fn pointer_segments_are_not_prefix_strings() {
+        // "/spec/rep" must not cover "/spec/replicas".
+        let r = json!({"constraints": {"/spec/rep": {"present": true}}, "others": "deny"});
+        assert!(check(r, json!({"spec": {"rep": 1, "replicas": 9}})).is_err());
+        // An escaped "/" in a key is not a path separator.
+        let r = json!({"constraints": {"/a~1b": {"eq": 1}}, "others": "deny"});
+        assert!(check(r.clone(), json!({"a/b": 1})).is_ok());
+        assert!(check(r, json!({"a": {"b": 1}})).is_err());
+    }
+
+    #[test]
+    fn bad_constraints_are_the_certificates_fault() {
+        for c in [
+            json!({"eq": 1, "min": 0}),
+            json!({"regex": ".*"}),
+            json!({"present": false}),
+            json!("x"),
+        ] {
+            let e = check(
+                json!({"constraints": {"/a": c}, "others": "deny"}),
+                json!({"a": 1}),
+            )
+            .unwrap_err();
+            assert_eq!(e.reason, Reason::CertMalformed);
+        }
+    }
+
+    fn view<'a>(
+        bytes: &'a [u8],
+        sha: &'a str,
+        ct: Option<&'a str>,
+        enc: Option<&'a str>,
+    ) -> BodyView<'a> {
+        BodyView {
+            bytes,
+            sha256_hex: sha,
+            content_type: ct,
+            content_encoding: enc,
+        }
+    }
+
+    #[test]
+    fn body_forms() {
+        let r: BodyRule =
+            serde_json::from_value(json!({"constraints": {"/a": {"eq": 1}}, "others": "deny"}))
+                .unwrap();
+        let ok = view(
+            br#"{"a":1}"#,
+            "",
+            Some("application/json; charset=utf-8"),
+            None,
+        );
+        assert!(check_body(Some(&r), &ok).is_ok());
+        let dup = view(br#"{"a":1,"a":2}"#, "", Some("application/json"), None);
+        assert_eq!(
+            check_body(Some(&r), &dup).unwrap_err().reason,
+            Reason::RequestMalformed
+        );
+        let gz = view(br#"{"a":1}"#, "", Some("application/json"), Some("gzip"));
+        assert_eq!(
+            check_body(Some(&r), &gz).unwrap_err().reason,
+            Reason::RequestMalformed
+        );
+        let form = view(
+            br#"{"a":1}"#,
+            "",
+            Some("application/x-www-form-urlencoded"),
+            None,
+        );
+        assert_eq!(
+            check_body(Some(&r), &form).unwrap_err().reason,
+            Reason::RequestMalformed
+        );
+        let notjson = view(b"a=1", "", Some("application/json"), None);
+        assert!(check_body(Some(&r), &notjson).is_err());
+        let sha = "ab".repeat(32);
+        let r: BodyRule = serde_json::from_value(json!({"sha256": sha})).unwrap();
+        assert!(check_body(Some(&r), &view(b"x", &sha, None, Some("gzip"))).is_ok());
+        assert!(check_body(Some(&r), &view(b"x", &"cd".repeat(32), None, None)).is_err());
+        assert!(check_body(None, &view(b"", "", None, None)).is_ok());
+        assert!(check_body(None, &view(b"{}", "", None, None)).is_err());
+    }
+
+    #[test]
+    fn json_media_types() {
+        assert!(is_json_media_type("application/json"));
+        assert!(is_json_media_type(
+            "Application/merge-patch+json; charset=utf-8"
+        ));
+        assert!(!is_json_media_type("text/json"));
+        assert!(!is_json_media_type("application/jsonx"));
+    }
+}

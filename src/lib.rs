@@ -1,0 +1,14 @@
+//! seb, the Sovereign Execution Broker. See README.md "How it works" for the request path.
+#![forbid(unsafe_code)]
+
+pub mod admission;
+pub mod audit;
+pub mod cert;
+pub mod config;
+pub mod contract;
+pub mod denial;
+pub mod fsutil;
+pub mod json;
+pub mod proxy;
+pub mod state;
+pub mod targets;

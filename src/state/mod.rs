@@ -1,0 +1,37 @@
+//! Replay and use-count state. Admission asks one question of it, atomically: "may this
+//! certificate be used once more?". A single broker answers from memory; replicas share an
+//! implementation backed by a replicated store, so a certificate's uses are counted once
+//! across all of them.
+
+pub mod memory;
+
+use std::future::Future;
+use std::pin::Pin;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UseOutcome {
+    /// Admitted as use number `n` (1-based) of `max`.
+    Admitted { n: u32, max: u32 },
+    /// All `max` uses were already taken.
+    Exhausted { max: u32 },
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("replay state unavailable: {0}")]
+pub struct StateError(pub String);
+
+pub type StateFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<UseOutcome, StateError>> + Send + 'a>>;
+
+pub trait UseStore: Send + Sync + 'static {
+    /// Takes one use of certificate `jti` (issued by key `kid`) if fewer than `max_uses` were
+    /// taken. The record must live at least until `exp` (seconds since the epoch): after that
+    /// the certificate is refused as expired, so forgetting it is safe.
+    fn take_use<'a>(
+        &'a self,
+        kid: &'a str,
+        jti: &'a str,
+        max_uses: u32,
+        exp: i64,
+    ) -> StateFuture<'a>;
+}
