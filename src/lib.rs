@@ -12,3 +12,4 @@ pub mod json;
 pub mod proxy;
 pub mod state;
 pub mod targets;
+pub mod tls;
