@@ -7,6 +7,7 @@ pub mod cert;
 pub mod config;
 pub mod contract;
 pub mod denial;
+pub mod devcerts;
 pub mod fsutil;
 pub mod json;
 pub mod proxy;
