@@ -4,11 +4,14 @@
 //! the log cannot be written the request is refused with `audit_unavailable`, and admission
 //! resumes by itself once writing works again. The line format is specified in [`record`].
 
+pub mod cli;
+pub mod query;
 pub mod record;
 mod recover;
 pub mod verify;
 mod writer;
 
+pub use query::{query_logs, Filter};
 pub use record::{Durability, Entry, Kind, Verdict};
 pub use verify::{verify_logs, VerifyFailure, VerifyReport};
 
