@@ -308,4 +308,42 @@ mod tests {
         assert_eq!(col(lines[0], "REQUEST"), col(lines[2], "GET /"));
         assert!(lines[1].contains("expired") && lines[2].ends_with("200"));
     }
+
+    #[tokio::test]
+    async fn run_verify_exit_codes() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = crate::cert::keys::generate();
+        let (_, public) =
+            crate::cert::keys::write_keypair(&dir.path().join("broker"), &key).unwrap();
+        let log = dir.path().join("audit.jsonl");
+        let settings = crate::audit::AuditSettings {
+            path: Some(log.clone()),
+            durability: crate::audit::Durability::Flush,
+            rotate_bytes: None,
+            stdout: false,
+            broker_id: "b".into(),
+        };
+        let audit = crate::audit::Audit::start(settings, key).unwrap();
+        let e = crate::audit::record::tests::entry(Kind::Decision, Verdict::Deny);
+        audit.record(e).await.unwrap();
+        let code = |c: ExitCode| format!("{c:?}");
+        let args = VerifyArgs {
+            key: public.clone(),
+            logs: vec![log.clone()],
+        };
+        assert_eq!(code(run_verify(&args)), code(ExitCode::SUCCESS));
+        let q = Q::try_parse_from(["q", log.to_str().unwrap(), "--format", "table"]).unwrap();
+        assert_eq!(code(run_query(&q.q)), code(ExitCode::SUCCESS));
+
+        let tampered = std::fs::read_to_string(&log)
+            .unwrap()
+            .replace("agent-7", "agent-8");
+        std::fs::write(&log, tampered).unwrap();
+        assert_eq!(code(run_verify(&args)), code(ExitCode::from(1)));
+        let no_key = VerifyArgs {
+            key: dir.path().join("missing.pub"),
+            logs: vec![log],
+        };
+        assert_eq!(code(run_verify(&no_key)), code(ExitCode::from(2)));
+    }
 }
