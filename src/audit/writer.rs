@@ -254,7 +254,12 @@ impl Writer {
     }
 
     fn reopen(&mut self, path: &Path) -> std::io::Result<()> {
+        let created = !path.exists();
         let mut file = (self.opener)(path)?;
+        if created {
+            // fdatasync on the file does not make its directory entry durable.
+            std::fs::File::open(parent_dir(path))?.sync_all()?;
+        }
         let size = file.size()?;
         if size > self.good_len {
             // Leftovers of a failed write that could not be truncated at the time.
@@ -281,10 +286,12 @@ impl Writer {
         dest.push(format!(".{n}"));
         std::fs::rename(path, &dest)?;
         self.good_len = 0;
-        let opened = self.reopen(path);
-        // One directory sync makes both the rename and the new file's entry durable.
-        std::fs::File::open(parent_dir(path))?.sync_all()?;
-        opened?;
+        // Creating the new file syncs the directory, which also makes the rename durable;
+        // if that failed, the rename still has to be.
+        if let Err(e) = self.reopen(path) {
+            std::fs::File::open(parent_dir(path))?.sync_all()?;
+            return Err(e);
+        }
         tracing::info!(archived = %PathBuf::from(dest).display(), "audit log rotated");
         Ok(())
     }
