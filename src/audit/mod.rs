@@ -1,1 +1,204 @@
-//! (in progress)
+//! The audit log: one signed, hash-chained JSON line per decision and outcome.
+//!
+//! A mutation is admitted only after its decision record is durable ([`Audit::record`]); if
+//! the log cannot be written the request is refused with `audit_unavailable`, and admission
+//! resumes by itself once writing works again. The line format is specified in [`record`].
+
+pub mod cli;
+pub mod query;
+pub mod record;
+mod recover;
+pub mod verify;
+mod writer;
+
+pub use query::{query_logs, Filter};
+pub use record::{Durability, Entry, Kind, Verdict};
+pub use verify::{verify_logs, VerifyFailure, VerifyReport};
+
+use record::{Payload, StartInfo, GENESIS};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use tokio::sync::{broadcast, mpsc, oneshot};
+use writer::{Job, Shared, Writer};
+
+/// Queue depth in front of the writer; durable callers wait for room, best-effort ones drop.
+const QUEUE: usize = 65_536;
+const TAIL_CAPACITY: usize = 1024;
+
+#[derive(Debug, Clone)]
+pub struct AuditSettings {
+    /// File sink (JSONL). None = no file: durable appends then fail closed unless `stdout`.
+    pub path: Option<PathBuf>,
+    pub durability: Durability,
+    /// Rotate when the active file would exceed this many bytes.
+    pub rotate_bytes: Option<u64>,
+    /// Also write each line to stdout.
+    pub stdout: bool,
+    pub broker_id: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("audit log unavailable: {0}")]
+pub struct AuditUnavailable(pub String);
+
+#[derive(Clone)]
+pub struct Audit {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    tx: mpsc::Sender<Job>,
+    lines: broadcast::Sender<Arc<str>>,
+    shared: Arc<Shared>,
+}
+
+impl Audit {
+    /// Opens the log: recovery (torn last line cut off, `outcome: unknown` for allowed
+    /// decisions left without an outcome), then a `start` record, all synced to disk before
+    /// this returns; then spawns the writer thread.
+    pub fn start(settings: AuditSettings, key: ed25519_dalek::SigningKey) -> anyhow::Result<Audit> {
+        Self::start_with(settings, key, writer::default_opener())
+    }
+
+    pub(crate) fn start_with(
+        settings: AuditSettings,
+        key: ed25519_dalek::SigningKey,
+        opener: writer::Opener,
+    ) -> anyhow::Result<Audit> {
+        let (recovered, good_len) = match &settings.path {
+            Some(p) => {
+                let r = recover::recover(p)?;
+                let len = match std::fs::metadata(p) {
+                    Ok(m) => m.len(),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+                    Err(e) => anyhow::bail!("{}: {e}", p.display()),
+                };
+                (r, len)
+            }
+            None => (
+                recover::Recovered {
+                    seq: 0,
+                    prev: GENESIS,
+                    dangling: Vec::new(),
+                },
+                0,
+            ),
+        };
+        let has_sink = settings.path.is_some() || settings.stdout;
+        let shared = Arc::new(Shared::default());
+        shared.writable.store(has_sink, Ordering::Relaxed);
+        let (lines, _) = broadcast::channel(TAIL_CAPACITY);
+        let key_id = crate::cert::keys::key_id(&key.verifying_key());
+        let mut writer = Writer {
+            path: settings.path.clone(),
+            durability: settings.durability,
+            rotate_bytes: settings.rotate_bytes,
+            stdout: settings.stdout,
+            broker: settings.broker_id.clone(),
+            key,
+            opener,
+            shared: shared.clone(),
+            lines: lines.clone(),
+            file: None,
+            good_len,
+            seq: recovered.seq,
+            prev: recovered.prev,
+            buf: Vec::new(),
+        };
+        if has_sink {
+            if !recovered.dangling.is_empty() {
+                tracing::warn!(
+                    count = recovered.dangling.len(),
+                    "recording outcome unknown for allowed requests the broker did not see finish"
+                );
+            }
+            let mut jobs: Vec<Job> = recovered
+                .dangling
+                .into_iter()
+                .map(|e| Job {
+                    payload: Payload::Entry(Box::new(e)),
+                    reply: None,
+                })
+                .collect();
+            jobs.push(Job {
+                payload: Payload::Start(StartInfo {
+                    durability: settings.durability,
+                    key_id,
+                }),
+                reply: None,
+            });
+            writer
+                .write_batch(&mut jobs, true)
+                .map_err(|e| anyhow::anyhow!("audit log: writing the start record: {e}"))?;
+        } else {
+            tracing::warn!("no audit sink configured: every audited request will be refused");
+        }
+        let (tx, rx) = mpsc::channel(QUEUE);
+        std::thread::Builder::new()
+            .name("seb-audit".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| anyhow::anyhow!("starting the audit writer thread: {e}"))?;
+        Ok(Audit {
+            inner: Arc::new(Inner { tx, lines, shared }),
+        })
+    }
+
+    /// Appends and waits until the record is durable per `durability`. Err => the caller
+    /// refuses the request with `audit_unavailable`.
+    pub async fn record(&self, entry: Entry) -> Result<u64, AuditUnavailable> {
+        let (reply, answer) = oneshot::channel();
+        let job = Job {
+            payload: Payload::Entry(Box::new(entry)),
+            reply: Some(reply),
+        };
+        let stopped = || AuditUnavailable("the audit writer has stopped".into());
+        self.inner.tx.send(job).await.map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+
+    /// Queues without waiting (read pass-throughs). Dropped, and counted, while the log is
+    /// failing or the queue is full: a read must not wait on the audit log.
+    pub fn record_best_effort(&self, entry: Entry) {
+        let shared = &self.inner.shared;
+        if !shared.writable.load(Ordering::Relaxed) {
+            shared.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let job = Job {
+            payload: Payload::Entry(Box::new(entry)),
+            reply: None,
+        };
+        if self.inner.tx.try_send(job).is_err() {
+            shared.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Live tail: every line written after subscribing (without its newline). A receiver
+    /// that falls more than 1024 lines behind loses lines rather than slowing the writer.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<str>> {
+        self.inner.lines.subscribe()
+    }
+
+    /// False while the last write or sync failed (for /readyz and metrics).
+    pub fn is_writable(&self) -> bool {
+        self.inner.shared.writable.load(Ordering::Relaxed)
+    }
+
+    pub fn dropped_best_effort(&self) -> u64 {
+        self.inner.shared.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Number of `fdatasync` calls so far (metrics; group commit makes this < records).
+    pub fn syncs(&self) -> u64 {
+        self.inner.shared.syncs.load(Ordering::Relaxed)
+    }
+
+    /// Number of write batches so far.
+    pub fn batches(&self) -> u64 {
+        self.inner.shared.batches.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests;

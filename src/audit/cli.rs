@@ -1,0 +1,349 @@
+//! `seb audit verify` and `seb audit query`: argument structs and runners for the main binary.
+
+use super::query::{query_lines, Filter};
+use super::record::{Kind, Verdict};
+use super::verify::verify_logs;
+use serde_json::Value;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct VerifyArgs {
+    /// The broker's public key (SPKI PEM).
+    #[arg(long)]
+    pub key: PathBuf,
+    /// Log files, oldest first (e.g. audit.jsonl.1 audit.jsonl.2 audit.jsonl): one chain.
+    #[arg(required = true, num_args = 1..)]
+    pub logs: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Format {
+    /// Matching lines exactly as stored.
+    #[default]
+    Jsonl,
+    /// Aligned columns for people.
+    Table,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct QueryArgs {
+    /// Log files, oldest first.
+    #[arg(required = true, num_args = 1..)]
+    pub logs: Vec<PathBuf>,
+    #[arg(long)]
+    pub sub: Option<String>,
+    #[arg(long)]
+    pub action: Option<String>,
+    #[arg(long)]
+    pub policy: Option<String>,
+    #[arg(long, value_enum)]
+    pub decision: Option<Verdict>,
+    /// Reason code, e.g. `expired`.
+    #[arg(long)]
+    pub reason: Option<String>,
+    #[arg(long)]
+    pub cert_id: Option<String>,
+    /// RFC 3339 time (inclusive), e.g. 2026-03-01T00:00:00Z.
+    #[arg(long)]
+    pub since: Option<String>,
+    /// RFC 3339 time (exclusive).
+    #[arg(long)]
+    pub until: Option<String>,
+    /// KEY=VALUE on the certificate's evidence; repeat to require several.
+    #[arg(long)]
+    pub evidence: Vec<String>,
+    #[arg(long, value_enum)]
+    pub kind: Option<Kind>,
+    #[arg(long, value_enum, default_value_t = Format::Jsonl)]
+    pub format: Format,
+}
+
+/// Exit 0 when every file verifies as one chain, 1 when verification fails, 2 when the key
+/// cannot be loaded.
+pub fn run_verify(args: &VerifyArgs) -> ExitCode {
+    let key = match crate::cert::keys::load_verifying_key(&args.key) {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("audit verify: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match verify_logs(&args.logs, &key) {
+        Ok(r) => {
+            let files = if r.files == 1 { "file" } else { "files" };
+            let range = match (r.first_seq, r.last_seq) {
+                (Some(a), Some(b)) => format!(" (seq {a}..{b})"),
+                _ => String::new(),
+            };
+            println!(
+                "verified {} records{range} in {} {files}: {} decisions, {} outcomes, {} starts",
+                r.records, r.files, r.decisions, r.outcomes, r.starts
+            );
+            if r.starts_mid_chain {
+                println!(
+                    "note: the first record continues an earlier chain (older files not given)"
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(f) => {
+            eprintln!("audit verify: {f}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Exit 0 on success (even with no matches), 2 on bad arguments or unreadable logs.
+pub fn run_query(args: &QueryArgs) -> ExitCode {
+    let filter = match filter_of(args) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("audit query: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let found = match query_lines(&args.logs, &filter) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("audit query: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    let written = match args.format {
+        Format::Jsonl => found
+            .iter()
+            .try_for_each(|(line, _)| writeln!(out, "{line}")),
+        Format::Table => {
+            let values: Vec<&Value> = found.iter().map(|(_, v)| v).collect();
+            out.write_all(table(&values).as_bytes())
+        }
+    };
+    // A closed pipe (`| head`) is not an error worth reporting.
+    match written.and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("audit query: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn filter_of(args: &QueryArgs) -> Result<Filter, String> {
+    let time = |s: &Option<String>, flag: &str| {
+        s.as_deref()
+            .map(|t| {
+                humantime::parse_rfc3339_weak(t)
+                    .map_err(|e| format!("--{flag} {t:?}: not an RFC 3339 time ({e})"))
+            })
+            .transpose()
+    };
+    let evidence = args
+        .evidence
+        .iter()
+        .map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .ok_or_else(|| format!("--evidence {kv:?}: expected KEY=VALUE"))
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(Filter {
+        sub: args.sub.clone(),
+        action: args.action.clone(),
+        policy: args.policy.clone(),
+        decision: args.decision,
+        reason: args.reason.clone(),
+        cert_id: args.cert_id.clone(),
+        since: time(&args.since, "since")?,
+        until: time(&args.until, "until")?,
+        evidence,
+        kind: args.kind,
+    })
+}
+
+const COLUMNS: [&str; 11] = [
+    "SEQ", "TS", "KIND", "DECISION", "REASON", "SUB", "ACTION", "POLICY", "CERT_ID", "REQUEST",
+    "STATUS",
+];
+
+fn table(records: &[&Value]) -> String {
+    let text = |v: Option<&Value>| match v {
+        None | Some(Value::Null) => "-".to_owned(),
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+    };
+    let rows: Vec<[String; 11]> = records
+        .iter()
+        .map(|v| {
+            let req = v.get("request");
+            let method = req.and_then(|r| r.get("method")).and_then(Value::as_str);
+            let path = req.and_then(|r| r.get("path")).and_then(Value::as_str);
+            let request = match (method, path) {
+                (Some(m), Some(p)) => format!("{m} {p}"),
+                (Some(x), None) | (None, Some(x)) => x.to_owned(),
+                (None, None) => "-".to_owned(),
+            };
+            [
+                text(v.get("seq")),
+                text(v.get("ts")),
+                text(v.get("kind")),
+                text(v.get("decision")),
+                text(v.get("reason").and_then(|r| r.get("code"))),
+                text(v.get("sub")),
+                text(v.get("action")),
+                text(v.get("policy")),
+                text(v.get("cert_id")),
+                request,
+                text(v.get("upstream_status")),
+            ]
+        })
+        .collect();
+    let mut widths = COLUMNS.map(|c| c.chars().count());
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut push_row = |cells: &mut dyn Iterator<Item = &str>| {
+        let mut line = String::new();
+        for (i, cell) in cells.enumerate() {
+            if i > 0 {
+                line.push_str("  ");
+            }
+            line.push_str(cell);
+            let pad = widths[i].saturating_sub(cell.chars().count());
+            line.extend(std::iter::repeat_n(' ', pad));
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    };
+    push_row(&mut COLUMNS.iter().copied());
+    for row in &rows {
+        push_row(&mut row.iter().map(String::as_str));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use serde_json::json;
+
+    #[derive(Parser)]
+    struct Q {
+        #[command(flatten)]
+        q: QueryArgs,
+    }
+
+    #[derive(Parser)]
+    struct V {
+        #[command(flatten)]
+        v: VerifyArgs,
+    }
+
+    #[test]
+    fn arguments_parse_into_a_filter() {
+        let q = Q::try_parse_from([
+            "q",
+            "a.1",
+            "a",
+            "--sub",
+            "s",
+            "--decision",
+            "deny",
+            "--evidence",
+            "ticket=OPS-1",
+            "--evidence",
+            "n=3",
+            "--since",
+            "2026-03-01T00:00:00Z",
+            "--kind",
+            "outcome",
+            "--format",
+            "table",
+            "--cert-id",
+            "c",
+        ])
+        .unwrap()
+        .q;
+        assert_eq!(q.logs.len(), 2);
+        assert_eq!(q.format, Format::Table);
+        let f = filter_of(&q).unwrap();
+        assert_eq!(f.decision, Some(Verdict::Deny));
+        assert_eq!(f.kind, Some(Kind::Outcome));
+        assert_eq!(f.evidence.len(), 2);
+        assert_eq!(f.cert_id.as_deref(), Some("c"));
+        assert!(f.since.is_some());
+
+        let mut bad = q.clone();
+        bad.evidence = vec!["novalue".into()];
+        assert!(filter_of(&bad).is_err());
+        bad.evidence.clear();
+        bad.until = Some("March".into());
+        assert!(filter_of(&bad).is_err());
+
+        assert!(V::try_parse_from(["v", "--key", "k.pub"]).is_err());
+        let v = V::try_parse_from(["v", "--key", "k.pub", "x"]).unwrap().v;
+        assert_eq!(v.logs, vec![PathBuf::from("x")]);
+    }
+
+    #[test]
+    fn table_aligns_columns() {
+        let a = json!({"seq": 1, "ts": "t", "kind": "decision", "decision": "deny",
+            "reason": {"code": "expired", "message": "m"}, "sub": "agent",
+            "request": {"method": "PUT", "path": "/bucket/key"}, "upstream_status": null});
+        let b = json!({"seq": 12, "ts": "t", "kind": "outcome", "decision": "allow",
+            "reason": null, "sub": "x", "request": {"method": "GET", "path": "/"},
+            "upstream_status": 200});
+        let t = table(&[&a, &b]);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 3);
+        let col = |l: &str, what: &str| l.find(what).unwrap();
+        assert_eq!(col(lines[0], "REQUEST"), col(lines[1], "PUT /bucket/key"));
+        assert_eq!(col(lines[0], "REQUEST"), col(lines[2], "GET /"));
+        assert!(lines[1].contains("expired") && lines[2].ends_with("200"));
+    }
+
+    #[tokio::test]
+    async fn run_verify_exit_codes() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = crate::cert::keys::generate();
+        let (_, public) =
+            crate::cert::keys::write_keypair(&dir.path().join("broker"), &key).unwrap();
+        let log = dir.path().join("audit.jsonl");
+        let settings = crate::audit::AuditSettings {
+            path: Some(log.clone()),
+            durability: crate::audit::Durability::Flush,
+            rotate_bytes: None,
+            stdout: false,
+            broker_id: "b".into(),
+        };
+        let audit = crate::audit::Audit::start(settings, key).unwrap();
+        let e = crate::audit::record::tests::entry(Kind::Decision, Verdict::Deny);
+        audit.record(e).await.unwrap();
+        let code = |c: ExitCode| format!("{c:?}");
+        let args = VerifyArgs {
+            key: public.clone(),
+            logs: vec![log.clone()],
+        };
+        assert_eq!(code(run_verify(&args)), code(ExitCode::SUCCESS));
+        let q = Q::try_parse_from(["q", log.to_str().unwrap(), "--format", "table"]).unwrap();
+        assert_eq!(code(run_query(&q.q)), code(ExitCode::SUCCESS));
+
+        let tampered = std::fs::read_to_string(&log)
+            .unwrap()
+            .replace("agent-7", "agent-8");
+        std::fs::write(&log, tampered).unwrap();
+        assert_eq!(code(run_verify(&args)), code(ExitCode::from(1)));
+        let no_key = VerifyArgs {
+            key: dir.path().join("missing.pub"),
+            logs: vec![log],
+        };
+        assert_eq!(code(run_verify(&no_key)), code(ExitCode::from(2)));
+    }
+}

@@ -1,0 +1,431 @@
+//! Audit record v1: the types the pipeline hands in and the exact bytes of one line.
+//!
+//! # Line format (other programs verify these logs; this is the contract)
+//!
+//! One JSON object per line, UTF-8, terminated by a single `\n`. Members appear in this
+//! order, every one of them always present (`null` where it does not apply):
+//!
+//! `seq`, `ts`, `broker`, `kind`, `cert_id`, `iss`, `sub`, `action`, `policy`, `evidence`,
+//! `target`, `request`, `body_sha256`, `decision`, `reason`, `identity`, `upstream_status`,
+//! `duration_ms`, then the extensions for the kind, then `prev`, then `sig`:
+//!
+//! * `kind: "outcome"` adds `outcome` (`completed` | `failed` | `unknown`) and `decision_seq`;
+//! * `kind: "start"` adds `durability` (`fsync` | `flush`), `key_id` (RFC 7638 thumbprint of the
+//!   broker's public key) and `version` (of the broker); its v1 members are `null`.
+//!
+//! `ts` is RFC 3339 UTC with milliseconds. `seq` starts at 1 and grows by exactly 1 per line,
+//! across restarts and rotated files.
+//!
+//! `prev` is the lowercase hex SHA-256 of the previous line's complete bytes (including its
+//! `sig`, excluding its `\n`); the first line of a log has 64 zeros.
+//!
+//! `sig` is the last member: base64url without padding of the Ed25519 signature (RFC 8032,
+//! broker key) over the line's exact bytes with the final `,"sig":"<b64>"` removed and the
+//! closing `}` kept. Given a line `L` ending in `,"sig":"S"}`, the signed message is
+//! `L[..len(L) - len(",\"sig\":\"S\"}")] + "}"`. Because the signature covers bytes rather
+//! than a re-serialization, a verifier needs no canonical JSON: it cuts the suffix, checks the
+//! signature, and only then parses. The cut is unambiguous: inside a JSON string a `"` is
+//! always escaped, so the last raw occurrence of `,"sig":"` is the member separator.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+/// `prev` of the first record of a log.
+pub(crate) const GENESIS: [u8; 32] = [0; 32];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// `fdatasync` before a record is acknowledged (one per batch).
+    #[default]
+    Fsync,
+    /// `write()` only: survives a broker crash, not a machine crash.
+    Flush,
+}
+
+impl Durability {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Durability::Fsync => "fsync",
+            Durability::Flush => "flush",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Decision,
+    Outcome,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Decision => "decision",
+            Kind::Outcome => "outcome",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Allow,
+    Deny,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Allow => "allow",
+            Verdict::Deny => "deny",
+        }
+    }
+}
+
+/// What the pipeline supplies; `seq`, `ts`, `broker`, `prev` and `sig` are added by the writer.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub kind: Kind,
+    pub cert_id: Option<String>,
+    pub iss: Option<String>,
+    pub sub: Option<String>,
+    pub action: Option<String>,
+    pub policy: Option<String>,
+    pub evidence: Option<Value>,
+    pub target: String,
+    pub request: Value,
+    pub body_sha256: Option<String>,
+    pub decision: Verdict,
+    /// `(code, message)`; the code is one of the stable denial reason codes.
+    pub reason: Option<(String, String)>,
+    pub identity: Option<Value>,
+    pub upstream_status: Option<u16>,
+    pub duration_ms: Option<u64>,
+    /// Outcome records only: `completed` | `failed` | `unknown`.
+    pub outcome: Option<String>,
+    /// Outcome records only: the `seq` of the decision this outcome completes.
+    pub decision_seq: Option<u64>,
+}
+
+/// What the writer turns into one line.
+#[derive(Debug, Clone)]
+pub(crate) enum Payload {
+    Entry(Box<Entry>),
+    Start(StartInfo),
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct StartInfo {
+    pub durability: Durability,
+    pub key_id: String,
+}
+
+/// Appends one signed line (without `\n`) to `out`. On error `out` is left as it was.
+pub(crate) fn encode_line(
+    out: &mut Vec<u8>,
+    seq: u64,
+    ts: &str,
+    broker: &str,
+    payload: &Payload,
+    prev: &[u8; 32],
+    key: &SigningKey,
+) -> serde_json::Result<()> {
+    let start = out.len();
+    let result = encode_unsigned(out, seq, ts, broker, payload, prev);
+    if result.is_err() {
+        out.truncate(start);
+        return result;
+    }
+    let sig = key.sign(&out[start..]);
+    out.pop(); // the closing '}', restored after the signature
+    out.extend_from_slice(b",\"sig\":\"");
+    let mut b64 = [0u8; 86];
+    let n = URL_SAFE_NO_PAD
+        .encode_slice(sig.to_bytes(), &mut b64)
+        .unwrap_or(0);
+    out.extend_from_slice(&b64[..n]);
+    out.extend_from_slice(b"\"}");
+    Ok(())
+}
+
+fn encode_unsigned(
+    out: &mut Vec<u8>,
+    seq: u64,
+    ts: &str,
+    broker: &str,
+    payload: &Payload,
+    prev: &[u8; 32],
+) -> serde_json::Result<()> {
+    out.extend_from_slice(b"{\"seq\":");
+    out.extend_from_slice(seq.to_string().as_bytes());
+    field_str(out, "ts", Some(ts))?;
+    field_str(out, "broker", Some(broker))?;
+    match payload {
+        Payload::Entry(e) => {
+            field_str(out, "kind", Some(e.kind.as_str()))?;
+            field_str(out, "cert_id", e.cert_id.as_deref())?;
+            field_str(out, "iss", e.iss.as_deref())?;
+            field_str(out, "sub", e.sub.as_deref())?;
+            field_str(out, "action", e.action.as_deref())?;
+            field_str(out, "policy", e.policy.as_deref())?;
+            field_value(out, "evidence", e.evidence.as_ref())?;
+            field_str(out, "target", Some(&e.target))?;
+            field_value(out, "request", Some(&e.request))?;
+            field_str(out, "body_sha256", e.body_sha256.as_deref())?;
+            field_str(out, "decision", Some(e.decision.as_str()))?;
+            key(out, "reason");
+            match &e.reason {
+                Some((code, message)) => {
+                    out.extend_from_slice(b"{\"code\":");
+                    serde_json::to_writer(&mut *out, code)?;
+                    out.extend_from_slice(b",\"message\":");
+                    serde_json::to_writer(&mut *out, message)?;
+                    out.push(b'}');
+                }
+                None => out.extend_from_slice(b"null"),
+            }
+            field_value(out, "identity", e.identity.as_ref())?;
+            field_num(out, "upstream_status", e.upstream_status.map(u64::from));
+            field_num(out, "duration_ms", e.duration_ms);
+            if e.kind == Kind::Outcome {
+                field_str(out, "outcome", e.outcome.as_deref())?;
+                field_num(out, "decision_seq", e.decision_seq);
+            }
+        }
+        Payload::Start(s) => {
+            field_str(out, "kind", Some("start"))?;
+            for name in [
+                "cert_id",
+                "iss",
+                "sub",
+                "action",
+                "policy",
+                "evidence",
+                "target",
+                "request",
+                "body_sha256",
+                "decision",
+                "reason",
+                "identity",
+                "upstream_status",
+                "duration_ms",
+            ] {
+                key(out, name);
+                out.extend_from_slice(b"null");
+            }
+            field_str(out, "durability", Some(s.durability.as_str()))?;
+            field_str(out, "key_id", Some(&s.key_id))?;
+            field_str(out, "version", Some(env!("CARGO_PKG_VERSION")))?;
+        }
+    }
+    key(out, "prev");
+    out.push(b'"');
+    push_hex(out, prev);
+    out.extend_from_slice(b"\"}");
+    Ok(())
+}
+
+fn key(out: &mut Vec<u8>, name: &str) {
+    out.extend_from_slice(b",\"");
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b"\":");
+}
+
+fn field_str(out: &mut Vec<u8>, name: &str, v: Option<&str>) -> serde_json::Result<()> {
+    key(out, name);
+    match v {
+        Some(s) => serde_json::to_writer(&mut *out, s),
+        None => {
+            out.extend_from_slice(b"null");
+            Ok(())
+        }
+    }
+}
+
+fn field_value(out: &mut Vec<u8>, name: &str, v: Option<&Value>) -> serde_json::Result<()> {
+    key(out, name);
+    match v {
+        Some(v) => serde_json::to_writer(&mut *out, v),
+        None => {
+            out.extend_from_slice(b"null");
+            Ok(())
+        }
+    }
+}
+
+fn field_num(out: &mut Vec<u8>, name: &str, v: Option<u64>) {
+    key(out, name);
+    match v {
+        Some(n) => out.extend_from_slice(n.to_string().as_bytes()),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+pub(crate) fn push_hex(out: &mut Vec<u8>, bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        out.push(HEX[usize::from(b >> 4)]);
+        out.push(HEX[usize::from(b & 0x0f)]);
+    }
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    let mut out = Vec::with_capacity(bytes.len() * 2);
+    push_hex(&mut out, bytes);
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// The chain hash of a line: SHA-256 of its bytes without the newline.
+pub(crate) fn line_hash(line: &[u8]) -> [u8; 32] {
+    Sha256::digest(line).into()
+}
+
+const SIG_MEMBER: &[u8] = b",\"sig\":\"";
+
+/// Splits a line into the signed message and the signature it carries, per the module doc.
+pub(crate) fn signed_message(line: &[u8]) -> Result<(Vec<u8>, Signature, &str), String> {
+    let body = line
+        .strip_suffix(b"\"}")
+        .ok_or("line does not end with the sig member")?;
+    let at = body
+        .windows(SIG_MEMBER.len())
+        .rposition(|w| w == SIG_MEMBER)
+        .ok_or("no sig member")?;
+    let b64 = &body[at + SIG_MEMBER.len()..];
+    let b64_str = std::str::from_utf8(b64).map_err(|_| "sig is not text")?;
+    let raw = URL_SAFE_NO_PAD
+        .decode(b64)
+        .map_err(|e| format!("sig is not base64url: {e}"))?;
+    let raw: [u8; 64] = raw
+        .try_into()
+        .map_err(|_| "sig is not 64 bytes".to_string())?;
+    let mut msg = Vec::with_capacity(at + 1);
+    msg.extend_from_slice(&line[..at]);
+    msg.push(b'}');
+    Ok((msg, Signature::from_bytes(&raw), b64_str))
+}
+
+/// Checks the signature of one line; returns the base64 text of the signature.
+pub(crate) fn check_signature<'a>(line: &'a [u8], key: &VerifyingKey) -> Result<&'a str, String> {
+    let (msg, sig, b64) = signed_message(line)?;
+    key.verify_strict(&msg, &sig)
+        .map_err(|_| "signature does not verify".to_string())?;
+    Ok(b64)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use serde_json::json;
+
+    pub(crate) fn entry(kind: Kind, decision: Verdict) -> Entry {
+        Entry {
+            kind,
+            cert_id: Some("c-1".into()),
+            iss: Some("signer".into()),
+            sub: Some("agent-7".into()),
+            action: Some("s3:PutObject".into()),
+            policy: Some("prod-writes".into()),
+            evidence: Some(json!({"ticket": "OPS-1"})),
+            target: "aws".into(),
+            request: json!({"method": "PUT", "path": "/b/k"}),
+            body_sha256: Some("ab".repeat(32)),
+            decision,
+            reason: None,
+            identity: None,
+            upstream_status: None,
+            duration_ms: None,
+            outcome: None,
+            decision_seq: None,
+        }
+    }
+
+    #[test]
+    fn line_has_fixed_order_escaping_and_a_verifiable_signature() {
+        let key = crate::cert::keys::generate();
+        let mut e = entry(Kind::Outcome, Verdict::Deny);
+        e.sub = Some("quote\" back\\ nl\n ,\"sig\":\"x".into());
+        e.reason = Some(("expired".into(), "too \"late\"".into()));
+        e.upstream_status = Some(403);
+        e.outcome = Some("failed".into());
+        e.decision_seq = Some(4);
+        let mut out = Vec::new();
+        let p = Payload::Entry(Box::new(e));
+        encode_line(
+            &mut out,
+            5,
+            "2026-01-01T00:00:00.000Z",
+            "b1",
+            &p,
+            &GENESIS,
+            &key,
+        )
+        .unwrap();
+        let v = crate::json::parse_strict(&out).unwrap();
+        assert_eq!(v["sub"], "quote\" back\\ nl\n ,\"sig\":\"x");
+        assert_eq!(v["reason"]["message"], "too \"late\"");
+        let text = std::str::from_utf8(&out).unwrap();
+        let order = [
+            "seq",
+            "ts",
+            "broker",
+            "kind",
+            "cert_id",
+            "iss",
+            "sub",
+            "action",
+            "policy",
+            "evidence",
+            "target",
+            "request",
+            "body_sha256",
+            "decision",
+            "reason",
+            "identity",
+            "upstream_status",
+            "duration_ms",
+            "outcome",
+            "decision_seq",
+            "prev",
+            "sig",
+        ];
+        let mut last = 0;
+        for k in order {
+            let at = text.find(&format!("\"{k}\":")).unwrap();
+            assert!(at >= last, "{k} out of order");
+            last = at;
+        }
+        assert_eq!(v.as_object().unwrap().len(), order.len());
+        let b64 = check_signature(&out, &key.verifying_key()).unwrap();
+        assert_eq!(v["sig"], b64);
+        // The signed message is exactly the line minus the sig member.
+        let (msg, _, _) = signed_message(&out).unwrap();
+        let mut stripped = v.clone();
+        stripped.as_object_mut().unwrap().remove("sig");
+        assert_eq!(crate::json::parse_strict(&msg).unwrap(), stripped);
+        assert!(msg.ends_with(format!("\"prev\":\"{}\"}}", "0".repeat(64)).as_bytes()));
+    }
+
+    #[test]
+    fn start_record_has_all_members() {
+        let key = crate::cert::keys::generate();
+        let p = Payload::Start(StartInfo {
+            durability: Durability::Flush,
+            key_id: "kid".into(),
+        });
+        let mut out = Vec::new();
+        encode_line(&mut out, 1, "t", "b", &p, &[7; 32], &key).unwrap();
+        let v = crate::json::parse_strict(&out).unwrap();
+        assert_eq!(v["kind"], "start");
+        assert_eq!(v["durability"], "flush");
+        assert!(v["decision"].is_null() && v["request"].is_null());
+        assert_eq!(v["prev"], "07".repeat(32));
+        check_signature(&out, &key.verifying_key()).unwrap();
+    }
+}

@@ -1,0 +1,195 @@
+//! Crash recovery at start: repair a torn last line, find the head of the chain, and find the
+//! allowed decisions whose outcome was never recorded.
+
+use super::record::{line_hash, Entry, Kind, Verdict, GENESIS};
+use anyhow::{anyhow, Context};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+pub(crate) struct Recovered {
+    /// `seq` of the last record on disk (0 for a new log).
+    pub seq: u64,
+    /// Chain hash of the last record on disk.
+    pub prev: [u8; 32],
+    /// `outcome: unknown` records to append, in decision order.
+    pub dangling: Vec<Entry>,
+}
+
+/// `<path>.<N>` files, ascending by N.
+pub(crate) fn rotated_files(path: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
+    let dir = parent_dir(path);
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return Ok(Vec::new());
+    };
+    let prefix = format!("{name}.");
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        let file_name = entry.file_name();
+        let Some(rest) = file_name.to_str().and_then(|f| f.strip_prefix(&prefix)) else {
+            continue;
+        };
+        if rest.is_empty() || !rest.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        if let Ok(n) = rest.parse::<u64>() {
+            out.push((n, dir.join(&file_name)));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+pub(crate) fn parent_dir(path: &Path) -> &Path {
+    path.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
+/// Reads a log file, cutting off a trailing line that has no newline: it was being written
+/// when the broker stopped, was never acknowledged, and would break the chain if kept.
+fn read_repaired(path: &Path) -> anyhow::Result<Option<Vec<u8>>> {
+    let mut data = match std::fs::read(path) {
+        Ok(d) => d,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    if !data.is_empty() && !data.ends_with(b"\n") {
+        let keep = data.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        tracing::warn!(
+            file = %path.display(),
+            bytes = data.len() - keep,
+            "audit log ends with a partial line (interrupted write); truncating it"
+        );
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .with_context(|| format!("opening {} to truncate", path.display()))?;
+        f.set_len(keep as u64)
+            .and_then(|()| f.sync_all())
+            .with_context(|| format!("truncating {}", path.display()))?;
+        data.truncate(keep);
+    }
+    Ok(Some(data))
+}
+
+fn lines(data: &[u8]) -> impl Iterator<Item = &[u8]> {
+    data.split(|&b| b == b'\n').filter(|l| !l.is_empty())
+}
+
+fn parse(path: &Path, line: &[u8]) -> anyhow::Result<Value> {
+    crate::json::parse_strict(line).map_err(|e| {
+        anyhow!(
+            "{}: a complete audit line is not valid JSON ({e}); refusing to continue a chain \
+             whose head is unknown",
+            path.display()
+        )
+    })
+}
+
+fn seq_of(path: &Path, v: &Value) -> anyhow::Result<u64> {
+    v.get("seq")
+        .and_then(Value::as_u64)
+        .ok_or_else(|| anyhow!("{}: audit line without a numeric seq", path.display()))
+}
+
+pub(crate) fn recover(path: &Path) -> anyhow::Result<Recovered> {
+    let rotated = rotated_files(path).with_context(|| format!("listing {}.N", path.display()))?;
+    let active = read_repaired(path)?.unwrap_or_default();
+    let newest_rotated = match rotated.last() {
+        // Only repaired when it holds the head of the chain; otherwise a later file does.
+        Some((_, p)) if active.is_empty() => read_repaired(p)?.map(|d| (p.clone(), d)),
+        Some((_, p)) => Some((
+            p.clone(),
+            std::fs::read(p).with_context(|| format!("reading {}", p.display()))?,
+        )),
+        None => None,
+    };
+
+    let head_source = if !active.is_empty() {
+        Some((path.to_path_buf(), &active))
+    } else {
+        newest_rotated.as_ref().map(|(p, d)| (p.clone(), d))
+    };
+    let (seq, prev) = match head_source.and_then(|(p, d)| lines(d).last().map(|l| (p, l))) {
+        Some((p, last)) => (seq_of(&p, &parse(&p, last)?)?, line_hash(last)),
+        None => (0, GENESIS),
+    };
+
+    // Outcomes always follow their decision, and earlier restarts already closed dangling
+    // decisions in older files, so the newest rotated file plus the active one suffice.
+    let mut allowed: BTreeMap<u64, Value> = BTreeMap::new();
+    let mut completed = Vec::new();
+    let sources = newest_rotated
+        .iter()
+        .map(|(p, d)| (p.as_path(), d.as_slice()))
+        .chain(std::iter::once((path, active.as_slice())));
+    for (p, data) in sources {
+        for line in lines(data) {
+            let v = match crate::json::parse_strict(line) {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::warn!(file = %p.display(), error = %e, "unparsable audit line skipped during recovery");
+                    continue;
+                }
+            };
+            match v.get("kind").and_then(Value::as_str) {
+                Some("decision") if v.get("decision").and_then(Value::as_str) == Some("allow") => {
+                    if let Some(s) = v.get("seq").and_then(Value::as_u64) {
+                        allowed.insert(s, v);
+                    }
+                }
+                Some("outcome") => {
+                    if let Some(s) = v.get("decision_seq").and_then(Value::as_u64) {
+                        completed.push(s);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    for s in completed {
+        allowed.remove(&s);
+    }
+    let dangling = allowed
+        .into_iter()
+        .map(|(s, v)| unknown_outcome(s, &v))
+        .collect();
+    Ok(Recovered {
+        seq,
+        prev,
+        dangling,
+    })
+}
+
+fn unknown_outcome(decision_seq: u64, d: &Value) -> Entry {
+    let s = |k: &str| d.get(k).and_then(Value::as_str).map(str::to_owned);
+    Entry {
+        kind: Kind::Outcome,
+        cert_id: s("cert_id"),
+        iss: s("iss"),
+        sub: s("sub"),
+        action: s("action"),
+        policy: s("policy"),
+        evidence: d.get("evidence").filter(|v| !v.is_null()).cloned(),
+        target: s("target").unwrap_or_default(),
+        request: d.get("request").cloned().unwrap_or(Value::Null),
+        body_sha256: s("body_sha256"),
+        decision: Verdict::Allow,
+        reason: Some((
+            "outcome_unknown".into(),
+            "broker stopped before the upstream's answer was recorded".into(),
+        )),
+        identity: None,
+        upstream_status: None,
+        duration_ms: None,
+        outcome: Some("unknown".into()),
+        decision_seq: Some(decision_seq),
+    }
+}

@@ -1,0 +1,301 @@
+//! The writer, recovery and rotation against real files.
+
+use super::record::tests::entry;
+use super::writer::{LogFile, Opener};
+use super::*;
+use serde_json::Value;
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+
+fn settings(path: &Path) -> AuditSettings {
+    AuditSettings {
+        path: Some(path.to_path_buf()),
+        durability: Durability::Fsync,
+        rotate_bytes: None,
+        stdout: false,
+        broker_id: "b1".into(),
+    }
+}
+
+fn lines(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| crate::json::parse_strict(l.as_bytes()).unwrap())
+        .collect()
+}
+
+fn decision(sub: &str) -> Entry {
+    let mut e = entry(Kind::Decision, Verdict::Allow);
+    e.sub = Some(sub.into());
+    e
+}
+
+fn outcome_of(seq: u64) -> Entry {
+    let mut e = entry(Kind::Outcome, Verdict::Allow);
+    e.outcome = Some("completed".into());
+    e.decision_seq = Some(seq);
+    e.upstream_status = Some(200);
+    e
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_appends_chain_and_share_syncs() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let key = crate::cert::keys::generate();
+    let audit = Audit::start(settings(&path), key.clone()).unwrap();
+    let mut tail = audit.subscribe();
+    let syncs_before = audit.syncs();
+    let tasks: Vec<_> = (0..200)
+        .map(|i| {
+            let a = audit.clone();
+            tokio::spawn(async move { a.record(decision(&format!("agent-{i}"))).await })
+        })
+        .collect();
+    let mut seqs = Vec::new();
+    for t in tasks {
+        seqs.push(t.await.unwrap().unwrap());
+    }
+    seqs.sort();
+    // seq 1 is the start record.
+    assert_eq!(seqs, (2..=201).collect::<Vec<u64>>());
+    let syncs = audit.syncs() - syncs_before;
+    assert!(syncs < 200, "group commit: {syncs} syncs for 200 records");
+    assert!(audit.is_writable());
+
+    let report = verify_logs(std::slice::from_ref(&path), &key.verifying_key()).unwrap();
+    assert_eq!(
+        (report.records, report.decisions, report.starts),
+        (201, 200, 1)
+    );
+    assert!(!report.starts_mid_chain);
+    let first = tail.recv().await.unwrap();
+    assert!(first.starts_with("{\"seq\":2,"));
+    let v = lines(&path);
+    assert_eq!(v[0]["kind"], "start");
+    assert_eq!(v[0]["durability"], "fsync");
+    assert_eq!(
+        v[0]["key_id"],
+        crate::cert::keys::key_id(&key.verifying_key())
+    );
+    assert_eq!(v[0]["prev"], "0".repeat(64));
+}
+
+#[tokio::test]
+async fn restart_records_unknown_outcomes_and_continues_the_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let key = crate::cert::keys::generate();
+    {
+        let audit = Audit::start(settings(&path), key.clone()).unwrap();
+        let done = audit.record(decision("finished")).await.unwrap();
+        audit.record(outcome_of(done)).await.unwrap();
+        let mut denied = decision("denied");
+        denied.decision = Verdict::Deny;
+        audit.record(denied).await.unwrap();
+        audit.record(decision("dangling")).await.unwrap();
+    }
+    let before = lines(&path).len();
+    let audit = Audit::start(settings(&path), key.clone()).unwrap();
+    let v = lines(&path);
+    assert_eq!(v.len(), before + 2);
+    let unknown = &v[before];
+    assert_eq!(unknown["kind"], "outcome");
+    assert_eq!(unknown["outcome"], "unknown");
+    assert_eq!(unknown["decision_seq"], 5);
+    assert_eq!(unknown["sub"], "dangling");
+    assert_eq!(unknown["decision"], "allow");
+    assert_eq!(unknown["reason"]["code"], "outcome_unknown");
+    assert_eq!(unknown["request"], v[4]["request"]);
+    assert_eq!(unknown["evidence"], v[4]["evidence"]);
+    assert_eq!(v[before + 1]["kind"], "start");
+    assert_eq!(audit.record(decision("after")).await.unwrap(), 8);
+    drop(audit);
+
+    // The third start closes only "after"; seq 5 already has its unknown outcome.
+    let _audit = Audit::start(settings(&path), key.clone()).unwrap();
+    let v = lines(&path);
+    assert_eq!(v.len(), 10);
+    assert_eq!(
+        (&v[8]["outcome"], &v[8]["decision_seq"]),
+        (&Value::from("unknown"), &Value::from(8))
+    );
+    assert_eq!(v[9]["kind"], "start");
+    let r = verify_logs(std::slice::from_ref(&path), &key.verifying_key()).unwrap();
+    assert_eq!((r.last_seq, r.outcomes, r.starts), (Some(10), 3, 3));
+}
+
+#[tokio::test]
+async fn partial_trailing_line_is_truncated_on_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let key = crate::cert::keys::generate();
+    {
+        let audit = Audit::start(settings(&path), key.clone()).unwrap();
+        let mut e = decision("x");
+        e.decision = Verdict::Deny;
+        audit.record(e).await.unwrap();
+    }
+    let good = std::fs::read(&path).unwrap();
+    let mut torn = good.clone();
+    torn.extend_from_slice(b"{\"seq\":3,\"ts\":\"2026-");
+    std::fs::write(&path, &torn).unwrap();
+    let audit = Audit::start(settings(&path), key.clone()).unwrap();
+    let after = std::fs::read(&path).unwrap();
+    assert!(after.starts_with(&good));
+    let v = lines(&path);
+    assert_eq!(v.len(), 3);
+    assert_eq!(
+        (v[2]["seq"].as_u64(), &v[2]["kind"]),
+        (Some(3), &Value::from("start"))
+    );
+    assert_eq!(audit.record(decision("y")).await.unwrap(), 4);
+    verify_logs(std::slice::from_ref(&path), &key.verifying_key()).unwrap();
+}
+
+#[tokio::test]
+async fn rotation_continues_the_chain_across_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let key = crate::cert::keys::generate();
+    let vk = key.verifying_key();
+    let mut s = settings(&path);
+    s.rotate_bytes = Some(2000);
+    s.durability = Durability::Flush;
+    let audit = Audit::start(s.clone(), key.clone()).unwrap();
+    for i in 0..10 {
+        // Denied, so the restart below has no outcomes to close.
+        let mut e = decision(&format!("a{i}"));
+        e.decision = Verdict::Deny;
+        audit.record(e).await.unwrap();
+    }
+    let rotated = super::recover::rotated_files(&path).unwrap();
+    assert!(rotated.len() >= 2, "{rotated:?}");
+    assert_eq!(rotated[0].0, 1);
+    let mut all: Vec<_> = rotated.iter().map(|(_, p)| p.clone()).collect();
+    all.push(path.clone());
+    for p in &all {
+        assert!(std::fs::metadata(p).unwrap().len() <= 2000);
+    }
+    let r = verify_logs(&all, &vk).unwrap();
+    assert_eq!(
+        (r.records, r.first_seq, r.last_seq),
+        (11, Some(1), Some(11))
+    );
+    assert!(!r.starts_mid_chain);
+    let last = verify_logs(std::slice::from_ref(&path), &vk).unwrap();
+    assert!(last.starts_mid_chain);
+    drop(audit);
+
+    // After a restart with an empty active file, the head comes from the newest archive.
+    std::fs::rename(&path, dir.path().join("audit.jsonl.99")).unwrap();
+    let audit = Audit::start(s, key.clone()).unwrap();
+    assert_eq!(audit.record(decision("z")).await.unwrap(), 13);
+    let mut all: Vec<_> = super::recover::rotated_files(&path)
+        .unwrap()
+        .into_iter()
+        .map(|(_, p)| p)
+        .collect();
+    all.push(path.clone());
+    let r = verify_logs(&all, &vk).unwrap();
+    assert_eq!(r.last_seq, Some(13));
+}
+
+/// A file whose writes (half-done, like a full disk) and syncs fail while `fail` is set.
+struct Faulty {
+    inner: std::fs::File,
+    fail: Arc<AtomicBool>,
+}
+
+impl LogFile for Faulty {
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        if self.fail.load(Ordering::SeqCst) {
+            std::io::Write::write_all(&mut self.inner, &buf[..buf.len() / 2])?;
+            return Err(std::io::Error::other("No space left on device (injected)"));
+        }
+        std::io::Write::write_all(&mut self.inner, buf)
+    }
+    fn sync_data(&mut self) -> std::io::Result<()> {
+        if self.fail.load(Ordering::SeqCst) {
+            return Err(std::io::Error::other("EIO (injected)"));
+        }
+        self.inner.sync_data()
+    }
+    fn set_len(&mut self, len: u64) -> std::io::Result<()> {
+        self.inner.set_len(len)
+    }
+    fn size(&self) -> std::io::Result<u64> {
+        Ok(self.inner.metadata()?.len())
+    }
+}
+
+fn faulty_opener(fail: Arc<AtomicBool>) -> Opener {
+    Box::new(move |path| {
+        let inner = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(path)?;
+        Ok(Box::new(Faulty {
+            inner,
+            fail: fail.clone(),
+        }) as Box<dyn LogFile>)
+    })
+}
+
+#[tokio::test]
+async fn failed_writes_refuse_then_resume_without_a_gap() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let key = crate::cert::keys::generate();
+    let fail = Arc::new(AtomicBool::new(false));
+    let audit =
+        Audit::start_with(settings(&path), key.clone(), faulty_opener(fail.clone())).unwrap();
+    assert_eq!(audit.record(decision("ok")).await.unwrap(), 2);
+    let len_ok = std::fs::metadata(&path).unwrap().len();
+
+    fail.store(true, Ordering::SeqCst);
+    let err = audit.record(decision("lost")).await.unwrap_err();
+    assert!(
+        err.to_string().starts_with("audit log unavailable: "),
+        "{err}"
+    );
+    assert!(!audit.is_writable());
+    // The half-written line was taken back off the file.
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), len_ok);
+    audit.record_best_effort(decision("read"));
+    assert_eq!(audit.dropped_best_effort(), 1);
+    assert!(audit.record(decision("lost too")).await.is_err());
+
+    fail.store(false, Ordering::SeqCst);
+    assert_eq!(audit.record(decision("back")).await.unwrap(), 3);
+    assert!(audit.is_writable());
+    audit.record_best_effort(decision("read 2"));
+    assert_eq!(audit.record(decision("last")).await.unwrap(), 5);
+    let r = verify_logs(std::slice::from_ref(&path), &key.verifying_key()).unwrap();
+    assert_eq!(r.records, 5);
+    let subs: Vec<_> = lines(&path)
+        .iter()
+        .map(|v| v["sub"].as_str().unwrap_or("-").to_owned())
+        .collect();
+    assert_eq!(subs, ["-", "ok", "back", "read 2", "last"]);
+}
+
+#[tokio::test]
+async fn no_sink_fails_closed_and_stdout_alone_is_a_sink() {
+    let key = crate::cert::keys::generate();
+    let mut s = AuditSettings {
+        path: None,
+        durability: Durability::Fsync,
+        rotate_bytes: None,
+        stdout: false,
+        broker_id: "b".into(),
+    };
+    let audit = Audit::start(s.clone(), key.clone()).unwrap();
+    assert!(!audit.is_writable());
+    assert!(audit.record(decision("x")).await.is_err());
+    s.stdout = true;
+    let audit = Audit::start(s, key).unwrap();
+    assert!(audit.is_writable());
+    assert_eq!(audit.record(decision("x")).await.unwrap(), 2);
+}
