@@ -1,1 +1,386 @@
-fn main() {}
+//! The `seb` command line. Every subcommand is a thin shell over the library.
+
+use clap::{Args, Parser, Subcommand};
+use seb::admission::revocation::{self, RevocationClaims, RevocationPayload, Revoked};
+use seb::cert::{self, keys, Issuer, TrustedIssuers, WindowPolicy, CERT_TYP};
+use serde_json::{json, Value};
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "seb",
+    version,
+    about = "Sovereign Execution Broker: admits mutations only under signed, scoped, short-lived certificates"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Make an Ed25519 key pair: PREFIX.key (PKCS#8 PEM, mode 0600) and PREFIX.pub (SPKI PEM).
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Issue, inspect and verify certificates.
+    #[command(subcommand)]
+    Cert(CertCommand),
+    /// Issue signed revocation documents.
+    #[command(subcommand)]
+    Revocation(RevocationCommand),
+    /// Run the broker.
+    Serve {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Check and search audit logs.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Make a local CA, a server certificate for localhost and an agent client certificate.
+    DevCerts {
+        #[arg(long)]
+        out: PathBuf,
+        /// Agent name for the client certificate (CN, and a spiffe:// URI SAN).
+        #[arg(long, default_value = "agent:demo")]
+        agent: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertCommand {
+    /// Print a certificate v1 token.
+    Issue(IssueArgs),
+    /// Print header and payload, WITHOUT verifying anything.
+    Inspect {
+        /// The token, or - to read it from stdin.
+        token: String,
+    },
+    /// Verify signature, issuer key and validity window. Exit 0 when valid, 1 otherwise.
+    Verify {
+        /// A trusted issuer public key (SPKI PEM); repeat for several.
+        #[arg(long = "trust", required = true)]
+        trust: Vec<PathBuf>,
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        skew: std::time::Duration,
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        max_ttl: std::time::Duration,
+        /// The token, or - to read it from stdin.
+        token: String,
+    },
+}
+
+#[derive(Args)]
+struct IssueArgs {
+    /// Issuer private key (PKCS#8 PEM; openssl genpkey -algorithm ed25519 makes one).
+    #[arg(long)]
+    key: PathBuf,
+    #[arg(long)]
+    iss: String,
+    #[arg(long)]
+    sub: String,
+    /// Lifetime, e.g. 5m.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    ttl: std::time::Duration,
+    /// JSON file holding the `seb` claims object. Top-level claims `jti` and `cnf` may be
+    /// given in it too; they are moved to the top level.
+    #[arg(long)]
+    claims: PathBuf,
+    /// Key id for the header; defaults to the key's RFC 7638 thumbprint.
+    #[arg(long)]
+    kid: Option<String>,
+    /// Start the validity window this long before now (for tests of expiry and skew).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    backdate: Option<std::time::Duration>,
+}
+
+#[derive(Subcommand)]
+enum RevocationCommand {
+    /// Print a signed revocation document.
+    Issue {
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long)]
+        iss: String,
+        #[arg(long)]
+        epoch: u64,
+        #[arg(long, default_value_t = 0)]
+        min_policy_epoch: u64,
+        #[arg(long = "revoke-jti")]
+        jti: Vec<String>,
+        #[arg(long = "revoke-sub")]
+        sub: Vec<String>,
+        #[arg(long = "revoke-kid")]
+        kid_revoked: Vec<String>,
+        #[arg(long)]
+        kid: Option<String>,
+        /// Write to this file (atomically) instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain and every signature; print how many records verified.
+    Verify(seb::audit::cli::VerifyArgs),
+    /// Search records: every production write under policy X in March, in one command.
+    Query(seb::audit::cli::QueryArgs),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SEB_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Keygen { out } => keygen(&out),
+        Command::Cert(CertCommand::Issue(a)) => issue(&a),
+        Command::Cert(CertCommand::Inspect { token }) => inspect(&token),
+        Command::Cert(CertCommand::Verify {
+            trust,
+            skew,
+            max_ttl,
+            token,
+        }) => return verify(&trust, skew, max_ttl, &token),
+        Command::Revocation(RevocationCommand::Issue {
+            key,
+            iss,
+            epoch,
+            min_policy_epoch,
+            jti,
+            sub,
+            kid_revoked,
+            kid,
+            out,
+        }) => revocation_issue(
+            &key,
+            iss,
+            epoch,
+            min_policy_epoch,
+            Revoked {
+                jti,
+                sub,
+                kid: kid_revoked,
+            },
+            kid,
+            out,
+        ),
+        Command::Serve { config } => serve(&config),
+        Command::Audit(AuditCommand::Verify(a)) => return seb::audit::cli::run_verify(&a),
+        Command::Audit(AuditCommand::Query(a)) => return seb::audit::cli::run_query(&a),
+        Command::DevCerts { out, agent } => dev_certs(&out, &agent),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("seb: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn keygen(out: &std::path::Path) -> anyhow::Result<()> {
+    let key = keys::generate();
+    let (k, p) = keys::write_keypair(out, &key)?;
+    eprintln!("wrote {} and {}", k.display(), p.display());
+    println!("{}", keys::key_id(&key.verifying_key()));
+    Ok(())
+}
+
+fn read_token(arg: &str) -> anyhow::Result<String> {
+    if arg == "-" {
+        let mut s = String::new();
+        std::io::stdin().read_to_string(&mut s)?;
+        Ok(s.trim().to_string())
+    } else {
+        Ok(arg.trim().to_string())
+    }
+}
+
+fn random_id() -> anyhow::Result<String> {
+    let mut b = [0u8; 16];
+    getrandom::getrandom(&mut b).map_err(|e| anyhow::anyhow!("random source: {e}"))?;
+    Ok(seb::proxy::pipeline::hex(&b))
+}
+
+fn issue(a: &IssueArgs) -> anyhow::Result<()> {
+    let key = keys::load_signing_key(&a.key)?;
+    let text =
+        std::fs::read(&a.claims).map_err(|e| anyhow::anyhow!("{}: {e}", a.claims.display()))?;
+    let mut seb = seb::json::parse_strict(&text)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", a.claims.display()))?;
+    let obj = seb
+        .as_object_mut()
+        .ok_or_else(|| anyhow::anyhow!("{}: must hold a JSON object", a.claims.display()))?;
+    let jti = match obj.remove("jti") {
+        Some(Value::String(j)) => j,
+        Some(_) => anyhow::bail!("{}: jti must be a string", a.claims.display()),
+        None => random_id()?,
+    };
+    let cnf = obj.remove("cnf");
+    obj.entry("v").or_insert(json!(1));
+    let now = cert::now_secs();
+    let nbf = now - a.backdate.map(|d| d.as_secs() as i64).unwrap_or(0);
+    let mut payload = json!({
+        "iss": a.iss, "sub": a.sub, "jti": jti, "iat": nbf, "nbf": nbf, "exp": nbf + a.ttl.as_secs() as i64, "seb": seb,
+    });
+    if let Some(cnf) = cnf {
+        payload["cnf"] = cnf;
+    }
+    // Refuse to sign what the broker would refuse to read.
+    cert::Claims::from_payload(payload.clone())
+        .map_err(|e| anyhow::anyhow!("claims would not make a valid certificate: {e}"))?;
+    let kid = a
+        .kid
+        .clone()
+        .unwrap_or_else(|| keys::key_id(&key.verifying_key()));
+    println!("{}", cert::jws::sign(&key, CERT_TYP, &kid, &payload));
+    Ok(())
+}
+
+fn inspect(token: &str) -> anyhow::Result<()> {
+    use base64::Engine;
+    let token = read_token(token)?;
+    let parts: Vec<&str> = token.split('.').collect();
+    if parts.len() != 3 {
+        anyhow::bail!("not a JWS in compact form");
+    }
+    let decode = |p: &str, what: &str| -> anyhow::Result<Value> {
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(p)
+            .map_err(|e| anyhow::anyhow!("{what} is not base64url: {e}"))?;
+        serde_json::from_slice(&bytes).map_err(|e| anyhow::anyhow!("{what} is not JSON: {e}"))
+    };
+    eprintln!("NOT VERIFIED: this shows what the token claims; use `seb cert verify` to check it.");
+    println!(
+        "{}",
+        serde_json::to_string_pretty(
+            &json!({"header": decode(parts[0], "header")?, "payload": decode(parts[1], "payload")?})
+        )?
+    );
+    Ok(())
+}
+
+fn verify(
+    trust: &[PathBuf],
+    skew: std::time::Duration,
+    max_ttl: std::time::Duration,
+    token: &str,
+) -> ExitCode {
+    let run = || -> anyhow::Result<Result<cert::Certificate, seb::denial::Denial>> {
+        let mut issuers = Vec::new();
+        for p in trust {
+            let key = keys::load_verifying_key(p)?;
+            issuers.push(Issuer {
+                name: None,
+                kid: keys::key_id(&key),
+                key,
+            });
+        }
+        let token = read_token(token)?;
+        let window = WindowPolicy {
+            skew_secs: skew.as_secs() as i64,
+            max_ttl_secs: max_ttl.as_secs() as i64,
+        };
+        Ok(cert::verify(
+            &token,
+            &TrustedIssuers::new(issuers),
+            window,
+            cert::now_secs(),
+        ))
+    };
+    match run() {
+        Ok(Ok(c)) => {
+            println!(
+                "valid: jti={} iss={} sub={} kid={} expires={}",
+                c.claims.jti, c.claims.iss, c.claims.sub, c.kid, c.claims.exp
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(Err(d)) => {
+            println!("{}: {}", d.reason, d.message);
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("seb: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn revocation_issue(
+    key: &std::path::Path,
+    iss: String,
+    epoch: u64,
+    min_policy_epoch: u64,
+    revoked: Revoked,
+    kid: Option<String>,
+    out: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let key = keys::load_signing_key(key)?;
+    let kid = kid.unwrap_or_else(|| keys::key_id(&key.verifying_key()));
+    let payload = RevocationPayload {
+        iss,
+        iat: cert::now_secs(),
+        seb: RevocationClaims {
+            v: 1,
+            revocation_epoch: epoch,
+            min_policy_epoch,
+            revoked,
+        },
+    };
+    let token = revocation::sign(&key, &kid, &payload);
+    match out {
+        Some(path) => seb::fsutil::write_atomic(&path, format!("{token}\n").as_bytes(), 0o644)?,
+        None => println!("{token}"),
+    }
+    Ok(())
+}
+
+fn serve(config: &std::path::Path) -> anyhow::Result<()> {
+    let config = seb::config::Config::load(config)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let running = seb::proxy::start(config).await?;
+        for (name, addr) in &running.target_addrs {
+            eprintln!("seb: target {name} listening on {addr}");
+        }
+        eprintln!("seb: admin listening on {}", running.admin_addr);
+        tokio::select! {
+            _ = running.wait() => {}
+            _ = shutdown_signal() => eprintln!("seb: shutting down"),
+        }
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+fn dev_certs(out: &std::path::Path, agent: &str) -> anyhow::Result<()> {
+    let c = seb::devcerts::write_dev_certs(out, agent)?;
+    eprintln!(
+        "wrote CA, server and agent certificates to {}",
+        c.dir.display()
+    );
+    println!("{}", c.agent_x5t);
+    Ok(())
+}

@@ -1,1 +1,255 @@
-//! (in progress)
+//! The broker process: listeners, the tower stack around the pipeline, and the admin port.
+
+pub mod admin;
+pub mod forward;
+pub mod metrics;
+pub mod pipeline;
+pub mod server;
+
+use crate::admission::reload::{self, Source};
+use crate::admission::revocation::RevocationState;
+use crate::admission::Admission;
+use crate::audit::{Audit, AuditSettings};
+use crate::cert::{keys, Issuer, TrustedIssuers, WindowPolicy};
+use crate::config::Config;
+use crate::denial::{Denial, Reason};
+use crate::state::memory::MemoryUseStore;
+use crate::targets::{http::HttpTarget, Target};
+use anyhow::Context;
+use pipeline::ConnInfo;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub struct Broker {
+    pub admission: Admission,
+    pub audit: Audit,
+    pub metrics: metrics::Metrics,
+    pub max_body_bytes: usize,
+    /// Bearer tokens that authenticate agents for reads (`X-Seb-Agent-Token`).
+    agent_tokens: Vec<String>,
+    /// Whether reads need an authenticated agent (mTLS or token) at all.
+    reads_need_agent: bool,
+    request_prefix: String,
+    request_counter: AtomicU64,
+}
+
+pub const AGENT_TOKEN_HEADER: &str = "x-seb-agent-token";
+
+impl Broker {
+    pub fn next_request_id(&self) -> String {
+        format!(
+            "{}-{}",
+            self.request_prefix,
+            self.request_counter.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
+    /// Reads need no certificate, but when the deployment names its agents (client CA or
+    /// agent tokens) they still need to come from one of them.
+    pub fn authenticate_reader(
+        &self,
+        headers: &http::HeaderMap,
+        conn: &ConnInfo,
+    ) -> Result<(), Denial> {
+        if !self.reads_need_agent || conn.peer.is_some() {
+            return Ok(());
+        }
+        let presented = headers
+            .get(AGENT_TOKEN_HEADER)
+            .and_then(|v| v.to_str().ok());
+        match presented {
+            Some(t) if self.agent_tokens.iter().any(|k| constant_time_eq(k.as_bytes(), t.as_bytes())) => Ok(()),
+            Some(_) => Err(Denial::new(Reason::Unauthenticated, "the agent token is not one this broker knows")),
+            None => Err(Denial::new(
+                Reason::Unauthenticated,
+                "reads need an authenticated agent: a client certificate or an X-Seb-Agent-Token header",
+            )),
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Everything the process runs, built from a config. Listening sockets are bound here so
+/// that an address in use is a start-up error, not a log line.
+pub struct Running {
+    pub broker: Arc<Broker>,
+    pub revocation: Arc<RevocationState>,
+    pub target_addrs: Vec<(String, std::net::SocketAddr)>,
+    pub admin_addr: std::net::SocketAddr,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    pub async fn wait(self) {
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+pub async fn start(config: Config) -> anyhow::Result<Running> {
+    let mut issuers = Vec::new();
+    for (i, ic) in config.issuers.iter().enumerate() {
+        let key = keys::load_verifying_key(&ic.public_key)
+            .with_context(|| format!("issuers[{i}].public_key"))?;
+        issuers.push(Issuer {
+            name: Some(ic.name.clone()),
+            kid: keys::key_id(&key),
+            key,
+        });
+    }
+    let issuers = TrustedIssuers::new(issuers);
+    let revocation = Arc::new(RevocationState::new(issuers.clone()));
+    let skew = config.certificates.clock_skew.as_secs() as i64;
+    let window = WindowPolicy {
+        skew_secs: skew,
+        max_ttl_secs: config.certificates.max_ttl.as_secs() as i64,
+    };
+
+    let audit_key =
+        keys::load_signing_key(&config.audit.signing_key).context("audit.signing_key")?;
+    let audit = Audit::start(
+        AuditSettings {
+            path: config.audit.path.clone(),
+            durability: config.audit.durability,
+            rotate_bytes: config.audit.rotate_bytes,
+            stdout: config.audit.stdout,
+            broker_id: config.broker_id.clone(),
+        },
+        audit_key,
+    )
+    .context("audit")?;
+
+    let tls = match &config.tls {
+        Some(t) => Some(tokio_rustls::TlsAcceptor::from(
+            crate::tls::server_config(&crate::tls::TlsSettings {
+                cert: t.cert.clone(),
+                key: t.key.clone(),
+                client_ca: t.client_ca.clone(),
+                require_client_cert: t.require_client_cert,
+            })
+            .context("tls")?,
+        )),
+        None => None,
+    };
+
+    let mut agent_tokens = Vec::new();
+    for (i, s) in config.agents.tokens.iter().enumerate() {
+        agent_tokens.push(s.load().with_context(|| format!("agents.tokens[{i}]"))?);
+    }
+    let reads_need_agent =
+        !agent_tokens.is_empty() || config.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+
+    let mut prefix = [0u8; 4];
+    getrandom::getrandom(&mut prefix).map_err(|e| anyhow::anyhow!("random source: {e}"))?;
+    let broker = Arc::new(Broker {
+        admission: Admission {
+            issuers,
+            window,
+            min_policy_epoch: config.certificates.min_policy_epoch,
+            max_staleness_secs: config.revocation.max_staleness.as_secs() as i64,
+            revocation: revocation.clone(),
+            uses: Arc::new(MemoryUseStore::new(
+                config.limits.max_live_certificates,
+                Duration::from_secs(skew as u64),
+            )),
+        },
+        audit,
+        metrics: metrics::Metrics::default(),
+        max_body_bytes: config.limits.max_body_bytes,
+        agent_tokens,
+        reads_need_agent,
+        request_prefix: pipeline::hex(&prefix),
+        request_counter: AtomicU64::new(1),
+    });
+
+    let source = match (&config.revocation.file, &config.revocation.url) {
+        (Some(f), _) => Source::File(f.clone()),
+        (_, Some(u)) => Source::Url(u.clone()),
+        _ => anyhow::bail!("revocation: needs file or url"),
+    };
+    let control_client = forward::UpstreamClient::new(None)?;
+    // First load before listening, so a broker with good data is ready at once.
+    match reload::fetch(&source, &control_client).await {
+        Ok(text) => {
+            if let Err(e) = revocation.apply(&text, crate::cert::now_secs(), skew) {
+                tracing::warn!(error = %e, "initial revocation data refused; mutations are refused until valid data loads");
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "initial revocation data unavailable; mutations are refused until it loads")
+        }
+    }
+
+    let mut tasks = Vec::new();
+    tasks.push(tokio::spawn(reload::run(
+        source,
+        revocation.clone(),
+        control_client,
+        config.revocation.poll_interval,
+        skew,
+    )));
+
+    let limits = server::StackLimits {
+        request_timeout: config.limits.request_timeout,
+        concurrency: Arc::new(tokio::sync::Semaphore::new(
+            config.limits.max_concurrent_requests,
+        )),
+    };
+    let mut target_addrs = Vec::new();
+    for (i, tc) in config.targets.iter().enumerate() {
+        let target = match tc.kind {
+            crate::cert::TargetKind::Http => {
+                let h = tc
+                    .http
+                    .as_ref()
+                    .with_context(|| format!("targets[{i}].http: missing"))?;
+                Target::Http(HttpTarget::new(&tc.name, h).with_context(|| format!("targets[{i}]"))?)
+            }
+            other => anyhow::bail!(
+                "targets[{i}].kind: {} targets are not available in this build",
+                other.as_str()
+            ),
+        };
+        let listener = tokio::net::TcpListener::bind(tc.listen)
+            .await
+            .with_context(|| format!("targets[{i}].listen: cannot listen on {}", tc.listen))?;
+        let addr = listener.local_addr()?;
+        target_addrs.push((tc.name.clone(), addr));
+        tracing::info!(target = tc.name, %addr, tls = tls.is_some(), "listening");
+        tasks.push(tokio::spawn(server::serve(
+            broker.clone(),
+            Arc::new(target),
+            listener,
+            tls.clone(),
+            limits.clone(),
+        )));
+    }
+
+    let admin_listener = tokio::net::TcpListener::bind(config.admin.listen)
+        .await
+        .with_context(|| format!("admin.listen: cannot listen on {}", config.admin.listen))?;
+    let admin_addr = admin_listener.local_addr()?;
+    tracing::info!(%admin_addr, "admin listening");
+    tasks.push(tokio::spawn(admin::serve(
+        broker.clone(),
+        revocation.clone(),
+        admin_listener,
+        skew,
+    )));
+
+    Ok(Running {
+        broker,
+        revocation,
+        target_addrs,
+        admin_addr,
+        tasks,
+    })
+}

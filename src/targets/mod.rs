@@ -1,1 +1,106 @@
-//! (in progress)
+//! Targets: what the broker knows about one kind of upstream API. A target turns an incoming
+//! request into something admission can judge (is it a read? what operation on what
+//! resource?), checks it against a certificate's `seb.request`, supplies the identity the
+//! request runs under, and renders refusals in the agent's own error format.
+//!
+//! Dispatch is an enum rather than a trait object: the set of targets is closed and small, and
+//! a reader can follow every call to its code.
+
+pub mod http;
+pub mod path;
+
+use crate::cert::{Certificate, TargetKind};
+use crate::contract::BodyView;
+use crate::denial::Denial;
+use crate::proxy::forward::{Body, UpstreamClient};
+use bytes::Bytes;
+use serde_json::Value;
+
+pub enum Target {
+    Http(http::HttpTarget),
+}
+
+/// What the request is, as far as the broker is concerned.
+pub struct Parsed {
+    pub is_read: bool,
+    /// Audit record `request`: method, path, operation or verb, resource.
+    pub describe: Value,
+}
+
+/// The identity a request is executed under, for the audit record; secrets stay inside.
+pub struct Identity {
+    pub audit: Value,
+    pub(crate) header: Option<(::http::HeaderName, ::http::HeaderValue)>,
+}
+
+impl Target {
+    pub fn name(&self) -> &str {
+        match self {
+            Target::Http(t) => &t.name,
+        }
+    }
+
+    pub fn kind(&self) -> TargetKind {
+        match self {
+            Target::Http(_) => TargetKind::Http,
+        }
+    }
+
+    pub fn client(&self) -> &UpstreamClient {
+        match self {
+            Target::Http(t) => &t.client,
+        }
+    }
+
+    pub fn parse(&self, parts: &::http::request::Parts) -> Result<Parsed, Denial> {
+        match self {
+            Target::Http(t) => t.parse(parts),
+        }
+    }
+
+    /// The certificate the agent presented, if any.
+    pub fn certificate<'a>(
+        &self,
+        headers: &'a ::http::HeaderMap,
+    ) -> Result<Option<&'a str>, Denial> {
+        match self {
+            Target::Http(_) => http::certificate(headers),
+        }
+    }
+
+    pub fn check_contract(
+        &self,
+        cert: &Certificate,
+        parts: &::http::request::Parts,
+        body: &BodyView,
+    ) -> Result<(), Denial> {
+        match self {
+            Target::Http(t) => t.check_contract(cert, parts, body),
+        }
+    }
+
+    /// Identity for an admitted mutation (`Some(cert)`) or a read (`None`).
+    pub fn identity(&self, cert: Option<&Certificate>) -> Result<Identity, Denial> {
+        match self {
+            Target::Http(t) => Ok(t.identity(cert)),
+        }
+    }
+
+    pub fn upstream_request(
+        &self,
+        parts: &::http::request::Parts,
+        body: Bytes,
+        identity: &Identity,
+        request_id: &str,
+    ) -> Result<::http::Request<http_body_util::Full<Bytes>>, Denial> {
+        match self {
+            Target::Http(t) => t.upstream_request(parts, body, identity, request_id),
+        }
+    }
+
+    pub fn render_denial(&self, denial: &Denial, request_id: &str) -> ::http::Response<Body> {
+        match self {
+            Target::Http(_) => http::problem(denial, request_id),
+        }
+    }
+}

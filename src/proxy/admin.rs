@@ -1,0 +1,195 @@
+//! The admin listener (loopback by default): health, readiness, metrics, revocation pushes and
+//! the live audit stream. It changes nothing without a signature: a pushed revocation
+//! document is verified exactly like a polled one.
+
+use super::forward::{full_body, Body, BoxError};
+use super::Broker;
+use crate::admission::revocation::{Applied, RevocationState};
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::json;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+
+pub async fn serve(
+    broker: Arc<Broker>,
+    revocation: Arc<RevocationState>,
+    listener: TcpListener,
+    skew: i64,
+) {
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            continue;
+        };
+        let (broker, revocation) = (broker.clone(), revocation.clone());
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let (broker, revocation) = (broker.clone(), revocation.clone());
+                async move {
+                    Ok::<_, std::convert::Infallible>(route(&broker, &revocation, req, skew).await)
+                }
+            });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(tcp), svc)
+                .await;
+        });
+    }
+}
+
+fn text(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Body> {
+    let mut r = Response::new(full_body(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(content_type),
+    );
+    r
+}
+
+fn json_response(status: StatusCode, v: serde_json::Value) -> Response<Body> {
+    text(status, "application/json", v.to_string())
+}
+
+/// Ready means a mutation could be admitted now: fresh revocation data and a writable log.
+pub fn readiness(broker: &Broker) -> (bool, serde_json::Value) {
+    let now = crate::cert::now_secs();
+    let rev = broker.admission.revocation.current();
+    let rev_ok = rev
+        .as_ref()
+        .is_some_and(|r| now - r.iat <= broker.admission.max_staleness_secs);
+    let audit_ok = broker.audit.is_writable();
+    (
+        rev_ok && audit_ok,
+        json!({
+            "revocation": {
+                "fresh": rev_ok,
+                "epoch": rev.as_ref().map(|r| r.epoch),
+                "age_seconds": rev.as_ref().map(|r| now - r.iat),
+            },
+            "audit": {"writable": audit_ok},
+        }),
+    )
+}
+
+async fn route(
+    broker: &Broker,
+    revocation: &RevocationState,
+    req: Request<Incoming>,
+    skew: i64,
+) -> Response<Body> {
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/healthz") => text(StatusCode::OK, "text/plain", "ok\n"),
+        (&Method::GET, "/readyz") => {
+            let (ok, detail) = readiness(broker);
+            json_response(
+                if ok {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                },
+                detail,
+            )
+        }
+        (&Method::GET, "/metrics") => {
+            let now = crate::cert::now_secs();
+            let rev = broker.admission.revocation.current();
+            let extra = [
+                (
+                    "seb_revocation_epoch",
+                    "Loaded revocation epoch (-1: none).",
+                    rev.as_ref().map(|r| r.epoch as f64).unwrap_or(-1.0),
+                ),
+                (
+                    "seb_revocation_age_seconds",
+                    "Age of the loaded revocation data (-1: none).",
+                    rev.as_ref().map(|r| (now - r.iat) as f64).unwrap_or(-1.0),
+                ),
+                (
+                    "seb_audit_writable",
+                    "1 while the audit log accepts records.",
+                    if broker.audit.is_writable() { 1.0 } else { 0.0 },
+                ),
+                (
+                    "seb_audit_dropped_best_effort",
+                    "Read and outcome records dropped while the log failed.",
+                    broker.audit.dropped_best_effort() as f64,
+                ),
+            ];
+            text(
+                StatusCode::OK,
+                "text/plain; version=0.0.4",
+                broker.metrics.render(&extra),
+            )
+        }
+        (&Method::POST, "/v1/revocation") => {
+            let body = match Limited::new(req.into_body(), 1024 * 1024).collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(e) => {
+                    return json_response(
+                        StatusCode::BAD_REQUEST,
+                        json!({"error": format!("body: {e}")}),
+                    )
+                }
+            };
+            let Ok(token) = std::str::from_utf8(&body) else {
+                return json_response(
+                    StatusCode::BAD_REQUEST,
+                    json!({"error": "body is not UTF-8"}),
+                );
+            };
+            match revocation.apply(token, crate::cert::now_secs(), skew) {
+                Ok(Applied::Updated { epoch }) => {
+                    tracing::info!(epoch, "revocation data pushed");
+                    json_response(StatusCode::OK, json!({"epoch": epoch, "updated": true}))
+                }
+                Ok(Applied::Unchanged { epoch }) => {
+                    json_response(StatusCode::OK, json!({"epoch": epoch, "updated": false}))
+                }
+                Err(e) => json_response(StatusCode::CONFLICT, json!({"error": e})),
+            }
+        }
+        (&Method::GET, "/v1/audit/stream") => audit_stream(broker),
+        _ => json_response(
+            StatusCode::NOT_FOUND,
+            json!({"error": "no such admin endpoint"}),
+        ),
+    }
+}
+
+/// NDJSON live tail: each record line as it is written. A reader too slow to keep up is told
+/// how many lines it missed rather than silently skipping them.
+fn audit_stream(broker: &Broker) -> Response<Body> {
+    let mut rx = broker.audit.subscribe();
+    let (tx, body_rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(64);
+    tokio::spawn(async move {
+        loop {
+            let line = match rx.recv().await {
+                Ok(line) => format!("{line}\n"),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    format!("{{\"lagged\":{n}}}\n")
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+            };
+            if tx.send(Ok(Frame::data(Bytes::from(line)))).await.is_err() {
+                break;
+            }
+        }
+    });
+    let stream = tokio_stream_from(body_rx);
+    let mut r = Response::new(BodyExt::boxed(StreamBody::new(stream)));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/x-ndjson"),
+    );
+    r
+}
+
+fn tokio_stream_from<T>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures_util::Stream<Item = T> {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}

@@ -1,0 +1,93 @@
+//! Sending requests upstream over a pooled client, and streaming the answer back.
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use std::path::Path;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type Body = http_body_util::combinators::BoxBody<Bytes, BoxError>;
+
+pub fn full_body(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+pub fn stream_body(incoming: Incoming) -> Body {
+    incoming.map_err(|e| Box::new(e) as BoxError).boxed()
+}
+
+#[derive(Clone)]
+pub struct UpstreamClient {
+    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
+}
+
+impl UpstreamClient {
+    /// `ca`: trust only this CA bundle for HTTPS upstreams (private CAs, tests); otherwise the
+    /// platform's roots.
+    pub fn new(ca: Option<&Path>) -> anyhow::Result<UpstreamClient> {
+        let tls = match ca {
+            Some(ca) => (*crate::tls::client_config(Some(ca), None)?).clone(),
+            None => {
+                let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+                let mut roots = rustls::RootCertStore::empty();
+                // A machine without system roots can still use http:// upstreams and private CAs.
+                for cert in rustls_native_roots() {
+                    let _ = roots.add(cert);
+                }
+                rustls::ClientConfig::builder_with_provider(provider)
+                    .with_safe_default_protocol_versions()?
+                    .with_root_certificates(roots)
+                    .with_no_client_auth()
+            }
+        };
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(std::time::Duration::from_secs(60))
+            .pool_max_idle_per_host(256)
+            .build(https);
+        Ok(UpstreamClient { client })
+    }
+
+    pub async fn send(
+        &self,
+        req: Request<Full<Bytes>>,
+    ) -> Result<Response<Incoming>, hyper_util::client::legacy::Error> {
+        self.client.request(req).await
+    }
+
+    /// A small GET for control data (revocation documents), with a size cap.
+    pub async fn get_text(&self, url: &str, limit: usize) -> anyhow::Result<String> {
+        let req = Request::get(url).body(Full::new(Bytes::new()))?;
+        let resp =
+            tokio::time::timeout(std::time::Duration::from_secs(10), self.client.request(req))
+                .await
+                .map_err(|_| anyhow::anyhow!("GET {url}: timed out"))??;
+        if !resp.status().is_success() {
+            anyhow::bail!("GET {url}: status {}", resp.status());
+        }
+        let body = http_body_util::Limited::new(resp.into_body(), limit)
+            .collect()
+            .await
+            .map_err(|e| anyhow::anyhow!("GET {url}: {e}"))?
+            .to_bytes();
+        Ok(String::from_utf8(body.to_vec())?)
+    }
+}
+
+fn rustls_native_roots() -> Vec<rustls_pki_types::CertificateDer<'static>> {
+    rustls_native_certs::load_native_certs().certs
+}

@@ -1,0 +1,412 @@
+//! The request path, top to bottom in one place:
+//!
+//! 1. classify: the listener a request arrives on fixes its target;
+//! 2. parse: the target reads the request (canonical path, operation, read or mutation) and
+//!    the body is read within its limit;
+//! 3. admit: certificate (signature, issuer, window, epochs, revocation, binding), contract
+//!    (operation, resource, body), drift, then one use is spent;
+//! 4. audit: the signed decision record is durable before anything is sent;
+//! 5. identity: the scoped execution identity the agent never sees;
+//! 6. sign + forward: the request is rebuilt with that identity and sent upstream;
+//! 7. audit: the outcome record, while the response streams back.
+//!
+//! Any `Err(Denial)` ends the request; [`handle`] writes the deny record and renders the
+//! refusal in the agent's own format. Nothing is forwarded unless every step said yes.
+
+use super::forward::{stream_body, Body};
+use super::metrics::{Decision, Phase};
+use super::Broker;
+use crate::admission::Peer;
+use crate::audit::{Entry, Kind, Verdict};
+use crate::cert::Certificate;
+use crate::contract::BodyView;
+use crate::denial::{Denial, Reason};
+use crate::targets::Target;
+use crate::tls::PeerIdentity;
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Limited};
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+use std::time::Instant;
+use tracing::Instrument;
+
+/// What the broker knows about the connection a request came on.
+#[derive(Clone, Debug)]
+pub struct ConnInfo {
+    pub remote: std::net::SocketAddr,
+    pub peer: Option<PeerIdentity>,
+}
+
+/// Takes its context by `Arc` rather than by reference: the future is spawned per connection,
+/// and owned handles keep it `Send` without higher-ranked lifetime trouble.
+pub async fn handle<B>(
+    broker: Arc<Broker>,
+    target: Arc<Target>,
+    req: Request<B>,
+    conn: Arc<ConnInfo>,
+) -> Response<Body>
+where
+    B: http_body::Body<Data = Bytes> + Send,
+    B::Error: Into<super::forward::BoxError>,
+{
+    let started = Instant::now();
+    let request_id = broker.next_request_id();
+    let (parts, body) = req.into_parts();
+    let (broker, target, conn) = (&*broker, &*target, &*conn);
+    let span = tracing::debug_span!("request", id = %request_id, target = target.name(), method = %parts.method, path = parts.uri.path());
+    let mut record = Draft::new(target, &parts, conn);
+    let result = run(
+        broker,
+        target,
+        parts,
+        body,
+        conn,
+        &request_id,
+        &mut record,
+        started,
+    )
+    .instrument(span)
+    .await;
+    broker.metrics.observe(Phase::Total, started.elapsed());
+    match result {
+        Ok(resp) => resp,
+        Err(denial) => {
+            broker
+                .metrics
+                .count(target.name(), Decision::Deny, Some(denial.reason));
+            tracing::info!(request_id, target = target.name(), code = %denial.reason, detail = %denial.message, "refused");
+            match record.decision_seq {
+                // Allowed and recorded, then failed (identity, upstream): the outcome says so.
+                Some(seq) => broker.audit.record_best_effort(record.outcome(
+                    seq,
+                    None,
+                    Some(&denial),
+                    started,
+                )),
+                None => broker.audit.record_best_effort(record.deny(&denial)),
+            }
+            target.render_denial(&denial, &request_id)
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run<B>(
+    broker: &Broker,
+    target: &Target,
+    parts: http::request::Parts,
+    body: B,
+    conn: &ConnInfo,
+    request_id: &str,
+    record: &mut Draft,
+    started: Instant,
+) -> Result<Response<Body>, Denial>
+where
+    B: http_body::Body<Data = Bytes> + Send,
+    B::Error: Into<super::forward::BoxError>,
+{
+    // 2. parse
+    let parsed = target.parse(&parts)?;
+    record.request = parsed.describe;
+    let token = target.certificate(&parts.headers)?;
+    let body = read_body(body, broker.max_body_bytes).await?;
+    let body_sha256 = hex(&Sha256::digest(&body));
+    record.body_sha256 = Some(body_sha256.clone());
+    broker.metrics.observe(Phase::Parse, started.elapsed());
+
+    let Some(token) = token else {
+        if parsed.is_read {
+            return read_pass_through(
+                broker, target, &parts, body, conn, request_id, record, started,
+            )
+            .await;
+        }
+        return Err(Denial::new(
+            Reason::CertMissing,
+            "this request changes state and carries no certificate; present one as \"Authorization: Bearer <certificate>\"",
+        ));
+    };
+
+    // 3. admit
+    let admit_started = Instant::now();
+    let peer = conn.peer.as_ref().map(|p| Peer {
+        x5t_s256: &p.x5t_s256,
+    });
+    let cert = broker
+        .admission
+        .check_certificate(token, peer, crate::cert::now_secs())?;
+    record.certificate(&cert);
+    let view = BodyView {
+        bytes: &body,
+        sha256_hex: &body_sha256,
+        content_type: header_str(&parts.headers, http::header::CONTENT_TYPE)?,
+        content_encoding: header_str(&parts.headers, http::header::CONTENT_ENCODING)?,
+    };
+    target.check_contract(&cert, &parts, &view)?;
+    let (n, max) = broker.admission.take_use(&cert).await?;
+    record.uses = Some((n, max));
+    broker
+        .metrics
+        .observe(Phase::Admit, admit_started.elapsed());
+
+    // 4. audit the decision, durably, before anything reaches the upstream
+    let audit_started = Instant::now();
+    let seq = broker.audit.record(record.allow()).await.map_err(|e| {
+        Denial::new(
+            Reason::AuditUnavailable,
+            format!("the decision could not be recorded durably: {}", e.0),
+        )
+    })?;
+    record.decision_seq = Some(seq);
+    broker
+        .metrics
+        .observe(Phase::Audit, audit_started.elapsed());
+
+    // 5. identity
+    let identity_started = Instant::now();
+    let identity = target.identity(Some(&cert))?;
+    record.identity = Some(identity.audit.clone());
+    broker
+        .metrics
+        .observe(Phase::Identity, identity_started.elapsed());
+
+    // 6. sign + forward
+    let upstream_req = target.upstream_request(&parts, body, &identity, request_id)?;
+    let resp = forward(broker, target, upstream_req).await?;
+
+    // 7. outcome (not waited on: the decision is already durable, and a crash before this
+    //    record lands is written as `unknown` on restart)
+    broker.metrics.count(target.name(), Decision::Allow, None);
+    broker.audit.record_best_effort(record.outcome(
+        seq,
+        Some(resp.status().as_u16()),
+        None,
+        started,
+    ));
+    Ok(resp)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn read_pass_through(
+    broker: &Broker,
+    target: &Target,
+    parts: &http::request::Parts,
+    body: Bytes,
+    conn: &ConnInfo,
+    request_id: &str,
+    record: &mut Draft,
+    started: Instant,
+) -> Result<Response<Body>, Denial> {
+    broker.authenticate_reader(&parts.headers, conn)?;
+    let identity = target.identity(None)?;
+    record.identity = Some(identity.audit.clone());
+    let upstream_req = target.upstream_request(parts, body, &identity, request_id)?;
+    let resp = forward(broker, target, upstream_req).await?;
+    broker.metrics.count(target.name(), Decision::Read, None);
+    let mut entry = record.allow();
+    entry.upstream_status = Some(resp.status().as_u16());
+    entry.duration_ms = Some(started.elapsed().as_millis() as u64);
+    broker.audit.record_best_effort(entry);
+    Ok(resp)
+}
+
+async fn forward(
+    broker: &Broker,
+    target: &Target,
+    req: Request<http_body_util::Full<Bytes>>,
+) -> Result<Response<Body>, Denial> {
+    let started = Instant::now();
+    let resp = target.client().send(req).await.map_err(|e| {
+        broker
+            .metrics
+            .upstream_errors
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Denial::new(
+            Reason::UpstreamError,
+            format!("upstream {} did not answer: {e}", target.name()),
+        )
+    })?;
+    broker.metrics.observe(Phase::Forward, started.elapsed());
+    let (mut parts, body) = resp.into_parts();
+    let mut headers = http::HeaderMap::new();
+    crate::targets::http::copy_hop_safe_response_headers(&parts.headers, &mut headers);
+    parts.headers = headers;
+    Ok(Response::from_parts(parts, stream_body(body)))
+}
+
+async fn read_body<B>(body: B, limit: usize) -> Result<Bytes, Denial>
+where
+    B: http_body::Body<Data = Bytes> + Send,
+    B::Error: Into<super::forward::BoxError>,
+{
+    match Limited::new(body, limit).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Denial::new(
+            Reason::RequestMalformed,
+            format!("request body is over the {limit}-byte limit"),
+        )),
+        Err(e) => Err(Denial::new(
+            Reason::RequestMalformed,
+            format!("request body could not be read: {e}"),
+        )),
+    }
+}
+
+fn header_str(
+    headers: &http::HeaderMap,
+    name: http::header::HeaderName,
+) -> Result<Option<&str>, Denial> {
+    let mut values = headers.get_all(&name).iter();
+    let Some(first) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(Denial::new(
+            Reason::RequestMalformed,
+            format!("{name} appears more than once"),
+        ));
+    }
+    first
+        .to_str()
+        .map(Some)
+        .map_err(|_| Denial::new(Reason::RequestMalformed, format!("{name} is not ASCII")))
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(DIGITS[(b >> 4) as usize] as char);
+        s.push(DIGITS[(b & 0xf) as usize] as char);
+    }
+    s
+}
+
+/// The audit record being assembled as the request moves through the pipeline.
+struct Draft {
+    target: String,
+    request: serde_json::Value,
+    peer: Option<String>,
+    remote: String,
+    cert: Option<(
+        String,
+        String,
+        String,
+        String,
+        String,
+        Option<serde_json::Value>,
+    )>,
+    body_sha256: Option<String>,
+    identity: Option<serde_json::Value>,
+    uses: Option<(u32, u32)>,
+    decision_seq: Option<u64>,
+}
+
+impl Draft {
+    fn new(target: &Target, parts: &http::request::Parts, conn: &ConnInfo) -> Draft {
+        Draft {
+            target: target.name().to_string(),
+            request: serde_json::json!({
+                "method": parts.method.as_str(),
+                "path": parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or(""),
+            }),
+            peer: conn.peer.as_ref().and_then(|p| p.name.clone()),
+            remote: conn.remote.to_string(),
+            cert: None,
+            body_sha256: None,
+            identity: None,
+            uses: None,
+            decision_seq: None,
+        }
+    }
+
+    fn certificate(&mut self, cert: &Certificate) {
+        let c = &cert.claims;
+        self.cert = Some((
+            c.jti.clone(),
+            c.iss.clone(),
+            c.sub.clone(),
+            c.seb.action.clone(),
+            c.seb.policy.clone(),
+            c.seb.evidence.clone(),
+        ));
+    }
+
+    fn request_with_context(&self) -> serde_json::Value {
+        let mut r = self.request.clone();
+        if let Some(obj) = r.as_object_mut() {
+            obj.insert("remote".into(), self.remote.clone().into());
+            if let Some(p) = &self.peer {
+                obj.insert("peer".into(), p.clone().into());
+            }
+            if let Some((n, max)) = self.uses {
+                obj.insert("use".into(), serde_json::json!({"n": n, "max": max}));
+            }
+        }
+        r
+    }
+
+    fn entry(&self, kind: Kind, decision: Verdict, reason: Option<&Denial>) -> Entry {
+        let (cert_id, iss, sub, action, policy, evidence) = match &self.cert {
+            Some((j, i, s, a, p, e)) => (
+                Some(j.clone()),
+                Some(i.clone()),
+                Some(s.clone()),
+                Some(a.clone()),
+                Some(p.clone()),
+                e.clone(),
+            ),
+            None => (None, None, None, None, None, None),
+        };
+        Entry {
+            kind,
+            cert_id,
+            iss,
+            sub,
+            action,
+            policy,
+            evidence,
+            target: self.target.clone(),
+            request: self.request_with_context(),
+            body_sha256: self.body_sha256.clone(),
+            decision,
+            reason: reason.map(|d| (d.reason.as_str().to_string(), d.message.clone())),
+            identity: self.identity.clone(),
+            upstream_status: None,
+            duration_ms: None,
+            outcome: None,
+            decision_seq: None,
+        }
+    }
+
+    fn allow(&self) -> Entry {
+        self.entry(Kind::Decision, Verdict::Allow, None)
+    }
+
+    fn deny(&self, denial: &Denial) -> Entry {
+        self.entry(Kind::Decision, Verdict::Deny, Some(denial))
+    }
+
+    fn outcome(
+        &self,
+        seq: u64,
+        status: Option<u16>,
+        failure: Option<&Denial>,
+        started: Instant,
+    ) -> Entry {
+        let mut e = self.entry(Kind::Outcome, Verdict::Allow, failure);
+        e.upstream_status = status;
+        e.duration_ms = Some(started.elapsed().as_millis() as u64);
+        e.outcome = Some(
+            if failure.is_some() {
+                "failed"
+            } else {
+                "completed"
+            }
+            .to_string(),
+        );
+        e.decision_seq = Some(seq);
+        e
+    }
+}
