@@ -107,12 +107,12 @@ where
     B::Error: Into<super::forward::BoxError>,
 {
     // 2. parse
-    let parsed = target.parse(&parts)?;
-    record.request = parsed.describe;
-    let token = target.certificate(&parts.headers)?;
     let body = read_body(body, broker.max_body_bytes).await?;
     let body_sha256 = hex(&Sha256::digest(&body));
     record.body_sha256 = Some(body_sha256.clone());
+    let parsed = target.parse(&parts, &body)?;
+    record.request = parsed.describe.clone();
+    let token = target.certificate(&parts.headers)?;
     broker.metrics.observe(Phase::Parse, started.elapsed());
 
     let Some(token) = token else {
@@ -144,6 +144,7 @@ where
         content_encoding: header_str(&parts.headers, http::header::CONTENT_ENCODING)?,
     };
     target.check_contract(&cert, &parts, &view)?;
+    target.check_drift(&cert, &parsed).await?;
     let (n, max) = broker.admission.take_use(&cert).await?;
     record.uses = Some((n, max));
     broker
@@ -165,7 +166,7 @@ where
 
     // 5. identity
     let identity_started = Instant::now();
-    let identity = target.identity(Some(&cert))?;
+    let identity = target.identity(Some(&cert)).await?;
     record.identity = Some(identity.audit.clone());
     broker
         .metrics
@@ -199,7 +200,7 @@ async fn read_pass_through(
     started: Instant,
 ) -> Result<Response<Body>, Denial> {
     broker.authenticate_reader(&parts.headers, conn)?;
-    let identity = target.identity(None)?;
+    let identity = target.identity(None).await?;
     record.identity = Some(identity.audit.clone());
     let upstream_req = target.upstream_request(parts, body, &identity, request_id)?;
     let resp = forward(broker, target, upstream_req).await?;

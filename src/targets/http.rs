@@ -68,7 +68,7 @@ impl HttpTarget {
         })
     }
 
-    pub fn parse(&self, parts: &http::request::Parts) -> Result<Parsed, Denial> {
+    pub fn parse(&self, parts: &http::request::Parts, _body: &Bytes) -> Result<Parsed, Denial> {
         let path = parts.uri.path();
         super::path::check_canonical(path).map_err(|m| Denial::new(Reason::RequestMalformed, m))?;
         let is_read = self.reads.iter().any(|r| {

@@ -52,9 +52,10 @@ impl Target {
         }
     }
 
-    pub fn parse(&self, parts: &::http::request::Parts) -> Result<Parsed, Denial> {
+    /// Reads the request: which operation on which resource, and whether it is a read.
+    pub fn parse(&self, parts: &::http::request::Parts, body: &Bytes) -> Result<Parsed, Denial> {
         match self {
-            Target::Http(t) => t.parse(parts),
+            Target::Http(t) => t.parse(parts, body),
         }
     }
 
@@ -79,8 +80,21 @@ impl Target {
         }
     }
 
+    /// Live-state drift: does the target still look as it did when the change was certified
+    /// (`seb.precondition`)? Runs after the contract matched and before a use is spent.
+    pub async fn check_drift(&self, cert: &Certificate, _parsed: &Parsed) -> Result<(), Denial> {
+        match self {
+            // The http target refuses certificates with a precondition in check_contract: it
+            // has no live state to read.
+            Target::Http(_) => {
+                debug_assert!(cert.claims.seb.precondition.is_none());
+                Ok(())
+            }
+        }
+    }
+
     /// Identity for an admitted mutation (`Some(cert)`) or a read (`None`).
-    pub fn identity(&self, cert: Option<&Certificate>) -> Result<Identity, Denial> {
+    pub async fn identity(&self, cert: Option<&Certificate>) -> Result<Identity, Denial> {
         match self {
             Target::Http(t) => Ok(t.identity(cert)),
         }
