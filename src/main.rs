@@ -352,6 +352,10 @@ fn serve(config: &std::path::Path) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async {
+        // A file-size limit (RLIMIT_FSIZE) would otherwise kill the process with SIGXFSZ; as a
+        // handled signal it becomes a failed write, which the audit log turns into refusals.
+        let _xfsz =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(libc::SIGXFSZ))?;
         let running = seb::proxy::start(config).await?;
         for (name, addr) in &running.target_addrs {
             eprintln!("seb: target {name} listening on {addr}");

@@ -1,0 +1,407 @@
+//! Test harness: real processes on loopback. A recording upstream (Python), the `seb` binary
+//! with a config written per test, and reqwest as the agent.
+#![allow(dead_code)]
+
+use seb::admission::revocation::{self, RevocationClaims, RevocationPayload, Revoked};
+use seb::cert::{jws, keys, CERT_TYP};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn seb_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_seb")
+}
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn now() -> i64 {
+    seb::cert::now_secs()
+}
+
+/// A free loopback port. The port is released before use, so another process could take it
+/// in between; tests retry nothing, and on this single-user machine that has not happened.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The recording upstream: every request it receives is a line in its log.
+pub struct Upstream {
+    pub port: u16,
+    log: PathBuf,
+    _child: KillOnDrop,
+}
+
+impl Upstream {
+    pub fn start(dir: &Path) -> Upstream {
+        let log = dir.join("upstream.jsonl");
+        let port_file = dir.join("upstream.port");
+        let child = Command::new("python3")
+            .arg(repo().join("tests/upstream/recording_upstream.py"))
+            .arg("--log")
+            .arg(&log)
+            .arg("--port-file")
+            .arg(&port_file)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("python3 runs the recording upstream");
+        let child = KillOnDrop(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let port = loop {
+            if let Ok(p) = std::fs::read_to_string(&port_file) {
+                break p.trim().parse().unwrap();
+            }
+            assert!(Instant::now() < deadline, "upstream did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        Upstream {
+            port,
+            log,
+            _child: child,
+        }
+    }
+
+    /// Every request received so far.
+    pub fn requests(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+/// Keys, TLS material and revocation data in one temporary directory.
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub signer: ed25519_dalek::SigningKey,
+    pub kid: String,
+    pub agent_x5t: String,
+}
+
+impl Env {
+    pub fn new() -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        let signer = keys::generate();
+        keys::write_keypair(&dir.path().join("signer"), &signer).unwrap();
+        keys::write_keypair(&dir.path().join("broker"), &keys::generate()).unwrap();
+        let certs = seb::devcerts::write_dev_certs(&dir.path().join("tls"), "agent:demo").unwrap();
+        let kid = keys::key_id(&signer.verifying_key());
+        let env = Env {
+            dir,
+            signer,
+            kid,
+            agent_x5t: certs.agent_x5t,
+        };
+        env.write_revocation(1, now(), Revoked::default());
+        env
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn revocation_doc(&self, epoch: u64, iat: i64, revoked: Revoked) -> String {
+        revocation::sign(
+            &self.signer,
+            &self.kid,
+            &RevocationPayload {
+                iss: "signer".into(),
+                iat,
+                seb: RevocationClaims {
+                    v: 1,
+                    revocation_epoch: epoch,
+                    min_policy_epoch: 0,
+                    revoked,
+                },
+            },
+        )
+    }
+
+    pub fn write_revocation(&self, epoch: u64, iat: i64, revoked: Revoked) {
+        let doc = self.revocation_doc(epoch, iat, revoked);
+        seb::fsutil::write_atomic(&self.path("revocation.jws"), doc.as_bytes(), 0o644).unwrap();
+    }
+
+    /// A certificate for `method path` on the `payments` upstream, valid now for 5 minutes.
+    pub fn cert(&self, method: &str, path: &str, body: Value) -> String {
+        self.cert_with(method, path, body, |_| {})
+    }
+
+    pub fn cert_with(
+        &self,
+        method: &str,
+        path: &str,
+        body: Value,
+        edit: impl FnOnce(&mut Value),
+    ) -> String {
+        let t = now();
+        let mut p = json!({
+            "iss": "signer", "sub": "agent:demo", "jti": random_jti(), "iat": t, "nbf": t, "exp": t + 300,
+            "seb": {"v": 1, "action": "refund", "policy": "refunds-v1", "policy_epoch": 1, "revocation_epoch": 1,
+                    "target": "http", "request": {"upstream": "payments", "method": method, "path": path},
+                    "evidence": {"ticket": "INC-7"}}
+        });
+        if !body.is_null() {
+            p["seb"]["body"] = body;
+        }
+        edit(&mut p);
+        jws::sign(&self.signer, CERT_TYP, &self.kid, &p)
+    }
+
+    pub fn config(&self, upstream_port: u16, extra: &str) -> BrokerConfig {
+        let listen = free_port();
+        let admin = free_port();
+        let text = format!(
+            r#"
+broker_id = "test-broker"
+[tls]
+cert = "tls/server.pem"
+key = "tls/server.key"
+client_ca = "tls/ca.pem"
+[admin]
+listen = "127.0.0.1:{admin}"
+[[issuers]]
+name = "signer"
+public_key = "signer.pub"
+[revocation]
+file = "revocation.jws"
+poll_interval = "1s"
+max_staleness = "5m"
+[audit]
+path = "audit.jsonl"
+signing_key = "broker.key"
+[agents]
+tokens = [{{ value_env = "SEB_TEST_AGENT_TOKEN" }}]
+[[targets]]
+name = "payments"
+kind = "http"
+listen = "127.0.0.1:{listen}"
+[targets.http]
+upstream = "http://127.0.0.1:{upstream_port}"
+credential = {{ header = "Authorization", value_env = "SEB_TEST_PAYMENTS_TOKEN", prefix = "Bearer " }}
+reads = [{{ methods = ["GET"], path_prefix = "/v1/" }}]
+{extra}
+"#
+        );
+        BrokerConfig {
+            text,
+            listen,
+            admin,
+        }
+    }
+}
+
+pub fn random_jti() -> String {
+    let mut b = [0u8; 12];
+    getrandom::getrandom(&mut b).unwrap();
+    seb::proxy::pipeline::hex(&b)
+}
+
+pub struct BrokerConfig {
+    pub text: String,
+    pub listen: u16,
+    pub admin: u16,
+}
+
+pub const UPSTREAM_SECRET: &str = "upstream-secret-the-agent-never-sees";
+pub const AGENT_TOKEN: &str = "agent-read-token";
+
+pub struct Broker {
+    pub child: Option<Child>,
+    pub listen: u16,
+    pub admin: u16,
+    pub config_path: PathBuf,
+}
+
+impl Broker {
+    pub fn start(env: &Env, cfg: &BrokerConfig) -> Broker {
+        let config_path = env.path("seb.toml");
+        std::fs::write(&config_path, &cfg.text).unwrap();
+        let mut b = Broker {
+            child: None,
+            listen: cfg.listen,
+            admin: cfg.admin,
+            config_path,
+        };
+        b.spawn(env);
+        b
+    }
+
+    pub fn spawn(&mut self, env: &Env) {
+        let log = std::fs::File::create(env.path(&format!("seb-{}.log", now()))).unwrap();
+        let child = Command::new(seb_bin())
+            .args(["serve", "--config"])
+            .arg(&self.config_path)
+            .env("SEB_TEST_PAYMENTS_TOKEN", UPSTREAM_SECRET)
+            .env("SEB_TEST_AGENT_TOKEN", AGENT_TOKEN)
+            .env("SEB_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.admin)) {
+                use std::io::{Read, Write};
+                let _ =
+                    s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+                let mut out = String::new();
+                let _ = s.read_to_string(&mut out);
+                if out.starts_with("HTTP/1.1 200")
+                    && std::net::TcpStream::connect(("127.0.0.1", self.listen)).is_ok()
+                {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "broker did not become ready");
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("https://localhost:{}{path}", self.listen)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.admin)
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// An agent: reqwest over TLS trusting the dev CA; `mtls` adds the agent's client certificate.
+pub fn client(env: &Env, mtls: bool) -> reqwest::Client {
+    let ca = std::fs::read(env.path("tls/ca.pem")).unwrap();
+    let mut b = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+        .timeout(Duration::from_secs(20));
+    if mtls {
+        let mut pem = std::fs::read(env.path("tls/agent.pem")).unwrap();
+        pem.extend(std::fs::read(env.path("tls/agent.key")).unwrap());
+        b = b.identity(reqwest::Identity::from_pem(&pem).unwrap());
+    }
+    b.build().unwrap()
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub body: Value,
+}
+
+impl Reply {
+    pub fn code(&self) -> &str {
+        self.body["code"].as_str().unwrap_or("")
+    }
+}
+
+pub async fn send(
+    c: &reqwest::Client,
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Reply {
+    let mut r = c.request(reqwest::Method::from_bytes(method.as_bytes()).unwrap(), url);
+    for (k, v) in headers {
+        r = r.header(*k, *v);
+    }
+    let resp = r.body(body.to_vec()).send().await.unwrap();
+    let status = resp.status().as_u16();
+    let bytes = resp.bytes().await.unwrap();
+    Reply {
+        status,
+        body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    }
+}
+
+/// Every line of the broker's audit log, parsed.
+pub fn audit_records(env: &Env) -> Vec<Value> {
+    std::fs::read_to_string(env.path("audit.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+pub fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs `seb` with arguments; returns (exit code, stdout, stderr).
+pub fn seb(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(seb_bin()).args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Sends request bytes exactly as given over TLS, for paths a URL library would normalize
+/// before sending (dot segments, encoded dots). Returns (status, body as JSON).
+pub async fn send_raw(env: &Env, port: u16, request: &str) -> Reply {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let config = seb::tls::client_config(Some(&env.path("tls/ca.pem")), None).unwrap();
+    let connector = tokio_rustls::TlsConnector::from(config);
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = connector.connect(name, tcp).await.unwrap();
+    tls.write_all(request.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tls.read_to_end(&mut out).await;
+    let text = String::from_utf8_lossy(&out);
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
+    Reply {
+        status,
+        body: serde_json::from_str(body).unwrap_or(Value::Null),
+    }
+}

@@ -1,0 +1,975 @@
+//! End to end through real TLS: reqwest as the agent, the `seb` binary, and a recording
+//! upstream process. The central assertion of every test: the upstream received exactly the
+//! admitted requests, and none of the refused ones.
+
+mod common;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use common::*;
+use seb::admission::revocation::Revoked;
+use serde_json::{json, Value};
+
+const JSON: (&str, &str) = ("content-type", "application/json");
+
+fn refund_rule() -> Value {
+    json!({"constraints": {"/amount": {"max": 100}, "/order": {"prefix": "ord_"}}, "others": "deny"})
+}
+
+fn bearer(t: &str) -> String {
+    format!("Bearer {t}")
+}
+
+fn posts(up: &Upstream) -> Vec<Value> {
+    up.requests()
+        .into_iter()
+        .filter(|r| r["method"] != "GET")
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admitted_requests_reach_upstream_and_refused_ones_never_do() {
+    let env = Env::new();
+    let up = Upstream::start(env.dir.path());
+    let broker = Broker::start(&env, &env.config(up.port, ""));
+    let c = client(&env, false);
+    let url = broker.url("/v1/refunds");
+    let good = br#"{"amount":50,"order":"ord_1"}"#;
+
+    // Admitted: the upstream sees the broker's credential, never the certificate.
+    let cert = env.cert("POST", "/v1/refunds", refund_rule());
+    let r = send(
+        &c,
+        "POST",
+        &url,
+        &[JSON, ("authorization", &bearer(&cert))],
+        good,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let seen = posts(&up);
+    assert_eq!(seen.len(), 1);
+    assert_eq!(
+        seen[0]["headers"]["authorization"],
+        format!("Bearer {UPSTREAM_SECRET}")
+    );
+    assert!(
+        !seen[0]["headers"].to_string().contains(&cert),
+        "certificate leaked upstream"
+    );
+    assert_eq!(seen[0]["body"], std::str::from_utf8(good).unwrap());
+
+    // Replay of the same single-use certificate.
+    let r = send(
+        &c,
+        "POST",
+        &url,
+        &[JSON, ("authorization", &bearer(&cert))],
+        good,
+    )
+    .await;
+    assert_eq!((r.status, r.code()), (403, "replayed"));
+
+    // Each refusal below comes with its reason code, and the upstream sees none of them.
+    let expired = env.cert_with("POST", "/v1/refunds", refund_rule(), |p| {
+        p["nbf"] = json!(now() - 600);
+        p["iat"] = json!(now() - 600);
+        p["exp"] = json!(now() - 300);
+    });
+    let tampered = {
+        let t = env.cert("POST", "/v1/refunds", refund_rule());
+        let parts: Vec<&str> = t.split('.').collect();
+        let mut payload: Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
+        payload["seb"]["body"]["constraints"]["/amount"] = json!({"max": 1000000});
+        format!(
+            "{}.{}.{}",
+            parts[0],
+            URL_SAFE_NO_PAD.encode(payload.to_string()),
+            parts[2]
+        )
+    };
+    let unsigned = {
+        let t = env.cert("POST", "/v1/refunds", refund_rule());
+        let parts: Vec<&str> = t.split('.').collect();
+        let h = URL_SAFE_NO_PAD.encode(format!(
+            r#"{{"alg":"none","typ":"seb-cert+jws","kid":"{}"}}"#,
+            env.kid
+        ));
+        format!("{h}.{}.", parts[1])
+    };
+    let hs256 = {
+        let t = env.cert("POST", "/v1/refunds", refund_rule());
+        let parts: Vec<&str> = t.split('.').collect();
+        let h = URL_SAFE_NO_PAD.encode(format!(
+            r#"{{"alg":"HS256","typ":"seb-cert+jws","kid":"{}"}}"#,
+            env.kid
+        ));
+        format!("{h}.{}.{}", parts[1], parts[2])
+    };
+    let stranger = {
+        let other = seb::cert::keys::generate();
+        let kid = seb::cert::keys::key_id(&other.verifying_key());
+        let t = env.cert("POST", "/v1/refunds", refund_rule());
+        let payload: Value = serde_json::from_slice(
+            &URL_SAFE_NO_PAD
+                .decode(t.split('.').nth(1).unwrap())
+                .unwrap(),
+        )
+        .unwrap();
+        seb::cert::jws::sign(&other, seb::cert::CERT_TYP, &kid, &payload)
+    };
+    let other_path = env.cert("POST", "/v1/refunds/other", refund_rule());
+    let other_method = env.cert("PUT", "/v1/refunds", refund_rule());
+    let fresh = || env.cert("POST", "/v1/refunds", refund_rule());
+
+    struct Case<'a> {
+        name: &'a str,
+        path: &'a str,
+        headers: Vec<(&'a str, String)>,
+        body: Vec<u8>,
+        status: u16,
+        code: &'a str,
+    }
+    let h = |t: &str| {
+        vec![
+            ("content-type", "application/json".to_string()),
+            ("authorization", bearer(t)),
+        ]
+    };
+    let cases = vec![
+        Case {
+            name: "no certificate",
+            path: "/v1/refunds",
+            headers: vec![("content-type", "application/json".into())],
+            body: good.to_vec(),
+            status: 401,
+            code: "cert_missing",
+        },
+        Case {
+            name: "expired",
+            path: "/v1/refunds",
+            headers: h(&expired),
+            body: good.to_vec(),
+            status: 403,
+            code: "expired",
+        },
+        Case {
+            name: "payload edited after signing",
+            path: "/v1/refunds",
+            headers: h(&tampered),
+            body: br#"{"amount":5000,"order":"ord_1"}"#.to_vec(),
+            status: 403,
+            code: "bad_signature",
+        },
+        Case {
+            name: "alg none",
+            path: "/v1/refunds",
+            headers: h(&unsigned),
+            body: good.to_vec(),
+            status: 400,
+            code: "cert_malformed",
+        },
+        Case {
+            name: "alg HS256",
+            path: "/v1/refunds",
+            headers: h(&hs256),
+            body: good.to_vec(),
+            status: 400,
+            code: "cert_malformed",
+        },
+        Case {
+            name: "untrusted issuer key",
+            path: "/v1/refunds",
+            headers: h(&stranger),
+            body: good.to_vec(),
+            status: 403,
+            code: "unknown_issuer",
+        },
+        Case {
+            name: "certificate for another path",
+            path: "/v1/refunds",
+            headers: h(&other_path),
+            body: good.to_vec(),
+            status: 403,
+            code: "contract_mismatch",
+        },
+        Case {
+            name: "certificate for another method",
+            path: "/v1/refunds",
+            headers: h(&other_method),
+            body: good.to_vec(),
+            status: 403,
+            code: "contract_mismatch",
+        },
+        Case {
+            name: "amount over the limit",
+            path: "/v1/refunds",
+            headers: h(&fresh()),
+            body: br#"{"amount":101,"order":"ord_1"}"#.to_vec(),
+            status: 403,
+            code: "contract_mismatch",
+        },
+        Case {
+            name: "extra field",
+            path: "/v1/refunds",
+            headers: h(&fresh()),
+            body: br#"{"amount":5,"order":"ord_1","to":"attacker"}"#.to_vec(),
+            status: 403,
+            code: "contract_mismatch",
+        },
+        Case {
+            name: "duplicate keys",
+            path: "/v1/refunds",
+            headers: h(&fresh()),
+            body: br#"{"amount":5,"order":"ord_1","amount":5000}"#.to_vec(),
+            status: 400,
+            code: "request_malformed",
+        },
+        Case {
+            name: "keys differing by escape only",
+            path: "/v1/refunds",
+            headers: h(&fresh()),
+            body: br#"{"amount":5,"order":"ord_1","\u0061mount":5000}"#.to_vec(),
+            status: 400,
+            code: "request_malformed",
+        },
+        Case {
+            name: "gzip body",
+            path: "/v1/refunds",
+            headers: {
+                let mut v = h(&fresh());
+                v.push(("content-encoding", "gzip".into()));
+                v
+            },
+            body: good.to_vec(),
+            status: 400,
+            code: "request_malformed",
+        },
+        Case {
+            name: "form content type",
+            path: "/v1/refunds",
+            headers: vec![
+                ("content-type", "application/x-www-form-urlencoded".into()),
+                ("authorization", bearer(&fresh())),
+            ],
+            body: good.to_vec(),
+            status: 400,
+            code: "request_malformed",
+        },
+        Case {
+            name: "two certificates",
+            path: "/v1/refunds",
+            headers: {
+                let mut v = h(&fresh());
+                v.push(("x-seb-certificate", fresh()));
+                v
+            },
+            body: good.to_vec(),
+            status: 400,
+            code: "cert_malformed",
+        },
+        Case {
+            name: "dot-dot path",
+            path: "/v1/x/../refunds",
+            headers: h(&fresh()),
+            body: good.to_vec(),
+            status: 400,
+            code: "request_malformed",
+        },
+        Case {
+            name: "encoded dot-dot",
+            path: "/v1/x/%2e%2e/refunds",
+            headers: h(&fresh()),
+            body: good.to_vec(),
+            status: 400,
+            code: "request_malformed",
+        },
+        Case {
+            name: "encoded slash",
+            path: "/v1%2Frefunds",
+            headers: h(&fresh()),
+            body: good.to_vec(),
+            status: 400,
+            code: "request_malformed",
+        },
+        Case {
+            name: "double slash",
+            path: "/v1//refunds",
+            headers: h(&fresh()),
+            body: good.to_vec(),
+            status: 400,
+            code: "request_malformed",
+        },
+        Case {
+            name: "needlessly encoded letter",
+            path: "/v1/r%65funds",
+            headers: h(&fresh()),
+            body: good.to_vec(),
+            status: 400,
+            code: "request_malformed",
+        },
+        Case {
+            name: "backslash",
+            path: "/v1%5Crefunds",
+            headers: h(&fresh()),
+            body: good.to_vec(),
+            status: 400,
+            code: "request_malformed",
+        },
+        Case {
+            name: "query string not in certificate",
+            path: "/v1/refunds?force=true",
+            headers: h(&fresh()),
+            body: good.to_vec(),
+            status: 403,
+            code: "contract_mismatch",
+        },
+        Case {
+            name: "GET outside the read rules",
+            path: "/admin",
+            headers: vec![],
+            body: vec![],
+            status: 401,
+            code: "cert_missing",
+        },
+    ];
+    for case in &cases {
+        let headers: Vec<(&str, &str)> =
+            case.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let method = if case.path == "/admin" { "GET" } else { "POST" };
+        // Paths go out byte for byte: an HTTP library would normalize some of them first.
+        let mut raw = format!("{method} {} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\ncontent-length: {}\r\n", case.path, case.body.len());
+        for (k, v) in &headers {
+            raw.push_str(&format!("{k}: {v}\r\n"));
+        }
+        raw.push_str("\r\n");
+        raw.push_str(std::str::from_utf8(&case.body).unwrap());
+        let r = send_raw(&env, broker.listen, &raw).await;
+        assert_eq!(
+            (r.status, r.code()),
+            (case.status, case.code),
+            "{}: {:?}",
+            case.name,
+            r.body
+        );
+        assert!(
+            r.body["detail"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("seb: {}: ", case.code)),
+            "{}",
+            case.name
+        );
+    }
+    assert_eq!(
+        posts(&up).len(),
+        1,
+        "a refused request reached the upstream"
+    );
+    assert!(up.requests().iter().all(|r| r["path"] != "/admin"));
+
+    // X-Seb-Certificate works as well, and is not forwarded either.
+    let cert = fresh();
+    let r = send(
+        &c,
+        "POST",
+        &url,
+        &[JSON, ("x-seb-certificate", &cert)],
+        good,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let seen = posts(&up);
+    assert_eq!(seen.len(), 2);
+    assert!(seen[1]["headers"].get("x-seb-certificate").is_none());
+
+    // The audit trail verifies, with one allow decision + outcome per admitted request and a
+    // deny decision for each refusal.
+    wait_for("outcome records", || {
+        audit_records(&env)
+            .iter()
+            .filter(|r| r["kind"] == "outcome")
+            .count()
+            == 2
+    });
+    let recs = audit_records(&env);
+    let denies = recs.iter().filter(|r| r["decision"] == "deny").count();
+    assert_eq!(denies, cases.len() + 1);
+    let allow = recs
+        .iter()
+        .find(|r| r["kind"] == "decision" && r["decision"] == "allow")
+        .unwrap();
+    assert_eq!(allow["evidence"]["ticket"], "INC-7");
+    assert_eq!(allow["policy"], "refunds-v1");
+    assert_eq!(allow["sub"], "agent:demo");
+    assert!(
+        !allow.to_string().contains(UPSTREAM_SECRET),
+        "the broker credential must not be audited"
+    );
+    let (code, out, err) = seb(&[
+        "audit",
+        "verify",
+        "--key",
+        env.path("broker.pub").to_str().unwrap(),
+        env.path("audit.jsonl").to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_replay_admits_exactly_max_uses() {
+    let env = Env::new();
+    let up = Upstream::start(env.dir.path());
+    let broker = Broker::start(&env, &env.config(up.port, ""));
+    let cert = env.cert_with("POST", "/v1/refunds", refund_rule(), |p| {
+        p["seb"]["max_uses"] = json!(3)
+    });
+    let url = broker.url("/v1/refunds");
+    let mut tasks = Vec::new();
+    for _ in 0..40 {
+        // One client per task: separate connections, as racing agents would have.
+        let (c, url, auth) = (client(&env, false), url.clone(), bearer(&cert));
+        tasks.push(tokio::spawn(async move {
+            send(
+                &c,
+                "POST",
+                &url,
+                &[JSON, ("authorization", &auth)],
+                br#"{"amount":1,"order":"ord_9"}"#,
+            )
+            .await
+        }));
+    }
+    let mut admitted = 0;
+    for t in tasks {
+        let r = t.await.unwrap();
+        match r.status {
+            200 => admitted += 1,
+            _ => assert_eq!(r.code(), "replayed", "{:?}", r.body),
+        }
+    }
+    assert_eq!(admitted, 3);
+    assert_eq!(posts(&up).len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocation_pushed_while_requests_flow_stops_them() {
+    let env = Env::new();
+    let up = Upstream::start(env.dir.path());
+    let broker = Broker::start(&env, &env.config(up.port, ""));
+    let jti = random_jti();
+    let cert = env.cert_with("POST", "/v1/refunds", refund_rule(), |p| {
+        p["jti"] = json!(jti);
+        p["seb"]["max_uses"] = json!(1000);
+    });
+    let url = broker.url("/v1/refunds");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for _ in 0..4 {
+        let (c, url, auth, stop) = (
+            client(&env, false),
+            url.clone(),
+            bearer(&cert),
+            stop.clone(),
+        );
+        workers.push(tokio::spawn(async move {
+            let (mut ok, mut revoked, mut ok_after_stop) = (0, 0, 0);
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) || revoked == 0 {
+                let stopping = stop.load(std::sync::atomic::Ordering::SeqCst);
+                let r = send(
+                    &c,
+                    "POST",
+                    &url,
+                    &[JSON, ("authorization", &auth)],
+                    br#"{"amount":1,"order":"ord_2"}"#,
+                )
+                .await;
+                match (r.status, r.code()) {
+                    (200, _) if stopping => ok_after_stop += 1,
+                    (200, _) => ok += 1,
+                    (403, "revoked") => revoked += 1,
+                    other => panic!("unexpected {other:?}: {:?}", r.body),
+                }
+            }
+            (ok, revoked, ok_after_stop)
+        }));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let doc = env.revocation_doc(
+        2,
+        now(),
+        Revoked {
+            jti: vec![jti.clone()],
+            ..Default::default()
+        },
+    );
+    let resp = reqwest::Client::new()
+        .post(broker.admin_url("/v1/revocation"))
+        .body(doc)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    // Once the push has been acknowledged, nothing more is admitted.
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut total_ok = 0;
+    for w in workers {
+        let (ok, revoked, ok_after) = w.await.unwrap();
+        assert!(revoked > 0);
+        assert_eq!(
+            ok_after, 0,
+            "a request was admitted after the revocation push was acknowledged"
+        );
+        total_ok += ok;
+    }
+    assert!(total_ok > 0, "some requests were admitted before the push");
+    assert_eq!(posts(&up).len(), total_ok);
+    // A rollback to the older epoch is refused.
+    let old = env.revocation_doc(1, now(), Revoked::default());
+    let resp = reqwest::Client::new()
+        .post(broker.admin_url("/v1/revocation"))
+        .body(old)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 409);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocation_file_update_is_picked_up_by_polling() {
+    let env = Env::new();
+    let up = Upstream::start(env.dir.path());
+    let broker = Broker::start(&env, &env.config(up.port, ""));
+    let c = client(&env, false);
+    env.write_revocation(
+        2,
+        now(),
+        Revoked {
+            sub: vec!["agent:demo".into()],
+            ..Default::default()
+        },
+    );
+    wait_for("revocation epoch 2", || {
+        let body = std::process::Command::new("curl")
+            .args(["-s", &broker.admin_url("/readyz")])
+            .output()
+            .unwrap()
+            .stdout;
+        String::from_utf8_lossy(&body).contains("\"epoch\":2")
+    });
+    let cert = env.cert("POST", "/v1/refunds", refund_rule());
+    let r = send(
+        &c,
+        "POST",
+        &broker.url("/v1/refunds"),
+        &[JSON, ("authorization", &bearer(&cert))],
+        br#"{"amount":1,"order":"ord_2"}"#,
+    )
+    .await;
+    assert_eq!((r.status, r.code()), (403, "revoked"));
+    // A certificate issued at a revocation epoch the broker has not loaded waits.
+    let ahead = env.cert_with("POST", "/v1/refunds", refund_rule(), |p| {
+        p["sub"] = json!("agent:other");
+        p["seb"]["revocation_epoch"] = json!(3);
+    });
+    let r = send(
+        &c,
+        "POST",
+        &broker.url("/v1/refunds"),
+        &[JSON, ("authorization", &bearer(&ahead))],
+        br#"{"amount":1,"order":"ord_2"}"#,
+    )
+    .await;
+    assert_eq!((r.status, r.code()), (503, "revocation_data_stale"));
+    assert!(posts(&up).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_revocation_data_refuses_mutations_but_not_reads() {
+    let env = Env::new();
+    env.write_revocation(1, now() - 120, Revoked::default());
+    let up = Upstream::start(env.dir.path());
+    let cfg = env.config(up.port, "");
+    let cfg = BrokerConfig {
+        text: cfg
+            .text
+            .replace("max_staleness = \"5m\"", "max_staleness = \"60s\""),
+        ..cfg
+    };
+    std::fs::write(env.path("seb.toml"), &cfg.text).unwrap();
+    // Not ready (stale), so start it by hand rather than waiting for readiness.
+    let child = std::process::Command::new(seb_bin())
+        .args(["serve", "--config", env.path("seb.toml").to_str().unwrap()])
+        .env("SEB_TEST_PAYMENTS_TOKEN", UPSTREAM_SECRET)
+        .env("SEB_TEST_AGENT_TOKEN", AGENT_TOKEN)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let _guard = KillOnDrop(child);
+    wait_for("listener", || {
+        std::net::TcpStream::connect(("127.0.0.1", cfg.listen)).is_ok()
+    });
+    let c = client(&env, false);
+    let url = format!("https://localhost:{}", cfg.listen);
+    let cert = env.cert("POST", "/v1/refunds", refund_rule());
+    let r = send(
+        &c,
+        "POST",
+        &format!("{url}/v1/refunds"),
+        &[JSON, ("authorization", &bearer(&cert))],
+        br#"{"amount":1,"order":"ord_2"}"#,
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.code()),
+        (503, "revocation_data_stale"),
+        "{:?}",
+        r.body
+    );
+    let r = send(
+        &c,
+        "GET",
+        &format!("{url}/v1/items"),
+        &[("x-seb-agent-token", AGENT_TOKEN)],
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let ready = reqwest::get(format!("http://127.0.0.1:{}/readyz", cfg.admin))
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503);
+    assert!(posts(&up).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_need_an_authenticated_agent_and_use_the_read_path() {
+    let env = Env::new();
+    let up = Upstream::start(env.dir.path());
+    let broker = Broker::start(&env, &env.config(up.port, ""));
+    let anon = client(&env, false);
+    let r = send(&anon, "GET", &broker.url("/v1/items"), &[], b"").await;
+    assert_eq!((r.status, r.code()), (401, "unauthenticated"));
+    let r = send(
+        &anon,
+        "GET",
+        &broker.url("/v1/items"),
+        &[("x-seb-agent-token", "wrong")],
+        b"",
+    )
+    .await;
+    assert_eq!((r.status, r.code()), (401, "unauthenticated"));
+    let r = send(
+        &anon,
+        "GET",
+        &broker.url("/v1/items"),
+        &[("x-seb-agent-token", AGENT_TOKEN)],
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let mtls = client(&env, true);
+    let r = send(&mtls, "GET", &broker.url("/v1/items/3"), &[], b"").await;
+    assert_eq!(r.status, 200);
+    // A read rule covers its prefix by whole segments only, and never other methods.
+    let r = send(&mtls, "GET", &broker.url("/v1items"), &[], b"").await;
+    assert_eq!(r.code(), "cert_missing");
+    let r = send(&mtls, "DELETE", &broker.url("/v1/items/3"), &[], b"").await;
+    assert_eq!(r.code(), "cert_missing");
+    let seen = up.requests();
+    assert_eq!(seen.len(), 2);
+    // The agent's own token is not forwarded; no read credential is configured.
+    assert!(seen
+        .iter()
+        .all(|r| r["headers"].get("x-seb-agent-token").is_none()
+            && r["headers"].get("authorization").is_none()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_bound_to_client_certificate() {
+    let env = Env::new();
+    let up = Upstream::start(env.dir.path());
+    let broker = Broker::start(&env, &env.config(up.port, ""));
+    let bound = |x5t: &str| {
+        let x5t = x5t.to_string();
+        env.cert_with("POST", "/v1/refunds", refund_rule(), move |p| {
+            p["cnf"] = json!({"x5t#S256": x5t})
+        })
+    };
+    let body = br#"{"amount":1,"order":"ord_3"}"#;
+    let r = send(
+        &client(&env, false),
+        "POST",
+        &broker.url("/v1/refunds"),
+        &[JSON, ("authorization", &bearer(&bound(&env.agent_x5t)))],
+        body,
+    )
+    .await;
+    assert_eq!((r.status, r.code()), (403, "binding_mismatch"));
+    let r = send(
+        &client(&env, true),
+        "POST",
+        &broker.url("/v1/refunds"),
+        &[JSON, ("authorization", &bearer(&bound("AAAA")))],
+        body,
+    )
+    .await;
+    assert_eq!((r.status, r.code()), (403, "binding_mismatch"));
+    assert!(posts(&up).is_empty());
+    let r = send(
+        &client(&env, true),
+        "POST",
+        &broker.url("/v1/refunds"),
+        &[JSON, ("authorization", &bearer(&bound(&env.agent_x5t)))],
+        body,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(posts(&up).len(), 1);
+    let decision = audit_records(&env)
+        .into_iter()
+        .find(|r| r["decision"] == "allow")
+        .unwrap();
+    assert_eq!(decision["request"]["peer"], "spiffe://seb.local/agent/demo");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clock_skew_is_honoured_up_to_its_limit() {
+    let env = Env::new();
+    let up = Upstream::start(env.dir.path());
+    let broker = Broker::start(&env, &env.config(up.port, ""));
+    let c = client(&env, false);
+    let body = br#"{"amount":1,"order":"ord_4"}"#;
+    let window = |nbf_offset: i64, exp_offset: i64| {
+        env.cert_with("POST", "/v1/refunds", refund_rule(), move |p| {
+            let t = now();
+            p["iat"] = json!(t + nbf_offset);
+            p["nbf"] = json!(t + nbf_offset);
+            p["exp"] = json!(t + exp_offset);
+        })
+    };
+    // The default skew is 30 s; 10 s margins keep the test clear of the second boundary.
+    for (name, nbf, exp, want) in [
+        ("expired 20s ago, inside skew", -300, -20, 200),
+        ("expired 40s ago, beyond skew", -300, -40, 403),
+        ("starts in 20s, inside skew", 20, 300, 200),
+        ("starts in 40s, beyond skew", 40, 300, 403),
+    ] {
+        let r = send(
+            &c,
+            "POST",
+            &broker.url("/v1/refunds"),
+            &[JSON, ("authorization", &bearer(&window(nbf, exp)))],
+            body,
+        )
+        .await;
+        assert_eq!(r.status, want, "{name}: {:?}", r.body);
+    }
+    assert_eq!(posts(&up).len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_between_decision_and_outcome_is_recorded_as_unknown() {
+    let env = Env::new();
+    let up = Upstream::start(env.dir.path());
+    let mut broker = Broker::start(&env, &env.config(up.port, ""));
+    let cert = env.cert("POST", "/slow/deploy", json!(null));
+    let c = client(&env, false);
+    let url = broker.url("/slow/deploy");
+    let pending = tokio::spawn(async move {
+        c.post(url)
+            .header("authorization", format!("Bearer {cert}"))
+            .send()
+            .await
+    });
+    // The upstream has the request (it sleeps before answering), so the decision is durable.
+    wait_for("upstream to receive the request", || {
+        up.requests().len() == 1
+    });
+    let decision = audit_records(&env)
+        .into_iter()
+        .find(|r| r["kind"] == "decision" && r["decision"] == "allow")
+        .unwrap();
+    broker.kill9();
+    assert!(
+        pending.await.unwrap().is_err(),
+        "the agent's connection dies with the broker"
+    );
+    assert!(audit_records(&env).iter().all(|r| r["kind"] != "outcome"));
+    broker.spawn(&env);
+    let recs = audit_records(&env);
+    let outcome = recs
+        .iter()
+        .find(|r| r["kind"] == "outcome")
+        .expect("an outcome record after restart");
+    assert_eq!(outcome["outcome"], "unknown");
+    assert_eq!(outcome["decision_seq"], decision["seq"]);
+    assert_eq!(outcome["cert_id"], decision["cert_id"]);
+    let (code, out, err) = seb(&[
+        "audit",
+        "verify",
+        "--key",
+        env.path("broker.pub").to_str().unwrap(),
+        env.path("audit.jsonl").to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unwritable_audit_log_refuses_mutations_and_recovers() {
+    if std::process::Command::new("prlimit")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        panic!("prlimit (util-linux) is needed to limit the broker's file size");
+    }
+    let env = Env::new();
+    let up = Upstream::start(env.dir.path());
+    let broker = Broker::start(&env, &env.config(up.port, ""));
+    let c = client(&env, true);
+    let body = br#"{"amount":1,"order":"ord_5"}"#;
+    // Cap the broker's file size at what the log already holds: the next append fails (EFBIG),
+    // as it would on a full disk.
+    let size = std::fs::metadata(env.path("audit.jsonl")).unwrap().len();
+    let pid = broker.pid().to_string();
+    // Soft limit only, so it can be raised again without privileges.
+    let limit = format!("--fsize={size}:unlimited");
+    assert!(std::process::Command::new("prlimit")
+        .args(["--pid", &pid, &limit])
+        .status()
+        .unwrap()
+        .success());
+    let cert = env.cert("POST", "/v1/refunds", refund_rule());
+    let r = send(
+        &c,
+        "POST",
+        &broker.url("/v1/refunds"),
+        &[JSON, ("authorization", &bearer(&cert))],
+        body,
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.code()),
+        (503, "audit_unavailable"),
+        "{:?}",
+        r.body
+    );
+    assert!(posts(&up).is_empty());
+    let r = send(&c, "GET", &broker.url("/v1/items"), &[], b"").await;
+    assert_eq!(r.status, 200, "reads continue while the audit log is down");
+    assert!(std::process::Command::new("prlimit")
+        .args(["--pid", &pid, "--fsize=unlimited"])
+        .status()
+        .unwrap()
+        .success());
+    let cert = env.cert("POST", "/v1/refunds", refund_rule());
+    let r = send(
+        &c,
+        "POST",
+        &broker.url("/v1/refunds"),
+        &[JSON, ("authorization", &bearer(&cert))],
+        body,
+    )
+    .await;
+    assert_eq!(
+        r.status, 200,
+        "admission resumes once the log is writable: {:?}",
+        r.body
+    );
+    assert_eq!(posts(&up).len(), 1);
+    let (code, out, err) = seb(&[
+        "audit",
+        "verify",
+        "--key",
+        env.path("broker.pub").to_str().unwrap(),
+        env.path("audit.jsonl").to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_endpoints_report_and_stream() {
+    let env = Env::new();
+    let up = Upstream::start(env.dir.path());
+    let broker = Broker::start(&env, &env.config(up.port, ""));
+    let mut stream = reqwest::get(broker.admin_url("/v1/audit/stream"))
+        .await
+        .unwrap();
+    assert_eq!(stream.headers()["content-type"], "application/x-ndjson");
+    let c = client(&env, false);
+    let cert = env.cert("POST", "/v1/refunds", refund_rule());
+    let r = send(
+        &c,
+        "POST",
+        &broker.url("/v1/refunds"),
+        &[JSON, ("authorization", &bearer(&cert))],
+        br#"{"amount":1,"order":"ord_6"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let chunk = tokio::time::timeout(std::time::Duration::from_secs(5), stream.chunk())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let line: Value = serde_json::from_slice(chunk.split(|b| *b == b'\n').next().unwrap()).unwrap();
+    assert_eq!(line["kind"], "decision");
+    assert_eq!(line["decision"], "allow");
+    let metrics = reqwest::get(broker.admin_url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"seb_requests_total{target="payments",decision="allow",reason=""} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"seb_phase_duration_seconds_count{phase="audit"} 1"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains("seb_revocation_epoch 1"));
+    assert_eq!(
+        reqwest::get(broker.admin_url("/healthz"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        reqwest::get(broker.admin_url("/readyz"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_bodies_are_refused_unread() {
+    let env = Env::new();
+    let up = Upstream::start(env.dir.path());
+    let broker = Broker::start(
+        &env,
+        &env.config(up.port, "[limits]\nmax_body_bytes = 1024\n"),
+    );
+    let c = client(&env, false);
+    let cert = env.cert("POST", "/v1/refunds", json!({"sha256": "0".repeat(64)}));
+    let r = send(
+        &c,
+        "POST",
+        &broker.url("/v1/refunds"),
+        &[("authorization", &bearer(&cert))],
+        &vec![b'x'; 4096],
+    )
+    .await;
+    assert_eq!((r.status, r.code()), (400, "request_malformed"));
+    assert!(r.body["detail"]
+        .as_str()
+        .unwrap()
+        .contains("1024-byte limit"));
+    assert!(posts(&up).is_empty());
+}
