@@ -407,6 +407,19 @@ async fn admitted_requests_reach_upstream_and_refused_ones_never_do() {
         !allow.to_string().contains(UPSTREAM_SECRET),
         "the broker credential must not be audited"
     );
+    // Refusals after the signature checked out carry the certificate's claims; forged ones
+    // (bad signature) carry none, since nothing in them can be believed.
+    let expired = recs
+        .iter()
+        .find(|r| r["reason"]["code"] == "expired")
+        .unwrap();
+    assert_eq!(expired["sub"], "agent:demo");
+    assert!(expired["cert_id"].is_string());
+    let forged = recs
+        .iter()
+        .find(|r| r["reason"]["code"] == "bad_signature")
+        .unwrap();
+    assert!(forged["sub"].is_null() && forged["cert_id"].is_null());
     let (code, out, err) = seb(&[
         "audit",
         "verify",

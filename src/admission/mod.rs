@@ -1,8 +1,9 @@
 //! Admission: is this certificate, right now, good for one more use by this peer?
 //!
-//! The checks run in [`Admission::check_certificate`] in a fixed order, cheapest-to-forge
-//! last: structure and signature first (nothing in the payload is believed before that), then
-//! the validity window, epochs and revocation, then the mTLS binding. Contract matching is the
+//! The checks run in a fixed order: structure and signature first ([`Admission::authenticate`];
+//! nothing in the payload is believed before that), then in [`Admission::check_certificate`]
+//! the validity window, epochs and revocation, then the mTLS binding. Splitting the two lets
+//! a refusal for an expired or revoked certificate still be audited with its (genuine) claims. Contract matching is the
 //! target's job and runs between these checks and [`Admission::take_use`], so a certificate
 //! is only spent on a request it actually covers.
 
@@ -31,13 +32,19 @@ pub struct Peer<'a> {
 }
 
 impl Admission {
+    /// Signature, trusted issuer and well-formed claims.
+    pub fn authenticate(&self, token: &str) -> Result<Certificate, Denial> {
+        cert::verify_signed(token, &self.issuers)
+    }
+
+    /// Is this genuine certificate good right now, for this peer?
     pub fn check_certificate(
         &self,
-        token: &str,
+        cert: &Certificate,
         peer: Option<Peer<'_>>,
         now: i64,
-    ) -> Result<Certificate, Denial> {
-        let cert = cert::verify(token, &self.issuers, self.window, now)?;
+    ) -> Result<(), Denial> {
+        cert::check_window(&cert.claims, self.window, now)?;
         let c = &cert.claims;
         let rev = self.revocation.current().ok_or_else(|| {
             Denial::new(
@@ -95,7 +102,7 @@ impl Admission {
                 Some(_) => {}
             }
         }
-        Ok(cert)
+        Ok(())
     }
 
     /// Spends one use. Call only once everything else about the request has been accepted.
@@ -186,8 +193,10 @@ mod tests {
         peer: Option<&str>,
         now: i64,
     ) -> Result<Certificate, Denial> {
+        let cert = f.admission.authenticate(&f.issuer.sign(&p))?;
         f.admission
-            .check_certificate(&f.issuer.sign(&p), peer.map(|x| Peer { x5t_s256: x }), now)
+            .check_certificate(&cert, peer.map(|x| Peer { x5t_s256: x }), now)?;
+        Ok(cert)
     }
 
     fn reason(r: Result<Certificate, Denial>) -> Reason {
@@ -247,13 +256,11 @@ mod tests {
             revocation: Arc::new(RevocationState::new(f.admission.issuers.clone())),
             ..f.admission
         };
-        assert_eq!(
-            none_loaded
-                .check_certificate(&f.issuer.sign(&payload(NOW)), None, NOW)
-                .unwrap_err()
-                .reason,
-            Reason::RevocationDataStale
-        );
+        let cert = none_loaded
+            .authenticate(&f.issuer.sign(&payload(NOW)))
+            .unwrap();
+        let denial = none_loaded.check_certificate(&cert, None, NOW).unwrap_err();
+        assert_eq!(denial.reason, Reason::RevocationDataStale);
     }
 
     #[test]

@@ -74,9 +74,12 @@ pub fn write_keypair(
     use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
     // PKCS#8 v1 (RFC 8410, no embedded public key), exactly what openssl writes: OpenSSL 3.0
     // and Python's cryptography refuse the v2 form that also carries the public key.
-    let private = ed25519_dalek::pkcs8::KeypairBytes { secret_key: key.to_bytes(), public_key: None }
-        .to_pkcs8_pem(LineEnding::LF)
-        .map_err(|e| anyhow::anyhow!("encoding private key: {e}"))?;
+    let private = ed25519_dalek::pkcs8::KeypairBytes {
+        secret_key: key.to_bytes(),
+        public_key: None,
+    }
+    .to_pkcs8_pem(LineEnding::LF)
+    .map_err(|e| anyhow::anyhow!("encoding private key: {e}"))?;
     let public = key
         .verifying_key()
         .to_public_key_pem(LineEnding::LF)

@@ -133,10 +133,11 @@ where
     let peer = conn.peer.as_ref().map(|p| Peer {
         x5t_s256: &p.x5t_s256,
     });
-    let cert = broker
-        .admission
-        .check_certificate(token, peer, crate::cert::now_secs())?;
+    let cert = broker.admission.authenticate(token)?;
     record.certificate(&cert);
+    broker
+        .admission
+        .check_certificate(&cert, peer, crate::cert::now_secs())?;
     let view = BodyView {
         bytes: &body,
         sha256_hex: &body_sha256,
