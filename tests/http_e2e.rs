@@ -16,6 +16,28 @@ fn refund_rule() -> Value {
     json!({"constraints": {"/amount": {"max": 100}, "/order": {"prefix": "ord_"}}, "others": "deny"})
 }
 
+/// POST /v1/refunds with a JSON body under `cert`.
+async fn refund(c: &reqwest::Client, broker: &Broker, cert: &str, body: &[u8]) -> Reply {
+    let auth = bearer(cert);
+    send(
+        c,
+        "POST",
+        &broker.url("/v1/refunds"),
+        &[JSON, ("authorization", &auth)],
+        body,
+    )
+    .await
+}
+
+fn prlimit_fsize(pid: &str, limit: &str) {
+    let ok = std::process::Command::new("prlimit")
+        .args(["--pid", pid, limit])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "prlimit {limit} failed");
+}
+
 fn bearer(t: &str) -> String {
     format!("Bearer {t}")
 }
@@ -420,14 +442,7 @@ async fn admitted_requests_reach_upstream_and_refused_ones_never_do() {
         .find(|r| r["reason"]["code"] == "bad_signature")
         .unwrap();
     assert!(forged["sub"].is_null() && forged["cert_id"].is_null());
-    let (code, out, err) = seb(&[
-        "audit",
-        "verify",
-        "--key",
-        env.path("broker.pub").to_str().unwrap(),
-        env.path("audit.jsonl").to_str().unwrap(),
-    ]);
-    assert_eq!(code, 0, "{out}{err}");
+    assert_audit_verifies(&env);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -572,28 +587,14 @@ async fn revocation_file_update_is_picked_up_by_polling() {
         String::from_utf8_lossy(&body).contains("\"epoch\":2")
     });
     let cert = env.cert("POST", "/v1/refunds", refund_rule());
-    let r = send(
-        &c,
-        "POST",
-        &broker.url("/v1/refunds"),
-        &[JSON, ("authorization", &bearer(&cert))],
-        br#"{"amount":1,"order":"ord_2"}"#,
-    )
-    .await;
+    let r = refund(&c, &broker, &cert, br#"{"amount":1,"order":"ord_2"}"#).await;
     assert_eq!((r.status, r.code()), (403, "revoked"));
     // A certificate issued at a revocation epoch the broker has not loaded waits.
     let ahead = env.cert_with("POST", "/v1/refunds", refund_rule(), |p| {
         p["sub"] = json!("agent:other");
         p["seb"]["revocation_epoch"] = json!(3);
     });
-    let r = send(
-        &c,
-        "POST",
-        &broker.url("/v1/refunds"),
-        &[JSON, ("authorization", &bearer(&ahead))],
-        br#"{"amount":1,"order":"ord_2"}"#,
-    )
-    .await;
+    let r = refund(&c, &broker, &ahead, br#"{"amount":1,"order":"ord_2"}"#).await;
     assert_eq!((r.status, r.code()), (503, "revocation_data_stale"));
     assert!(posts(&up).is_empty());
 }
@@ -819,14 +820,7 @@ async fn crash_between_decision_and_outcome_is_recorded_as_unknown() {
     assert_eq!(outcome["outcome"], "unknown");
     assert_eq!(outcome["decision_seq"], decision["seq"]);
     assert_eq!(outcome["cert_id"], decision["cert_id"]);
-    let (code, out, err) = seb(&[
-        "audit",
-        "verify",
-        "--key",
-        env.path("broker.pub").to_str().unwrap(),
-        env.path("audit.jsonl").to_str().unwrap(),
-    ]);
-    assert_eq!(code, 0, "{out}{err}");
+    assert_audit_verifies(&env);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -849,20 +843,9 @@ async fn unwritable_audit_log_refuses_mutations_and_recovers() {
     let pid = broker.pid().to_string();
     // Soft limit only, so it can be raised again without privileges.
     let limit = format!("--fsize={size}:unlimited");
-    assert!(std::process::Command::new("prlimit")
-        .args(["--pid", &pid, &limit])
-        .status()
-        .unwrap()
-        .success());
+    prlimit_fsize(&pid, &limit);
     let cert = env.cert("POST", "/v1/refunds", refund_rule());
-    let r = send(
-        &c,
-        "POST",
-        &broker.url("/v1/refunds"),
-        &[JSON, ("authorization", &bearer(&cert))],
-        body,
-    )
-    .await;
+    let r = refund(&c, &broker, &cert, body).await;
     assert_eq!(
         (r.status, r.code()),
         (503, "audit_unavailable"),
@@ -872,34 +855,16 @@ async fn unwritable_audit_log_refuses_mutations_and_recovers() {
     assert!(posts(&up).is_empty());
     let r = send(&c, "GET", &broker.url("/v1/items"), &[], b"").await;
     assert_eq!(r.status, 200, "reads continue while the audit log is down");
-    assert!(std::process::Command::new("prlimit")
-        .args(["--pid", &pid, "--fsize=unlimited"])
-        .status()
-        .unwrap()
-        .success());
+    prlimit_fsize(&pid, "--fsize=unlimited");
     let cert = env.cert("POST", "/v1/refunds", refund_rule());
-    let r = send(
-        &c,
-        "POST",
-        &broker.url("/v1/refunds"),
-        &[JSON, ("authorization", &bearer(&cert))],
-        body,
-    )
-    .await;
+    let r = refund(&c, &broker, &cert, body).await;
     assert_eq!(
         r.status, 200,
         "admission resumes once the log is writable: {:?}",
         r.body
     );
     assert_eq!(posts(&up).len(), 1);
-    let (code, out, err) = seb(&[
-        "audit",
-        "verify",
-        "--key",
-        env.path("broker.pub").to_str().unwrap(),
-        env.path("audit.jsonl").to_str().unwrap(),
-    ]);
-    assert_eq!(code, 0, "{out}{err}");
+    assert_audit_verifies(&env);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -913,14 +878,7 @@ async fn admin_endpoints_report_and_stream() {
     assert_eq!(stream.headers()["content-type"], "application/x-ndjson");
     let c = client(&env, false);
     let cert = env.cert("POST", "/v1/refunds", refund_rule());
-    let r = send(
-        &c,
-        "POST",
-        &broker.url("/v1/refunds"),
-        &[JSON, ("authorization", &bearer(&cert))],
-        br#"{"amount":1,"order":"ord_6"}"#,
-    )
-    .await;
+    let r = refund(&c, &broker, &cert, br#"{"amount":1,"order":"ord_6"}"#).await;
     assert_eq!(r.status, 200);
     let chunk = tokio::time::timeout(std::time::Duration::from_secs(5), stream.chunk())
         .await

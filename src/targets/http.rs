@@ -232,42 +232,9 @@ fn prefix_matches(prefix: &str, path: &str) -> bool {
             || path.as_bytes()[prefix.len()] == b'/')
 }
 
-/// Headers that describe one connection, not the request (RFC 9110 7.6.1), and the agent's
-/// own credentials, which must never reach the upstream.
-pub fn copy_end_to_end_headers(from: &HeaderMap, to: &mut HeaderMap) {
-    let listed: Vec<String> = from
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(',').map(|s| s.trim().to_ascii_lowercase()))
-        .collect();
-    for (name, value) in from {
-        let n = name.as_str();
-        let drop = matches!(
-            n,
-            "connection"
-                | "keep-alive"
-                | "proxy-connection"
-                | "te"
-                | "trailer"
-                | "transfer-encoding"
-                | "upgrade"
-                | "host"
-                | "content-length"
-                | "authorization"
-                | "proxy-authorization"
-                | "cookie"
-                | "x-request-id"
-        ) || n.starts_with("x-seb-")
-            || listed.iter().any(|l| l == n);
-        if !drop {
-            to.append(name.clone(), value.clone());
-        }
-    }
-}
-
-/// Response headers minus those that describe the upstream connection.
-pub fn copy_hop_safe_response_headers(from: &HeaderMap, to: &mut HeaderMap) {
+/// Copies headers minus those that describe one connection rather than the message (RFC 9110
+/// 7.6.1: the fixed hop-by-hop set and any named in `Connection`), and minus `also_drop`.
+fn copy_headers_except(from: &HeaderMap, to: &mut HeaderMap, also_drop: impl Fn(&str) -> bool) {
     let listed: Vec<String> = from
         .get_all(http::header::CONNECTION)
         .iter()
@@ -286,10 +253,31 @@ pub fn copy_hop_safe_response_headers(from: &HeaderMap, to: &mut HeaderMap) {
                 | "transfer-encoding"
                 | "upgrade"
         );
-        if !hop && !listed.iter().any(|l| l == n) {
+        if !hop && !listed.iter().any(|l| l == n) && !also_drop(n) {
             to.append(name.clone(), value.clone());
         }
     }
+}
+
+/// Request headers for the upstream: end-to-end headers only, and never the agent's own
+/// credentials (its certificate, tokens, cookies).
+pub fn copy_end_to_end_headers(from: &HeaderMap, to: &mut HeaderMap) {
+    copy_headers_except(from, to, |n| {
+        matches!(
+            n,
+            "host"
+                | "content-length"
+                | "authorization"
+                | "proxy-authorization"
+                | "cookie"
+                | "x-request-id"
+        ) || n.starts_with("x-seb-")
+    });
+}
+
+/// Response headers minus those that describe the upstream connection.
+pub fn copy_hop_safe_response_headers(from: &HeaderMap, to: &mut HeaderMap) {
+    copy_headers_except(from, to, |_| false);
 }
 
 /// `Authorization: Bearer <certificate>` or `X-Seb-Certificate: <certificate>`; two of them is

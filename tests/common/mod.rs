@@ -405,3 +405,17 @@ pub async fn send_raw(env: &Env, port: u16, request: &str) -> Reply {
         body: serde_json::from_str(body).unwrap_or(Value::Null),
     }
 }
+
+/// `seb audit verify` over the broker's log must pass.
+pub fn assert_audit_verifies(env: &Env) {
+    let key = env.path("broker.pub");
+    let log = env.path("audit.jsonl");
+    let (code, out, err) = seb(&[
+        "audit",
+        "verify",
+        "--key",
+        key.to_str().unwrap(),
+        log.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+}
