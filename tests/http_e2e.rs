@@ -944,3 +944,147 @@ async fn oversized_bodies_are_refused_unread() {
         .contains("1024-byte limit"));
     assert!(posts(&up).is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_is_shed_with_503_and_slow_upstreams_time_out() {
+    let env = Env::new();
+    let up = Upstream::start(env.dir.path());
+    let extra = "[limits]\nmax_concurrent_requests = 1\nrequest_timeout = \"2s\"\n";
+    let broker = Broker::start(&env, &env.config(up.port, extra));
+    // The first request holds the only slot: the upstream sleeps on /slow/.
+    let slow = env.cert("POST", "/slow/deploy", json!(null));
+    let (c, url) = (client(&env, false), broker.url("/slow/deploy"));
+    let held = tokio::spawn(async move {
+        let auth = bearer(&slow);
+        send(&c, "POST", &url, &[("authorization", &auth)], b"").await
+    });
+    wait_for("the slow request to reach the upstream", || {
+        up.requests().len() == 1
+    });
+    let c = client(&env, false);
+    let cert = env.cert("POST", "/v1/refunds", refund_rule());
+    let r = refund(&c, &broker, &cert, br#"{"amount":1,"order":"ord_7"}"#).await;
+    assert_eq!((r.status, r.code()), (503, "overloaded"), "{:?}", r.body);
+    // The held request gives up at the request timeout, and its outcome says it failed.
+    let r = held.await.unwrap();
+    assert_eq!(
+        (r.status, r.code()),
+        (502, "upstream_error"),
+        "{:?}",
+        r.body
+    );
+    assert!(r.body["detail"].as_str().unwrap().contains("within 2s"));
+    assert_eq!(up.requests().len(), 1);
+    wait_for("the failed outcome", || {
+        audit_records(&env)
+            .iter()
+            .any(|r| r["kind"] == "outcome" && r["outcome"] == "failed")
+    });
+    // With the slot free again the refused certificate (never spent) is admitted.
+    let r = refund(&c, &broker, &cert, br#"{"amount":1,"order":"ord_7"}"#).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_agents_go_through_the_same_checks() {
+    let env = Env::new();
+    let up = Upstream::start(env.dir.path());
+    let broker = Broker::start(&env, &env.config(up.port, ""));
+    let ca = std::fs::read(env.path("tls/ca.pem")).unwrap();
+    let h2 = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let cert = env.cert("POST", "/v1/refunds", refund_rule());
+    let resp = h2
+        .post(broker.url("/v1/refunds"))
+        .header("content-type", "application/json")
+        .header("authorization", bearer(&cert))
+        .body(r#"{"amount":2,"order":"ord_8"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    assert_eq!(resp.status(), 200);
+    let r = refund(&h2, &broker, &cert, br#"{"amount":2,"order":"ord_8"}"#).await;
+    assert_eq!((r.status, r.code()), (403, "replayed"));
+    assert_eq!(posts(&up).len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocation_data_from_a_url_and_secrets_from_files() {
+    let env = Env::new();
+    // A plain static web server hands out the revocation document.
+    let port = free_port();
+    let site = env.path("site");
+    std::fs::create_dir(&site).unwrap();
+    std::fs::copy(env.path("revocation.jws"), site.join("revocation.jws")).unwrap();
+    let server = std::process::Command::new("python3")
+        .args([
+            "-m",
+            "http.server",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--directory",
+        ])
+        .arg(&site)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let _server = KillOnDrop(server);
+    wait_for("static server", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    std::fs::write(env.path("agent-token"), "file-token\n").unwrap();
+    let up = Upstream::start(env.dir.path());
+    let cfg = env.config(up.port, "");
+    let text = cfg
+        .text
+        .replace(
+            "file = \"revocation.jws\"",
+            &format!("url = \"http://127.0.0.1:{port}/revocation.jws\""),
+        )
+        .replace(
+            "tokens = [{ value_env = \"SEB_TEST_AGENT_TOKEN\" }]",
+            "tokens = [{ value_file = \"agent-token\" }]",
+        );
+    let broker = Broker::start(&env, &BrokerConfig { text, ..cfg });
+    let c = client(&env, false);
+    let r = send(
+        &c,
+        "GET",
+        &broker.url("/v1/items"),
+        &[("x-seb-agent-token", "file-token")],
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let jti = random_jti();
+    let cert = env.cert_with("POST", "/v1/refunds", refund_rule(), |p| {
+        p["jti"] = json!(jti)
+    });
+    let doc = env.revocation_doc(
+        2,
+        now(),
+        Revoked {
+            jti: vec![jti.clone()],
+            ..Default::default()
+        },
+    );
+    seb::fsutil::write_atomic(&site.join("revocation.jws"), doc.as_bytes(), 0o644).unwrap();
+    wait_for("epoch 2 from the URL", || {
+        let out = std::process::Command::new("curl")
+            .args(["-s", &broker.admin_url("/readyz")])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).contains("\"epoch\":2")
+    });
+    let r = refund(&c, &broker, &cert, br#"{"amount":1,"order":"ord_1"}"#).await;
+    assert_eq!((r.status, r.code()), (403, "revoked"));
+    assert!(posts(&up).is_empty());
+}

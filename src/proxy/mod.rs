@@ -26,6 +26,7 @@ pub struct Broker {
     pub audit: Audit,
     pub metrics: metrics::Metrics,
     pub max_body_bytes: usize,
+    pub request_timeout: Duration,
     /// Bearer tokens that authenticate agents for reads (`X-Seb-Agent-Token`).
     agent_tokens: Vec<String>,
     /// Whether reads need an authenticated agent (mTLS or token) at all.
@@ -164,6 +165,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         audit,
         metrics: metrics::Metrics::default(),
         max_body_bytes: config.limits.max_body_bytes,
+        request_timeout: config.limits.request_timeout,
         agent_tokens,
         reads_need_agent,
         request_prefix: pipeline::hex(&prefix),

@@ -107,7 +107,11 @@ where
     B::Error: Into<super::forward::BoxError>,
 {
     // 2. parse
-    let body = read_body(body, broker.max_body_bytes).await?;
+    // One deadline for the whole request, enforced here rather than only by the outer timeout
+    // layer, so that a slow agent or upstream ends in a recorded refusal or outcome instead of
+    // a dropped future.
+    let deadline = tokio::time::Instant::now() + broker.request_timeout;
+    let body = read_body(body, broker.max_body_bytes, deadline).await?;
     let body_sha256 = hex(&Sha256::digest(&body));
     record.body_sha256 = Some(body_sha256.clone());
     let parsed = target.parse(&parts, &body)?;
@@ -118,7 +122,14 @@ where
     let Some(token) = token else {
         if parsed.is_read {
             return read_pass_through(
-                broker, target, &parts, body, conn, request_id, record, started,
+                broker,
+                target,
+                &parts,
+                body,
+                conn,
+                request_id,
+                record,
+                (started, deadline),
             )
             .await;
         }
@@ -175,7 +186,7 @@ where
 
     // 6. sign + forward
     let upstream_req = target.upstream_request(&parts, body, &identity, request_id)?;
-    let resp = forward(broker, target, upstream_req).await?;
+    let resp = forward(broker, target, upstream_req, deadline).await?;
 
     // 7. outcome (not waited on: the decision is already durable, and a crash before this
     //    record lands is written as `unknown` on restart)
@@ -198,13 +209,13 @@ async fn read_pass_through(
     conn: &ConnInfo,
     request_id: &str,
     record: &mut Draft,
-    started: Instant,
+    (started, deadline): (Instant, tokio::time::Instant),
 ) -> Result<Response<Body>, Denial> {
     broker.authenticate_reader(&parts.headers, conn)?;
     let identity = target.identity(None).await?;
     record.identity = Some(identity.audit.clone());
     let upstream_req = target.upstream_request(parts, body, &identity, request_id)?;
-    let resp = forward(broker, target, upstream_req).await?;
+    let resp = forward(broker, target, upstream_req, deadline).await?;
     broker.metrics.count(target.name(), Decision::Read, None);
     let mut entry = record.allow();
     entry.upstream_status = Some(resp.status().as_u16());
@@ -217,18 +228,29 @@ async fn forward(
     broker: &Broker,
     target: &Target,
     req: Request<http_body_util::Full<Bytes>>,
+    deadline: tokio::time::Instant,
 ) -> Result<Response<Body>, Denial> {
     let started = Instant::now();
-    let resp = target.client().send(req).await.map_err(|e| {
+    let failed = |detail: String| {
         broker
             .metrics
             .upstream_errors
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Denial::new(
             Reason::UpstreamError,
-            format!("upstream {} did not answer: {e}", target.name()),
+            format!("upstream {} {detail}", target.name()),
         )
-    })?;
+    };
+    let resp = match tokio::time::timeout_at(deadline, target.client().send(req)).await {
+        Ok(Ok(resp)) => resp,
+        Ok(Err(e)) => return Err(failed(format!("did not answer: {e}"))),
+        Err(_) => {
+            return Err(failed(format!(
+                "did not answer within {:?}",
+                broker.request_timeout
+            )))
+        }
+    };
     broker.metrics.observe(Phase::Forward, started.elapsed());
     let (mut parts, body) = resp.into_parts();
     let mut headers = http::HeaderMap::new();
@@ -237,12 +259,24 @@ async fn forward(
     Ok(Response::from_parts(parts, stream_body(body)))
 }
 
-async fn read_body<B>(body: B, limit: usize) -> Result<Bytes, Denial>
+async fn read_body<B>(
+    body: B,
+    limit: usize,
+    deadline: tokio::time::Instant,
+) -> Result<Bytes, Denial>
 where
     B: http_body::Body<Data = Bytes> + Send,
     B::Error: Into<super::forward::BoxError>,
 {
-    match Limited::new(body, limit).collect().await {
+    let collected = tokio::time::timeout_at(deadline, Limited::new(body, limit).collect())
+        .await
+        .map_err(|_| {
+            Denial::new(
+                Reason::RequestMalformed,
+                "request body was not received in time",
+            )
+        })?;
+    match collected {
         Ok(c) => Ok(c.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Denial::new(
             Reason::RequestMalformed,

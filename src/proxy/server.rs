@@ -109,7 +109,9 @@ async fn serve_connection<I>(
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let conn = Arc::new(conn);
-    let timeout = limits.request_timeout;
+    // A backstop only: the pipeline enforces the request timeout itself so that it can record
+    // the outcome; this catches anything that outlives it by a margin.
+    let timeout = limits.request_timeout + Duration::from_secs(1);
     let handler = tower::service_fn(move |req: Request<Incoming>| -> BoxedResponse {
         // Load shedding: a request that finds no free slot is refused at once rather than
         // queued, so overload shows up as fast 503s instead of growing latency.
