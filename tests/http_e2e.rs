@@ -355,11 +355,34 @@ async fn admitted_requests_reach_upstream_and_refused_ones_never_do() {
             status: 401,
             code: "cert_missing",
         },
+        Case {
+            name: "GET read turned into DELETE by a method override",
+            path: "/v1/items/3",
+            headers: vec![
+                ("x-seb-agent-token", AGENT_TOKEN.to_string()),
+                ("x-http-method-override", "DELETE".to_string()),
+            ],
+            body: vec![],
+            status: 400,
+            code: "request_malformed",
+        },
+        Case {
+            name: "certified POST with a method override",
+            path: "/v1/refunds",
+            headers: {
+                let mut v = h(&fresh());
+                v.push(("x-http-method-override", "DELETE".into()));
+                v
+            },
+            body: good.to_vec(),
+            status: 400,
+            code: "request_malformed",
+        },
     ];
     for case in &cases {
         let headers: Vec<(&str, &str)> =
             case.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let method = if case.path == "/admin" { "GET" } else { "POST" };
+        let method = if case.body.is_empty() { "GET" } else { "POST" };
         // Paths go out byte for byte: an HTTP library would normalize some of them first.
         let mut raw = format!("{method} {} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\ncontent-length: {}\r\n", case.path, case.body.len());
         for (k, v) in &headers {

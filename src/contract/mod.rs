@@ -99,8 +99,8 @@ pub fn is_json_media_type(ct: &str) -> bool {
 enum Constraint<'a> {
     Eq(&'a Value),
     In(&'a [Value]),
-    Min(f64),
-    Max(f64),
+    Min(Num),
+    Max(Num),
     Prefix(&'a str),
     Present,
 }
@@ -124,8 +124,8 @@ fn parse_constraint<'a>(pointer: &str, c: &'a Value) -> Result<Constraint<'a>, D
     Ok(match k.as_str() {
         "eq" => Constraint::Eq(v),
         "in" => Constraint::In(v.as_array().ok_or_else(|| bad("in takes an array"))?),
-        "min" => Constraint::Min(v.as_f64().ok_or_else(|| bad("min takes a number"))?),
-        "max" => Constraint::Max(v.as_f64().ok_or_else(|| bad("max takes a number"))?),
+        "min" => Constraint::Min(json_number(v).ok_or_else(|| bad("min takes a number"))?),
+        "max" => Constraint::Max(json_number(v).ok_or_else(|| bad("max takes a number"))?),
         "prefix" => Constraint::Prefix(v.as_str().ok_or_else(|| bad("prefix takes a string"))?),
         "present" if v == &Value::Bool(true) => Constraint::Present,
         "present" => return Err(bad("present takes only true")),
@@ -133,10 +133,45 @@ fn parse_constraint<'a>(pointer: &str, c: &'a Value) -> Result<Constraint<'a>, D
     })
 }
 
+/// A number as compared by constraints. Integers compare exactly: as f64, 2^53 + 1 would pass
+/// a `max` of 2^53 while the upstream reads the larger value.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Num {
+    Int(i128),
+    Float(f64),
+}
+
+impl Num {
+    fn cmp(self, other: Num) -> Option<std::cmp::Ordering> {
+        match (self, other) {
+            (Num::Int(a), Num::Int(b)) => Some(a.cmp(&b)),
+            (a, b) => a.as_f64().partial_cmp(&b.as_f64()),
+        }
+    }
+
+    fn as_f64(self) -> f64 {
+        match self {
+            Num::Int(i) => i as f64,
+            Num::Float(f) => f,
+        }
+    }
+}
+
+fn json_number(v: &Value) -> Option<Num> {
+    let Value::Number(n) = v else { return None };
+    if let Some(i) = n.as_i64() {
+        Some(Num::Int(i.into()))
+    } else if let Some(u) = n.as_u64() {
+        Some(Num::Int(u.into()))
+    } else {
+        n.as_f64().filter(|f| f.is_finite()).map(Num::Float)
+    }
+}
+
 /// Numbers given as strings compare as numbers (AWS query parameters are all strings).
-fn as_number(v: &Value) -> Option<f64> {
+fn as_number(v: &Value) -> Option<Num> {
     match v {
-        Value::Number(n) => n.as_f64(),
+        Value::Number(_) => json_number(v),
         Value::String(s) => {
             let s = s.trim();
             // "0x10", "inf", "NaN" parse in some readers and not others; only plain decimals count.
@@ -147,7 +182,13 @@ fn as_number(v: &Value) -> Option<f64> {
             {
                 return None;
             }
-            s.parse::<f64>().ok().filter(|f| f.is_finite())
+            if let Ok(i) = s.parse::<i128>() {
+                return Some(Num::Int(i));
+            }
+            s.parse::<f64>()
+                .ok()
+                .filter(|f| f.is_finite())
+                .map(Num::Float)
         }
         _ => None,
     }
@@ -159,7 +200,7 @@ fn values_equal(expected: &Value, actual: &Value) -> bool {
     }
     match (expected, actual) {
         (Value::Number(_), Value::String(_)) | (Value::String(_), Value::Number(_)) => {
-            matches!((as_number(expected), as_number(actual)), (Some(a), Some(b)) if a == b)
+            matches!((as_number(expected), as_number(actual)), (Some(a), Some(b)) if a.cmp(b) == Some(std::cmp::Ordering::Equal))
         }
         _ => false,
     }
@@ -170,8 +211,12 @@ impl Constraint<'_> {
         match self {
             Constraint::Eq(v) => values_equal(v, actual),
             Constraint::In(vs) => vs.iter().any(|v| values_equal(v, actual)),
-            Constraint::Min(n) => as_number(actual).is_some_and(|a| a >= *n),
-            Constraint::Max(n) => as_number(actual).is_some_and(|a| a <= *n),
+            Constraint::Min(n) => as_number(actual)
+                .and_then(|a| a.cmp(*n))
+                .is_some_and(|o| o.is_ge()),
+            Constraint::Max(n) => as_number(actual)
+                .and_then(|a| a.cmp(*n))
+                .is_some_and(|o| o.is_le()),
             Constraint::Prefix(p) => actual.as_str().is_some_and(|s| s.starts_with(p)),
             Constraint::Present => true,
         }
@@ -292,6 +337,20 @@ mod tests {
         let r = json!({"constraints": {"/p": {"present": true}}, "others": "deny"});
         assert!(check(r.clone(), json!({"p": {"any": ["thing"]}})).is_ok());
         assert!(check(r, json!({})).is_err());
+    }
+
+    #[test]
+    fn large_integers_compare_exactly() {
+        let r = json!({"constraints": {"/n": {"max": 9007199254740992u64}}, "others": "deny"});
+        assert!(check(r.clone(), json!({"n": 9007199254740992u64})).is_ok());
+        assert!(check(r.clone(), json!({"n": 9007199254740993u64})).is_err());
+        assert!(check(r.clone(), json!({"n": "9007199254740993"})).is_err());
+        let r = json!({"constraints": {"/n": {"eq": 9007199254740993u64}}, "others": "deny"});
+        assert!(check(r.clone(), json!({"n": "9007199254740992"})).is_err());
+        assert!(check(r, json!({"n": "9007199254740993"})).is_ok());
+        let r = json!({"constraints": {"/n": {"max": 100}}, "others": "deny"});
+        assert!(check(r.clone(), json!({"n": 100.0})).is_ok());
+        assert!(check(r, json!({"n": 100.5})).is_err());
     }
 
     #[test]

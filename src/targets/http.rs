@@ -71,6 +71,20 @@ impl HttpTarget {
     pub fn parse(&self, parts: &http::request::Parts, _body: &Bytes) -> Result<Parsed, Denial> {
         let path = parts.uri.path();
         super::path::check_canonical(path).map_err(|m| Denial::new(Reason::RequestMalformed, m))?;
+        // Frameworks that honour these run the overriding method, not the one certified or
+        // read-listed: a GET read rule must not become a DELETE.
+        for h in [
+            "x-http-method-override",
+            "x-http-method",
+            "x-method-override",
+        ] {
+            if parts.headers.contains_key(h) {
+                return Err(Denial::new(
+                    Reason::RequestMalformed,
+                    format!("{h} is refused: the request method must be the one certified"),
+                ));
+            }
+        }
         let is_read = self.reads.iter().any(|r| {
             r.methods.iter().any(|m| m == parts.method.as_str())
                 && prefix_matches(&r.path_prefix, path)
