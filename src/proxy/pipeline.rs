@@ -56,6 +56,7 @@ where
     let (broker, target, conn) = (&*broker, &*target, &*conn);
     let span = tracing::debug_span!("request", id = %request_id, target = target.name(), method = %parts.method, path = parts.uri.path());
     let mut record = Draft::new(target, &parts, conn);
+    let dialect = target.error_dialect(&parts);
     let result = run(
         broker,
         target,
@@ -86,7 +87,7 @@ where
                 )),
                 None => broker.audit.record_best_effort(record.deny(&denial)),
             }
-            target.render_denial(&denial, &request_id)
+            target.render_denial(&denial, dialect, &request_id)
         }
     }
 }
@@ -112,7 +113,7 @@ where
     record.body_sha256 = Some(body_sha256.clone());
     let parsed = target.parse(&parts, &body)?;
     record.request = parsed.describe.clone();
-    let token = target.certificate(&parts.headers)?;
+    let token = target.certificate(&parts)?;
     broker.metrics.observe(Phase::Parse, started.elapsed());
 
     let Some(token) = token else {
@@ -122,10 +123,7 @@ where
             )
             .await;
         }
-        return Err(Denial::new(
-            Reason::CertMissing,
-            "this request changes state and carries no certificate; present one as \"Authorization: Bearer <certificate>\"",
-        ));
+        return Err(Denial::new(Reason::CertMissing, target.certificate_hint()));
     };
 
     // 3. admit
@@ -135,7 +133,7 @@ where
     });
     let cert = broker
         .admission
-        .check_certificate(token, peer, crate::cert::now_secs())?;
+        .check_certificate(&token, peer, crate::cert::now_secs())?;
     record.certificate(&cert);
     let view = BodyView {
         bytes: &body,
