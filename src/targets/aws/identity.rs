@@ -117,23 +117,21 @@ pub fn xml_text(doc: &str, tag: &str) -> Option<String> {
     )
 }
 
+/// `application/x-www-form-urlencoded` as Python's `urlencode` writes it (unreserved
+/// characters kept, space as `+`): AWS reads any valid spelling, and emulators that re-encode
+/// the parsed form before checking the signature (moto) then hash the same bytes we signed.
 fn form_encode(pairs: &[(String, String)]) -> String {
     use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
-    // RFC 3986 unreserved characters stay as they are, as AWS expects.
     const SET: &AsciiSet = &NON_ALPHANUMERIC
         .remove(b'-')
         .remove(b'_')
         .remove(b'.')
-        .remove(b'~');
+        .remove(b'~')
+        .remove(b' ');
+    let enc = |s: &str| utf8_percent_encode(s, SET).to_string().replace(' ', "+");
     pairs
         .iter()
-        .map(|(k, v)| {
-            format!(
-                "{}={}",
-                utf8_percent_encode(k, SET),
-                utf8_percent_encode(v, SET)
-            )
-        })
+        .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
         .collect::<Vec<_>>()
         .join("&")
 }
@@ -279,7 +277,7 @@ mod tests {
                 ("Policy".into(), "{\"a\": \"b/c\"}".into()),
                 ("K".into(), "a-b_c.d~".into())
             ]),
-            "Policy=%7B%22a%22%3A%20%22b%2Fc%22%7D&K=a-b_c.d~"
+            "Policy=%7B%22a%22%3A+%22b%2Fc%22%7D&K=a-b_c.d~"
         );
     }
 }
