@@ -367,7 +367,8 @@ impl AwsTarget {
                 let m = self
                     .sts
                     .assume_cached(
-                        &claims.jti,
+                        // jti is unique per issuer, not across issuers.
+                        &format!("{}\u{0}{}", claims.iss, claims.jti),
                         &c.region,
                         AssumeRole {
                             role_arn: role,
