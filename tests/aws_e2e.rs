@@ -126,7 +126,8 @@ max_staleness = "5m"
 path = "audit.jsonl"
 signing_key = "broker.key"
 [limits]
-max_body_bytes = 67108864
+# Small on purpose: S3 uploads stream and must not be subject to it.
+max_body_bytes = 1048576
 [agents]
 tokens = [{{ value_env = "SEB_TEST_AGENT_TOKEN" }}]
 [[targets]]
@@ -1048,4 +1049,76 @@ async fn reads_need_an_agent_sensitive_reads_a_certificate_and_static_identity_i
     let state = moto.state();
     assert_eq!(state["ec2"][&ids[0]], "terminated");
     assert_eq!(state["ec2"][&ids[1]], "running");
+}
+
+#[test]
+fn s3_uploads_of_50_mib_stream_and_are_held_to_their_certified_hash() {
+    let env = Env::new();
+    let moto = Moto::start(&env);
+    let broker = start_broker(&env, &moto, Mode::Sts, "");
+    // 50 MiB, fifty times the broker's body limit: only a streamed upload can pass.
+    let mut big = vec![0u8; 50 * 1024 * 1024];
+    let mut x: u32 = 2463534242;
+    for b in big.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        *b = x as u8;
+    }
+    let good = file(&env, "big.bin", &big);
+    big[30 * 1024 * 1024] ^= 1;
+    let tampered = file(&env, "big-tampered.bin", &big);
+    big[30 * 1024 * 1024] ^= 1;
+    let sha = seb::proxy::pipeline::hex(&<sha2::Sha256 as sha2::Digest>::digest(&big));
+    let cert = || {
+        aws_cert(
+            &env,
+            req(
+                "s3",
+                "PutObject",
+                Some("arn:aws:s3:::prod-artifacts/big.bin"),
+            ),
+            json!({"sha256": sha}),
+        )
+    };
+    let put = |c: &str, f: &PathBuf| {
+        aws(
+            &env,
+            &broker,
+            Some(c),
+            &[
+                "s3api",
+                "put-object",
+                "--bucket",
+                "prod-artifacts",
+                "--key",
+                "big.bin",
+                "--body",
+                f.to_str().unwrap(),
+            ],
+        )
+    };
+    // One bit flipped in the middle: cut off in flight, never stored.
+    let out = put(&cert(), &tampered);
+    assert_refused(&out, "contract_mismatch", "50 MiB with one bit flipped");
+    assert!(out.stderr.contains("sha256"), "{}", out.stderr);
+    assert!(
+        moto.state()["s3"].get("big.bin").is_none(),
+        "a tampered upload was stored"
+    );
+    let started = Instant::now();
+    let out = put(&cert(), &good);
+    assert!(out.ok, "50 MiB upload: {}", out.stderr);
+    eprintln!("50 MiB through the broker: {:?}", started.elapsed());
+    assert_eq!(moto.state()["s3"]["big.bin"], json!(big.len()));
+    let records = audit_records(&env);
+    let rec = records
+        .iter()
+        .find(|r| {
+            r["kind"] == "decision"
+                && r["decision"] == "allow"
+                && r["request"]["operation"] == "PutObject"
+        })
+        .unwrap();
+    assert_eq!(rec["body_sha256"], sha.as_str());
 }

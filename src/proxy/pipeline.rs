@@ -2,7 +2,8 @@
 //!
 //! 1. classify: the listener a request arrives on fixes its target;
 //! 2. parse: the target reads the request (canonical path, operation, read or mutation) and
-//!    the body is read within its limit;
+//!    the body is read within its limit, unless the target streams it (S3 uploads, bound by
+//!    their certified sha256 and verified in flight);
 //! 3. admit: certificate (signature, issuer, window, epochs, revocation, binding), contract
 //!    (operation, resource, body), drift, then one use is spent;
 //! 4. audit: the signed decision record is durable before anything is sent;
@@ -13,7 +14,7 @@
 //! Any `Err(Denial)` ends the request; [`handle`] writes the deny record and renders the
 //! refusal in the agent's own format. Nothing is forwarded unless every step said yes.
 
-use super::forward::{stream_body, Body};
+use super::forward::{stream_body, upstream_full, Body, UpstreamBody};
 use super::metrics::{Decision, Phase};
 use super::Broker;
 use crate::admission::Peer;
@@ -47,7 +48,7 @@ pub async fn handle<B>(
     conn: Arc<ConnInfo>,
 ) -> Response<Body>
 where
-    B: http_body::Body<Data = Bytes> + Send,
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<super::forward::BoxError>,
 {
     let started = Instant::now();
@@ -104,13 +105,19 @@ async fn run<B>(
     started: Instant,
 ) -> Result<Response<Body>, Denial>
 where
-    B: http_body::Body<Data = Bytes> + Send,
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<super::forward::BoxError>,
 {
     // 2. parse
-    let body = read_body(body, broker.max_body_bytes).await?;
+    let (body, upload) = if target.streams_upload(&parts) {
+        (Bytes::new(), Some(body))
+    } else {
+        (read_body(body, broker.max_body_bytes).await?, None)
+    };
     let body_sha256 = hex(&Sha256::digest(&body));
-    record.body_sha256 = Some(body_sha256.clone());
+    if upload.is_none() {
+        record.body_sha256 = Some(body_sha256.clone());
+    }
     let parsed = target.parse(&parts, &body)?;
     record.request = parsed.describe.clone();
     let token = target.certificate(&parts)?;
@@ -142,6 +149,12 @@ where
         content_encoding: header_str(&parts.headers, http::header::CONTENT_ENCODING)?,
     };
     target.check_contract(&cert, &parts, &view)?;
+    if upload.is_some() {
+        // A streamed body is recorded by the hash it is held to in flight.
+        if let Some(crate::cert::BodyRule::Sha256(r)) = &cert.claims.seb.body {
+            record.body_sha256 = Some(r.sha256.clone());
+        }
+    }
     target.check_drift(&cert, &parsed).await?;
     let (n, max) = broker.admission.take_use(&cert).await?;
     record.uses = Some((n, max));
@@ -171,7 +184,18 @@ where
         .observe(Phase::Identity, identity_started.elapsed());
 
     // 6. sign + forward
-    let upstream_req = target.upstream_request(&parts, body, &identity, request_id)?;
+    let upstream_req = match upload {
+        None => target
+            .upstream_request(&parts, body, &identity, request_id)?
+            .map(upstream_full),
+        Some(upload) => target.upstream_upload(
+            &parts,
+            http_body_util::BodyExt::map_err(upload, Into::into).boxed_unsync(),
+            &identity,
+            request_id,
+            &cert,
+        )?,
+    };
     let resp = forward(broker, target, upstream_req).await?;
 
     // 7. outcome (not waited on: the decision is already durable, and a crash before this
@@ -200,7 +224,9 @@ async fn read_pass_through(
     broker.authenticate_reader(&parts.headers, conn)?;
     let identity = target.identity(None).await?;
     record.identity = Some(identity.audit.clone());
-    let upstream_req = target.upstream_request(parts, body, &identity, request_id)?;
+    let upstream_req = target
+        .upstream_request(parts, body, &identity, request_id)?
+        .map(upstream_full);
     let resp = forward(broker, target, upstream_req).await?;
     broker.metrics.count(target.name(), Decision::Read, None);
     let mut entry = record.allow();
@@ -213,14 +239,22 @@ async fn read_pass_through(
 async fn forward(
     broker: &Broker,
     target: &Target,
-    req: Request<http_body_util::Full<Bytes>>,
+    req: Request<UpstreamBody>,
 ) -> Result<Response<Body>, Denial> {
     let started = Instant::now();
-    let resp = target.client().send(req).await.map_err(|e| {
+    let resp = target.client().send_body(req).await.map_err(|e| {
         broker
             .metrics
             .upstream_errors
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // A streamed body that failed its check in flight says why; that is the refusal.
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+        while let Some(s) = source {
+            if let Some(d) = s.downcast_ref::<Denial>() {
+                return d.clone();
+            }
+            source = s.source();
+        }
         Denial::new(
             Reason::UpstreamError,
             format!("upstream {} did not answer: {e}", target.name()),

@@ -13,7 +13,7 @@ pub mod path;
 use crate::cert::{Certificate, TargetKind};
 use crate::contract::BodyView;
 use crate::denial::Denial;
-use crate::proxy::forward::{Body, UpstreamClient};
+use crate::proxy::forward::{Body, UpstreamBody, UpstreamClient};
 use bytes::Bytes;
 use serde_json::Value;
 
@@ -144,6 +144,32 @@ impl Target {
         match self {
             Target::Http(t) => t.upstream_request(parts, body, identity, request_id),
             Target::Aws(t) => t.upstream_request(parts, body, identity, request_id),
+        }
+    }
+
+    /// Whether the request body goes upstream as a stream instead of being read first.
+    pub fn streams_upload(&self, parts: &::http::request::Parts) -> bool {
+        match self {
+            Target::Http(_) => false,
+            Target::Aws(t) => t.streams_upload(parts),
+        }
+    }
+
+    /// The upstream request for a streamed body (only where [`Target::streams_upload`]).
+    pub fn upstream_upload(
+        &self,
+        parts: &::http::request::Parts,
+        body: UpstreamBody,
+        identity: &Identity,
+        request_id: &str,
+        cert: &Certificate,
+    ) -> Result<::http::Request<UpstreamBody>, Denial> {
+        match self {
+            Target::Http(_) => Err(Denial::new(
+                crate::denial::Reason::RequestMalformed,
+                "http targets do not stream request bodies",
+            )),
+            Target::Aws(t) => t.upstream_upload(parts, body, identity, request_id, cert),
         }
     }
 

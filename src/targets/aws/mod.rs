@@ -17,6 +17,7 @@ pub mod model;
 pub mod policy;
 pub mod protocol;
 pub mod sigv4;
+pub mod upload;
 
 use super::{Identity, Parsed};
 use crate::cert::claims::BodyRule;
@@ -24,7 +25,7 @@ use crate::cert::{Certificate, TargetKind};
 use crate::config::{AwsIdentityMode, AwsTargetConfig, StaticCredentialsConfig};
 use crate::contract::{self, BodyView};
 use crate::denial::{Denial, Reason};
-use crate::proxy::forward::UpstreamClient;
+use crate::proxy::forward::{UpstreamBody, UpstreamClient};
 use crate::proxy::pipeline::hex;
 use bytes::Bytes;
 use http::{HeaderMap, Request, Uri};
@@ -256,6 +257,11 @@ impl AwsTarget {
                         )));
                     }
                 }
+                if self.streams_upload(parts) {
+                    // Held to the certified hash in flight (upload::VerifiedUpload) and by S3
+                    // through x-amz-content-sha256; there are no bytes to hash yet.
+                    return Ok(());
+                }
                 let actual = payload_sha256(&call, body)?;
                 if actual == rule.sha256 {
                     Ok(())
@@ -267,7 +273,7 @@ impl AwsTarget {
                 }
             }
             Some(BodyRule::Constraints(rule)) => {
-                if call.opaque_body && !body.bytes.is_empty() {
+                if (call.opaque_body && !body.bytes.is_empty()) || self.streams_upload(parts) {
                     return Err(mismatch(format!(
                         "the body of {} is not parameters the broker reads; the certificate must bind it by sha256",
                         call.operation
@@ -406,25 +412,32 @@ impl AwsTarget {
             .map_err(|e| Denial::new(Reason::RequestMalformed, format!("bad endpoint: {e}")))
     }
 
-    pub fn upstream_request(
+    /// S3 object uploads stream: they can be larger than any body the broker buffers, and
+    /// their certificate binds them by sha256 whatever their size.
+    pub fn streams_upload(&self, parts: &http::request::Parts) -> bool {
+        parts.method == http::Method::PUT
+            && self.call(parts, &[]).is_ok_and(|c| {
+                c.scope.service == "s3"
+                    && matches!(c.operation.as_str(), "PutObject" | "UploadPart")
+            })
+    }
+
+    /// Method, URL and headers of the upstream request, signed over `payload`.
+    fn upstream_head(
         &self,
         parts: &http::request::Parts,
-        body: Bytes,
+        call: &protocol::Call,
         identity: &Identity,
         request_id: &str,
-    ) -> Result<Request<Full<Bytes>>, Denial> {
-        let call = self.call(parts, &body)?;
+        payload: Payload<'_>,
+        content_length: Option<u64>,
+    ) -> Result<Request<()>, Denial> {
         let creds = identity.aws.as_ref().ok_or_else(|| {
             Denial::new(
                 Reason::IdentityUnavailable,
                 "no AWS credentials were minted",
             )
         })?;
-        let body = if call.aws_chunked {
-            Bytes::from(protocol::decode_aws_chunked(&body)?)
-        } else {
-            body
-        };
         let base = self.upstream_base(call.service, &call.scope.region)?;
         let path_and_query = match forwarded_query(parts.uri.query().unwrap_or(""))? {
             q if q.is_empty() => parts.uri.path().to_string(),
@@ -444,7 +457,7 @@ impl AwsTarget {
         let mut req = Request::builder()
             .method(parts.method.clone())
             .uri(uri)
-            .body(Full::new(body.clone()))
+            .body(())
             .map_err(|e| {
                 Denial::new(
                     Reason::RequestMalformed,
@@ -452,11 +465,10 @@ impl AwsTarget {
                 )
             })?;
         copy_headers(&parts.headers, req.headers_mut(), call.aws_chunked);
-        let payload = if call.scope.service == "s3" {
-            Payload::Sha256(hex(&Sha256::digest(&body)))
-        } else {
-            Payload::Bytes(&body)
-        };
+        if let Some(n) = content_length {
+            req.headers_mut()
+                .insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(n));
+        }
         sigv4::sign_request(
             &mut req,
             creds,
@@ -470,6 +482,70 @@ impl AwsTarget {
             req.headers_mut().insert("x-request-id", v);
         }
         Ok(req)
+    }
+
+    pub fn upstream_request(
+        &self,
+        parts: &http::request::Parts,
+        body: Bytes,
+        identity: &Identity,
+        request_id: &str,
+    ) -> Result<Request<Full<Bytes>>, Denial> {
+        let call = self.call(parts, &body)?;
+        let body = if call.aws_chunked {
+            Bytes::from(protocol::decode_aws_chunked(&body)?)
+        } else {
+            body
+        };
+        let payload = if call.scope.service == "s3" {
+            Payload::Sha256(hex(&Sha256::digest(&body)))
+        } else {
+            Payload::Bytes(&body)
+        };
+        let head = self.upstream_head(parts, &call, identity, request_id, payload, None)?;
+        Ok(head.map(|()| Full::new(body)))
+    }
+
+    /// A streamed S3 upload: signed over the certified sha256, its body checked in flight.
+    pub fn upstream_upload(
+        &self,
+        parts: &http::request::Parts,
+        body: UpstreamBody,
+        identity: &Identity,
+        request_id: &str,
+        cert: &Certificate,
+    ) -> Result<Request<UpstreamBody>, Denial> {
+        let call = self.call(parts, &[])?;
+        let Some(BodyRule::Sha256(rule)) = &cert.claims.seb.body else {
+            return Err(mismatch("an S3 upload must be bound by seb.body.sha256"));
+        };
+        // The payload's length: S3 needs it up front, and it is what the stream is held to.
+        let length_header = if call.aws_chunked {
+            "x-amz-decoded-content-length"
+        } else {
+            "content-length"
+        };
+        let declared: u64 = parts
+            .headers
+            .get(length_header)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or_else(|| {
+                Denial::new(
+                    Reason::RequestMalformed,
+                    format!("an S3 upload needs a {length_header} header"),
+                )
+            })?;
+        let head = self.upstream_head(
+            parts,
+            &call,
+            identity,
+            request_id,
+            Payload::Sha256(rule.sha256.clone()),
+            Some(declared),
+        )?;
+        let verified = upload::VerifiedUpload::new(body, call.aws_chunked, &rule.sha256, declared);
+        Ok(head.map(|()| http_body_util::BodyExt::boxed_unsync(verified)))
     }
 }
 
