@@ -168,6 +168,10 @@ fn start_broker(env: &Env, moto: &Moto, mode: Mode, extra: &str) -> Broker {
 
 /// An aws certificate valid now for 5 minutes.
 fn aws_cert(env: &Env, request: Value, body: Value) -> String {
+    aws_cert_with(env, request, body, None)
+}
+
+fn aws_cert_with(env: &Env, request: Value, body: Value, precondition: Option<Value>) -> String {
     let t = now();
     let mut p = json!({
         "iss": "signer", "sub": "agent:oncall", "jti": random_jti(), "iat": t, "nbf": t, "exp": t + 300,
@@ -176,6 +180,9 @@ fn aws_cert(env: &Env, request: Value, body: Value) -> String {
     });
     if !body.is_null() {
         p["seb"]["body"] = body;
+    }
+    if let Some(pre) = precondition {
+        p["seb"]["precondition"] = pre;
     }
     seb::cert::jws::sign(&env.signer, seb::cert::CERT_TYP, &env.kid, &p)
 }
@@ -565,15 +572,39 @@ fn aws_mutations_are_admitted_exactly_as_certified() {
     assert!(out.ok, "set-desired-capacity admitted: {}", out.stderr);
 
     // --- ecs update-service (json 1.1) ---
-    let upd = || {
-        aws_cert(
+    // With a drift check: the broker reads the service under the read role first.
+    let upd_when = |count: u32| {
+        aws_cert_with(
             &env,
             req("ecs", "UpdateService", Some("prod/api")),
             rule(
                 json!({"/cluster": {"eq": "prod"}, "/service": {"eq": "api"}, "/desiredCount": {"in": [3, 4]}}),
             ),
+            Some(
+                json!({"operation": "DescribeServices", "params": {"cluster": "prod", "services": ["api"]},
+                        "expect": {"/services/0/desiredCount": count}}),
+            ),
         )
     };
+    let upd = || upd_when(2);
+    let out = run(
+        Some(&upd_when(5)),
+        &[
+            "ecs",
+            "update-service",
+            "--cluster",
+            "prod",
+            "--service",
+            "api",
+            "--desired-count",
+            "3",
+        ],
+    );
+    assert_refused(
+        &out,
+        "drift",
+        "the service changed since the certificate was issued",
+    );
     let out = run(
         Some(&upd()),
         &[
