@@ -1153,3 +1153,38 @@ fn s3_uploads_of_50_mib_stream_and_are_held_to_their_certified_hash() {
         .unwrap();
     assert_eq!(rec["body_sha256"], sha.as_str());
 }
+
+/// Not a timed test: prints the broker's added latency next to direct calls to the same moto,
+/// for the closing note. `cargo test --test aws_e2e -- --ignored latency --nocapture`.
+#[test]
+#[ignore]
+fn latency_side_by_side_with_direct_calls() {
+    let env = Env::new();
+    let moto = Moto::start(&env);
+    let broker = start_broker(&env, &moto, Mode::Sts, "");
+    let t = now();
+    let n = 200;
+    let payload = json!({
+        "iss": "signer", "sub": "agent:bench", "jti": random_jti(), "iat": t, "nbf": t, "exp": t + 600,
+        "seb": {"v": 1, "action": "bench", "policy": "bench", "policy_epoch": 1, "revocation_epoch": 1,
+                "max_uses": 1000, "target": "aws",
+                "request": req("dynamodb", "PutItem", Some("orders")),
+                "body": rule(json!({"/TableName": {"eq": "orders"}, "/Item/id/S": {"prefix": "o-"}}))}
+    });
+    let cert = seb::cert::jws::sign(&env.signer, seb::cert::CERT_TYP, &env.kid, &payload);
+    let (a, s) = moto.creds("admin");
+    let out = Command::new("python3")
+        .arg(repo().join("tests/aws/latency.py"))
+        .args(["--direct", &moto.endpoint(), "--admin", &a, &s])
+        .args(["--broker", &format!("https://localhost:{}", broker.listen)])
+        .args(["--certificate", &cert, "-n", &n.to_string()])
+        .env("AWS_CA_BUNDLE", env.path("tls/ca.pem"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("aws latency: {}", String::from_utf8_lossy(&out.stdout));
+}
