@@ -8,8 +8,8 @@
 //! - rest-json and rest-xml: the operation's members by their model names: URI labels
 //!   (`Bucket`, `Key`, `FunctionName`), bound query-string members, bound headers (minus transport
 //!   and integrity headers such as `Content-Length` and checksums), header maps (`Metadata`), and
-//!   for rest-json the JSON body's members. Query keys the model does not bind appear under
-//!   their own names, so `others: deny` refuses them. A blob or XML payload is not a parameter:
+//!   for rest-json the JSON body's members. Query keys and `x-amz-*` headers the model does
+//!   not bind appear under their own names, so `others: deny` refuses them. A blob or XML payload is not a parameter:
 //!   it is bound by the certificate's `sha256`.
 //!
 //! Whatever two readers could understand differently is refused, not guessed: a parameter
@@ -118,6 +118,13 @@ pub fn check_host(parts: &Parts, service: &Service, scope: &Scope) -> Result<(),
         return Ok(());
     };
     let labels: Vec<&str> = prefix.split('.').collect();
+    // `bucket.s3.<region>.amazonaws.com`: the bucket would be in the host, which the broker
+    // does not read; only path-style requests name their bucket where it is checked.
+    if service.signing_name == "s3" && labels.len() > 1 && !labels[0].starts_with("s3") {
+        return Err(malformed(format!(
+            "Host {host:?} is a virtual-hosted-style S3 request; use path-style addressing"
+        )));
+    }
     let names_service = labels.iter().any(|l| {
         *l == service.endpoint_prefix || l.starts_with(&format!("{}-", service.endpoint_prefix))
     });
@@ -566,6 +573,15 @@ fn parse_rest(
         };
         if let Some(member) = route.headers.get(n) {
             insert_once(&mut params, member.clone(), value()?.into())?;
+        } else if n.starts_with("x-amz-")
+            && !route
+                .header_prefixes
+                .keys()
+                .any(|p| n.starts_with(p.as_str()))
+        {
+            // An AWS header this operation does not model may still mean something upstream;
+            // it appears under its own name, so only a certificate that names it admits it.
+            insert_once(&mut params, n.to_string(), value()?.into())?;
         } else if let Some((prefix, member)) = route
             .header_prefixes
             .iter()
