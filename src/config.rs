@@ -409,12 +409,19 @@ impl Config {
                         return err(&at, "kind = \"http\" needs an [targets.http] table");
                     };
                     h.validate(&format!("{at}.http"))?;
+                    // --- aws target ---
+                    if t.aws.is_some() {
+                        return err(&format!("{at}.aws"), "only for kind = \"aws\"");
+                    }
                 }
                 // --- aws target ---
                 crate::cert::TargetKind::Aws => {
                     let Some(a) = &t.aws else {
                         return err(&at, "kind = \"aws\" needs an [targets.aws] table");
                     };
+                    if t.http.is_some() {
+                        return err(&format!("{at}.http"), "only for kind = \"http\"");
+                    }
                     a.validate(&format!("{at}.aws"))?;
                 }
                 other => {
