@@ -592,6 +592,17 @@ pub struct AwsTargetConfig {
     /// More reads that need a certificate, as `service:Operation`.
     #[serde(default)]
     pub sensitive_reads: Vec<String>,
+    /// Agent access keys: an agent whose SigV4 signature verifies with one of these is
+    /// authenticated for reads (for clients without mTLS such as the aws CLI).
+    #[serde(default)]
+    pub agent_keys: Vec<AgentKeyConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentKeyConfig {
+    pub access_key_id: String,
+    pub secret_access_key: SecretSource,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -673,6 +684,18 @@ impl AwsTargetConfig {
                     format!("{s:?} is not service:Operation"),
                 );
             }
+        }
+        for (i, k) in self.agent_keys.iter().enumerate() {
+            if k.access_key_id.len() < 8
+                || !k.access_key_id.bytes().all(|b| b.is_ascii_alphanumeric())
+            {
+                return e(
+                    &format!("agent_keys[{i}].access_key_id"),
+                    "must be at least 8 letters or digits".into(),
+                );
+            }
+            k.secret_access_key
+                .validate(&format!("{at}.agent_keys[{i}].secret_access_key"))?;
         }
         match self.identity {
             AwsIdentityMode::Sts => {

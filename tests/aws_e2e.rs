@@ -14,6 +14,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const REGION: &str = "us-east-1";
+const AGENT_SECRET: &str = "agent-oncall-secret-for-reads";
 const FIXTURE: &str = "tests/aws/moto_fixture.py";
 
 /// moto on a free loopback port, with IAM principals and resources from the fixture.
@@ -162,6 +163,7 @@ fn start_broker(env: &Env, moto: &Moto, mode: Mode, extra: &str) -> Broker {
             ("AWS_SECRET_ACCESS_KEY".into(), secret),
             ("SEB_TEST_STATIC_AKID".into(), sakid),
             ("SEB_TEST_STATIC_SECRET".into(), ssecret),
+            ("SEB_TEST_AGENT_SECRET".into(), AGENT_SECRET.into()),
         ],
     )
 }
@@ -246,11 +248,28 @@ struct CliOut {
 
 /// Runs the real `aws` CLI as the agent.
 fn aws(env: &Env, broker: &Broker, cert: Option<&str>, args: &[&str]) -> CliOut {
+    aws_with_key(env, broker, cert, None, args)
+}
+
+/// The aws CLI signing with an agent key instead of the placeholder.
+fn aws_with_key(
+    env: &Env,
+    broker: &Broker,
+    cert: Option<&str>,
+    key: Option<(&str, &str)>,
+    args: &[&str],
+) -> CliOut {
+    let mut vars = agent_env(env, broker, cert);
+    if let Some((id, secret)) = key {
+        vars.retain(|(k, _)| k != "AWS_ACCESS_KEY_ID" && k != "AWS_SECRET_ACCESS_KEY");
+        vars.push(("AWS_ACCESS_KEY_ID".into(), id.into()));
+        vars.push(("AWS_SECRET_ACCESS_KEY".into(), secret.into()));
+    }
     let out = Command::new("aws")
         .args(args)
         .env_remove("AWS_PROFILE")
         .env_remove("AWS_SESSION_TOKEN")
-        .envs(agent_env(env, broker, cert))
+        .envs(vars)
         .output()
         .expect("the aws CLI (pip install awscli)");
     CliOut {
@@ -961,7 +980,7 @@ async fn reads_need_an_agent_sensitive_reads_a_certificate_and_static_identity_i
         &env,
         &moto,
         Mode::Static,
-        "s3_get_object_needs_certificate = true",
+        "s3_get_object_needs_certificate = true\nagent_keys = [{ access_key_id = \"SEBAGENTONCALL\", secret_access_key = { value_env = \"SEB_TEST_AGENT_SECRET\" } }]",
     );
     let ids: Vec<String> = moto.setup["instances"]
         .as_array()
@@ -988,6 +1007,32 @@ async fn reads_need_an_agent_sensitive_reads_a_certificate_and_static_identity_i
         "read without an authenticated agent",
     );
     assert!(out.stderr.contains("(AccessDenied)"), "{}", out.stderr);
+    // Signing with a configured agent key authenticates the CLI for reads, in every protocol.
+    let key = Some(("SEBAGENTONCALL", AGENT_SECRET));
+    for args in [
+        &["ec2", "describe-instances"][..],
+        &[
+            "ecs",
+            "describe-services",
+            "--cluster",
+            "prod",
+            "--services",
+            "api",
+        ],
+        &["s3api", "list-objects-v2", "--bucket", "prod-artifacts"],
+        &["autoscaling", "describe-auto-scaling-groups"],
+    ] {
+        let out = aws_with_key(&env, &broker, None, key, args);
+        assert!(out.ok, "{args:?}: {}", out.stderr);
+    }
+    let out = aws_with_key(
+        &env,
+        &broker,
+        None,
+        Some(("SEBAGENTONCALL", "wrong")),
+        &["ec2", "describe-instances"],
+    );
+    assert_refused(&out, "unauthenticated", "agent key with the wrong secret");
     // Sensitive reads need a certificate even from an authenticated agent.
     let r = boto3(
         &env,

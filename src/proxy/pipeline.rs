@@ -221,7 +221,9 @@ async fn read_pass_through(
     record: &mut Draft,
     started: Instant,
 ) -> Result<Response<Body>, Denial> {
-    broker.authenticate_reader(&parts.headers, conn)?;
+    if !target.authenticate_reader(parts, &body)? {
+        broker.authenticate_reader(&parts.headers, conn)?;
+    }
     let identity = target.identity(None).await?;
     record.identity = Some(identity.audit.clone());
     let upstream_req = target

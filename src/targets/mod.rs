@@ -147,6 +147,19 @@ impl Target {
         }
     }
 
+    /// Target-specific agent authentication for reads (AWS: the agent's SigV4 signature with
+    /// an agent key); `false` leaves it to the broker's mTLS / agent-token check.
+    pub fn authenticate_reader(
+        &self,
+        parts: &::http::request::Parts,
+        body: &Bytes,
+    ) -> Result<bool, Denial> {
+        match self {
+            Target::Http(_) => Ok(false),
+            Target::Aws(t) => t.authenticate_reader(parts, body),
+        }
+    }
+
     /// Whether the request body goes upstream as a stream instead of being read first.
     pub fn streams_upload(&self, parts: &::http::request::Parts) -> bool {
         match self {

@@ -56,6 +56,8 @@ pub struct AwsTarget {
     reads: bool,
     s3_get_object_needs_certificate: bool,
     sensitive_reads: Vec<String>,
+    /// Agent access key id -> secret, for authenticating reads by the agent's own signature.
+    agent_keys: Vec<(String, String)>,
     sts: StsClient,
     pub client: UpstreamClient,
 }
@@ -136,6 +138,18 @@ impl AwsTarget {
             reads: cfg.reads,
             s3_get_object_needs_certificate: cfg.s3_get_object_needs_certificate,
             sensitive_reads: cfg.sensitive_reads.clone(),
+            agent_keys: cfg
+                .agent_keys
+                .iter()
+                .enumerate()
+                .map(|(i, k)| {
+                    let secret = k
+                        .secret_access_key
+                        .load()
+                        .map_err(|e| anyhow::anyhow!("{at}.agent_keys[{i}]: {e}"))?;
+                    Ok((k.access_key_id.clone(), secret))
+                })
+                .collect::<anyhow::Result<_>>()?,
             sts: StsClient::new(
                 cfg.sts_endpoint.clone().or_else(|| cfg.endpoint.clone()),
                 client.clone(),
@@ -410,6 +424,31 @@ impl AwsTarget {
         format!("https://{host}")
             .parse()
             .map_err(|e| Denial::new(Reason::RequestMalformed, format!("bad endpoint: {e}")))
+    }
+
+    /// Authenticates a reading agent by its own SigV4 signature when it signed with one of the
+    /// configured agent keys: `Ok(true)` when it verified, `Ok(false)` when the request is not
+    /// signed with an agent key (other agent authentication then applies), an error when it
+    /// claims an agent key and the signature does not verify.
+    pub fn authenticate_reader(
+        &self,
+        parts: &http::request::Parts,
+        body: &[u8],
+    ) -> Result<bool, Denial> {
+        let Some(akid) = parts
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split("Credential=").nth(1))
+            .and_then(|c| c.split('/').next())
+        else {
+            return Ok(false);
+        };
+        let Some((_, secret)) = self.agent_keys.iter().find(|(k, _)| k == akid) else {
+            return Ok(false);
+        };
+        sigv4::verify_agent_signature(parts, body, akid, secret, SystemTime::now())?;
+        Ok(true)
     }
 
     /// S3 object uploads stream: they can be larger than any body the broker buffers, and

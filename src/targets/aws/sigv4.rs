@@ -92,9 +92,221 @@ pub fn sign_request<B>(
     Ok(())
 }
 
+/// How far an agent's `X-Amz-Date` may be from the broker's clock, as AWS allows.
+const AGENT_SIGNATURE_WINDOW_SECS: u64 = 15 * 60;
+
+/// `20240101T120000Z` to a time.
+fn parse_amz_date(s: &str) -> Option<SystemTime> {
+    let b = s.as_bytes();
+    if b.len() != 16 || b[8] != b'T' || b[15] != b'Z' {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
+    let (y, m, d) = (num(0..4)?, num(4..6)?, num(6..8)?);
+    let (hh, mm, ss) = (num(9..11)?, num(11..13)?, num(13..15)?);
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) || hh > 23 || mm > 59 || ss > 60 {
+        return None;
+    }
+    // Days from the civil date (Howard Hinnant's algorithm, proleptic Gregorian).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + hh * 3600 + mm * 60 + ss;
+    u64::try_from(secs)
+        .ok()
+        .map(|s| SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(s))
+}
+
+/// Checks the agent's own SigV4 signature, made with an agent key the broker knows. Used only
+/// to authenticate agents for reads (the aws CLI cannot present a client certificate);
+/// mutations are authorized by their certificate, whatever the signature says.
+pub fn verify_agent_signature(
+    parts: &http::request::Parts,
+    body: &[u8],
+    access_key_id: &str,
+    secret_access_key: &str,
+    now: SystemTime,
+) -> Result<(), Denial> {
+    let fail = |m: &str| Denial::new(Reason::Unauthenticated, format!("agent signature: {m}"));
+    let auth = parts
+        .headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("AWS4-HMAC-SHA256 "))
+        .ok_or_else(|| fail("no AWS4-HMAC-SHA256 Authorization header"))?;
+    let field = |name: &str| {
+        auth.split(',')
+            .find_map(|p| p.trim().strip_prefix(name))
+            .ok_or_else(|| fail(&format!("Authorization has no {name}")))
+    };
+    let credential = field("Credential=")?;
+    let signed = field("SignedHeaders=")?;
+    let signature = field("Signature=")?;
+    let scope: Vec<&str> = credential.split('/').collect();
+    let [akid, _date, region, service, "aws4_request"] = scope.as_slice() else {
+        return Err(fail("malformed credential scope"));
+    };
+    if *akid != access_key_id {
+        return Err(fail("another access key"));
+    }
+    let date = parts
+        .headers
+        .get("x-amz-date")
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_amz_date)
+        .ok_or_else(|| fail("no valid X-Amz-Date"))?;
+    let skew = now
+        .duration_since(date)
+        .or_else(|e| Ok::<_, ()>(e.duration()))
+        .unwrap_or_default();
+    if skew.as_secs() > AGENT_SIGNATURE_WINDOW_SECS {
+        return Err(fail(
+            "X-Amz-Date is more than 15 minutes from the broker's clock",
+        ));
+    }
+    let names: Vec<&str> = signed.split(';').collect();
+    if !names.contains(&"host") {
+        return Err(fail("the Host header is not signed"));
+    }
+    let mut values: Vec<(String, String)> = Vec::new();
+    for n in &names {
+        let all: Vec<&str> = parts
+            .headers
+            .get_all(*n)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        if all.is_empty() {
+            return Err(fail(&format!("signed header {n} is missing")));
+        }
+        values.push((n.to_string(), all.join(",")));
+    }
+    let identity = aws_credential_types::Credentials::new(
+        access_key_id,
+        secret_access_key,
+        None,
+        None,
+        "seb-agent",
+    )
+    .into();
+    let mut settings = SigningSettings::default();
+    settings.excluded_headers = Some(Vec::new());
+    if *service == "s3" {
+        settings.percent_encoding_mode = PercentEncodingMode::Single;
+        settings.uri_path_normalization_mode = UriPathNormalizationMode::Disabled;
+    }
+    let params = v4::SigningParams::builder()
+        .identity(&identity)
+        .region(region)
+        .name(service)
+        .time(date)
+        .settings(settings)
+        .build()
+        .map_err(|e| fail(&e.to_string()))?
+        .into();
+    let content_sha = parts
+        .headers
+        .get("x-amz-content-sha256")
+        .and_then(|v| v.to_str().ok());
+    let payload = match content_sha {
+        Some(h) => SignableBody::Precomputed(h.to_string()),
+        None => SignableBody::Bytes(body),
+    };
+    let uri = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let signable = SignableRequest::new(
+        parts.method.as_str(),
+        uri,
+        values.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        payload,
+    )
+    .map_err(|e| fail(&e.to_string()))?;
+    let (_, expected) = sign(signable, &params)
+        .map_err(|e| fail(&e.to_string()))?
+        .into_parts();
+    let same = expected.len() == signature.len()
+        && expected
+            .bytes()
+            .zip(signature.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
+    if same {
+        Ok(())
+    } else {
+        Err(fail("does not match; check the agent's secret access key"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn agent_signatures_verify_and_tampering_does_not() {
+        let agent = Credentials {
+            access_key_id: "SEBAGENTONCALL".into(),
+            secret_access_key: "agent-secret".into(),
+            session_token: None,
+        };
+        let body = b"Action=DescribeInstances&Version=2016-11-15";
+        let mut req = http::Request::post("https://localhost:8443/")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("host", "localhost:8443")
+            .body(())
+            .unwrap();
+        sign_request(
+            &mut req,
+            &agent,
+            "ec2",
+            "us-east-1",
+            Payload::Bytes(body),
+            at(),
+        )
+        .unwrap();
+        let (parts, ()) = req.into_parts();
+        let later = at() + std::time::Duration::from_secs(60);
+        verify_agent_signature(&parts, body, "SEBAGENTONCALL", "agent-secret", later).unwrap();
+        let bad =
+            |r: Result<(), Denial>| assert_eq!(r.unwrap_err().reason, Reason::Unauthenticated);
+        bad(verify_agent_signature(
+            &parts,
+            body,
+            "SEBAGENTONCALL",
+            "other",
+            later,
+        ));
+        bad(verify_agent_signature(
+            &parts,
+            b"Action=TerminateInstances",
+            "SEBAGENTONCALL",
+            "agent-secret",
+            later,
+        ));
+        bad(verify_agent_signature(
+            &parts,
+            body,
+            "OTHERKEY",
+            "agent-secret",
+            later,
+        ));
+        bad(verify_agent_signature(
+            &parts,
+            body,
+            "SEBAGENTONCALL",
+            "agent-secret",
+            at() + std::time::Duration::from_secs(3600),
+        ));
+        assert_eq!(parse_amz_date("20150830T123600Z"), Some(at()));
+        assert_eq!(parse_amz_date("20150830T123600"), None);
+        assert_eq!(parse_amz_date("20151330T123600Z"), None);
+    }
 
     fn creds() -> Credentials {
         Credentials {
