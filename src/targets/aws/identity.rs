@@ -84,20 +84,124 @@ fn sanitize_tag(s: &str) -> String {
         .collect()
 }
 
-/// The broker's own credentials, read when needed so rotated environment credentials are
-/// picked up on restart and a missing one is an `identity_unavailable`, not a crash.
-pub fn base_credentials() -> Result<Credentials, Denial> {
+/// Where the broker's own (base) credentials come from, in the order the AWS SDKs use:
+/// environment variables, then the container credentials endpoint (ECS/Fargate task role:
+/// `AWS_CONTAINER_CREDENTIALS_RELATIVE_URI` or `_FULL_URI`), then the shared credentials file
+/// (`AWS_SHARED_CREDENTIALS_FILE` or `~/.aws/credentials`, profile `AWS_PROFILE` or default).
+/// Read when needed, so rotated credentials are picked up, and a missing source is an
+/// `identity_unavailable` refusal, not a crash.
+pub async fn base_credentials(client: &UpstreamClient) -> Result<Credentials, Denial> {
     let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-    match (var("AWS_ACCESS_KEY_ID"), var("AWS_SECRET_ACCESS_KEY")) {
-        (Some(a), Some(s)) => Ok(Credentials {
+    if let (Some(a), Some(s)) = (var("AWS_ACCESS_KEY_ID"), var("AWS_SECRET_ACCESS_KEY")) {
+        return Ok(Credentials {
             access_key_id: a,
             secret_access_key: s,
             session_token: var("AWS_SESSION_TOKEN"),
-        }),
-        _ => Err(unavailable(
-            "the broker has no base AWS credentials (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY) to call STS with",
-        )),
+        });
     }
+    let container_url = match (
+        var("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"),
+        var("AWS_CONTAINER_CREDENTIALS_FULL_URI"),
+    ) {
+        // The ECS agent's fixed link-local address.
+        (Some(rel), _) => Some(format!("http://169.254.170.2{rel}")),
+        (None, Some(full)) => Some(full),
+        _ => None,
+    };
+    if let Some(url) = container_url {
+        return container_credentials(client, &url, var("AWS_CONTAINER_AUTHORIZATION_TOKEN")).await;
+    }
+    let file = var("AWS_SHARED_CREDENTIALS_FILE")
+        .map(std::path::PathBuf::from)
+        .or_else(|| var("HOME").map(|h| std::path::Path::new(&h).join(".aws/credentials")));
+    let profile = var("AWS_PROFILE").unwrap_or_else(|| "default".into());
+    if let Some(text) = file.and_then(|f| std::fs::read_to_string(f).ok()) {
+        if let Some(c) = shared_file_credentials(&text, &profile) {
+            return Ok(c);
+        }
+    }
+    Err(unavailable(
+        "the broker has no base AWS credentials to call STS with (environment, container credentials or shared credentials file)",
+    ))
+}
+
+async fn container_credentials(
+    client: &UpstreamClient,
+    url: &str,
+    token: Option<String>,
+) -> Result<Credentials, Denial> {
+    let mut req = http::Request::get(url);
+    if let Some(t) = token {
+        req = req.header(http::header::AUTHORIZATION, t);
+    }
+    let req = req
+        .body(Full::new(Bytes::new()))
+        .map_err(|e| unavailable(format!("container credentials URL {url:?}: {e}")))?;
+    let resp = tokio::time::timeout(Duration::from_secs(5), client.send(req))
+        .await
+        .map_err(|_| unavailable("the container credentials endpoint did not answer within 5s"))?
+        .map_err(|e| {
+            unavailable(format!(
+                "the container credentials endpoint is unreachable: {e}"
+            ))
+        })?;
+    let status = resp.status();
+    let body = Limited::new(resp.into_body(), 64 * 1024)
+        .collect()
+        .await
+        .map_err(|e| unavailable(format!("container credentials could not be read: {e}")))?
+        .to_bytes();
+    if !status.is_success() {
+        return Err(unavailable(format!(
+            "the container credentials endpoint answered {status}"
+        )));
+    }
+    let v: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|e| unavailable(format!("container credentials are not JSON: {e}")))?;
+    let field = |k: &str| {
+        v.get(k)
+            .and_then(|x| x.as_str())
+            .map(str::to_string)
+            .ok_or_else(|| unavailable(format!("container credentials have no {k}")))
+    };
+    Ok(Credentials {
+        access_key_id: field("AccessKeyId")?,
+        secret_access_key: field("SecretAccessKey")?,
+        session_token: v.get("Token").and_then(|x| x.as_str()).map(str::to_string),
+    })
+}
+
+/// `[profile]` sections of an AWS shared credentials file (INI).
+fn shared_file_credentials(text: &str, profile: &str) -> Option<Credentials> {
+    let mut in_profile = false;
+    let (mut id, mut secret, mut token) = (None, None, None);
+    for line in text.lines() {
+        let line = line.trim();
+        if line.starts_with('#') || line.starts_with(';') || line.is_empty() {
+            continue;
+        }
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            in_profile = name.trim() == profile;
+            continue;
+        }
+        if !in_profile {
+            continue;
+        }
+        if let Some((k, v)) = line.split_once('=') {
+            let v = Some(v.trim().to_string());
+            match k.trim() {
+                "aws_access_key_id" => id = v,
+                "aws_secret_access_key" => secret = v,
+                "aws_session_token" => token = v,
+                _ => {}
+            }
+        }
+    }
+    Some(Credentials {
+        access_key_id: id?,
+        secret_access_key: secret?,
+        session_token: token,
+    })
 }
 
 /// Text of the first `<tag>` element, entities decoded. STS answers are small and flat; the
@@ -168,7 +272,7 @@ impl StsClient {
             Some(e) => e.trim_end_matches('/').to_string(),
             None => format!("https://sts.{region}.amazonaws.com"),
         };
-        let base = base_credentials()?;
+        let base = base_credentials(&self.client).await?;
         let mut pairs: Vec<(String, String)> = vec![
             ("Action".into(), "AssumeRole".into()),
             ("Version".into(), "2011-06-15".into()),
@@ -260,6 +364,66 @@ mod tests {
         let long = sanitize_session_name(&"a".repeat(100));
         assert_eq!(long.len(), 64);
         assert_eq!(sanitize_session_name("ok+=,.@-_"), "ok+=,.@-_");
+    }
+
+    #[test]
+    fn shared_credentials_files_are_read_by_profile() {
+        let text = "[default]\naws_access_key_id = AKIADEFAULT\naws_secret_access_key = s1\n\n# comment\n[ops]\naws_access_key_id=AKIAOPS\naws_secret_access_key=s2\naws_session_token=t\n";
+        let d = shared_file_credentials(text, "default").unwrap();
+        assert_eq!(
+            (d.access_key_id.as_str(), d.session_token),
+            ("AKIADEFAULT", None)
+        );
+        let o = shared_file_credentials(text, "ops").unwrap();
+        assert_eq!(
+            (o.secret_access_key.as_str(), o.session_token.as_deref()),
+            ("s2", Some("t"))
+        );
+        assert!(shared_file_credentials(text, "missing").is_none());
+    }
+
+    #[tokio::test]
+    async fn container_credentials_are_fetched_with_their_token() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0u8; 4096];
+            let n = s.read(&mut buf).await.unwrap();
+            let req = String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase();
+            let body = r#"{"AccessKeyId":"ASIATASK","SecretAccessKey":"sk","Token":"tok","Expiration":"2030-01-01T00:00:00Z"}"#;
+            s.write_all(
+                format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+                .as_bytes(),
+            )
+            .await
+            .unwrap();
+            req
+        });
+        let client = UpstreamClient::new(None).unwrap();
+        let c = container_credentials(
+            &client,
+            &format!("http://{addr}/creds"),
+            Some("secret-token".into()),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            (c.access_key_id.as_str(), c.session_token.as_deref()),
+            ("ASIATASK", Some("tok"))
+        );
+        let seen = server.await.unwrap();
+        assert!(seen.starts_with("get /creds "), "{seen}");
+        assert!(seen.contains("authorization: secret-token"), "{seen}");
+        let dead = format!("http://{addr}/creds");
+        let e = container_credentials(&client, &dead, None)
+            .await
+            .unwrap_err();
+        assert_eq!(e.reason, Reason::IdentityUnavailable);
     }
 
     #[test]
