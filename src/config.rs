@@ -195,6 +195,9 @@ pub struct TargetConfig {
     pub listen: SocketAddr,
     #[serde(default)]
     pub http: Option<HttpTargetConfig>,
+    // --- aws target (kind = "aws") ---
+    #[serde(default)]
+    pub aws: Option<AwsTargetConfig>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -406,6 +409,20 @@ impl Config {
                         return err(&at, "kind = \"http\" needs an [targets.http] table");
                     };
                     h.validate(&format!("{at}.http"))?;
+                    // --- aws target ---
+                    if t.aws.is_some() {
+                        return err(&format!("{at}.aws"), "only for kind = \"aws\"");
+                    }
+                }
+                // --- aws target ---
+                crate::cert::TargetKind::Aws => {
+                    let Some(a) = &t.aws else {
+                        return err(&at, "kind = \"aws\" needs an [targets.aws] table");
+                    };
+                    if t.http.is_some() {
+                        return err(&format!("{at}.http"), "only for kind = \"http\"");
+                    }
+                    a.validate(&format!("{at}.aws"))?;
                 }
                 other => {
                     return err(
@@ -448,6 +465,10 @@ impl Config {
             s.resolve(base);
         }
         for t in &mut self.targets {
+            // --- aws target ---
+            if let Some(a) = &mut t.aws {
+                a.resolve(base);
+            }
             if let Some(h) = &mut t.http {
                 if let Some(ca) = &mut h.upstream_ca {
                     fix(ca);
@@ -528,6 +549,239 @@ impl HttpTargetConfig {
         Ok(())
     }
 }
+
+// === aws target ===
+
+/// `[targets.aws]`: an AWS API front. Agents point their SDK at the listener
+/// (`AWS_ENDPOINT_URL`); the broker forwards to `endpoint` (an emulator, a VPC endpoint) or the
+/// regional AWS endpoint, under an identity minted per certificate.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AwsTargetConfig {
+    /// Forward here instead of `https://<service>.<region>.amazonaws.com` (moto, VPC endpoints).
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// Where STS AssumeRole goes; defaults to `endpoint`, then the regional STS endpoint.
+    #[serde(default)]
+    pub sts_endpoint: Option<String>,
+    #[serde(default)]
+    pub upstream_ca: Option<PathBuf>,
+    /// Signing names (`s3`, `ec2`, ...) this target serves; others are refused.
+    pub services: Vec<String>,
+    pub regions: Vec<String>,
+    pub identity: AwsIdentityMode,
+    /// Role assumed per certificate (`identity = "sts"`).
+    #[serde(default)]
+    pub execution_role_arn: Option<String>,
+    /// Role assumed for reads and precondition checks (`identity = "sts"`).
+    #[serde(default)]
+    pub read_role_arn: Option<String>,
+    /// Fixed credentials (`identity = "static"`): emulators and tests only, marked as such in
+    /// every audit record.
+    #[serde(default)]
+    pub static_credentials: Option<StaticCredentialsConfig>,
+    /// Fixed credentials for reads with `identity = "static"`; defaults to static_credentials.
+    #[serde(default)]
+    pub read_static_credentials: Option<StaticCredentialsConfig>,
+    /// Reads (Describe/List/Get/Head) pass without a certificate.
+    #[serde(default)]
+    pub reads: bool,
+    /// s3 GetObject needs a certificate even when reads pass.
+    #[serde(default)]
+    pub s3_get_object_needs_certificate: bool,
+    /// More reads that need a certificate, as `service:Operation`.
+    #[serde(default)]
+    pub sensitive_reads: Vec<String>,
+    /// Agent access keys: an agent whose SigV4 signature verifies with one of these is
+    /// authenticated for reads (for clients without mTLS such as the aws CLI).
+    #[serde(default)]
+    pub agent_keys: Vec<AgentKeyConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentKeyConfig {
+    pub access_key_id: String,
+    pub secret_access_key: SecretSource,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AwsIdentityMode {
+    Sts,
+    Static,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticCredentialsConfig {
+    pub access_key_id: SecretSource,
+    pub secret_access_key: SecretSource,
+    #[serde(default)]
+    pub session_token: Option<SecretSource>,
+}
+
+impl StaticCredentialsConfig {
+    fn sources(&mut self) -> impl Iterator<Item = &mut SecretSource> {
+        [&mut self.access_key_id, &mut self.secret_access_key]
+            .into_iter()
+            .chain(self.session_token.as_mut())
+    }
+}
+
+impl AwsTargetConfig {
+    fn validate(&self, at: &str) -> Result<(), (String, String)> {
+        let e = |f: &str, m: String| Err((format!("{at}.{f}"), m));
+        for (f, url) in [
+            ("endpoint", &self.endpoint),
+            ("sts_endpoint", &self.sts_endpoint),
+        ] {
+            let Some(url) = url else { continue };
+            let uri: http::Uri = match url.parse() {
+                Ok(u) => u,
+                Err(err) => return e(f, format!("invalid URL: {err}")),
+            };
+            if !matches!(uri.scheme_str(), Some("http") | Some("https"))
+                || uri.host().is_none()
+                || !matches!(uri.path(), "" | "/")
+                || uri.query().is_some()
+            {
+                return e(
+                    f,
+                    "must be http(s)://host[:port] with no path or query".into(),
+                );
+            }
+        }
+        if self.services.is_empty() {
+            return e("services", "name at least one service".into());
+        }
+        for s in &self.services {
+            if crate::targets::aws::model::service(s).is_none() {
+                return e(
+                    "services",
+                    format!("{s:?} is not a service this broker knows"),
+                );
+            }
+        }
+        if self.regions.is_empty() {
+            return e("regions", "name at least one region".into());
+        }
+        for r in &self.regions {
+            if r.is_empty()
+                || !r
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            {
+                return e("regions", format!("{r:?} is not a region name"));
+            }
+        }
+        for (i, s) in self.sensitive_reads.iter().enumerate() {
+            if s.split_once(':')
+                .is_none_or(|(a, b)| a.is_empty() || b.is_empty())
+            {
+                return e(
+                    &format!("sensitive_reads[{i}]"),
+                    format!("{s:?} is not service:Operation"),
+                );
+            }
+        }
+        for (i, k) in self.agent_keys.iter().enumerate() {
+            if k.access_key_id.len() < 8
+                || !k.access_key_id.bytes().all(|b| b.is_ascii_alphanumeric())
+            {
+                return e(
+                    &format!("agent_keys[{i}].access_key_id"),
+                    "must be at least 8 letters or digits".into(),
+                );
+            }
+            k.secret_access_key
+                .validate(&format!("{at}.agent_keys[{i}].secret_access_key"))?;
+        }
+        match self.identity {
+            AwsIdentityMode::Sts => {
+                for (f, arn) in [
+                    ("execution_role_arn", &self.execution_role_arn),
+                    ("read_role_arn", &self.read_role_arn),
+                ] {
+                    match arn {
+                        Some(a) if !a.starts_with("arn:") || !a.contains(":role/") => {
+                            return e(f, format!("{a:?} is not a role ARN"))
+                        }
+                        _ => {}
+                    }
+                }
+                if self.execution_role_arn.is_none() {
+                    return e(
+                        "execution_role_arn",
+                        "identity = \"sts\" needs the role to assume".into(),
+                    );
+                }
+                if self.reads && self.read_role_arn.is_none() {
+                    return e(
+                        "read_role_arn",
+                        "reads = true with identity = \"sts\" needs a read role".into(),
+                    );
+                }
+                if self.static_credentials.is_some() || self.read_static_credentials.is_some() {
+                    return e(
+                        "static_credentials",
+                        "only with identity = \"static\"".into(),
+                    );
+                }
+            }
+            AwsIdentityMode::Static => {
+                let Some(c) = &self.static_credentials else {
+                    return e(
+                        "static_credentials",
+                        "identity = \"static\" needs them".into(),
+                    );
+                };
+                c.validate(&format!("{at}.static_credentials"))?;
+                if let Some(c) = &self.read_static_credentials {
+                    c.validate(&format!("{at}.read_static_credentials"))?;
+                }
+                if self.execution_role_arn.is_some() || self.read_role_arn.is_some() {
+                    return e("execution_role_arn", "only with identity = \"sts\"".into());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn resolve(&mut self, base: &Path) {
+        if let Some(ca) = &mut self.upstream_ca {
+            if ca.is_relative() {
+                *ca = base.join(&*ca);
+            }
+        }
+        for c in [
+            &mut self.static_credentials,
+            &mut self.read_static_credentials,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            for s in c.sources() {
+                s.resolve(base);
+            }
+        }
+    }
+}
+
+impl StaticCredentialsConfig {
+    fn validate(&self, at: &str) -> Result<(), (String, String)> {
+        self.access_key_id
+            .validate(&format!("{at}.access_key_id"))?;
+        self.secret_access_key
+            .validate(&format!("{at}.secret_access_key"))?;
+        if let Some(t) = &self.session_token {
+            t.validate(&format!("{at}.session_token"))?;
+        }
+        Ok(())
+    }
+}
+
+// === end aws target ===
 
 impl SecretSource {
     fn validate(&self, at: &str) -> Result<(), (String, String)> {
@@ -657,6 +911,92 @@ upstream = "http://127.0.0.1:9000"
             .replace("name = \"b\"", "name = \"payments\"")
             .replace("\"nope\"", "\"http://x\"");
         assert_eq!(field_error(&dup).0, "targets[1].name");
+    }
+
+    const AWS: &str = r#"
+plaintext = true
+[[issuers]]
+name = "signer"
+public_key = "signer.pub"
+[revocation]
+file = "revocation.jws"
+[audit]
+path = "audit.jsonl"
+signing_key = "broker.key"
+[[targets]]
+name = "aws"
+kind = "aws"
+listen = "127.0.0.1:8443"
+[targets.aws]
+endpoint = "http://127.0.0.1:5000"
+services = ["s3", "ec2"]
+regions = ["us-east-1"]
+identity = "sts"
+execution_role_arn = "arn:aws:iam::123456789012:role/seb-exec"
+"#;
+
+    #[test]
+    fn aws_targets_validate_with_field_paths() {
+        let c = Config::parse(AWS).unwrap();
+        let a = c.targets[0].aws.as_ref().unwrap();
+        assert_eq!(a.identity, AwsIdentityMode::Sts);
+        assert!(!a.reads);
+        let cases = [
+            (
+                AWS.replace("\"s3\", \"ec2\"", "\"s3\", \"nosuch\""),
+                "targets[0].aws.services",
+            ),
+            (
+                AWS.replace("\"us-east-1\"", "\"US East\""),
+                "targets[0].aws.regions",
+            ),
+            (
+                AWS.replace("http://127.0.0.1:5000", "http://127.0.0.1:5000/x"),
+                "targets[0].aws.endpoint",
+            ),
+            (
+                AWS.replace("role/seb-exec", "user/x"),
+                "targets[0].aws.execution_role_arn",
+            ),
+            (
+                AWS.replace(
+                    "execution_role_arn = \"arn:aws:iam::123456789012:role/seb-exec\"",
+                    "",
+                ),
+                "targets[0].aws.execution_role_arn",
+            ),
+            (
+                format!("{AWS}reads = true\n"),
+                "targets[0].aws.read_role_arn",
+            ),
+            (
+                AWS.replace("identity = \"sts\"", "identity = \"static\""),
+                "targets[0].aws.static_credentials",
+            ),
+            (
+                AWS.replace("identity = \"sts\"", "identity = \"magic\""),
+                "targets[0].aws.identity",
+            ),
+            (
+                format!("{AWS}sensitive_reads = [\"GetObject\"]\n"),
+                "targets[0].aws.sensitive_reads[0]",
+            ),
+            (format!("{AWS}regoins = []\n"), "targets[0].aws.regoins"),
+            (
+                AWS.replace("[targets.aws]", "[targets.awz]"),
+                "targets[0].awz",
+            ),
+        ];
+        for (text, field) in cases {
+            assert_eq!(field_error(&text).0, field, "{text}");
+        }
+        let st = AWS
+            .replace("identity = \"sts\"", "identity = \"static\"")
+            .replace("execution_role_arn = \"arn:aws:iam::123456789012:role/seb-exec\"", "static_credentials = { access_key_id = { value_env = \"A\" }, secret_access_key = { value_env = \"B\", value_file = \"x\" } }");
+        assert_eq!(
+            field_error(&st).0,
+            "targets[0].aws.static_credentials.secret_access_key"
+        );
     }
 
     #[test]

@@ -18,13 +18,21 @@ pub fn full_body(bytes: impl Into<Bytes>) -> Body {
         .boxed()
 }
 
+/// A request body on its way upstream: buffered, or streamed from the agent (S3 uploads).
+/// Not `Sync`, so any agent body fits.
+pub type UpstreamBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+
+pub fn upstream_full(bytes: Full<Bytes>) -> UpstreamBody {
+    bytes.map_err(|never| match never {}).boxed_unsync()
+}
+
 pub fn stream_body(incoming: Incoming) -> Body {
     incoming.map_err(|e| Box::new(e) as BoxError).boxed()
 }
 
 #[derive(Clone)]
 pub struct UpstreamClient {
-    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
+    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, UpstreamBody>,
 }
 
 impl UpstreamClient {
@@ -66,12 +74,19 @@ impl UpstreamClient {
         &self,
         req: Request<Full<Bytes>>,
     ) -> Result<Response<Incoming>, hyper_util::client::legacy::Error> {
+        self.client.request(req.map(upstream_full)).await
+    }
+
+    pub async fn send_body(
+        &self,
+        req: Request<UpstreamBody>,
+    ) -> Result<Response<Incoming>, hyper_util::client::legacy::Error> {
         self.client.request(req).await
     }
 
     /// A small GET for control data (revocation documents), with a size cap.
     pub async fn get_text(&self, url: &str, limit: usize) -> anyhow::Result<String> {
-        let req = Request::get(url).body(Full::new(Bytes::new()))?;
+        let req = Request::get(url).body(upstream_full(Full::new(Bytes::new())))?;
         let resp =
             tokio::time::timeout(std::time::Duration::from_secs(10), self.client.request(req))
                 .await

@@ -215,6 +215,16 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                     .with_context(|| format!("targets[{i}].http: missing"))?;
                 Target::Http(HttpTarget::new(&tc.name, h).with_context(|| format!("targets[{i}]"))?)
             }
+            crate::cert::TargetKind::Aws => {
+                let a = tc
+                    .aws
+                    .as_ref()
+                    .with_context(|| format!("targets[{i}].aws: missing"))?;
+                Target::Aws(
+                    crate::targets::aws::AwsTarget::new(&tc.name, a)
+                        .with_context(|| format!("targets[{i}]"))?,
+                )
+            }
             other => anyhow::bail!(
                 "targets[{i}].kind: {} targets are not available in this build",
                 other.as_str()

@@ -2,7 +2,8 @@
 //!
 //! 1. classify: the listener a request arrives on fixes its target;
 //! 2. parse: the target reads the request (canonical path, operation, read or mutation) and
-//!    the body is read within its limit;
+//!    the body is read within its limit, unless the target streams it (S3 uploads, bound by
+//!    their certified sha256 and verified in flight);
 //! 3. admit: certificate (signature, issuer, window, epochs, revocation, binding), contract
 //!    (operation, resource, body), drift, then one use is spent;
 //! 4. audit: the signed decision record is durable before anything is sent;
@@ -13,7 +14,7 @@
 //! Any `Err(Denial)` ends the request; [`handle`] writes the deny record and renders the
 //! refusal in the agent's own format. Nothing is forwarded unless every step said yes.
 
-use super::forward::{stream_body, Body};
+use super::forward::{stream_body, upstream_full, Body, UpstreamBody};
 use super::metrics::{Decision, Phase};
 use super::Broker;
 use crate::admission::Peer;
@@ -47,7 +48,7 @@ pub async fn handle<B>(
     conn: Arc<ConnInfo>,
 ) -> Response<Body>
 where
-    B: http_body::Body<Data = Bytes> + Send,
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<super::forward::BoxError>,
 {
     let started = Instant::now();
@@ -56,6 +57,7 @@ where
     let (broker, target, conn) = (&*broker, &*target, &*conn);
     let span = tracing::debug_span!("request", id = %request_id, target = target.name(), method = %parts.method, path = parts.uri.path());
     let mut record = Draft::new(target, &parts, conn);
+    let dialect = target.error_dialect(&parts);
     let result = run(
         broker,
         target,
@@ -86,7 +88,7 @@ where
                 )),
                 None => broker.audit.record_best_effort(record.deny(&denial)),
             }
-            target.render_denial(&denial, &request_id)
+            target.render_denial(&denial, dialect, &request_id)
         }
     }
 }
@@ -103,7 +105,7 @@ async fn run<B>(
     started: Instant,
 ) -> Result<Response<Body>, Denial>
 where
-    B: http_body::Body<Data = Bytes> + Send,
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<super::forward::BoxError>,
 {
     // 2. parse
@@ -111,12 +113,21 @@ where
     // layer, so that a slow agent or upstream ends in a recorded refusal or outcome instead of
     // a dropped future.
     let deadline = tokio::time::Instant::now() + broker.request_timeout;
-    let body = read_body(body, broker.max_body_bytes, deadline).await?;
+    let (body, upload) = if target.streams_upload(&parts) {
+        (Bytes::new(), Some(body))
+    } else {
+        (
+            read_body(body, broker.max_body_bytes, deadline).await?,
+            None,
+        )
+    };
     let body_sha256 = hex(&Sha256::digest(&body));
-    record.body_sha256 = Some(body_sha256.clone());
+    if upload.is_none() {
+        record.body_sha256 = Some(body_sha256.clone());
+    }
     let parsed = target.parse(&parts, &body)?;
     record.request = parsed.describe.clone();
-    let token = target.certificate(&parts.headers)?;
+    let token = target.certificate(&parts)?;
     broker.metrics.observe(Phase::Parse, started.elapsed());
 
     let Some(token) = token else {
@@ -133,10 +144,7 @@ where
             )
             .await;
         }
-        return Err(Denial::new(
-            Reason::CertMissing,
-            "this request changes state and carries no certificate; present one as \"Authorization: Bearer <certificate>\"",
-        ));
+        return Err(Denial::new(Reason::CertMissing, target.certificate_hint()));
     };
 
     // 3. admit
@@ -144,7 +152,7 @@ where
     let peer = conn.peer.as_ref().map(|p| Peer {
         x5t_s256: &p.x5t_s256,
     });
-    let cert = broker.admission.authenticate(token)?;
+    let cert = broker.admission.authenticate(&token)?;
     record.certificate(&cert);
     broker
         .admission
@@ -156,6 +164,12 @@ where
         content_encoding: header_str(&parts.headers, http::header::CONTENT_ENCODING)?,
     };
     target.check_contract(&cert, &parts, &view)?;
+    if upload.is_some() {
+        // A streamed body is recorded by the hash it is held to in flight.
+        if let Some(crate::cert::BodyRule::Sha256(r)) = &cert.claims.seb.body {
+            record.body_sha256 = Some(r.sha256.clone());
+        }
+    }
     target.check_drift(&cert, &parsed).await?;
     let (n, max) = broker.admission.take_use(&cert).await?;
     record.uses = Some((n, max));
@@ -185,7 +199,18 @@ where
         .observe(Phase::Identity, identity_started.elapsed());
 
     // 6. sign + forward
-    let upstream_req = target.upstream_request(&parts, body, &identity, request_id)?;
+    let upstream_req = match upload {
+        None => target
+            .upstream_request(&parts, body, &identity, request_id)?
+            .map(upstream_full),
+        Some(upload) => target.upstream_upload(
+            &parts,
+            http_body_util::BodyExt::map_err(upload, Into::into).boxed_unsync(),
+            &identity,
+            request_id,
+            &cert,
+        )?,
+    };
     let resp = forward(broker, target, upstream_req, deadline).await?;
 
     // 7. outcome (not waited on: the decision is already durable, and a crash before this
@@ -211,10 +236,14 @@ async fn read_pass_through(
     record: &mut Draft,
     (started, deadline): (Instant, tokio::time::Instant),
 ) -> Result<Response<Body>, Denial> {
-    broker.authenticate_reader(&parts.headers, conn)?;
+    if !target.authenticate_reader(parts, &body)? {
+        broker.authenticate_reader(&parts.headers, conn)?;
+    }
     let identity = target.identity(None).await?;
     record.identity = Some(identity.audit.clone());
-    let upstream_req = target.upstream_request(parts, body, &identity, request_id)?;
+    let upstream_req = target
+        .upstream_request(parts, body, &identity, request_id)?
+        .map(upstream_full);
     let resp = forward(broker, target, upstream_req, deadline).await?;
     broker.metrics.count(target.name(), Decision::Read, None);
     let mut entry = record.allow();
@@ -227,7 +256,7 @@ async fn read_pass_through(
 async fn forward(
     broker: &Broker,
     target: &Target,
-    req: Request<http_body_util::Full<Bytes>>,
+    req: Request<UpstreamBody>,
     deadline: tokio::time::Instant,
 ) -> Result<Response<Body>, Denial> {
     let started = Instant::now();
@@ -241,9 +270,19 @@ async fn forward(
             format!("upstream {} {detail}", target.name()),
         )
     };
-    let resp = match tokio::time::timeout_at(deadline, target.client().send(req)).await {
+    let resp = match tokio::time::timeout_at(deadline, target.client().send_body(req)).await {
         Ok(Ok(resp)) => resp,
-        Ok(Err(e)) => return Err(failed(format!("did not answer: {e}"))),
+        Ok(Err(e)) => {
+            // A streamed body that failed its check in flight says why; that is the refusal.
+            let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+            while let Some(s) = source {
+                if let Some(d) = s.downcast_ref::<Denial>() {
+                    return Err(d.clone());
+                }
+                source = s.source();
+            }
+            return Err(failed(format!("did not answer: {e}")));
+        }
         Err(_) => {
             return Err(failed(format!(
                 "did not answer within {:?}",

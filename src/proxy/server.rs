@@ -116,7 +116,11 @@ async fn serve_connection<I>(
         // Load shedding: a request that finds no free slot is refused at once rather than
         // queued, so overload shows up as fast 503s instead of growing latency.
         let Ok(permit) = limits.concurrency.clone().try_acquire_owned() else {
-            return Box::pin(std::future::ready(Ok(overloaded(&target, &broker))));
+            let (parts, _) = req.into_parts();
+            let dialect = target.error_dialect(&parts);
+            return Box::pin(std::future::ready(Ok(overloaded(
+                &target, &broker, dialect,
+            ))));
         };
         let fut = pipeline::handle(broker.clone(), target.clone(), req, conn.clone());
         Box::pin(async move {
@@ -138,7 +142,11 @@ async fn serve_connection<I>(
     }
 }
 
-fn overloaded(target: &Target, broker: &Broker) -> Response<Body> {
+fn overloaded(
+    target: &Target,
+    broker: &Broker,
+    dialect: crate::targets::ErrorDialect,
+) -> Response<Body> {
     let denial = Denial::new(
         Reason::Overloaded,
         "the broker is at its concurrency limit; retry shortly",
@@ -148,7 +156,7 @@ fn overloaded(target: &Target, broker: &Broker) -> Response<Body> {
         super::metrics::Decision::Deny,
         Some(Reason::Overloaded),
     );
-    let mut resp = target.render_denial(&denial, "");
+    let mut resp = target.render_denial(&denial, dialect, "");
     resp.headers_mut().insert(
         http::header::RETRY_AFTER,
         http::HeaderValue::from_static("1"),

@@ -185,6 +185,7 @@ impl HttpTarget {
                 "header": header.as_ref().map(|(n, _)| n.as_str()),
             }),
             header: header.clone(),
+            aws: None,
         }
     }
 

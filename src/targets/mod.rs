@@ -6,18 +6,30 @@
 //! Dispatch is an enum rather than a trait object: the set of targets is closed and small, and
 //! a reader can follow every call to its code.
 
+pub mod aws;
 pub mod http;
 pub mod path;
 
 use crate::cert::{Certificate, TargetKind};
 use crate::contract::BodyView;
 use crate::denial::Denial;
-use crate::proxy::forward::{Body, UpstreamClient};
+use crate::proxy::forward::{Body, UpstreamBody, UpstreamClient};
 use bytes::Bytes;
 use serde_json::Value;
 
+// One Target per listener, built once and shared behind an Arc: variant sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Target {
     Http(http::HttpTarget),
+    Aws(aws::AwsTarget),
+}
+
+/// How a refusal must look to this request's client, read from the request before the
+/// pipeline consumes it (an AWS client expects its own service's error dialect).
+#[derive(Clone, Copy, Debug)]
+pub enum ErrorDialect {
+    Native,
+    Aws(aws::ErrorFormat),
 }
 
 /// What the request is, as far as the broker is concerned.
@@ -31,24 +43,29 @@ pub struct Parsed {
 pub struct Identity {
     pub audit: Value,
     pub(crate) header: Option<(::http::HeaderName, ::http::HeaderValue)>,
+    /// AWS: the credentials the forwarded request is signed with.
+    pub(crate) aws: Option<aws::sigv4::Credentials>,
 }
 
 impl Target {
     pub fn name(&self) -> &str {
         match self {
             Target::Http(t) => &t.name,
+            Target::Aws(t) => &t.name,
         }
     }
 
     pub fn kind(&self) -> TargetKind {
         match self {
             Target::Http(_) => TargetKind::Http,
+            Target::Aws(_) => TargetKind::Aws,
         }
     }
 
     pub fn client(&self) -> &UpstreamClient {
         match self {
             Target::Http(t) => &t.client,
+            Target::Aws(t) => &t.client,
         }
     }
 
@@ -56,16 +73,30 @@ impl Target {
     pub fn parse(&self, parts: &::http::request::Parts, body: &Bytes) -> Result<Parsed, Denial> {
         match self {
             Target::Http(t) => t.parse(parts, body),
+            Target::Aws(t) => t.parse(parts, body),
         }
     }
 
-    /// The certificate the agent presented, if any.
-    pub fn certificate<'a>(
-        &self,
-        headers: &'a ::http::HeaderMap,
-    ) -> Result<Option<&'a str>, Denial> {
+    /// The certificate the agent presented, if any (AWS presigned URLs carry it in the query).
+    pub fn certificate(&self, parts: &::http::request::Parts) -> Result<Option<String>, Denial> {
         match self {
-            Target::Http(_) => http::certificate(headers),
+            Target::Http(_) => Ok(http::certificate(&parts.headers)?.map(str::to_string)),
+            Target::Aws(_) => aws::certificate(parts),
+        }
+    }
+
+    /// What to tell an agent that sent a mutation without a certificate.
+    pub fn certificate_hint(&self) -> &'static str {
+        match self {
+            Target::Http(_) => "this request changes state and carries no certificate; present one as \"Authorization: Bearer <certificate>\"",
+            Target::Aws(_) => aws::CERT_HINT,
+        }
+    }
+
+    pub fn error_dialect(&self, parts: &::http::request::Parts) -> ErrorDialect {
+        match self {
+            Target::Http(_) => ErrorDialect::Native,
+            Target::Aws(_) => ErrorDialect::Aws(aws::denial::error_format(parts)),
         }
     }
 
@@ -77,6 +108,7 @@ impl Target {
     ) -> Result<(), Denial> {
         match self {
             Target::Http(t) => t.check_contract(cert, parts, body),
+            Target::Aws(t) => t.check_contract(cert, parts, body),
         }
     }
 
@@ -90,6 +122,7 @@ impl Target {
                 debug_assert!(cert.claims.seb.precondition.is_none());
                 Ok(())
             }
+            Target::Aws(t) => t.check_drift(cert).await,
         }
     }
 
@@ -97,6 +130,7 @@ impl Target {
     pub async fn identity(&self, cert: Option<&Certificate>) -> Result<Identity, Denial> {
         match self {
             Target::Http(t) => Ok(t.identity(cert)),
+            Target::Aws(t) => t.identity(cert).await,
         }
     }
 
@@ -109,12 +143,58 @@ impl Target {
     ) -> Result<::http::Request<http_body_util::Full<Bytes>>, Denial> {
         match self {
             Target::Http(t) => t.upstream_request(parts, body, identity, request_id),
+            Target::Aws(t) => t.upstream_request(parts, body, identity, request_id),
         }
     }
 
-    pub fn render_denial(&self, denial: &Denial, request_id: &str) -> ::http::Response<Body> {
+    /// Target-specific agent authentication for reads (AWS: the agent's SigV4 signature with
+    /// an agent key); `false` leaves it to the broker's mTLS / agent-token check.
+    pub fn authenticate_reader(
+        &self,
+        parts: &::http::request::Parts,
+        body: &Bytes,
+    ) -> Result<bool, Denial> {
         match self {
-            Target::Http(_) => http::problem(denial, request_id),
+            Target::Http(_) => Ok(false),
+            Target::Aws(t) => t.authenticate_reader(parts, body),
+        }
+    }
+
+    /// Whether the request body goes upstream as a stream instead of being read first.
+    pub fn streams_upload(&self, parts: &::http::request::Parts) -> bool {
+        match self {
+            Target::Http(_) => false,
+            Target::Aws(t) => t.streams_upload(parts),
+        }
+    }
+
+    /// The upstream request for a streamed body (only where [`Target::streams_upload`]).
+    pub fn upstream_upload(
+        &self,
+        parts: &::http::request::Parts,
+        body: UpstreamBody,
+        identity: &Identity,
+        request_id: &str,
+        cert: &Certificate,
+    ) -> Result<::http::Request<UpstreamBody>, Denial> {
+        match self {
+            Target::Http(_) => Err(Denial::new(
+                crate::denial::Reason::RequestMalformed,
+                "http targets do not stream request bodies",
+            )),
+            Target::Aws(t) => t.upstream_upload(parts, body, identity, request_id, cert),
+        }
+    }
+
+    pub fn render_denial(
+        &self,
+        denial: &Denial,
+        dialect: ErrorDialect,
+        request_id: &str,
+    ) -> ::http::Response<Body> {
+        match (self, dialect) {
+            (Target::Aws(_), ErrorDialect::Aws(f)) => aws::denial::render(denial, f, request_id),
+            _ => http::problem(denial, request_id),
         }
     }
 }

@@ -227,10 +227,20 @@ pub struct Broker {
     pub listen: u16,
     pub admin: u16,
     pub config_path: PathBuf,
+    /// More environment for the broker process (the AWS target's base credentials).
+    pub extra_env: Vec<(String, String)>,
 }
 
 impl Broker {
     pub fn start(env: &Env, cfg: &BrokerConfig) -> Broker {
+        Broker::start_with_env(env, cfg, Vec::new())
+    }
+
+    pub fn start_with_env(
+        env: &Env,
+        cfg: &BrokerConfig,
+        extra_env: Vec<(String, String)>,
+    ) -> Broker {
         let config_path = env.path("seb.toml");
         std::fs::write(&config_path, &cfg.text).unwrap();
         let mut b = Broker {
@@ -238,6 +248,7 @@ impl Broker {
             listen: cfg.listen,
             admin: cfg.admin,
             config_path,
+            extra_env,
         };
         b.spawn(env);
         b
@@ -251,6 +262,7 @@ impl Broker {
             .env("SEB_TEST_PAYMENTS_TOKEN", UPSTREAM_SECRET)
             .env("SEB_TEST_AGENT_TOKEN", AGENT_TOKEN)
             .env("SEB_LOG", "warn")
+            .envs(self.extra_env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

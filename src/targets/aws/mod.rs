@@ -1,0 +1,715 @@
+//! The AWS target: unmodified AWS CLIs and SDKs point `AWS_ENDPOINT_URL` at the broker and put
+//! their certificate in `AWS_SESSION_TOKEN` (so it arrives as `X-Amz-Security-Token`), with a
+//! placeholder access key. The broker reads service and region from the credential scope,
+//! ignores the agent's signature, checks the call against the certificate, and re-signs it
+//! under an identity scoped to that one call.
+//!
+//! Modules: [`model`] (the generated service table), [`protocol`] (operation and parameters
+//! for the query, ec2, json, rest-json and rest-xml protocols), [`policy`] (reads, sensitive
+//! reads, session policies), [`identity`] (STS AssumeRole and static credentials),
+//! [`sigv4`] (re-signing), [`denial`] (refusals in the agent's error dialect), [`drift`]
+//! (precondition read calls).
+
+pub mod denial;
+pub mod drift;
+pub mod identity;
+pub mod model;
+pub mod policy;
+pub mod protocol;
+pub mod sigv4;
+pub mod upload;
+
+use super::{Identity, Parsed};
+use crate::cert::claims::BodyRule;
+use crate::cert::{Certificate, TargetKind};
+use crate::config::{AwsIdentityMode, AwsTargetConfig, StaticCredentialsConfig};
+use crate::contract::{self, BodyView};
+use crate::denial::{Denial, Reason};
+use crate::proxy::forward::{UpstreamBody, UpstreamClient};
+use crate::proxy::pipeline::hex;
+use bytes::Bytes;
+use http::{HeaderMap, Request, Uri};
+use http_body_util::Full;
+use identity::{AssumeRole, StsClient};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use sigv4::{Credentials, Payload};
+use std::time::SystemTime;
+
+pub use denial::ErrorFormat;
+
+/// The access key id agents configure; any value works (the signature is never checked), this
+/// one is documented so a log line shows at once that an agent is set up for the broker.
+pub const PLACEHOLDER_ACCESS_KEY_ID: &str = "SEBAGENTPLACEHOLDER";
+
+pub struct AwsTarget {
+    pub name: String,
+    endpoint: Option<Uri>,
+    services: Vec<String>,
+    regions: Vec<String>,
+    mode: AwsIdentityMode,
+    execution_role_arn: Option<String>,
+    read_role_arn: Option<String>,
+    static_credentials: Option<Credentials>,
+    read_static_credentials: Option<Credentials>,
+    reads: bool,
+    s3_get_object_needs_certificate: bool,
+    sensitive_reads: Vec<String>,
+    /// Agent access key id -> secret, for authenticating reads by the agent's own signature.
+    agent_keys: Vec<(String, String)>,
+    sts: StsClient,
+    pub client: UpstreamClient,
+}
+
+/// `seb.request` for aws targets.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AwsContract {
+    pub service: String,
+    pub region: String,
+    pub operation: String,
+    #[serde(default)]
+    pub resource: Option<String>,
+}
+
+fn load_static(c: &StaticCredentialsConfig, at: &str) -> anyhow::Result<Credentials> {
+    let load = |s: &crate::config::SecretSource, f: &str| {
+        s.load().map_err(|e| anyhow::anyhow!("{at}.{f}: {e}"))
+    };
+    Ok(Credentials {
+        access_key_id: load(&c.access_key_id, "access_key_id")?,
+        secret_access_key: load(&c.secret_access_key, "secret_access_key")?,
+        session_token: c
+            .session_token
+            .as_ref()
+            .map(|t| load(t, "session_token"))
+            .transpose()?,
+    })
+}
+
+fn contract_of(cert: &Certificate) -> Result<AwsContract, Denial> {
+    let seb = &cert.claims.seb;
+    if seb.target != TargetKind::Aws {
+        return Err(Denial::new(
+            Reason::ContractMismatch,
+            format!(
+                "certificate is for a {} target, this is an aws target",
+                seb.target.as_str()
+            ),
+        ));
+    }
+    serde_json::from_value(seb.request.clone()).map_err(|e| {
+        Denial::new(
+            Reason::CertMalformed,
+            format!("seb.request for an aws target: {e}"),
+        )
+    })
+}
+
+fn mismatch(msg: impl Into<String>) -> Denial {
+    Denial::new(Reason::ContractMismatch, msg)
+}
+
+impl AwsTarget {
+    pub fn new(name: &str, cfg: &AwsTargetConfig) -> anyhow::Result<AwsTarget> {
+        let at = format!("targets.{name}.aws");
+        let static_credentials = cfg
+            .static_credentials
+            .as_ref()
+            .map(|c| load_static(c, &format!("{at}.static_credentials")))
+            .transpose()?;
+        let read_static_credentials = cfg
+            .read_static_credentials
+            .as_ref()
+            .map(|c| load_static(c, &format!("{at}.read_static_credentials")))
+            .transpose()?;
+        let client = UpstreamClient::new(cfg.upstream_ca.as_deref())?;
+        Ok(AwsTarget {
+            name: name.to_string(),
+            endpoint: cfg.endpoint.as_deref().map(str::parse).transpose()?,
+            services: cfg.services.clone(),
+            regions: cfg.regions.clone(),
+            mode: cfg.identity,
+            execution_role_arn: cfg.execution_role_arn.clone(),
+            read_role_arn: cfg.read_role_arn.clone(),
+            static_credentials,
+            read_static_credentials,
+            reads: cfg.reads,
+            s3_get_object_needs_certificate: cfg.s3_get_object_needs_certificate,
+            sensitive_reads: cfg.sensitive_reads.clone(),
+            agent_keys: cfg
+                .agent_keys
+                .iter()
+                .enumerate()
+                .map(|(i, k)| {
+                    let secret = k
+                        .secret_access_key
+                        .load()
+                        .map_err(|e| anyhow::anyhow!("{at}.agent_keys[{i}]: {e}"))?;
+                    Ok((k.access_key_id.clone(), secret))
+                })
+                .collect::<anyhow::Result<_>>()?,
+            sts: StsClient::new(
+                cfg.sts_endpoint.clone().or_else(|| cfg.endpoint.clone()),
+                client.clone(),
+            ),
+            client,
+        })
+    }
+
+    /// Reads the call and checks it is for a service and region this target serves.
+    fn call(&self, parts: &http::request::Parts, body: &[u8]) -> Result<protocol::Call, Denial> {
+        let call = protocol::parse(parts, body)?;
+        if !self.services.contains(&call.scope.service) {
+            return Err(Denial::new(
+                Reason::ContractMismatch,
+                format!(
+                    "service {:?} is not served by aws target {:?}",
+                    call.scope.service, self.name
+                ),
+            ));
+        }
+        if !self.regions.contains(&call.scope.region) {
+            return Err(Denial::new(
+                Reason::ContractMismatch,
+                format!(
+                    "region {:?} is not served by aws target {:?}",
+                    call.scope.region, self.name
+                ),
+            ));
+        }
+        Ok(call)
+    }
+
+    pub fn parse(&self, parts: &http::request::Parts, body: &Bytes) -> Result<Parsed, Denial> {
+        let call = self.call(parts, body)?;
+        let is_read = self.reads
+            && call.known
+            && model::is_read_name(&call.operation)
+            && !policy::is_sensitive_read(
+                &call,
+                self.s3_get_object_needs_certificate,
+                &self.sensitive_reads,
+            );
+        Ok(Parsed {
+            is_read,
+            describe: json!({
+                "method": parts.method.as_str(),
+                "path": parts.uri.path(),
+                "service": call.scope.service,
+                "region": call.scope.region,
+                "protocol": call.service.protocol.as_str(),
+                "operation": call.operation,
+                "resource": call.resource,
+            }),
+        })
+    }
+
+    pub fn check_contract(
+        &self,
+        cert: &Certificate,
+        parts: &http::request::Parts,
+        body: &BodyView,
+    ) -> Result<(), Denial> {
+        let c = contract_of(cert)?;
+        let call = self.call(parts, body.bytes)?;
+        if c.service != call.scope.service || c.region != call.scope.region {
+            return Err(mismatch(format!(
+                "certificate allows {} in {}, the request is {} in {}",
+                c.service, c.region, call.scope.service, call.scope.region
+            )));
+        }
+        if c.operation != call.operation {
+            return Err(mismatch(format!(
+                "certificate allows {}:{}, the request is {}:{}",
+                c.service, c.operation, call.scope.service, call.operation
+            )));
+        }
+        if let Some(r) = &c.resource {
+            if call.resource.as_deref() != Some(r.as_str()) {
+                return Err(mismatch(format!(
+                    "certificate allows resource {r:?}, the request is for {}",
+                    call.resource
+                        .as_deref()
+                        .map(|r| format!("{r:?}"))
+                        .unwrap_or_else(|| "no single resource".into())
+                )));
+            }
+        }
+        let params = call.params.as_object().map(|m| m.len()).unwrap_or(0);
+        match cert.claims.seb.body.as_ref() {
+            None if params == 0 && body.bytes.is_empty() => Ok(()),
+            None => Err(mismatch(format!(
+                "the certificate names no parameters and the request has {}; certify them in seb.body",
+                param_names(&call.params)
+            ))),
+            Some(BodyRule::Sha256(rule)) => {
+                if call.service.protocol == model::Protocol::RestXml
+                    || call.service.protocol == model::Protocol::RestJson
+                {
+                    // The hash covers the body only; path, query and headers must say nothing
+                    // the certificate did not: the resource pins the labels, nothing else may
+                    // appear.
+                    if c.resource.is_none() {
+                        return Err(mismatch(
+                            "a certificate binding a rest body by sha256 must name its resource",
+                        ));
+                    }
+                    let route = &call.service.operations[&call.operation];
+                    let extra: Vec<&String> = call
+                        .params
+                        .as_object()
+                        .into_iter()
+                        .flat_map(|m| m.keys())
+                        .filter(|k| !route.labels.values().any(|l| l == *k))
+                        .collect();
+                    if !extra.is_empty() {
+                        return Err(mismatch(format!(
+                            "{} not certified: a sha256 certificate admits only the body and its resource",
+                            extra.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                        )));
+                    }
+                }
+                if self.streams_upload(parts) {
+                    // Held to the certified hash in flight (upload::VerifiedUpload) and by S3
+                    // through x-amz-content-sha256; there are no bytes to hash yet.
+                    return Ok(());
+                }
+                let actual = payload_sha256(&call, body)?;
+                if actual == rule.sha256 {
+                    Ok(())
+                } else {
+                    Err(mismatch(format!(
+                        "body sha256 is {actual}, the certificate allows {}",
+                        rule.sha256
+                    )))
+                }
+            }
+            Some(BodyRule::Constraints(rule)) => {
+                if (call.opaque_body && !body.bytes.is_empty()) || self.streams_upload(parts) {
+                    return Err(mismatch(format!(
+                        "the body of {} is not parameters the broker reads; the certificate must bind it by sha256",
+                        call.operation
+                    )));
+                }
+                contract::check_constraints(rule, &call.params)
+            }
+        }
+    }
+
+    pub async fn check_drift(&self, cert: &Certificate) -> Result<(), Denial> {
+        let Some(pre) = &cert.claims.seb.precondition else {
+            return Ok(());
+        };
+        let c = contract_of(cert)?;
+        let creds = self.read_credentials(&c.region).await?;
+        drift::check(self, pre, &c, &creds).await
+    }
+
+    async fn read_credentials(&self, region: &str) -> Result<(Credentials, Value), Denial> {
+        match self.mode {
+            AwsIdentityMode::Static => {
+                let c = self
+                    .read_static_credentials
+                    .as_ref()
+                    .or(self.static_credentials.as_ref())
+                    .ok_or_else(|| {
+                        Denial::new(Reason::IdentityUnavailable, "no static read credentials")
+                    })?;
+                Ok((c.clone(), static_audit(c, "read")))
+            }
+            AwsIdentityMode::Sts => {
+                let role = self.read_role_arn.as_deref().ok_or_else(|| {
+                    Denial::new(
+                        Reason::IdentityUnavailable,
+                        format!(
+                            "aws target {:?} has no read_role_arn for reads and preconditions",
+                            self.name
+                        ),
+                    )
+                })?;
+                let m = self
+                    .sts
+                    .assume_cached(
+                        &format!("\u{0}read\u{0}{region}"),
+                        region,
+                        AssumeRole {
+                            role_arn: role,
+                            session_name: identity::sanitize_session_name(&format!(
+                                "seb-read-{}",
+                                self.name
+                            )),
+                            source_identity: None,
+                            policy: None,
+                            tags: vec![("seb-purpose", "read".into())],
+                        },
+                    )
+                    .await?;
+                Ok((m.credentials.clone(), m.audit.clone()))
+            }
+        }
+    }
+
+    pub async fn identity(&self, cert: Option<&Certificate>) -> Result<Identity, Denial> {
+        let Some(cert) = cert else {
+            let region = self.regions.first().cloned().unwrap_or_default();
+            let (credentials, audit) = self.read_credentials(&region).await?;
+            return Ok(Identity {
+                audit,
+                header: None,
+                aws: Some(credentials),
+            });
+        };
+        let c = contract_of(cert)?;
+        match self.mode {
+            AwsIdentityMode::Static => {
+                let creds = self.static_credentials.clone().ok_or_else(|| {
+                    Denial::new(Reason::IdentityUnavailable, "no static credentials")
+                })?;
+                Ok(Identity {
+                    audit: static_audit(&creds, "execution"),
+                    header: None,
+                    aws: Some(creds),
+                })
+            }
+            AwsIdentityMode::Sts => {
+                let role = self.execution_role_arn.as_deref().ok_or_else(|| {
+                    Denial::new(Reason::IdentityUnavailable, "no execution_role_arn")
+                })?;
+                let claims = &cert.claims;
+                let policy = policy::session_policy(
+                    &c.service,
+                    &c.operation,
+                    c.resource.as_deref(),
+                    claims.seb.body.as_ref(),
+                )?;
+                let m = self
+                    .sts
+                    .assume_cached(
+                        // jti is unique per issuer, not across issuers.
+                        &format!("{}\u{0}{}", claims.iss, claims.jti),
+                        &c.region,
+                        AssumeRole {
+                            role_arn: role,
+                            session_name: identity::sanitize_session_name(&claims.jti),
+                            source_identity: Some(identity::sanitize_session_name(&claims.sub)),
+                            policy: Some(policy),
+                            tags: vec![
+                                ("seb-cert", claims.jti.clone()),
+                                ("seb-policy", claims.seb.policy.clone()),
+                                ("seb-action", claims.seb.action.clone()),
+                            ],
+                        },
+                    )
+                    .await?;
+                Ok(Identity {
+                    audit: m.audit.clone(),
+                    header: None,
+                    aws: Some(m.credentials.clone()),
+                })
+            }
+        }
+    }
+
+    /// Where a call for `service` in `region` goes.
+    fn upstream_base(&self, service: &model::Service, region: &str) -> Result<Uri, Denial> {
+        if let Some(e) = &self.endpoint {
+            return Ok(e.clone());
+        }
+        let host = match &service.global_endpoint {
+            Some(g) => g.clone(),
+            None => format!("{}.{region}.amazonaws.com", service.endpoint_prefix),
+        };
+        format!("https://{host}")
+            .parse()
+            .map_err(|e| Denial::new(Reason::RequestMalformed, format!("bad endpoint: {e}")))
+    }
+
+    /// Authenticates a reading agent by its own SigV4 signature when it signed with one of the
+    /// configured agent keys: `Ok(true)` when it verified, `Ok(false)` when the request is not
+    /// signed with an agent key (other agent authentication then applies), an error when it
+    /// claims an agent key and the signature does not verify.
+    pub fn authenticate_reader(
+        &self,
+        parts: &http::request::Parts,
+        body: &[u8],
+    ) -> Result<bool, Denial> {
+        let Some(akid) = parts
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split("Credential=").nth(1))
+            .and_then(|c| c.split('/').next())
+        else {
+            return Ok(false);
+        };
+        let Some((_, secret)) = self.agent_keys.iter().find(|(k, _)| k == akid) else {
+            return Ok(false);
+        };
+        sigv4::verify_agent_signature(parts, body, akid, secret, SystemTime::now())?;
+        Ok(true)
+    }
+
+    /// S3 object uploads stream: they can be larger than any body the broker buffers, and
+    /// their certificate binds them by sha256 whatever their size.
+    pub fn streams_upload(&self, parts: &http::request::Parts) -> bool {
+        parts.method == http::Method::PUT
+            && self.call(parts, &[]).is_ok_and(|c| {
+                c.scope.service == "s3"
+                    && matches!(c.operation.as_str(), "PutObject" | "UploadPart")
+            })
+    }
+
+    /// Method, URL and headers of the upstream request, signed over `payload`.
+    fn upstream_head(
+        &self,
+        parts: &http::request::Parts,
+        call: &protocol::Call,
+        identity: &Identity,
+        request_id: &str,
+        payload: Payload<'_>,
+        content_length: Option<u64>,
+    ) -> Result<Request<()>, Denial> {
+        let creds = identity.aws.as_ref().ok_or_else(|| {
+            Denial::new(
+                Reason::IdentityUnavailable,
+                "no AWS credentials were minted",
+            )
+        })?;
+        let base = self.upstream_base(call.service, &call.scope.region)?;
+        let path_and_query = match forwarded_query(parts.uri.query().unwrap_or(""))? {
+            q if q.is_empty() => parts.uri.path().to_string(),
+            q => format!("{}?{q}", parts.uri.path()),
+        };
+        let uri = Uri::builder()
+            .scheme(base.scheme_str().unwrap_or("https"))
+            .authority(base.authority().map(|a| a.as_str()).unwrap_or_default())
+            .path_and_query(path_and_query)
+            .build()
+            .map_err(|e| {
+                Denial::new(
+                    Reason::RequestMalformed,
+                    format!("cannot build the upstream URL: {e}"),
+                )
+            })?;
+        let mut req = Request::builder()
+            .method(parts.method.clone())
+            .uri(uri)
+            .body(())
+            .map_err(|e| {
+                Denial::new(
+                    Reason::RequestMalformed,
+                    format!("cannot build the upstream request: {e}"),
+                )
+            })?;
+        copy_headers(&parts.headers, req.headers_mut(), call.aws_chunked);
+        if let Some(n) = content_length {
+            req.headers_mut()
+                .insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(n));
+        }
+        sigv4::sign_request(
+            &mut req,
+            creds,
+            &call.service.signing_name,
+            &call.scope.region,
+            payload,
+            SystemTime::now(),
+        )?;
+        // Added after signing: AWS ignores it, and it ties upstream logs to the audit record.
+        if let Ok(v) = http::HeaderValue::from_str(request_id) {
+            req.headers_mut().insert("x-request-id", v);
+        }
+        Ok(req)
+    }
+
+    pub fn upstream_request(
+        &self,
+        parts: &http::request::Parts,
+        body: Bytes,
+        identity: &Identity,
+        request_id: &str,
+    ) -> Result<Request<Full<Bytes>>, Denial> {
+        let call = self.call(parts, &body)?;
+        let body = if call.aws_chunked {
+            Bytes::from(protocol::decode_aws_chunked(&body)?)
+        } else {
+            body
+        };
+        let payload = if call.scope.service == "s3" {
+            Payload::Sha256(hex(&Sha256::digest(&body)))
+        } else {
+            Payload::Bytes(&body)
+        };
+        let head = self.upstream_head(parts, &call, identity, request_id, payload, None)?;
+        Ok(head.map(|()| Full::new(body)))
+    }
+
+    /// A streamed S3 upload: signed over the certified sha256, its body checked in flight.
+    pub fn upstream_upload(
+        &self,
+        parts: &http::request::Parts,
+        body: UpstreamBody,
+        identity: &Identity,
+        request_id: &str,
+        cert: &Certificate,
+    ) -> Result<Request<UpstreamBody>, Denial> {
+        let call = self.call(parts, &[])?;
+        let Some(BodyRule::Sha256(rule)) = &cert.claims.seb.body else {
+            return Err(mismatch("an S3 upload must be bound by seb.body.sha256"));
+        };
+        // The payload's length: S3 needs it up front, and it is what the stream is held to.
+        let length_header = if call.aws_chunked {
+            "x-amz-decoded-content-length"
+        } else {
+            "content-length"
+        };
+        let declared: u64 = parts
+            .headers
+            .get(length_header)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or_else(|| {
+                Denial::new(
+                    Reason::RequestMalformed,
+                    format!("an S3 upload needs a {length_header} header"),
+                )
+            })?;
+        let head = self.upstream_head(
+            parts,
+            &call,
+            identity,
+            request_id,
+            Payload::Sha256(rule.sha256.clone()),
+            Some(declared),
+        )?;
+        let verified = upload::VerifiedUpload::new(body, call.aws_chunked, &rule.sha256, declared);
+        Ok(head.map(|()| http_body_util::BodyExt::boxed_unsync(verified)))
+    }
+}
+
+fn static_audit(c: &Credentials, purpose: &str) -> Value {
+    json!({
+        "kind": "static",
+        "purpose": purpose,
+        "access_key_id": c.access_key_id,
+        "note": "static credentials from the broker config (emulators and tests): not scoped per certificate",
+    })
+}
+
+fn param_names(params: &Value) -> String {
+    params
+        .as_object()
+        .map(|m| m.keys().cloned().collect::<Vec<_>>().join(", "))
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "a body".into())
+}
+
+/// The sha256 of the payload the upstream will receive (aws-chunked framing removed).
+fn payload_sha256(call: &protocol::Call, body: &BodyView) -> Result<String, Denial> {
+    if call.aws_chunked {
+        Ok(hex(&Sha256::digest(protocol::decode_aws_chunked(
+            body.bytes,
+        )?)))
+    } else {
+        Ok(body.sha256_hex.to_string())
+    }
+}
+
+/// The agent's query string minus presigned-URL authentication, in its original spelling.
+fn forwarded_query(q: &str) -> Result<String, Denial> {
+    let mut kept = Vec::new();
+    for piece in q.split('&').filter(|p| !p.is_empty()) {
+        let key = protocol::percent_decode(piece.split('=').next().unwrap_or(""))?;
+        if !key.to_ascii_lowercase().starts_with("x-amz-")
+            || !matches!(
+                key.to_ascii_lowercase().as_str(),
+                "x-amz-algorithm"
+                    | "x-amz-credential"
+                    | "x-amz-date"
+                    | "x-amz-expires"
+                    | "x-amz-signedheaders"
+                    | "x-amz-signature"
+                    | "x-amz-security-token"
+            )
+        {
+            kept.push(piece);
+        }
+    }
+    Ok(kept.join("&"))
+}
+
+/// The agent's headers minus hop-by-hop headers, its credentials and its signature (the
+/// certificate rides in `X-Amz-Security-Token` and never goes upstream), and for aws-chunked
+/// bodies the framing headers, since the broker forwards the decoded payload.
+fn copy_headers(from: &HeaderMap, to: &mut HeaderMap, aws_chunked: bool) {
+    let mut copied = HeaderMap::new();
+    super::http::copy_end_to_end_headers(from, &mut copied);
+    for (name, value) in &copied {
+        let n = name.as_str();
+        let drop = matches!(
+            n,
+            "x-amz-security-token"
+                | "x-amz-date"
+                | "x-amz-content-sha256"
+                | "expect"
+                | "user-agent"
+        ) || (aws_chunked
+            && matches!(
+                n,
+                "x-amz-decoded-content-length" | "x-amz-trailer" | "content-encoding"
+            ));
+        if !drop {
+            to.append(name.clone(), value.clone());
+        }
+    }
+    if aws_chunked {
+        // Keep any real content coding listed beside aws-chunked (S3 stores it as metadata).
+        let rest: Vec<String> = from
+            .get_all(http::header::CONTENT_ENCODING)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|e| e.trim().to_string())
+            .filter(|e| !e.is_empty() && !e.eq_ignore_ascii_case("aws-chunked"))
+            .collect();
+        if let Ok(v) = http::HeaderValue::from_str(&rest.join(", ")) {
+            if !rest.is_empty() {
+                to.insert(http::header::CONTENT_ENCODING, v);
+            }
+        }
+    }
+}
+
+/// `X-Amz-Security-Token` as a header or a presigned-URL query parameter; exactly one.
+pub fn certificate(parts: &http::request::Parts) -> Result<Option<String>, Denial> {
+    let mut found: Vec<String> = Vec::new();
+    for v in parts.headers.get_all("x-amz-security-token") {
+        found.push(
+            v.to_str()
+                .map_err(|_| {
+                    Denial::new(Reason::CertMalformed, "X-Amz-Security-Token is not ASCII")
+                })?
+                .trim()
+                .to_string(),
+        );
+    }
+    for (k, v) in protocol::query_pairs(parts.uri.query().unwrap_or(""))? {
+        if k.eq_ignore_ascii_case("x-amz-security-token") {
+            found.push(v.trim().to_string());
+        }
+    }
+    match found.len() {
+        0 => Ok(None),
+        1 => Ok(found.pop()),
+        _ => Err(Denial::new(
+            Reason::CertMalformed,
+            "more than one X-Amz-Security-Token was presented; send exactly one certificate",
+        )),
+    }
+}
+
+pub const CERT_HINT: &str = "this AWS call changes state and carries no certificate; set AWS_SESSION_TOKEN to the certificate";
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,749 @@
+//! Reading an AWS request: which service and region (the agent's SigV4 credential scope), which
+//! operation, and its parameters as one JSON object that certificate constraints match.
+//!
+//! The parameter object, by protocol:
+//! - query and ec2: every form or query-string pair except `Action` and `Version`, as a flat
+//!   object of strings (`{"InstanceId.1": "i-1"}`), exactly as DESIGN.md says;
+//! - json 1.0/1.1: the JSON body;
+//! - rest-json and rest-xml: the operation's members by their model names: URI labels
+//!   (`Bucket`, `Key`, `FunctionName`), bound query-string members, bound headers (minus transport
+//!   and integrity headers such as `Content-Length` and checksums), header maps (`Metadata`), and
+//!   for rest-json the JSON body's members. Query keys and `x-amz-*` headers the model does
+//!   not bind appear under their own names, so `others: deny` refuses them. A blob or XML payload is not a parameter:
+//!   it is bound by the certificate's `sha256`.
+//!
+//! Whatever two readers could understand differently is refused, not guessed: a parameter
+//! given twice, parameters in both the query string and the body, an `X-Amz-Target` that a
+//! protocol does not use or that disagrees with the body or path, duplicate JSON keys, a
+//! `Content-Encoding` the broker does not decode, a Host that names another service or region.
+
+use super::model::{self, Protocol, Route, Segment, Service};
+use crate::denial::{Denial, Reason};
+use http::request::Parts;
+use serde_json::{Map, Value};
+
+fn malformed(msg: impl Into<String>) -> Denial {
+    Denial::new(Reason::RequestMalformed, msg)
+}
+
+/// Service and region from a SigV4 credential scope.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Scope {
+    pub service: String,
+    pub region: String,
+}
+
+/// One AWS API call as the broker understands it.
+#[derive(Debug)]
+pub struct Call {
+    pub service: &'static Service,
+    pub scope: Scope,
+    pub operation: String,
+    /// Known to the generated table; an unknown operation is still a mutation.
+    pub known: bool,
+    pub params: Value,
+    /// The body is not parameters (blob or XML payload) and can only be bound by sha256.
+    pub opaque_body: bool,
+    /// The agent sent the body `aws-chunked`; [`decode_aws_chunked`] gives the real payload.
+    pub aws_chunked: bool,
+    pub resource: Option<String>,
+}
+
+/// `AWS4-HMAC-SHA256 Credential=AKID/20240101/us-east-1/s3/aws4_request, ...` or the
+/// presigned-URL `X-Amz-Credential` query parameter; exactly one of them.
+pub fn scope(parts: &Parts) -> Result<Scope, Denial> {
+    let mut found: Vec<String> = Vec::new();
+    for v in parts.headers.get_all(http::header::AUTHORIZATION) {
+        let v = v
+            .to_str()
+            .map_err(|_| malformed("Authorization header is not ASCII"))?;
+        let rest = v.strip_prefix("AWS4-HMAC-SHA256 ").ok_or_else(|| {
+            malformed("Authorization is not AWS4-HMAC-SHA256; sign with SigV4 (any AWS SDK or the aws CLI does)")
+        })?;
+        let cred = rest
+            .split(',')
+            .filter_map(|p| p.trim().strip_prefix("Credential="))
+            .collect::<Vec<_>>();
+        match cred.as_slice() {
+            [one] => found.push(one.to_string()),
+            _ => return Err(malformed("Authorization needs exactly one Credential=")),
+        }
+    }
+    for (k, v) in query_pairs(parts.uri.query().unwrap_or(""))? {
+        if k.eq_ignore_ascii_case("x-amz-credential") {
+            found.push(v);
+        }
+    }
+    let cred = match found.as_slice() {
+        [one] => one,
+        [] => {
+            return Err(malformed(
+                "no SigV4 credential scope: the broker takes the service and region from it; use an AWS SDK or the aws CLI with the placeholder access key",
+            ))
+        }
+        _ => return Err(malformed("more than one SigV4 credential scope was sent")),
+    };
+    let fields: Vec<&str> = cred.split('/').collect();
+    match fields.as_slice() {
+        [_akid, _date, region, service, "aws4_request"]
+            if !region.is_empty() && !service.is_empty() =>
+        {
+            Ok(Scope {
+                service: service.to_string(),
+                region: region.to_string(),
+            })
+        }
+        _ => Err(malformed(format!(
+            "credential scope {cred:?} is not KEY/DATE/REGION/SERVICE/aws4_request"
+        ))),
+    }
+}
+
+/// A Host under `amazonaws.com` must name the scope's service and region; any other host is
+/// the broker's own name (endpoint override) and says nothing about either.
+pub fn check_host(parts: &Parts, service: &Service, scope: &Scope) -> Result<(), Denial> {
+    let host = match parts.headers.get(http::header::HOST) {
+        Some(h) => h
+            .to_str()
+            .map_err(|_| malformed("Host is not ASCII"))?
+            .to_string(),
+        None => parts.uri.host().unwrap_or_default().to_string(),
+    };
+    let host = host.to_ascii_lowercase();
+    let name = host.rsplit_once(':').map(|(h, _)| h).unwrap_or(&host);
+    let Some(prefix) = name
+        .strip_suffix(".amazonaws.com")
+        .or_else(|| name.strip_suffix(".amazonaws.com.cn"))
+    else {
+        return Ok(());
+    };
+    let labels: Vec<&str> = prefix.split('.').collect();
+    // `bucket.s3.<region>.amazonaws.com`: the bucket would be in the host, which the broker
+    // does not read; only path-style requests name their bucket where it is checked.
+    if service.signing_name == "s3" && labels.len() > 1 && !labels[0].starts_with("s3") {
+        return Err(malformed(format!(
+            "Host {host:?} is a virtual-hosted-style S3 request; use path-style addressing"
+        )));
+    }
+    let names_service = labels.iter().any(|l| {
+        *l == service.endpoint_prefix || l.starts_with(&format!("{}-", service.endpoint_prefix))
+    });
+    let region_ok = labels.iter().any(|l| *l == scope.region)
+        || (labels.len() == 1 && service.global_endpoint.is_some())
+        || (labels == [service.endpoint_prefix.as_str()]);
+    if !names_service || !region_ok {
+        return Err(malformed(format!(
+            "Host {host:?} does not match the credential scope ({} in {})",
+            scope.service, scope.region
+        )));
+    }
+    Ok(())
+}
+
+/// Splits `a=1&b=2` into decoded pairs (`+` is a space, as in forms); invalid UTF-8 or bad
+/// escapes are refused rather than replaced.
+pub fn query_pairs(q: &str) -> Result<Vec<(String, String)>, Denial> {
+    let mut out = Vec::new();
+    for pair in q.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        out.push((form_decode(k)?, form_decode(v)?));
+    }
+    Ok(out)
+}
+
+fn form_decode(s: &str) -> Result<String, Denial> {
+    percent_decode(&s.replace('+', " "))
+}
+
+/// Strict percent-decoding to UTF-8.
+pub fn percent_decode(s: &str) -> Result<String, Denial> {
+    let b = s.as_bytes();
+    if b.iter().enumerate().any(|(i, c)| {
+        *c == b'%'
+            && !(b.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+                && b.get(i + 2).is_some_and(u8::is_ascii_hexdigit))
+    }) {
+        return Err(malformed(format!("{s:?} has a '%' that is not an escape")));
+    }
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8()
+        .map(|c| c.into_owned())
+        .map_err(|_| malformed(format!("{s:?} does not decode to UTF-8")))
+}
+
+/// Query parameters of the presigned-URL form, which are authentication, not API parameters.
+fn is_auth_query_key(k: &str) -> bool {
+    [
+        "x-amz-algorithm",
+        "x-amz-credential",
+        "x-amz-date",
+        "x-amz-expires",
+        "x-amz-signedheaders",
+        "x-amz-signature",
+        "x-amz-security-token",
+    ]
+    .iter()
+    .any(|a| k.eq_ignore_ascii_case(a))
+}
+
+/// Headers that carry transport or integrity data rather than API parameters; they are not
+/// part of the parameter object (a certificate cannot sensibly pin a checksum it did not see).
+fn is_transport_header(h: &str) -> bool {
+    matches!(
+        h,
+        "content-length"
+            | "content-md5"
+            | "expect"
+            | "x-amz-content-sha256"
+            | "x-amz-decoded-content-length"
+            | "x-amz-trailer"
+            | "x-amz-sdk-checksum-algorithm"
+            | "x-amz-date"
+            | "x-amz-security-token"
+            | "x-amz-user-agent"
+            | "amz-sdk-invocation-id"
+            | "amz-sdk-request"
+    ) || h.starts_with("x-amz-checksum-")
+}
+
+fn insert_once(obj: &mut Map<String, Value>, k: String, v: Value) -> Result<(), Denial> {
+    if obj.contains_key(&k) {
+        return Err(malformed(format!(
+            "parameter {k:?} is given more than once"
+        )));
+    }
+    obj.insert(k, v);
+    Ok(())
+}
+
+fn content_encoding(parts: &Parts) -> Result<Vec<String>, Denial> {
+    let mut out = Vec::new();
+    for v in parts.headers.get_all(http::header::CONTENT_ENCODING) {
+        let v = v
+            .to_str()
+            .map_err(|_| malformed("Content-Encoding is not ASCII"))?;
+        out.extend(
+            v.split(',')
+                .map(|e| e.trim().to_ascii_lowercase())
+                .filter(|e| !e.is_empty() && e != "identity"),
+        );
+    }
+    Ok(out)
+}
+
+/// Reads the request. `body` is the raw body as received (still aws-chunked if so sent).
+pub fn parse(parts: &Parts, body: &[u8]) -> Result<Call, Denial> {
+    let scope = scope(parts)?;
+    let service = model::service(&scope.service).ok_or_else(|| {
+        malformed(format!(
+            "service {:?} (from the credential scope) is not one this broker knows",
+            scope.service
+        ))
+    })?;
+    check_host(parts, service, &scope)?;
+    let target = header_once(parts, "x-amz-target")?;
+    let encodings = content_encoding(parts)?;
+    let mut call = match service.protocol {
+        Protocol::Query | Protocol::Ec2 => {
+            if let Some(t) = target {
+                return Err(malformed(format!(
+                    "X-Amz-Target {t:?} on a {} request, whose operation is its Action parameter",
+                    service.protocol.as_str()
+                )));
+            }
+            refuse_encodings(&encodings)?;
+            parse_query(parts, body, service, scope)?
+        }
+        Protocol::Json => {
+            refuse_encodings(&encodings)?;
+            parse_json(parts, body, service, scope, target)?
+        }
+        Protocol::RestJson | Protocol::RestXml => {
+            if let Some(t) = target {
+                return Err(malformed(format!(
+                    "X-Amz-Target {t:?} on a {} request, whose operation is its method and path",
+                    service.protocol.as_str()
+                )));
+            }
+            parse_rest(parts, body, service, scope, &encodings)?
+        }
+    };
+    call.resource = resource(&call);
+    Ok(call)
+}
+
+fn refuse_encodings(encodings: &[String]) -> Result<(), Denial> {
+    match encodings.first() {
+        None => Ok(()),
+        Some(e) => Err(malformed(format!(
+            "Content-Encoding {e:?} is not decoded by the broker; send the body uncompressed"
+        ))),
+    }
+}
+
+fn header_once<'a>(parts: &'a Parts, name: &str) -> Result<Option<&'a str>, Denial> {
+    let mut it = parts.headers.get_all(name).iter();
+    let Some(first) = it.next() else {
+        return Ok(None);
+    };
+    if it.next().is_some() {
+        return Err(malformed(format!("{name} appears more than once")));
+    }
+    first
+        .to_str()
+        .map(Some)
+        .map_err(|_| malformed(format!("{name} is not ASCII")))
+}
+
+fn api_query_pairs(parts: &Parts) -> Result<Vec<(String, String)>, Denial> {
+    Ok(query_pairs(parts.uri.query().unwrap_or(""))?
+        .into_iter()
+        .filter(|(k, _)| !is_auth_query_key(k))
+        .collect())
+}
+
+fn parse_query(
+    parts: &Parts,
+    body: &[u8],
+    service: &'static Service,
+    scope: Scope,
+) -> Result<Call, Denial> {
+    if parts.uri.path() != "/" {
+        return Err(malformed(format!(
+            "{} requests go to \"/\", not {:?}",
+            service.protocol.as_str(),
+            parts.uri.path()
+        )));
+    }
+    let from_query = api_query_pairs(parts)?;
+    let from_body = if body.is_empty() {
+        Vec::new()
+    } else {
+        let ct = header_once(parts, "content-type")?.unwrap_or("");
+        if !ct
+            .to_ascii_lowercase()
+            .starts_with("application/x-www-form-urlencoded")
+        {
+            return Err(malformed(format!(
+                "a {} request body must be application/x-www-form-urlencoded, not {ct:?}",
+                service.protocol.as_str()
+            )));
+        }
+        let text = std::str::from_utf8(body).map_err(|_| malformed("form body is not UTF-8"))?;
+        query_pairs(text.trim_end_matches(['\r', '\n']))?
+    };
+    if !from_query.is_empty() && !from_body.is_empty() {
+        return Err(malformed(
+            "parameters are in both the query string and the body; send them in one place",
+        ));
+    }
+    let mut params = Map::new();
+    let (mut action, mut version) = (None, None);
+    for (k, v) in from_query.into_iter().chain(from_body) {
+        // Action names the operation and Version the API revision: neither is a parameter a
+        // certificate constrains, but each must still be given exactly once.
+        let slot = match k.as_str() {
+            "Action" => &mut action,
+            "Version" => &mut version,
+            _ => {
+                insert_once(&mut params, k, v.into())?;
+                continue;
+            }
+        };
+        if slot.is_some() {
+            return Err(malformed(format!(
+                "parameter {k:?} is given more than once"
+            )));
+        }
+        *slot = Some(v);
+    }
+    let operation = action.ok_or_else(|| malformed("no Action parameter"))?;
+    Ok(Call {
+        known: service.operations.contains_key(&operation),
+        service,
+        scope,
+        operation,
+        params: Value::Object(params),
+        opaque_body: false,
+        aws_chunked: false,
+        resource: None,
+    })
+}
+
+fn parse_json(
+    parts: &Parts,
+    body: &[u8],
+    service: &'static Service,
+    scope: Scope,
+    target: Option<&str>,
+) -> Result<Call, Denial> {
+    let target = target.ok_or_else(|| malformed("a json-protocol request needs X-Amz-Target"))?;
+    let prefix = service.target_prefix.as_deref().unwrap_or_default();
+    let operation = match target.split_once('.') {
+        Some((p, op)) if p == prefix && !op.is_empty() && !op.contains('.') => op.to_string(),
+        _ => {
+            return Err(malformed(format!(
+                "X-Amz-Target {target:?} is not \"{prefix}.<Operation>\" for {}",
+                scope.service
+            )))
+        }
+    };
+    if parts.uri.path() != "/" {
+        return Err(malformed(format!(
+            "X-Amz-Target names {operation} and the path is {:?}; json requests go to \"/\"",
+            parts.uri.path()
+        )));
+    }
+    if !api_query_pairs(parts)?.is_empty() {
+        return Err(malformed(
+            "a json-protocol request with query parameters: its parameters are its body",
+        ));
+    }
+    let params = if body.is_empty() {
+        Value::Object(Map::new())
+    } else {
+        crate::json::parse_strict(body)
+            .map_err(|e| malformed(format!("body is not valid JSON: {e}")))?
+    };
+    if !params.is_object() {
+        return Err(malformed("a json-protocol body must be a JSON object"));
+    }
+    if let Some(Value::String(a)) = params.get("Action") {
+        if *a != operation {
+            return Err(malformed(format!(
+                "X-Amz-Target names {operation} and the body's Action is {a:?}"
+            )));
+        }
+    }
+    Ok(Call {
+        known: service.operations.contains_key(&operation),
+        service,
+        scope,
+        operation,
+        params,
+        opaque_body: false,
+        aws_chunked: false,
+        resource: None,
+    })
+}
+
+/// Matches a path against a template; returns label -> raw (still encoded) value.
+fn match_path<'a>(segments: &[Segment<'_>], path: &'a str) -> Option<Vec<(String, &'a str)>> {
+    let mut rest = path.strip_prefix('/')?;
+    let mut out = Vec::new();
+    for (i, seg) in segments.iter().enumerate() {
+        match seg {
+            Segment::Greedy(name) => {
+                if i != segments.len() - 1 || rest.is_empty() {
+                    return None;
+                }
+                out.push((name.to_string(), rest));
+                rest = "";
+            }
+            _ => {
+                let (this, next) = match rest.find('/') {
+                    Some(p) => (&rest[..p], &rest[p + 1..]),
+                    None => (rest, ""),
+                };
+                // A trailing "/" after the last label ("/bucket/") is the same resource for S3.
+                if this.is_empty() {
+                    return None;
+                }
+                match seg {
+                    Segment::Literal(l) if *l == this => {}
+                    Segment::Label(name) => out.push((name.to_string(), this)),
+                    _ => return None,
+                }
+                rest = next;
+            }
+        }
+    }
+    rest.is_empty().then_some(out)
+}
+
+/// A route that fits a rest request: (specificity, operation, route, path labels).
+type Candidate<'a> = (usize, &'a String, &'a Route, Vec<(String, &'a str)>);
+
+fn parse_rest(
+    parts: &Parts,
+    body: &[u8],
+    service: &'static Service,
+    scope: Scope,
+    encodings: &[String],
+) -> Result<Call, Denial> {
+    let path = parts.uri.path();
+    let greedy_ok = service.protocol == Protocol::RestXml;
+    if !greedy_ok {
+        crate::targets::path::check_canonical(path).map_err(malformed)?;
+    }
+    let query = api_query_pairs(parts)?;
+    let mut seen = std::collections::HashSet::new();
+    for (k, _) in &query {
+        if !seen.insert(k.as_str()) {
+            return Err(malformed(format!(
+                "query parameter {k:?} is given more than once"
+            )));
+        }
+    }
+    let has_query = |k: &str, v: Option<&str>| {
+        query
+            .iter()
+            .any(|(qk, qv)| qk == k && v.is_none_or(|v| v == qv))
+    };
+    // Every route whose method, path, literal query keys and required members fit; the most
+    // specific wins, and a tie is ambiguity.
+    let mut best: Vec<Candidate> = Vec::new();
+    for (name, route) in &service.operations {
+        if route.method != parts.method.as_str() {
+            continue;
+        }
+        let (segments, literals) = model::parse_template(&route.uri);
+        let Some(labels) = match_path(&segments, path) else {
+            continue;
+        };
+        if !literals.iter().all(|(k, v)| has_query(k, *v))
+            || !route.required_query.iter().all(|k| has_query(k, None))
+            || !route
+                .required_headers
+                .iter()
+                .all(|h| parts.headers.contains_key(h.as_str()))
+        {
+            continue;
+        }
+        let score = literals.len() * 4
+            + route.required_query.len() * 2
+            + route.required_headers.len() * 2
+            + segments
+                .iter()
+                .filter(|s| matches!(s, Segment::Literal(_)))
+                .count()
+            + segments
+                .iter()
+                .filter(|s| matches!(s, Segment::Label(_)))
+                .count();
+        match best.first() {
+            Some((s, ..)) if *s > score => {}
+            Some((s, ..)) if *s == score => best.push((score, name, route, labels)),
+            _ => best = vec![(score, name, route, labels)],
+        }
+    }
+    let (operation, route, labels) = match best.as_slice() {
+        [(_, name, route, labels)] => ((*name).clone(), *route, labels.clone()),
+        [] => {
+            return Err(Denial::new(
+                Reason::ContractMismatch,
+                format!(
+                    "{} {} {path} is no {} operation the broker knows; unknown operations are never forwarded",
+                    scope.service, parts.method, service.protocol.as_str()
+                ),
+            ))
+        }
+        many => {
+            return Err(malformed(format!(
+                "{} {path} could be any of {}; refusing to guess",
+                parts.method,
+                many.iter().map(|(_, n, ..)| n.as_str()).collect::<Vec<_>>().join(", ")
+            )))
+        }
+    };
+    let mut params = Map::new();
+    for (label, raw) in labels {
+        let member = route.labels.get(&label).cloned().unwrap_or(label);
+        insert_once(&mut params, member, percent_decode(raw)?.into())?;
+    }
+    let (_, literals) = model::parse_template(&route.uri);
+    for (k, v) in &query {
+        if literals.iter().any(|(lk, _)| lk == k) {
+            continue;
+        }
+        let member = route.query.get(k).cloned().unwrap_or_else(|| k.clone());
+        insert_once(&mut params, member, v.clone().into())?;
+    }
+    for (name, value) in &parts.headers {
+        let n = name.as_str();
+        // Content-Encoding is read below, where aws-chunked framing is told apart from codings.
+        if is_transport_header(n) || n == "content-encoding" {
+            continue;
+        }
+        let value = || {
+            value
+                .to_str()
+                .map(str::to_string)
+                .map_err(|_| malformed(format!("header {n} is not ASCII")))
+        };
+        if let Some(member) = route.headers.get(n) {
+            insert_once(&mut params, member.clone(), value()?.into())?;
+        } else if n.starts_with("x-amz-")
+            && !route
+                .header_prefixes
+                .keys()
+                .any(|p| n.starts_with(p.as_str()))
+        {
+            // An AWS header this operation does not model may still mean something upstream;
+            // it appears under its own name, so only a certificate that names it admits it.
+            insert_once(&mut params, n.to_string(), value()?.into())?;
+        } else if let Some((prefix, member)) = route
+            .header_prefixes
+            .iter()
+            .find(|(p, _)| n.starts_with(p.as_str()))
+        {
+            let map = params
+                .entry(member.clone())
+                .or_insert_with(|| Value::Object(Map::new()));
+            if let Value::Object(m) = map {
+                insert_once(m, n[prefix.len()..].to_string(), value()?.into())?;
+            }
+        }
+    }
+    let mut aws_chunked = false;
+    let opaque_body = route.payload.is_some() || service.protocol == Protocol::RestXml;
+    for e in encodings {
+        match e.as_str() {
+            // aws-chunked framing is undone by the broker before the body is hashed or sent.
+            "aws-chunked" if route.payload_blob => aws_chunked = true,
+            // Content-Encoding on an S3 object is stored metadata, not a transfer coding the
+            // broker must undo: the bytes are bound by sha256 either way.
+            _ if route.payload_blob => {}
+            other => {
+                return Err(malformed(format!(
+                    "Content-Encoding {other:?} is not decoded by the broker; send the body uncompressed"
+                )))
+            }
+        }
+    }
+    let codings: Vec<&str> = encodings
+        .iter()
+        .map(String::as_str)
+        .filter(|e| *e != "aws-chunked")
+        .collect();
+    if let (Some(member), false) = (route.headers.get("content-encoding"), codings.is_empty()) {
+        insert_once(&mut params, member.clone(), codings.join(", ").into())?;
+    }
+    if service.protocol == Protocol::RestJson && !opaque_body && !body.is_empty() {
+        let v = crate::json::parse_strict(body)
+            .map_err(|e| malformed(format!("body is not valid JSON: {e}")))?;
+        let Value::Object(members) = v else {
+            return Err(malformed("a rest-json body must be a JSON object"));
+        };
+        for (k, v) in members {
+            if !route.body_members.contains(&k) && route.labels.values().any(|m| *m == k) {
+                return Err(malformed(format!(
+                    "{k} is both in the path and in the body"
+                )));
+            }
+            insert_once(&mut params, k, v)?;
+        }
+    }
+    Ok(Call {
+        known: true,
+        service,
+        scope,
+        operation,
+        params: Value::Object(params),
+        opaque_body,
+        aws_chunked,
+        resource: None,
+    })
+}
+
+/// The resource a call acts on, where one parameter names it unambiguously. S3 objects and
+/// buckets get their ARN; elsewhere the identifying parameter's value (an ARN when the agent
+/// sent one).
+pub fn resource(call: &Call) -> Option<String> {
+    let p = call.params.as_object()?;
+    let s = |k: &str| p.get(k).and_then(Value::as_str).map(str::to_string);
+    if call.scope.service == "s3" {
+        return match (s("Bucket"), s("Key")) {
+            (Some(b), Some(k)) => Some(format!("arn:aws:s3:::{b}/{k}")),
+            (Some(b), None) => Some(format!("arn:aws:s3:::{b}")),
+            _ => None,
+        };
+    }
+    const NAMES: &[&str] = &[
+        "AutoScalingGroupName",
+        "FunctionName",
+        "TableName",
+        "QueueUrl",
+        "TopicArn",
+        "StackName",
+        "SecretId",
+        "KeyId",
+        "RoleName",
+        "UserName",
+        "RoleArn",
+        "Name",
+        "InstanceId",
+        "VolumeId",
+        "GroupId",
+    ];
+    if call.scope.service == "ecs" {
+        if let (Some(c), Some(svc)) = (s("cluster"), s("service")) {
+            return Some(format!("{c}/{svc}"));
+        }
+    }
+    if let Some(v) = NAMES.iter().find_map(|k| s(k)) {
+        return Some(v);
+    }
+    // EC2 lists (`InstanceId.1`): a resource only when exactly one is named.
+    let listed: Vec<&str> = p
+        .iter()
+        .filter(|(k, _)| {
+            k.split_once('.')
+                .is_some_and(|(n, i)| n.ends_with("Id") && i.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .filter_map(|(_, v)| v.as_str())
+        .collect();
+    match listed.as_slice() {
+        [one] => Some(one.to_string()),
+        _ => None,
+    }
+}
+
+/// Undoes `Content-Encoding: aws-chunked` framing (`SIZE[;chunk-signature=..]\r\nDATA\r\n`
+/// ... `0\r\n` then optional trailers and `\r\n`). Chunk signatures are the agent's and are not
+/// checked: the certificate binds the decoded payload by sha256 and the broker re-signs it.
+pub fn decode_aws_chunked(raw: &[u8]) -> Result<Vec<u8>, Denial> {
+    let bad = |m: &str| malformed(format!("aws-chunked body: {m}"));
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    loop {
+        let line_end = find_crlf(raw, i).ok_or_else(|| bad("chunk header has no CRLF"))?;
+        let header =
+            std::str::from_utf8(&raw[i..line_end]).map_err(|_| bad("chunk header is not ASCII"))?;
+        let size_hex = header.split(';').next().unwrap_or("").trim();
+        let size = usize::from_str_radix(size_hex, 16).map_err(|_| bad("chunk size is not hex"))?;
+        i = line_end + 2;
+        if size == 0 {
+            // Trailers (checksums of the agent's choosing) until an empty line; dropped, since
+            // the upstream verifies the broker's x-amz-content-sha256 instead.
+            loop {
+                let end = find_crlf(raw, i).ok_or_else(|| bad("trailer has no CRLF"))?;
+                let empty = end == i;
+                i = end + 2;
+                if empty {
+                    break;
+                }
+            }
+            if i != raw.len() {
+                return Err(bad("data after the final chunk"));
+            }
+            return Ok(out);
+        }
+        let data_end = i
+            .checked_add(size)
+            .filter(|e| *e + 2 <= raw.len())
+            .ok_or_else(|| bad("chunk is shorter than its size"))?;
+        out.extend_from_slice(&raw[i..data_end]);
+        if &raw[data_end..data_end + 2] != b"\r\n" {
+            return Err(bad("chunk data is not followed by CRLF"));
+        }
+        i = data_end + 2;
+    }
+}
+
+fn find_crlf(b: &[u8], from: usize) -> Option<usize> {
+    b.get(from..)?
+        .windows(2)
+        .position(|w| w == b"\r\n")
+        .map(|p| p + from)
+}

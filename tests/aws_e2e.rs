@@ -1,0 +1,1235 @@
+//! End to end for the aws target: moto in server mode as AWS (auth checks on, so it verifies
+//! the broker's SigV4 signatures and IAM permissions), the `seb` binary, and the real `aws`
+//! CLI and boto3 as agents. The central assertion: moto's state shows exactly the admitted
+//! mutations, and none of the refused ones.
+//!
+//! Needs python3 with `moto[server]`, `boto3` and `awscli` (tests/requirements.txt).
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const REGION: &str = "us-east-1";
+const AGENT_SECRET: &str = "agent-oncall-secret-for-reads";
+const FIXTURE: &str = "tests/aws/moto_fixture.py";
+
+/// moto on a free loopback port, with IAM principals and resources from the fixture.
+struct Moto {
+    port: u16,
+    setup: Value,
+    _child: KillOnDrop,
+}
+
+impl Moto {
+    fn start(env: &Env) -> Moto {
+        let port = free_port();
+        let log = std::fs::File::create(env.path("moto.log")).unwrap();
+        let child = Command::new("python3")
+            .args([
+                "-m",
+                "moto.server",
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("python3 -m moto.server (pip install -r tests/requirements.txt)");
+        let child = KillOnDrop(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "moto did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let out = Command::new("python3")
+            .arg(repo().join(FIXTURE))
+            .args(["setup", "--endpoint", &format!("http://127.0.0.1:{port}")])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "fixture setup: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Moto {
+            port,
+            setup: serde_json::from_slice(&out.stdout).unwrap(),
+            _child: child,
+        }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn creds(&self, who: &str) -> (String, String) {
+        let c = &self.setup[who];
+        (c[0].as_str().unwrap().into(), c[1].as_str().unwrap().into())
+    }
+
+    /// moto's state, read with the test's own admin credentials (not through the broker).
+    fn state(&self) -> Value {
+        let (a, s) = self.creds("admin");
+        let out = Command::new("python3")
+            .arg(repo().join(FIXTURE))
+            .args(["state", "--endpoint", &self.endpoint(), "--admin", &a, &s])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "fixture state: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Mode {
+    Sts,
+    Static,
+}
+
+fn aws_config(moto: &Moto, mode: Mode, extra: &str) -> BrokerConfig {
+    let listen = free_port();
+    let admin = free_port();
+    let identity = match mode {
+        Mode::Sts => format!(
+            "identity = \"sts\"\nexecution_role_arn = {:?}\nread_role_arn = {:?}",
+            moto.setup["seb_exec_arn"].as_str().unwrap(),
+            moto.setup["seb_read_arn"].as_str().unwrap()
+        ),
+        Mode::Static => "identity = \"static\"\nstatic_credentials = { access_key_id = { value_env = \"SEB_TEST_STATIC_AKID\" }, secret_access_key = { value_env = \"SEB_TEST_STATIC_SECRET\" } }".to_string(),
+    };
+    let text = format!(
+        r#"
+broker_id = "test-broker"
+[tls]
+cert = "tls/server.pem"
+key = "tls/server.key"
+client_ca = "tls/ca.pem"
+[admin]
+listen = "127.0.0.1:{admin}"
+[[issuers]]
+name = "signer"
+public_key = "signer.pub"
+[revocation]
+file = "revocation.jws"
+poll_interval = "1s"
+max_staleness = "5m"
+[audit]
+path = "audit.jsonl"
+signing_key = "broker.key"
+[limits]
+# Small on purpose: S3 uploads stream and must not be subject to it.
+max_body_bytes = 1048576
+[agents]
+tokens = [{{ value_env = "SEB_TEST_AGENT_TOKEN" }}]
+[[targets]]
+name = "aws"
+kind = "aws"
+listen = "127.0.0.1:{listen}"
+[targets.aws]
+endpoint = "{endpoint}"
+services = ["s3", "ec2", "autoscaling", "ecs", "dynamodb", "sqs", "lambda", "sts", "secretsmanager"]
+regions = ["{REGION}"]
+reads = true
+{identity}
+{extra}
+"#,
+        endpoint = moto.endpoint()
+    );
+    BrokerConfig {
+        text,
+        listen,
+        admin,
+    }
+}
+
+fn start_broker(env: &Env, moto: &Moto, mode: Mode, extra: &str) -> Broker {
+    let (akid, secret) = moto.creds("broker");
+    let (sakid, ssecret) = moto.creds("static");
+    Broker::start_with_env(
+        env,
+        &aws_config(moto, mode, extra),
+        vec![
+            ("AWS_ACCESS_KEY_ID".into(), akid),
+            ("AWS_SECRET_ACCESS_KEY".into(), secret),
+            ("SEB_TEST_STATIC_AKID".into(), sakid),
+            ("SEB_TEST_STATIC_SECRET".into(), ssecret),
+            ("SEB_TEST_AGENT_SECRET".into(), AGENT_SECRET.into()),
+        ],
+    )
+}
+
+/// An aws certificate valid now for 5 minutes.
+fn aws_cert(env: &Env, request: Value, body: Value) -> String {
+    aws_cert_with(env, request, body, None)
+}
+
+fn aws_cert_with(env: &Env, request: Value, body: Value, precondition: Option<Value>) -> String {
+    let t = now();
+    let mut p = json!({
+        "iss": "signer", "sub": "agent:oncall", "jti": random_jti(), "iat": t, "nbf": t, "exp": t + 300,
+        "seb": {"v": 1, "action": "remediate", "policy": "oncall-v1", "policy_epoch": 1, "revocation_epoch": 1,
+                "target": "aws", "request": request, "evidence": {"ticket": "INC-9"}}
+    });
+    if !body.is_null() {
+        p["seb"]["body"] = body;
+    }
+    if let Some(pre) = precondition {
+        p["seb"]["precondition"] = pre;
+    }
+    seb::cert::jws::sign(&env.signer, seb::cert::CERT_TYP, &env.kid, &p)
+}
+
+fn req(service: &str, operation: &str, resource: Option<&str>) -> Value {
+    let mut r = json!({"service": service, "region": REGION, "operation": operation});
+    if let Some(res) = resource {
+        r["resource"] = json!(res);
+    }
+    r
+}
+
+fn rule(constraints: Value) -> Value {
+    json!({"constraints": constraints, "others": "deny"})
+}
+
+/// The agent's environment: the documented placeholders, the dev CA, and the certificate as
+/// the session token. S3 uses path-style addressing (see deploy/aws/README.md).
+fn agent_env(env: &Env, broker: &Broker, cert: Option<&str>) -> Vec<(String, String)> {
+    let cfg = env.path("agent-aws-config");
+    if !cfg.exists() {
+        std::fs::write(
+            &cfg,
+            "[default]\nregion = us-east-1\nmax_attempts = 1\nretry_mode = standard\ns3 =\n    addressing_style = path\n",
+        )
+        .unwrap();
+    }
+    let mut v = vec![
+        (
+            "AWS_ENDPOINT_URL",
+            format!("https://localhost:{}", broker.listen),
+        ),
+        (
+            "AWS_CA_BUNDLE",
+            env.path("tls/ca.pem").display().to_string(),
+        ),
+        (
+            "AWS_ACCESS_KEY_ID",
+            seb::targets::aws::PLACEHOLDER_ACCESS_KEY_ID.to_string(),
+        ),
+        (
+            "AWS_SECRET_ACCESS_KEY",
+            "placeholder-not-a-secret".to_string(),
+        ),
+        ("AWS_CONFIG_FILE", cfg.display().to_string()),
+        ("AWS_SHARED_CREDENTIALS_FILE", "/dev/null".to_string()),
+        ("AWS_DEFAULT_REGION", REGION.to_string()),
+        ("AWS_PAGER", String::new()),
+    ];
+    if let Some(c) = cert {
+        v.push(("AWS_SESSION_TOKEN", c.to_string()));
+    }
+    v.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+}
+
+struct CliOut {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs the real `aws` CLI as the agent.
+fn aws(env: &Env, broker: &Broker, cert: Option<&str>, args: &[&str]) -> CliOut {
+    aws_with_key(env, broker, cert, None, args)
+}
+
+/// The aws CLI signing with an agent key instead of the placeholder.
+fn aws_with_key(
+    env: &Env,
+    broker: &Broker,
+    cert: Option<&str>,
+    key: Option<(&str, &str)>,
+    args: &[&str],
+) -> CliOut {
+    let mut vars = agent_env(env, broker, cert);
+    if let Some((id, secret)) = key {
+        vars.retain(|(k, _)| k != "AWS_ACCESS_KEY_ID" && k != "AWS_SECRET_ACCESS_KEY");
+        vars.push(("AWS_ACCESS_KEY_ID".into(), id.into()));
+        vars.push(("AWS_SECRET_ACCESS_KEY".into(), secret.into()));
+    }
+    let out = Command::new("aws")
+        .args(args)
+        .env_remove("AWS_PROFILE")
+        .env_remove("AWS_SESSION_TOKEN")
+        .envs(vars)
+        .output()
+        .expect("the aws CLI (pip install awscli)");
+    CliOut {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn assert_refused(out: &CliOut, code: &str, what: &str) {
+    assert!(!out.ok, "{what}: admitted\n{}", out.stdout);
+    assert!(
+        out.stderr.contains(&format!("seb: {code}")),
+        "{what}: expected seb: {code}, got {}",
+        out.stderr
+    );
+}
+
+fn file(env: &Env, name: &str, bytes: &[u8]) -> PathBuf {
+    let p = env.path(name);
+    std::fs::write(&p, bytes).unwrap();
+    p
+}
+
+#[test]
+fn aws_mutations_are_admitted_exactly_as_certified() {
+    let env = Env::new();
+    let moto = Moto::start(&env);
+    let broker = start_broker(&env, &moto, Mode::Sts, "");
+    let before = moto.state();
+    let run = |cert: Option<&str>, args: &[&str]| aws(&env, &broker, cert, args);
+    // aws CLI v1 replaces the SQS endpoint with queue.amazonaws.com unless --endpoint-url is
+    // given on the command line (awscli/customizations/overridesslcommonname.py), ignoring
+    // AWS_ENDPOINT_URL; boto3 and CLI v2 honour the variable.
+    let broker_url = format!("https://localhost:{}", broker.listen);
+    let sqs = |cert: Option<&str>, args: &[&str]| {
+        let mut a = vec!["--endpoint-url", broker_url.as_str(), "sqs"];
+        a.extend_from_slice(args);
+        aws(&env, &broker, cert, &a)
+    };
+
+    // --- s3 put-object: body bound by sha256 ---
+    let body = b"quarterly numbers\n";
+    let path = file(&env, "report.txt", body);
+    let path = path.to_str().unwrap();
+    let sha = seb::proxy::pipeline::hex(&<sha2::Sha256 as sha2::Digest>::digest(body));
+    let put = |key: &str| {
+        aws_cert(
+            &env,
+            req(
+                "s3",
+                "PutObject",
+                Some(&format!("arn:aws:s3:::prod-artifacts/{key}")),
+            ),
+            json!({"sha256": sha}),
+        )
+    };
+    let other = file(&env, "other.txt", b"something else");
+    let out = run(
+        Some(&put("reports/q3 final.txt")),
+        &[
+            "s3api",
+            "put-object",
+            "--bucket",
+            "prod-artifacts",
+            "--key",
+            "reports/q3 final.txt",
+            "--body",
+            other.to_str().unwrap(),
+        ],
+    );
+    assert_refused(&out, "contract_mismatch", "put-object with other bytes");
+    let out = run(
+        Some(&put("reports/q3 final.txt")),
+        &[
+            "s3api",
+            "put-object",
+            "--bucket",
+            "prod-artifacts",
+            "--key",
+            "reports/elsewhere.txt",
+            "--body",
+            path,
+        ],
+    );
+    assert_refused(&out, "contract_mismatch", "put-object to another key");
+    let out = run(
+        Some(&put("reports/q3 final.txt")),
+        &[
+            "s3api",
+            "put-object",
+            "--bucket",
+            "prod-artifacts",
+            "--key",
+            "reports/q3 final.txt",
+            "--body",
+            path,
+            "--acl",
+            "public-read",
+        ],
+    );
+    assert_refused(&out, "contract_mismatch", "put-object with an extra ACL");
+    let out = run(
+        Some(&put("reports/q3 final.txt")),
+        &[
+            "s3api",
+            "delete-object",
+            "--bucket",
+            "prod-artifacts",
+            "--key",
+            "keep.txt",
+        ],
+    );
+    assert_refused(
+        &out,
+        "contract_mismatch",
+        "put-object certificate used for delete-object",
+    );
+    let out = run(
+        None,
+        &[
+            "s3api",
+            "put-object",
+            "--bucket",
+            "prod-artifacts",
+            "--key",
+            "x.txt",
+            "--body",
+            path,
+        ],
+    );
+    assert_refused(&out, "cert_missing", "put-object without a certificate");
+    let out = run(
+        Some(&put("reports/q3 final.txt")),
+        &[
+            "s3api",
+            "put-object",
+            "--bucket",
+            "prod-artifacts",
+            "--key",
+            "reports/q3 final.txt",
+            "--body",
+            path,
+        ],
+    );
+    assert!(out.ok, "put-object admitted: {}", out.stderr);
+
+    // --- s3 delete-object ---
+    let del = || {
+        aws_cert(
+            &env,
+            req(
+                "s3",
+                "DeleteObject",
+                Some("arn:aws:s3:::prod-artifacts/old.txt"),
+            ),
+            rule(json!({"/Bucket": {"eq": "prod-artifacts"}, "/Key": {"eq": "old.txt"}})),
+        )
+    };
+    let out = run(
+        Some(&del()),
+        &[
+            "s3api",
+            "delete-object",
+            "--bucket",
+            "prod-artifacts",
+            "--key",
+            "keep.txt",
+        ],
+    );
+    assert_refused(&out, "contract_mismatch", "delete-object of another key");
+    let out = run(
+        Some(&del()),
+        &[
+            "s3api",
+            "delete-object",
+            "--bucket",
+            "prod-artifacts",
+            "--key",
+            "old.txt",
+            "--version-id",
+            "v1",
+        ],
+    );
+    assert_refused(
+        &out,
+        "contract_mismatch",
+        "delete-object with an extra parameter",
+    );
+    let out = run(
+        Some(&del()),
+        &[
+            "s3api",
+            "delete-object",
+            "--bucket",
+            "prod-artifacts",
+            "--key",
+            "old.txt",
+        ],
+    );
+    assert!(out.ok, "delete-object admitted: {}", out.stderr);
+
+    // --- ec2 terminate-instances (query protocol, ec2 dialect) ---
+    let ids: Vec<String> = moto.setup["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    let (victim, bystander) = (&ids[0], &ids[1]);
+    let term = || {
+        aws_cert(
+            &env,
+            req("ec2", "TerminateInstances", Some(victim)),
+            rule(json!({"/InstanceId.1": {"eq": victim}})),
+        )
+    };
+    let out = run(
+        Some(&term()),
+        &["ec2", "terminate-instances", "--instance-ids", bystander],
+    );
+    assert_refused(&out, "contract_mismatch", "terminate another instance");
+    let out = run(
+        Some(&term()),
+        &[
+            "ec2",
+            "terminate-instances",
+            "--instance-ids",
+            victim,
+            bystander,
+        ],
+    );
+    assert_refused(&out, "contract_mismatch", "terminate an extra instance");
+    let out = run(
+        Some(&term()),
+        &["ec2", "stop-instances", "--instance-ids", victim],
+    );
+    assert_refused(
+        &out,
+        "contract_mismatch",
+        "stop with a terminate certificate",
+    );
+    let out = run(
+        Some(&term()),
+        &["ec2", "terminate-instances", "--instance-ids", victim],
+    );
+    assert!(out.ok, "terminate-instances admitted: {}", out.stderr);
+
+    // --- autoscaling set-desired-capacity (query protocol) ---
+    let cap = || {
+        aws_cert(
+            &env,
+            req("autoscaling", "SetDesiredCapacity", Some("web")),
+            rule(json!({"/AutoScalingGroupName": {"eq": "web"}, "/DesiredCapacity": {"max": 4}})),
+        )
+    };
+    let out = run(
+        Some(&cap()),
+        &[
+            "autoscaling",
+            "set-desired-capacity",
+            "--auto-scaling-group-name",
+            "web",
+            "--desired-capacity",
+            "9",
+        ],
+    );
+    assert_refused(&out, "contract_mismatch", "desired capacity over the limit");
+    let out = run(
+        Some(&cap()),
+        &[
+            "autoscaling",
+            "set-desired-capacity",
+            "--auto-scaling-group-name",
+            "batch",
+            "--desired-capacity",
+            "3",
+        ],
+    );
+    assert_refused(&out, "contract_mismatch", "another group");
+    let out = run(
+        Some(&cap()),
+        &[
+            "autoscaling",
+            "set-desired-capacity",
+            "--auto-scaling-group-name",
+            "web",
+            "--desired-capacity",
+            "3",
+            "--honor-cooldown",
+        ],
+    );
+    assert_refused(&out, "contract_mismatch", "extra HonorCooldown");
+    let out = run(
+        Some(&cap()),
+        &[
+            "autoscaling",
+            "delete-auto-scaling-group",
+            "--auto-scaling-group-name",
+            "web",
+        ],
+    );
+    assert_refused(
+        &out,
+        "contract_mismatch",
+        "delete with a capacity certificate",
+    );
+    let out = run(
+        Some(&cap()),
+        &[
+            "autoscaling",
+            "set-desired-capacity",
+            "--auto-scaling-group-name",
+            "web",
+            "--desired-capacity",
+            "3",
+        ],
+    );
+    assert!(out.ok, "set-desired-capacity admitted: {}", out.stderr);
+
+    // --- ecs update-service (json 1.1) ---
+    // With a drift check: the broker reads the service under the read role first.
+    let upd_when = |count: u32| {
+        aws_cert_with(
+            &env,
+            req("ecs", "UpdateService", Some("prod/api")),
+            rule(
+                json!({"/cluster": {"eq": "prod"}, "/service": {"eq": "api"}, "/desiredCount": {"in": [3, 4]}}),
+            ),
+            Some(
+                json!({"operation": "DescribeServices", "params": {"cluster": "prod", "services": ["api"]},
+                        "expect": {"/services/0/desiredCount": count}}),
+            ),
+        )
+    };
+    let upd = || upd_when(2);
+    let out = run(
+        Some(&upd_when(5)),
+        &[
+            "ecs",
+            "update-service",
+            "--cluster",
+            "prod",
+            "--service",
+            "api",
+            "--desired-count",
+            "3",
+        ],
+    );
+    assert_refused(
+        &out,
+        "drift",
+        "the service changed since the certificate was issued",
+    );
+    let out = run(
+        Some(&upd()),
+        &[
+            "ecs",
+            "update-service",
+            "--cluster",
+            "prod",
+            "--service",
+            "api",
+            "--desired-count",
+            "50",
+        ],
+    );
+    assert_refused(&out, "contract_mismatch", "ecs desired count not certified");
+    let out = run(
+        Some(&upd()),
+        &[
+            "ecs",
+            "update-service",
+            "--cluster",
+            "prod",
+            "--service",
+            "worker",
+            "--desired-count",
+            "3",
+        ],
+    );
+    assert_refused(&out, "contract_mismatch", "another ecs service");
+    let out = run(
+        Some(&upd()),
+        &[
+            "ecs",
+            "update-service",
+            "--cluster",
+            "prod",
+            "--service",
+            "api",
+            "--desired-count",
+            "3",
+            "--force-new-deployment",
+        ],
+    );
+    assert_refused(&out, "contract_mismatch", "extra forceNewDeployment");
+    let out = run(
+        Some(&upd()),
+        &[
+            "ecs",
+            "delete-service",
+            "--cluster",
+            "prod",
+            "--service",
+            "api",
+        ],
+    );
+    assert_refused(
+        &out,
+        "contract_mismatch",
+        "delete-service with an update certificate",
+    );
+    let out = run(
+        Some(&upd()),
+        &[
+            "ecs",
+            "update-service",
+            "--cluster",
+            "prod",
+            "--service",
+            "api",
+            "--desired-count",
+            "3",
+        ],
+    );
+    assert!(out.ok, "update-service admitted: {}", out.stderr);
+
+    // --- dynamodb put-item (json 1.0) ---
+    let item = |id: &str| format!(r#"{{"id": {{"S": "{id}"}}}}"#);
+    let pi = || {
+        aws_cert(
+            &env,
+            req("dynamodb", "PutItem", Some("orders")),
+            rule(json!({"/TableName": {"eq": "orders"}, "/Item/id/S": {"prefix": "o-"}})),
+        )
+    };
+    let out = run(
+        Some(&pi()),
+        &[
+            "dynamodb",
+            "put-item",
+            "--table-name",
+            "orders",
+            "--item",
+            &item("x-1"),
+        ],
+    );
+    assert_refused(&out, "contract_mismatch", "item id outside the prefix");
+    let out = run(
+        Some(&pi()),
+        &[
+            "dynamodb",
+            "put-item",
+            "--table-name",
+            "audit",
+            "--item",
+            &item("o-1"),
+        ],
+    );
+    assert_refused(&out, "contract_mismatch", "another table");
+    let out = run(
+        Some(&pi()),
+        &[
+            "dynamodb",
+            "put-item",
+            "--table-name",
+            "orders",
+            "--item",
+            &item("o-1"),
+            "--return-values",
+            "ALL_OLD",
+        ],
+    );
+    assert_refused(&out, "contract_mismatch", "extra ReturnValues");
+    let out = run(
+        Some(&pi()),
+        &["dynamodb", "delete-table", "--table-name", "orders"],
+    );
+    assert_refused(
+        &out,
+        "contract_mismatch",
+        "delete-table with a put-item certificate",
+    );
+    let out = run(
+        Some(&pi()),
+        &[
+            "dynamodb",
+            "put-item",
+            "--table-name",
+            "orders",
+            "--item",
+            &item("o-1"),
+        ],
+    );
+    assert!(out.ok, "put-item admitted: {}", out.stderr);
+
+    // --- sqs send-message (json 1.0) ---
+    let jobs = moto.setup["queues"]["jobs"].as_str().unwrap();
+    let other_q = moto.setup["queues"]["other"].as_str().unwrap();
+    let send = || {
+        aws_cert(
+            &env,
+            req("sqs", "SendMessage", Some(jobs)),
+            rule(json!({"/QueueUrl": {"eq": jobs}, "/MessageBody": {"eq": "rebuild-index"}})),
+        )
+    };
+    let out = sqs(
+        Some(&send()),
+        &[
+            "send-message",
+            "--queue-url",
+            jobs,
+            "--message-body",
+            "drop-tables",
+        ],
+    );
+    assert_refused(&out, "contract_mismatch", "another message body");
+    let out = sqs(
+        Some(&send()),
+        &[
+            "send-message",
+            "--queue-url",
+            other_q,
+            "--message-body",
+            "rebuild-index",
+        ],
+    );
+    assert_refused(&out, "contract_mismatch", "another queue");
+    let out = sqs(
+        Some(&send()),
+        &[
+            "send-message",
+            "--queue-url",
+            jobs,
+            "--message-body",
+            "rebuild-index",
+            "--delay-seconds",
+            "5",
+        ],
+    );
+    assert_refused(&out, "contract_mismatch", "extra DelaySeconds");
+    let out = sqs(Some(&send()), &["purge-queue", "--queue-url", jobs]);
+    assert_refused(&out, "contract_mismatch", "purge with a send certificate");
+    let out = sqs(
+        Some(&send()),
+        &[
+            "send-message",
+            "--queue-url",
+            jobs,
+            "--message-body",
+            "rebuild-index",
+        ],
+    );
+    assert!(out.ok, "send-message admitted: {}", out.stderr);
+
+    // --- lambda update-function-configuration (rest-json) ---
+    let lam = || {
+        aws_cert(
+            &env,
+            req("lambda", "UpdateFunctionConfiguration", Some("resize")),
+            rule(json!({"/FunctionName": {"eq": "resize"}, "/MemorySize": {"max": 512}})),
+        )
+    };
+    let out = run(
+        Some(&lam()),
+        &[
+            "lambda",
+            "update-function-configuration",
+            "--function-name",
+            "resize",
+            "--memory-size",
+            "4096",
+        ],
+    );
+    assert_refused(&out, "contract_mismatch", "memory over the limit");
+    let out = run(
+        Some(&lam()),
+        &[
+            "lambda",
+            "update-function-configuration",
+            "--function-name",
+            "billing",
+            "--memory-size",
+            "256",
+        ],
+    );
+    assert_refused(&out, "contract_mismatch", "another function");
+    let out = run(
+        Some(&lam()),
+        &[
+            "lambda",
+            "update-function-configuration",
+            "--function-name",
+            "resize",
+            "--memory-size",
+            "256",
+            "--timeout",
+            "30",
+        ],
+    );
+    assert_refused(&out, "contract_mismatch", "extra Timeout");
+    let out = run(
+        Some(&lam()),
+        &["lambda", "delete-function", "--function-name", "resize"],
+    );
+    assert_refused(
+        &out,
+        "contract_mismatch",
+        "delete-function with a configuration certificate",
+    );
+    let out = run(
+        Some(&lam()),
+        &[
+            "lambda",
+            "update-function-configuration",
+            "--function-name",
+            "resize",
+            "--memory-size",
+            "256",
+        ],
+    );
+    assert!(
+        out.ok,
+        "update-function-configuration admitted: {}",
+        out.stderr
+    );
+
+    // moto's state: exactly the admitted changes.
+    let after = moto.state();
+    let mut expected = before.clone();
+    expected["s3"]["reports/q3 final.txt"] = json!(body.len());
+    expected["s3"].as_object_mut().unwrap().remove("old.txt");
+    expected["ec2"][victim.as_str()] = json!("terminated");
+    expected["asg"]["web"] = json!(3);
+    expected["ecs"]["api"] = json!(3);
+    expected["dynamodb"]["orders"] = json!(["o-1"]);
+    expected["sqs"]["jobs"] = json!(1);
+    expected["lambda"]["resize"] = json!(256);
+    // Scaling "web" to 3 makes moto launch instances; compare only the fixture's instances.
+    let pick = |s: &Value| json!(ids.iter().map(|i| s["ec2"][i].clone()).collect::<Vec<_>>());
+    assert_eq!(pick(&after), pick(&expected));
+    for k in ["s3", "asg", "ecs", "dynamodb", "sqs", "lambda"] {
+        assert_eq!(after[k], expected[k], "{k}");
+    }
+
+    // The audit log names every admitted call, its STS session and its session policy.
+    let records = audit_records(&env);
+    let outcomes: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["kind"] == "outcome" && r["outcome"] == "completed")
+        .collect();
+    assert_eq!(outcomes.len(), 8, "{outcomes:#?}");
+    let ecs = outcomes
+        .iter()
+        .find(|r| r["request"]["operation"] == "UpdateService")
+        .unwrap();
+    assert_eq!(ecs["identity"]["kind"], "sts");
+    assert_eq!(ecs["identity"]["role"], moto.setup["seb_exec_arn"]);
+    assert_eq!(ecs["identity"]["source_identity"], "agent_oncall");
+    assert_eq!(
+        ecs["identity"]["session_policy"]["Statement"][0]["Action"],
+        json!(["ecs:UpdateService"])
+    );
+    assert!(!records
+        .iter()
+        .any(|r| r.to_string().contains("placeholder-not-a-secret")));
+}
+
+/// boto3 as the agent, over mTLS with the dev agent certificate; prints the outcome as JSON.
+fn boto3(env: &Env, broker: &Broker, cert: Option<&str>, script: &str) -> Value {
+    let program = format!(
+        r#"
+import json, os, boto3, botocore
+from botocore.config import Config
+cfg = Config(client_cert=(os.environ["AGENT_CERT"], os.environ["AGENT_KEY"]), retries={{"max_attempts": 1}}, s3={{"addressing_style": "path"}})
+def client(name):
+    return boto3.client(name, config=cfg)
+try:
+    result = (lambda: ({script}))()
+    print(json.dumps({{"ok": True, "result": result}}, default=str))
+except botocore.exceptions.ClientError as e:
+    print(json.dumps({{"ok": False, "code": e.response["Error"]["Code"], "message": e.response["Error"]["Message"], "status": e.response["ResponseMetadata"]["HTTPStatusCode"]}}))
+"#
+    );
+    let out = Command::new("python3")
+        .args(["-c", &program])
+        .env_remove("AWS_PROFILE")
+        .env_remove("AWS_SESSION_TOKEN")
+        .envs(agent_env(env, broker, cert))
+        .env("AGENT_CERT", env.path("tls/agent.pem"))
+        .env("AGENT_KEY", env.path("tls/agent.key"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "boto3: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_need_an_agent_sensitive_reads_a_certificate_and_static_identity_is_marked() {
+    let env = Env::new();
+    let moto = Moto::start(&env);
+    let broker = start_broker(
+        &env,
+        &moto,
+        Mode::Static,
+        "s3_get_object_needs_certificate = true\nagent_keys = [{ access_key_id = \"SEBAGENTONCALL\", secret_access_key = { value_env = \"SEB_TEST_AGENT_SECRET\" } }]",
+    );
+    let ids: Vec<String> = moto.setup["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+
+    // Reads pass for an authenticated agent (mTLS), under the read identity.
+    let r = boto3(
+        &env,
+        &broker,
+        None,
+        "len(client('ec2').describe_instances()['Reservations'])",
+    );
+    assert_eq!(r["ok"], true, "{r}");
+    let r = boto3(&env, &broker, None, "client('ecs').describe_services(cluster='prod', services=['api'])['services'][0]['desiredCount']");
+    assert_eq!(r["result"], 2, "{r}");
+    // The aws CLI presents no client certificate: its reads are refused, in the EC2 dialect.
+    let out = aws(&env, &broker, None, &["ec2", "describe-instances"]);
+    assert_refused(
+        &out,
+        "unauthenticated",
+        "read without an authenticated agent",
+    );
+    assert!(out.stderr.contains("(AccessDenied)"), "{}", out.stderr);
+    // Signing with a configured agent key authenticates the CLI for reads, in every protocol.
+    let key = Some(("SEBAGENTONCALL", AGENT_SECRET));
+    for args in [
+        &["ec2", "describe-instances"][..],
+        &[
+            "ecs",
+            "describe-services",
+            "--cluster",
+            "prod",
+            "--services",
+            "api",
+        ],
+        &["s3api", "list-objects-v2", "--bucket", "prod-artifacts"],
+        &["autoscaling", "describe-auto-scaling-groups"],
+    ] {
+        let out = aws_with_key(&env, &broker, None, key, args);
+        assert!(out.ok, "{args:?}: {}", out.stderr);
+    }
+    let out = aws_with_key(
+        &env,
+        &broker,
+        None,
+        Some(("SEBAGENTONCALL", "wrong")),
+        &["ec2", "describe-instances"],
+    );
+    assert_refused(&out, "unauthenticated", "agent key with the wrong secret");
+    // Sensitive reads need a certificate even from an authenticated agent.
+    let r = boto3(
+        &env,
+        &broker,
+        None,
+        "client('s3').get_object(Bucket='prod-artifacts', Key='keep.txt')['Body'].read()",
+    );
+    assert_eq!(
+        (r["ok"].clone(), r["code"].clone()),
+        (json!(false), json!("AccessDenied")),
+        "{r}"
+    );
+    assert!(
+        r["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("seb: cert_missing"),
+        "{r}"
+    );
+    let r = boto3(
+        &env,
+        &broker,
+        None,
+        "client('secretsmanager').get_secret_value(SecretId='db')",
+    );
+    assert!(
+        r["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("seb: cert_missing"),
+        "{r}"
+    );
+    // With a certificate, the sensitive read passes.
+    let get = aws_cert(
+        &env,
+        req(
+            "s3",
+            "GetObject",
+            Some("arn:aws:s3:::prod-artifacts/keep.txt"),
+        ),
+        rule(json!({"/Bucket": {"eq": "prod-artifacts"}, "/Key": {"eq": "keep.txt"}})),
+    );
+    let r = boto3(
+        &env,
+        &broker,
+        Some(&get),
+        "client('s3').get_object(Bucket='prod-artifacts', Key='keep.txt')['Body'].read().decode()",
+    );
+    assert_eq!(r["result"], "keep", "{r}");
+
+    // A mutation under static credentials: admitted, and the audit record says static.
+    let term = aws_cert(
+        &env,
+        req("ec2", "TerminateInstances", Some(&ids[0])),
+        rule(json!({"/InstanceId.1": {"eq": ids[0]}})),
+    );
+    let r = boto3(&env, &broker, Some(&term), &format!("client('ec2').terminate_instances(InstanceIds=['{}'])['TerminatingInstances'][0]['InstanceId']", ids[0]));
+    assert_eq!(r["result"], ids[0].as_str(), "{r}");
+    let records = audit_records(&env);
+    let done = records
+        .iter()
+        .find(|r| r["kind"] == "outcome" && r["request"]["operation"] == "TerminateInstances")
+        .unwrap();
+    assert_eq!(done["identity"]["kind"], "static");
+    assert!(done["identity"]["note"]
+        .as_str()
+        .unwrap()
+        .contains("not scoped"));
+
+    // Ambiguity end to end: the same parameter twice, sent as raw bytes. Refused in the EC2
+    // dialect, and the instance named second is untouched.
+    let c = client(&env, true);
+    let fresh = aws_cert(
+        &env,
+        req("ec2", "TerminateInstances", Some(&ids[1])),
+        rule(json!({"/InstanceId.1": {"eq": ids[1]}})),
+    );
+    let resp = c
+        .post(broker.url("/"))
+        .header("authorization", "AWS4-HMAC-SHA256 Credential=SEBAGENTPLACEHOLDER/20240101/us-east-1/ec2/aws4_request, SignedHeaders=host, Signature=00")
+        .header("x-amz-security-token", &fresh)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("Action=DescribeInstances&Action=TerminateInstances&InstanceId.1={}", ids[1]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let text = resp.text().await.unwrap();
+    assert!(text.starts_with("<Response><Errors><Error><Code>AccessDenied</Code><Message>seb: request_malformed: parameter &quot;Action&quot; is given more than once"), "{text}");
+    let state = moto.state();
+    assert_eq!(state["ec2"][&ids[0]], "terminated");
+    assert_eq!(state["ec2"][&ids[1]], "running");
+}
+
+#[test]
+fn s3_uploads_of_50_mib_stream_and_are_held_to_their_certified_hash() {
+    let env = Env::new();
+    let moto = Moto::start(&env);
+    let broker = start_broker(&env, &moto, Mode::Sts, "");
+    // 50 MiB, fifty times the broker's body limit: only a streamed upload can pass.
+    let mut big = vec![0u8; 50 * 1024 * 1024];
+    let mut x: u32 = 2463534242;
+    for b in big.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        *b = x as u8;
+    }
+    let good = file(&env, "big.bin", &big);
+    big[30 * 1024 * 1024] ^= 1;
+    let tampered = file(&env, "big-tampered.bin", &big);
+    big[30 * 1024 * 1024] ^= 1;
+    let sha = seb::proxy::pipeline::hex(&<sha2::Sha256 as sha2::Digest>::digest(&big));
+    let cert = || {
+        aws_cert(
+            &env,
+            req(
+                "s3",
+                "PutObject",
+                Some("arn:aws:s3:::prod-artifacts/big.bin"),
+            ),
+            json!({"sha256": sha}),
+        )
+    };
+    let put = |c: &str, f: &PathBuf| {
+        aws(
+            &env,
+            &broker,
+            Some(c),
+            &[
+                "s3api",
+                "put-object",
+                "--bucket",
+                "prod-artifacts",
+                "--key",
+                "big.bin",
+                "--body",
+                f.to_str().unwrap(),
+            ],
+        )
+    };
+    // One bit flipped in the middle: cut off in flight, never stored.
+    let out = put(&cert(), &tampered);
+    assert_refused(&out, "contract_mismatch", "50 MiB with one bit flipped");
+    assert!(out.stderr.contains("sha256"), "{}", out.stderr);
+    assert!(
+        moto.state()["s3"].get("big.bin").is_none(),
+        "a tampered upload was stored"
+    );
+    let started = Instant::now();
+    let out = put(&cert(), &good);
+    assert!(out.ok, "50 MiB upload: {}", out.stderr);
+    eprintln!("50 MiB through the broker: {:?}", started.elapsed());
+    assert_eq!(moto.state()["s3"]["big.bin"], json!(big.len()));
+    let records = audit_records(&env);
+    let rec = records
+        .iter()
+        .find(|r| {
+            r["kind"] == "decision"
+                && r["decision"] == "allow"
+                && r["request"]["operation"] == "PutObject"
+        })
+        .unwrap();
+    assert_eq!(rec["body_sha256"], sha.as_str());
+}
+
+/// Not a timed test: prints the broker's added latency next to direct calls to the same moto,
+/// for the closing note. `cargo test --test aws_e2e -- --ignored latency --nocapture`.
+#[test]
+#[ignore]
+fn latency_side_by_side_with_direct_calls() {
+    let env = Env::new();
+    let moto = Moto::start(&env);
+    let broker = start_broker(&env, &moto, Mode::Sts, "");
+    let t = now();
+    let n = 200;
+    let payload = json!({
+        "iss": "signer", "sub": "agent:bench", "jti": random_jti(), "iat": t, "nbf": t, "exp": t + 600,
+        "seb": {"v": 1, "action": "bench", "policy": "bench", "policy_epoch": 1, "revocation_epoch": 1,
+                "max_uses": 1000, "target": "aws",
+                "request": req("dynamodb", "PutItem", Some("orders")),
+                "body": rule(json!({"/TableName": {"eq": "orders"}, "/Item/id/S": {"prefix": "o-"}}))}
+    });
+    let cert = seb::cert::jws::sign(&env.signer, seb::cert::CERT_TYP, &env.kid, &payload);
+    let (a, s) = moto.creds("admin");
+    let out = Command::new("python3")
+        .arg(repo().join("tests/aws/latency.py"))
+        .args(["--direct", &moto.endpoint(), "--admin", &a, &s])
+        .args(["--broker", &format!("https://localhost:{}", broker.listen)])
+        .args(["--certificate", &cert, "-n", &n.to_string()])
+        .env("AWS_CA_BUNDLE", env.path("tls/ca.pem"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("aws latency: {}", String::from_utf8_lossy(&out.stdout));
+}
