@@ -130,6 +130,9 @@ W=$(mktemp -d "${LOADTEST_TMP:-/var/tmp}/seb-loadtest.XXXXXX")
 RES=$W/results
 mkdir -p "$RES" "$W/nginx"
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+# The storage's synced-write latency bounds the durable path's latency from below.
+DSYNC=$(dd if=/dev/zero of="$W/dsync.test" bs=600 count=200 oflag=dsync 2>&1 | awk '/copied/ { for (i = 1; i <= NF; i++) if ($i == "s,") printf "%.2f ms per 600-byte O_DSYNC write (200 writes in %s s)", $(i-1) * 1000 / 200, $(i-1) }')
+rm -f "$W/dsync.test"
 TOP_BEFORE=$(ps -eo pcpu=,comm= --sort=-pcpu | head -5 | awk '{printf "%s %s%%; ", $2, $1}')
 
 log "keys, dev TLS certificates, revocation data"
@@ -335,50 +338,8 @@ for s in seb-fsync seb-flush; do
     PATHS+=("$s")
 done
 
-# ---- soak: memory flatness at 50% of the measured maximum ----------------------------------------
-SOAK_MD=""
-if [ "$SOAK" -gt 0 ]; then
-    max=$(awk -F': ' '/"ok_rps"/ { gsub(/,/, "", $2); print int($2) }' "$RES/seb-fsync-closed.json")
-    soak_rate=$(( max / 2 ))
-    [ "$soak_rate" -lt 1 ] && { echo "run.sh: no closed-loop maximum to soak at" >&2; exit 1; }
-    count=$(( soak_rate * (SOAK + 5) + 100 ))
-    log "soak: seb-fsync at $soak_rate req/s (50% of $max) for ${SOAK}s; issuing $count certificates"
-    # Short-lived certificates (3 min) whose validity follows the schedule, so the use store
-    # reaches a steady state instead of growing for the certificates' whole lifetime.
-    pool "$W/soak.certs" "$count" --ttl 180 --schedule-rate "$soak_rate" --start-in 30
-    seb_config seb-soak fsync "$SEB_SOAK_PORT" "$SEB_SOAK_ADMIN"
-    start_bg "$W/seb-soak.log" "$SEB" serve --config "$W/seb-soak.toml"
-    pid=$BG_PID
-    wait_port "$SEB_SOAK_PORT" "$pid" "$W/seb-soak.log"
-    ( t=0; while kill -0 "$pid" 2>/dev/null; do echo "$t $(rss_kb "$pid")"; sleep 10; t=$((t + 10)); done ) > "$RES/soak-rss.txt" &
-    sampler=$!
-    PIDS+=("$sampler")
-    c0=$(cpu_ticks "$pid")
-    "$LG" run --url "https://localhost:$SEB_SOAK_PORT$REQ_PATH" --ca "$W/tls/ca.pem" --certs "$W/soak.certs" \
-        --body "$BODY" --method POST --mode open --rate "$soak_rate" --connections "$OPEN_CONNS" \
-        --duration "$SOAK" --label seb-soak --json > "$RES/soak.json" 2> "$RES/soak.txt" || { cat "$RES/soak.txt" >&2; exit 1; }
-    c1=$(cpu_ticks "$pid")
-    cat "$RES/soak.txt" >&2
-    stop_pid "$pid"
-    kill "$sampler" 2>/dev/null || true
-    SOAK_MD=$(awk -v rate="$soak_rate" -v max="$max" -v secs="$SOAK" -v cpu="$(ticks_to_s $(( c1 - c0 )))" '
-        { t[NR] = $1; r[NR] = $2 }
-        END {
-            first = (NR > 1) ? 2 : 1;                       # the sample after 10 s
-            mid = int((NR + first) / 2);
-            printf "Soak: seb-fsync at %d req/s (50%% of its %d req/s closed-loop maximum) for %d s; certificates live 3 min, so the use store fills for ~3.5 min and then turns over.\n\n", rate, max, secs;
-            printf "- RSS at %d s: %.1f MiB; at %d s (mid-run): %.1f MiB; at %d s (end): %.1f MiB\n", t[first], r[first]/1024, t[mid], r[mid]/1024, t[NR], r[NR]/1024;
-            printf "- growth over the whole run (from %d s): %+.1f%%; over the second half (steady state): %+.1f%%\n", t[first], (r[NR]-r[first])*100/r[first], (r[NR]-r[mid])*100/r[mid];
-            printf "- seb CPU during the soak: %s s\n", cpu;
-            printf "- samples (s KiB): ";
-            for (i = 1; i <= NR; i++) printf "%s %s; ", t[i], r[i];
-            printf "\n";
-        }' "$RES/soak-rss.txt")
-    SOAK_MD+=$'\n'"- generator: $(head -1 "$RES/soak.txt")"
-    SOAK_MD+=$'\n'"- $(sed -n 2p "$RES/soak.txt" | sed 's/^ *//')"
-fi
-
 # ---- (f) the table and RESULTS.md ----------------------------------------------------------------
+write_results() {
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 TABLE=$("$LG" table --dir "$RES" --paths "$(IFS=,; echo "${PATHS[*]}")" --direct direct \
     --nginx "$([ -n "$NGINX_PID" ] && echo nginx-tls || echo none)" --criterion "$CARGO_TARGET_DIR/criterion")
@@ -391,7 +352,7 @@ MEM=$(awk '/^MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)
 NGINX_VERSION=$([ -n "$NGINX_BIN" ] && "$NGINX_BIN" -v 2>&1 | sed 's/.*: //' || echo "not installed")
 BUSY=""
 if awk -v l="${LOAD_BEFORE%% *}" -v n="$NPROC" 'BEGIN { exit !(l > 0.5 * n) }'; then
-    BUSY="**Other work was running on this machine** when the run started (load average $LOAD_BEFORE on $NPROC cores; top processes: $TOP_BEFORE): absolute figures are pessimistic and noisier than on an idle machine."
+    BUSY="**Other work was running on this machine** when the run started (load average $LOAD_BEFORE on $NPROC cores; busiest processes by lifetime %CPU (ps): $TOP_BEFORE): absolute figures are pessimistic and noisier than on an idle machine."
 fi
 audit_lines() { cat "$RES/$1-audit-lines" 2>/dev/null || echo "?"; }
 
@@ -405,6 +366,7 @@ audit_lines() { cat "$RES/$1-audit-lines" 2>/dev/null || echo "?"; }
     echo
     echo "- cores (nproc): $NPROC; CPU: $CPU_MODEL; memory: $MEM"
     echo "- kernel: $(uname -r); nginx: $NGINX_VERSION"
+    echo "- storage under the audit log ($(df -PT "$W" | awk 'NR == 2 { print $2 }')): $DSYNC; the durable (\`fsync\`) path cannot answer faster than one such sync"
     echo "- load average (1/5/15 min) before: $LOAD_BEFORE; after: $LOAD_AFTER"
     echo "- generator, upstream, proxy all on this machine, over loopback; the generator uses 2 runtime threads, the upstream 1, seb its default (one worker per core) plus its audit writer thread, nginx \`worker_processes auto\`."
     [ -n "$BUSY" ] && { echo; echo "$BUSY"; }
@@ -427,6 +389,7 @@ audit_lines() { cat "$RES/$1-audit-lines" 2>/dev/null || echo "?"; }
     echo
     echo "- TODO(aws): the AWS path (SigV4 re-signing with cached identity against a fast upstream) is not measured: the AWS target does not exist yet."
     [ "$SOAK" -gt 0 ] || echo "- memory soak: not run this time (\`--soak 600\` runs it)."
+    true
     echo
     echo "## Raw generator output"
     echo
@@ -437,3 +400,51 @@ audit_lines() { cat "$RES/$1-audit-lines" 2>/dev/null || echo "?"; }
 mv "$RESULTS.tmp" "$RESULTS"
 echo
 echo "wrote $RESULTS" >&2
+}
+
+SOAK_MD=""
+[ "$SOAK" -gt 0 ] && SOAK_MD="(the soak was still running when this was written)"
+write_results
+
+# ---- soak: memory flatness at 50% of the measured maximum ----------------------------------------
+if [ "$SOAK" -gt 0 ]; then
+    max=$(awk -F': ' '/"ok_rps"/ { gsub(/,/, "", $2); print int($2) }' "$RES/seb-fsync-closed.json")
+    soak_rate=$(( max / 2 ))
+    [ "$soak_rate" -lt 1 ] && { echo "run.sh: no closed-loop maximum to soak at" >&2; exit 1; }
+    count=$(( soak_rate * (SOAK + 5) + 100 ))
+    log "soak: seb-fsync at $soak_rate req/s (50% of $max) for ${SOAK}s; issuing $count certificates"
+    # Short-lived certificates (5 min) whose validity follows the schedule, so the use store
+    # reaches a steady state instead of growing for an hour.
+    pool "$W/soak.certs" "$count" --ttl 300 --schedule-rate "$soak_rate" --start-in 30
+    seb_config seb-soak fsync "$SEB_SOAK_PORT" "$SEB_SOAK_ADMIN"
+    start_bg "$W/seb-soak.log" "$SEB" serve --config "$W/seb-soak.toml"
+    pid=$BG_PID
+    wait_port "$SEB_SOAK_PORT" "$pid" "$W/seb-soak.log"
+    ( t=0; while kill -0 "$pid" 2>/dev/null; do echo "$t $(rss_kb "$pid")"; sleep 10; t=$((t + 10)); done ) > "$RES/soak-rss.txt" &
+    sampler=$!
+    PIDS+=("$sampler")
+    c0=$(cpu_ticks "$pid")
+    "$LG" run --url "https://localhost:$SEB_SOAK_PORT$REQ_PATH" --ca "$W/tls/ca.pem" --certs "$W/soak.certs" \
+        --body "$BODY" --method POST --mode open --rate "$soak_rate" --connections "$OPEN_CONNS" \
+        --duration "$SOAK" --label seb-soak --json > "$RES/soak.json" 2> "$RES/soak.txt" || { cat "$RES/soak.txt" >&2; exit 1; }
+    c1=$(cpu_ticks "$pid")
+    cat "$RES/soak.txt" >&2
+    stop_pid "$pid"
+    kill "$sampler" 2>/dev/null || true
+    SOAK_MD=$(awk -v rate="$soak_rate" -v max="$max" -v secs="$SOAK" -v cpu="$(ticks_to_s $(( c1 - c0 )))" '
+        { t[NR] = $1; r[NR] = $2 }
+        END {
+            first = (NR > 1) ? 2 : 1;                       # the sample after 10 s
+            mid = int((NR + first) / 2);
+            printf "Soak: seb-fsync at %d req/s (50%% of its %d req/s closed-loop maximum) for %d s; certificates live 5 min and follow the schedule, so the use store fills for the first ~4-5 min and then turns over: the second-half figure is the steady state.\n\n", rate, max, secs;
+            printf "- RSS at %d s: %.1f MiB; at %d s (mid-run): %.1f MiB; at %d s (end): %.1f MiB\n", t[first], r[first]/1024, t[mid], r[mid]/1024, t[NR], r[NR]/1024;
+            printf "- growth over the whole run (from %d s): %+.1f%%; over the second half (steady state): %+.1f%%\n", t[first], (r[NR]-r[first])*100/r[first], (r[NR]-r[mid])*100/r[mid];
+            printf "- seb CPU during the soak: %s s\n", cpu;
+            printf "- samples (s KiB): ";
+            for (i = 1; i <= NR; i++) printf "%s %s; ", t[i], r[i];
+            printf "\n";
+        }' "$RES/soak-rss.txt")
+    SOAK_MD+=$'\n'"- generator: $(head -1 "$RES/soak.txt")"
+    SOAK_MD+=$'\n'"- $(sed -n 2p "$RES/soak.txt" | sed 's/^ *//')"
+    write_results
+fi
