@@ -436,7 +436,7 @@ if [ "$SOAK" -gt 0 ]; then
         END {
             first = (NR > 1) ? 2 : 1;                       # the sample after 10 s
             mid = int((NR + first) / 2);
-            printf "Soak: seb-fsync at %d req/s (50%% of its %d req/s closed-loop maximum) for %d s; certificates live 5 min and follow the schedule, so the use store (one entry per certificate until its expiry plus the clock-skew grace) fills for the first ~5-6 min and then turns over: the last-40% figure is the steady state.\n\n", rate, max, secs;
+            printf "Soak: seb-fsync at %d req/s (50%% of its %d req/s closed-loop maximum) for %d s; certificates live 5 min and follow the schedule, so the use store (one entry per certificate until its expiry plus the clock-skew grace) fills for the first ~5-6 min and then turns over: the last-40%% figure is the steady state.\n\n", rate, max, secs;
             printf "- RSS at %d s: %.1f MiB; at %d s (mid-run): %.1f MiB; at %d s (end): %.1f MiB\n", t[first], r[first]/1024, t[mid], r[mid]/1024, t[NR], r[NR]/1024;
             late = first + int((NR - first) * 0.6);         # past the use store turnover (~5.5 min) in a 10-min soak
             printf "- growth over the whole run (from %d s): %+.1f%%; over the second half (from %d s): %+.1f%%; over the last 40%% (from %d s, after the use store turns over): %+.1f%%\n", t[first], (r[NR]-r[first])*100/r[first], t[mid], (r[NR]-r[mid])*100/r[mid], t[late], (r[NR]-r[late])*100/r[late];
