@@ -118,7 +118,9 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 if [ "$BUILD" = 1 ]; then
     log "building release binaries (seb, loadgen)"
     (cd "$ROOT" && cargo build --release --bin seb)
-    (cd "$HERE/loadgen" && cargo build --release --locked)
+    # Not --locked: loadgen depends on seb by path, so a new seb dependency must be able to
+    # enter loadgen's Cargo.lock.
+    (cd "$HERE/loadgen" && cargo build --release)
 fi
 SEB=$CARGO_TARGET_DIR/release/seb
 LG=$CARGO_TARGET_DIR/release/loadgen
