@@ -1,0 +1,99 @@
+//! Pre-issued certificate pools: N single-use certificates, each with its own jti, one per
+//! line, signed before the run so that signing never sits on the generator's hot path.
+
+use seb::cert::{self, keys, CERT_TYP};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use std::io::Write;
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Issuer private key (PKCS#8 PEM, as `seb keygen` writes it).
+    #[arg(long)]
+    key: PathBuf,
+    #[arg(long)]
+    iss: String,
+    #[arg(long)]
+    sub: String,
+    #[arg(long)]
+    count: usize,
+    #[arg(long)]
+    out: PathBuf,
+    /// The http target's name (`seb.request.upstream`).
+    #[arg(long)]
+    upstream: String,
+    #[arg(long)]
+    path: String,
+    #[arg(long, default_value = "POST")]
+    method: String,
+    /// The exact request body; its SHA-256 is pinned in `seb.body`. Without it, the
+    /// certificate admits only an empty body.
+    #[arg(long)]
+    body: Option<String>,
+    /// Lifetime in seconds (the broker's default maximum is 3600).
+    #[arg(long, default_value_t = 3600)]
+    ttl: i64,
+    #[arg(long, default_value = "loadtest")]
+    action: String,
+    #[arg(long, default_value = "loadtest")]
+    policy: String,
+    #[arg(long, default_value_t = 1)]
+    policy_epoch: u64,
+    #[arg(long, default_value_t = 1)]
+    revocation_epoch: u64,
+    /// For long runs with short-lived certificates: certificate i becomes valid at
+    /// now + start_in + i/schedule_rate - 60 s (and lives --ttl from then), matching an
+    /// open-loop run at that rate that starts within a minute or so of now + start_in.
+    #[arg(long)]
+    schedule_rate: Option<f64>,
+    #[arg(long, default_value_t = 0)]
+    start_in: i64,
+}
+
+pub fn main(a: Args) -> anyhow::Result<()> {
+    let key = keys::load_signing_key(&a.key)?;
+    let kid = keys::key_id(&key.verifying_key());
+    let mut run_id = [0u8; 6];
+    getrandom::getrandom(&mut run_id).map_err(|e| anyhow::anyhow!("random source: {e}"))?;
+    let run_id = seb::proxy::pipeline::hex(&run_id);
+    let body_rule = a.body.as_ref().map(|b| {
+        json!({"sha256": seb::proxy::pipeline::hex(&Sha256::digest(b.as_bytes()))})
+    });
+    let now = cert::now_secs();
+    let tmp = a.out.with_extension("tmp");
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp)?);
+    for i in 0..a.count {
+        let nbf = match a.schedule_rate {
+            Some(r) => now + a.start_in + (i as f64 / r) as i64 - 60,
+            None => now,
+        };
+        let mut seb = json!({
+            "v": 1, "action": a.action, "policy": a.policy, "policy_epoch": a.policy_epoch,
+            "revocation_epoch": a.revocation_epoch, "target": "http",
+            "request": {"upstream": a.upstream, "method": a.method, "path": a.path},
+        });
+        if let Some(r) = &body_rule {
+            seb["body"] = r.clone();
+        }
+        let payload = json!({
+            "iss": a.iss, "sub": a.sub, "jti": format!("{run_id}-{i}"),
+            "iat": nbf, "nbf": nbf, "exp": nbf + a.ttl, "seb": seb,
+        });
+        if i == 0 {
+            // Refuse to write a pool the broker would refuse to read.
+            cert::Claims::from_payload(payload.clone())
+                .map_err(|e| anyhow::anyhow!("claims would not make a valid certificate: {e}"))?;
+        }
+        w.write_all(cert::jws::sign(&key, CERT_TYP, &kid, &payload).as_bytes())?;
+        w.write_all(b"\n")?;
+    }
+    w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    std::fs::rename(&tmp, &a.out)?;
+    eprintln!(
+        "loadgen certs: wrote {} certificates (jti {run_id}-0..) to {}",
+        a.count,
+        a.out.display()
+    );
+    Ok(())
+}

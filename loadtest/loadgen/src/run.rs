@@ -1,0 +1,533 @@
+//! `loadgen run`: open-loop and closed-loop HTTP/1.1 load with HdrHistogram percentiles.
+//!
+//! Open loop (`--mode open --rate R`): a dispatcher thread releases request i at
+//! `start + i/R` (an OS thread sleeping with the kernel's high-resolution timers, not the
+//! 1 ms tokio timer wheel) into a queue that `--connections` workers drain, each over its own
+//! keep-alive connection. Latency is measured from the request's *scheduled* time, so when
+//! the server (or the generator) falls behind, the waiting counts: no coordinated omission.
+//!
+//! Closed loop (`--mode closed --connections C`): C workers each send back to back;
+//! latency is measured from the actual send (the server sets the pace; these latencies are
+//! for context, the figure of merit is throughput).
+
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use http::{Method, Request, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    Open,
+    Closed,
+}
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// http:// or https:// URL on a loopback address, e.g. https://localhost:18443/v1/x
+    #[arg(long)]
+    url: String,
+    /// CA bundle (PEM) that signed the server's certificate, for https.
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// Certificate pool (one per line); request i carries certificate i as
+    /// `Authorization: Bearer <certificate>`. Running out stops the run with an error.
+    #[arg(long)]
+    certs: Option<PathBuf>,
+    #[arg(long, value_enum)]
+    mode: Mode,
+    /// Open loop: requests per second.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Keep-alive connections (open loop: workers that drain the schedule; closed loop:
+    /// concurrent back-to-back senders).
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    /// Measured duration: 20, 20s, 500ms, 2m.
+    #[arg(long, value_parser = parse_duration)]
+    duration: Duration,
+    /// Unmeasured lead-in at the same load before the measured duration.
+    #[arg(long, value_parser = parse_duration, default_value = "0")]
+    warmup: Duration,
+    /// Request body (sent as application/json).
+    #[arg(long)]
+    body: Option<String>,
+    /// Defaults to POST with a body, GET without.
+    #[arg(long)]
+    method: Option<String>,
+    /// Per-request timeout; a timed-out request counts as a transport error.
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    timeout: Duration,
+    /// Generator runtime threads.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// Print the report as JSON on stdout (the human text goes to stderr).
+    #[arg(long)]
+    json: bool,
+    /// A label carried into the report.
+    #[arg(long, default_value = "")]
+    label: String,
+}
+
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(i) => (&s[..i], &s[i..]),
+        None => (s, "s"),
+    };
+    let n: f64 = num.parse().map_err(|_| format!("not a duration: {s:?}"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        _ => return Err(format!("unknown unit in {s:?} (ms, s, m)")),
+    };
+    if !(0.0..=86_400.0).contains(&secs) {
+        return Err(format!("duration out of range: {s:?}"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Everything a worker needs to open a connection and build a request.
+struct Target {
+    addr: std::net::SocketAddr,
+    tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
+    authority: String,
+    path: String,
+    method: Method,
+    body: Bytes,
+    certs: Vec<String>,
+    timeout: Duration,
+}
+
+impl Target {
+    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, &'static str> {
+        let tcp = tokio::net::TcpStream::connect(self.addr)
+            .await
+            .map_err(|_| "connect")?;
+        let _ = tcp.set_nodelay(true);
+        match &self.tls {
+            Some((connector, name)) => {
+                let tls = connector
+                    .connect(name.clone(), tcp)
+                    .await
+                    .map_err(|_| "tls_handshake")?;
+                let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+                    .await
+                    .map_err(|_| "http_handshake")?;
+                tokio::spawn(conn);
+                Ok(sender)
+            }
+            None => {
+                let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+                    .await
+                    .map_err(|_| "http_handshake")?;
+                tokio::spawn(conn);
+                Ok(sender)
+            }
+        }
+    }
+
+    fn request(&self, cert: Option<&str>) -> Request<Full<Bytes>> {
+        let mut b = Request::builder()
+            .method(self.method.clone())
+            .uri(self.path.as_str())
+            .header(http::header::HOST, self.authority.as_str());
+        if !self.body.is_empty() {
+            b = b.header(http::header::CONTENT_TYPE, "application/json");
+        }
+        if let Some(c) = cert {
+            b = b.header(http::header::AUTHORIZATION, format!("Bearer {c}"));
+        }
+        b.body(Full::new(self.body.clone())).expect("valid request")
+    }
+}
+
+/// One worker's tally; merged at the end.
+struct Tally {
+    hist: Histogram<u64>,
+    ok: u64,
+    /// 2xx answers including the warm-up and any that finished after the measured window
+    /// (to divide the server's whole CPU time by).
+    ok_all: u64,
+    status: BTreeMap<u16, u64>,
+    transport: BTreeMap<&'static str, u64>,
+    last_done: Option<Instant>,
+}
+
+impl Tally {
+    fn new() -> Tally {
+        Tally {
+            // 1 ns .. 100 s at 3 significant digits.
+            hist: Histogram::new_with_bounds(1, 100_000_000_000, 3).expect("histogram bounds"),
+            ok: 0,
+            ok_all: 0,
+            status: BTreeMap::new(),
+            transport: BTreeMap::new(),
+            last_done: None,
+        }
+    }
+
+    fn merge(&mut self, o: Tally) {
+        self.hist.add(&o.hist).expect("same bounds");
+        self.ok += o.ok;
+        self.ok_all += o.ok_all;
+        for (k, v) in o.status {
+            *self.status.entry(k).or_default() += v;
+        }
+        for (k, v) in o.transport {
+            *self.transport.entry(k).or_default() += v;
+        }
+        self.last_done = self.last_done.max(o.last_done);
+    }
+}
+
+/// Sends one request on `conn` (reconnecting first if needed); returns the status or a
+/// transport error kind. On a transport error the connection is dropped.
+async fn one(
+    t: &Target,
+    conn: &mut Option<SendRequest<Full<Bytes>>>,
+    cert: Option<&str>,
+) -> Result<u16, &'static str> {
+    if conn.as_ref().is_none_or(|c| c.is_closed()) {
+        *conn = Some(t.connect().await?);
+    }
+    let sender = conn.as_mut().expect("connected");
+    let fut = async {
+        sender.ready().await.map_err(|_| "connection_closed")?;
+        let resp = sender
+            .send_request(t.request(cert))
+            .await
+            .map_err(|_| "send")?;
+        let status = resp.status().as_u16();
+        resp.into_body().collect().await.map_err(|_| "body")?;
+        Ok(status)
+    };
+    let r = match tokio::time::timeout(t.timeout, fut).await {
+        Ok(r) => r,
+        Err(_) => Err("timeout"),
+    };
+    if r.is_err() {
+        *conn = None;
+    }
+    r
+}
+
+fn record(tally: &mut Tally, r: Result<u16, &'static str>, latency: Duration, done: Instant) {
+    tally.hist.saturating_record(latency.as_nanos().max(1) as u64);
+    match r {
+        Ok(s) if (200..300).contains(&s) => tally.ok += 1,
+        Ok(s) => *tally.status.entry(s).or_default() += 1,
+        Err(k) => *tally.transport.entry(k).or_default() += 1,
+    }
+    tally.last_done = Some(done);
+}
+
+pub fn main(a: Args) -> anyhow::Result<()> {
+    let uri: Uri = a.url.parse()?;
+    let https = match uri.scheme_str() {
+        Some("https") => true,
+        Some("http") => false,
+        _ => anyhow::bail!("--url must be http:// or https://"),
+    };
+    let host = uri.host().ok_or_else(|| anyhow::anyhow!("--url has no host"))?;
+    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+    let addr = crate::loopback_addr(host, port)?;
+    let tls = if https {
+        let mut roots = rustls::RootCertStore::empty();
+        let ca = a
+            .ca
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("https needs --ca"))?;
+        for c in CertificateDer::pem_file_iter(ca)? {
+            roots.add(c?)?;
+        }
+        let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let name = ServerName::try_from(host.trim_start_matches('[').trim_end_matches(']'))?
+            .to_owned();
+        Some((tokio_rustls::TlsConnector::from(Arc::new(cfg)), name))
+    } else {
+        None
+    };
+    let certs = match &a.certs {
+        Some(p) => std::fs::read_to_string(p)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| l.trim().to_string())
+            .collect(),
+        None => Vec::new(),
+    };
+    let body = Bytes::from(a.body.clone().unwrap_or_default());
+    let method = match &a.method {
+        Some(m) => Method::from_bytes(m.as_bytes())?,
+        None if body.is_empty() => Method::GET,
+        None => Method::POST,
+    };
+    let target = Arc::new(Target {
+        addr,
+        tls,
+        authority: uri
+            .authority()
+            .map(|x| x.as_str().to_string())
+            .unwrap_or_default(),
+        path: uri
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_else(|| "/".into()),
+        method,
+        body,
+        certs,
+        timeout: a.timeout,
+    });
+    let connections = a.connections.max(1);
+    if a.mode == Mode::Open {
+        let rate = a.rate.ok_or_else(|| anyhow::anyhow!("--mode open needs --rate"))?;
+        if rate <= 0.0 {
+            anyhow::bail!("--rate must be positive");
+        }
+        let total = (rate * (a.warmup + a.duration).as_secs_f64()).round() as usize;
+        if a.certs.is_some() && target.certs.len() < total {
+            anyhow::bail!(
+                "certificate pool has {} certificates, the run needs {total}",
+                target.certs.len()
+            );
+        }
+    }
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(a.threads.max(1))
+        .enable_all()
+        .build()?;
+    let (tally, wall, exhausted) = rt.block_on(async {
+        // Connections (and TLS handshakes) are made before the clock starts.
+        let mut conns = Vec::with_capacity(connections);
+        for _ in 0..connections {
+            conns.push(
+                target
+                    .connect()
+                    .await
+                    .map_err(|k| anyhow::anyhow!("connecting to {addr}: {k}"))?,
+            );
+        }
+        let result = match a.mode {
+            Mode::Open => run_open(&a, target.clone(), conns).await,
+            Mode::Closed => run_closed(&a, target.clone(), conns).await,
+        };
+        anyhow::Ok(result)
+    })?;
+    let report = report(&a, &tally, wall, target.certs.len());
+    eprint!("{}", text(&report));
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    }
+    if exhausted {
+        anyhow::bail!(
+            "certificate pool exhausted ({} certificates): the run was cut short; issue a bigger pool",
+            target.certs.len()
+        );
+    }
+    Ok(())
+}
+
+/// Returns the merged tally, the measured wall time and whether the pool ran out.
+async fn run_open(
+    a: &Args,
+    target: Arc<Target>,
+    conns: Vec<SendRequest<Full<Bytes>>>,
+) -> (Tally, Duration, bool) {
+    let rate = a.rate.expect("checked");
+    let total = (rate * (a.warmup + a.duration).as_secs_f64()).round() as usize;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<(usize, Instant)>();
+    let rx = Arc::new(tokio::sync::Mutex::new(rx));
+    let start = Instant::now() + Duration::from_millis(20);
+    let measure_from = start + a.warmup;
+    let use_certs = a.certs.is_some();
+    let mut workers = Vec::new();
+    for c in conns {
+        let (rx, t) = (rx.clone(), target.clone());
+        workers.push(tokio::spawn(async move {
+            let mut conn = Some(c);
+            let mut tally = Tally::new();
+            loop {
+                let job = rx.lock().await.recv().await;
+                let Some((i, due)) = job else { break };
+                let cert = if use_certs {
+                    Some(t.certs[i].as_str())
+                } else {
+                    None
+                };
+                let r = one(&t, &mut conn, cert).await;
+                let done = Instant::now();
+                tally.ok_all += matches!(r, Ok(200..=299)) as u64;
+                if due >= measure_from {
+                    record(&mut tally, r, done.saturating_duration_since(due), done);
+                }
+            }
+            tally
+        }));
+    }
+    // The schedule, on an OS thread: nanosleep has ~50-100 µs slack where tokio's timer
+    // wheel has 1 ms, and a late release is charged to the request anyway.
+    let dispatcher = std::thread::spawn(move || {
+        for i in 0..total {
+            let due = start + Duration::from_secs_f64(i as f64 / rate);
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+            if tx.send((i, due)).is_err() {
+                break;
+            }
+        }
+    });
+    let mut tally = Tally::new();
+    for w in workers {
+        tally.merge(w.await.expect("worker"));
+    }
+    let _ = dispatcher.join();
+    let wall = tally
+        .last_done
+        .map(|d| d.saturating_duration_since(measure_from))
+        .unwrap_or_default();
+    (tally, wall, false)
+}
+
+async fn run_closed(
+    a: &Args,
+    target: Arc<Target>,
+    conns: Vec<SendRequest<Full<Bytes>>>,
+) -> (Tally, Duration, bool) {
+    let start = Instant::now();
+    let measure_from = start + a.warmup;
+    let end = measure_from + a.duration;
+    let next = Arc::new(AtomicUsize::new(0));
+    let exhausted = Arc::new(AtomicBool::new(false));
+    let use_certs = a.certs.is_some();
+    let mut workers = Vec::new();
+    for c in conns {
+        let (t, next, exhausted) = (target.clone(), next.clone(), exhausted.clone());
+        workers.push(tokio::spawn(async move {
+            let mut conn = Some(c);
+            let mut tally = Tally::new();
+            while Instant::now() < end && !exhausted.load(Ordering::Relaxed) {
+                let cert = if use_certs {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    match t.certs.get(i) {
+                        Some(c) => Some(c.as_str()),
+                        None => {
+                            exhausted.store(true, Ordering::Relaxed);
+                            break;
+                        }
+                    }
+                } else {
+                    None
+                };
+                let sent = Instant::now();
+                let r = one(&t, &mut conn, cert).await;
+                let done = Instant::now();
+                tally.ok_all += matches!(r, Ok(200..=299)) as u64;
+                if sent >= measure_from && done <= end {
+                    record(&mut tally, r, done - sent, done);
+                }
+            }
+            tally
+        }));
+    }
+    let mut tally = Tally::new();
+    for w in workers {
+        tally.merge(w.await.expect("worker"));
+    }
+    let wall = if exhausted.load(Ordering::Relaxed) {
+        tally
+            .last_done
+            .map(|d| d.saturating_duration_since(measure_from))
+            .unwrap_or_default()
+    } else {
+        a.duration
+    };
+    (tally, wall, exhausted.load(Ordering::Relaxed))
+}
+
+fn report(a: &Args, t: &Tally, wall: Duration, pool: usize) -> serde_json::Value {
+    let h = &t.hist;
+    let us = |ns: u64| (ns as f64 / 1000.0 * 10.0).round() / 10.0;
+    let requests = h.len();
+    let errors = requests - t.ok;
+    let secs = wall.as_secs_f64().max(1e-9);
+    json!({
+        "label": a.label,
+        "url": a.url,
+        "mode": match a.mode { Mode::Open => "open", Mode::Closed => "closed" },
+        "target_rate": a.rate,
+        "connections": a.connections,
+        "duration_s": a.duration.as_secs_f64(),
+        "warmup_s": a.warmup.as_secs_f64(),
+        "wall_s": secs,
+        "certificate_pool": if a.certs.is_some() { Some(pool) } else { None },
+        "requests": requests,
+        "ok": t.ok,
+        "ok_including_warmup": t.ok_all,
+        "errors": errors,
+        "status_errors": t.status.iter().map(|(k, v)| (k.to_string(), *v)).collect::<BTreeMap<_, _>>(),
+        "transport_errors": t.transport,
+        "throughput_rps": (requests as f64 / secs * 10.0).round() / 10.0,
+        "ok_rps": (t.ok as f64 / secs * 10.0).round() / 10.0,
+        "latency_us": {
+            "p50": us(h.value_at_quantile(0.50)),
+            "p90": us(h.value_at_quantile(0.90)),
+            "p99": us(h.value_at_quantile(0.99)),
+            "p99_9": us(h.value_at_quantile(0.999)),
+            "max": us(h.max()),
+            "mean": (h.mean() / 100.0).round() / 10.0,
+            "measured_from": match a.mode { Mode::Open => "scheduled time", Mode::Closed => "send time" },
+        },
+    })
+}
+
+fn text(r: &serde_json::Value) -> String {
+    let l = &r["latency_us"];
+    let ms = |k: &str| l[k].as_f64().unwrap_or(0.0) / 1000.0;
+    let mut s = format!(
+        "{} {} {}: {} requests, {} ok, {} errors in {:.1}s = {:.1} req/s\n",
+        r["label"].as_str().unwrap_or(""),
+        r["mode"].as_str().unwrap_or(""),
+        r["url"].as_str().unwrap_or(""),
+        r["requests"],
+        r["ok"],
+        r["errors"],
+        r["wall_s"].as_f64().unwrap_or(0.0),
+        r["throughput_rps"].as_f64().unwrap_or(0.0),
+    );
+    s += &format!(
+        "  latency (from {}): p50 {:.3} ms  p90 {:.3} ms  p99 {:.3} ms  p99.9 {:.3} ms  max {:.3} ms\n",
+        l["measured_from"].as_str().unwrap_or(""),
+        ms("p50"),
+        ms("p90"),
+        ms("p99"),
+        ms("p99_9"),
+        ms("max"),
+    );
+    if r["errors"].as_u64().unwrap_or(0) > 0 {
+        s += &format!(
+            "  errors: status {}  transport {}\n",
+            r["status_errors"], r["transport_errors"]
+        );
+    }
+    s
+}

@@ -1,0 +1,165 @@
+//! The one comparison table of loadtest/run.sh, built from the per-path reports it saved:
+//! `DIR/PATH-open.json` and `DIR/PATH-closed.json` (from `loadgen run --json`), and for
+//! the processes whose CPU and memory were sampled, `DIR/PATH-proc.json`
+//! (`{"cpu_open_s", "cpu_closed_s", "rss_before_kb", "rss_after_kb"}`).
+
+use serde_json::Value;
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[arg(long)]
+    dir: PathBuf,
+    /// Paths in table order, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    paths: Vec<String>,
+    /// The baseline path (no proxy).
+    #[arg(long, default_value = "direct")]
+    direct: String,
+    /// The plain reverse proxy to compare with.
+    #[arg(long, default_value = "nginx-tls")]
+    nginx: String,
+    /// criterion's output directory (target/criterion): when it holds the `floor` group of
+    /// benches/hot_path.rs, CPU per request is also given as a multiple of the crypto floor.
+    #[arg(long)]
+    criterion: Option<PathBuf>,
+}
+
+/// The crypto floor of one admitted request in µs, from criterion's medians: one Ed25519
+/// verify_strict + two Ed25519 signs + SHA-256 of the body + SHA-256 of two audit lines
+/// (each line's hash is the next line's `prev`). Returns the floor and how it was summed.
+pub fn crypto_floor(dir: &std::path::Path) -> Option<(f64, String)> {
+    let median = |bench: &str| -> Option<f64> {
+        let v = load(&dir.join("floor").join(bench).join("new"), "estimates.json")?;
+        v["median"]["point_estimate"].as_f64()
+    };
+    let line_bench = std::fs::read_dir(dir.join("floor"))
+        .ok()?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|n| n.starts_with("sha256_audit_line"))?;
+    let verify = median("ed25519_verify_strict")?;
+    let sign2 = median("ed25519_sign_x2")?;
+    let body = median("sha256_small_body")?;
+    let line = median(&line_bench)?;
+    let ns = verify + sign2 + body + 2.0 * line;
+    Some((
+        ns / 1000.0,
+        format!(
+            "one Ed25519 verify_strict {:.1} µs + two Ed25519 signs {:.1} µs + SHA-256 of the body {:.2} µs + SHA-256 of two audit lines {:.2} µs = {:.1} µs of CPU",
+            verify / 1000.0,
+            sign2 / 1000.0,
+            body / 1000.0,
+            2.0 * line / 1000.0,
+            ns / 1000.0
+        ),
+    ))
+}
+
+fn load(dir: &std::path::Path, name: &str) -> Option<Value> {
+    let text = std::fs::read_to_string(dir.join(name)).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+fn lat(r: &Value, k: &str) -> Option<f64> {
+    r["latency_us"][k].as_f64()
+}
+
+fn ms(us: Option<f64>) -> String {
+    us.map(|v| format!("{:.3}", v / 1000.0))
+        .unwrap_or_else(|| "–".into())
+}
+
+fn ratio(a: Option<f64>, b: Option<f64>) -> String {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}×", a / b),
+        _ => "–".into(),
+    }
+}
+
+pub fn main(a: Args) -> anyhow::Result<()> {
+    let direct = load(&a.dir, &format!("{}-open.json", a.direct));
+    let nginx = load(&a.dir, &format!("{}-open.json", a.nginx));
+    let floor = a.criterion.as_deref().and_then(crypto_floor);
+    let mut out = String::new();
+    out += "| path | rate req/s (target → achieved) | p50 ms | p90 ms | p99 ms | p99.9 ms | added p50 / p99 ms vs direct | ratio to direct p50 / p99 | ratio to nginx p50 / p99 | closed-loop req/s | CPU µs/req fixed-rate / closed | CPU / crypto floor (closed) | RSS MiB before → after | errors fixed / closed |\n";
+    out += "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
+    for p in &a.paths {
+        let open = load(&a.dir, &format!("{p}-open.json"));
+        let closed = load(&a.dir, &format!("{p}-closed.json"));
+        let proc_ = load(&a.dir, &format!("{p}-proc.json"));
+        let Some(o) = open.as_ref() else {
+            out += &format!("| {p} | (not run) | | | | | | | | | | | | |\n");
+            continue;
+        };
+        let l = |k: &str| lat(o, k);
+        let added = match &direct {
+            Some(d) if p != &a.direct => format!(
+                "{:+.3} / {:+.3}",
+                (l("p50").unwrap_or(0.0) - lat(d, "p50").unwrap_or(0.0)) / 1000.0,
+                (l("p99").unwrap_or(0.0) - lat(d, "p99").unwrap_or(0.0)) / 1000.0
+            ),
+            _ => "–".into(),
+        };
+        let vs = |base: &Option<Value>, name: &str| match base {
+            Some(b) if p != name => format!(
+                "{} / {}",
+                ratio(l("p50"), lat(b, "p50")),
+                ratio(l("p99"), lat(b, "p99"))
+            ),
+            _ => "–".into(),
+        };
+        let closed_rps = closed
+            .as_ref()
+            .and_then(|c| c["ok_rps"].as_f64())
+            .map(|v| format!("{v:.0} ({} conns)", closed.as_ref().unwrap()["connections"]))
+            .unwrap_or_else(|| "–".into());
+        let cpu_us = |phase: &str, report: &Option<Value>| -> Option<f64> {
+            let s = proc_.as_ref().and_then(|p| p[format!("cpu_{phase}_s")].as_f64())?;
+            let n = report
+                .as_ref()
+                .and_then(|r| r["ok_including_warmup"].as_f64())?;
+            (n > 0.0).then(|| s * 1e6 / n)
+        };
+        let show = |v: Option<f64>| v.map(|v| format!("{v:.0}")).unwrap_or_else(|| "–".into());
+        let cpu_col = if proc_.is_some() {
+            format!("{} / {}", show(cpu_us("open", &open)), show(cpu_us("closed", &closed)))
+        } else {
+            "–".into()
+        };
+        let floor_col = match (floor.as_ref(), cpu_us("closed", &closed)) {
+            (Some((f, _)), Some(c)) if p.starts_with("seb") => format!("{:.1}×", c / f),
+            _ => "–".into(),
+        };
+        let rss = proc_
+            .as_ref()
+            .and_then(|p| Some((p["rss_before_kb"].as_f64()?, p["rss_after_kb"].as_f64()?)))
+            .map(|(b, a)| format!("{:.1} → {:.1}", b / 1024.0, a / 1024.0))
+            .unwrap_or_else(|| "–".into());
+        let errs = format!(
+            "{} / {}",
+            o["errors"],
+            closed
+                .as_ref()
+                .map(|c| c["errors"].to_string())
+                .unwrap_or_else(|| "–".into())
+        );
+        out += &format!(
+            "| {p} | {} → {:.0} | {} | {} | {} | {} | {added} | {} | {} | {closed_rps} | {cpu_col} | {floor_col} | {rss} | {errs} |\n",
+            o["target_rate"].as_f64().map(|r| format!("{r:.0}")).unwrap_or_default(),
+            o["ok_rps"].as_f64().unwrap_or(0.0),
+            ms(l("p50")),
+            ms(l("p90")),
+            ms(l("p99")),
+            ms(l("p99_9")),
+            vs(&direct, &a.direct),
+            vs(&nginx, &a.nginx),
+        );
+    }
+    match &floor {
+        Some((_, how)) => out += &format!("\nCrypto floor per admitted request (criterion medians): {how}.\n"),
+        None => out += "\nCrypto floor: no criterion results found (run `cargo bench --bench hot_path` first).\n",
+    }
+    print!("{out}");
+    Ok(())
+}

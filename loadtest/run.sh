@@ -1,0 +1,453 @@
+#!/usr/bin/env bash
+# seb load test: the same workload direct to a fast local upstream, through nginx as a plain
+# reverse proxy, and through seb (http target, TLS) with durable (fsync) and relaxed (flush)
+# audit, in one invocation. Prints one table and writes it, with the machine's description,
+# to loadtest/RESULTS.md. See loadtest/README.md.
+#
+# Usage: loadtest/run.sh [--quick] [--soak SECONDS] [--no-build] [--keep]
+#   --quick         short smoke run (a few seconds per phase); writes loadtest/RESULTS.quick.md
+#   --soak SECONDS  afterwards, run seb (fsync) at 50% of its measured closed-loop maximum
+#                   for SECONDS, sampling RSS every 10 s, and report the growth
+#   --no-build      use the release binaries already in $CARGO_TARGET_DIR
+#   --keep          keep the temporary directory (keys, configs, logs, audit logs, pools)
+#
+# Sends traffic to 127.0.0.1 only.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$HERE/.." && pwd)
+QUICK=0 SOAK=0 BUILD=1 KEEP=0
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --quick) QUICK=1 ;;
+        --soak) SOAK=${2:?--soak needs SECONDS}; shift ;;
+        --no-build) BUILD=0 ;;
+        --keep) KEEP=1 ;;
+        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+        *) echo "run.sh: unknown option $1" >&2; exit 2 ;;
+    esac
+    shift
+done
+
+# ---- workload ------------------------------------------------------------------------------
+RATE=2000             # fixed-rate (open-loop) requests per second
+OPEN_CONNS=64         # connections draining the fixed-rate schedule
+CLOSED_CONNS=64       # closed-loop back-to-back connections
+TARGET=payments       # seb http target name (= the certificates' seb.request.upstream)
+REQ_PATH=/v1/x
+BODY='{"amount":1250,"currency":"EUR","to":"acct-000123","memo":"invoice 42"}'
+if [ "$QUICK" = 1 ]; then
+    OPEN_S=4 OPEN_WARM=1 CLOSED_S=4 CLOSED_WARM=1 CLOSED_POOL=80000
+    RESULTS=$HERE/RESULTS.quick.md
+else
+    OPEN_S=20 OPEN_WARM=2 CLOSED_S=15 CLOSED_WARM=2 CLOSED_POOL=250000
+    RESULTS=$HERE/RESULTS.md
+fi
+OPEN_POOL=$(( RATE * (OPEN_S + OPEN_WARM) + 100 ))
+
+log() { printf '\n== %s\n' "$*" >&2; }
+
+# ---- processes: everything started here is stopped on exit, failure included -------------
+PIDS=()
+W=""
+POLICY_RC_GUARD=0
+cleanup() {
+    local rc=$?
+    set +e
+    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null; done
+    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null; done
+    [ "$POLICY_RC_GUARD" = 1 ] && rm -f /usr/sbin/policy-rc.d
+    if [ -n "$W" ] && [ -d "$W" ]; then
+        if [ "$rc" != 0 ]; then
+            echo "run.sh: failed (exit $rc); logs and configs kept in $W" >&2
+        elif [ "$KEEP" = 1 ]; then
+            echo "run.sh: kept $W" >&2
+        else
+            rm -rf "$W"
+        fi
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# start_bg LOG CMD... : runs CMD in the background, remembers its pid in $BG_PID.
+start_bg() {
+    local logf=$1; shift
+    "$@" >"$logf" 2>&1 &
+    BG_PID=$!
+    PIDS+=("$BG_PID")
+}
+stop_pid() {
+    kill -TERM "$1" 2>/dev/null || true
+    wait "$1" 2>/dev/null || true
+}
+wait_port() { # PORT PID LOG
+    local i
+    for i in $(seq 1 200); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+        if ! kill -0 "$2" 2>/dev/null; then echo "process $2 died; its log:" >&2; cat "$3" >&2; return 1; fi
+        sleep 0.05
+    done
+    echo "port $1 did not open; log:" >&2; cat "$3" >&2; return 1
+}
+
+# ---- (a) tools and binaries -------------------------------------------------------------------
+NGINX_BIN=$(command -v nginx || true)
+[ -z "$NGINX_BIN" ] && [ -x /usr/sbin/nginx ] && NGINX_BIN=/usr/sbin/nginx
+if [ -z "$NGINX_BIN" ]; then
+    log "installing nginx (Debian package)"
+    if [ "$(id -u)" = 0 ]; then
+        # Keep the package from starting its own nginx on port 80.
+        if [ ! -e /usr/sbin/policy-rc.d ]; then
+            printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+            POLICY_RC_GUARD=1
+        fi
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx >/dev/null
+        [ "$POLICY_RC_GUARD" = 1 ] && rm -f /usr/sbin/policy-rc.d && POLICY_RC_GUARD=0
+        NGINX_BIN=$(command -v nginx || echo /usr/sbin/nginx)
+    else
+        echo "run.sh: nginx is not installed and this is not root; the nginx rows will be skipped" >&2
+        NGINX_BIN=""
+    fi
+fi
+
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+if [ "$BUILD" = 1 ]; then
+    log "building release binaries (seb, loadgen)"
+    (cd "$ROOT" && cargo build --release --bin seb)
+    # Not --locked: loadgen depends on seb by path, so a new seb dependency must be able to
+    # enter loadgen's Cargo.lock.
+    (cd "$HERE/loadgen" && cargo build --release)
+fi
+SEB=$CARGO_TARGET_DIR/release/seb
+LG=$CARGO_TARGET_DIR/release/loadgen
+for b in "$SEB" "$LG"; do [ -x "$b" ] || { echo "run.sh: $b missing (drop --no-build)" >&2; exit 1; }; done
+
+# ---- (b) keys, TLS, revocation, configs --------------------------------------------------------
+# On disk, not tmpfs: the fsync path must really sync.
+W=$(mktemp -d "${LOADTEST_TMP:-/var/tmp}/seb-loadtest.XXXXXX")
+RES=$W/results
+mkdir -p "$RES" "$W/nginx"
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+# The storage's synced-write latency bounds the durable path's latency from below.
+DSYNC=$(dd if=/dev/zero of="$W/dsync.test" bs=600 count=200 oflag=dsync 2>&1 | awk '/copied/ { for (i = 1; i <= NF; i++) if ($i == "s,") printf "%.2f ms per 600-byte O_DSYNC write (200 writes in %s s)", $(i-1) * 1000 / 200, $(i-1) }')
+rm -f "$W/dsync.test"
+TOP_BEFORE=$(ps -eo pcpu=,comm= --sort=-pcpu | head -5 | awk '{printf "%s %s%%; ", $2, $1}')
+
+log "keys, dev TLS certificates, revocation data"
+"$SEB" keygen --out "$W/signer" >/dev/null 2>&1
+"$SEB" keygen --out "$W/broker" >/dev/null 2>&1
+"$SEB" dev-certs --out "$W/tls" >/dev/null 2>&1
+issue_revocation() {
+    "$SEB" revocation issue --key "$W/signer.key" --iss signer --epoch 1 --min-policy-epoch 1 \
+        --out "$W/revocation.jws"
+}
+issue_revocation
+# Revocation data goes stale after 5 minutes by default: re-issue it every minute, as a
+# signer would, so long runs stay admitted.
+( while sleep 60; do issue_revocation || true; done ) &
+PIDS+=("$!")
+
+mapfile -t P < <("$LG" ports 9)
+UP_PORT=${P[0]} NGX_HTTP_PORT=${P[1]} NGX_TLS_PORT=${P[2]}
+SEB_FSYNC_PORT=${P[3]} SEB_FSYNC_ADMIN=${P[4]} SEB_FLUSH_PORT=${P[5]} SEB_FLUSH_ADMIN=${P[6]}
+SEB_SOAK_PORT=${P[7]} SEB_SOAK_ADMIN=${P[8]}
+export SEB_LOADTEST_UPSTREAM_TOKEN=loadtest-upstream-secret
+
+seb_config() { # NAME DURABILITY PORT ADMIN_PORT
+    mkdir -p "$W/$1"
+    cat > "$W/$1.toml" <<EOF
+broker_id = "$1"
+[tls]
+cert = "tls/server.pem"
+key = "tls/server.key"
+[admin]
+listen = "127.0.0.1:$4"
+[[issuers]]
+name = "signer"
+public_key = "signer.pub"
+[revocation]
+file = "revocation.jws"
+[audit]
+path = "$1/audit.jsonl"
+durability = "$2"
+signing_key = "broker.key"
+[[targets]]
+name = "$TARGET"
+kind = "http"
+listen = "127.0.0.1:$3"
+[targets.http]
+upstream = "http://127.0.0.1:$UP_PORT"
+credential = { header = "Authorization", value_env = "SEB_LOADTEST_UPSTREAM_TOKEN", prefix = "Bearer " }
+EOF
+}
+seb_config seb-fsync fsync "$SEB_FSYNC_PORT" "$SEB_FSYNC_ADMIN"
+seb_config seb-flush flush "$SEB_FLUSH_PORT" "$SEB_FLUSH_ADMIN"
+
+NGINX_USER=""
+[ "$(id -u)" = 0 ] && NGINX_USER="user root;"
+cat > "$W/nginx.conf" <<EOF
+# A plain reverse proxy: no auth, no body inspection, keep-alive both ways.
+$NGINX_USER
+worker_processes auto;
+pid $W/nginx/nginx.pid;
+error_log $W/nginx/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $W/nginx/body;
+    proxy_temp_path $W/nginx/proxy;
+    fastcgi_temp_path $W/nginx/fastcgi;
+    uwsgi_temp_path $W/nginx/uwsgi;
+    scgi_temp_path $W/nginx/scgi;
+    keepalive_requests 10000000;
+    keepalive_timeout 300s;
+    upstream fast {
+        server 127.0.0.1:$UP_PORT;
+        keepalive 128;
+        keepalive_requests 10000000;
+    }
+    server {
+        listen 127.0.0.1:$NGX_HTTP_PORT;
+        location / {
+            proxy_pass http://fast;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+    server {
+        listen 127.0.0.1:$NGX_TLS_PORT ssl;
+        ssl_certificate $W/tls/server.pem;
+        ssl_certificate_key $W/tls/server.key;
+        location / {
+            proxy_pass http://fast;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+EOF
+
+log "issuing certificate pools (before any load: the generator never signs)"
+pool() { # OUT COUNT [extra loadgen certs args]
+    local out=$1 count=$2; shift 2
+    "$LG" certs --key "$W/signer.key" --iss signer --sub agent:loadtest --count "$count" \
+        --out "$out" --upstream "$TARGET" --path "$REQ_PATH" --method POST --body "$BODY" "$@"
+}
+for s in seb-fsync seb-flush; do
+    pool "$W/$s-open.certs" "$OPEN_POOL"
+    pool "$W/$s-closed.certs" "$CLOSED_POOL"
+done
+
+# ---- (c) processes -------------------------------------------------------------------------------
+log "starting the fast upstream on 127.0.0.1:$UP_PORT"
+start_bg "$W/upstream.log" "$LG" upstream --listen "127.0.0.1:$UP_PORT" --threads 1
+UP_PID=$BG_PID
+wait_port "$UP_PORT" "$UP_PID" "$W/upstream.log"
+
+NGINX_PID=""
+if [ -n "$NGINX_BIN" ]; then
+    log "starting nginx (HTTP :$NGX_HTTP_PORT, HTTPS :$NGX_TLS_PORT)"
+    start_bg "$W/nginx/stdout.log" "$NGINX_BIN" -p "$W/nginx" -e "$W/nginx/error.log" -c "$W/nginx.conf" -g 'daemon off;'
+    NGINX_PID=$BG_PID
+    wait_port "$NGX_TLS_PORT" "$NGINX_PID" "$W/nginx/error.log"
+fi
+
+# ---- (d, e) measurement ----------------------------------------------------------------------------
+CLK_TCK=$(getconf CLK_TCK)
+cpu_ticks() { # PIDS... -> utime+stime of all, in ticks
+    local t=0 p v
+    for p in "$@"; do
+        v=$(awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$p/stat" 2>/dev/null || echo 0)
+        t=$(( t + v ))
+    done
+    echo "$t"
+}
+rss_kb() { # PIDS... -> summed VmRSS
+    local t=0 p v
+    for p in "$@"; do
+        v=$(awk '/^VmRSS:/ { print $2 }' "/proc/$p/status" 2>/dev/null || echo 0)
+        t=$(( t + ${v:-0} ))
+    done
+    echo "$t"
+}
+ticks_to_s() { awk -v t="$1" -v hz="$CLK_TCK" 'BEGIN { printf "%.3f", t / hz }'; }
+
+# phase NAME open|closed URL CERTS(or -) PIDS(space-separated, or "") : runs one load phase and
+# leaves RES/NAME-PHASE.json and, when PIDS are given, RES/NAME-PHASE.cpu (seconds).
+phase() {
+    local name=$1 ph=$2 url=$3 certs=$4 pids=$5 c0 c1
+    local args=(--url "$url" --ca "$W/tls/ca.pem" --body "$BODY" --method POST --label "$name" --json)
+    [ "$certs" != - ] && args+=(--certs "$certs")
+    if [ "$ph" = open ]; then
+        args+=(--mode open --rate "$RATE" --connections "$OPEN_CONNS" --duration "$OPEN_S" --warmup "$OPEN_WARM")
+    else
+        args+=(--mode closed --connections "$CLOSED_CONNS" --duration "$CLOSED_S" --warmup "$CLOSED_WARM")
+    fi
+    # shellcheck disable=SC2086
+    c0=$(cpu_ticks $pids)
+    if ! "$LG" run "${args[@]}" > "$RES/$name-$ph.json" 2> "$RES/$name-$ph.txt"; then
+        cat "$RES/$name-$ph.txt" >&2
+        echo "run.sh: load phase $name $ph failed" >&2
+        return 1
+    fi
+    # shellcheck disable=SC2086
+    c1=$(cpu_ticks $pids)
+    cat "$RES/$name-$ph.txt" >&2
+    [ -n "$pids" ] && ticks_to_s $(( c1 - c0 )) > "$RES/$name-$ph.cpu"
+    return 0
+}
+write_proc() { # NAME RSS_BEFORE RSS_AFTER
+    printf '{"cpu_open_s": %s, "cpu_closed_s": %s, "rss_before_kb": %s, "rss_after_kb": %s}\n' \
+        "$(cat "$RES/$1-open.cpu")" "$(cat "$RES/$1-closed.cpu")" "$2" "$3" > "$RES/$1-proc.json"
+}
+
+PATHS=(direct)
+log "path: direct (fast upstream, plain HTTP)"
+phase direct open "http://127.0.0.1:$UP_PORT$REQ_PATH" - ""
+phase direct closed "http://127.0.0.1:$UP_PORT$REQ_PATH" - ""
+
+if [ -n "$NGINX_PID" ]; then
+    # shellcheck disable=SC2207
+    NGX_PIDS=("$NGINX_PID" $(pgrep -P "$NGINX_PID" || true))
+    for v in http tls; do
+        if [ $v = http ]; then url="http://127.0.0.1:$NGX_HTTP_PORT$REQ_PATH"; else url="https://localhost:$NGX_TLS_PORT$REQ_PATH"; fi
+        log "path: nginx-$v"
+        r0=$(rss_kb "${NGX_PIDS[@]}")
+        phase "nginx-$v" open "$url" - "${NGX_PIDS[*]}"
+        phase "nginx-$v" closed "$url" - "${NGX_PIDS[*]}"
+        write_proc "nginx-$v" "$r0" "$(rss_kb "${NGX_PIDS[@]}")"
+        PATHS+=("nginx-$v")
+    done
+fi
+
+for s in seb-fsync seb-flush; do
+    if [ $s = seb-fsync ]; then port=$SEB_FSYNC_PORT; else port=$SEB_FLUSH_PORT; fi
+    log "path: $s (seb http target, TLS, audit $s)"
+    SEB_LOG=${SEB_LOG:-info} start_bg "$W/$s.log" "$SEB" serve --config "$W/$s.toml"
+    pid=$BG_PID
+    wait_port "$port" "$pid" "$W/$s.log"
+    sleep 0.5
+    r0=$(rss_kb "$pid")
+    phase "$s" open "https://localhost:$port$REQ_PATH" "$W/$s-open.certs" "$pid"
+    phase "$s" closed "https://localhost:$port$REQ_PATH" "$W/$s-closed.certs" "$pid"
+    write_proc "$s" "$r0" "$(rss_kb "$pid")"
+    stop_pid "$pid"
+    wc -l < "$W/$s/audit.jsonl" > "$RES/$s-audit-lines"
+    PATHS+=("$s")
+done
+
+# ---- (f) the table and RESULTS.md ----------------------------------------------------------------
+write_results() {
+LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
+TABLE=$("$LG" table --dir "$RES" --paths "$(IFS=,; echo "${PATHS[*]}")" --direct direct \
+    --nginx "$([ -n "$NGINX_PID" ] && echo nginx-tls || echo none)" --criterion "$CARGO_TARGET_DIR/criterion")
+echo
+echo "$TABLE"
+
+NPROC=$(nproc)
+CPU_MODEL=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
+MEM=$(awk '/^MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)
+NGINX_VERSION=$([ -n "$NGINX_BIN" ] && "$NGINX_BIN" -v 2>&1 | sed 's/.*: //' || echo "not installed")
+BUSY=""
+if awk -v l="${LOAD_BEFORE%% *}" -v n="$NPROC" 'BEGIN { exit !(l > 0.5 * n) }'; then
+    BUSY="**Other work was running on this machine** when the run started (load average $LOAD_BEFORE on $NPROC cores; busiest processes by lifetime %CPU (ps): $TOP_BEFORE): absolute figures are pessimistic and noisier than on an idle machine."
+fi
+audit_lines() { cat "$RES/$1-audit-lines" 2>/dev/null || echo "?"; }
+
+{
+    echo "# seb load test results"
+    echo
+    if [ "$QUICK" = 1 ]; then echo "**Quick smoke run (\`--quick\`): durations too short to be a measurement.**"; echo; fi
+    echo "Generated by \`loadtest/run.sh$([ "$QUICK" = 1 ] && echo ' --quick')$([ "$SOAK" -gt 0 ] && echo " --soak $SOAK")\` on $(date -u '+%Y-%m-%d %H:%M UTC') from commit \`$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)\`$(git -C "$ROOT" diff --quiet HEAD -- src 2>/dev/null || echo ' (with uncommitted changes under src/)')."
+    echo
+    echo "## Machine"
+    echo
+    echo "- cores (nproc): $NPROC; CPU: $CPU_MODEL; memory: $MEM"
+    echo "- kernel: $(uname -r); nginx: $NGINX_VERSION"
+    echo "- storage under the audit log ($(df -PT "$W" | awk 'NR == 2 { print $2 }')): $DSYNC; the durable (\`fsync\`) path cannot answer faster than one such sync"
+    echo "- load average (1/5/15 min) before: $LOAD_BEFORE; after: $LOAD_AFTER"
+    echo "- generator, upstream, proxy all on this machine, over loopback; the generator uses 2 runtime threads, the upstream 1, seb its default (one worker per core) plus its audit writer thread, nginx \`worker_processes auto\`."
+    [ -n "$BUSY" ] && { echo; echo "$BUSY"; }
+    echo
+    echo "## Workload"
+    echo
+    echo "- every request: \`POST $REQ_PATH\` with a fixed $(printf %s "$BODY" | wc -c)-byte JSON body; answer: 200 with an 11-byte JSON body."
+    echo "- fixed rate: $RATE req/s for ${OPEN_S} s (after ${OPEN_WARM} s unmeasured warm-up), $OPEN_CONNS keep-alive connections, latency measured from each request's scheduled time (no coordinated omission)."
+    echo "- closed loop: $CLOSED_CONNS connections sending back to back for ${CLOSED_S} s (after ${CLOSED_WARM} s warm-up); \"closed-loop req/s\" counts 2xx answers only."
+    echo "- seb paths: http target over TLS (rustls, ECDSA P-256 dev certificate), every request an admitted single-use mutation with its own pre-issued certificate (body pinned by sha256), audit \`fsync\` (group-committed fdatasync) or \`flush\`; audit lines written: seb-fsync $(audit_lines seb-fsync), seb-flush $(audit_lines seb-flush)."
+    echo "- nginx-http: nginx as a plain HTTP reverse proxy (upstream block with keepalive); nginx-tls: the same behind TLS with the same dev certificate as seb. \"ratio to nginx\" compares with nginx-tls, the like-for-like proxy for seb's TLS listener."
+    echo "- CPU µs/req: the proxy's utime+stime (from /proc/PID/stat, all nginx processes) over the phase, divided by the 2xx answers of that phase including its warm-up. For seb, \"CPU / crypto floor\" divides the closed-loop figure by the crypto floor below."
+    echo
+    echo "## Results"
+    echo
+    echo "$TABLE"
+    echo
+    if [ -n "$SOAK_MD" ]; then echo "## Memory soak"; echo; echo "$SOAK_MD"; echo; fi
+    echo "## Not measured"
+    echo
+    echo "- TODO(aws): the AWS path (SigV4 re-signing with cached identity against a fast upstream) is not measured: the AWS target does not exist yet."
+    [ "$SOAK" -gt 0 ] || echo "- memory soak: not run this time (\`--soak 600\` runs it)."
+    true
+    echo
+    echo "## Raw generator output"
+    echo
+    echo '```'
+    for p in "${PATHS[@]}"; do cat "$RES/$p-open.txt" "$RES/$p-closed.txt"; done
+    echo '```'
+} > "$RESULTS.tmp"
+mv "$RESULTS.tmp" "$RESULTS"
+echo
+echo "wrote $RESULTS" >&2
+}
+
+SOAK_MD=""
+[ "$SOAK" -gt 0 ] && SOAK_MD="(the soak was still running when this was written)"
+write_results
+
+# ---- soak: memory flatness at 50% of the measured maximum ----------------------------------------
+if [ "$SOAK" -gt 0 ]; then
+    max=$(awk -F': ' '/"ok_rps"/ { gsub(/,/, "", $2); print int($2) }' "$RES/seb-fsync-closed.json")
+    soak_rate=$(( max / 2 ))
+    [ "$soak_rate" -lt 1 ] && { echo "run.sh: no closed-loop maximum to soak at" >&2; exit 1; }
+    count=$(( soak_rate * (SOAK + 5) + 100 ))
+    log "soak: seb-fsync at $soak_rate req/s (50% of $max) for ${SOAK}s; issuing $count certificates"
+    # Short-lived certificates (5 min) whose validity follows the schedule, so the use store
+    # reaches a steady state instead of growing for an hour.
+    pool "$W/soak.certs" "$count" --ttl 300 --schedule-rate "$soak_rate" --start-in 30
+    seb_config seb-soak fsync "$SEB_SOAK_PORT" "$SEB_SOAK_ADMIN"
+    start_bg "$W/seb-soak.log" "$SEB" serve --config "$W/seb-soak.toml"
+    pid=$BG_PID
+    wait_port "$SEB_SOAK_PORT" "$pid" "$W/seb-soak.log"
+    ( t=0; while kill -0 "$pid" 2>/dev/null; do echo "$t $(rss_kb "$pid")"; sleep 10; t=$((t + 10)); done ) > "$RES/soak-rss.txt" &
+    sampler=$!
+    PIDS+=("$sampler")
+    c0=$(cpu_ticks "$pid")
+    "$LG" run --url "https://localhost:$SEB_SOAK_PORT$REQ_PATH" --ca "$W/tls/ca.pem" --certs "$W/soak.certs" \
+        --body "$BODY" --method POST --mode open --rate "$soak_rate" --connections "$OPEN_CONNS" \
+        --duration "$SOAK" --label seb-soak --json > "$RES/soak.json" 2> "$RES/soak.txt" || { cat "$RES/soak.txt" >&2; exit 1; }
+    c1=$(cpu_ticks "$pid")
+    cat "$RES/soak.txt" >&2
+    stop_pid "$pid"
+    kill "$sampler" 2>/dev/null || true
+    SOAK_MD=$(awk -v rate="$soak_rate" -v max="$max" -v secs="$SOAK" -v cpu="$(ticks_to_s $(( c1 - c0 )))" '
+        { t[NR] = $1; r[NR] = $2 }
+        END {
+            first = (NR > 1) ? 2 : 1;                       # the sample after 10 s
+            mid = int((NR + first) / 2);
+            printf "Soak: seb-fsync at %d req/s (50%% of its %d req/s closed-loop maximum) for %d s; certificates live 5 min and follow the schedule, so the use store (one entry per certificate until its expiry plus the clock-skew grace) fills for the first ~5-6 min and then turns over: the last-40%% figure is the steady state.\n\n", rate, max, secs;
+            printf "- RSS at %d s: %.1f MiB; at %d s (mid-run): %.1f MiB; at %d s (end): %.1f MiB\n", t[first], r[first]/1024, t[mid], r[mid]/1024, t[NR], r[NR]/1024;
+            late = first + int((NR - first) * 0.6);         # past the use store turnover (~5.5 min) in a 10-min soak
+            printf "- growth over the whole run (from %d s): %+.1f%%; over the second half (from %d s): %+.1f%%; over the last 40%% (from %d s, after the use store turns over): %+.1f%%\n", t[first], (r[NR]-r[first])*100/r[first], t[mid], (r[NR]-r[mid])*100/r[mid], t[late], (r[NR]-r[late])*100/r[late];
+            printf "- seb CPU during the soak: %s s\n", cpu;
+            printf "- samples (s KiB): ";
+            for (i = 1; i <= NR; i++) printf "%s %s; ", t[i], r[i];
+            printf "\n";
+        }' "$RES/soak-rss.txt")
+    SOAK_MD+=$'\n'"- generator: $(head -1 "$RES/soak.txt")"
+    SOAK_MD+=$'\n'"- $(sed -n 2p "$RES/soak.txt" | sed 's/^ *//')"
+    write_results
+fi
