@@ -317,8 +317,9 @@ fn bench_admission(c: &mut Criterion<ThreadCpu>) {
             |token| {
                 let sha = sha256_hex(&body);
                 let _parsed = target.parse(&parts, &body).unwrap();
-                let cert = admission
-                    .check_certificate(&token, None, cert::now_secs())
+                let cert = admission.authenticate(&token).unwrap();
+                admission
+                    .check_certificate(&cert, None, cert::now_secs())
                     .unwrap();
                 let view = BodyView {
                     bytes: &body,
