@@ -33,8 +33,8 @@ use criterion::{
     black_box, criterion_group, criterion_main, BatchSize, Criterion, SamplingMode, Throughput,
 };
 use ed25519_dalek::{Signer, SigningKey};
-use seb::admission::revocation::{self, RevocationClaims, RevocationPayload, Revoked};
 use seb::admission::revocation::RevocationState;
+use seb::admission::revocation::{self, RevocationClaims, RevocationPayload, Revoked};
 use seb::admission::Admission;
 use seb::audit::{Audit, AuditSettings, Durability, Entry, Kind, Verdict};
 use seb::cert::{self, keys, BodyRule, Issuer, TrustedIssuers, WindowPolicy, CERT_TYP};
@@ -51,7 +51,8 @@ use std::time::Duration;
 const TARGET: &str = "payments";
 const PATH: &str = "/v1/transfers";
 /// The fixed body of the load test and of these benches.
-const SMALL_BODY: &[u8] = br#"{"amount":1250,"currency":"EUR","to":"acct-000123","memo":"invoice 42"}"#;
+const SMALL_BODY: &[u8] =
+    br#"{"amount":1250,"currency":"EUR","to":"acct-000123","memo":"invoice 42"}"#;
 
 fn hex(bytes: &[u8]) -> String {
     seb::proxy::pipeline::hex(bytes)
@@ -233,16 +234,13 @@ fn bench_audit_with(c: &mut Criterion, group: &str, durability: Durability, samp
     let e = entry("c-audit");
     let mut g = c.benchmark_group(group);
     g.sample_size(samples);
-    g.bench_function(
-        format!("sign_append_{}", durability.as_str()),
-        |b| {
-            b.iter_batched(
-                || e.clone(),
-                |e| rt.block_on(audit.record(e)).unwrap(),
-                BatchSize::SmallInput,
-            )
-        },
-    );
+    g.bench_function(format!("sign_append_{}", durability.as_str()), |b| {
+        b.iter_batched(
+            || e.clone(),
+            |e| rt.block_on(audit.record(e)).unwrap(),
+            BatchSize::SmallInput,
+        )
+    });
     g.finish();
 }
 
@@ -280,10 +278,7 @@ fn bench_admission(c: &mut Criterion<ThreadCpu>) {
         min_policy_epoch: 1,
         max_staleness_secs: 300,
         revocation,
-        uses: Arc::new(MemoryUseStore::new(
-            10_000_000,
-            Duration::from_secs(30),
-        )),
+        uses: Arc::new(MemoryUseStore::new(10_000_000, Duration::from_secs(30))),
     };
     let target = HttpTarget::new(
         TARGET,

@@ -82,45 +82,143 @@ impl<'de> Visitor<'de> for StrictVisitor {
     }
 }
 
-/// Resolves an RFC 6901 pointer where a `*` segment matches every array index. Returns each
-/// match with its concrete pointer, so callers can name the field they refuse.
-pub fn pointer_matches<'a>(
-    root: &'a Value,
-    pointer: &str,
-) -> Result<Vec<(String, &'a Value)>, String> {
-    if pointer.is_empty() {
-        return Ok(vec![(String::new(), root)]);
+/// One step of a path into a JSON value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
+/// The RFC 6901 spelling of a path, for messages. Built only when a message needs it: the
+/// walks below allocate nothing per node, which matters for 100 KiB bodies.
+pub fn format_path(path: &[Step]) -> String {
+    let mut out = String::new();
+    for step in path {
+        out.push('/');
+        match step {
+            Step::Key(k) => out.push_str(&k.replace('~', "~0").replace('/', "~1")),
+            Step::Index(i) => out.push_str(&i.to_string()),
+        }
     }
-    if !pointer.starts_with('/') {
-        return Err(format!("JSON pointer {pointer:?} must start with '/'"));
+    out
+}
+
+/// An RFC 6901 pointer in which a `*` segment matches every index of an array (on an object
+/// it is the literal key `*`).
+#[derive(Clone, Debug)]
+pub struct Pattern {
+    segments: Vec<String>,
+}
+
+impl Pattern {
+    pub fn parse(pointer: &str) -> Result<Pattern, String> {
+        if pointer.is_empty() {
+            return Ok(Pattern {
+                segments: Vec::new(),
+            });
+        }
+        let Some(rest) = pointer.strip_prefix('/') else {
+            return Err(format!("JSON pointer {pointer:?} must start with '/'"));
+        };
+        let segments = rest
+            .split('/')
+            .map(unescape_segment)
+            .collect::<Result<_, _>>()?;
+        Ok(Pattern { segments })
     }
-    let mut current: Vec<(String, &Value)> = vec![(String::new(), root)];
-    for raw in pointer[1..].split('/') {
-        let segment = unescape_segment(raw)?;
-        let mut next = Vec::new();
-        for (path, value) in current {
-            match value {
-                Value::Array(items) if raw == "*" => {
+
+    /// Calls `f` with every value the pattern selects and its path; stops at the first error.
+    pub fn try_for_each<'v, E>(
+        &self,
+        root: &'v Value,
+        f: &mut impl FnMut(&[Step<'v>], &'v Value) -> Result<(), E>,
+    ) -> Result<(), E> {
+        fn walk<'v, E>(
+            segs: &[String],
+            v: &'v Value,
+            path: &mut Vec<Step<'v>>,
+            f: &mut impl FnMut(&[Step<'v>], &'v Value) -> Result<(), E>,
+        ) -> Result<(), E> {
+            let Some((seg, rest)) = segs.split_first() else {
+                return f(path, v);
+            };
+            match v {
+                Value::Array(items) if seg == "*" => {
                     for (i, item) in items.iter().enumerate() {
-                        next.push((format!("{path}/{i}"), item));
+                        path.push(Step::Index(i));
+                        walk(rest, item, path, f)?;
+                        path.pop();
                     }
                 }
                 Value::Array(items) => {
-                    if let Some(item) = parse_index(&segment).and_then(|i| items.get(i)) {
-                        next.push((format!("{path}/{raw}"), item));
+                    if let Some(i) = parse_index(seg).filter(|i| *i < items.len()) {
+                        path.push(Step::Index(i));
+                        walk(rest, &items[i], path, f)?;
+                        path.pop();
                     }
                 }
                 Value::Object(map) => {
-                    if let Some(item) = map.get(&segment) {
-                        next.push((format!("{path}/{raw}"), item));
+                    if let Some((k, item)) = map.get_key_value(seg.as_str()) {
+                        path.push(Step::Key(k));
+                        walk(rest, item, path, f)?;
+                        path.pop();
                     }
                 }
                 _ => {}
             }
+            Ok(())
         }
-        current = next;
+        walk(&self.segments, root, &mut Vec::new(), f)
     }
-    Ok(current)
+
+    /// Does the pattern select exactly this path?
+    fn selects(&self, path: &[Step]) -> bool {
+        self.segments.len() == path.len()
+            && self
+                .segments
+                .iter()
+                .zip(path)
+                .all(|(seg, step)| match step {
+                    Step::Key(k) => seg == k,
+                    Step::Index(i) => seg == "*" || parse_index(seg) == Some(*i),
+                })
+    }
+}
+
+/// The first leaf (scalar, empty object or empty array) that lies neither at nor under a
+/// node some pattern selects, as its pointer; `None` when every part of the value is covered.
+pub fn first_uncovered(root: &Value, patterns: &[Pattern]) -> Option<String> {
+    fn walk<'v>(v: &'v Value, path: &mut Vec<Step<'v>>, patterns: &[Pattern]) -> Option<String> {
+        if patterns.iter().any(|p| p.selects(path)) {
+            return None;
+        }
+        match v {
+            Value::Object(map) if !map.is_empty() => {
+                for (k, child) in map {
+                    path.push(Step::Key(k));
+                    let found = walk(child, path, patterns);
+                    path.pop();
+                    if found.is_some() {
+                        return found;
+                    }
+                }
+                None
+            }
+            Value::Array(items) if !items.is_empty() => {
+                for (i, child) in items.iter().enumerate() {
+                    path.push(Step::Index(i));
+                    let found = walk(child, path, patterns);
+                    path.pop();
+                    if found.is_some() {
+                        return found;
+                    }
+                }
+                None
+            }
+            _ => Some(format_path(path)),
+        }
+    }
+    walk(root, &mut Vec::new(), patterns)
 }
 
 fn unescape_segment(raw: &str) -> Result<String, String> {
@@ -153,36 +251,6 @@ fn parse_index(s: &str) -> Option<usize> {
     s.parse().ok()
 }
 
-/// Every leaf (scalar, empty object, empty array) of a value with its pointer.
-pub fn leaves(value: &Value) -> Vec<String> {
-    fn walk(v: &Value, path: &mut String, out: &mut Vec<String>) {
-        match v {
-            Value::Object(map) if !map.is_empty() => {
-                for (k, child) in map {
-                    let len = path.len();
-                    path.push('/');
-                    path.push_str(&k.replace('~', "~0").replace('/', "~1"));
-                    walk(child, path, out);
-                    path.truncate(len);
-                }
-            }
-            Value::Array(items) if !items.is_empty() => {
-                for (i, child) in items.iter().enumerate() {
-                    let len = path.len();
-                    path.push('/');
-                    path.push_str(&i.to_string());
-                    walk(child, path, out);
-                    path.truncate(len);
-                }
-            }
-            _ => out.push(path.clone()),
-        }
-    }
-    let mut out = Vec::new();
-    walk(value, &mut String::new(), &mut out);
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -207,28 +275,55 @@ mod tests {
         assert!(parse_strict(b"").is_err());
     }
 
-    #[test]
-    fn pointer_with_wildcards() {
-        let v = json!({"a":[{"n":1},{"n":2}],"m~x":{"s/t":3}});
-        let got: Vec<_> = pointer_matches(&v, "/a/*/n")
+    fn matches(v: &Value, pointer: &str) -> Vec<(String, Value)> {
+        let mut out = Vec::new();
+        Pattern::parse(pointer)
             .unwrap()
-            .into_iter()
-            .map(|(p, v)| (p, v.clone()))
-            .collect();
-        assert_eq!(
-            got,
-            vec![("/a/0/n".into(), json!(1)), ("/a/1/n".into(), json!(2))]
-        );
-        assert_eq!(pointer_matches(&v, "/m~0x/s~1t").unwrap()[0].1, &json!(3));
-        assert!(pointer_matches(&v, "/a/01").unwrap().is_empty());
-        assert!(pointer_matches(&v, "a").is_err());
+            .try_for_each::<()>(v, &mut |path, value| {
+                out.push((format_path(path), value.clone()));
+                Ok(())
+            })
+            .unwrap();
+        out
     }
 
     #[test]
-    fn leaves_escape_keys() {
-        let v = json!({"a":{"b/c":1,"d":[]},"e":[true]});
-        let mut l = leaves(&v);
-        l.sort();
-        assert_eq!(l, vec!["/a/b~1c", "/a/d", "/e/0"]);
+    fn pointer_with_wildcards() {
+        let v = json!({"a":[{"n":1},{"n":2}],"m~x":{"s/t":3},"o":{"*":4}});
+        assert_eq!(
+            matches(&v, "/a/*/n"),
+            vec![("/a/0/n".into(), json!(1)), ("/a/1/n".into(), json!(2))]
+        );
+        assert_eq!(
+            matches(&v, "/m~0x/s~1t"),
+            vec![("/m~0x/s~1t".into(), json!(3))]
+        );
+        assert!(matches(&v, "/a/01").is_empty());
+        assert_eq!(matches(&v, "/a/1/n").len(), 1);
+        assert_eq!(
+            matches(&v, "/o/*"),
+            vec![("/o/*".into(), json!(4))],
+            "on objects * is a key"
+        );
+        assert!(Pattern::parse("a").is_err());
+        assert!(Pattern::parse("/a~2").is_err());
+    }
+
+    #[test]
+    fn coverage_stops_at_selected_nodes() {
+        let v = json!({"a":{"b/c":1,"d":[]},"e":[true, {"f": 1}]});
+        let p = |s: &str| Pattern::parse(s).unwrap();
+        assert_eq!(first_uncovered(&v, &[]), Some("/a/b~1c".into()));
+        assert_eq!(first_uncovered(&v, &[p("/a"), p("/e/*")]), None);
+        assert_eq!(
+            first_uncovered(&v, &[p("/a/b~1c"), p("/e")]),
+            Some("/a/d".into())
+        );
+        assert_eq!(
+            first_uncovered(&v, &[p("/a"), p("/e/0")]),
+            Some("/e/1/f".into())
+        );
+        assert_eq!(first_uncovered(&v, &[p("")]), None);
+        assert_eq!(first_uncovered(&json!({}), &[]), Some("".into()));
     }
 }

@@ -7,6 +7,7 @@
 
 use crate::cert::claims::{BodyRule, ConstraintsRule, Others, Sha256Rule};
 use crate::denial::{Denial, Reason};
+use crate::json::{first_uncovered, format_path, Pattern};
 use serde_json::Value;
 
 fn mismatch(msg: impl Into<String>) -> Denial {
@@ -243,61 +244,44 @@ fn describe(v: &Value) -> String {
 /// Every named pointer must exist and satisfy its constraint; with `others: deny`, every leaf
 /// of the value must lie at or under a named pointer.
 pub fn check_constraints(rule: &ConstraintsRule, value: &Value) -> Result<(), Denial> {
-    let mut covered: Vec<Vec<&str>> = Vec::with_capacity(rule.constraints.len());
+    let mut patterns = Vec::with_capacity(rule.constraints.len());
     for (pointer, c) in &rule.constraints {
         let constraint = parse_constraint(pointer, c)?;
-        let matches = crate::json::pointer_matches(value, pointer)
-            .map_err(|e| Denial::new(Reason::CertMalformed, e))?;
-        if matches.is_empty() {
+        let pattern = Pattern::parse(pointer).map_err(|e| Denial::new(Reason::CertMalformed, e))?;
+        let mut seen = false;
+        pattern.try_for_each(value, &mut |path, actual| {
+            seen = true;
+            if constraint.holds(actual) {
+                Ok(())
+            } else {
+                Err(mismatch(format!(
+                    "{} is {}, the certificate allows {}",
+                    format_path(path),
+                    describe(actual),
+                    describe(c)
+                )))
+            }
+        })?;
+        if !seen {
             return Err(mismatch(format!(
                 "{pointer} is required by the certificate and absent from the request"
             )));
         }
-        for (at, actual) in matches {
-            if !constraint.holds(actual) {
-                return Err(mismatch(format!(
-                    "{at} is {}, the certificate allows {}",
-                    describe(actual),
-                    describe(c)
-                )));
-            }
-        }
-        covered.push(segments(pointer));
+        patterns.push(pattern);
     }
     if rule.others == Others::Deny {
-        for leaf in crate::json::leaves(value) {
-            let leaf_segs = segments(&leaf);
-            let allowed = covered.iter().any(|c| {
-                c.len() <= leaf_segs.len()
-                    && c.iter()
-                        .zip(&leaf_segs)
-                        .all(|(c, l)| *c == *l || (*c == "*" && is_index(l)))
-            });
-            if !allowed {
-                let shown = if leaf.is_empty() {
-                    "the body".to_string()
-                } else {
-                    leaf
-                };
-                return Err(mismatch(format!(
-                    "{shown} is not named by the certificate, which denies other fields"
-                )));
-            }
+        if let Some(leaf) = first_uncovered(value, &patterns) {
+            let shown = if leaf.is_empty() {
+                "the body".to_string()
+            } else {
+                leaf
+            };
+            return Err(mismatch(format!(
+                "{shown} is not named by the certificate, which denies other fields"
+            )));
         }
     }
     Ok(())
-}
-
-fn segments(pointer: &str) -> Vec<&str> {
-    if pointer.is_empty() {
-        Vec::new()
-    } else {
-        pointer[1..].split('/').collect()
-    }
-}
-
-fn is_index(s: &str) -> bool {
-    !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())
 }
 
 #[cfg(test)]
