@@ -195,7 +195,81 @@ pub struct TargetConfig {
     pub listen: SocketAddr,
     #[serde(default)]
     pub http: Option<HttpTargetConfig>,
+    #[serde(default)]
+    pub kubernetes: Option<KubeTargetConfig>,
 }
+
+// === kubernetes target ===
+
+/// A kube-apiserver. The broker calls it with its own credential and impersonates the
+/// configured users, so RBAC can limit the broker's `impersonate` to exactly these names.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubeTargetConfig {
+    /// `https://host:port` of the apiserver.
+    pub apiserver: String,
+    /// CA bundle that signed the apiserver's certificate (in a pod:
+    /// /var/run/secrets/kubernetes.io/serviceaccount/ca.crt).
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// The broker's own bearer token (in a pod, the projected service account token file,
+    /// which is re-read on every request because the kubelet rotates it).
+    pub credential: SecretSource,
+    /// Who admitted mutations run as.
+    pub execution: ImpersonationConfig,
+    /// Who reads (get, list, watch, discovery) run as.
+    pub read: ImpersonationConfig,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImpersonationConfig {
+    pub user: String,
+    #[serde(default)]
+    pub groups: Vec<String>,
+}
+
+impl KubeTargetConfig {
+    fn validate(&self, at: &str) -> Result<(), (String, String)> {
+        let uri: http::Uri = self
+            .apiserver
+            .parse()
+            .map_err(|e| (format!("{at}.apiserver"), format!("invalid URL: {e}")))?;
+        // client-go sends no bearer token over plain HTTP, and neither does the broker.
+        if uri.scheme_str() != Some("https") || uri.host().is_none() || uri.query().is_some() {
+            return Err((
+                format!("{at}.apiserver"),
+                "must be an https:// URL with a host and no query".into(),
+            ));
+        }
+        self.credential.validate(&format!("{at}.credential"))?;
+        if !self.credential.prefix.is_empty() {
+            return Err((
+                format!("{at}.credential.prefix"),
+                "must be empty: the token is sent as \"Bearer <token>\"".into(),
+            ));
+        }
+        for (name, who) in [("execution", &self.execution), ("read", &self.read)] {
+            if who.user.is_empty() || who.user.starts_with("system:") {
+                return Err((
+                    format!("{at}.{name}.user"),
+                    "must be a non-empty name outside the system: namespace".into(),
+                ));
+            }
+            for (i, g) in who.groups.iter().enumerate() {
+                if g.is_empty() || g == "system:masters" {
+                    return Err((
+                        format!("{at}.{name}.groups[{i}]"),
+                        "must be a non-empty group other than system:masters".into(),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+// === end kubernetes target ===
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -407,6 +481,15 @@ impl Config {
                     };
                     h.validate(&format!("{at}.http"))?;
                 }
+                crate::cert::TargetKind::Kubernetes => {
+                    let Some(k) = &t.kubernetes else {
+                        return err(
+                            &at,
+                            "kind = \"kubernetes\" needs a [targets.kubernetes] table",
+                        );
+                    };
+                    k.validate(&format!("{at}.kubernetes"))?;
+                }
                 other => {
                     return err(
                         &format!("{at}.kind"),
@@ -448,6 +531,12 @@ impl Config {
             s.resolve(base);
         }
         for t in &mut self.targets {
+            if let Some(k) = &mut t.kubernetes {
+                if let Some(ca) = &mut k.ca {
+                    fix(ca);
+                }
+                k.credential.resolve(base);
+            }
             if let Some(h) = &mut t.http {
                 if let Some(ca) = &mut h.upstream_ca {
                     fix(ca);

@@ -145,6 +145,7 @@ where
     };
     target.check_contract(&cert, &parts, &view)?;
     target.check_drift(&cert, &parsed).await?;
+    let body = target.check_effect(&cert, &parts, body).await?;
     let (n, max) = broker.admission.take_use(&cert).await?;
     record.uses = Some((n, max));
     broker
@@ -199,7 +200,7 @@ async fn read_pass_through(
     record: &mut Draft,
     started: Instant,
 ) -> Result<Response<Body>, Denial> {
-    broker.authenticate_reader(&parts.headers, conn)?;
+    broker.authenticate_reader(target.agent_token(&parts.headers), conn)?;
     let identity = target.identity(None).await?;
     record.identity = Some(identity.audit.clone());
     let upstream_req = target.upstream_request(parts, body, &identity, request_id)?;

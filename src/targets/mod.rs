@@ -7,6 +7,7 @@
 //! a reader can follow every call to its code.
 
 pub mod http;
+pub mod kubernetes;
 pub mod path;
 
 use crate::cert::{Certificate, TargetKind};
@@ -18,6 +19,7 @@ use serde_json::Value;
 
 pub enum Target {
     Http(http::HttpTarget),
+    Kubernetes(kubernetes::KubeTarget),
 }
 
 /// What the request is, as far as the broker is concerned.
@@ -37,18 +39,21 @@ impl Target {
     pub fn name(&self) -> &str {
         match self {
             Target::Http(t) => &t.name,
+            Target::Kubernetes(t) => &t.name,
         }
     }
 
     pub fn kind(&self) -> TargetKind {
         match self {
             Target::Http(_) => TargetKind::Http,
+            Target::Kubernetes(_) => TargetKind::Kubernetes,
         }
     }
 
     pub fn client(&self) -> &UpstreamClient {
         match self {
             Target::Http(t) => &t.client,
+            Target::Kubernetes(t) => &t.client,
         }
     }
 
@@ -56,6 +61,7 @@ impl Target {
     pub fn parse(&self, parts: &::http::request::Parts, body: &Bytes) -> Result<Parsed, Denial> {
         match self {
             Target::Http(t) => t.parse(parts, body),
+            Target::Kubernetes(t) => t.parse(parts, body),
         }
     }
 
@@ -66,6 +72,19 @@ impl Target {
     ) -> Result<Option<&'a str>, Denial> {
         match self {
             Target::Http(_) => http::certificate(headers),
+            Target::Kubernetes(_) => kubernetes::certificate(headers),
+        }
+    }
+
+    /// The token that authenticates an agent for reads: `X-Seb-Agent-Token`, or for
+    /// kubernetes the bearer token (kubectl has no other place for it) when it is not a
+    /// certificate.
+    pub fn agent_token<'a>(&self, headers: &'a ::http::HeaderMap) -> Option<&'a str> {
+        match self {
+            Target::Http(_) => headers
+                .get(crate::proxy::AGENT_TOKEN_HEADER)
+                .and_then(|v| v.to_str().ok()),
+            Target::Kubernetes(_) => kubernetes::agent_token(headers),
         }
     }
 
@@ -77,6 +96,7 @@ impl Target {
     ) -> Result<(), Denial> {
         match self {
             Target::Http(t) => t.check_contract(cert, parts, body),
+            Target::Kubernetes(t) => t.check_contract(cert, parts, body),
         }
     }
 
@@ -90,6 +110,24 @@ impl Target {
                 debug_assert!(cert.claims.seb.precondition.is_none());
                 Ok(())
             }
+            // Kubernetes checks its precondition in check_effect, on the same read of the
+            // live object that the effect is computed from.
+            Target::Kubernetes(_) => Ok(()),
+        }
+    }
+
+    /// Effect matching against the live object, for targets that can compute it. Returns
+    /// the body to forward, which may carry a precondition pinning the state that was
+    /// checked (no time-of-check/time-of-use gap).
+    pub async fn check_effect(
+        &self,
+        cert: &Certificate,
+        parts: &::http::request::Parts,
+        body: Bytes,
+    ) -> Result<Bytes, Denial> {
+        match self {
+            Target::Http(_) => Ok(body),
+            Target::Kubernetes(t) => t.check_effect(cert, parts, body).await,
         }
     }
 
@@ -97,6 +135,7 @@ impl Target {
     pub async fn identity(&self, cert: Option<&Certificate>) -> Result<Identity, Denial> {
         match self {
             Target::Http(t) => Ok(t.identity(cert)),
+            Target::Kubernetes(t) => t.identity(cert),
         }
     }
 
@@ -109,12 +148,14 @@ impl Target {
     ) -> Result<::http::Request<http_body_util::Full<Bytes>>, Denial> {
         match self {
             Target::Http(t) => t.upstream_request(parts, body, identity, request_id),
+            Target::Kubernetes(t) => t.upstream_request(parts, body, identity, request_id),
         }
     }
 
     pub fn render_denial(&self, denial: &Denial, request_id: &str) -> ::http::Response<Body> {
         match self {
             Target::Http(_) => http::problem(denial, request_id),
+            Target::Kubernetes(t) => t.render_denial(denial, request_id),
         }
     }
 }
