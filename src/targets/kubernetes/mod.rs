@@ -691,13 +691,13 @@ fn with_resource_version(
             Ok(v)
         }
         ("patch", Some(Media::JsonPatch)) => {
-            let mut ops =
-                vec![json!({"op": "test", "path": "/metadata/resourceVersion", "value": rv})];
-            ops.extend(
-                value
-                    .and_then(|v| v.as_array().cloned())
-                    .ok_or_else(|| cannot("no patch"))?,
-            );
+            // Setting the resourceVersion in the patched object makes it the update's
+            // precondition (409 when stale), as a merge patch carrying it does; a `test` op
+            // would also refuse, but as 422, which clients do not treat as a conflict.
+            let mut ops = value
+                .and_then(|v| v.as_array().cloned())
+                .ok_or_else(|| cannot("no patch"))?;
+            ops.push(json!({"op": "replace", "path": "/metadata/resourceVersion", "value": rv}));
             Ok(Value::Array(ops))
         }
         ("delete", _) => {
@@ -780,8 +780,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            v[0],
-            json!({"op": "test", "path": "/metadata/resourceVersion", "value": "7"})
+            v[1],
+            json!({"op": "replace", "path": "/metadata/resourceVersion", "value": "7"})
         );
         assert_eq!(v.as_array().unwrap().len(), 2);
         let v = with_resource_version("delete", None, None, "7").unwrap();

@@ -376,6 +376,29 @@ mod tests {
         }
     }
 
+    /// The requests kubectl really sends, captured against the test apiserver.
+    #[test]
+    fn captured_kubectl_requests() {
+        let table = include_str!("../../../tests/kube/kubectl_requests.txt");
+        let mut rows = 0;
+        for line in table.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()) {
+            let f: Vec<&str> = line.split('\t').collect();
+            assert_eq!(f.len(), 9, "{line}");
+            let i = c(f[0], f[1]);
+            let opt = |s: &str| (s != "-").then(|| s.to_string());
+            let dash = |s: &str| if s == "-" { String::new() } else { s.to_string() };
+            assert_eq!(i.verb, f[2], "{line}");
+            assert_eq!(i.group, dash(f[3]), "{line}");
+            assert_eq!(i.resource, dash(f[4]), "{line}");
+            assert_eq!(i.subresource, opt(f[5]), "{line}");
+            assert_eq!(i.namespace, opt(f[6]), "{line}");
+            assert_eq!(i.name, opt(f[7]), "{line}");
+            assert_eq!(i.is_read(), f[8] == "read", "{line}");
+            rows += 1;
+        }
+        assert!(rows >= 25, "the table lost rows");
+    }
+
     #[test]
     fn non_resource_urls() {
         for p in [
