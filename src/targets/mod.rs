@@ -88,6 +88,14 @@ impl Target {
         }
     }
 
+    /// Whether a verified certificate authenticates reads that carry it (see the pipeline).
+    pub fn certificate_authenticates_reads(&self) -> bool {
+        match self {
+            Target::Http(_) => false,
+            Target::Kubernetes(_) => true,
+        }
+    }
+
     pub fn check_contract(
         &self,
         cert: &Certificate,

@@ -275,7 +275,8 @@ class Handler(BaseHTTPRequestHandler):
             self.route(body)
         except ApiError as e:
             self.send_json(e.code, status(e.code, e.reason, e.message))
-        except (BrokenPipeError, ConnectionResetError):
+        except OSError:
+            # The client went away (a watch that was stopped); nothing to answer.
             pass
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = handle_any

@@ -254,10 +254,7 @@ fn merge_map(
         }
         let merged = match (out.get(k), v) {
             (orig, Value::Object(_)) if orig.is_none_or(Value::is_object) => {
-                match merge_map(orig.and_then(Value::as_object), v, false)? {
-                    Some(m) => Some(Value::Object(m)),
-                    None => None,
-                }
+                merge_map(orig.and_then(Value::as_object), v, false)?.map(Value::Object)
             }
             (orig, Value::Array(items)) => match list_merge(k, in_container) {
                 Some(strategy) => Some(Value::Array(merge_list(

@@ -141,14 +141,12 @@ pub fn classify(method: &str, path: &str, query: Option<&str>) -> Result<Request
         .to_string();
     }
 
-    if parts[0] == "namespaces" {
-        if parts.len() > 1 {
-            info.namespace = Some(parts[1].to_string());
-            // `/namespaces/x/pods/...` is about pods; `/namespaces/x/status` about the
-            // namespace x itself.
-            if parts.len() > 2 && !NAMESPACE_SUBRESOURCES.contains(&parts[2]) {
-                parts = &parts[2..];
-            }
+    if parts[0] == "namespaces" && parts.len() > 1 {
+        info.namespace = Some(parts[1].to_string());
+        // `/namespaces/x/pods/...` is about pods; `/namespaces/x/status` about the
+        // namespace x itself.
+        if parts.len() > 2 && !NAMESPACE_SUBRESOURCES.contains(&parts[2]) {
+            parts = &parts[2..];
         }
     }
     // resource / name / subresource / further parts the apiserver does not interpret
@@ -321,7 +319,17 @@ mod tests {
     /// (method, path?query, verb, group, resource, subresource, namespace, name); `-` for none.
     /// The kubectl rows were captured from kubectl v1.32 against tests/kube/apiserver.py
     /// (tests/kube/kubectl_requests.txt); the rest exercise the rules' edges.
-    const TABLE: &[(&str, &str, &str, &str, &str, &str, &str, &str)] = &[
+    type Row = (
+        &'static str,
+        &'static str,
+        &'static str,
+        &'static str,
+        &'static str,
+        &'static str,
+        &'static str,
+        &'static str,
+    );
+    const TABLE: &[Row] = &[
         ("GET", "/api/v1/namespaces/default/pods", "list", "", "pods", "-", "default", "-"),
         ("GET", "/api/v1/namespaces/default/pods/web", "get", "", "pods", "-", "default", "web"),
         ("GET", "/api/v1/pods", "list", "", "pods", "-", "-", "-"),
@@ -381,12 +389,21 @@ mod tests {
     fn captured_kubectl_requests() {
         let table = include_str!("../../../tests/kube/kubectl_requests.txt");
         let mut rows = 0;
-        for line in table.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()) {
+        for line in table
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        {
             let f: Vec<&str> = line.split('\t').collect();
             assert_eq!(f.len(), 9, "{line}");
             let i = c(f[0], f[1]);
             let opt = |s: &str| (s != "-").then(|| s.to_string());
-            let dash = |s: &str| if s == "-" { String::new() } else { s.to_string() };
+            let dash = |s: &str| {
+                if s == "-" {
+                    String::new()
+                } else {
+                    s.to_string()
+                }
+            };
             assert_eq!(i.verb, f[2], "{line}");
             assert_eq!(i.group, dash(f[3]), "{line}");
             assert_eq!(i.resource, dash(f[4]), "{line}");
