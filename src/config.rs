@@ -749,6 +749,54 @@ upstream = "http://127.0.0.1:9000"
     }
 
     #[test]
+    fn kubernetes_targets_name_their_bad_fields() {
+        let kube = format!(
+            "{MINIMAL}[[targets]]\nname = \"cluster\"\nkind = \"kubernetes\"\nlisten = \"127.0.0.1:8444\"\n[targets.kubernetes]\napiserver = \"https://10.0.0.1:6443\"\nca = \"ca.pem\"\ncredential = {{ value_file = \"token\" }}\nexecution = {{ user = \"seb:exec:deployer\", groups = [\"seb:exec\"] }}\nread = {{ user = \"seb:read\" }}\n"
+        );
+        let c = Config::parse(&kube).unwrap();
+        assert_eq!(
+            c.targets[1].kubernetes.as_ref().unwrap().execution.groups,
+            ["seb:exec"]
+        );
+        let cases = [
+            (
+                "https://10.0.0.1:6443",
+                "http://10.0.0.1:6443",
+                "targets[1].kubernetes.apiserver",
+            ),
+            (
+                "user = \"seb:read\"",
+                "user = \"system:admin\"",
+                "targets[1].kubernetes.read.user",
+            ),
+            (
+                "[\"seb:exec\"]",
+                "[\"system:masters\"]",
+                "targets[1].kubernetes.execution.groups[0]",
+            ),
+            (
+                "value_file = \"token\"",
+                "value_file = \"token\", value_env = \"T\"",
+                "targets[1].kubernetes.credential",
+            ),
+            (
+                "ca = ",
+                "cert_authority = ",
+                "targets[1].kubernetes.cert_authority",
+            ),
+        ];
+        for (from, to, field) in cases {
+            assert_eq!(field_error(&kube.replace(from, to)).0, field, "{to}");
+        }
+        let missing = kube
+            .split("[targets.kubernetes]")
+            .next()
+            .unwrap()
+            .to_string();
+        assert_eq!(field_error(&missing).0, "targets[1]");
+    }
+
+    #[test]
     fn relative_paths_resolve_against_the_config_file() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("seb.toml");

@@ -19,9 +19,16 @@ struct Cluster {
 }
 
 fn cluster() -> Cluster {
+    cluster_with("")
+}
+
+/// `extra` is appended to the broker's config.
+fn cluster_with(extra: &str) -> Cluster {
     let env = Env::new();
     let api = KubeApiserver::start(&env);
-    let broker = Broker::start(&env, &env.kube_config(api.port));
+    let mut cfg = env.kube_config(api.port);
+    cfg.text.push_str(extra);
+    let broker = Broker::start(&env, &cfg);
     let kc = kubeconfig(&env, &broker, AGENT_TOKEN, "agent.kubeconfig");
     Cluster {
         env,
@@ -628,7 +635,9 @@ fn python_agent(kc: &Path, args: &[&str]) -> (i32, Value) {
 
 #[test]
 fn python_client_reads_watches_and_changes_under_certificates() {
-    let c = cluster();
+    // A request timeout shorter than the watch below: it limits the time to response
+    // headers, and must not cut a stream that is already flowing.
+    let c = cluster_with("[limits]\nrequest_timeout = \"2s\"\n");
     create_web(&c);
     let (code, v) = python_agent(&c.kc, &["list", "shop"]);
     assert_eq!((code, &v), (0, &json!({"names": ["web"]})));
@@ -655,6 +664,7 @@ fn python_client_reads_watches_and_changes_under_certificates() {
     wait_for("the Python watch to see web", || {
         !lines.lock().unwrap().is_empty()
     });
+    std::thread::sleep(std::time::Duration::from_secs(3));
 
     let scale_req = json!({"verb": "patch", "group": "apps", "resource": "deployments", "subresource": "scale", "namespace": "shop", "name": "web", "effect": true});
     let rule = deny(json!({"/spec/replicas": {"max": 5}}));
