@@ -980,3 +980,80 @@ async fn adversarial_requests_are_refused_before_the_apiserver() {
         "the apiserver accepts only the broker's token"
     );
 }
+
+/// deploy/kubernetes renders with kustomize (kubectl's), every object passes the Kubernetes
+/// schemas strictly (PyPI `kubernetes-validate`), and the broker config it ships loads.
+#[test]
+fn deploy_manifests_validate_against_the_kubernetes_schemas() {
+    let dir = repo().join("deploy/kubernetes");
+    let out = Command::new("kubectl")
+        .arg("kustomize")
+        .arg(&dir)
+        .output()
+        .expect("kubectl on PATH");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rendered = String::from_utf8(out.stdout).unwrap();
+    for kind in [
+        "Namespace",
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Role",
+        "RoleBinding",
+        "ConfigMap",
+        "Deployment",
+        "Service",
+        "NetworkPolicy",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
+    ] {
+        assert!(
+            rendered.contains(&format!("\nkind: {kind}\n"))
+                || rendered.starts_with(&format!("kind: {kind}\n")),
+            "no {kind}"
+        );
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("rendered.yaml");
+    std::fs::write(&file, &rendered).unwrap();
+    let v = Command::new("kubernetes-validate")
+        .args(["--strict", "--quiet"])
+        .arg(&file)
+        .output()
+        .expect("kubernetes-validate (pip install -r tests/requirements.txt)");
+    assert!(
+        v.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&v.stdout),
+        String::from_utf8_lossy(&v.stderr)
+    );
+    // The security properties the Deployment promises, checked in the rendered text.
+    for needle in [
+        "runAsNonRoot: true",
+        "readOnlyRootFilesystem: true",
+        "- ALL",
+        "port: admin",
+        "allowPrivilegeEscalation: false",
+    ] {
+        assert!(rendered.contains(needle), "Deployment lacks {needle}");
+    }
+    // Impersonation limited by resourceNames to the identities seb.toml uses.
+    let toml = std::fs::read_to_string(dir.join("seb.toml")).unwrap();
+    let config =
+        seb::config::Config::parse(&toml).unwrap_or_else(|(f, m)| panic!("seb.toml: {f}: {m}"));
+    let k = config.targets[0].kubernetes.as_ref().unwrap();
+    for name in [&k.execution.user, &k.read.user]
+        .into_iter()
+        .chain(&k.execution.groups)
+        .chain(&k.read.groups)
+    {
+        assert!(
+            rendered.contains(&format!("\"{name}\"")),
+            "RBAC does not name {name}"
+        );
+    }
+}
