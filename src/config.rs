@@ -219,6 +219,24 @@ pub struct KubeTargetConfig {
     pub execution: ImpersonationConfig,
     /// Who reads (get, list, watch, discovery) run as.
     pub read: ImpersonationConfig,
+    /// Instead of impersonating `execution`, run admitted mutations with a short-lived token
+    /// of this service account, minted per certificate with the TokenRequest API.
+    #[serde(default)]
+    pub token_request: Option<TokenRequestConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRequestConfig {
+    pub namespace: String,
+    pub service_account: String,
+    pub audience: String,
+    #[serde(default = "default_token_seconds")]
+    pub expiration_seconds: u32,
+}
+
+fn default_token_seconds() -> u32 {
+    600
 }
 
 #[derive(Debug, Deserialize)]
@@ -248,6 +266,32 @@ impl KubeTargetConfig {
                 format!("{at}.credential.prefix"),
                 "must be empty: the token is sent as \"Bearer <token>\"".into(),
             ));
+        }
+        if let Some(t) = &self.token_request {
+            let tat = format!("{at}.token_request");
+            for (f, v) in [
+                ("namespace", &t.namespace),
+                ("service_account", &t.service_account),
+            ] {
+                if v.is_empty() || v.contains('/') {
+                    return Err((
+                        format!("{tat}.{f}"),
+                        "must be a non-empty name without '/'".into(),
+                    ));
+                }
+            }
+            // Often a URL (the apiserver's issuer), so '/' is fine here.
+            if t.audience.is_empty() {
+                return Err((format!("{tat}.audience"), "must not be empty".into()));
+            }
+            // The apiserver's minimum is 10 minutes; longer tokens outlive the certificate's
+            // purpose.
+            if !(600..=3600).contains(&t.expiration_seconds) {
+                return Err((
+                    format!("{tat}.expiration_seconds"),
+                    "must be 600 to 3600".into(),
+                ));
+            }
         }
         for (name, who) in [("execution", &self.execution), ("read", &self.read)] {
             if who.user.is_empty() || who.user.starts_with("system:") {

@@ -1057,3 +1057,66 @@ fn deploy_manifests_validate_against_the_kubernetes_schemas() {
         );
     }
 }
+
+/// TokenRequest mode: the admitted change runs with a 10-minute token of the configured
+/// service account, minted once per certificate, and without impersonation.
+#[test]
+fn token_request_mode_runs_changes_as_a_short_lived_service_account_token() {
+    let c = cluster_with("");
+    create_web(&c);
+    drop(c.broker);
+    let mut cfg = c.env.kube_config(c.api.port);
+    cfg.text.push_str("token_request = { namespace = \"shop\", service_account = \"deployer\", audience = \"https://kubernetes.default.svc\" }\n");
+    let broker = Broker::start(&c.env, &cfg);
+    let kc = kubeconfig(&c.env, &broker, AGENT_TOKEN, "tr.kubeconfig");
+
+    let scale = json!({"verb": "patch", "group": "apps", "resource": "deployments", "subresource": "scale", "namespace": "shop", "name": "web", "effect": true});
+    let cert = c
+        .env
+        .kube_cert(scale, deny(json!({"/spec/replicas": {"max": 5}})), |p| {
+            p["seb"]["max_uses"] = json!(2)
+        });
+    for replicas in ["--replicas=3", "--replicas=4"] {
+        let (code, out, err) = kubectl(&kc, Some(&cert), &["scale", "deploy", "web", replicas]);
+        assert_eq!(code, 0, "{out}{err}");
+        let m = last_mutation(&c.api);
+        assert_eq!(m["method"], "PATCH");
+        assert_eq!(m["auth"], "system:serviceaccount:shop:deployer", "{m}");
+        assert_eq!(m["impersonate"], json!({}), "{m}");
+    }
+    let minted: Vec<Value> = c
+        .api
+        .mutations()
+        .into_iter()
+        .filter(|m| {
+            m["path"]
+                .as_str()
+                .unwrap()
+                .ends_with("/serviceaccounts/deployer/token")
+        })
+        .collect();
+    assert_eq!(minted.len(), 1, "one token per certificate");
+    let req: Value = serde_json::from_str(minted[0]["body"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        req["spec"],
+        json!({"audiences": ["https://kubernetes.default.svc"], "expirationSeconds": 600})
+    );
+    assert_eq!(minted[0]["auth"], "broker");
+    // Reads still run impersonated as the read identity, with the broker's token.
+    let (code, _, err) = kubectl(&kc, None, &["get", "deploy", "web"]);
+    assert_eq!(code, 0, "{err}");
+    let read = c
+        .api
+        .requests()
+        .into_iter()
+        .rev()
+        .find(|r| r["method"] == "GET" && r["path"].as_str().unwrap().contains("deployments/web"))
+        .unwrap();
+    assert_eq!(
+        (
+            read["auth"].as_str(),
+            read["impersonate"]["impersonate-user"].clone()
+        ),
+        (Some("broker"), json!(["seb:read:shop"]))
+    );
+}

@@ -143,7 +143,7 @@ impl Target {
     pub async fn identity(&self, cert: Option<&Certificate>) -> Result<Identity, Denial> {
         match self {
             Target::Http(t) => Ok(t.identity(cert)),
-            Target::Kubernetes(t) => t.identity(cert),
+            Target::Kubernetes(t) => t.identity(cert).await,
         }
     }
 

@@ -36,6 +36,7 @@ RESOURCES = [
     ("", "v1", "configmaps", "ConfigMap", True, []),
     ("", "v1", "secrets", "Secret", True, []),
     ("", "v1", "namespaces", "Namespace", False, ["status"]),
+    ("", "v1", "serviceaccounts", "ServiceAccount", True, ["token"]),
     ("apps", "v1", "deployments", "Deployment", True, ["status", "scale"]),
     ("apps", "v1", "statefulsets", "StatefulSet", True, ["status", "scale"]),
     ("apps", "v1", "daemonsets", "DaemonSet", True, ["status"]),
@@ -242,6 +243,7 @@ def status(code, reason, message):
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     token = None
+    minted = {}  # TokenRequest tokens -> the service account user they authenticate
     log_file = None
     log_lock = threading.Lock()
 
@@ -256,10 +258,17 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def authenticated(self):
+        auth = self.headers.get("Authorization", "")
+        if auth == f"Bearer {Handler.token}":
+            return "broker"
+        return Handler.minted.get(auth.removeprefix("Bearer "))
+
     def record(self, body):
         imp = {k.lower(): self.headers.get_all(k) for k in set(self.headers.keys()) if k.lower().startswith("impersonate-")}
         rec = {"method": self.command, "path": self.path, "content_type": self.headers.get("Content-Type"),
-               "impersonate": imp, "body": body.decode("utf-8", "replace"), "time": time.time()}
+               "auth": self.authenticated(), "impersonate": imp, "body": body.decode("utf-8", "replace"),
+               "time": time.time()}
         with Handler.log_lock:
             Handler.log_file.write(json.dumps(rec) + "\n")
             Handler.log_file.flush()
@@ -268,8 +277,7 @@ class Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         self.record(body)
-        auth = self.headers.get("Authorization", "")
-        if auth != f"Bearer {Handler.token}":
+        if self.authenticated() is None:
             return self.send_json(401, status(401, "Unauthorized", "Unauthorized"))
         try:
             self.route(body)
@@ -361,6 +369,8 @@ class Handler(BaseHTTPRequestHandler):
                         self.remove(k)
                     return self.send_json(200, {"kind": "Status", "apiVersion": "v1", "status": "Success"})
                 raise ApiError(405, "MethodNotAllowed", "method not allowed")
+            if resource == "serviceaccounts" and sub == "token" and m == "POST":
+                return self.token_request(key, body)
             if sub not in (None, "scale", "status"):
                 raise ApiError(404, "NotFound", f"subresource {sub} is not served by the test apiserver")
             cur = STORE.objects.get(key)
@@ -405,6 +415,24 @@ class Handler(BaseHTTPRequestHandler):
             if q.get("dryRun") != "All":
                 self.store(key, updated, "MODIFIED")
             return self.send_json(200, self.scale_of(updated) if sub == "scale" else updated)
+
+    def token_request(self, key, body):
+        if key not in STORE.objects:
+            raise ApiError(404, "NotFound", f'serviceaccounts "{key[3]}" not found')
+        if self.authenticated() != "broker":
+            raise ApiError(403, "Forbidden", "only the broker may request tokens here")
+        req = self.decode(body)
+        spec = req.get("spec") or {}
+        seconds = spec.get("expirationSeconds", 3600)
+        if seconds < 600:
+            raise ApiError(422, "Invalid", "spec.expirationSeconds: may not specify a duration less than 10 minutes")
+        token = "sa-" + uuid.uuid4().hex
+        Handler.minted[token] = f"system:serviceaccount:{key[2]}:{key[3]}"
+        exp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + seconds))
+        return self.send_json(201, {"kind": "TokenRequest", "apiVersion": "authentication.k8s.io/v1",
+                                    "metadata": {"name": key[3], "namespace": key[2]},
+                                    "spec": {"audiences": spec.get("audiences", []), "expirationSeconds": seconds},
+                                    "status": {"token": token, "expirationTimestamp": exp}})
 
     def decode(self, body):
         try:
@@ -548,6 +576,10 @@ def main():
             "metadata": {"name": ns, "uid": str(uuid.uuid4()), "resourceVersion": STORE.next_rv(),
                          "creationTimestamp": "2026-01-01T00:00:00Z"},
             "status": {"phase": "Active"}}
+    STORE.objects[("", "serviceaccounts", "shop", "deployer")] = {
+        "kind": "ServiceAccount", "apiVersion": "v1",
+        "metadata": {"name": "deployer", "namespace": "shop", "uid": str(uuid.uuid4()),
+                     "resourceVersion": STORE.next_rv(), "creationTimestamp": "2026-01-01T00:00:00Z"}}
     Handler.log_file = open(a.log, "a", buffering=1)
     server = ThreadingHTTPServer(("127.0.0.1", a.port), Handler)
     server.daemon_threads = True

@@ -28,7 +28,7 @@ impl Credential {
         })
     }
 
-    fn bearer(&self) -> Result<HeaderValue, Denial> {
+    pub fn bearer(&self) -> Result<HeaderValue, Denial> {
         let token = match self {
             Credential::Fixed(t) => t.clone(),
             Credential::File(p) => std::fs::read_to_string(p)
@@ -88,6 +88,84 @@ pub fn identity(
         audit,
         header: Some((AUTHORIZATION, credential.bearer()?)),
     })
+}
+
+/// TokenRequest mode: admitted mutations run with a short-lived token of a per-target
+/// service account instead of impersonation, minted once per certificate.
+pub struct TokenMinter {
+    pub namespace: String,
+    pub service_account: String,
+    pub audience: String,
+    pub expiration_seconds: u32,
+    /// Certificate id to bearer token. Entries expire a minute before the token does, so a
+    /// cached token always has time left for the request it is used for.
+    pub cache: moka::sync::Cache<String, HeaderValue>,
+}
+
+impl TokenMinter {
+    pub fn new(c: &crate::config::TokenRequestConfig) -> TokenMinter {
+        let ttl =
+            std::time::Duration::from_secs(u64::from(c.expiration_seconds.saturating_sub(60)));
+        TokenMinter {
+            namespace: c.namespace.clone(),
+            service_account: c.service_account.clone(),
+            audience: c.audience.clone(),
+            expiration_seconds: c.expiration_seconds,
+            cache: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(ttl)
+                .build(),
+        }
+    }
+
+    pub fn path(&self) -> String {
+        format!(
+            "/api/v1/namespaces/{}/serviceaccounts/{}/token",
+            self.namespace, self.service_account
+        )
+    }
+
+    pub fn request_body(&self) -> Value {
+        json!({
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenRequest",
+            "spec": {"audiences": [self.audience], "expirationSeconds": self.expiration_seconds},
+        })
+    }
+
+    /// The identity for `cert` once its token is known.
+    pub fn identity(&self, cert: &Certificate, token: HeaderValue) -> Identity {
+        Identity {
+            audit: json!({
+                "kind": "token-request",
+                "user": format!("system:serviceaccount:{}:{}", self.namespace, self.service_account),
+                "audience": self.audience,
+                "expirationSeconds": self.expiration_seconds,
+                "cert_id": cert.claims.jti,
+            }),
+            header: Some((AUTHORIZATION, token)),
+        }
+    }
+}
+
+/// The token from a TokenRequest response, as a sensitive header value.
+pub fn minted_token(body: &[u8]) -> Result<HeaderValue, Denial> {
+    let bad = |m: &str| {
+        Denial::new(
+            Reason::IdentityUnavailable,
+            format!("TokenRequest answer: {m}"),
+        )
+    };
+    let v: Value = serde_json::from_slice(body).map_err(|_| bad("not JSON"))?;
+    let token = v
+        .pointer("/status/token")
+        .and_then(Value::as_str)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| bad("no status.token"))?;
+    let mut h = HeaderValue::from_str(&format!("Bearer {token}"))
+        .map_err(|_| bad("token is not a header value"))?;
+    h.set_sensitive(true);
+    Ok(h)
 }
 
 /// The `Impersonate-*` headers for an identity, built from its audit value so the record and
@@ -162,6 +240,30 @@ mod tests {
             .any(|(n, v)| n == "impersonate-extra-seb-cert-id" && v == "c1"));
         audit["user"] = json!("bad\nuser");
         assert!(impersonation_headers(&audit).is_err());
+    }
+
+    #[test]
+    fn token_requests() {
+        let m = TokenMinter::new(&crate::config::TokenRequestConfig {
+            namespace: "shop".into(),
+            service_account: "deployer".into(),
+            audience: "https://kubernetes.default.svc".into(),
+            expiration_seconds: 600,
+        });
+        assert_eq!(
+            m.path(),
+            "/api/v1/namespaces/shop/serviceaccounts/deployer/token"
+        );
+        assert_eq!(m.request_body()["spec"]["expirationSeconds"], 600);
+        let t = minted_token(br#"{"status":{"token":"abc","expirationTimestamp":"x"}}"#).unwrap();
+        assert_eq!(t, "Bearer abc");
+        assert!(t.is_sensitive());
+        for bad in [&b"{}"[..], b"not json", br#"{"status":{"token":""}}"#] {
+            assert_eq!(
+                minted_token(bad).unwrap_err().reason,
+                Reason::IdentityUnavailable
+            );
+        }
     }
 
     #[test]

@@ -31,7 +31,7 @@ use effect::Change;
 use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Request, Response, Uri};
 use http_body_util::{BodyExt, Full};
-use identity::{Credential, Impersonation};
+use identity::{Credential, Impersonation, TokenMinter};
 use requestinfo::RequestInfo;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -43,6 +43,7 @@ pub struct KubeTarget {
     credential: Credential,
     execution: Impersonation,
     read: Impersonation,
+    token_request: Option<TokenMinter>,
     pub client: UpstreamClient,
 }
 
@@ -213,6 +214,7 @@ impl KubeTarget {
                 .map_err(|e| anyhow::anyhow!("{at}.credential: {e}"))?,
             execution: (&cfg.execution).into(),
             read: (&cfg.read).into(),
+            token_request: cfg.token_request.as_ref().map(TokenMinter::new),
             client: UpstreamClient::new(cfg.ca.as_deref())?,
         })
     }
@@ -541,11 +543,54 @@ impl KubeTarget {
             })
     }
 
-    pub fn identity(&self, cert: Option<&Certificate>) -> Result<Identity, Denial> {
-        match cert {
-            Some(_) => identity::identity(&self.credential, &self.execution, cert),
-            None => identity::identity(&self.credential, &self.read, None),
+    pub async fn identity(&self, cert: Option<&Certificate>) -> Result<Identity, Denial> {
+        match (cert, &self.token_request) {
+            (Some(c), Some(minter)) => {
+                let token = match minter.cache.get(&c.claims.jti) {
+                    Some(t) => t,
+                    None => {
+                        let t = self.mint(minter).await?;
+                        minter.cache.insert(c.claims.jti.clone(), t.clone());
+                        t
+                    }
+                };
+                Ok(minter.identity(c, token))
+            }
+            (Some(_), None) => identity::identity(&self.credential, &self.execution, cert),
+            (None, _) => identity::identity(&self.credential, &self.read, None),
         }
+    }
+
+    /// POSTs a TokenRequest with the broker's own credential (no impersonation: the broker
+    /// needs `create` on exactly this `serviceaccounts/token`).
+    async fn mint(&self, minter: &TokenMinter) -> Result<HeaderValue, Denial> {
+        let path = minter.path();
+        let unavailable = |m: String| {
+            Denial::new(
+                Reason::IdentityUnavailable,
+                format!("TokenRequest {path}: {m}"),
+            )
+        };
+        let req = Request::post(self.upstream_uri(&path)?)
+            .header("content-type", "application/json")
+            .header("accept", "application/json")
+            .header(http::header::AUTHORIZATION, self.credential.bearer()?)
+            .body(Full::new(Bytes::from(minter.request_body().to_string())))
+            .map_err(|e| unavailable(e.to_string()))?;
+        let resp = tokio::time::timeout(std::time::Duration::from_secs(10), self.client.send(req))
+            .await
+            .map_err(|_| unavailable("timed out".into()))?
+            .map_err(|e| unavailable(e.to_string()))?;
+        let status = resp.status();
+        let body = http_body_util::Limited::new(resp.into_body(), 64 << 10)
+            .collect()
+            .await
+            .map_err(|e| unavailable(e.to_string()))?
+            .to_bytes();
+        if status != http::StatusCode::CREATED && status != http::StatusCode::OK {
+            return Err(unavailable(format!("the apiserver answered {status}")));
+        }
+        identity::minted_token(&body)
     }
 
     pub fn upstream_request(
@@ -576,8 +621,12 @@ impl KubeTarget {
         if let Some((name, value)) = &identity.header {
             headers.insert(name.clone(), value.clone());
         }
-        for (n, v) in identity::impersonation_headers(&identity.audit)? {
-            headers.append(n, v);
+        // A TokenRequest token is the identity itself; impersonation is for the broker's own
+        // credential.
+        if identity.audit["kind"] == "impersonation" {
+            for (n, v) in identity::impersonation_headers(&identity.audit)? {
+                headers.append(n, v);
+            }
         }
         if let Ok(v) = HeaderValue::from_str(request_id) {
             headers.insert(HeaderName::from_static("x-request-id"), v);
