@@ -703,9 +703,22 @@ fn python_client_reads_watches_and_changes_under_certificates() {
         "{text}"
     );
 
-    // set image with the image certified, then with a privileged container added: refused.
+    // set image: another image under the certificate is refused; the certified one passes.
     let image_rule =
         deny(json!({"/spec/template/spec/containers/0/image": {"eq": "reg.local/app:2"}}));
+    let n = count_mutations(&c.api);
+    let cert = c.env.kube_cert(
+        effect(req("patch", "deployments", "apps", Some("web"))),
+        image_rule.clone(),
+        |_| {},
+    );
+    let with_cert = kubeconfig(&c.env, &c.broker, &cert, "cert.kubeconfig");
+    let (code, v) = python_agent(
+        &with_cert,
+        &["set-image", "shop", "web", "app", "evil.io/app:2"],
+    );
+    assert_eq!((code, v["status"].as_u64()), (3, Some(403)), "{v}");
+    assert_eq!(count_mutations(&c.api), n);
     let cert = c.env.kube_cert(
         effect(req("patch", "deployments", "apps", Some("web"))),
         image_rule,
@@ -1118,5 +1131,155 @@ fn token_request_mode_runs_changes_as_a_short_lived_service_account_token() {
             read["impersonate"]["impersonate-user"].clone()
         ),
         (Some("broker"), json!(["seb:read:shop"]))
+    );
+}
+
+/// Not a test: the latency a certified, effect-checked patch adds over the same patch sent
+/// straight to the apiserver. Run with
+/// `cargo test --test kube_e2e bench_ -- --ignored --nocapture`; it prints p50/p99 and
+/// asserts nothing about time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn bench_certified_patch_latency() {
+    const N: usize = 300;
+    // SEB_BENCH_DURABILITY=flush separates the audit fsync from the rest of the cost.
+    let durability = std::env::var("SEB_BENCH_DURABILITY").unwrap_or_else(|_| "fsync".into());
+    let env = Env::new();
+    let api = KubeApiserver::start(&env);
+    let mut cfg = env.kube_config(api.port);
+    cfg.text = cfg.text.replace(
+        "signing_key = \"broker.key\"",
+        &format!("signing_key = \"broker.key\"\ndurability = \"{durability}\""),
+    );
+    let broker = Broker::start(&env, &cfg);
+    let kc = kubeconfig(&env, &broker, AGENT_TOKEN, "agent.kubeconfig");
+    let c = Cluster {
+        env,
+        api,
+        broker,
+        kc,
+    };
+    let cm = r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"bench","namespace":"shop"},"data":{"x":"1"}}"#;
+    let file = write(&c.env, "bench.json", cm);
+    let cert = c.env.kube_cert(
+        req("create", "configmaps", "", None),
+        json!({"constraints": {"/metadata/name": {"eq": "bench"}}, "others": "allow"}),
+        |_| {},
+    );
+    let (code, out, err) = kubectl(
+        &c.kc,
+        Some(&cert),
+        &["create", "--validate=false", "-f", file.to_str().unwrap()],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let http = client(&c.env, false);
+    let path = "/api/v1/namespaces/shop/configmaps/bench";
+    let rule = deny(json!({"/data/n": {"present": true}}));
+    // SEB_BENCH_EFFECT=0: body constraints only, no live GET.
+    let with_effect = std::env::var("SEB_BENCH_EFFECT")
+        .map(|v| v != "0")
+        .unwrap_or(true);
+    let certs: Vec<String> = (0..N)
+        .map(|_| {
+            let r = req("patch", "configmaps", "", Some("bench"));
+            c.env.kube_cert(
+                if with_effect { effect(r) } else { r },
+                rule.clone(),
+                |_| {},
+            )
+        })
+        .collect();
+    let ct = ("content-type", "application/merge-patch+json");
+    let run = |via_broker: bool| {
+        let http = http.clone();
+        let certs = certs.clone();
+        let (port, api) = (c.broker.listen, c.api.port);
+        async move {
+            let mut times = Vec::with_capacity(N);
+            for (i, cert) in certs.iter().enumerate() {
+                let body = format!(r#"{{"data":{{"n":"{i}"}}}}"#);
+                let (url, auth) = if via_broker {
+                    (
+                        format!("https://localhost:{port}{path}"),
+                        format!("Bearer {cert}"),
+                    )
+                } else {
+                    (
+                        format!("https://localhost:{api}{path}"),
+                        format!("Bearer {KUBE_BROKER_TOKEN}"),
+                    )
+                };
+                let t = std::time::Instant::now();
+                let r = send(
+                    &http,
+                    "PATCH",
+                    &url,
+                    &[ct, ("authorization", &auth)],
+                    body.as_bytes(),
+                )
+                .await;
+                times.push(t.elapsed());
+                assert_eq!(r.status, 200, "{}", r.body);
+            }
+            times.sort();
+            times
+        }
+    };
+    let direct = run(false).await;
+    let brokered = run(true).await;
+    // Where the time goes: the broker's per-phase sums (admit includes the live GET).
+    let metrics = http
+        .get(c.broker.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for l in metrics
+        .lines()
+        .filter(|l| l.starts_with("seb_phase_duration_seconds_sum"))
+    {
+        println!("  {l}");
+    }
+    // Reads through the broker (no certificate, no audit wait, no live GET) for comparison.
+    let mut reads = Vec::with_capacity(N);
+    for _ in 0..N {
+        let t = std::time::Instant::now();
+        let r = send(
+            &http,
+            "GET",
+            &format!("https://localhost:{}{path}", c.broker.listen),
+            &[("authorization", &format!("Bearer {AGENT_TOKEN}"))],
+            b"",
+        )
+        .await;
+        reads.push(t.elapsed());
+        assert_eq!(r.status, 200);
+    }
+    reads.sort();
+    let pct = |t: &[std::time::Duration], p: f64| {
+        t[((t.len() as f64 - 1.0) * p) as usize].as_secs_f64() * 1000.0
+    };
+    println!("certified merge patch, {N} sequential requests, effect matching {with_effect} (live GET), audit durability {durability}:");
+    println!(
+        "  direct to test apiserver: p50 {:.2} ms  p99 {:.2} ms",
+        pct(&direct, 0.5),
+        pct(&direct, 0.99)
+    );
+    println!(
+        "  through seb:              p50 {:.2} ms  p99 {:.2} ms",
+        pct(&brokered, 0.5),
+        pct(&brokered, 0.99)
+    );
+    println!(
+        "  a read through seb:       p50 {:.2} ms  p99 {:.2} ms",
+        pct(&reads, 0.5),
+        pct(&reads, 0.99)
+    );
+    println!(
+        "  added:                    p50 {:.2} ms  p99 {:.2} ms",
+        pct(&brokered, 0.5) - pct(&direct, 0.5),
+        pct(&brokered, 0.99) - pct(&direct, 0.99)
     );
 }

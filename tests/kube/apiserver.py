@@ -242,6 +242,8 @@ def status(code, reason, message):
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body are separate writes; with Nagle on, each answer waits for a delayed ACK.
+    disable_nagle_algorithm = True
     token = None
     minted = {}  # TokenRequest tokens -> the service account user they authenticate
     log_file = None
