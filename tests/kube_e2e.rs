@@ -938,6 +938,29 @@ async fn adversarial_requests_are_refused_before_the_apiserver() {
         );
     }
 
+    // exec is a mutation; with a certificate for it, it is still refused: upgrades are not
+    // proxied yet, and nothing reaches the apiserver.
+    let exec_cert = c.env.kube_cert(
+        json!({"verb": "create", "group": "", "resource": "pods", "subresource": "exec", "namespace": "shop", "name": "web-1"}),
+        Value::Null,
+        |_| {},
+    );
+    for token in [AGENT_TOKEN, exec_cert.as_str()] {
+        let r = send_raw(&c.env, c.broker.listen, &format!("POST /api/v1/namespaces/shop/pods/web-1/exec?command=sh&stdin=true HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\nConnection: Upgrade, close\r\nUpgrade: SPDY/3.1\r\nContent-Length: 0\r\n\r\n")).await;
+        let want = if token == AGENT_TOKEN {
+            (401, "seb: cert_missing")
+        } else {
+            (403, "seb: contract_mismatch: exec")
+        };
+        assert_eq!(r.status, want.0, "{}", r.body);
+        assert!(
+            r.body["message"].as_str().unwrap().starts_with(want.1),
+            "{}",
+            r.body
+        );
+    }
+    assert_eq!(count_mutations(&c.api), n);
+
     // The admitted patch: forwarded with the resourceVersion it was checked against, so a
     // change in between is the apiserver's 409, never a silent overwrite.
     let rv = live(&c, web)["metadata"]["resourceVersion"]
