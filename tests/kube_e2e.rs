@@ -938,8 +938,8 @@ async fn adversarial_requests_are_refused_before_the_apiserver() {
         );
     }
 
-    // exec is a mutation; with a certificate for it, it is still refused: upgrades are not
-    // proxied yet, and nothing reaches the apiserver.
+    // exec is a mutation: without a certificate, or with one that does not name the command
+    // (here: an interactive shell), it is refused before the upgrade reaches the apiserver.
     let exec_cert = c.env.kube_cert(
         json!({"verb": "create", "group": "", "resource": "pods", "subresource": "exec", "namespace": "shop", "name": "web-1"}),
         Value::Null,
@@ -950,7 +950,7 @@ async fn adversarial_requests_are_refused_before_the_apiserver() {
         let want = if token == AGENT_TOKEN {
             (401, "seb: cert_missing")
         } else {
-            (403, "seb: contract_mismatch: exec")
+            (403, "seb: contract_mismatch: the request asks for stdin")
         };
         assert_eq!(r.status, want.0, "{}", r.body);
         assert!(
@@ -1305,4 +1305,88 @@ async fn bench_certified_patch_latency() {
         pct(&brokered, 0.5) - pct(&direct, 0.5),
         pct(&brokered, 0.99) - pct(&direct, 0.99)
     );
+}
+
+/// kubectl exec: a mutation; the certificate names the pod, the container and the command,
+/// checked from the query string before the upgrade; then the websocket is proxied both ways.
+#[test]
+fn kubectl_exec_runs_only_the_certified_command() {
+    let c = cluster();
+    let pod = r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"web-1","namespace":"shop"},"spec":{"containers":[{"name":"app","image":"reg.local/app:1"}]}}"#;
+    let file = write(&c.env, "pod.json", pod);
+    let cert = c.env.kube_cert(
+        req("create", "pods", "", None),
+        json!({"constraints": {"/metadata/name": {"eq": "web-1"}}, "others": "allow"}),
+        |_| {},
+    );
+    let (code, out, err) = kubectl(
+        &c.kc,
+        Some(&cert),
+        &["create", "--validate=false", "-f", file.to_str().unwrap()],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+
+    let exec_req = |command: &[&str]| {
+        json!({"verb": "create", "group": "", "resource": "pods", "subresource": "exec", "namespace": "shop",
+               "name": "web-1", "container": "app", "command": command})
+    };
+    let n = count_mutations(&c.api);
+    assert_refused(
+        "exec without certificate",
+        kubectl(
+            &c.kc,
+            None,
+            &["exec", "web-1", "-c", "app", "--", "echo", "hi"],
+        ),
+        "cert_missing",
+        &c.api,
+        n,
+    );
+    let other = c
+        .env
+        .kube_cert(exec_req(&["cat", "/etc/shadow"]), Value::Null, |_| {});
+    assert_refused(
+        "exec of another command",
+        kubectl(
+            &c.kc,
+            Some(&other),
+            &["exec", "web-1", "-c", "app", "--", "echo", "hi"],
+        ),
+        "contract_mismatch",
+        &c.api,
+        n,
+    );
+    let cert = c
+        .env
+        .kube_cert(exec_req(&["echo", "hi"]), Value::Null, |_| {});
+    assert_refused(
+        "exec with stdin under a non-interactive certificate",
+        kubectl(
+            &c.kc,
+            Some(&cert),
+            &["exec", "-i", "web-1", "-c", "app", "--", "echo", "hi"],
+        ),
+        "contract_mismatch",
+        &c.api,
+        n,
+    );
+    let cert = c
+        .env
+        .kube_cert(exec_req(&["echo", "hi"]), Value::Null, |_| {});
+    let (code, out, err) = kubectl(
+        &c.kc,
+        Some(&cert),
+        &["exec", "web-1", "-c", "app", "--", "echo", "hi"],
+    );
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "exec in web-1/app: echo hi\n"),
+        "{err}"
+    );
+    let m = last_mutation(&c.api);
+    assert!(
+        m["path"].as_str().unwrap().contains("/pods/web-1/exec?"),
+        "{m}"
+    );
+    assert_impersonated(&m, &cert);
 }

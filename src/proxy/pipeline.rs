@@ -95,7 +95,7 @@ where
 async fn run<B>(
     broker: &Broker,
     target: &Target,
-    parts: http::request::Parts,
+    mut parts: http::request::Parts,
     body: B,
     conn: &ConnInfo,
     request_id: &str,
@@ -140,6 +140,15 @@ where
             .admission
             .check_certificate(token, peer, crate::cert::now_secs())?;
         record.certificate(&cert);
+        if cert.claims.seb.target != target.kind() {
+            return Err(Denial::new(
+                Reason::ContractMismatch,
+                format!(
+                    "a certificate for a {} target does not authenticate reads here",
+                    cert.claims.seb.target.as_str()
+                ),
+            ));
+        }
         return read_pass_through(broker, target, &parts, body, request_id, record, started).await;
     }
     let cert = broker
@@ -182,9 +191,11 @@ where
         .metrics
         .observe(Phase::Identity, identity_started.elapsed());
 
-    // 6. sign + forward
+    // 6. sign + forward (an admitted upgrade, such as a kubernetes exec, is joined to the
+    //    upstream's once both sides have switched protocols)
     let upstream_req = target.upstream_request(&parts, body, &identity, request_id)?;
-    let resp = forward(broker, target, upstream_req).await?;
+    let client_upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
+    let resp = forward(broker, target, upstream_req, client_upgrade).await?;
 
     // 7. outcome (not waited on: the decision is already durable, and a crash before this
     //    record lands is written as `unknown` on restart)
@@ -212,7 +223,7 @@ async fn read_pass_through(
     let identity = target.identity(None).await?;
     record.identity = Some(identity.audit.clone());
     let upstream_req = target.upstream_request(parts, body, &identity, request_id)?;
-    let resp = forward(broker, target, upstream_req).await?;
+    let resp = forward(broker, target, upstream_req, None).await?;
     broker.metrics.count(target.name(), Decision::Read, None);
     let mut entry = record.allow();
     entry.upstream_status = Some(resp.status().as_u16());
@@ -225,9 +236,10 @@ async fn forward(
     broker: &Broker,
     target: &Target,
     req: Request<http_body_util::Full<Bytes>>,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
 ) -> Result<Response<Body>, Denial> {
     let started = Instant::now();
-    let resp = target.client().send(req).await.map_err(|e| {
+    let mut resp = target.client().send(req).await.map_err(|e| {
         broker
             .metrics
             .upstream_errors
@@ -238,11 +250,52 @@ async fn forward(
         )
     })?;
     broker.metrics.observe(Phase::Forward, started.elapsed());
+    let switching = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
+    if switching {
+        let Some(client_upgrade) = client_upgrade else {
+            return Err(Denial::new(
+                Reason::UpstreamError,
+                "the upstream switched protocols on a request that asked for no upgrade",
+            ));
+        };
+        tokio::spawn(join_upgraded(client_upgrade, hyper::upgrade::on(&mut resp)));
+    }
     let (mut parts, body) = resp.into_parts();
     let mut headers = http::HeaderMap::new();
     crate::targets::http::copy_hop_safe_response_headers(&parts.headers, &mut headers);
+    if switching {
+        // The upgrade headers describe the connection the agent is switching to.
+        if let Some(up) = parts.headers.get(http::header::UPGRADE) {
+            headers.insert(http::header::UPGRADE, up.clone());
+            headers.insert(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("Upgrade"),
+            );
+        }
+    }
     parts.headers = headers;
     Ok(Response::from_parts(parts, stream_body(body)))
+}
+
+/// Copies bytes both ways between the agent's upgraded connection and the upstream's until
+/// either side closes.
+async fn join_upgraded(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    match tokio::join!(client, upstream) {
+        (Ok(c), Ok(u)) => {
+            let mut c = hyper_util::rt::TokioIo::new(c);
+            let mut u = hyper_util::rt::TokioIo::new(u);
+            if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
+                tracing::debug!(error = %e, "upgraded connection ended with an error");
+            }
+        }
+        (c, u) => {
+            tracing::debug!(
+                client = c.is_ok(),
+                upstream = u.is_ok(),
+                "upgrade did not complete"
+            );
+        }
+    }
 }
 
 async fn read_body<B>(body: B, limit: usize) -> Result<Bytes, Denial>

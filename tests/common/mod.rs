@@ -462,11 +462,18 @@ impl KubeApiserver {
             .collect()
     }
 
-    /// The requests that could change something (anything but GET).
+    /// The requests that could change something: anything but GET, and GETs that open a
+    /// stream into a pod (websocket exec, attach, port-forward).
     pub fn mutations(&self) -> Vec<Value> {
         self.requests()
             .into_iter()
-            .filter(|r| r["method"] != "GET")
+            .filter(|r| {
+                let path = r["path"].as_str().unwrap_or("");
+                r["method"] != "GET"
+                    || ["/exec?", "/attach?", "/portforward?"]
+                        .iter()
+                        .any(|s| path.contains(s))
+            })
             .collect()
     }
 }

@@ -18,7 +18,9 @@ that refused mutations never arrived and admitted ones ran as the configured ide
 Usage: apiserver.py --log FILE --cert PEM --key PEM --token-env VAR [--port-file FILE]
 """
 import argparse
+import base64
 import copy
+import hashlib
 import json
 import os
 import ssl
@@ -371,6 +373,10 @@ class Handler(BaseHTTPRequestHandler):
                         self.remove(k)
                     return self.send_json(200, {"kind": "Status", "apiVersion": "v1", "status": "Success"})
                 raise ApiError(405, "MethodNotAllowed", "method not allowed")
+            if resource == "pods" and sub == "exec":
+                if key not in STORE.objects:
+                    raise ApiError(404, "NotFound", f'pods "{name}" not found')
+                return self.exec_websocket(name, parse_qs(urlsplit(self.path).query))
             if resource == "serviceaccounts" and sub == "token" and m == "POST":
                 return self.token_request(key, body)
             if sub not in (None, "scale", "status"):
@@ -417,6 +423,42 @@ class Handler(BaseHTTPRequestHandler):
             if q.get("dryRun") != "All":
                 self.store(key, updated, "MODIFIED")
             return self.send_json(200, self.scale_of(updated) if sub == "scale" else updated)
+
+    def exec_websocket(self, pod, query):
+        """exec over a websocket with the v4/v5 channel protocol: one line of output on stdout
+        naming what ran, then a Success status on the error channel, then close."""
+        if (self.headers.get("Upgrade") or "").lower() != "websocket":
+            raise ApiError(400, "BadRequest", "this test apiserver serves exec over websocket only")
+        offered = [p.strip() for p in (self.headers.get("Sec-WebSocket-Protocol") or "").split(",")]
+        proto = next((p for p in ("v5.channel.k8s.io", "v4.channel.k8s.io") if p in offered), None)
+        if proto is None:
+            raise ApiError(400, "BadRequest", f"no supported channel protocol in {offered}")
+        guid = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+        accept = base64.b64encode(hashlib.sha1((self.headers["Sec-WebSocket-Key"] + guid).encode()).digest()).decode()
+        self.send_response(101)
+        self.send_header("Upgrade", "websocket")
+        self.send_header("Connection", "Upgrade")
+        self.send_header("Sec-WebSocket-Accept", accept)
+        self.send_header("Sec-WebSocket-Protocol", proto)
+        self.end_headers()
+        container = (query.get("container") or ["-"])[0]
+        out = f"exec in {pod}/{container}: {' '.join(query.get('command', []))}\n".encode()
+        self.ws_frame(b"\x01" + out)
+        self.ws_frame(b"\x03" + json.dumps({"metadata": {}, "status": "Success"}).encode())
+        self.wfile.write(b"\x88\x02\x03\xe8")  # close, 1000
+        self.wfile.flush()
+        self.close_connection = True
+
+    def ws_frame(self, data):
+        n = len(data)
+        if n < 126:
+            head = bytes([0x82, n])
+        elif n < 65536:
+            head = bytes([0x82, 126]) + n.to_bytes(2, "big")
+        else:
+            head = bytes([0x82, 127]) + n.to_bytes(8, "big")
+        self.wfile.write(head + data)
+        self.wfile.flush()
 
     def token_request(self, key, body):
         if key not in STORE.objects:

@@ -63,6 +63,89 @@ struct KubeContract {
     name: Option<String>,
     #[serde(default)]
     effect: bool,
+    /// exec and attach: the container (absent: the request must not name one either).
+    #[serde(default)]
+    container: Option<String>,
+    /// exec: the command, argument by argument.
+    #[serde(default)]
+    command: Option<Vec<String>>,
+    /// exec and attach: whether the session may read the agent's stdin (and use a tty).
+    #[serde(default)]
+    stdin: bool,
+    /// portforward: the ports.
+    #[serde(default)]
+    ports: Option<Vec<String>>,
+}
+
+/// Subresources that open a stream into a pod: mutations whatever their method, proxied as
+/// upgraded connections once admitted.
+fn is_stream_subresource(sub: Option<&str>) -> bool {
+    matches!(sub, Some("exec" | "attach" | "portforward"))
+}
+
+/// What an exec, attach or port-forward will run, from its query string, against the
+/// certificate's `container`, `command`, `stdin` and `ports`.
+fn check_stream(c: &KubeContract, info: &RequestInfo, query: Option<&str>) -> Result<(), Denial> {
+    let mismatch = |m: String| Denial::new(Reason::ContractMismatch, m);
+    let pairs = requestinfo::query_pairs(query.unwrap_or(""));
+    let all = |k: &str| -> Vec<String> {
+        pairs
+            .iter()
+            .filter(|(n, _)| n == k)
+            .map(|(_, v)| v.clone())
+            .collect()
+    };
+    let one = |k: &str| -> Result<Option<String>, Denial> {
+        let v = all(k);
+        if v.len() > 1 {
+            return Err(Denial::new(
+                Reason::RequestMalformed,
+                format!("query parameter {k} appears more than once"),
+            ));
+        }
+        Ok(v.into_iter().next())
+    };
+    let flag = |k: &str| -> Result<bool, Denial> {
+        Ok(one(k)?.is_some_and(|v| matches!(v.as_str(), "true" | "1")))
+    };
+    match info.subresource.as_deref() {
+        Some("exec") | Some("attach") => {
+            if one("container")? != c.container {
+                return Err(mismatch(format!(
+                    "certificate allows container {:?} and the request names {:?}",
+                    c.container,
+                    one("container")?
+                )));
+            }
+            if (flag("stdin")? || flag("tty")?) && !c.stdin {
+                return Err(mismatch("the request asks for stdin or a tty, and the certificate does not allow an interactive session".into()));
+            }
+            if info.subresource.as_deref() == Some("exec") {
+                let command = all("command");
+                if c.command.as_ref() != Some(&command) {
+                    return Err(mismatch(format!(
+                        "certificate allows command {:?} and the request runs {command:?}",
+                        c.command
+                    )));
+                }
+            }
+        }
+        Some("portforward") => {
+            if c.ports.as_ref() != Some(&all("ports")) {
+                return Err(mismatch(format!(
+                    "certificate allows ports {:?} and the request forwards {:?}",
+                    c.ports,
+                    all("ports")
+                )));
+            }
+        }
+        _ => {
+            if c.container.is_some() || c.command.is_some() || c.ports.is_some() || c.stdin {
+                return Err(mismatch("container, command, stdin and ports apply only to exec, attach and portforward".into()));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `seb.precondition` for kubernetes targets.
@@ -338,14 +421,22 @@ impl KubeTarget {
                 ),
             ));
         }
-        if is_upgrade(&parts.headers) {
+        let stream = is_stream_subresource(info.subresource.as_deref());
+        if is_upgrade(&parts.headers) && !stream {
             return Err(Denial::new(
                 Reason::ContractMismatch,
-                "exec, attach and port-forward (upgraded connections) are not proxied by this broker yet",
+                "only exec, attach and portforward may upgrade the connection",
             ));
         }
+        // A stream opened with GET (websocket) is authorized by the apiserver as `create`,
+        // like the POST (SPDY) form; one certificate covers both.
+        let verb = if stream && info.verb == "get" {
+            "create"
+        } else {
+            info.verb.as_str()
+        };
         let want = json!({"verb": c.verb, "group": c.group, "resource": c.resource, "subresource": c.subresource, "namespace": c.namespace, "name": c.name});
-        let got = json!({"verb": info.verb, "group": info.group, "resource": info.resource, "subresource": info.subresource, "namespace": info.namespace, "name": info.name});
+        let got = json!({"verb": verb, "group": info.group, "resource": info.resource, "subresource": info.subresource, "namespace": info.namespace, "name": info.name});
         if want != got {
             return Err(Denial::new(
                 Reason::ContractMismatch,
@@ -356,6 +447,7 @@ impl KubeTarget {
                 ),
             ));
         }
+        check_stream(&c, &info, parts.uri.query())?;
         if c.effect {
             // Checked in check_effect against the live object.
             return match &seb.body {
@@ -621,6 +713,15 @@ impl KubeTarget {
         if let Some((name, value)) = &identity.header {
             headers.insert(name.clone(), value.clone());
         }
+        // An admitted exec, attach or port-forward asks the apiserver for the same upgrade
+        // (the pipeline joins the two upgraded connections).
+        if let Some(up) = parts.headers.get(http::header::UPGRADE) {
+            headers.insert(http::header::UPGRADE, up.clone());
+            headers.insert(
+                http::header::CONNECTION,
+                HeaderValue::from_static("Upgrade"),
+            );
+        }
         // A TokenRequest token is the identity itself; impersonation is for the broker's own
         // credential.
         if identity.audit["kind"] == "impersonation" {
@@ -871,6 +972,42 @@ mod tests {
             json!({"resourceVersion": "1", "fields": {}})
         )
         .is_err());
+    }
+
+    #[test]
+    fn streams_name_container_command_stdin_and_ports() {
+        let contract = |v: Value| -> KubeContract { serde_json::from_value(v).unwrap() };
+        let exec = contract(
+            json!({"verb": "create", "group": "", "resource": "pods", "subresource": "exec",
+            "namespace": "x", "name": "p", "container": "app", "command": ["echo", "hi there"]}),
+        );
+        let info = |p: &str| requestinfo::classify("POST", p, None).unwrap();
+        let i = info("/api/v1/namespaces/x/pods/p/exec");
+        let ok = "command=echo&command=hi+there&container=app&stdout=true";
+        assert!(check_stream(&exec, &i, Some(ok)).is_ok());
+        for bad in [
+            "command=echo&container=app",
+            "command=hi+there&command=echo&container=app",
+            "command=echo&command=hi+there",
+            "command=echo&command=hi+there&container=side",
+            "command=echo&command=hi+there&container=app&container=app",
+            "command=echo&command=hi+there&container=app&stdin=true",
+            "command=echo&command=hi+there&container=app&tty=1",
+        ] {
+            assert!(check_stream(&exec, &i, Some(bad)).is_err(), "{bad}");
+        }
+        let pf = contract(
+            json!({"verb": "create", "group": "", "resource": "pods", "subresource": "portforward",
+            "namespace": "x", "name": "p", "ports": ["8080"]}),
+        );
+        let i = info("/api/v1/namespaces/x/pods/p/portforward");
+        assert!(check_stream(&pf, &i, Some("ports=8080")).is_ok());
+        assert!(check_stream(&pf, &i, Some("ports=22")).is_err());
+        let i = info("/api/v1/namespaces/x/pods/p");
+        assert!(
+            check_stream(&exec, &i, None).is_err(),
+            "stream fields on a plain request"
+        );
     }
 
     #[test]
