@@ -178,6 +178,9 @@ fn kubectl_reads_with_the_agent_token_and_changes_only_with_a_certificate() {
     let (code, _, err) = kubectl(&bad, None, &["get", "deployments"]);
     assert_ne!(code, 0);
     assert!(err.contains("provide credentials"), "{err}");
+    let (code, _, err) = kubectl(&bad, None, &["get", "deployments", "-w"]);
+    assert_ne!(code, 0, "a watch with an unknown token is refused");
+    assert!(err.contains("provide credentials"), "{err}");
 
     // scale: refused without a certificate, with a certificate for another object, and over
     // the certified maximum; admitted within it.
@@ -241,6 +244,31 @@ fn kubectl_reads_with_the_agent_token_and_changes_only_with_a_certificate() {
         live(&c, "/apis/apps/v1/namespaces/shop/deployments/web")["spec"]["replicas"],
         3
     );
+    // The broker's own audit log: the decision, durable before the change, names the
+    // certificate and the identity it ran under.
+    let jti = jti_of(&cert);
+    let records = audit_records(&c.env);
+    let decision = records
+        .iter()
+        .find(|r| {
+            r["kind"] == "decision"
+                && r["cert_id"] == jti.as_str()
+                && r["request"]["method"] == "PATCH"
+        })
+        .expect("decision record");
+    assert_eq!(decision["decision"], "allow");
+    assert_eq!(decision["request"]["kube"]["subresource"], "scale");
+    // kubectl's GET before the PATCH carried the certificate too: recorded as a read.
+    assert!(records.iter().any(|r| r["cert_id"] == jti.as_str()
+        && r["request"]["method"] == "GET"
+        && r["identity"]["user"] == "seb:read:shop"));
+    let outcome = records
+        .iter()
+        .find(|r| r["kind"] == "outcome" && r["cert_id"] == jti.as_str())
+        .expect("outcome record");
+    assert_eq!(outcome["identity"]["user"], "seb:exec:shop-deployer");
+    assert_eq!(outcome["identity"]["extra"]["seb-cert-id"], json!([jti]));
+    assert_eq!(outcome["upstream_status"], 200);
     // The same single-use certificate again.
     let n = count_mutations(&c.api);
     assert_refused(
@@ -922,6 +950,27 @@ async fn adversarial_requests_are_refused_before_the_apiserver() {
             case.name
         );
     }
+    // Front-proxy identity headers are not forwarded.
+    let r = send(
+        &http,
+        "GET",
+        &url(web),
+        &[
+            ("authorization", &bearer(AGENT_TOKEN)),
+            ("x-remote-user", "system:admin"),
+            ("x-remote-group", "system:masters"),
+        ],
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let seen = c.api.requests().pop().unwrap();
+    assert_eq!(
+        seen["impersonate"],
+        json!({"impersonate-user": ["seb:read:shop"], "impersonate-group": ["seb:read"]}),
+        "{seen}"
+    );
+
     // Dot segments, sent as raw bytes since URL libraries would clean them.
     for path in [
         "/api/v1/namespaces/shop/pods/../secrets",

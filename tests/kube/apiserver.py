@@ -269,7 +269,8 @@ class Handler(BaseHTTPRequestHandler):
         return Handler.minted.get(auth.removeprefix("Bearer "))
 
     def record(self, body):
-        imp = {k.lower(): self.headers.get_all(k) for k in set(self.headers.keys()) if k.lower().startswith("impersonate-")}
+        imp = {k.lower(): self.headers.get_all(k) for k in set(self.headers.keys())
+               if k.lower().startswith("impersonate-") or k.lower().startswith("x-remote-")}
         rec = {"method": self.command, "path": self.path, "content_type": self.headers.get("Content-Type"),
                "auth": self.authenticated(), "impersonate": imp, "body": body.decode("utf-8", "replace"),
                "time": time.time()}

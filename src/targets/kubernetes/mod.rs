@@ -702,9 +702,14 @@ impl KubeTarget {
             .uri(self.upstream_uri(pq)?);
         let headers = req.headers_mut().expect("builder is valid");
         super::http::copy_end_to_end_headers(&parts.headers, headers);
+        // Impersonation is refused in parse(); front-proxy identity headers (X-Remote-User,
+        // -Group, -Extra-*) are dropped too, in case the apiserver trusts them on some path.
         let agent_impersonation: Vec<HeaderName> = headers
             .keys()
-            .filter(|k| k.as_str().starts_with("impersonate-"))
+            .filter(|k| {
+                let k = k.as_str();
+                k.starts_with("impersonate-") || k.starts_with("x-remote-")
+            })
             .cloned()
             .collect();
         for k in agent_impersonation {
