@@ -481,7 +481,9 @@ fn kubectl_create_apply_server_side_replace_delete_and_watch() {
         n,
     );
     assert!(r.2.contains("protobuf") && r.2.contains("JSON"), "{}", r.2);
-    let cert = c.env.kube_cert(cm_req("create", None), create_rule, |_| {});
+    let cert = c
+        .env
+        .kube_cert(cm_req("create", None), create_rule.clone(), |_| {});
     let (code, out, err) = kubectl(
         &c.kc,
         Some(&cert),
@@ -489,6 +491,41 @@ fn kubectl_create_apply_server_side_replace_delete_and_watch() {
     );
     assert_eq!(code, 0, "{out}{err}");
     assert_impersonated(&last_mutation(&c.api), &cert);
+    // A second create of the same object under a certificate that names only one field:
+    // the effect of a create is its whole body, even though it equals what exists now.
+    let n = count_mutations(&c.api);
+    let narrow = c.env.kube_cert(
+        cm_req("create", None),
+        deny(json!({"/data/x": {"eq": "1"}})),
+        |_| {},
+    );
+    let r = kubectl(
+        &c.kc,
+        Some(&narrow),
+        &["create", "--validate=false", "-f", file.to_str().unwrap()],
+    );
+    assert!(
+        r.2.contains("which the certificate does not name"),
+        "{}",
+        r.2
+    );
+    assert_refused(
+        "create judged against the existing object",
+        r,
+        "contract_mismatch",
+        &c.api,
+        n,
+    );
+    // Under a certificate for the whole object it is forwarded, and the apiserver refuses.
+    let whole = c
+        .env
+        .kube_cert(cm_req("create", None), create_rule.clone(), |_| {});
+    let (code, _, err) = kubectl(
+        &c.kc,
+        Some(&whole),
+        &["create", "--validate=false", "-f", file.to_str().unwrap()],
+    );
+    assert!(code != 0 && err.contains("AlreadyExists"), "{err}");
 
     // get -w: the watch stays open and streams the change made while it runs.
     let mut watch = Command::new("kubectl")

@@ -562,16 +562,24 @@ impl KubeTarget {
                     format!("the effect of this change cannot be computed: {e}"),
                 )
             })?;
-            let before = live.clone().unwrap_or_else(|| json!({}));
+            // A create makes every field of its body, whatever exists now: the object seen
+            // here may be deleted before the create lands, and nothing pins its absence.
+            let before = match (change, &live) {
+                (Change::Create, _) | (_, None) => json!({}),
+                (_, Some(l)) => l.clone(),
+            };
             effect::check(rule, &after, &effect::changed_leaves(&before, &after))?;
+        }
+        // A create needs no pin: the apiserver refuses it if the name exists by then.
+        if info.verb == "create" {
+            return Ok(body);
         }
         let Some(rv) = live
             .as_ref()
             .and_then(|l| l.pointer("/metadata/resourceVersion"))
             .and_then(Value::as_str)
         else {
-            // Nothing to pin: a create of an object that does not exist yet fails upstream if
-            // it appears in between.
+            // A missing object: the apiserver answers the update, patch or delete with 404.
             return Ok(body);
         };
         with_resource_version(info.verb.as_str(), m, value, rv).map(|v| Bytes::from(v.to_string()))
