@@ -550,6 +550,9 @@ impl KubeTarget {
                     ))
                 }
             };
+            if change == Change::Apply {
+                check_first_apply(live.as_ref(), parts.uri.query())?;
+            }
             let v = value.as_ref().ok_or_else(|| {
                 Denial::new(
                     Reason::ContractMismatch,
@@ -783,6 +786,42 @@ fn show(v: &Value) -> String {
         })
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// Server-side apply removes the fields its field manager applied before and omits now,
+/// which a strategic merge does not model. The broker computes the effect only of a first
+/// apply by a manager (nothing of its own to remove); a repeated one is refused when the
+/// certificate asks for effect matching.
+fn check_first_apply(live: Option<&Value>, query: Option<&str>) -> Result<(), Denial> {
+    let pairs = requestinfo::query_pairs(query.unwrap_or(""));
+    let manager = pairs
+        .iter()
+        .find(|(k, _)| k == "fieldManager")
+        .map(|(_, v)| v.as_str())
+        .ok_or_else(|| {
+            Denial::new(
+                Reason::RequestMalformed,
+                "a server-side apply needs a fieldManager",
+            )
+        })?;
+    let applied_before = live
+        .and_then(|l| l.pointer("/metadata/managedFields"))
+        .and_then(Value::as_array)
+        .is_some_and(|entries| {
+            entries.iter().any(|e| {
+                e.get("manager").and_then(Value::as_str) == Some(manager)
+                    && e.get("operation").and_then(Value::as_str) == Some("Apply")
+            })
+        });
+    if applied_before {
+        return Err(Denial::new(
+            Reason::ContractMismatch,
+            format!(
+                "the effect of a repeated server-side apply by {manager:?} cannot be computed: fields it applied before and omits now would be removed"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn check_precondition(p: &Precondition, live: Option<&Value>) -> Result<(), Denial> {
@@ -1021,6 +1060,20 @@ mod tests {
             check_stream(&exec, &i, None).is_err(),
             "stream fields on a plain request"
         );
+    }
+
+    #[test]
+    fn only_a_first_server_side_apply_has_a_computable_effect() {
+        let live = json!({"metadata": {"managedFields": [
+            {"manager": "kubectl", "operation": "Apply"},
+            {"manager": "kubectl-client-side-apply", "operation": "Update"}]}});
+        assert!(check_first_apply(Some(&live), Some("fieldManager=kubectl&force=false")).is_err());
+        assert!(
+            check_first_apply(Some(&live), Some("fieldManager=kubectl-client-side-apply")).is_ok()
+        );
+        assert!(check_first_apply(Some(&live), Some("fieldManager=other")).is_ok());
+        assert!(check_first_apply(None, Some("fieldManager=kubectl")).is_ok());
+        assert!(check_first_apply(None, None).is_err());
     }
 
     #[test]
