@@ -198,7 +198,125 @@ pub struct TargetConfig {
     // --- aws target (kind = "aws") ---
     #[serde(default)]
     pub aws: Option<AwsTargetConfig>,
+    #[serde(default)]
+    pub kubernetes: Option<KubeTargetConfig>,
 }
+
+// === kubernetes target ===
+
+/// A kube-apiserver. The broker calls it with its own credential and impersonates the
+/// configured users, so RBAC can limit the broker's `impersonate` to exactly these names.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubeTargetConfig {
+    /// `https://host:port` of the apiserver.
+    pub apiserver: String,
+    /// CA bundle that signed the apiserver's certificate (in a pod:
+    /// /var/run/secrets/kubernetes.io/serviceaccount/ca.crt).
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// The broker's own bearer token (in a pod, the projected service account token file,
+    /// which is re-read on every request because the kubelet rotates it).
+    pub credential: SecretSource,
+    /// Who admitted mutations run as.
+    pub execution: ImpersonationConfig,
+    /// Who reads (get, list, watch, discovery) run as.
+    pub read: ImpersonationConfig,
+    /// Instead of impersonating `execution`, run admitted mutations with a short-lived token
+    /// of this service account, minted per certificate with the TokenRequest API.
+    #[serde(default)]
+    pub token_request: Option<TokenRequestConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRequestConfig {
+    pub namespace: String,
+    pub service_account: String,
+    pub audience: String,
+    #[serde(default = "default_token_seconds")]
+    pub expiration_seconds: u32,
+}
+
+fn default_token_seconds() -> u32 {
+    600
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImpersonationConfig {
+    pub user: String,
+    #[serde(default)]
+    pub groups: Vec<String>,
+}
+
+impl KubeTargetConfig {
+    fn validate(&self, at: &str) -> Result<(), (String, String)> {
+        let uri: http::Uri = self
+            .apiserver
+            .parse()
+            .map_err(|e| (format!("{at}.apiserver"), format!("invalid URL: {e}")))?;
+        // client-go sends no bearer token over plain HTTP, and neither does the broker.
+        if uri.scheme_str() != Some("https") || uri.host().is_none() || uri.query().is_some() {
+            return Err((
+                format!("{at}.apiserver"),
+                "must be an https:// URL with a host and no query".into(),
+            ));
+        }
+        self.credential.validate(&format!("{at}.credential"))?;
+        if !self.credential.prefix.is_empty() {
+            return Err((
+                format!("{at}.credential.prefix"),
+                "must be empty: the token is sent as \"Bearer <token>\"".into(),
+            ));
+        }
+        if let Some(t) = &self.token_request {
+            let tat = format!("{at}.token_request");
+            for (f, v) in [
+                ("namespace", &t.namespace),
+                ("service_account", &t.service_account),
+            ] {
+                if v.is_empty() || v.contains('/') {
+                    return Err((
+                        format!("{tat}.{f}"),
+                        "must be a non-empty name without '/'".into(),
+                    ));
+                }
+            }
+            // Often a URL (the apiserver's issuer), so '/' is fine here.
+            if t.audience.is_empty() {
+                return Err((format!("{tat}.audience"), "must not be empty".into()));
+            }
+            // The apiserver's minimum is 10 minutes; longer tokens outlive the certificate's
+            // purpose.
+            if !(600..=3600).contains(&t.expiration_seconds) {
+                return Err((
+                    format!("{tat}.expiration_seconds"),
+                    "must be 600 to 3600".into(),
+                ));
+            }
+        }
+        for (name, who) in [("execution", &self.execution), ("read", &self.read)] {
+            if who.user.is_empty() || who.user.starts_with("system:") {
+                return Err((
+                    format!("{at}.{name}.user"),
+                    "must be a non-empty name outside the system: namespace".into(),
+                ));
+            }
+            for (i, g) in who.groups.iter().enumerate() {
+                if g.is_empty() || g == "system:masters" {
+                    return Err((
+                        format!("{at}.{name}.groups[{i}]"),
+                        "must be a non-empty group other than system:masters".into(),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+// === end kubernetes target ===
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -413,6 +531,12 @@ impl Config {
                     if t.aws.is_some() {
                         return err(&format!("{at}.aws"), "only for kind = \"aws\"");
                     }
+                    if t.kubernetes.is_some() {
+                        return err(
+                            &format!("{at}.kubernetes"),
+                            "only for kind = \"kubernetes\"",
+                        );
+                    }
                 }
                 // --- aws target ---
                 crate::cert::TargetKind::Aws => {
@@ -422,16 +546,29 @@ impl Config {
                     if t.http.is_some() {
                         return err(&format!("{at}.http"), "only for kind = \"http\"");
                     }
+                    if t.kubernetes.is_some() {
+                        return err(
+                            &format!("{at}.kubernetes"),
+                            "only for kind = \"kubernetes\"",
+                        );
+                    }
                     a.validate(&format!("{at}.aws"))?;
                 }
-                other => {
-                    return err(
-                        &format!("{at}.kind"),
-                        &format!(
-                            "{:?} targets are not available in this build",
-                            other.as_str()
-                        ),
-                    )
+                crate::cert::TargetKind::Kubernetes => {
+                    let Some(k) = &t.kubernetes else {
+                        return err(
+                            &at,
+                            "kind = \"kubernetes\" needs a [targets.kubernetes] table",
+                        );
+                    };
+                    if t.http.is_some() || t.aws.is_some() {
+                        let other = if t.http.is_some() { "http" } else { "aws" };
+                        return err(
+                            &format!("{at}.{other}"),
+                            &format!("only for kind = \"{other}\""),
+                        );
+                    }
+                    k.validate(&format!("{at}.kubernetes"))?;
                 }
             }
         }
@@ -468,6 +605,12 @@ impl Config {
             // --- aws target ---
             if let Some(a) = &mut t.aws {
                 a.resolve(base);
+            }
+            if let Some(k) = &mut t.kubernetes {
+                if let Some(ca) = &mut k.ca {
+                    fix(ca);
+                }
+                k.credential.resolve(base);
             }
             if let Some(h) = &mut t.http {
                 if let Some(ca) = &mut h.upstream_ca {
@@ -997,6 +1140,54 @@ execution_role_arn = "arn:aws:iam::123456789012:role/seb-exec"
             field_error(&st).0,
             "targets[0].aws.static_credentials.secret_access_key"
         );
+    }
+
+    #[test]
+    fn kubernetes_targets_name_their_bad_fields() {
+        let kube = format!(
+            "{MINIMAL}[[targets]]\nname = \"cluster\"\nkind = \"kubernetes\"\nlisten = \"127.0.0.1:8444\"\n[targets.kubernetes]\napiserver = \"https://10.0.0.1:6443\"\nca = \"ca.pem\"\ncredential = {{ value_file = \"token\" }}\nexecution = {{ user = \"seb:exec:deployer\", groups = [\"seb:exec\"] }}\nread = {{ user = \"seb:read\" }}\n"
+        );
+        let c = Config::parse(&kube).unwrap();
+        assert_eq!(
+            c.targets[1].kubernetes.as_ref().unwrap().execution.groups,
+            ["seb:exec"]
+        );
+        let cases = [
+            (
+                "https://10.0.0.1:6443",
+                "http://10.0.0.1:6443",
+                "targets[1].kubernetes.apiserver",
+            ),
+            (
+                "user = \"seb:read\"",
+                "user = \"system:admin\"",
+                "targets[1].kubernetes.read.user",
+            ),
+            (
+                "[\"seb:exec\"]",
+                "[\"system:masters\"]",
+                "targets[1].kubernetes.execution.groups[0]",
+            ),
+            (
+                "value_file = \"token\"",
+                "value_file = \"token\", value_env = \"T\"",
+                "targets[1].kubernetes.credential",
+            ),
+            (
+                "ca = ",
+                "cert_authority = ",
+                "targets[1].kubernetes.cert_authority",
+            ),
+        ];
+        for (from, to, field) in cases {
+            assert_eq!(field_error(&kube.replace(from, to)).0, field, "{to}");
+        }
+        let missing = kube
+            .split("[targets.kubernetes]")
+            .next()
+            .unwrap()
+            .to_string();
+        assert_eq!(field_error(&missing).0, "targets[1]");
     }
 
     #[test]

@@ -221,6 +221,32 @@ pub fn first_uncovered(root: &Value, patterns: &[Pattern]) -> Option<String> {
     walk(root, &mut Vec::new(), patterns)
 }
 
+/// Every leaf (scalar, empty object, empty array) of a value, as its pointer.
+pub fn leaves(value: &Value) -> Vec<String> {
+    fn walk<'v>(v: &'v Value, path: &mut Vec<Step<'v>>, out: &mut Vec<String>) {
+        match v {
+            Value::Object(map) if !map.is_empty() => {
+                for (k, child) in map {
+                    path.push(Step::Key(k));
+                    walk(child, path, out);
+                    path.pop();
+                }
+            }
+            Value::Array(items) if !items.is_empty() => {
+                for (i, child) in items.iter().enumerate() {
+                    path.push(Step::Index(i));
+                    walk(child, path, out);
+                    path.pop();
+                }
+            }
+            _ => out.push(format_path(path)),
+        }
+    }
+    let mut out = Vec::new();
+    walk(value, &mut Vec::new(), &mut out);
+    out
+}
+
 fn unescape_segment(raw: &str) -> Result<String, String> {
     let mut out = String::with_capacity(raw.len());
     let mut chars = raw.chars();
@@ -325,5 +351,8 @@ mod tests {
         );
         assert_eq!(first_uncovered(&v, &[p("")]), None);
         assert_eq!(first_uncovered(&json!({}), &[]), Some("".into()));
+        let mut all = leaves(&v);
+        all.sort();
+        assert_eq!(all, vec!["/a/b~1c", "/a/d", "/e/0", "/e/1/f"]);
     }
 }

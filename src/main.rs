@@ -48,7 +48,60 @@ enum Command {
         #[arg(long, default_value = "agent:demo")]
         agent: String,
     },
+    /// Print a kubeconfig whose server is a broker's kubernetes listener. Its token is the
+    /// agent token for reads; pass a certificate per change with `kubectl --token`.
+    Kubeconfig(KubeconfigArgs),
 }
+
+// === seb kubeconfig ===
+
+#[derive(Args)]
+struct KubeconfigArgs {
+    /// The broker's kubernetes listener, https://host:port.
+    #[arg(long)]
+    server: String,
+    /// CA bundle that signed the broker's TLS certificate (embedded in the kubeconfig).
+    #[arg(long)]
+    ca: PathBuf,
+    /// Bearer token: the agent token (reads) or a certificate (one change).
+    #[arg(long)]
+    token: Option<String>,
+    /// Default namespace of the context.
+    #[arg(long)]
+    namespace: Option<String>,
+}
+
+/// JSON is valid YAML, and kubectl and client libraries read it as a kubeconfig.
+fn kubeconfig(a: &KubeconfigArgs) -> anyhow::Result<()> {
+    use base64::Engine;
+    if !a.server.starts_with("https://") {
+        anyhow::bail!("--server must be https://: client-go sends no bearer token over plain HTTP");
+    }
+    let ca = std::fs::read(&a.ca).map_err(|e| anyhow::anyhow!("{}: {e}", a.ca.display()))?;
+    let mut user = json!({});
+    if let Some(t) = &a.token {
+        user["token"] = json!(t.trim());
+    }
+    let mut context = json!({"cluster": "seb", "user": "seb-agent"});
+    if let Some(ns) = &a.namespace {
+        context["namespace"] = json!(ns);
+    }
+    let config = json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "seb", "cluster": {
+            "server": a.server,
+            "certificate-authority-data": base64::engine::general_purpose::STANDARD.encode(ca),
+        }}],
+        "users": [{"name": "seb-agent", "user": user}],
+        "contexts": [{"name": "seb", "context": context}],
+        "current-context": "seb",
+    });
+    println!("{}", serde_json::to_string_pretty(&config)?);
+    Ok(())
+}
+
+// === end seb kubeconfig ===
 
 #[derive(Subcommand)]
 enum CertCommand {
@@ -178,6 +231,7 @@ fn main() -> ExitCode {
         Command::Audit(AuditCommand::Verify(a)) => return seb::audit::cli::run_verify(&a),
         Command::Audit(AuditCommand::Query(a)) => return seb::audit::cli::run_query(&a),
         Command::DevCerts { out, agent } => dev_certs(&out, &agent),
+        Command::Kubeconfig(a) => kubeconfig(&a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -14,7 +14,7 @@ use crate::cert::{keys, Issuer, TrustedIssuers, WindowPolicy};
 use crate::config::Config;
 use crate::denial::{Denial, Reason};
 use crate::state::memory::MemoryUseStore;
-use crate::targets::{http::HttpTarget, Target};
+use crate::targets::{http::HttpTarget, kubernetes::KubeTarget, Target};
 use anyhow::Context;
 use pipeline::ConnInfo;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -50,21 +50,18 @@ impl Broker {
     /// agent tokens) they still need to come from one of them.
     pub fn authenticate_reader(
         &self,
-        headers: &http::HeaderMap,
+        presented: Option<&str>,
         conn: &ConnInfo,
     ) -> Result<(), Denial> {
         if !self.reads_need_agent || conn.peer.is_some() {
             return Ok(());
         }
-        let presented = headers
-            .get(AGENT_TOKEN_HEADER)
-            .and_then(|v| v.to_str().ok());
         match presented {
             Some(t) if self.agent_tokens.iter().any(|k| constant_time_eq(k.as_bytes(), t.as_bytes())) => Ok(()),
             Some(_) => Err(Denial::new(Reason::Unauthenticated, "the agent token is not one this broker knows")),
             None => Err(Denial::new(
                 Reason::Unauthenticated,
-                "reads need an authenticated agent: a client certificate or an X-Seb-Agent-Token header",
+                "reads need an authenticated agent: a client certificate or the agent token (X-Seb-Agent-Token; the bearer token for kubernetes targets)",
             )),
         }
     }
@@ -225,10 +222,15 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                         .with_context(|| format!("targets[{i}]"))?,
                 )
             }
-            other => anyhow::bail!(
-                "targets[{i}].kind: {} targets are not available in this build",
-                other.as_str()
-            ),
+            crate::cert::TargetKind::Kubernetes => {
+                let k = tc
+                    .kubernetes
+                    .as_ref()
+                    .with_context(|| format!("targets[{i}].kubernetes: missing"))?;
+                Target::Kubernetes(
+                    KubeTarget::new(&tc.name, k).with_context(|| format!("targets[{i}]"))?,
+                )
+            }
         };
         let listener = tokio::net::TcpListener::bind(tc.listen)
             .await

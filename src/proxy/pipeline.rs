@@ -97,7 +97,7 @@ where
 async fn run<B>(
     broker: &Broker,
     target: &Target,
-    parts: http::request::Parts,
+    mut parts: http::request::Parts,
     body: B,
     conn: &ConnInfo,
     request_id: &str,
@@ -132,12 +132,14 @@ where
 
     let Some(token) = token else {
         if parsed.is_read {
+            if !target.authenticate_reader(&parts, &body)? {
+                broker.authenticate_reader(target.agent_token(&parts.headers), conn)?;
+            }
             return read_pass_through(
                 broker,
                 target,
                 &parts,
                 body,
-                conn,
                 request_id,
                 record,
                 (started, deadline),
@@ -157,6 +159,30 @@ where
     broker
         .admission
         .check_certificate(&cert, peer, crate::cert::now_secs())?;
+    if parsed.is_read && target.certificate_authenticates_reads() {
+        // kubectl has one bearer token per invocation and sends it on the discovery and
+        // GET requests around a mutation too: a certificate that verifies authenticates
+        // those reads, which spend no use and run under the read identity.
+        if cert.claims.seb.target != target.kind() {
+            return Err(Denial::new(
+                Reason::ContractMismatch,
+                format!(
+                    "a certificate for a {} target does not authenticate reads here",
+                    cert.claims.seb.target.as_str()
+                ),
+            ));
+        }
+        return read_pass_through(
+            broker,
+            target,
+            &parts,
+            body,
+            request_id,
+            record,
+            (started, deadline),
+        )
+        .await;
+    }
     let view = BodyView {
         bytes: &body,
         sha256_hex: &body_sha256,
@@ -171,6 +197,7 @@ where
         }
     }
     target.check_drift(&cert, &parsed).await?;
+    let body = target.check_effect(&cert, &parts, body).await?;
     let (n, max) = broker.admission.take_use(&cert).await?;
     record.uses = Some((n, max));
     broker
@@ -198,7 +225,9 @@ where
         .metrics
         .observe(Phase::Identity, identity_started.elapsed());
 
-    // 6. sign + forward
+    // 6. sign + forward (an admitted upgrade, such as a kubernetes exec, is joined to the
+    //    upstream's once both sides have switched protocols)
+    let client_upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
     let upstream_req = match upload {
         None => target
             .upstream_request(&parts, body, &identity, request_id)?
@@ -211,7 +240,7 @@ where
             &cert,
         )?,
     };
-    let resp = forward(broker, target, upstream_req, deadline).await?;
+    let resp = forward(broker, target, upstream_req, deadline, client_upgrade).await?;
 
     // 7. outcome (not waited on: the decision is already durable, and a crash before this
     //    record lands is written as `unknown` on restart)
@@ -225,26 +254,23 @@ where
     Ok(resp)
 }
 
+/// A read, already authenticated by the caller.
 #[allow(clippy::too_many_arguments)]
 async fn read_pass_through(
     broker: &Broker,
     target: &Target,
     parts: &http::request::Parts,
     body: Bytes,
-    conn: &ConnInfo,
     request_id: &str,
     record: &mut Draft,
     (started, deadline): (Instant, tokio::time::Instant),
 ) -> Result<Response<Body>, Denial> {
-    if !target.authenticate_reader(parts, &body)? {
-        broker.authenticate_reader(&parts.headers, conn)?;
-    }
     let identity = target.identity(None).await?;
     record.identity = Some(identity.audit.clone());
     let upstream_req = target
         .upstream_request(parts, body, &identity, request_id)?
         .map(upstream_full);
-    let resp = forward(broker, target, upstream_req, deadline).await?;
+    let resp = forward(broker, target, upstream_req, deadline, None).await?;
     broker.metrics.count(target.name(), Decision::Read, None);
     let mut entry = record.allow();
     entry.upstream_status = Some(resp.status().as_u16());
@@ -258,6 +284,7 @@ async fn forward(
     target: &Target,
     req: Request<UpstreamBody>,
     deadline: tokio::time::Instant,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
 ) -> Result<Response<Body>, Denial> {
     let started = Instant::now();
     let failed = |detail: String| {
@@ -270,7 +297,7 @@ async fn forward(
             format!("upstream {} {detail}", target.name()),
         )
     };
-    let resp = match tokio::time::timeout_at(deadline, target.client().send_body(req)).await {
+    let mut resp = match tokio::time::timeout_at(deadline, target.client().send_body(req)).await {
         Ok(Ok(resp)) => resp,
         Ok(Err(e)) => {
             // A streamed body that failed its check in flight says why; that is the refusal.
@@ -291,11 +318,52 @@ async fn forward(
         }
     };
     broker.metrics.observe(Phase::Forward, started.elapsed());
+    let switching = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
+    if switching {
+        let Some(client_upgrade) = client_upgrade else {
+            return Err(Denial::new(
+                Reason::UpstreamError,
+                "the upstream switched protocols on a request that asked for no upgrade",
+            ));
+        };
+        tokio::spawn(join_upgraded(client_upgrade, hyper::upgrade::on(&mut resp)));
+    }
     let (mut parts, body) = resp.into_parts();
     let mut headers = http::HeaderMap::new();
     crate::targets::http::copy_hop_safe_response_headers(&parts.headers, &mut headers);
+    if switching {
+        // The upgrade headers describe the connection the agent is switching to.
+        if let Some(up) = parts.headers.get(http::header::UPGRADE) {
+            headers.insert(http::header::UPGRADE, up.clone());
+            headers.insert(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("Upgrade"),
+            );
+        }
+    }
     parts.headers = headers;
     Ok(Response::from_parts(parts, stream_body(body)))
+}
+
+/// Copies bytes both ways between the agent's upgraded connection and the upstream's until
+/// either side closes.
+async fn join_upgraded(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    match tokio::join!(client, upstream) {
+        (Ok(c), Ok(u)) => {
+            let mut c = hyper_util::rt::TokioIo::new(c);
+            let mut u = hyper_util::rt::TokioIo::new(u);
+            if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
+                tracing::debug!(error = %e, "upgraded connection ended with an error");
+            }
+        }
+        (c, u) => {
+            tracing::debug!(
+                client = c.is_ok(),
+                upstream = u.is_ok(),
+                "upgrade did not complete"
+            );
+        }
+    }
 }
 
 async fn read_body<B>(

@@ -8,6 +8,7 @@
 
 pub mod aws;
 pub mod http;
+pub mod kubernetes;
 pub mod path;
 
 use crate::cert::{Certificate, TargetKind};
@@ -22,6 +23,7 @@ use serde_json::Value;
 pub enum Target {
     Http(http::HttpTarget),
     Aws(aws::AwsTarget),
+    Kubernetes(kubernetes::KubeTarget),
 }
 
 /// How a refusal must look to this request's client, read from the request before the
@@ -52,6 +54,7 @@ impl Target {
         match self {
             Target::Http(t) => &t.name,
             Target::Aws(t) => &t.name,
+            Target::Kubernetes(t) => &t.name,
         }
     }
 
@@ -59,6 +62,7 @@ impl Target {
         match self {
             Target::Http(_) => TargetKind::Http,
             Target::Aws(_) => TargetKind::Aws,
+            Target::Kubernetes(_) => TargetKind::Kubernetes,
         }
     }
 
@@ -66,6 +70,7 @@ impl Target {
         match self {
             Target::Http(t) => &t.client,
             Target::Aws(t) => &t.client,
+            Target::Kubernetes(t) => &t.client,
         }
     }
 
@@ -74,6 +79,7 @@ impl Target {
         match self {
             Target::Http(t) => t.parse(parts, body),
             Target::Aws(t) => t.parse(parts, body),
+            Target::Kubernetes(t) => t.parse(parts, body),
         }
     }
 
@@ -82,6 +88,9 @@ impl Target {
         match self {
             Target::Http(_) => Ok(http::certificate(&parts.headers)?.map(str::to_string)),
             Target::Aws(_) => aws::certificate(parts),
+            Target::Kubernetes(_) => {
+                Ok(kubernetes::certificate(&parts.headers)?.map(str::to_string))
+            }
         }
     }
 
@@ -90,13 +99,34 @@ impl Target {
         match self {
             Target::Http(_) => "this request changes state and carries no certificate; present one as \"Authorization: Bearer <certificate>\"",
             Target::Aws(_) => aws::CERT_HINT,
+            Target::Kubernetes(_) => "this request changes the cluster and carries no certificate; present one as the bearer token (kubectl --token \"$CERT\")",
         }
     }
 
     pub fn error_dialect(&self, parts: &::http::request::Parts) -> ErrorDialect {
         match self {
-            Target::Http(_) => ErrorDialect::Native,
+            Target::Http(_) | Target::Kubernetes(_) => ErrorDialect::Native,
             Target::Aws(_) => ErrorDialect::Aws(aws::denial::error_format(parts)),
+        }
+    }
+
+    /// The token that authenticates an agent for reads: `X-Seb-Agent-Token`, or for
+    /// kubernetes the bearer token (kubectl has no other place for it) when it is not a
+    /// certificate.
+    pub fn agent_token<'a>(&self, headers: &'a ::http::HeaderMap) -> Option<&'a str> {
+        match self {
+            Target::Http(_) | Target::Aws(_) => headers
+                .get(crate::proxy::AGENT_TOKEN_HEADER)
+                .and_then(|v| v.to_str().ok()),
+            Target::Kubernetes(_) => kubernetes::agent_token(headers),
+        }
+    }
+
+    /// Whether a verified certificate authenticates reads that carry it (see the pipeline).
+    pub fn certificate_authenticates_reads(&self) -> bool {
+        match self {
+            Target::Http(_) | Target::Aws(_) => false,
+            Target::Kubernetes(_) => true,
         }
     }
 
@@ -109,6 +139,7 @@ impl Target {
         match self {
             Target::Http(t) => t.check_contract(cert, parts, body),
             Target::Aws(t) => t.check_contract(cert, parts, body),
+            Target::Kubernetes(t) => t.check_contract(cert, parts, body),
         }
     }
 
@@ -123,6 +154,24 @@ impl Target {
                 Ok(())
             }
             Target::Aws(t) => t.check_drift(cert).await,
+            // Kubernetes checks its precondition in check_effect, on the same read of the
+            // live object that the effect is computed from.
+            Target::Kubernetes(_) => Ok(()),
+        }
+    }
+
+    /// Effect matching against the live object, for targets that can compute it. Returns
+    /// the body to forward, which may carry a precondition pinning the state that was
+    /// checked (no time-of-check/time-of-use gap).
+    pub async fn check_effect(
+        &self,
+        cert: &Certificate,
+        parts: &::http::request::Parts,
+        body: Bytes,
+    ) -> Result<Bytes, Denial> {
+        match self {
+            Target::Http(_) | Target::Aws(_) => Ok(body),
+            Target::Kubernetes(t) => t.check_effect(cert, parts, body).await,
         }
     }
 
@@ -131,6 +180,7 @@ impl Target {
         match self {
             Target::Http(t) => Ok(t.identity(cert)),
             Target::Aws(t) => t.identity(cert).await,
+            Target::Kubernetes(t) => t.identity(cert).await,
         }
     }
 
@@ -144,6 +194,7 @@ impl Target {
         match self {
             Target::Http(t) => t.upstream_request(parts, body, identity, request_id),
             Target::Aws(t) => t.upstream_request(parts, body, identity, request_id),
+            Target::Kubernetes(t) => t.upstream_request(parts, body, identity, request_id),
         }
     }
 
@@ -155,7 +206,7 @@ impl Target {
         body: &Bytes,
     ) -> Result<bool, Denial> {
         match self {
-            Target::Http(_) => Ok(false),
+            Target::Http(_) | Target::Kubernetes(_) => Ok(false),
             Target::Aws(t) => t.authenticate_reader(parts, body),
         }
     }
@@ -163,7 +214,7 @@ impl Target {
     /// Whether the request body goes upstream as a stream instead of being read first.
     pub fn streams_upload(&self, parts: &::http::request::Parts) -> bool {
         match self {
-            Target::Http(_) => false,
+            Target::Http(_) | Target::Kubernetes(_) => false,
             Target::Aws(t) => t.streams_upload(parts),
         }
     }
@@ -178,9 +229,9 @@ impl Target {
         cert: &Certificate,
     ) -> Result<::http::Request<UpstreamBody>, Denial> {
         match self {
-            Target::Http(_) => Err(Denial::new(
+            Target::Http(_) | Target::Kubernetes(_) => Err(Denial::new(
                 crate::denial::Reason::RequestMalformed,
-                "http targets do not stream request bodies",
+                "only aws targets stream request bodies",
             )),
             Target::Aws(t) => t.upstream_upload(parts, body, identity, request_id, cert),
         }
@@ -194,6 +245,7 @@ impl Target {
     ) -> ::http::Response<Body> {
         match (self, dialect) {
             (Target::Aws(_), ErrorDialect::Aws(f)) => aws::denial::render(denial, f, request_id),
+            (Target::Kubernetes(t), _) => t.render_denial(denial, request_id),
             _ => http::problem(denial, request_id),
         }
     }

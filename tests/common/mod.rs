@@ -261,6 +261,7 @@ impl Broker {
             .arg(&self.config_path)
             .env("SEB_TEST_PAYMENTS_TOKEN", UPSTREAM_SECRET)
             .env("SEB_TEST_AGENT_TOKEN", AGENT_TOKEN)
+            .env("SEB_TEST_KUBE_TOKEN", KUBE_BROKER_TOKEN)
             .env("SEB_LOG", "warn")
             .envs(self.extra_env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
@@ -431,3 +432,149 @@ pub fn assert_audit_verifies(env: &Env) {
     ]);
     assert_eq!(code, 0, "{out}{err}");
 }
+// === kubernetes ===
+
+/// The only bearer token the test apiserver accepts: the broker's own credential.
+pub const KUBE_BROKER_TOKEN: &str = "kube-broker-token-the-agent-never-sees";
+
+/// tests/kube/apiserver.py over TLS with the dev server certificate (it is for localhost).
+pub struct KubeApiserver {
+    pub port: u16,
+    log: PathBuf,
+    _child: KillOnDrop,
+}
+
+impl KubeApiserver {
+    pub fn start(env: &Env) -> KubeApiserver {
+        let log = env.path("apiserver.jsonl");
+        let port_file = env.path("apiserver.port");
+        let child = Command::new("python3")
+            .arg(repo().join("tests/kube/apiserver.py"))
+            .arg("--log")
+            .arg(&log)
+            .arg("--cert")
+            .arg(env.path("tls/server.pem"))
+            .arg("--key")
+            .arg(env.path("tls/server.key"))
+            .args(["--token-env", "SEB_TEST_KUBE_TOKEN", "--port-file"])
+            .arg(&port_file)
+            .env("SEB_TEST_KUBE_TOKEN", KUBE_BROKER_TOKEN)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("python3 runs the test apiserver");
+        let child = KillOnDrop(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let port = loop {
+            if let Ok(p) = std::fs::read_to_string(&port_file) {
+                break p.trim().parse().unwrap();
+            }
+            assert!(Instant::now() < deadline, "test apiserver did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        KubeApiserver {
+            port,
+            log,
+            _child: child,
+        }
+    }
+
+    /// Every request the apiserver received, in order.
+    pub fn requests(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// The requests that could change something: anything but GET, and GETs that open a
+    /// stream into a pod (websocket exec, attach, port-forward).
+    pub fn mutations(&self) -> Vec<Value> {
+        self.requests()
+            .into_iter()
+            .filter(|r| {
+                let path = r["path"].as_str().unwrap_or("");
+                r["method"] != "GET"
+                    || ["/exec?", "/attach?", "/portforward?"]
+                        .iter()
+                        .any(|s| path.contains(s))
+            })
+            .collect()
+    }
+}
+
+impl Env {
+    /// A certificate for one kubernetes request, valid now for 5 minutes.
+    pub fn kube_cert(&self, request: Value, body: Value, edit: impl FnOnce(&mut Value)) -> String {
+        self.cert_with("", "", body, |p| {
+            p["seb"]["target"] = json!("kubernetes");
+            p["seb"]["action"] = json!("deploy");
+            p["seb"]["request"] = request;
+            edit(p);
+        })
+    }
+
+    /// A broker config with one kubernetes target, `cluster`, in front of the test apiserver.
+    pub fn kube_config(&self, apiserver_port: u16) -> BrokerConfig {
+        let base = self.config(9, "");
+        let common = base.text.split("[[targets]]").next().unwrap().to_string();
+        let text = format!(
+            r#"{common}
+[[targets]]
+name = "cluster"
+kind = "kubernetes"
+listen = "127.0.0.1:{listen}"
+[targets.kubernetes]
+apiserver = "https://localhost:{apiserver_port}"
+ca = "tls/ca.pem"
+credential = {{ value_env = "SEB_TEST_KUBE_TOKEN" }}
+execution = {{ user = "seb:exec:shop-deployer", groups = ["seb:exec"] }}
+read = {{ user = "seb:read:shop", groups = ["seb:read"] }}
+"#,
+            listen = base.listen
+        );
+        BrokerConfig { text, ..base }
+    }
+}
+
+/// A kubeconfig from `seb kubeconfig`, written to `name` in the test directory.
+pub fn kubeconfig(env: &Env, broker: &Broker, token: &str, name: &str) -> PathBuf {
+    let (code, out, err) = seb(&[
+        "kubeconfig",
+        "--server",
+        &format!("https://localhost:{}", broker.listen),
+        "--ca",
+        env.path("tls/ca.pem").to_str().unwrap(),
+        "--token",
+        token,
+        "--namespace",
+        "shop",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let path = env.path(name);
+    std::fs::write(&path, out).unwrap();
+    path
+}
+
+/// Runs kubectl with a kubeconfig and an optional `--token` override; returns (exit code,
+/// stdout, stderr).
+pub fn kubectl(kubeconfig: &Path, token: Option<&str>, args: &[&str]) -> (i32, String, String) {
+    let mut c = Command::new("kubectl");
+    c.arg("--kubeconfig")
+        .arg(kubeconfig)
+        .arg("--request-timeout=20s");
+    if let Some(t) = token {
+        c.arg("--token").arg(t);
+    }
+    // A scratch cache directory: discovery results must come from this test's broker.
+    let cache = kubeconfig.with_extension("cache");
+    c.arg("--cache-dir").arg(&cache);
+    let out = c.args(args).output().expect("kubectl on PATH");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+// === end kubernetes ===

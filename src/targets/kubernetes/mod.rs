@@ -1,0 +1,1092 @@
+//! The Kubernetes target: kubectl and client libraries talk to the broker as if it were the
+//! apiserver.
+//!
+//! - Agents authenticate with a bearer token: the configured agent token for reads, a
+//!   certificate (a JWS, told apart by its three dot-separated parts) for mutations. A client
+//!   certificate (mTLS) also authenticates reads.
+//! - Requests are classified by the apiserver's request-info rules ([`requestinfo`]).
+//! - Mutation bodies must be JSON (`application/json`, merge, JSON and strategic merge patch,
+//!   and apply patches whose body is JSON). Protobuf and YAML are refused with 415.
+//! - With `seb.request.effect: true` the certificate's constraints are checked against what
+//!   the change does to the live object ([`effect`]), and the request is forwarded with a
+//!   precondition on the resourceVersion that effect was computed on.
+//! - Requests run as the configured user, impersonated with the broker's own token
+//!   ([`identity`]); refusals are `Status` objects ([`status`]).
+
+pub mod effect;
+pub mod identity;
+pub mod patch;
+pub mod requestinfo;
+pub mod status;
+
+use super::{Identity, Parsed};
+use crate::cert::claims::BodyRule;
+use crate::cert::{Certificate, TargetKind};
+use crate::config::KubeTargetConfig;
+use crate::contract::{self, BodyView};
+use crate::denial::{Denial, Reason};
+use crate::proxy::forward::{Body, UpstreamClient};
+use bytes::Bytes;
+use effect::Change;
+use http::header::{HeaderName, HeaderValue};
+use http::{HeaderMap, Request, Response, Uri};
+use http_body_util::{BodyExt, Full};
+use identity::{Credential, Impersonation, TokenMinter};
+use requestinfo::RequestInfo;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use status::UNSUPPORTED_MEDIA;
+
+pub struct KubeTarget {
+    pub name: String,
+    base: Uri,
+    credential: Credential,
+    execution: Impersonation,
+    read: Impersonation,
+    token_request: Option<TokenMinter>,
+    pub client: UpstreamClient,
+}
+
+/// `seb.request` for kubernetes targets (certificate v1), plus `effect`: whether `seb.body`
+/// constraints apply to the change's effect on the live object instead of the request body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KubeContract {
+    verb: String,
+    group: String,
+    resource: String,
+    #[serde(default)]
+    subresource: Option<String>,
+    #[serde(default)]
+    namespace: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    effect: bool,
+    /// exec and attach: the container (absent: the request must not name one either).
+    #[serde(default)]
+    container: Option<String>,
+    /// exec: the command, argument by argument.
+    #[serde(default)]
+    command: Option<Vec<String>>,
+    /// exec and attach: whether the session may read the agent's stdin (and use a tty).
+    #[serde(default)]
+    stdin: bool,
+    /// portforward: the ports.
+    #[serde(default)]
+    ports: Option<Vec<String>>,
+}
+
+/// Subresources that open a stream into a pod: mutations whatever their method, proxied as
+/// upgraded connections once admitted.
+fn is_stream_subresource(sub: Option<&str>) -> bool {
+    matches!(sub, Some("exec" | "attach" | "portforward"))
+}
+
+/// What an exec, attach or port-forward will run, from its query string, against the
+/// certificate's `container`, `command`, `stdin` and `ports`.
+fn check_stream(c: &KubeContract, info: &RequestInfo, query: Option<&str>) -> Result<(), Denial> {
+    let mismatch = |m: String| Denial::new(Reason::ContractMismatch, m);
+    let pairs = requestinfo::query_pairs(query.unwrap_or(""));
+    let all = |k: &str| -> Vec<String> {
+        pairs
+            .iter()
+            .filter(|(n, _)| n == k)
+            .map(|(_, v)| v.clone())
+            .collect()
+    };
+    let one = |k: &str| -> Result<Option<String>, Denial> {
+        let v = all(k);
+        if v.len() > 1 {
+            return Err(Denial::new(
+                Reason::RequestMalformed,
+                format!("query parameter {k} appears more than once"),
+            ));
+        }
+        Ok(v.into_iter().next())
+    };
+    let flag = |k: &str| -> Result<bool, Denial> {
+        Ok(one(k)?.is_some_and(|v| matches!(v.as_str(), "true" | "1")))
+    };
+    match info.subresource.as_deref() {
+        Some("exec") | Some("attach") => {
+            if one("container")? != c.container {
+                return Err(mismatch(format!(
+                    "certificate allows container {:?} and the request names {:?}",
+                    c.container,
+                    one("container")?
+                )));
+            }
+            if (flag("stdin")? || flag("tty")?) && !c.stdin {
+                return Err(mismatch("the request asks for stdin or a tty, and the certificate does not allow an interactive session".into()));
+            }
+            if info.subresource.as_deref() == Some("exec") {
+                let command = all("command");
+                if c.command.as_ref() != Some(&command) {
+                    return Err(mismatch(format!(
+                        "certificate allows command {:?} and the request runs {command:?}",
+                        c.command
+                    )));
+                }
+            }
+        }
+        Some("portforward") => {
+            if c.ports.as_ref() != Some(&all("ports")) {
+                return Err(mismatch(format!(
+                    "certificate allows ports {:?} and the request forwards {:?}",
+                    c.ports,
+                    all("ports")
+                )));
+            }
+        }
+        _ => {
+            if c.container.is_some() || c.command.is_some() || c.ports.is_some() || c.stdin {
+                return Err(mismatch("container, command, stdin and ports apply only to exec, attach and portforward".into()));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `seb.precondition` for kubernetes targets.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+enum Precondition {
+    ResourceVersion(String),
+    Fields(Map<String, Value>),
+}
+
+/// The media types a mutation body may have, as the broker reads them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Media {
+    Json,
+    MergePatch,
+    JsonPatch,
+    StrategicMergePatch,
+    ApplyPatch,
+}
+
+fn media(content_type: Option<&str>) -> Result<Option<Media>, Denial> {
+    let Some(ct) = content_type else {
+        return Ok(None);
+    };
+    let essence = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let refuse = |why: String| {
+        Denial::new(
+            Reason::RequestMalformed,
+            format!("{UNSUPPORTED_MEDIA}{why}"),
+        )
+    };
+    Ok(Some(match essence.as_str() {
+        "application/json" => Media::Json,
+        "application/merge-patch+json" => Media::MergePatch,
+        "application/json-patch+json" => Media::JsonPatch,
+        "application/strategic-merge-patch+json" => Media::StrategicMergePatch,
+        "application/apply-patch+yaml" | "application/apply-patch+json" => Media::ApplyPatch,
+        "application/vnd.kubernetes.protobuf" => {
+            return Err(refuse(
+                "the broker reads only JSON bodies and this one is protobuf; kubectl sends protobuf for typed create commands (kubectl create deployment/job/...), so use `kubectl create -f FILE.json` or `kubectl apply` instead, or a client configured for application/json".into(),
+            ))
+        }
+        "application/yaml" => return Err(refuse("send the body as JSON (application/json)".into())),
+        other => return Err(refuse(format!("{other:?} is not a body the broker reads; send JSON"))),
+    }))
+}
+
+/// JSON as the broker decides on it: strict (no duplicate keys) and with no two keys in one
+/// object that differ only in case, which a case-insensitive decoder would merge.
+fn strict_json(body: &[u8], what: &str) -> Result<Value, Denial> {
+    let v = crate::json::parse_strict(body).map_err(|e| {
+        Denial::new(
+            Reason::RequestMalformed,
+            format!("{what} is not valid JSON: {e}"),
+        )
+    })?;
+    fn walk(v: &Value, at: &str) -> Result<(), String> {
+        match v {
+            Value::Object(m) => {
+                let mut seen = std::collections::HashSet::new();
+                for (k, child) in m {
+                    if !seen.insert(k.to_ascii_lowercase()) {
+                        return Err(format!("{at}: keys differ only in case ({k:?})"));
+                    }
+                    walk(child, &format!("{at}/{k}"))?;
+                }
+                Ok(())
+            }
+            Value::Array(a) => a
+                .iter()
+                .enumerate()
+                .try_for_each(|(i, c)| walk(c, &format!("{at}/{i}"))),
+            _ => Ok(()),
+        }
+    }
+    walk(&v, "").map_err(|e| Denial::new(Reason::RequestMalformed, format!("{what}: {e}")))?;
+    Ok(v)
+}
+
+/// The request body read by its media type, checked for what that type requires.
+fn body_value(media: Media, body: &[u8]) -> Result<Value, Denial> {
+    let what = match media {
+        Media::ApplyPatch => "the apply patch",
+        _ => "the body",
+    };
+    if media == Media::ApplyPatch
+        && crate::json::parse_strict(body).is_err()
+        && std::str::from_utf8(body).is_ok()
+    {
+        return Err(Denial::new(
+            Reason::RequestMalformed,
+            format!("{UNSUPPORTED_MEDIA}apply patches are read only when the body is JSON, and this one is YAML; use `kubectl apply --server-side` (which sends JSON) or convert the manifest to JSON"),
+        ));
+    }
+    let v = strict_json(body, what)?;
+    let ok = match media {
+        Media::JsonPatch => v.is_array(),
+        _ => v.is_object(),
+    };
+    if !ok {
+        return Err(Denial::new(
+            Reason::RequestMalformed,
+            format!(
+                "{what} does not match its Content-Type ({})",
+                if media == Media::JsonPatch {
+                    "a JSON patch is an array"
+                } else {
+                    "expected an object"
+                }
+            ),
+        ));
+    }
+    Ok(v)
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, Denial> {
+    let mut all = headers.get_all(name).iter();
+    let Some(first) = all.next() else {
+        return Ok(None);
+    };
+    if all.next().is_some() {
+        return Err(Denial::new(
+            Reason::RequestMalformed,
+            format!("{name} appears more than once"),
+        ));
+    }
+    first
+        .to_str()
+        .map(Some)
+        .map_err(|_| Denial::new(Reason::RequestMalformed, format!("{name} is not ASCII")))
+}
+
+fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(http::header::UPGRADE)
+}
+
+impl KubeTarget {
+    pub fn new(name: &str, cfg: &KubeTargetConfig) -> anyhow::Result<KubeTarget> {
+        let at = format!("targets.{name}.kubernetes");
+        Ok(KubeTarget {
+            name: name.to_string(),
+            base: cfg.apiserver.parse()?,
+            credential: Credential::from_config(&cfg.credential)
+                .map_err(|e| anyhow::anyhow!("{at}.credential: {e}"))?,
+            execution: (&cfg.execution).into(),
+            read: (&cfg.read).into(),
+            token_request: cfg.token_request.as_ref().map(TokenMinter::new),
+            client: UpstreamClient::new(cfg.ca.as_deref())?,
+        })
+    }
+
+    fn classify(parts: &http::request::Parts) -> Result<RequestInfo, Denial> {
+        requestinfo::classify(parts.method.as_str(), parts.uri.path(), parts.uri.query())
+            .map_err(|m| Denial::new(Reason::RequestMalformed, m))
+    }
+
+    pub fn parse(&self, parts: &http::request::Parts, body: &Bytes) -> Result<Parsed, Denial> {
+        // The broker chooses who a request runs as; an agent asking to be someone else is
+        // refused outright, for reads too.
+        if let Some(h) = parts
+            .headers
+            .keys()
+            .find(|k| k.as_str().starts_with("impersonate-"))
+        {
+            return Err(Denial::new(
+                Reason::ContractMismatch,
+                format!("agents may not impersonate ({h}); the broker chooses the identity a request runs under"),
+            ));
+        }
+        let info = Self::classify(parts)?;
+        let is_read = info.is_read() && !is_upgrade(&parts.headers);
+        if !is_read && !body.is_empty() {
+            let m = media(header(&parts.headers, "content-type")?)?.ok_or_else(|| {
+                Denial::new(
+                    Reason::RequestMalformed,
+                    format!(
+                        "{UNSUPPORTED_MEDIA}a body without a Content-Type; send application/json"
+                    ),
+                )
+            })?;
+            if let Some(enc) = header(&parts.headers, "content-encoding")? {
+                if !enc.trim().eq_ignore_ascii_case("identity") {
+                    return Err(Denial::new(
+                        Reason::RequestMalformed,
+                        format!("Content-Encoding {enc:?} is not decoded by the broker"),
+                    ));
+                }
+            }
+            body_value(m, body)?;
+            let patch_verb = info.verb == "patch";
+            let patch_media = matches!(
+                m,
+                Media::MergePatch
+                    | Media::JsonPatch
+                    | Media::StrategicMergePatch
+                    | Media::ApplyPatch
+            );
+            if patch_verb != patch_media {
+                return Err(Denial::new(
+                    Reason::RequestMalformed,
+                    format!(
+                        "{UNSUPPORTED_MEDIA}a {} request cannot carry this Content-Type",
+                        parts.method
+                    ),
+                ));
+            }
+        }
+        let mut describe = info.describe();
+        if let Some(o) = describe.as_object_mut() {
+            o.insert("method".into(), parts.method.as_str().into());
+            o.insert(
+                "path".into(),
+                parts
+                    .uri
+                    .path_and_query()
+                    .map(|p| p.as_str())
+                    .unwrap_or("/")
+                    .into(),
+            );
+            o.insert("operation".into(), info.verb.clone().into());
+            o.insert(
+                "resource".into(),
+                match (&info.subresource, info.is_resource) {
+                    (_, false) => info.path.clone(),
+                    (Some(s), true) => format!("{}/{}/{s}", info.group, info.resource),
+                    (None, true) => format!("{}/{}", info.group, info.resource),
+                }
+                .into(),
+            );
+            o.insert("kube".into(), info.describe());
+        }
+        Ok(Parsed { is_read, describe })
+    }
+
+    pub fn check_contract(
+        &self,
+        cert: &Certificate,
+        parts: &http::request::Parts,
+        body: &BodyView,
+    ) -> Result<(), Denial> {
+        let seb = &cert.claims.seb;
+        if seb.target != TargetKind::Kubernetes {
+            return Err(Denial::new(
+                Reason::ContractMismatch,
+                format!(
+                    "certificate is for a {} target, this is kubernetes target {:?}",
+                    seb.target.as_str(),
+                    self.name
+                ),
+            ));
+        }
+        let c = contract(cert)?;
+        if let Some(p) = &seb.precondition {
+            serde_json::from_value::<Precondition>(p.clone()).map_err(|e| {
+                Denial::new(
+                    Reason::CertMalformed,
+                    format!("seb.precondition for kubernetes: {e}"),
+                )
+            })?;
+        }
+        let info = Self::classify(parts)?;
+        if !info.is_resource {
+            return Err(Denial::new(
+                Reason::ContractMismatch,
+                format!(
+                    "{} {} is not a resource request, and certificates name resources",
+                    parts.method, info.path
+                ),
+            ));
+        }
+        let stream = is_stream_subresource(info.subresource.as_deref());
+        if is_upgrade(&parts.headers) && !stream {
+            return Err(Denial::new(
+                Reason::ContractMismatch,
+                "only exec, attach and portforward may upgrade the connection",
+            ));
+        }
+        // A stream opened with GET (websocket) is authorized by the apiserver as `create`,
+        // like the POST (SPDY) form; one certificate covers both.
+        let verb = if stream && info.verb == "get" {
+            "create"
+        } else {
+            info.verb.as_str()
+        };
+        let want = json!({"verb": c.verb, "group": c.group, "resource": c.resource, "subresource": c.subresource, "namespace": c.namespace, "name": c.name});
+        let got = json!({"verb": verb, "group": info.group, "resource": info.resource, "subresource": info.subresource, "namespace": info.namespace, "name": info.name});
+        if want != got {
+            return Err(Denial::new(
+                Reason::ContractMismatch,
+                format!(
+                    "certificate allows {} and the request is {}",
+                    show(&want),
+                    show(&got)
+                ),
+            ));
+        }
+        check_stream(&c, &info, parts.uri.query())?;
+        if c.effect {
+            // Checked in check_effect against the live object.
+            return match &seb.body {
+                Some(BodyRule::Constraints(_)) => Ok(()),
+                _ => Err(Denial::new(
+                    Reason::CertMalformed,
+                    "seb.request.effect needs seb.body constraints to check the effect against",
+                )),
+            };
+        }
+        match (&seb.body, media(body.content_type)?) {
+            // Apply patches are YAML by name; parse() made sure this one is JSON.
+            (Some(BodyRule::Constraints(_)), Some(Media::ApplyPatch)) => contract::check_body(
+                seb.body.as_ref(),
+                &BodyView {
+                    content_type: Some("application/json"),
+                    ..*body
+                },
+            ),
+            _ => contract::check_body(seb.body.as_ref(), body),
+        }
+    }
+
+    /// Reads the live object the change applies to, when the certificate asks for effect
+    /// matching or a drift precondition; checks both; returns the body to forward, carrying a
+    /// precondition on the resourceVersion that was checked.
+    pub async fn check_effect(
+        &self,
+        cert: &Certificate,
+        parts: &http::request::Parts,
+        body: Bytes,
+    ) -> Result<Bytes, Denial> {
+        let c = contract(cert)?;
+        let precondition = match &cert.claims.seb.precondition {
+            Some(p) => Some(
+                serde_json::from_value::<Precondition>(p.clone()).map_err(|e| {
+                    Denial::new(
+                        Reason::CertMalformed,
+                        format!("seb.precondition for kubernetes: {e}"),
+                    )
+                })?,
+            ),
+            None => None,
+        };
+        if !c.effect && precondition.is_none() {
+            return Ok(body);
+        }
+        let info = Self::classify(parts)?;
+        let m = media(header(&parts.headers, "content-type")?)?;
+        let value = match m {
+            Some(m) if !body.is_empty() => Some(body_value(m, &body)?),
+            _ => None,
+        };
+        let object_path = match (info.verb.as_str(), &value) {
+            ("create", Some(v)) => {
+                let name = v.pointer("/metadata/name").and_then(Value::as_str).ok_or_else(|| {
+                    Denial::new(Reason::ContractMismatch, "a create checked against the live state needs metadata.name (generateName cannot be checked)")
+                })?;
+                format!("{}/{name}", parts.uri.path())
+            }
+            ("update" | "patch" | "delete", _) => parts.uri.path().to_string(),
+            (verb, _) => {
+                return Err(Denial::new(
+                    Reason::ContractMismatch,
+                    format!("the effect of a {verb:?} request cannot be computed"),
+                ))
+            }
+        };
+        let live = self.get_live(&object_path).await?;
+        if let Some(p) = &precondition {
+            check_precondition(p, live.as_ref())?;
+        }
+        if c.effect {
+            let Some(BodyRule::Constraints(rule)) = &cert.claims.seb.body else {
+                return Err(Denial::new(
+                    Reason::CertMalformed,
+                    "seb.request.effect needs seb.body constraints",
+                ));
+            };
+            if !effect::supported(&info.group, &info.resource, info.subresource.as_deref()) {
+                return Err(Denial::new(
+                    Reason::ContractMismatch,
+                    format!(
+                        "the effect of a change to {} cannot be computed by this broker",
+                        show(&info.describe())
+                    ),
+                ));
+            }
+            let change = match (info.verb.as_str(), m) {
+                ("create", _) => Change::Create,
+                ("update", _) => Change::Update,
+                ("patch", Some(Media::MergePatch)) => Change::MergePatch,
+                ("patch", Some(Media::JsonPatch)) => Change::JsonPatch,
+                ("patch", Some(Media::StrategicMergePatch)) => Change::StrategicMergePatch,
+                ("patch", Some(Media::ApplyPatch)) => Change::Apply,
+                (verb, _) => {
+                    return Err(Denial::new(
+                        Reason::ContractMismatch,
+                        format!("the effect of this {verb} request cannot be computed"),
+                    ))
+                }
+            };
+            if change == Change::Apply {
+                check_first_apply(live.as_ref(), parts.uri.query())?;
+            }
+            let v = value.as_ref().ok_or_else(|| {
+                Denial::new(
+                    Reason::ContractMismatch,
+                    "a change without a body has no effect to check",
+                )
+            })?;
+            let after = effect::after(change, live.as_ref(), v).map_err(|e| {
+                Denial::new(
+                    Reason::ContractMismatch,
+                    format!("the effect of this change cannot be computed: {e}"),
+                )
+            })?;
+            // A create makes every field of its body, whatever exists now: the object seen
+            // here may be deleted before the create lands, and nothing pins its absence.
+            let before = match (change, &live) {
+                (Change::Create, _) | (_, None) => json!({}),
+                (_, Some(l)) => l.clone(),
+            };
+            effect::check(rule, &after, &effect::changed_leaves(&before, &after))?;
+        }
+        // A create needs no pin: the apiserver refuses it if the name exists by then.
+        if info.verb == "create" {
+            return Ok(body);
+        }
+        let Some(rv) = live
+            .as_ref()
+            .and_then(|l| l.pointer("/metadata/resourceVersion"))
+            .and_then(Value::as_str)
+        else {
+            // A missing object: the apiserver answers the update, patch or delete with 404.
+            return Ok(body);
+        };
+        with_resource_version(info.verb.as_str(), m, value, rv).map(|v| Bytes::from(v.to_string()))
+    }
+
+    async fn get_live(&self, path: &str) -> Result<Option<Value>, Denial> {
+        let unavailable = |m: String| {
+            Denial::new(
+                Reason::UpstreamError,
+                format!("reading the live object {path}: {m}"),
+            )
+        };
+        let id = identity::identity(&self.credential, &self.execution, None)?;
+        let mut req = Request::get(self.upstream_uri(path)?).header("accept", "application/json");
+        let h = req.headers_mut().expect("builder is valid");
+        if let Some((n, v)) = &id.header {
+            h.insert(n.clone(), v.clone());
+        }
+        for (n, v) in identity::impersonation_headers(&id.audit)? {
+            h.append(n, v);
+        }
+        let req = req
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| unavailable(e.to_string()))?;
+        let resp = tokio::time::timeout(std::time::Duration::from_secs(10), self.client.send(req))
+            .await
+            .map_err(|_| unavailable("timed out".into()))?
+            .map_err(|e| unavailable(e.to_string()))?;
+        let status = resp.status();
+        let bytes = http_body_util::Limited::new(resp.into_body(), 8 << 20)
+            .collect()
+            .await
+            .map_err(|e| unavailable(e.to_string()))?
+            .to_bytes();
+        match status.as_u16() {
+            200 => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| unavailable(format!("not JSON: {e}"))),
+            404 => Ok(None),
+            s => Err(unavailable(format!("the apiserver answered {s}"))),
+        }
+    }
+
+    fn upstream_uri(&self, path_and_query: &str) -> Result<Uri, Denial> {
+        let base_path = self.base.path().trim_end_matches('/');
+        Uri::builder()
+            .scheme(self.base.scheme_str().unwrap_or("https"))
+            .authority(
+                self.base
+                    .authority()
+                    .map(|a| a.as_str())
+                    .unwrap_or_default(),
+            )
+            .path_and_query(format!("{base_path}{path_and_query}"))
+            .build()
+            .map_err(|e| {
+                Denial::new(
+                    Reason::RequestMalformed,
+                    format!("cannot build the upstream URL: {e}"),
+                )
+            })
+    }
+
+    pub async fn identity(&self, cert: Option<&Certificate>) -> Result<Identity, Denial> {
+        match (cert, &self.token_request) {
+            (Some(c), Some(minter)) => {
+                let token = match minter.cache.get(&c.claims.jti) {
+                    Some(t) => t,
+                    None => {
+                        let t = self.mint(minter).await?;
+                        minter.cache.insert(c.claims.jti.clone(), t.clone());
+                        t
+                    }
+                };
+                Ok(minter.identity(c, token))
+            }
+            (Some(_), None) => identity::identity(&self.credential, &self.execution, cert),
+            (None, _) => identity::identity(&self.credential, &self.read, None),
+        }
+    }
+
+    /// POSTs a TokenRequest with the broker's own credential (no impersonation: the broker
+    /// needs `create` on exactly this `serviceaccounts/token`).
+    async fn mint(&self, minter: &TokenMinter) -> Result<HeaderValue, Denial> {
+        let path = minter.path();
+        let unavailable = |m: String| {
+            Denial::new(
+                Reason::IdentityUnavailable,
+                format!("TokenRequest {path}: {m}"),
+            )
+        };
+        let req = Request::post(self.upstream_uri(&path)?)
+            .header("content-type", "application/json")
+            .header("accept", "application/json")
+            .header(http::header::AUTHORIZATION, self.credential.bearer()?)
+            .body(Full::new(Bytes::from(minter.request_body().to_string())))
+            .map_err(|e| unavailable(e.to_string()))?;
+        let resp = tokio::time::timeout(std::time::Duration::from_secs(10), self.client.send(req))
+            .await
+            .map_err(|_| unavailable("timed out".into()))?
+            .map_err(|e| unavailable(e.to_string()))?;
+        let status = resp.status();
+        let body = http_body_util::Limited::new(resp.into_body(), 64 << 10)
+            .collect()
+            .await
+            .map_err(|e| unavailable(e.to_string()))?
+            .to_bytes();
+        if status != http::StatusCode::CREATED && status != http::StatusCode::OK {
+            return Err(unavailable(format!("the apiserver answered {status}")));
+        }
+        identity::minted_token(&body)
+    }
+
+    pub fn upstream_request(
+        &self,
+        parts: &http::request::Parts,
+        body: Bytes,
+        identity: &Identity,
+        request_id: &str,
+    ) -> Result<Request<Full<Bytes>>, Denial> {
+        let pq = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        let mut req = Request::builder()
+            .method(parts.method.clone())
+            .uri(self.upstream_uri(pq)?);
+        let headers = req.headers_mut().expect("builder is valid");
+        super::http::copy_end_to_end_headers(&parts.headers, headers);
+        // Impersonation is refused in parse(); front-proxy identity headers (X-Remote-User,
+        // -Group, -Extra-*) are dropped too, in case the apiserver trusts them on some path.
+        let agent_impersonation: Vec<HeaderName> = headers
+            .keys()
+            .filter(|k| {
+                let k = k.as_str();
+                k.starts_with("impersonate-") || k.starts_with("x-remote-")
+            })
+            .cloned()
+            .collect();
+        for k in agent_impersonation {
+            headers.remove(k);
+        }
+        if let Some((name, value)) = &identity.header {
+            headers.insert(name.clone(), value.clone());
+        }
+        // An admitted exec, attach or port-forward asks the apiserver for the same upgrade
+        // (the pipeline joins the two upgraded connections).
+        if let Some(up) = parts.headers.get(http::header::UPGRADE) {
+            headers.insert(http::header::UPGRADE, up.clone());
+            headers.insert(
+                http::header::CONNECTION,
+                HeaderValue::from_static("Upgrade"),
+            );
+        }
+        // A TokenRequest token is the identity itself; impersonation is for the broker's own
+        // credential.
+        if identity.audit["kind"] == "impersonation" {
+            for (n, v) in identity::impersonation_headers(&identity.audit)? {
+                headers.append(n, v);
+            }
+        }
+        if let Ok(v) = HeaderValue::from_str(request_id) {
+            headers.insert(HeaderName::from_static("x-request-id"), v);
+        }
+        req.body(Full::new(body)).map_err(|e| {
+            Denial::new(
+                Reason::RequestMalformed,
+                format!("cannot build the upstream request: {e}"),
+            )
+        })
+    }
+
+    pub fn render_denial(&self, denial: &Denial, request_id: &str) -> Response<Body> {
+        status::render(denial, request_id)
+    }
+}
+
+fn contract(cert: &Certificate) -> Result<KubeContract, Denial> {
+    serde_json::from_value(cert.claims.seb.request.clone()).map_err(|e| {
+        Denial::new(
+            Reason::CertMalformed,
+            format!("seb.request for a kubernetes target: {e}"),
+        )
+    })
+}
+
+fn show(v: &Value) -> String {
+    let Some(o) = v.as_object() else {
+        return v.to_string();
+    };
+    o.iter()
+        .filter(|(_, v)| !v.is_null())
+        .map(|(k, v)| {
+            format!(
+                "{k}={}",
+                v.as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| v.to_string())
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Server-side apply removes the fields its field manager applied before and omits now,
+/// which a strategic merge does not model. The broker computes the effect only of a first
+/// apply by a manager (nothing of its own to remove); a repeated one is refused when the
+/// certificate asks for effect matching.
+fn check_first_apply(live: Option<&Value>, query: Option<&str>) -> Result<(), Denial> {
+    let pairs = requestinfo::query_pairs(query.unwrap_or(""));
+    let manager = pairs
+        .iter()
+        .find(|(k, _)| k == "fieldManager")
+        .map(|(_, v)| v.as_str())
+        .ok_or_else(|| {
+            Denial::new(
+                Reason::RequestMalformed,
+                "a server-side apply needs a fieldManager",
+            )
+        })?;
+    let applied_before = live
+        .and_then(|l| l.pointer("/metadata/managedFields"))
+        .and_then(Value::as_array)
+        .is_some_and(|entries| {
+            entries.iter().any(|e| {
+                e.get("manager").and_then(Value::as_str) == Some(manager)
+                    && e.get("operation").and_then(Value::as_str) == Some("Apply")
+            })
+        });
+    if applied_before {
+        return Err(Denial::new(
+            Reason::ContractMismatch,
+            format!(
+                "the effect of a repeated server-side apply by {manager:?} cannot be computed: fields it applied before and omits now would be removed"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn check_precondition(p: &Precondition, live: Option<&Value>) -> Result<(), Denial> {
+    let Some(live) = live else {
+        return Err(Denial::new(
+            Reason::Drift,
+            "the certificate expects an existing object, and it does not exist",
+        ));
+    };
+    match p {
+        Precondition::ResourceVersion(rv) => {
+            let now = live
+                .pointer("/metadata/resourceVersion")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            if now != rv {
+                return Err(Denial::new(
+                    Reason::Drift,
+                    format!("the object is at resourceVersion {now:?}, the certificate was issued for {rv:?}"),
+                ));
+            }
+        }
+        Precondition::Fields(fields) => {
+            for (pointer, want) in fields {
+                let got = live.pointer(pointer);
+                if got != Some(want) {
+                    return Err(Denial::new(
+                        Reason::Drift,
+                        format!(
+                            "{pointer} is {}, the certificate expects {want}",
+                            got.map(Value::to_string).unwrap_or_else(|| "absent".into())
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The body with a precondition that the object is still at `rv`: the apiserver then refuses
+/// with 409 if it changed after the broker looked.
+fn with_resource_version(
+    verb: &str,
+    media: Option<Media>,
+    value: Option<Value>,
+    rv: &str,
+) -> Result<Value, Denial> {
+    let cannot = |why: &str| {
+        Denial::new(
+            Reason::ContractMismatch,
+            format!("cannot pin the resourceVersion: {why}"),
+        )
+    };
+    match (verb, media) {
+        ("update", _)
+        | ("patch", Some(Media::MergePatch | Media::StrategicMergePatch | Media::ApplyPatch)) => {
+            let mut v = value.ok_or_else(|| cannot("no body"))?;
+            let meta = v
+                .as_object_mut()
+                .ok_or_else(|| cannot("the body is not an object"))?
+                .entry("metadata")
+                .or_insert_with(|| json!({}));
+            let meta = meta
+                .as_object_mut()
+                .ok_or_else(|| cannot("metadata is not an object"))?;
+            // One already there is the agent's own precondition; the apiserver checks it.
+            meta.entry("resourceVersion").or_insert_with(|| rv.into());
+            Ok(v)
+        }
+        ("patch", Some(Media::JsonPatch)) => {
+            // Setting the resourceVersion in the patched object makes it the update's
+            // precondition (409 when stale), as a merge patch carrying it does; a `test` op
+            // would also refuse, but as 422, which clients do not treat as a conflict.
+            let mut ops = value
+                .and_then(|v| v.as_array().cloned())
+                .ok_or_else(|| cannot("no patch"))?;
+            ops.push(json!({"op": "replace", "path": "/metadata/resourceVersion", "value": rv}));
+            Ok(Value::Array(ops))
+        }
+        ("delete", _) => {
+            let mut v =
+                value.unwrap_or_else(|| json!({"kind": "DeleteOptions", "apiVersion": "v1"}));
+            let o = v
+                .as_object_mut()
+                .ok_or_else(|| cannot("DeleteOptions is not an object"))?;
+            let pre = o.entry("preconditions").or_insert_with(|| json!({}));
+            pre.as_object_mut()
+                .ok_or_else(|| cannot("preconditions is not an object"))?
+                .entry("resourceVersion")
+                .or_insert_with(|| rv.into());
+            Ok(v)
+        }
+        (verb, _) => Err(cannot(&format!("{verb} requests carry no precondition"))),
+    }
+}
+
+/// The bearer token if it is a certificate (a compact JWS); another bearer token is the
+/// agent's read token and is not a certificate.
+pub fn certificate(headers: &HeaderMap) -> Result<Option<&str>, Denial> {
+    Ok(super::http::certificate(headers)?.filter(|t| t.split('.').count() == 3))
+}
+
+/// The agent token for reads: the bearer token that is not a certificate.
+pub fn agent_token(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && token.split('.').count() != 3).then_some(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn media_types() {
+        assert_eq!(
+            media(Some("application/json; charset=utf-8")).unwrap(),
+            Some(Media::Json)
+        );
+        assert_eq!(
+            media(Some("application/strategic-merge-patch+json")).unwrap(),
+            Some(Media::StrategicMergePatch)
+        );
+        let e = media(Some("application/vnd.kubernetes.protobuf")).unwrap_err();
+        assert_eq!(status::status_for(&e).0, 415);
+        assert!(e.message.contains("JSON"));
+        assert!(media(Some("application/yaml")).is_err());
+        assert!(
+            body_value(Media::ApplyPatch, b"apiVersion: v1\nkind: ConfigMap\n")
+                .unwrap_err()
+                .message
+                .contains("YAML")
+        );
+        assert!(body_value(Media::ApplyPatch, br#"{"apiVersion":"v1"}"#).is_ok());
+        assert!(body_value(Media::JsonPatch, br#"{"op":"add"}"#).is_err());
+        assert!(body_value(Media::MergePatch, br#"[]"#).is_err());
+        assert!(body_value(Media::Json, br#"{"a":1,"a":2}"#).is_err());
+        assert!(body_value(Media::Json, br#"{"spec":{"replicas":1,"Replicas":9}}"#).is_err());
+    }
+
+    #[test]
+    fn preconditions_pin_the_resource_version() {
+        let v = with_resource_version(
+            "patch",
+            Some(Media::StrategicMergePatch),
+            Some(json!({"spec": {}})),
+            "7",
+        )
+        .unwrap();
+        assert_eq!(v["metadata"]["resourceVersion"], "7");
+        let v = with_resource_version(
+            "patch",
+            Some(Media::JsonPatch),
+            Some(json!([{"op": "remove", "path": "/a"}])),
+            "7",
+        )
+        .unwrap();
+        assert_eq!(
+            v[1],
+            json!({"op": "replace", "path": "/metadata/resourceVersion", "value": "7"})
+        );
+        assert_eq!(v.as_array().unwrap().len(), 2);
+        let v = with_resource_version("delete", None, None, "7").unwrap();
+        assert_eq!(v["preconditions"]["resourceVersion"], "7");
+        let v = with_resource_version(
+            "update",
+            Some(Media::Json),
+            Some(json!({"metadata": {"resourceVersion": "5"}})),
+            "7",
+        )
+        .unwrap();
+        assert_eq!(
+            v["metadata"]["resourceVersion"], "5",
+            "the agent's own precondition stays"
+        );
+    }
+
+    #[test]
+    fn drift() {
+        let live = json!({"metadata": {"resourceVersion": "7"}, "spec": {"replicas": 2}});
+        assert!(
+            check_precondition(&Precondition::ResourceVersion("7".into()), Some(&live)).is_ok()
+        );
+        assert_eq!(
+            check_precondition(&Precondition::ResourceVersion("6".into()), Some(&live))
+                .unwrap_err()
+                .reason,
+            Reason::Drift
+        );
+        let f: Precondition =
+            serde_json::from_value(json!({"fields": {"/spec/replicas": 2}})).unwrap();
+        assert!(check_precondition(&f, Some(&live)).is_ok());
+        let f: Precondition =
+            serde_json::from_value(json!({"fields": {"/spec/replicas": 3}})).unwrap();
+        assert!(check_precondition(&f, Some(&live)).is_err());
+        assert!(check_precondition(&f, None).is_err());
+        assert!(serde_json::from_value::<Precondition>(
+            json!({"resourceVersion": "1", "fields": {}})
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn streams_name_container_command_stdin_and_ports() {
+        let contract = |v: Value| -> KubeContract { serde_json::from_value(v).unwrap() };
+        let exec = contract(
+            json!({"verb": "create", "group": "", "resource": "pods", "subresource": "exec",
+            "namespace": "x", "name": "p", "container": "app", "command": ["echo", "hi there"]}),
+        );
+        let info = |p: &str| requestinfo::classify("POST", p, None).unwrap();
+        let i = info("/api/v1/namespaces/x/pods/p/exec");
+        let ok = "command=echo&command=hi+there&container=app&stdout=true";
+        assert!(check_stream(&exec, &i, Some(ok)).is_ok());
+        for bad in [
+            "command=echo&container=app",
+            "command=hi+there&command=echo&container=app",
+            "command=echo&command=hi+there",
+            "command=echo&command=hi+there&container=side",
+            "command=echo&command=hi+there&container=app&container=app",
+            "command=echo&command=hi+there&container=app&stdin=true",
+            "command=echo&command=hi+there&container=app&tty=1",
+        ] {
+            assert!(check_stream(&exec, &i, Some(bad)).is_err(), "{bad}");
+        }
+        let pf = contract(
+            json!({"verb": "create", "group": "", "resource": "pods", "subresource": "portforward",
+            "namespace": "x", "name": "p", "ports": ["8080"]}),
+        );
+        let i = info("/api/v1/namespaces/x/pods/p/portforward");
+        assert!(check_stream(&pf, &i, Some("ports=8080")).is_ok());
+        assert!(check_stream(&pf, &i, Some("ports=22")).is_err());
+        let i = info("/api/v1/namespaces/x/pods/p");
+        assert!(
+            check_stream(&exec, &i, None).is_err(),
+            "stream fields on a plain request"
+        );
+    }
+
+    #[test]
+    fn only_a_first_server_side_apply_has_a_computable_effect() {
+        let live = json!({"metadata": {"managedFields": [
+            {"manager": "kubectl", "operation": "Apply"},
+            {"manager": "kubectl-client-side-apply", "operation": "Update"}]}});
+        assert!(check_first_apply(Some(&live), Some("fieldManager=kubectl&force=false")).is_err());
+        assert!(
+            check_first_apply(Some(&live), Some("fieldManager=kubectl-client-side-apply")).is_ok()
+        );
+        assert!(check_first_apply(Some(&live), Some("fieldManager=other")).is_ok());
+        assert!(check_first_apply(None, Some("fieldManager=kubectl")).is_ok());
+        assert!(check_first_apply(None, None).is_err());
+    }
+
+    #[test]
+    fn bearer_tokens() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "authorization",
+            HeaderValue::from_static("Bearer read-token"),
+        );
+        assert_eq!(certificate(&h).unwrap(), None);
+        assert_eq!(agent_token(&h), Some("read-token"));
+        h.insert("authorization", HeaderValue::from_static("Bearer a.b.c"));
+        assert_eq!(certificate(&h).unwrap(), Some("a.b.c"));
+        assert_eq!(agent_token(&h), None);
+    }
+}

@@ -1,0 +1,1478 @@
+//! End to end for the kubernetes target: the real kubectl and the Python `kubernetes` client
+//! as agents, the `seb` binary, and tests/kube/apiserver.py as the cluster. The central
+//! assertion: the apiserver received exactly the admitted mutations, under the broker's token
+//! and the configured impersonation, and none of the refused ones.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+struct Cluster {
+    env: Env,
+    api: KubeApiserver,
+    broker: Broker,
+    /// kubeconfig with the agent (read) token.
+    kc: PathBuf,
+}
+
+fn cluster() -> Cluster {
+    cluster_with("")
+}
+
+/// `extra` is appended to the broker's config.
+fn cluster_with(extra: &str) -> Cluster {
+    let env = Env::new();
+    let api = KubeApiserver::start(&env);
+    let mut cfg = env.kube_config(api.port);
+    cfg.text.push_str(extra);
+    let broker = Broker::start(&env, &cfg);
+    let kc = kubeconfig(&env, &broker, AGENT_TOKEN, "agent.kubeconfig");
+    Cluster {
+        env,
+        api,
+        broker,
+        kc,
+    }
+}
+
+const DEPLOYMENT: &str = r#"{"apiVersion":"apps/v1","kind":"Deployment","metadata":{"name":"web","namespace":"shop","labels":{"app":"web"}},"spec":{"replicas":2,"selector":{"matchLabels":{"app":"web"}},"template":{"metadata":{"labels":{"app":"web"}},"spec":{"containers":[{"name":"app","image":"reg.local/app:1"},{"name":"side","image":"reg.local/side:1"}]}}}}"#;
+
+fn write(env: &Env, name: &str, text: &str) -> PathBuf {
+    let p = env.path(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn req(verb: &str, resource: &str, group: &str, name: Option<&str>) -> Value {
+    let mut r = json!({"verb": verb, "group": group, "resource": resource, "namespace": "shop"});
+    if let Some(n) = name {
+        r["name"] = json!(n);
+    }
+    r
+}
+
+fn effect(mut r: Value) -> Value {
+    r["effect"] = json!(true);
+    r
+}
+
+fn deny(constraints: Value) -> Value {
+    json!({"constraints": constraints, "others": "deny"})
+}
+
+/// Creates the `web` Deployment through the broker with a certificate for exactly that create.
+fn create_web(c: &Cluster) {
+    let file = write(&c.env, "web.json", DEPLOYMENT);
+    let cert = c.env.kube_cert(
+        effect(req("create", "deployments", "apps", None)),
+        json!({"constraints": {"/metadata/name": {"eq": "web"}, "/spec/template/spec/containers/*/image": {"prefix": "reg.local/"}}, "others": "allow"}),
+        |_| {},
+    );
+    let (code, out, err) = kubectl(
+        &c.kc,
+        Some(&cert),
+        &["create", "--validate=false", "-f", file.to_str().unwrap()],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+}
+
+fn count_mutations(api: &KubeApiserver) -> usize {
+    api.mutations().len()
+}
+
+fn assert_refused(
+    what: &str,
+    r: (i32, String, String),
+    code: &str,
+    api: &KubeApiserver,
+    before: usize,
+) {
+    assert_ne!(r.0, 0, "{what}: kubectl should fail: {}{}", r.1, r.2);
+    assert!(
+        r.2.contains(&format!("seb: {code}:")),
+        "{what}: expected {code}, got: {}",
+        r.2
+    );
+    assert_eq!(
+        count_mutations(api),
+        before,
+        "{what}: a refused mutation reached the apiserver"
+    );
+}
+
+fn last_mutation(api: &KubeApiserver) -> Value {
+    api.mutations()
+        .pop()
+        .expect("a mutation reached the apiserver")
+}
+
+/// The admitted request ran as the configured user, named the certificate, and carried the
+/// broker's own token (checked by the apiserver, which answers 401 to anything else).
+fn assert_impersonated(m: &Value, cert: &str) {
+    let jti = jti_of(cert);
+    assert_eq!(
+        m["impersonate"]["impersonate-user"],
+        json!(["seb:exec:shop-deployer"]),
+        "{m}"
+    );
+    assert_eq!(
+        m["impersonate"]["impersonate-group"],
+        json!(["seb:exec"]),
+        "{m}"
+    );
+    assert_eq!(
+        m["impersonate"]["impersonate-extra-seb-cert-id"],
+        json!([jti]),
+        "{m}"
+    );
+    assert_eq!(
+        m["impersonate"]["impersonate-extra-seb-subject"],
+        json!(["agent:demo"]),
+        "{m}"
+    );
+}
+
+fn jti_of(cert: &str) -> String {
+    use base64::Engine;
+    let payload = cert.split('.').nth(1).unwrap();
+    let v: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap();
+    v["jti"].as_str().unwrap().to_string()
+}
+
+fn live(c: &Cluster, path: &str) -> Value {
+    let (code, out, err) = kubectl(&c.kc, None, &["get", "--raw", path]);
+    assert_eq!(code, 0, "{err}");
+    serde_json::from_str(&out).unwrap()
+}
+
+#[test]
+fn kubectl_reads_with_the_agent_token_and_changes_only_with_a_certificate() {
+    let c = cluster();
+    create_web(&c);
+    let created = last_mutation(&c.api);
+    assert_eq!(created["method"], "POST");
+
+    // Reads: the agent token as the bearer token; the apiserver sees the read identity.
+    let (code, out, err) = kubectl(&c.kc, None, &["get", "deployments", "-o", "name"]);
+    assert_eq!((code, out.trim()), (0, "deployment.apps/web"), "{err}");
+    let read = c
+        .api
+        .requests()
+        .into_iter()
+        .rev()
+        .find(|r| r["method"] == "GET" && r["path"].as_str().unwrap().contains("/deployments"))
+        .unwrap();
+    assert_eq!(
+        read["impersonate"]["impersonate-user"],
+        json!(["seb:read:shop"])
+    );
+    let bad = kubeconfig(&c.env, &c.broker, "not-the-agent-token", "bad.kubeconfig");
+    let (code, _, err) = kubectl(&bad, None, &["get", "deployments"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("provide credentials"), "{err}");
+    let (code, _, err) = kubectl(&bad, None, &["get", "deployments", "-w"]);
+    assert_ne!(code, 0, "a watch with an unknown token is refused");
+    assert!(err.contains("provide credentials"), "{err}");
+
+    // scale: refused without a certificate, with a certificate for another object, and over
+    // the certified maximum; admitted within it.
+    let n = count_mutations(&c.api);
+    assert_refused(
+        "scale without certificate",
+        kubectl(&c.kc, None, &["scale", "deploy", "web", "--replicas=3"]),
+        "cert_missing",
+        &c.api,
+        n,
+    );
+    let scale_req = json!({"verb": "patch", "group": "apps", "resource": "deployments", "subresource": "scale", "namespace": "shop", "name": "web", "effect": true});
+    let scale_rule = deny(json!({"/spec/replicas": {"max": 5}}));
+    let other = c.env.kube_cert(json!({"verb": "patch", "group": "apps", "resource": "deployments", "subresource": "scale", "namespace": "shop", "name": "api", "effect": true}), scale_rule.clone(), |_| {});
+    assert_refused(
+        "scale, certificate for another deployment",
+        kubectl(
+            &c.kc,
+            Some(&other),
+            &["scale", "deploy", "web", "--replicas=3"],
+        ),
+        "contract_mismatch",
+        &c.api,
+        n,
+    );
+    let cert = c
+        .env
+        .kube_cert(scale_req.clone(), scale_rule.clone(), |_| {});
+    assert_refused(
+        "scale beyond the maximum",
+        kubectl(
+            &c.kc,
+            Some(&cert),
+            &["scale", "deploy", "web", "--replicas=9"],
+        ),
+        "contract_mismatch",
+        &c.api,
+        n,
+    );
+    let rv_before = live(&c, "/apis/apps/v1/namespaces/shop/deployments/web")["metadata"]
+        ["resourceVersion"]
+        .clone();
+    let cert = c
+        .env
+        .kube_cert(scale_req.clone(), scale_rule.clone(), |_| {});
+    let (code, out, err) = kubectl(
+        &c.kc,
+        Some(&cert),
+        &["scale", "deploy", "web", "--replicas=3"],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let m = last_mutation(&c.api);
+    assert_impersonated(&m, &cert);
+    let sent: Value = serde_json::from_str(m["body"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        sent,
+        json!({"spec": {"replicas": 3}, "metadata": {"resourceVersion": rv_before}}),
+        "the forwarded patch pins the resourceVersion it was checked on"
+    );
+    assert_eq!(
+        live(&c, "/apis/apps/v1/namespaces/shop/deployments/web")["spec"]["replicas"],
+        3
+    );
+    // The broker's own audit log: the decision, durable before the change, names the
+    // certificate and the identity it ran under.
+    let jti = jti_of(&cert);
+    let records = audit_records(&c.env);
+    let decision = records
+        .iter()
+        .find(|r| {
+            r["kind"] == "decision"
+                && r["cert_id"] == jti.as_str()
+                && r["request"]["method"] == "PATCH"
+        })
+        .expect("decision record");
+    assert_eq!(decision["decision"], "allow");
+    assert_eq!(decision["request"]["kube"]["subresource"], "scale");
+    // kubectl's GET before the PATCH carried the certificate too: recorded as a read.
+    assert!(records.iter().any(|r| r["cert_id"] == jti.as_str()
+        && r["request"]["method"] == "GET"
+        && r["identity"]["user"] == "seb:read:shop"));
+    let outcome = records
+        .iter()
+        .find(|r| r["kind"] == "outcome" && r["cert_id"] == jti.as_str())
+        .expect("outcome record");
+    assert_eq!(outcome["identity"]["user"], "seb:exec:shop-deployer");
+    assert_eq!(outcome["identity"]["extra"]["seb-cert-id"], json!([jti]));
+    assert_eq!(outcome["upstream_status"], 200);
+    // The same single-use certificate again.
+    let n = count_mutations(&c.api);
+    assert_refused(
+        "scale replayed",
+        kubectl(
+            &c.kc,
+            Some(&cert),
+            &["scale", "deploy", "web", "--replicas=4"],
+        ),
+        "replayed",
+        &c.api,
+        n,
+    );
+
+    // set image: only the certified image on the certified container.
+    let image_rule =
+        deny(json!({"/spec/template/spec/containers/0/image": {"eq": "reg.local/app:2"}}));
+    let patch_web = effect(req("patch", "deployments", "apps", Some("web")));
+    let cert = c
+        .env
+        .kube_cert(patch_web.clone(), image_rule.clone(), |_| {});
+    assert_refused(
+        "set image to another image",
+        kubectl(
+            &c.kc,
+            Some(&cert),
+            &["set", "image", "deploy/web", "app=evil.io/app:2"],
+        ),
+        "contract_mismatch",
+        &c.api,
+        n,
+    );
+    let cert = c
+        .env
+        .kube_cert(patch_web.clone(), image_rule.clone(), |_| {});
+    assert_refused(
+        "set image on the other container",
+        kubectl(
+            &c.kc,
+            Some(&cert),
+            &["set", "image", "deploy/web", "side=reg.local/app:2"],
+        ),
+        "contract_mismatch",
+        &c.api,
+        n,
+    );
+    let cert = c.env.kube_cert(patch_web.clone(), image_rule, |_| {});
+    let (code, out, err) = kubectl(
+        &c.kc,
+        Some(&cert),
+        &["set", "image", "deploy/web", "app=reg.local/app:2"],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert_impersonated(&last_mutation(&c.api), &cert);
+    let d = live(&c, "/apis/apps/v1/namespaces/shop/deployments/web");
+    assert_eq!(
+        d["spec"]["template"]["spec"]["containers"],
+        json!([{"name": "app", "image": "reg.local/app:2"}, {"name": "side", "image": "reg.local/side:1"}])
+    );
+
+    // rollout restart: the restart annotation and nothing else.
+    let n = count_mutations(&c.api);
+    let restart_rule = deny(
+        json!({"/spec/template/metadata/annotations/kubectl.kubernetes.io~1restartedAt": {"present": true}}),
+    );
+    let scale_cert = c.env.kube_cert(
+        patch_web.clone(),
+        deny(json!({"/spec/replicas": {"max": 5}})),
+        |_| {},
+    );
+    assert_refused(
+        "rollout restart under a replicas certificate",
+        kubectl(
+            &c.kc,
+            Some(&scale_cert),
+            &["rollout", "restart", "deploy/web"],
+        ),
+        "contract_mismatch",
+        &c.api,
+        n,
+    );
+    let cert = c.env.kube_cert(patch_web.clone(), restart_rule, |_| {});
+    let (code, out, err) = kubectl(&c.kc, Some(&cert), &["rollout", "restart", "deploy/web"]);
+    assert_eq!(code, 0, "{out}{err}");
+
+    // label (a merge patch).
+    let n = count_mutations(&c.api);
+    let label_rule = deny(json!({"/metadata/labels/tier": {"eq": "front"}}));
+    let cert = c
+        .env
+        .kube_cert(patch_web.clone(), label_rule.clone(), |_| {});
+    assert_refused(
+        "label with another value",
+        kubectl(
+            &c.kc,
+            Some(&cert),
+            &["label", "deploy", "web", "tier=admin"],
+        ),
+        "contract_mismatch",
+        &c.api,
+        n,
+    );
+    let cert = c.env.kube_cert(patch_web.clone(), label_rule, |_| {});
+    let (code, out, err) = kubectl(
+        &c.kc,
+        Some(&cert),
+        &["label", "deploy", "web", "tier=front"],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+
+    // apply (client side): the new image plus kubectl's last-applied annotation.
+    let n = count_mutations(&c.api);
+    let v3 = DEPLOYMENT.replace("reg.local/app:1", "reg.local/app:3");
+    let file = write(&c.env, "web-v3.json", &v3);
+    // Without a last-applied annotation, kubectl's three-way patch also sets every field of
+    // the file that differs from the live object: replicas goes back to 2.
+    let apply_rule = deny(json!({
+        "/spec/replicas": {"eq": 2},
+        "/spec/template/spec/containers/0/image": {"eq": "reg.local/app:3"},
+        "/metadata/annotations/kubectl.kubernetes.io~1last-applied-configuration": {"present": true},
+    }));
+    let cert = c
+        .env
+        .kube_cert(patch_web.clone(), apply_rule.clone(), |_| {});
+    let privileged = v3.replace(
+        r#""image":"reg.local/app:3"}"#,
+        r#""image":"reg.local/app:3","securityContext":{"privileged":true}}"#,
+    );
+    let bad_file = write(&c.env, "web-priv.json", &privileged);
+    assert_refused(
+        "apply that also makes the container privileged",
+        kubectl(
+            &c.kc,
+            Some(&cert),
+            &[
+                "apply",
+                "--validate=false",
+                "-f",
+                bad_file.to_str().unwrap(),
+            ],
+        ),
+        "contract_mismatch",
+        &c.api,
+        n,
+    );
+    let cert = c.env.kube_cert(patch_web.clone(), apply_rule, |_| {});
+    let (code, out, err) = kubectl(
+        &c.kc,
+        Some(&cert),
+        &["apply", "--validate=false", "-f", file.to_str().unwrap()],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let d = live(&c, "/apis/apps/v1/namespaces/shop/deployments/web");
+    assert_eq!(
+        d["spec"]["template"]["spec"]["containers"][0]["image"],
+        "reg.local/app:3"
+    );
+    assert_eq!(d["spec"]["replicas"], 2);
+    assert_eq!(
+        d["metadata"]["labels"]["tier"], "front",
+        "apply without last-applied deletes nothing"
+    );
+}
+
+#[test]
+fn kubectl_create_apply_server_side_replace_delete_and_watch() {
+    let c = cluster();
+    let cm_req = |verb: &str, name: Option<&str>| effect(req(verb, "configmaps", "", name));
+
+    // create -f (JSON): every field of the new object is named.
+    let cm = r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"cfg","namespace":"shop"},"data":{"x":"1"}}"#;
+    let file = write(&c.env, "cfg.json", cm);
+    let create_rule = deny(
+        json!({"/apiVersion": {"eq": "v1"}, "/kind": {"eq": "ConfigMap"}, "/metadata": {"present": true}, "/data/x": {"eq": "1"}}),
+    );
+    let n = count_mutations(&c.api);
+    let cert = c
+        .env
+        .kube_cert(cm_req("create", None), create_rule.clone(), |_| {});
+    let extra = write(
+        &c.env,
+        "cfg-extra.json",
+        &cm.replace(r#""x":"1""#, r#""x":"1","y":"2""#),
+    );
+    assert_refused(
+        "create with an extra key",
+        kubectl(
+            &c.kc,
+            Some(&cert),
+            &["create", "--validate=false", "-f", extra.to_str().unwrap()],
+        ),
+        "contract_mismatch",
+        &c.api,
+        n,
+    );
+    // Typed create commands send protobuf: refused with 415 and a message saying to use JSON.
+    let cert = c
+        .env
+        .kube_cert(cm_req("create", None), create_rule.clone(), |_| {});
+    let r = kubectl(
+        &c.kc,
+        Some(&cert),
+        &["create", "configmap", "cfg", "--from-literal=x=1"],
+    );
+    assert_refused(
+        "kubectl create configmap (protobuf)",
+        r.clone(),
+        "request_malformed",
+        &c.api,
+        n,
+    );
+    assert!(r.2.contains("protobuf") && r.2.contains("JSON"), "{}", r.2);
+    let cert = c
+        .env
+        .kube_cert(cm_req("create", None), create_rule.clone(), |_| {});
+    let (code, out, err) = kubectl(
+        &c.kc,
+        Some(&cert),
+        &["create", "--validate=false", "-f", file.to_str().unwrap()],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert_impersonated(&last_mutation(&c.api), &cert);
+    // A second create of the same object under a certificate that names only one field:
+    // the effect of a create is its whole body, even though it equals what exists now.
+    let n = count_mutations(&c.api);
+    let narrow = c.env.kube_cert(
+        cm_req("create", None),
+        deny(json!({"/data/x": {"eq": "1"}})),
+        |_| {},
+    );
+    let r = kubectl(
+        &c.kc,
+        Some(&narrow),
+        &["create", "--validate=false", "-f", file.to_str().unwrap()],
+    );
+    assert!(
+        r.2.contains("which the certificate does not name"),
+        "{}",
+        r.2
+    );
+    assert_refused(
+        "create judged against the existing object",
+        r,
+        "contract_mismatch",
+        &c.api,
+        n,
+    );
+    // Under a certificate for the whole object it is forwarded, and the apiserver refuses.
+    let whole = c
+        .env
+        .kube_cert(cm_req("create", None), create_rule.clone(), |_| {});
+    let (code, _, err) = kubectl(
+        &c.kc,
+        Some(&whole),
+        &["create", "--validate=false", "-f", file.to_str().unwrap()],
+    );
+    assert!(code != 0 && err.contains("AlreadyExists"), "{err}");
+
+    // get -w: the watch stays open and streams the change made while it runs.
+    let mut watch = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(&c.kc)
+        .args(["--cache-dir"])
+        .arg(c.env.path("watch.cache"))
+        .args([
+            "get",
+            "configmaps",
+            "-w",
+            "-o",
+            "jsonpath={.metadata.name}={.data.x}{\"\\n\"}",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let reader = {
+        let lines = lines.clone();
+        let out = watch.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                lines.lock().unwrap().push(l);
+            }
+        })
+    };
+    wait_for("the watch to list cfg", || {
+        lines.lock().unwrap().iter().any(|l| l == "cfg=1")
+    });
+
+    // replace (PUT) on the live object: data.x 1 -> 2.
+    let n = count_mutations(&c.api);
+    let replace_rule = deny(json!({"/data/x": {"eq": "2"}}));
+    let v2 = write(
+        &c.env,
+        "cfg-v2.json",
+        &cm.replace(r#""x":"1""#, r#""x":"2""#),
+    );
+    let cert = c
+        .env
+        .kube_cert(cm_req("update", Some("cfg")), replace_rule.clone(), |_| {});
+    let v3 = write(
+        &c.env,
+        "cfg-v3.json",
+        &cm.replace(r#""x":"1""#, r#""x":"3""#),
+    );
+    assert_refused(
+        "replace with another value",
+        kubectl(
+            &c.kc,
+            Some(&cert),
+            &["replace", "--validate=false", "-f", v3.to_str().unwrap()],
+        ),
+        "contract_mismatch",
+        &c.api,
+        n,
+    );
+    let cert = c
+        .env
+        .kube_cert(cm_req("update", Some("cfg")), replace_rule, |_| {});
+    let (code, out, err) = kubectl(
+        &c.kc,
+        Some(&cert),
+        &["replace", "--validate=false", "-f", v2.to_str().unwrap()],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    wait_for("the watch to stream the replace", || {
+        lines.lock().unwrap().iter().any(|l| l == "cfg=2")
+    });
+    let _ = watch.kill();
+    let _ = watch.wait();
+    let _ = reader.join();
+
+    // apply --server-side creates a new object (an apply patch with a JSON body).
+    let n = count_mutations(&c.api);
+    let ssa = write(&c.env, "ssa.json", &cm.replace("\"cfg\"", "\"ssa\""));
+    let ssa_rule = deny(
+        json!({"/apiVersion": {"eq": "v1"}, "/kind": {"eq": "ConfigMap"}, "/metadata": {"present": true}, "/data/x": {"eq": "1"}}),
+    );
+    let wrong = c
+        .env
+        .kube_cert(cm_req("patch", Some("other")), ssa_rule.clone(), |_| {});
+    assert_refused(
+        "server-side apply under a certificate for another name",
+        kubectl(
+            &c.kc,
+            Some(&wrong),
+            &[
+                "apply",
+                "--server-side",
+                "--validate=false",
+                "-f",
+                ssa.to_str().unwrap(),
+            ],
+        ),
+        "contract_mismatch",
+        &c.api,
+        n,
+    );
+    let cert = c
+        .env
+        .kube_cert(cm_req("patch", Some("ssa")), ssa_rule, |_| {});
+    let (code, out, err) = kubectl(
+        &c.kc,
+        Some(&cert),
+        &[
+            "apply",
+            "--server-side",
+            "--validate=false",
+            "-f",
+            ssa.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let m = last_mutation(&c.api);
+    assert_eq!(m["content_type"], "application/apply-patch+yaml");
+
+    // delete: kubectl sends DeleteOptions; the certificate names them.
+    let n = count_mutations(&c.api);
+    let delete_rule = deny(json!({"/propagationPolicy": {"eq": "Background"}}));
+    let cert = c.env.kube_cert(
+        req("delete", "configmaps", "", Some("ssa")),
+        delete_rule.clone(),
+        |_| {},
+    );
+    assert_refused(
+        "delete of another object",
+        kubectl(&c.kc, Some(&cert), &["delete", "configmap", "cfg"]),
+        "contract_mismatch",
+        &c.api,
+        n,
+    );
+    let r = kubectl(&c.kc, None, &["delete", "configmap", "cfg"]);
+    assert_refused("delete without certificate", r, "cert_missing", &c.api, n);
+    let cert = c.env.kube_cert(
+        req("delete", "configmaps", "", Some("cfg")),
+        delete_rule,
+        |p| {
+            p["seb"]["precondition"] = json!({"fields": {"/data/x": "2"}});
+        },
+    );
+    let (code, out, err) = kubectl(&c.kc, Some(&cert), &["delete", "configmap", "cfg"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let m = last_mutation(&c.api);
+    assert_eq!(m["method"], "DELETE");
+    let opts: Value = serde_json::from_str(m["body"].as_str().unwrap()).unwrap();
+    assert!(
+        opts["preconditions"]["resourceVersion"].is_string(),
+        "delete is pinned: {opts}"
+    );
+}
+
+fn python_agent(kc: &Path, args: &[&str]) -> (i32, Value) {
+    let out = Command::new("python3")
+        .arg(repo().join("tests/kube/python_agent.py"))
+        .arg(kc)
+        .args(args)
+        .output()
+        .expect("python3 with the kubernetes package (pip install -r tests/requirements.txt)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout.lines().last().unwrap_or("null");
+    (
+        out.status.code().unwrap_or(-1),
+        serde_json::from_str(last).unwrap_or_else(
+            |_| json!({"raw": stdout, "stderr": String::from_utf8_lossy(&out.stderr)}),
+        ),
+    )
+}
+
+#[test]
+fn python_client_reads_watches_and_changes_under_certificates() {
+    // A request timeout shorter than the watch below: it limits the time to response
+    // headers, and must not cut a stream that is already flowing.
+    let c = cluster_with("[limits]\nrequest_timeout = \"2s\"\n");
+    create_web(&c);
+    let (code, v) = python_agent(&c.kc, &["list", "shop"]);
+    assert_eq!((code, &v), (0, &json!({"names": ["web"]})));
+
+    // Watch in the background; the certified scale below must show up as an event.
+    let mut watcher = Command::new("python3")
+        .arg(repo().join("tests/kube/python_agent.py"))
+        .arg(&c.kc)
+        .args(["watch", "shop", "2"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let reader = {
+        let lines = lines.clone();
+        let out = watcher.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                lines.lock().unwrap().push(l);
+            }
+        })
+    };
+    wait_for("the Python watch to see web", || {
+        !lines.lock().unwrap().is_empty()
+    });
+    std::thread::sleep(std::time::Duration::from_secs(3));
+
+    let scale_req = json!({"verb": "patch", "group": "apps", "resource": "deployments", "subresource": "scale", "namespace": "shop", "name": "web", "effect": true});
+    let rule = deny(json!({"/spec/replicas": {"max": 5}}));
+    let n = count_mutations(&c.api);
+    let (code, v) = python_agent(&c.kc, &["scale", "shop", "web", "4"]);
+    assert_eq!((code, v["status"].as_u64()), (3, Some(401)), "{v}");
+    let cert = c.env.kube_cert(scale_req.clone(), rule.clone(), |_| {});
+    let with_cert = kubeconfig(&c.env, &c.broker, &cert, "cert.kubeconfig");
+    let (code, v) = python_agent(&with_cert, &["scale", "shop", "web", "8"]);
+    assert_eq!((code, v["status"].as_u64()), (3, Some(403)), "{v}");
+    assert!(
+        v["body"]
+            .as_str()
+            .unwrap()
+            .contains("seb: contract_mismatch"),
+        "{v}"
+    );
+    assert_eq!(count_mutations(&c.api), n);
+    let cert = c.env.kube_cert(scale_req, rule, |_| {});
+    let with_cert = kubeconfig(&c.env, &c.broker, &cert, "cert.kubeconfig");
+    let (code, v) = python_agent(&with_cert, &["scale", "shop", "web", "4"]);
+    assert_eq!((code, &v), (0, &json!({"replicas": 4})));
+    assert_impersonated(&last_mutation(&c.api), &cert);
+
+    assert!(watcher.wait().unwrap().success());
+    reader.join().unwrap();
+    let text = lines.lock().unwrap().join("\n");
+    let events: Vec<Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter(Value::is_array)
+        .collect();
+    assert_eq!(
+        events,
+        vec![json!(["ADDED", "web", 2]), json!(["MODIFIED", "web", 4])],
+        "{text}"
+    );
+
+    // set image: another image under the certificate is refused; the certified one passes.
+    let image_rule =
+        deny(json!({"/spec/template/spec/containers/0/image": {"eq": "reg.local/app:2"}}));
+    let n = count_mutations(&c.api);
+    let cert = c.env.kube_cert(
+        effect(req("patch", "deployments", "apps", Some("web"))),
+        image_rule.clone(),
+        |_| {},
+    );
+    let with_cert = kubeconfig(&c.env, &c.broker, &cert, "cert.kubeconfig");
+    let (code, v) = python_agent(
+        &with_cert,
+        &["set-image", "shop", "web", "app", "evil.io/app:2"],
+    );
+    assert_eq!((code, v["status"].as_u64()), (3, Some(403)), "{v}");
+    assert_eq!(count_mutations(&c.api), n);
+    let cert = c.env.kube_cert(
+        effect(req("patch", "deployments", "apps", Some("web"))),
+        image_rule,
+        |_| {},
+    );
+    let with_cert = kubeconfig(&c.env, &c.broker, &cert, "cert.kubeconfig");
+    let (code, v) = python_agent(
+        &with_cert,
+        &["set-image", "shop", "web", "app", "reg.local/app:2"],
+    );
+    assert_eq!(
+        (code, &v),
+        (
+            0,
+            &json!({"images": ["reg.local/app:2", "reg.local/side:1"]})
+        )
+    );
+}
+
+/// Raw requests for what kubectl would never send.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adversarial_requests_are_refused_before_the_apiserver() {
+    let c = cluster();
+    create_web(&c);
+    let http = client(&c.env, false);
+    let url = |p: &str| format!("https://localhost:{}{p}", c.broker.listen);
+    let web = "/apis/apps/v1/namespaces/shop/deployments/web";
+    let smp = ("content-type", "application/strategic-merge-patch+json");
+    let image_rule =
+        deny(json!({"/spec/template/spec/containers/0/image": {"eq": "reg.local/app:2"}}));
+    let patch_web = effect(req("patch", "deployments", "apps", Some("web")));
+    let cert = || {
+        c.env
+            .kube_cert(patch_web.clone(), image_rule.clone(), |_| {})
+    };
+    let bearer = |t: &str| format!("Bearer {t}");
+    let n = count_mutations(&c.api);
+
+    struct Case {
+        name: &'static str,
+        method: &'static str,
+        path: String,
+        headers: Vec<(&'static str, String)>,
+        body: String,
+        status: u16,
+        code: &'static str,
+    }
+    let with = |ct: &'static str, t: &str| {
+        vec![
+            ("content-type", ct.to_string()),
+            ("authorization", bearer(t)),
+        ]
+    };
+    let cases = vec![
+        Case {
+            name: "duplicate JSON keys",
+            method: "PATCH",
+            path: web.into(),
+            headers: with(smp.1, &cert()),
+            body: r#"{"spec":{"template":{"spec":{"containers":[{"name":"app","image":"reg.local/app:2","image":"evil.io/x"}]}}}}"#.into(),
+            status: 400,
+            code: "request_malformed",
+        },
+        Case {
+            name: "keys differing only in case",
+            method: "PATCH",
+            path: web.into(),
+            headers: with(smp.1, &cert()),
+            body: r#"{"spec":{"template":{"spec":{"containers":[{"name":"app","image":"reg.local/app:2","Image":"evil.io/x"}]}}}}"#.into(),
+            status: 400,
+            code: "request_malformed",
+        },
+        Case {
+            name: "$patch: replace drops the sidecar",
+            method: "PATCH",
+            path: web.into(),
+            headers: with(smp.1, &cert()),
+            body: r#"{"spec":{"template":{"spec":{"$patch":"replace","containers":[{"name":"app","image":"reg.local/app:2"}]}}}}"#.into(),
+            status: 403,
+            code: "contract_mismatch",
+        },
+        Case {
+            name: "$patch: delete removes the sidecar",
+            method: "PATCH",
+            path: web.into(),
+            headers: with(smp.1, &cert()),
+            body: r#"{"spec":{"template":{"spec":{"containers":[{"name":"app","image":"reg.local/app:2"},{"name":"side","$patch":"delete"}]}}}}"#.into(),
+            status: 403,
+            code: "contract_mismatch",
+        },
+        Case {
+            name: "the permitted image plus a privileged container",
+            method: "PATCH",
+            path: web.into(),
+            headers: with(smp.1, &cert()),
+            body: r#"{"spec":{"template":{"spec":{"containers":[{"name":"app","image":"reg.local/app:2","securityContext":{"privileged":true}}]}}}}"#.into(),
+            status: 403,
+            code: "contract_mismatch",
+        },
+        Case {
+            name: "JSON patch Content-Type with an object body",
+            method: "PATCH",
+            path: web.into(),
+            headers: with("application/json-patch+json", &cert()),
+            body: r#"{"spec":{"template":{"spec":{"containers":[{"name":"app","image":"reg.local/app:2"}]}}}}"#.into(),
+            status: 400,
+            code: "request_malformed",
+        },
+        Case {
+            name: "PATCH with application/json",
+            method: "PATCH",
+            path: web.into(),
+            headers: with("application/json", &cert()),
+            body: r#"{"spec":{}}"#.into(),
+            status: 415,
+            code: "request_malformed",
+        },
+        Case {
+            name: "protobuf",
+            method: "PATCH",
+            path: web.into(),
+            headers: with("application/vnd.kubernetes.protobuf", &cert()),
+            body: "k8s\u{0}\n".into(),
+            status: 415,
+            code: "request_malformed",
+        },
+        Case {
+            name: "YAML apply patch",
+            method: "PATCH",
+            path: web.into(),
+            headers: with("application/apply-patch+yaml", &cert()),
+            body: "apiVersion: apps/v1\nkind: Deployment\n".into(),
+            status: 415,
+            code: "request_malformed",
+        },
+        Case {
+            name: "agent-sent Impersonate-User on a mutation",
+            method: "PATCH",
+            path: web.into(),
+            headers: {
+                let mut h = with(smp.1, &cert());
+                h.push(("impersonate-user", "system:admin".into()));
+                h
+            },
+            body: r#"{"spec":{"template":{"spec":{"containers":[{"name":"app","image":"reg.local/app:2"}]}}}}"#.into(),
+            status: 403,
+            code: "contract_mismatch",
+        },
+        Case {
+            name: "agent-sent Impersonate-Group on a read",
+            method: "GET",
+            path: "/api/v1/namespaces/shop/secrets".into(),
+            headers: vec![("authorization", bearer(AGENT_TOKEN)), ("impersonate-group", "system:masters".into())],
+            body: String::new(),
+            status: 403,
+            code: "contract_mismatch",
+        },
+        Case {
+            name: "encoded slash",
+            method: "DELETE",
+            path: "/api/v1/namespaces/shop/configmaps/a%2Fb".into(),
+            headers: with("application/json", &cert()),
+            body: String::new(),
+            status: 400,
+            code: "request_malformed",
+        },
+        Case {
+            name: "drift: the certificate was issued for another resourceVersion",
+            method: "PATCH",
+            path: web.into(),
+            headers: with(smp.1, &c.env.kube_cert(patch_web.clone(), image_rule.clone(), |p| p["seb"]["precondition"] = json!({"resourceVersion": "1"}))),
+            body: r#"{"spec":{"template":{"spec":{"containers":[{"name":"app","image":"reg.local/app:2"}]}}}}"#.into(),
+            status: 409,
+            code: "drift",
+        },
+    ];
+    for case in &cases {
+        let headers: Vec<(&str, &str)> =
+            case.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let r = send(
+            &http,
+            case.method,
+            &url(&case.path),
+            &headers,
+            case.body.as_bytes(),
+        )
+        .await;
+        assert_eq!(r.status, case.status, "{}: {}", case.name, r.body);
+        assert_eq!(r.body["kind"], "Status", "{}", case.name);
+        assert_eq!(r.body["code"], case.status, "{}", case.name);
+        let msg = r.body["message"].as_str().unwrap_or("");
+        assert!(
+            msg.starts_with(&format!("seb: {}: ", case.code)),
+            "{}: {msg}",
+            case.name
+        );
+        assert_eq!(
+            count_mutations(&c.api),
+            n,
+            "{}: reached the apiserver",
+            case.name
+        );
+    }
+    // Front-proxy identity headers are not forwarded.
+    let r = send(
+        &http,
+        "GET",
+        &url(web),
+        &[
+            ("authorization", &bearer(AGENT_TOKEN)),
+            ("x-remote-user", "system:admin"),
+            ("x-remote-group", "system:masters"),
+        ],
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let seen = c.api.requests().pop().unwrap();
+    assert_eq!(
+        seen["impersonate"],
+        json!({"impersonate-user": ["seb:read:shop"], "impersonate-group": ["seb:read"]}),
+        "{seen}"
+    );
+
+    // Dot segments, sent as raw bytes since URL libraries would clean them.
+    for path in [
+        "/api/v1/namespaces/shop/pods/../secrets",
+        "/api/v1/namespaces/shop/pods/%2e%2e/secrets",
+    ] {
+        let r = send_raw(&c.env, c.broker.listen, &format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {AGENT_TOKEN}\r\nConnection: close\r\n\r\n")).await;
+        assert_eq!(r.status, 400, "{path}");
+        assert!(
+            !c.api
+                .requests()
+                .iter()
+                .any(|q| q["path"].as_str().unwrap().contains("secrets")),
+            "{path} reached the apiserver"
+        );
+    }
+
+    // exec is a mutation: without a certificate, or with one that does not name the command
+    // (here: an interactive shell), it is refused before the upgrade reaches the apiserver.
+    let exec_cert = c.env.kube_cert(
+        json!({"verb": "create", "group": "", "resource": "pods", "subresource": "exec", "namespace": "shop", "name": "web-1"}),
+        Value::Null,
+        |_| {},
+    );
+    for token in [AGENT_TOKEN, exec_cert.as_str()] {
+        let r = send_raw(&c.env, c.broker.listen, &format!("POST /api/v1/namespaces/shop/pods/web-1/exec?command=sh&stdin=true HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\nConnection: Upgrade, close\r\nUpgrade: SPDY/3.1\r\nContent-Length: 0\r\n\r\n")).await;
+        let want = if token == AGENT_TOKEN {
+            (401, "seb: cert_missing")
+        } else {
+            (403, "seb: contract_mismatch: the request asks for stdin")
+        };
+        assert_eq!(r.status, want.0, "{}", r.body);
+        assert!(
+            r.body["message"].as_str().unwrap().starts_with(want.1),
+            "{}",
+            r.body
+        );
+    }
+    assert_eq!(count_mutations(&c.api), n);
+
+    // The admitted patch: forwarded with the resourceVersion it was checked against, so a
+    // change in between is the apiserver's 409, never a silent overwrite.
+    let rv = live(&c, web)["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let body = r#"{"spec":{"template":{"spec":{"containers":[{"name":"app","image":"reg.local/app:2"}]}}}}"#;
+    let r = send(
+        &http,
+        "PATCH",
+        &url(web),
+        &[smp, ("authorization", &bearer(&cert()))],
+        body.as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let m = last_mutation(&c.api);
+    let sent: Value = serde_json::from_str(m["body"].as_str().unwrap()).unwrap();
+    assert_eq!(sent["metadata"]["resourceVersion"], rv);
+    // The test apiserver enforces that pin: the same patch body at a stale version is 409.
+    let stale = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(&std::fs::read(c.env.path("tls/ca.pem")).unwrap())
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    let direct = format!("https://localhost:{}{web}", c.api.port);
+    let r = send(
+        &stale,
+        "PATCH",
+        &direct,
+        &[smp, ("authorization", &bearer(KUBE_BROKER_TOKEN))],
+        m["body"].as_str().unwrap().as_bytes(),
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.body["reason"].as_str()),
+        (409, Some("Conflict"))
+    );
+    let r = send(
+        &stale,
+        "GET",
+        &direct,
+        &[("authorization", &bearer(AGENT_TOKEN))],
+        b"",
+    )
+    .await;
+    assert_eq!(
+        r.status, 401,
+        "the apiserver accepts only the broker's token"
+    );
+}
+
+/// deploy/kubernetes renders with kustomize (kubectl's), every object passes the Kubernetes
+/// schemas strictly (PyPI `kubernetes-validate`), and the broker config it ships loads.
+#[test]
+fn deploy_manifests_validate_against_the_kubernetes_schemas() {
+    let dir = repo().join("deploy/kubernetes");
+    let out = Command::new("kubectl")
+        .arg("kustomize")
+        .arg(&dir)
+        .output()
+        .expect("kubectl on PATH");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rendered = String::from_utf8(out.stdout).unwrap();
+    for kind in [
+        "Namespace",
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Role",
+        "RoleBinding",
+        "ConfigMap",
+        "Deployment",
+        "Service",
+        "NetworkPolicy",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
+    ] {
+        assert!(
+            rendered.contains(&format!("\nkind: {kind}\n"))
+                || rendered.starts_with(&format!("kind: {kind}\n")),
+            "no {kind}"
+        );
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("rendered.yaml");
+    std::fs::write(&file, &rendered).unwrap();
+    let v = Command::new("kubernetes-validate")
+        .args(["--strict", "--quiet"])
+        .arg(&file)
+        .output()
+        .expect("kubernetes-validate (pip install -r tests/requirements.txt)");
+    assert!(
+        v.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&v.stdout),
+        String::from_utf8_lossy(&v.stderr)
+    );
+    // The security properties the Deployment promises, checked in the rendered text.
+    for needle in [
+        "runAsNonRoot: true",
+        "readOnlyRootFilesystem: true",
+        "- ALL",
+        "port: admin",
+        "allowPrivilegeEscalation: false",
+    ] {
+        assert!(rendered.contains(needle), "Deployment lacks {needle}");
+    }
+    // Impersonation limited by resourceNames to the identities seb.toml uses.
+    let toml = std::fs::read_to_string(dir.join("seb.toml")).unwrap();
+    let config =
+        seb::config::Config::parse(&toml).unwrap_or_else(|(f, m)| panic!("seb.toml: {f}: {m}"));
+    let k = config.targets[0].kubernetes.as_ref().unwrap();
+    for name in [&k.execution.user, &k.read.user]
+        .into_iter()
+        .chain(&k.execution.groups)
+        .chain(&k.read.groups)
+    {
+        assert!(
+            rendered.contains(&format!("\"{name}\"")),
+            "RBAC does not name {name}"
+        );
+    }
+}
+
+/// TokenRequest mode: the admitted change runs with a 10-minute token of the configured
+/// service account, minted once per certificate, and without impersonation.
+#[test]
+fn token_request_mode_runs_changes_as_a_short_lived_service_account_token() {
+    let c = cluster_with("");
+    create_web(&c);
+    drop(c.broker);
+    let mut cfg = c.env.kube_config(c.api.port);
+    cfg.text.push_str("token_request = { namespace = \"shop\", service_account = \"deployer\", audience = \"https://kubernetes.default.svc\" }\n");
+    let broker = Broker::start(&c.env, &cfg);
+    let kc = kubeconfig(&c.env, &broker, AGENT_TOKEN, "tr.kubeconfig");
+
+    let scale = json!({"verb": "patch", "group": "apps", "resource": "deployments", "subresource": "scale", "namespace": "shop", "name": "web", "effect": true});
+    let cert = c
+        .env
+        .kube_cert(scale, deny(json!({"/spec/replicas": {"max": 5}})), |p| {
+            p["seb"]["max_uses"] = json!(2)
+        });
+    for replicas in ["--replicas=3", "--replicas=4"] {
+        let (code, out, err) = kubectl(&kc, Some(&cert), &["scale", "deploy", "web", replicas]);
+        assert_eq!(code, 0, "{out}{err}");
+        let m = last_mutation(&c.api);
+        assert_eq!(m["method"], "PATCH");
+        assert_eq!(m["auth"], "system:serviceaccount:shop:deployer", "{m}");
+        assert_eq!(m["impersonate"], json!({}), "{m}");
+    }
+    let minted: Vec<Value> = c
+        .api
+        .mutations()
+        .into_iter()
+        .filter(|m| {
+            m["path"]
+                .as_str()
+                .unwrap()
+                .ends_with("/serviceaccounts/deployer/token")
+        })
+        .collect();
+    assert_eq!(minted.len(), 1, "one token per certificate");
+    let req: Value = serde_json::from_str(minted[0]["body"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        req["spec"],
+        json!({"audiences": ["https://kubernetes.default.svc"], "expirationSeconds": 600})
+    );
+    assert_eq!(minted[0]["auth"], "broker");
+    // Reads still run impersonated as the read identity, with the broker's token.
+    let (code, _, err) = kubectl(&kc, None, &["get", "deploy", "web"]);
+    assert_eq!(code, 0, "{err}");
+    let read = c
+        .api
+        .requests()
+        .into_iter()
+        .rev()
+        .find(|r| r["method"] == "GET" && r["path"].as_str().unwrap().contains("deployments/web"))
+        .unwrap();
+    assert_eq!(
+        (
+            read["auth"].as_str(),
+            read["impersonate"]["impersonate-user"].clone()
+        ),
+        (Some("broker"), json!(["seb:read:shop"]))
+    );
+}
+
+/// Not a test: the latency a certified, effect-checked patch adds over the same patch sent
+/// straight to the apiserver. Run with
+/// `cargo test --test kube_e2e bench_ -- --ignored --nocapture`; it prints p50/p99 and
+/// asserts nothing about time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn bench_certified_patch_latency() {
+    const N: usize = 300;
+    // SEB_BENCH_DURABILITY=flush separates the audit fsync from the rest of the cost.
+    let durability = std::env::var("SEB_BENCH_DURABILITY").unwrap_or_else(|_| "fsync".into());
+    let env = Env::new();
+    let api = KubeApiserver::start(&env);
+    let mut cfg = env.kube_config(api.port);
+    cfg.text = cfg.text.replace(
+        "signing_key = \"broker.key\"",
+        &format!("signing_key = \"broker.key\"\ndurability = \"{durability}\""),
+    );
+    let broker = Broker::start(&env, &cfg);
+    let kc = kubeconfig(&env, &broker, AGENT_TOKEN, "agent.kubeconfig");
+    let c = Cluster {
+        env,
+        api,
+        broker,
+        kc,
+    };
+    let cm = r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"bench","namespace":"shop"},"data":{"x":"1"}}"#;
+    let file = write(&c.env, "bench.json", cm);
+    let cert = c.env.kube_cert(
+        req("create", "configmaps", "", None),
+        json!({"constraints": {"/metadata/name": {"eq": "bench"}}, "others": "allow"}),
+        |_| {},
+    );
+    let (code, out, err) = kubectl(
+        &c.kc,
+        Some(&cert),
+        &["create", "--validate=false", "-f", file.to_str().unwrap()],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let http = client(&c.env, false);
+    let path = "/api/v1/namespaces/shop/configmaps/bench";
+    let rule = deny(json!({"/data/n": {"present": true}}));
+    // SEB_BENCH_EFFECT=0: body constraints only, no live GET.
+    let with_effect = std::env::var("SEB_BENCH_EFFECT")
+        .map(|v| v != "0")
+        .unwrap_or(true);
+    let certs: Vec<String> = (0..N)
+        .map(|_| {
+            let r = req("patch", "configmaps", "", Some("bench"));
+            c.env.kube_cert(
+                if with_effect { effect(r) } else { r },
+                rule.clone(),
+                |_| {},
+            )
+        })
+        .collect();
+    let ct = ("content-type", "application/merge-patch+json");
+    let run = |via_broker: bool| {
+        let http = http.clone();
+        let certs = certs.clone();
+        let (port, api) = (c.broker.listen, c.api.port);
+        async move {
+            let mut times = Vec::with_capacity(N);
+            for (i, cert) in certs.iter().enumerate() {
+                let body = format!(r#"{{"data":{{"n":"{i}"}}}}"#);
+                let (url, auth) = if via_broker {
+                    (
+                        format!("https://localhost:{port}{path}"),
+                        format!("Bearer {cert}"),
+                    )
+                } else {
+                    (
+                        format!("https://localhost:{api}{path}"),
+                        format!("Bearer {KUBE_BROKER_TOKEN}"),
+                    )
+                };
+                let t = std::time::Instant::now();
+                let r = send(
+                    &http,
+                    "PATCH",
+                    &url,
+                    &[ct, ("authorization", &auth)],
+                    body.as_bytes(),
+                )
+                .await;
+                times.push(t.elapsed());
+                assert_eq!(r.status, 200, "{}", r.body);
+            }
+            times.sort();
+            times
+        }
+    };
+    let direct = run(false).await;
+    let brokered = run(true).await;
+    // Where the time goes: the broker's per-phase sums (admit includes the live GET).
+    let metrics = http
+        .get(c.broker.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for l in metrics
+        .lines()
+        .filter(|l| l.starts_with("seb_phase_duration_seconds_sum"))
+    {
+        println!("  {l}");
+    }
+    // Reads through the broker (no certificate, no audit wait, no live GET) for comparison.
+    let mut reads = Vec::with_capacity(N);
+    for _ in 0..N {
+        let t = std::time::Instant::now();
+        let r = send(
+            &http,
+            "GET",
+            &format!("https://localhost:{}{path}", c.broker.listen),
+            &[("authorization", &format!("Bearer {AGENT_TOKEN}"))],
+            b"",
+        )
+        .await;
+        reads.push(t.elapsed());
+        assert_eq!(r.status, 200);
+    }
+    reads.sort();
+    let pct = |t: &[std::time::Duration], p: f64| {
+        t[((t.len() as f64 - 1.0) * p) as usize].as_secs_f64() * 1000.0
+    };
+    println!("certified merge patch, {N} sequential requests, effect matching {with_effect} (live GET), audit durability {durability}:");
+    println!(
+        "  direct to test apiserver: p50 {:.2} ms  p99 {:.2} ms",
+        pct(&direct, 0.5),
+        pct(&direct, 0.99)
+    );
+    println!(
+        "  through seb:              p50 {:.2} ms  p99 {:.2} ms",
+        pct(&brokered, 0.5),
+        pct(&brokered, 0.99)
+    );
+    println!(
+        "  a read through seb:       p50 {:.2} ms  p99 {:.2} ms",
+        pct(&reads, 0.5),
+        pct(&reads, 0.99)
+    );
+    println!(
+        "  added:                    p50 {:.2} ms  p99 {:.2} ms",
+        pct(&brokered, 0.5) - pct(&direct, 0.5),
+        pct(&brokered, 0.99) - pct(&direct, 0.99)
+    );
+}
+
+/// kubectl exec: a mutation; the certificate names the pod, the container and the command,
+/// checked from the query string before the upgrade; then the websocket is proxied both ways.
+#[test]
+fn kubectl_exec_runs_only_the_certified_command() {
+    let c = cluster();
+    let pod = r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"web-1","namespace":"shop"},"spec":{"containers":[{"name":"app","image":"reg.local/app:1"}]}}"#;
+    let file = write(&c.env, "pod.json", pod);
+    let cert = c.env.kube_cert(
+        req("create", "pods", "", None),
+        json!({"constraints": {"/metadata/name": {"eq": "web-1"}}, "others": "allow"}),
+        |_| {},
+    );
+    let (code, out, err) = kubectl(
+        &c.kc,
+        Some(&cert),
+        &["create", "--validate=false", "-f", file.to_str().unwrap()],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+
+    let exec_req = |command: &[&str]| {
+        json!({"verb": "create", "group": "", "resource": "pods", "subresource": "exec", "namespace": "shop",
+               "name": "web-1", "container": "app", "command": command})
+    };
+    let n = count_mutations(&c.api);
+    assert_refused(
+        "exec without certificate",
+        kubectl(
+            &c.kc,
+            None,
+            &["exec", "web-1", "-c", "app", "--", "echo", "hi"],
+        ),
+        "cert_missing",
+        &c.api,
+        n,
+    );
+    let other = c
+        .env
+        .kube_cert(exec_req(&["cat", "/etc/shadow"]), Value::Null, |_| {});
+    assert_refused(
+        "exec of another command",
+        kubectl(
+            &c.kc,
+            Some(&other),
+            &["exec", "web-1", "-c", "app", "--", "echo", "hi"],
+        ),
+        "contract_mismatch",
+        &c.api,
+        n,
+    );
+    let cert = c
+        .env
+        .kube_cert(exec_req(&["echo", "hi"]), Value::Null, |_| {});
+    assert_refused(
+        "exec with stdin under a non-interactive certificate",
+        kubectl(
+            &c.kc,
+            Some(&cert),
+            &["exec", "-i", "web-1", "-c", "app", "--", "echo", "hi"],
+        ),
+        "contract_mismatch",
+        &c.api,
+        n,
+    );
+    let cert = c
+        .env
+        .kube_cert(exec_req(&["echo", "hi"]), Value::Null, |_| {});
+    let (code, out, err) = kubectl(
+        &c.kc,
+        Some(&cert),
+        &["exec", "web-1", "-c", "app", "--", "echo", "hi"],
+    );
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "exec in web-1/app: echo hi\n"),
+        "{err}"
+    );
+    let m = last_mutation(&c.api);
+    assert!(
+        m["path"].as_str().unwrap().contains("/pods/web-1/exec?"),
+        "{m}"
+    );
+    assert_impersonated(&m, &cert);
+}
