@@ -9,6 +9,7 @@ command -v python3 >/dev/null || need_apt+=(python3 python3-pip)
 command -v openssl >/dev/null || need_apt+=(openssl)
 command -v curl >/dev/null || need_apt+=(curl)
 command -v prlimit >/dev/null || need_apt+=(util-linux)
+command -v kubectl >/dev/null || need_apt+=(kubernetes-client)
 if [[ ${#need_apt[@]} -gt 0 ]]; then
   echo "test: installing ${need_apt[*]} from Debian"
   apt-get update -qq
