@@ -186,8 +186,11 @@ where
     let view = BodyView {
         bytes: &body,
         sha256_hex: &body_sha256,
-        content_type: header_str(&parts.headers, http::header::CONTENT_TYPE)?,
-        content_encoding: header_str(&parts.headers, http::header::CONTENT_ENCODING)?,
+        content_type: crate::targets::single_header(&parts.headers, http::header::CONTENT_TYPE)?,
+        content_encoding: crate::targets::single_header(
+            &parts.headers,
+            http::header::CONTENT_ENCODING,
+        )?,
     };
     target.check_contract(&cert, &parts, &view)?;
     if upload.is_some() {
@@ -394,26 +397,6 @@ where
             format!("request body could not be read: {e}"),
         )),
     }
-}
-
-fn header_str(
-    headers: &http::HeaderMap,
-    name: http::header::HeaderName,
-) -> Result<Option<&str>, Denial> {
-    let mut values = headers.get_all(&name).iter();
-    let Some(first) = values.next() else {
-        return Ok(None);
-    };
-    if values.next().is_some() {
-        return Err(Denial::new(
-            Reason::RequestMalformed,
-            format!("{name} appears more than once"),
-        ));
-    }
-    first
-        .to_str()
-        .map(Some)
-        .map_err(|_| Denial::new(Reason::RequestMalformed, format!("{name} is not ASCII")))
 }
 
 pub fn hex(bytes: &[u8]) -> String {

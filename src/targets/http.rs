@@ -3,7 +3,7 @@
 //! broker adds the credential to the request it forwards.
 
 use super::{Identity, Parsed};
-use crate::cert::{Certificate, TargetKind};
+use crate::cert::Certificate;
 use crate::config::{HttpTargetConfig, ReadRule};
 use crate::contract::{self, BodyView};
 use crate::denial::{Denial, Reason};
@@ -106,17 +106,8 @@ impl HttpTarget {
         parts: &http::request::Parts,
         body: &BodyView,
     ) -> Result<(), Denial> {
+        // The target kind was checked by Target::check_contract.
         let seb = &cert.claims.seb;
-        if seb.target != TargetKind::Http {
-            return Err(Denial::new(
-                Reason::ContractMismatch,
-                format!(
-                    "certificate is for a {} target, this is http target {:?}",
-                    seb.target.as_str(),
-                    self.name
-                ),
-            ));
-        }
         let c: HttpContract = serde_json::from_value(seb.request.clone()).map_err(|e| {
             Denial::new(
                 Reason::CertMalformed,

@@ -49,6 +49,30 @@ pub struct Identity {
     pub(crate) aws: Option<aws::sigv4::Credentials>,
 }
 
+/// A header that may appear at most once, as text: two values (or bytes that are not ASCII)
+/// could be read differently by the broker and the upstream, so both are refused.
+pub fn single_header(
+    headers: &::http::HeaderMap,
+    name: impl ::http::header::AsHeaderName + Clone + std::fmt::Display,
+) -> Result<Option<&str>, Denial> {
+    let mut values = headers.get_all(name.clone()).iter();
+    let Some(first) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(Denial::new(
+            crate::denial::Reason::RequestMalformed,
+            format!("{name} appears more than once"),
+        ));
+    }
+    first.to_str().map(Some).map_err(|_| {
+        Denial::new(
+            crate::denial::Reason::RequestMalformed,
+            format!("{name} is not ASCII"),
+        )
+    })
+}
+
 impl Target {
     pub fn name(&self) -> &str {
         match self {
@@ -136,6 +160,18 @@ impl Target {
         parts: &::http::request::Parts,
         body: &BodyView,
     ) -> Result<(), Denial> {
+        let kind = cert.claims.seb.target;
+        if kind != self.kind() {
+            return Err(Denial::new(
+                crate::denial::Reason::ContractMismatch,
+                format!(
+                    "certificate is for a {} target, this is {} target {:?}",
+                    kind.as_str(),
+                    self.kind().as_str(),
+                    self.name()
+                ),
+            ));
+        }
         match self {
             Target::Http(t) => t.check_contract(cert, parts, body),
             Target::Aws(t) => t.check_contract(cert, parts, body),

@@ -21,7 +21,7 @@ pub mod status;
 
 use super::{Identity, Parsed};
 use crate::cert::claims::BodyRule;
-use crate::cert::{Certificate, TargetKind};
+use crate::cert::Certificate;
 use crate::config::KubeTargetConfig;
 use crate::contract::{self, BodyView};
 use crate::denial::{Denial, Reason};
@@ -266,23 +266,6 @@ fn body_value(media: Media, body: &[u8]) -> Result<Value, Denial> {
     Ok(v)
 }
 
-fn header<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, Denial> {
-    let mut all = headers.get_all(name).iter();
-    let Some(first) = all.next() else {
-        return Ok(None);
-    };
-    if all.next().is_some() {
-        return Err(Denial::new(
-            Reason::RequestMalformed,
-            format!("{name} appears more than once"),
-        ));
-    }
-    first
-        .to_str()
-        .map(Some)
-        .map_err(|_| Denial::new(Reason::RequestMalformed, format!("{name} is not ASCII")))
-}
-
 fn is_upgrade(headers: &HeaderMap) -> bool {
     headers.contains_key(http::header::UPGRADE)
 }
@@ -323,15 +306,16 @@ impl KubeTarget {
         let info = Self::classify(parts)?;
         let is_read = info.is_read() && !is_upgrade(&parts.headers);
         if !is_read && !body.is_empty() {
-            let m = media(header(&parts.headers, "content-type")?)?.ok_or_else(|| {
-                Denial::new(
-                    Reason::RequestMalformed,
-                    format!(
+            let m =
+                media(super::single_header(&parts.headers, "content-type")?)?.ok_or_else(|| {
+                    Denial::new(
+                        Reason::RequestMalformed,
+                        format!(
                         "{UNSUPPORTED_MEDIA}a body without a Content-Type; send application/json"
                     ),
-                )
-            })?;
-            if let Some(enc) = header(&parts.headers, "content-encoding")? {
+                    )
+                })?;
+            if let Some(enc) = super::single_header(&parts.headers, "content-encoding")? {
                 if !enc.trim().eq_ignore_ascii_case("identity") {
                     return Err(Denial::new(
                         Reason::RequestMalformed,
@@ -391,17 +375,8 @@ impl KubeTarget {
         parts: &http::request::Parts,
         body: &BodyView,
     ) -> Result<(), Denial> {
+        // The target kind was checked by Target::check_contract.
         let seb = &cert.claims.seb;
-        if seb.target != TargetKind::Kubernetes {
-            return Err(Denial::new(
-                Reason::ContractMismatch,
-                format!(
-                    "certificate is for a {} target, this is kubernetes target {:?}",
-                    seb.target.as_str(),
-                    self.name
-                ),
-            ));
-        }
         let c = contract(cert)?;
         if let Some(p) = &seb.precondition {
             serde_json::from_value::<Precondition>(p.clone()).map_err(|e| {
@@ -496,7 +471,7 @@ impl KubeTarget {
             return Ok(body);
         }
         let info = Self::classify(parts)?;
-        let m = media(header(&parts.headers, "content-type")?)?;
+        let m = media(super::single_header(&parts.headers, "content-type")?)?;
         let value = match m {
             Some(m) if !body.is_empty() => Some(body_value(m, &body)?),
             _ => None,
