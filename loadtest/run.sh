@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # seb load test: the same workload direct to a fast local upstream, through nginx as a plain
 # reverse proxy, and through seb (http target, TLS) with durable (fsync) and relaxed (flush)
-# audit, in one invocation. Prints one table and writes it, with the machine's description,
-# to loadtest/RESULTS.md. See loadtest/README.md.
+# audit, plus seb's aws target (static identity, DynamoDB PutItem re-signed with SigV4, fsync)
+# against the same fast upstream, in one invocation. Prints one table and writes it, with the
+# machine's description, to loadtest/RESULTS.md. See loadtest/README.md.
 #
 # Usage: loadtest/run.sh [--quick] [--soak SECONDS] [--no-build] [--keep]
 #   --quick         short smoke run (a few seconds per phase); writes loadtest/RESULTS.quick.md
@@ -10,6 +11,9 @@
 #                   for SECONDS, sampling RSS every 10 s, and report the growth
 #   --no-build      use the release binaries already in $CARGO_TARGET_DIR
 #   --keep          keep the temporary directory (keys, configs, logs, audit logs, pools)
+#
+# Environment: CARGO_TARGET_DIR (default: the repository's target/); CRITERION_DIR (default
+# $CARGO_TARGET_DIR/criterion) for the crypto floor; LOADTEST_TMP (default /var/tmp).
 #
 # Sends traffic to 127.0.0.1 only.
 set -euo pipefail
@@ -23,7 +27,7 @@ while [ $# -gt 0 ]; do
         --soak) SOAK=${2:?--soak needs SECONDS}; shift ;;
         --no-build) BUILD=0 ;;
         --keep) KEEP=1 ;;
-        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
         *) echo "run.sh: unknown option $1" >&2; exit 2 ;;
     esac
     shift
@@ -36,6 +40,21 @@ CLOSED_CONNS=64       # closed-loop back-to-back connections
 TARGET=payments       # seb http target name (= the certificates' seb.request.upstream)
 REQ_PATH=/v1/x
 BODY='{"amount":1250,"currency":"EUR","to":"acct-000123","memo":"invoice 42"}'
+# The aws path: a DynamoDB PutItem (JSON 1.0 protocol) as an SDK sends it to AWS_ENDPOINT_URL,
+# with the placeholder access key (the broker ignores the agent's signature on mutations and
+# takes service and region from the credential scope) and the certificate in
+# X-Amz-Security-Token. The upstream is the same fast stub, not DynamoDB.
+AWS_TARGET=aws-loadtest
+AWS_REGION=eu-west-1
+AWS_TABLE=loadtest-orders
+AWS_BODY='{"TableName":"loadtest-orders","Item":{"pk":{"S":"order-000042"},"amount":{"N":"1250"},"currency":{"S":"EUR"}}}'
+AMZ_DATE=$(date -u +%Y%m%dT%H%M%SZ)
+AWS_HEADERS=(
+    --header "Content-Type: application/x-amz-json-1.0"
+    --header "X-Amz-Target: DynamoDB_20120810.PutItem"
+    --header "X-Amz-Date: $AMZ_DATE"
+    --header "Authorization: AWS4-HMAC-SHA256 Credential=SEBAGENTPLACEHOLDER/${AMZ_DATE%%T*}/$AWS_REGION/dynamodb/aws4_request, SignedHeaders=host;x-amz-date, Signature=$(printf '0%.0s' $(seq 64))"
+)
 if [ "$QUICK" = 1 ]; then
     OPEN_S=4 OPEN_WARM=1 CLOSED_S=4 CLOSED_WARM=1 CLOSED_POOL=80000
     RESULTS=$HERE/RESULTS.quick.md
@@ -115,6 +134,11 @@ if [ -z "$NGINX_BIN" ]; then
 fi
 
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+# The source the binaries are built from, taken now: HEAD may move while the run goes on.
+SRC_REV=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+SRC_DIRTY=$(git -C "$ROOT" diff --quiet HEAD -- src 2>/dev/null || echo ' (with uncommitted changes under src/)')
+[ "$BUILD" = 1 ] || SRC_DIRTY+=" (binaries not rebuilt: --no-build)"
+CRITERION_DIR=${CRITERION_DIR:-$CARGO_TARGET_DIR/criterion}
 if [ "$BUILD" = 1 ]; then
     log "building release binaries (seb, loadgen)"
     (cd "$ROOT" && cargo build --release --bin seb)
@@ -151,11 +175,15 @@ issue_revocation
 ( while sleep 60; do issue_revocation || true; done ) &
 PIDS+=("$!")
 
-mapfile -t P < <("$LG" ports 9)
+mapfile -t P < <("$LG" ports 11)
 UP_PORT=${P[0]} NGX_HTTP_PORT=${P[1]} NGX_TLS_PORT=${P[2]}
 SEB_FSYNC_PORT=${P[3]} SEB_FSYNC_ADMIN=${P[4]} SEB_FLUSH_PORT=${P[5]} SEB_FLUSH_ADMIN=${P[6]}
-SEB_SOAK_PORT=${P[7]} SEB_SOAK_ADMIN=${P[8]}
+SEB_SOAK_PORT=${P[7]} SEB_SOAK_ADMIN=${P[8]} SEB_AWS_PORT=${P[9]} SEB_AWS_ADMIN=${P[10]}
 export SEB_LOADTEST_UPSTREAM_TOKEN=loadtest-upstream-secret
+# Static AWS credentials for the aws target (identity = "static": "cached" identity, no STS
+# call per request); the stub upstream does not check the signature made with them.
+export SEB_LOADTEST_AWS_AKID=AKIALOADTESTSTATIC01
+export SEB_LOADTEST_AWS_SECRET=loadtest-static-secret-not-a-real-key
 
 seb_config() { # NAME DURABILITY PORT ADMIN_PORT
     mkdir -p "$W/$1"
@@ -186,6 +214,35 @@ EOF
 }
 seb_config seb-fsync fsync "$SEB_FSYNC_PORT" "$SEB_FSYNC_ADMIN"
 seb_config seb-flush flush "$SEB_FLUSH_PORT" "$SEB_FLUSH_ADMIN"
+mkdir -p "$W/seb-aws"
+cat > "$W/seb-aws.toml" <<EOF
+broker_id = "seb-aws"
+[tls]
+cert = "tls/server.pem"
+key = "tls/server.key"
+[admin]
+listen = "127.0.0.1:$SEB_AWS_ADMIN"
+[[issuers]]
+name = "signer"
+public_key = "signer.pub"
+[revocation]
+file = "revocation.jws"
+[audit]
+path = "seb-aws/audit.jsonl"
+durability = "fsync"
+signing_key = "broker.key"
+[[targets]]
+name = "$AWS_TARGET"
+kind = "aws"
+listen = "127.0.0.1:$SEB_AWS_PORT"
+[targets.aws]
+# The fast stub instead of https://dynamodb.$AWS_REGION.amazonaws.com.
+endpoint = "http://127.0.0.1:$UP_PORT"
+services = ["dynamodb"]
+regions = ["$AWS_REGION"]
+identity = "static"
+static_credentials = { access_key_id = { value_env = "SEB_LOADTEST_AWS_AKID" }, secret_access_key = { value_env = "SEB_LOADTEST_AWS_SECRET" } }
+EOF
 
 NGINX_USER=""
 [ "$(id -u)" = 0 ] && NGINX_USER="user root;"
@@ -241,6 +298,13 @@ for s in seb-fsync seb-flush; do
     pool "$W/$s-open.certs" "$OPEN_POOL"
     pool "$W/$s-closed.certs" "$CLOSED_POOL"
 done
+aws_pool() { # OUT COUNT
+    "$LG" certs --key "$W/signer.key" --iss signer --sub agent:loadtest --count "$2" --out "$1" \
+        --target aws --aws-service dynamodb --aws-region "$AWS_REGION" --aws-operation PutItem \
+        --aws-resource "$AWS_TABLE" --body "$AWS_BODY"
+}
+aws_pool "$W/seb-aws-open.certs" "$OPEN_POOL"
+aws_pool "$W/seb-aws-closed.certs" "$CLOSED_POOL"
 
 # ---- (c) processes -------------------------------------------------------------------------------
 log "starting the fast upstream on 127.0.0.1:$UP_PORT"
@@ -276,11 +340,13 @@ rss_kb() { # PIDS... -> summed VmRSS
 }
 ticks_to_s() { awk -v t="$1" -v hz="$CLK_TCK" 'BEGIN { printf "%.3f", t / hz }'; }
 
-# phase NAME open|closed URL CERTS(or -) PIDS(space-separated, or "") : runs one load phase and
-# leaves RES/NAME-PHASE.json and, when PIDS are given, RES/NAME-PHASE.cpu (seconds).
+# phase NAME open|closed URL CERTS(or -) PIDS(space-separated, or "") [LOADGEN RUN ARGS...] :
+# runs one load phase and leaves RES/NAME-PHASE.json and, when PIDS are given,
+# RES/NAME-PHASE.cpu (seconds). The body is $PHASE_BODY when set, else $BODY.
 phase() {
     local name=$1 ph=$2 url=$3 certs=$4 pids=$5 c0 c1
-    local args=(--url "$url" --ca "$W/tls/ca.pem" --body "$BODY" --method POST --label "$name" --json)
+    shift 5
+    local args=(--url "$url" --ca "$W/tls/ca.pem" --body "${PHASE_BODY:-$BODY}" --method POST --label "$name" --json "$@")
     [ "$certs" != - ] && args+=(--certs "$certs")
     if [ "$ph" = open ]; then
         args+=(--mode open --rate "$RATE" --connections "$OPEN_CONNS" --duration "$OPEN_S" --warmup "$OPEN_WARM")
@@ -340,11 +406,32 @@ for s in seb-fsync seb-flush; do
     PATHS+=("$s")
 done
 
+# The aws path and its own direct baseline: the same PutItem request straight to the stub.
+log "path: direct-aws (the DynamoDB PutItem request straight to the fast upstream)"
+PHASE_BODY=$AWS_BODY phase direct-aws open "http://127.0.0.1:$UP_PORT/" - "" "${AWS_HEADERS[@]}"
+PHASE_BODY=$AWS_BODY phase direct-aws closed "http://127.0.0.1:$UP_PORT/" - "" "${AWS_HEADERS[@]}"
+PATHS+=(direct-aws)
+log "path: seb-aws (seb aws target, static identity, SigV4 re-signing, TLS, audit fsync)"
+SEB_LOG=${SEB_LOG:-info} start_bg "$W/seb-aws.log" "$SEB" serve --config "$W/seb-aws.toml"
+pid=$BG_PID
+wait_port "$SEB_AWS_PORT" "$pid" "$W/seb-aws.log"
+sleep 0.5
+r0=$(rss_kb "$pid")
+for ph in open closed; do
+    PHASE_BODY=$AWS_BODY phase seb-aws "$ph" "https://localhost:$SEB_AWS_PORT/" "$W/seb-aws-$ph.certs" "$pid" \
+        "${AWS_HEADERS[@]}" --cert-header x-amz-security-token
+done
+write_proc seb-aws "$r0" "$(rss_kb "$pid")"
+stop_pid "$pid"
+wc -l < "$W/seb-aws/audit.jsonl" > "$RES/seb-aws-audit-lines"
+PATHS+=(seb-aws)
+
 # ---- (f) the table and RESULTS.md ----------------------------------------------------------------
 write_results() {
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 TABLE=$("$LG" table --dir "$RES" --paths "$(IFS=,; echo "${PATHS[*]}")" --direct direct \
-    --nginx "$([ -n "$NGINX_PID" ] && echo nginx-tls || echo none)" --criterion "$CARGO_TARGET_DIR/criterion")
+    --nginx "$([ -n "$NGINX_PID" ] && echo nginx-tls || echo none)" --criterion "$CRITERION_DIR" \
+    --baseline seb-aws=direct-aws)
 echo
 echo "$TABLE"
 
@@ -362,7 +449,7 @@ audit_lines() { cat "$RES/$1-audit-lines" 2>/dev/null || echo "?"; }
     echo "# seb load test results"
     echo
     if [ "$QUICK" = 1 ]; then echo "**Quick smoke run (\`--quick\`): durations too short to be a measurement.**"; echo; fi
-    echo "Generated by \`loadtest/run.sh$([ "$QUICK" = 1 ] && echo ' --quick')$([ "$SOAK" -gt 0 ] && echo " --soak $SOAK")\` on $(date -u '+%Y-%m-%d %H:%M UTC') from commit \`$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)\`$(git -C "$ROOT" diff --quiet HEAD -- src 2>/dev/null || echo ' (with uncommitted changes under src/)')."
+    echo "Generated by \`loadtest/run.sh$([ "$QUICK" = 1 ] && echo ' --quick')$([ "$SOAK" -gt 0 ] && echo " --soak $SOAK")\` on $(date -u '+%Y-%m-%d %H:%M UTC') from commit \`$SRC_REV\`$SRC_DIRTY$(now=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null); [ -n "$now" ] && [ "$now" != "$SRC_REV" ] && echo "; HEAD moved to \`$now\` during the run")."
     echo
     echo "## Machine"
     echo
@@ -375,10 +462,11 @@ audit_lines() { cat "$RES/$1-audit-lines" 2>/dev/null || echo "?"; }
     echo
     echo "## Workload"
     echo
-    echo "- every request: \`POST $REQ_PATH\` with a fixed $(printf %s "$BODY" | wc -c)-byte JSON body; answer: 200 with an 11-byte JSON body."
+    echo "- every request on the direct, nginx and seb-fsync/seb-flush paths: \`POST $REQ_PATH\` with a fixed $(printf %s "$BODY" | wc -c)-byte JSON body; answer: 200 with an 11-byte JSON body."
     echo "- fixed rate: $RATE req/s for ${OPEN_S} s (after ${OPEN_WARM} s unmeasured warm-up), $OPEN_CONNS keep-alive connections, latency measured from each request's scheduled time (no coordinated omission)."
     echo "- closed loop: $CLOSED_CONNS connections sending back to back for ${CLOSED_S} s (after ${CLOSED_WARM} s warm-up); \"closed-loop req/s\" counts 2xx answers only."
-    echo "- seb paths: http target over TLS (rustls, ECDSA P-256 dev certificate), every request an admitted single-use mutation with its own pre-issued certificate (body pinned by sha256), audit \`fsync\` (group-committed fdatasync) or \`flush\`; audit lines written: seb-fsync $(audit_lines seb-fsync), seb-flush $(audit_lines seb-flush)."
+    echo "- seb-fsync, seb-flush: http target over TLS (rustls, ECDSA P-256 dev certificate), every request an admitted single-use mutation with its own pre-issued certificate (body pinned by sha256), audit \`fsync\` (group-committed fdatasync) or \`flush\`; audit lines written: seb-fsync $(audit_lines seb-fsync), seb-flush $(audit_lines seb-flush)."
+    echo "- seb-aws: seb's aws target over TLS, \`identity = \"static\"\` (fixed credentials from environment variables: the identity is cached, no STS call per request), endpoint override to the same fast upstream, audit \`fsync\`. Every request is a DynamoDB PutItem as an SDK sends it (\`POST /\`, \`Content-Type: application/x-amz-json-1.0\`, \`X-Amz-Target: DynamoDB_20120810.PutItem\`, placeholder-key SigV4 \`Authorization\` whose signature the broker ignores, a fixed $(printf %s "$AWS_BODY" | wc -c)-byte JSON body) with its own pre-issued certificate in \`X-Amz-Security-Token\` (\`seb.request\` = dynamodb/$AWS_REGION/PutItem/$AWS_TABLE, body pinned by sha256); the broker parses the JSON-protocol call, checks it against the contract, and re-signs it with SigV4 before forwarding; audit lines written: $(audit_lines seb-aws). **The upstream is the fast stub, not DynamoDB**: the figure is the broker's overhead on the AWS path (JSON protocol parsing, contract check, SigV4 re-signing, audit) with cached identity, not a DynamoDB latency. Its \"added\" and \"ratio to direct\" columns compare with direct-aws, the same PutItem request straight to the stub; its \"ratio to nginx\" compares with nginx-tls on the http request."
     echo "- nginx-http: nginx as a plain HTTP reverse proxy (upstream block with keepalive); nginx-tls: the same behind TLS with the same dev certificate as seb. \"ratio to nginx\" compares with nginx-tls, the like-for-like proxy for seb's TLS listener."
     echo "- CPU µs/req: the proxy's utime+stime (from /proc/PID/stat, all nginx processes) over the phase, divided by the 2xx answers of that phase including its warm-up. For seb, \"CPU / crypto floor\" divides the closed-loop figure by the crypto floor below."
     echo
@@ -389,7 +477,8 @@ audit_lines() { cat "$RES/$1-audit-lines" 2>/dev/null || echo "?"; }
     if [ -n "$SOAK_MD" ]; then echo "## Memory soak"; echo; echo "$SOAK_MD"; echo; fi
     echo "## Not measured"
     echo
-    echo "- TODO(aws): the AWS path (SigV4 re-signing with cached identity against a fast upstream) is not measured: the AWS target does not exist yet."
+    echo "- the aws target with \`identity = \"sts\"\` (an AssumeRole per certificate, cached for its remaining uses): every request here has a fresh single-use certificate, so that path would be one STS call per request, a cost set by STS, not by the broker."
+    echo "- real DynamoDB: the aws path's upstream is the stub above."
     [ "$SOAK" -gt 0 ] || echo "- memory soak: not run this time (\`--soak 600\` runs it)."
     true
     echo

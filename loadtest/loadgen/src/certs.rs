@@ -1,5 +1,7 @@
 //! Pre-issued certificate pools: N single-use certificates, each with its own jti, one per
 //! line, signed before the run so that signing never sits on the generator's hot path.
+//! `--target http` (the default) or `--target aws` shapes `seb.request`; the body is bound by
+//! its sha256 either way (for an aws json-protocol call that is the JSON body as sent).
 
 use seb::cert::{self, keys, CERT_TYP};
 use serde_json::json;
@@ -20,13 +22,32 @@ pub struct Args {
     count: usize,
     #[arg(long)]
     out: PathBuf,
-    /// The http target's name (`seb.request.upstream`).
-    #[arg(long)]
-    upstream: String,
-    #[arg(long)]
-    path: String,
+    /// `seb.target`: `http` (the default; `seb.request` is built from --upstream, --method and
+    /// --path) or `aws` (`seb.request` is built from the --aws-* options).
+    #[arg(long, default_value = "http", value_parser = ["http", "aws"])]
+    target: String,
+    /// http: the target's name (`seb.request.upstream`).
+    #[arg(long, required_if_eq("target", "http"))]
+    upstream: Option<String>,
+    /// http: the request path.
+    #[arg(long, required_if_eq("target", "http"))]
+    path: Option<String>,
+    /// http: the request method.
     #[arg(long, default_value = "POST")]
     method: String,
+    /// aws: the SigV4 signing name (`seb.request.service`), e.g. dynamodb.
+    #[arg(long, required_if_eq("target", "aws"))]
+    aws_service: Option<String>,
+    /// aws: the region (`seb.request.region`), as in the agent's credential scope.
+    #[arg(long, required_if_eq("target", "aws"))]
+    aws_region: Option<String>,
+    /// aws: the operation (`seb.request.operation`), e.g. PutItem.
+    #[arg(long, required_if_eq("target", "aws"))]
+    aws_operation: Option<String>,
+    /// aws: the resource the broker derives from the call (`seb.request.resource`): for
+    /// DynamoDB the TableName. Optional.
+    #[arg(long)]
+    aws_resource: Option<String>,
     /// The exact request body; its SHA-256 is pinned in `seb.body`. Without it, the
     /// certificate admits only an empty body.
     #[arg(long)]
@@ -57,9 +78,21 @@ pub fn main(a: Args) -> anyhow::Result<()> {
     let mut run_id = [0u8; 6];
     getrandom::getrandom(&mut run_id).map_err(|e| anyhow::anyhow!("random source: {e}"))?;
     let run_id = seb::proxy::pipeline::hex(&run_id);
-    let body_rule = a.body.as_ref().map(|b| {
-        json!({"sha256": seb::proxy::pipeline::hex(&Sha256::digest(b.as_bytes()))})
-    });
+    let body_rule = a
+        .body
+        .as_ref()
+        .map(|b| json!({"sha256": seb::proxy::pipeline::hex(&Sha256::digest(b.as_bytes()))}));
+    let request = if a.target == "aws" {
+        let mut r = json!({
+            "service": a.aws_service, "region": a.aws_region, "operation": a.aws_operation,
+        });
+        if let Some(res) = &a.aws_resource {
+            r["resource"] = json!(res);
+        }
+        r
+    } else {
+        json!({"upstream": a.upstream, "method": a.method, "path": a.path})
+    };
     let now = cert::now_secs();
     let tmp = a.out.with_extension("tmp");
     let mut w = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp)?);
@@ -70,8 +103,8 @@ pub fn main(a: Args) -> anyhow::Result<()> {
         };
         let mut seb = json!({
             "v": 1, "action": a.action, "policy": a.policy, "policy_epoch": a.policy_epoch,
-            "revocation_epoch": a.revocation_epoch, "target": "http",
-            "request": {"upstream": a.upstream, "method": a.method, "path": a.path},
+            "revocation_epoch": a.revocation_epoch, "target": a.target,
+            "request": request,
         });
         if let Some(r) = &body_rule {
             seb["body"] = r.clone();

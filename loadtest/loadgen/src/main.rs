@@ -81,5 +81,9 @@ pub fn loopback_addr(host: &str, port: u16) -> anyhow::Result<std::net::SocketAd
         .find(|a| a.is_ipv4() && a.ip().is_loopback())
         .or_else(|| addrs.iter().find(|a| a.ip().is_loopback()))
         .copied()
-        .ok_or_else(|| anyhow::anyhow!("{host}:{port} is not a loopback address; loadgen only sends to loopback"))
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "{host}:{port} is not a loopback address; loadgen only sends to loopback"
+            )
+        })
 }

@@ -40,9 +40,18 @@ pub struct Args {
     #[arg(long)]
     ca: Option<PathBuf>,
     /// Certificate pool (one per line); request i carries certificate i as
-    /// `Authorization: Bearer <certificate>`. Running out stops the run with an error.
+    /// `Authorization: Bearer <certificate>` (or in --cert-header). Running out stops the run
+    /// with an error.
     #[arg(long)]
     certs: Option<PathBuf>,
+    /// Put the certificate, bare, in this header instead of `Authorization: Bearer`
+    /// (e.g. x-amz-security-token for the aws target).
+    #[arg(long)]
+    cert_header: Option<String>,
+    /// An extra fixed header on every request, `Name: value` (repeatable). A Content-Type
+    /// given here replaces the default application/json.
+    #[arg(long = "header", value_name = "NAME:VALUE")]
+    headers: Vec<String>,
     #[arg(long, value_enum)]
     mode: Mode,
     /// Open loop: requests per second.
@@ -106,6 +115,10 @@ struct Target {
     method: Method,
     body: Bytes,
     certs: Vec<String>,
+    /// Where the certificate goes; `None` = `Authorization: Bearer`.
+    cert_header: Option<http::HeaderName>,
+    /// Extra fixed headers, parsed once.
+    headers: Vec<(http::HeaderName, http::HeaderValue)>,
     timeout: Duration,
 }
 
@@ -142,11 +155,22 @@ impl Target {
             .method(self.method.clone())
             .uri(self.path.as_str())
             .header(http::header::HOST, self.authority.as_str());
-        if !self.body.is_empty() {
+        if !self.body.is_empty()
+            && !self
+                .headers
+                .iter()
+                .any(|(n, _)| n == http::header::CONTENT_TYPE)
+        {
             b = b.header(http::header::CONTENT_TYPE, "application/json");
         }
+        for (n, v) in &self.headers {
+            b = b.header(n, v);
+        }
         if let Some(c) = cert {
-            b = b.header(http::header::AUTHORIZATION, format!("Bearer {c}"));
+            match &self.cert_header {
+                Some(h) => b = b.header(h, c),
+                None => b = b.header(http::header::AUTHORIZATION, format!("Bearer {c}")),
+            }
         }
         b.body(Full::new(self.body.clone())).expect("valid request")
     }
@@ -223,7 +247,9 @@ async fn one(
 }
 
 fn record(tally: &mut Tally, r: Result<u16, &'static str>, latency: Duration, done: Instant) {
-    tally.hist.saturating_record(latency.as_nanos().max(1) as u64);
+    tally
+        .hist
+        .saturating_record(latency.as_nanos().max(1) as u64);
     match r {
         Ok(s) if (200..300).contains(&s) => tally.ok += 1,
         Ok(s) => *tally.status.entry(s).or_default() += 1,
@@ -239,15 +265,16 @@ pub fn main(a: Args) -> anyhow::Result<()> {
         Some("http") => false,
         _ => anyhow::bail!("--url must be http:// or https://"),
     };
-    let host = uri.host().ok_or_else(|| anyhow::anyhow!("--url has no host"))?;
+    let host = uri
+        .host()
+        .ok_or_else(|| anyhow::anyhow!("--url has no host"))?;
     let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
     let addr = crate::loopback_addr(host, port)?;
     let tls = if https {
         let mut roots = rustls::RootCertStore::empty();
-        let ca = a
-            .ca
-            .as_ref()
-            .ok_or_else(|| anyhow::anyhow!("https needs --ca"))?;
+        let ca =
+            a.ca.as_ref()
+                .ok_or_else(|| anyhow::anyhow!("https needs --ca"))?;
         for c in CertificateDer::pem_file_iter(ca)? {
             roots.add(c?)?;
         }
@@ -258,8 +285,8 @@ pub fn main(a: Args) -> anyhow::Result<()> {
         .with_root_certificates(roots)
         .with_no_client_auth();
         cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let name = ServerName::try_from(host.trim_start_matches('[').trim_end_matches(']'))?
-            .to_owned();
+        let name =
+            ServerName::try_from(host.trim_start_matches('[').trim_end_matches(']'))?.to_owned();
         Some((tokio_rustls::TlsConnector::from(Arc::new(cfg)), name))
     } else {
         None
@@ -279,6 +306,24 @@ pub fn main(a: Args) -> anyhow::Result<()> {
         None if body.is_empty() => Method::GET,
         None => Method::POST,
     };
+    let headers = a
+        .headers
+        .iter()
+        .map(|h| {
+            let (n, v) = h
+                .split_once(':')
+                .ok_or_else(|| anyhow::anyhow!("--header {h:?} is not NAME:VALUE"))?;
+            Ok((
+                http::HeaderName::from_bytes(n.trim().as_bytes())?,
+                http::HeaderValue::from_str(v.trim())?,
+            ))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let cert_header = a
+        .cert_header
+        .as_deref()
+        .map(|h| http::HeaderName::from_bytes(h.as_bytes()))
+        .transpose()?;
     let target = Arc::new(Target {
         addr,
         tls,
@@ -293,11 +338,15 @@ pub fn main(a: Args) -> anyhow::Result<()> {
         method,
         body,
         certs,
+        cert_header,
+        headers,
         timeout: a.timeout,
     });
     let connections = a.connections.max(1);
     if a.mode == Mode::Open {
-        let rate = a.rate.ok_or_else(|| anyhow::anyhow!("--mode open needs --rate"))?;
+        let rate = a
+            .rate
+            .ok_or_else(|| anyhow::anyhow!("--mode open needs --rate"))?;
         if rate <= 0.0 {
             anyhow::bail!("--rate must be positive");
         }

@@ -16,6 +16,11 @@ pub struct Args {
     /// The baseline path (no proxy).
     #[arg(long, default_value = "direct")]
     direct: String,
+    /// A path measured against its own baseline instead of --direct, as PATH=BASELINE
+    /// (repeatable, or comma-separated): e.g. seb-aws=direct-aws, where the baseline sends the
+    /// same request straight to the upstream.
+    #[arg(long = "baseline", value_delimiter = ',', value_name = "PATH=BASELINE")]
+    baselines: Vec<String>,
     /// The plain reverse proxy to compare with.
     #[arg(long, default_value = "nginx-tls")]
     nginx: String,
@@ -79,6 +84,14 @@ fn ratio(a: Option<f64>, b: Option<f64>) -> String {
 
 pub fn main(a: Args) -> anyhow::Result<()> {
     let direct = load(&a.dir, &format!("{}-open.json", a.direct));
+    let mut own_baseline = std::collections::HashMap::new();
+    for b in &a.baselines {
+        let (p, base) = b
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("--baseline {b:?} is not PATH=BASELINE"))?;
+        own_baseline.insert(p.to_string(), base.to_string());
+    }
+    let baseline_names: std::collections::HashSet<&String> = own_baseline.values().collect();
     let nginx = load(&a.dir, &format!("{}-open.json", a.nginx));
     let floor = a.criterion.as_deref().and_then(crypto_floor);
     let mut out = String::new();
@@ -93,8 +106,14 @@ pub fn main(a: Args) -> anyhow::Result<()> {
             continue;
         };
         let l = |k: &str| lat(o, k);
+        // A path's baseline: its own (--baseline) or --direct; baselines compare with nothing.
+        let (direct, direct_name) = match own_baseline.get(p) {
+            Some(b) => (load(&a.dir, &format!("{b}-open.json")), b.as_str()),
+            None => (direct.clone(), a.direct.as_str()),
+        };
+        let is_baseline = p == &a.direct || baseline_names.contains(p);
         let added = match &direct {
-            Some(d) if p != &a.direct => format!(
+            Some(d) if !is_baseline => format!(
                 "{:+.3} / {:+.3}",
                 (l("p50").unwrap_or(0.0) - lat(d, "p50").unwrap_or(0.0)) / 1000.0,
                 (l("p99").unwrap_or(0.0) - lat(d, "p99").unwrap_or(0.0)) / 1000.0
@@ -102,7 +121,7 @@ pub fn main(a: Args) -> anyhow::Result<()> {
             _ => "–".into(),
         };
         let vs = |base: &Option<Value>, name: &str| match base {
-            Some(b) if p != name => format!(
+            Some(b) if p != name && !(name == direct_name && is_baseline) => format!(
                 "{} / {}",
                 ratio(l("p50"), lat(b, "p50")),
                 ratio(l("p99"), lat(b, "p99"))
@@ -115,7 +134,9 @@ pub fn main(a: Args) -> anyhow::Result<()> {
             .map(|v| format!("{v:.0} ({} conns)", closed.as_ref().unwrap()["connections"]))
             .unwrap_or_else(|| "–".into());
         let cpu_us = |phase: &str, report: &Option<Value>| -> Option<f64> {
-            let s = proc_.as_ref().and_then(|p| p[format!("cpu_{phase}_s")].as_f64())?;
+            let s = proc_
+                .as_ref()
+                .and_then(|p| p[format!("cpu_{phase}_s")].as_f64())?;
             let n = report
                 .as_ref()
                 .and_then(|r| r["ok_including_warmup"].as_f64())?;
@@ -123,7 +144,11 @@ pub fn main(a: Args) -> anyhow::Result<()> {
         };
         let show = |v: Option<f64>| v.map(|v| format!("{v:.0}")).unwrap_or_else(|| "–".into());
         let cpu_col = if proc_.is_some() {
-            format!("{} / {}", show(cpu_us("open", &open)), show(cpu_us("closed", &closed)))
+            format!(
+                "{} / {}",
+                show(cpu_us("open", &open)),
+                show(cpu_us("closed", &closed))
+            )
         } else {
             "–".into()
         };
@@ -144,15 +169,19 @@ pub fn main(a: Args) -> anyhow::Result<()> {
                 .map(|c| c["errors"].to_string())
                 .unwrap_or_else(|| "–".into())
         );
+        let shown = match own_baseline.get(p) {
+            Some(b) => format!("{p} (vs {b})"),
+            None => p.clone(),
+        };
         out += &format!(
-            "| {p} | {} → {:.0} | {} | {} | {} | {} | {added} | {} | {} | {closed_rps} | {cpu_col} | {floor_col} | {rss} | {errs} |\n",
+            "| {shown} | {} → {:.0} | {} | {} | {} | {} | {added} | {} | {} | {closed_rps} | {cpu_col} | {floor_col} | {rss} | {errs} |\n",
             o["target_rate"].as_f64().map(|r| format!("{r:.0}")).unwrap_or_default(),
             o["ok_rps"].as_f64().unwrap_or(0.0),
             ms(l("p50")),
             ms(l("p90")),
             ms(l("p99")),
             ms(l("p99_9")),
-            vs(&direct, &a.direct),
+            vs(&direct, direct_name),
             vs(&nginx, &a.nginx),
         );
     }
