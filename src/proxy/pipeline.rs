@@ -22,7 +22,7 @@ use crate::audit::{Entry, Kind, Verdict};
 use crate::cert::Certificate;
 use crate::contract::BodyView;
 use crate::denial::{Denial, Reason};
-use crate::targets::Target;
+use crate::targets::{Parsed, Target};
 use crate::tls::PeerIdentity;
 use bytes::Bytes;
 use http::{Request, Response};
@@ -139,6 +139,7 @@ where
                 broker,
                 target,
                 &parts,
+                &parsed,
                 body,
                 request_id,
                 record,
@@ -176,6 +177,7 @@ where
             broker,
             target,
             &parts,
+            &parsed,
             body,
             request_id,
             record,
@@ -192,7 +194,7 @@ where
             http::header::CONTENT_ENCODING,
         )?,
     };
-    target.check_contract(&cert, &parts, &view)?;
+    target.check_contract(&cert, &parts, &parsed, &view)?;
     if upload.is_some() {
         // A streamed body is recorded by the hash it is held to in flight.
         if let Some(crate::cert::BodyRule::Sha256(r)) = &cert.claims.seb.body {
@@ -233,7 +235,7 @@ where
     let client_upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
     let upstream_req = match upload {
         None => target
-            .upstream_request(&parts, body, &identity, request_id)?
+            .upstream_request(&parts, &parsed, body, &identity, request_id)?
             .map(upstream_full),
         Some(upload) => target.upstream_upload(
             &parts,
@@ -263,6 +265,7 @@ async fn read_pass_through(
     broker: &Broker,
     target: &Target,
     parts: &http::request::Parts,
+    parsed: &Parsed,
     body: Bytes,
     request_id: &str,
     record: &mut Draft,
@@ -271,7 +274,7 @@ async fn read_pass_through(
     let identity = target.identity(None).await?;
     record.identity = Some(identity.audit.clone());
     let upstream_req = target
-        .upstream_request(parts, body, &identity, request_id)?
+        .upstream_request(parts, parsed, body, &identity, request_id)?
         .map(upstream_full);
     let resp = forward(broker, target, upstream_req, deadline, None).await?;
     broker.metrics.count(target.name(), Decision::Read, None);

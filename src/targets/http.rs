@@ -90,6 +90,7 @@ impl HttpTarget {
                 && prefix_matches(&r.path_prefix, path)
         });
         Ok(Parsed {
+            call: None,
             is_read,
             describe: json!({
                 "method": parts.method.as_str(),

@@ -39,6 +39,9 @@ pub struct Parsed {
     pub is_read: bool,
     /// Audit record `request`: method, path, operation or verb, resource.
     pub describe: Value,
+    /// What the target read from the request, kept so that later phases do not read (and
+    /// for JSON bodies, parse) it again.
+    pub(crate) call: Option<aws::protocol::Call>,
 }
 
 /// The identity a request is executed under, for the audit record; secrets stay inside.
@@ -158,6 +161,7 @@ impl Target {
         &self,
         cert: &Certificate,
         parts: &::http::request::Parts,
+        parsed: &Parsed,
         body: &BodyView,
     ) -> Result<(), Denial> {
         let kind = cert.claims.seb.target;
@@ -174,7 +178,7 @@ impl Target {
         }
         match self {
             Target::Http(t) => t.check_contract(cert, parts, body),
-            Target::Aws(t) => t.check_contract(cert, parts, body),
+            Target::Aws(t) => t.check_contract(cert, parts, body, parsed.call.as_ref()),
             Target::Kubernetes(t) => t.check_contract(cert, parts, body),
         }
     }
@@ -223,13 +227,16 @@ impl Target {
     pub fn upstream_request(
         &self,
         parts: &::http::request::Parts,
+        parsed: &Parsed,
         body: Bytes,
         identity: &Identity,
         request_id: &str,
     ) -> Result<::http::Request<http_body_util::Full<Bytes>>, Denial> {
         match self {
             Target::Http(t) => t.upstream_request(parts, body, identity, request_id),
-            Target::Aws(t) => t.upstream_request(parts, body, identity, request_id),
+            Target::Aws(t) => {
+                t.upstream_request(parts, body, identity, request_id, parsed.call.as_ref())
+            }
             Target::Kubernetes(t) => t.upstream_request(parts, body, identity, request_id),
         }
     }

@@ -192,17 +192,19 @@ impl AwsTarget {
                 self.s3_get_object_needs_certificate,
                 &self.sensitive_reads,
             );
+        let describe = json!({
+            "method": parts.method.as_str(),
+            "path": parts.uri.path(),
+            "service": call.scope.service,
+            "region": call.scope.region,
+            "protocol": call.service.protocol.as_str(),
+            "operation": call.operation,
+            "resource": call.resource,
+        });
         Ok(Parsed {
             is_read,
-            describe: json!({
-                "method": parts.method.as_str(),
-                "path": parts.uri.path(),
-                "service": call.scope.service,
-                "region": call.scope.region,
-                "protocol": call.service.protocol.as_str(),
-                "operation": call.operation,
-                "resource": call.resource,
-            }),
+            describe,
+            call: Some(call),
         })
     }
 
@@ -211,9 +213,17 @@ impl AwsTarget {
         cert: &Certificate,
         parts: &http::request::Parts,
         body: &BodyView,
+        parsed: Option<&protocol::Call>,
     ) -> Result<(), Denial> {
         let c = contract_of(cert)?;
-        let call = self.call(parts, body.bytes)?;
+        let owned;
+        let call = match parsed {
+            Some(call) => call,
+            None => {
+                owned = self.call(parts, body.bytes)?;
+                &owned
+            }
+        };
         if c.service != call.scope.service || c.region != call.scope.region {
             return Err(mismatch(format!(
                 "certificate allows {} in {}, the request is {} in {}",
@@ -276,7 +286,7 @@ impl AwsTarget {
                     // through x-amz-content-sha256; there are no bytes to hash yet.
                     return Ok(());
                 }
-                let actual = payload_sha256(&call, body)?;
+                let actual = payload_sha256(call, body)?;
                 if actual == rule.sha256 {
                     Ok(())
                 } else {
@@ -529,8 +539,16 @@ impl AwsTarget {
         body: Bytes,
         identity: &Identity,
         request_id: &str,
+        parsed: Option<&protocol::Call>,
     ) -> Result<Request<Full<Bytes>>, Denial> {
-        let call = self.call(parts, &body)?;
+        let owned;
+        let call = match parsed {
+            Some(call) => call,
+            None => {
+                owned = self.call(parts, &body)?;
+                &owned
+            }
+        };
         let body = if call.aws_chunked {
             Bytes::from(protocol::decode_aws_chunked(&body)?)
         } else {
@@ -541,7 +559,7 @@ impl AwsTarget {
         } else {
             Payload::Bytes(&body)
         };
-        let head = self.upstream_head(parts, &call, identity, request_id, payload, None)?;
+        let head = self.upstream_head(parts, call, identity, request_id, payload, None)?;
         Ok(head.map(|()| Full::new(body)))
     }
 

@@ -559,6 +559,7 @@ fn check(
             content_type: None,
             content_encoding: None,
         },
+        None,
     )
 }
 
@@ -772,7 +773,7 @@ fn forwarded_requests_carry_no_agent_credentials_and_a_fresh_signature() {
         }),
     };
     let req = t
-        .upstream_request(&p, Bytes::from_static(b"body"), &id, "rid")
+        .upstream_request(&p, Bytes::from_static(b"body"), &id, "rid", None)
         .unwrap();
     assert_eq!(
         req.uri().to_string(),

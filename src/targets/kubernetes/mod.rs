@@ -366,7 +366,11 @@ impl KubeTarget {
             );
             o.insert("kube".into(), info.describe());
         }
-        Ok(Parsed { is_read, describe })
+        Ok(Parsed {
+            is_read,
+            describe,
+            call: None,
+        })
     }
 
     pub fn check_contract(
