@@ -7,88 +7,15 @@
 
 mod common;
 
+use common::moto::Moto;
 use common::*;
 use serde_json::{json, Value};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Instant;
 
 const REGION: &str = "us-east-1";
 const AGENT_SECRET: &str = "agent-oncall-secret-for-reads";
-const FIXTURE: &str = "tests/aws/moto_fixture.py";
-
-/// moto on a free loopback port, with IAM principals and resources from the fixture.
-struct Moto {
-    port: u16,
-    setup: Value,
-    _child: KillOnDrop,
-}
-
-impl Moto {
-    fn start(env: &Env) -> Moto {
-        let port = free_port();
-        let log = std::fs::File::create(env.path("moto.log")).unwrap();
-        let child = Command::new("python3")
-            .args([
-                "-m",
-                "moto.server",
-                "-H",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-            ])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("python3 -m moto.server (pip install -r tests/requirements.txt)");
-        let child = KillOnDrop(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "moto did not start");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let out = Command::new("python3")
-            .arg(repo().join(FIXTURE))
-            .args(["setup", "--endpoint", &format!("http://127.0.0.1:{port}")])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "fixture setup: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Moto {
-            port,
-            setup: serde_json::from_slice(&out.stdout).unwrap(),
-            _child: child,
-        }
-    }
-
-    fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    fn creds(&self, who: &str) -> (String, String) {
-        let c = &self.setup[who];
-        (c[0].as_str().unwrap().into(), c[1].as_str().unwrap().into())
-    }
-
-    /// moto's state, read with the test's own admin credentials (not through the broker).
-    fn state(&self) -> Value {
-        let (a, s) = self.creds("admin");
-        let out = Command::new("python3")
-            .arg(repo().join(FIXTURE))
-            .args(["state", "--endpoint", &self.endpoint(), "--admin", &a, &s])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "fixture state: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
-    }
-}
 
 #[derive(Clone, Copy)]
 enum Mode {

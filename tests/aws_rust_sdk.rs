@@ -12,81 +12,22 @@ mod common;
 
 use aws_sdk_dynamodb as ddb;
 use aws_smithy_http_client::tls;
+use common::moto::Moto;
 use common::*;
 use ddb::config::retry::RetryConfig;
 use ddb::config::timeout::TimeoutConfig;
 use ddb::config::{BehaviorVersion, Credentials, Region, SharedHttpClient};
 use ddb::error::{DisplayErrorContext, ProvideErrorMetadata};
 use ddb::types::{AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType};
-use serde_json::{json, Value};
+use serde_json::json;
 use std::collections::HashMap;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const REGION: &str = "us-east-1";
-const FIXTURE: &str = "tests/aws/moto_fixture.py";
 const TABLE: &str = "sdk-orders";
 /// The agent's access key id and secret, as deploy/aws/README.md documents them.
 const PLACEHOLDER_AKID: &str = "SEBAGENTPLACEHOLDER";
 const PLACEHOLDER_SECRET: &str = "placeholder-not-a-secret";
-
-/// moto on a free loopback port with the IAM principals of tests/aws/moto_fixture.py (auth on
-/// once set up). The minimum of tests/aws_e2e.rs's `Moto`.
-struct Moto {
-    port: u16,
-    setup: Value,
-    _child: KillOnDrop,
-}
-
-impl Moto {
-    fn start(env: &Env) -> Moto {
-        let port = free_port();
-        let log = std::fs::File::create(env.path("moto.log")).unwrap();
-        let child = Command::new("python3")
-            .args([
-                "-m",
-                "moto.server",
-                "-H",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-            ])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("python3 -m moto.server (pip install -r tests/requirements.txt)");
-        let child = KillOnDrop(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "moto did not start");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let out = Command::new("python3")
-            .arg(repo().join(FIXTURE))
-            .args(["setup", "--endpoint", &format!("http://127.0.0.1:{port}")])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "fixture setup: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Moto {
-            port,
-            setup: serde_json::from_slice(&out.stdout).unwrap(),
-            _child: child,
-        }
-    }
-
-    fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    fn creds(&self, who: &str) -> (String, String) {
-        let c = &self.setup[who];
-        (c[0].as_str().unwrap().into(), c[1].as_str().unwrap().into())
-    }
-}
 
 /// The broker with one aws target in front of moto, STS identity (as tests/aws_e2e.rs).
 fn start_broker(env: &Env, moto: &Moto) -> Broker {

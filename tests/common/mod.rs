@@ -2,6 +2,8 @@
 //! with a config written per test, and reqwest as the agent.
 #![allow(dead_code)]
 
+pub mod moto;
+
 use seb::admission::revocation::{self, RevocationClaims, RevocationPayload, Revoked};
 use seb::cert::{jws, keys, CERT_TYP};
 use serde_json::{json, Value};
