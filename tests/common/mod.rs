@@ -35,6 +35,32 @@ pub fn free_port() -> u16 {
 
 pub struct KillOnDrop(pub Child);
 
+/// Starts a test server that writes its listening port to `port_file` once it listens.
+pub fn spawn_with_port_file(mut cmd: Command, port_file: &Path, what: &str) -> (u16, KillOnDrop) {
+    let child = KillOnDrop(
+        cmd.stdout(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{what}: {e}")),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(p) = std::fs::read_to_string(port_file) {
+            return (p.trim().parse().unwrap(), child);
+        }
+        assert!(Instant::now() < deadline, "{what} did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Every line of a JSON-lines file, parsed (nothing yet: empty).
+pub fn read_jsonl(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -53,24 +79,13 @@ impl Upstream {
     pub fn start(dir: &Path) -> Upstream {
         let log = dir.join("upstream.jsonl");
         let port_file = dir.join("upstream.port");
-        let child = Command::new("python3")
-            .arg(repo().join("tests/upstream/recording_upstream.py"))
+        let mut cmd = Command::new("python3");
+        cmd.arg(repo().join("tests/upstream/recording_upstream.py"))
             .arg("--log")
             .arg(&log)
             .arg("--port-file")
-            .arg(&port_file)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("python3 runs the recording upstream");
-        let child = KillOnDrop(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let port = loop {
-            if let Ok(p) = std::fs::read_to_string(&port_file) {
-                break p.trim().parse().unwrap();
-            }
-            assert!(Instant::now() < deadline, "upstream did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        };
+            .arg(&port_file);
+        let (port, child) = spawn_with_port_file(cmd, &port_file, "the recording upstream");
         Upstream {
             port,
             log,
@@ -80,11 +95,7 @@ impl Upstream {
 
     /// Every request received so far.
     pub fn requests(&self) -> Vec<Value> {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
+        read_jsonl(&self.log)
     }
 }
 
@@ -450,8 +461,8 @@ impl KubeApiserver {
     pub fn start(env: &Env) -> KubeApiserver {
         let log = env.path("apiserver.jsonl");
         let port_file = env.path("apiserver.port");
-        let child = Command::new("python3")
-            .arg(repo().join("tests/kube/apiserver.py"))
+        let mut cmd = Command::new("python3");
+        cmd.arg(repo().join("tests/kube/apiserver.py"))
             .arg("--log")
             .arg(&log)
             .arg("--cert")
@@ -460,19 +471,8 @@ impl KubeApiserver {
             .arg(env.path("tls/server.key"))
             .args(["--token-env", "SEB_TEST_KUBE_TOKEN", "--port-file"])
             .arg(&port_file)
-            .env("SEB_TEST_KUBE_TOKEN", KUBE_BROKER_TOKEN)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("python3 runs the test apiserver");
-        let child = KillOnDrop(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let port = loop {
-            if let Ok(p) = std::fs::read_to_string(&port_file) {
-                break p.trim().parse().unwrap();
-            }
-            assert!(Instant::now() < deadline, "test apiserver did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        };
+            .env("SEB_TEST_KUBE_TOKEN", KUBE_BROKER_TOKEN);
+        let (port, child) = spawn_with_port_file(cmd, &port_file, "the test apiserver");
         KubeApiserver {
             port,
             log,
@@ -482,11 +482,7 @@ impl KubeApiserver {
 
     /// Every request the apiserver received, in order.
     pub fn requests(&self) -> Vec<Value> {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
+        read_jsonl(&self.log)
     }
 
     /// The requests that could change something: anything but GET, and GETs that open a
