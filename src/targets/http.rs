@@ -188,28 +188,12 @@ impl HttpTarget {
         identity: &Identity,
         request_id: &str,
     ) -> Result<Request<Full<Bytes>>, Denial> {
-        let base_path = self.base.path().trim_end_matches('/');
         let pq = parts
             .uri
             .path_and_query()
             .map(|p| p.as_str())
             .unwrap_or("/");
-        let uri = Uri::builder()
-            .scheme(self.base.scheme_str().unwrap_or("http"))
-            .authority(
-                self.base
-                    .authority()
-                    .map(|a| a.as_str())
-                    .unwrap_or_default(),
-            )
-            .path_and_query(format!("{base_path}{pq}"))
-            .build()
-            .map_err(|e| {
-                Denial::new(
-                    Reason::RequestMalformed,
-                    format!("cannot build the upstream URL: {e}"),
-                )
-            })?;
+        let uri = super::upstream_uri(&self.base, pq)?;
         let mut req = Request::builder().method(parts.method.clone()).uri(uri);
         let headers = req.headers_mut().expect("builder is valid");
         copy_end_to_end_headers(&parts.headers, headers);

@@ -52,6 +52,24 @@ pub struct Identity {
     pub(crate) aws: Option<aws::sigv4::Credentials>,
 }
 
+/// The upstream URL for a request: the configured base (scheme, authority, and any path
+/// prefix) followed by the request's path and query, byte for byte (never re-encoded or
+/// normalized: the bytes checked are the bytes sent).
+pub fn upstream_uri(base: &::http::Uri, path_and_query: &str) -> Result<::http::Uri, Denial> {
+    let base_path = base.path().trim_end_matches('/');
+    ::http::Uri::builder()
+        .scheme(base.scheme_str().unwrap_or("https"))
+        .authority(base.authority().map(|a| a.as_str()).unwrap_or_default())
+        .path_and_query(format!("{base_path}{path_and_query}"))
+        .build()
+        .map_err(|e| {
+            Denial::new(
+                crate::denial::Reason::RequestMalformed,
+                format!("cannot build the upstream URL: {e}"),
+            )
+        })
+}
+
 /// A header that may appear at most once, as text: two values (or bytes that are not ASCII)
 /// could be read differently by the broker and the upstream, so both are refused.
 pub fn single_header(

@@ -492,17 +492,7 @@ impl AwsTarget {
             q if q.is_empty() => parts.uri.path().to_string(),
             q => format!("{}?{q}", parts.uri.path()),
         };
-        let uri = Uri::builder()
-            .scheme(base.scheme_str().unwrap_or("https"))
-            .authority(base.authority().map(|a| a.as_str()).unwrap_or_default())
-            .path_and_query(path_and_query)
-            .build()
-            .map_err(|e| {
-                Denial::new(
-                    Reason::RequestMalformed,
-                    format!("cannot build the upstream URL: {e}"),
-                )
-            })?;
+        let uri = super::upstream_uri(&base, &path_and_query)?;
         let mut req = Request::builder()
             .method(parts.method.clone())
             .uri(uri)

@@ -606,23 +606,7 @@ impl KubeTarget {
     }
 
     fn upstream_uri(&self, path_and_query: &str) -> Result<Uri, Denial> {
-        let base_path = self.base.path().trim_end_matches('/');
-        Uri::builder()
-            .scheme(self.base.scheme_str().unwrap_or("https"))
-            .authority(
-                self.base
-                    .authority()
-                    .map(|a| a.as_str())
-                    .unwrap_or_default(),
-            )
-            .path_and_query(format!("{base_path}{path_and_query}"))
-            .build()
-            .map_err(|e| {
-                Denial::new(
-                    Reason::RequestMalformed,
-                    format!("cannot build the upstream URL: {e}"),
-                )
-            })
+        super::upstream_uri(&self.base, path_and_query)
     }
 
     pub async fn identity(&self, cert: Option<&Certificate>) -> Result<Identity, Denial> {
