@@ -24,8 +24,6 @@ enum Mode {
 }
 
 fn aws_config(moto: &Moto, mode: Mode, extra: &str) -> BrokerConfig {
-    let listen = free_port();
-    let admin = free_port();
     let identity = match mode {
         Mode::Sts => format!(
             "identity = \"sts\"\nexecution_role_arn = {:?}\nread_role_arn = {:?}",
@@ -34,30 +32,10 @@ fn aws_config(moto: &Moto, mode: Mode, extra: &str) -> BrokerConfig {
         ),
         Mode::Static => "identity = \"static\"\nstatic_credentials = { access_key_id = { value_env = \"SEB_TEST_STATIC_AKID\" }, secret_access_key = { value_env = \"SEB_TEST_STATIC_SECRET\" } }".to_string(),
     };
-    let text = format!(
-        r#"
-broker_id = "test-broker"
-[tls]
-cert = "tls/server.pem"
-key = "tls/server.key"
-client_ca = "tls/ca.pem"
-[admin]
-listen = "127.0.0.1:{admin}"
-[[issuers]]
-name = "signer"
-public_key = "signer.pub"
-[revocation]
-file = "revocation.jws"
-poll_interval = "1s"
-max_staleness = "5m"
-[audit]
-path = "audit.jsonl"
-signing_key = "broker.key"
-[limits]
-# Small on purpose: S3 uploads stream and must not be subject to it.
-max_body_bytes = 1048576
-[agents]
-tokens = [{{ value_env = "SEB_TEST_AGENT_TOKEN" }}]
+    let endpoint = moto.endpoint();
+    broker_config(|listen| {
+        format!(
+            r#"
 [[targets]]
 name = "aws"
 kind = "aws"
@@ -69,14 +47,12 @@ regions = ["{REGION}"]
 reads = true
 {identity}
 {extra}
-"#,
-        endpoint = moto.endpoint()
-    );
-    BrokerConfig {
-        text,
-        listen,
-        admin,
-    }
+[limits]
+# Small on purpose: S3 uploads stream and must not be subject to it.
+max_body_bytes = 1048576
+"#
+        )
+    })
 }
 
 fn start_broker(env: &Env, moto: &Moto, mode: Mode, extra: &str) -> Broker {

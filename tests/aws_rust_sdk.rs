@@ -31,10 +31,9 @@ const PLACEHOLDER_SECRET: &str = "placeholder-not-a-secret";
 
 /// The broker with one aws target in front of moto, STS identity (as tests/aws_e2e.rs).
 fn start_broker(env: &Env, moto: &Moto) -> Broker {
-    let base = env.config(9, "");
-    let common = base.text.split("[[targets]]").next().unwrap();
-    let text = format!(
-        r#"{common}
+    let config = broker_config(|listen| {
+        format!(
+            r#"
 [[targets]]
 name = "aws"
 kind = "aws"
@@ -48,15 +47,15 @@ identity = "sts"
 execution_role_arn = {exec:?}
 read_role_arn = {read:?}
 "#,
-        listen = base.listen,
-        endpoint = moto.endpoint(),
-        exec = moto.setup["seb_exec_arn"].as_str().unwrap(),
-        read = moto.setup["seb_read_arn"].as_str().unwrap(),
-    );
+            endpoint = moto.endpoint(),
+            exec = moto.setup["seb_exec_arn"].as_str().unwrap(),
+            read = moto.setup["seb_read_arn"].as_str().unwrap(),
+        )
+    });
     let (akid, secret) = moto.creds("broker");
     Broker::start_with_env(
         env,
-        &BrokerConfig { text, ..base },
+        &config,
         vec![
             ("AWS_ACCESS_KEY_ID".into(), akid),
             ("AWS_SECRET_ACCESS_KEY".into(), secret),

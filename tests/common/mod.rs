@@ -178,10 +178,31 @@ impl Env {
     }
 
     pub fn config(&self, upstream_port: u16, extra: &str) -> BrokerConfig {
-        let listen = free_port();
-        let admin = free_port();
-        let text = format!(
-            r#"
+        broker_config(|listen| {
+            format!(
+                r#"
+[[targets]]
+name = "payments"
+kind = "http"
+listen = "127.0.0.1:{listen}"
+[targets.http]
+upstream = "http://127.0.0.1:{upstream_port}"
+credential = {{ header = "Authorization", value_env = "SEB_TEST_PAYMENTS_TOKEN", prefix = "Bearer " }}
+reads = [{{ methods = ["GET"], path_prefix = "/v1/" }}]
+{extra}
+"#
+            )
+        })
+    }
+}
+
+/// A broker config for the files an [`Env`] makes, on free ports, with the target section
+/// (and anything after it) written by `target` for the listen port it is given.
+pub fn broker_config(target: impl FnOnce(u16) -> String) -> BrokerConfig {
+    let listen = free_port();
+    let admin = free_port();
+    let text = format!(
+        r#"
 broker_id = "test-broker"
 [tls]
 cert = "tls/server.pem"
@@ -201,22 +222,13 @@ path = "audit.jsonl"
 signing_key = "broker.key"
 [agents]
 tokens = [{{ value_env = "SEB_TEST_AGENT_TOKEN" }}]
-[[targets]]
-name = "payments"
-kind = "http"
-listen = "127.0.0.1:{listen}"
-[targets.http]
-upstream = "http://127.0.0.1:{upstream_port}"
-credential = {{ header = "Authorization", value_env = "SEB_TEST_PAYMENTS_TOKEN", prefix = "Bearer " }}
-reads = [{{ methods = ["GET"], path_prefix = "/v1/" }}]
-{extra}
-"#
-        );
-        BrokerConfig {
-            text,
-            listen,
-            admin,
-        }
+{}"#,
+        target(listen)
+    );
+    BrokerConfig {
+        text,
+        listen,
+        admin,
     }
 }
 
@@ -514,10 +526,9 @@ impl Env {
 
     /// A broker config with one kubernetes target, `cluster`, in front of the test apiserver.
     pub fn kube_config(&self, apiserver_port: u16) -> BrokerConfig {
-        let base = self.config(9, "");
-        let common = base.text.split("[[targets]]").next().unwrap().to_string();
-        let text = format!(
-            r#"{common}
+        broker_config(|listen| {
+            format!(
+                r#"
 [[targets]]
 name = "cluster"
 kind = "kubernetes"
@@ -528,10 +539,9 @@ ca = "tls/ca.pem"
 credential = {{ value_env = "SEB_TEST_KUBE_TOKEN" }}
 execution = {{ user = "seb:exec:shop-deployer", groups = ["seb:exec"] }}
 read = {{ user = "seb:read:shop", groups = ["seb:read"] }}
-"#,
-            listen = base.listen
-        );
-        BrokerConfig { text, ..base }
+"#
+            )
+        })
     }
 }
 
