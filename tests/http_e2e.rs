@@ -143,6 +143,11 @@ async fn admitted_requests_reach_upstream_and_refused_ones_never_do() {
     };
     let other_path = env.cert("POST", "/v1/refunds/other", refund_rule());
     let other_method = env.cert("PUT", "/v1/refunds", refund_rule());
+    // The same request shape, but certified for another kind of target: the http target must
+    // not read an aws or kubernetes certificate's request as its own.
+    let other_kind = env.cert_with("POST", "/v1/refunds", refund_rule(), |p| {
+        p["seb"]["target"] = json!("kubernetes")
+    });
     let fresh = || env.cert("POST", "/v1/refunds", refund_rule());
 
     struct Case<'a> {
@@ -220,6 +225,14 @@ async fn admitted_requests_reach_upstream_and_refused_ones_never_do() {
             name: "certificate for another method",
             path: "/v1/refunds",
             headers: h(&other_method),
+            body: good.to_vec(),
+            status: 403,
+            code: "contract_mismatch",
+        },
+        Case {
+            name: "certificate for another kind of target",
+            path: "/v1/refunds",
+            headers: h(&other_kind),
             body: good.to_vec(),
             status: 403,
             code: "contract_mismatch",
