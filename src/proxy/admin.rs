@@ -118,6 +118,16 @@ async fn route(
                     "Read and outcome records dropped while the log failed.",
                     broker.audit.dropped_best_effort() as f64,
                 ),
+                (
+                    "seb_audit_writes",
+                    "Writes to the audit log so far (a write carries one or more records).",
+                    broker.audit.batches() as f64,
+                ),
+                (
+                    "seb_audit_syncs",
+                    "fdatasync calls on the audit log so far (group commit: fewer than records).",
+                    broker.audit.syncs() as f64,
+                ),
             ];
             text(
                 StatusCode::OK,
