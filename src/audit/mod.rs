@@ -18,7 +18,7 @@ pub use verify::{verify_logs, VerifyFailure, VerifyReport};
 use record::{Payload, StartInfo, GENESIS};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use writer::{Job, Shared, Writer};
 
@@ -49,6 +49,9 @@ pub struct Audit {
 
 struct Inner {
     tx: mpsc::Sender<Job>,
+    writer: Arc<Mutex<Writer>>,
+    /// Relaxed durability: durable appends are written on the caller's thread.
+    inline: bool,
     lines: broadcast::Sender<Arc<str>>,
     shared: Arc<Shared>,
 }
@@ -105,6 +108,15 @@ impl Audit {
             seq: recovered.seq,
             prev: recovered.prev,
             buf: Vec::new(),
+            ends: Vec::new(),
+            committed: writer::Mark {
+                len: good_len,
+                seq: recovered.seq,
+                prev: recovered.prev,
+            },
+            uncommitted: 0,
+            uncommitted_since: None,
+            uncommitted_lines: Vec::new(),
         };
         if has_sink {
             if !recovered.dangling.is_empty() {
@@ -135,18 +147,42 @@ impl Audit {
             tracing::warn!("no audit sink configured: every audited request will be refused");
         }
         let (tx, rx) = mpsc::channel(QUEUE);
+        let writer = Arc::new(Mutex::new(writer));
+        let for_thread = writer.clone();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .map_err(|e| anyhow::anyhow!("starting the audit writer's runtime: {e}"))?;
         std::thread::Builder::new()
             .name("seb-audit".into())
-            .spawn(move || writer.run(rx))
+            .spawn(move || Writer::run(for_thread, rx, rt))
             .map_err(|e| anyhow::anyhow!("starting the audit writer thread: {e}"))?;
         Ok(Audit {
-            inner: Arc::new(Inner { tx, lines, shared }),
+            inner: Arc::new(Inner {
+                tx,
+                writer,
+                inline: settings.durability == Durability::Flush,
+                lines,
+                shared,
+            }),
         })
     }
 
     /// Appends and waits until the record is durable per `durability`. Err => the caller
     /// refuses the request with `audit_unavailable`.
     pub async fn record(&self, entry: Entry) -> Result<u64, AuditUnavailable> {
+        if self.inner.inline {
+            // A write to the page cache takes microseconds; the round trip to the writer
+            // thread (two wake-ups) took longer than the record itself. Only `fsync` has a
+            // sync worth sharing between callers, so only `fsync` queues.
+            let mut writer = self.inner.writer.lock().map_err(|_| {
+                self.inner.shared.writable.store(false, Ordering::Relaxed);
+                AuditUnavailable("the audit writer failed while holding the log".into())
+            })?;
+            return writer
+                .append_one(&Payload::Entry(Box::new(entry)))
+                .map_err(AuditUnavailable);
+        }
         let (reply, answer) = oneshot::channel();
         let job = Job {
             payload: Payload::Entry(Box::new(entry)),
@@ -165,8 +201,26 @@ impl Audit {
             shared.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }
+        let payload = Payload::Entry(Box::new(entry));
+        if self.inner.inline {
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                // Spawned, not written here: the caller is about to send its response, and
+                // the task runs on this worker right after that, without waking a thread.
+                let inner = self.inner.clone();
+                rt.spawn(async move {
+                    let written = match inner.writer.lock() {
+                        Ok(mut w) => w.append_one(&payload).is_ok(),
+                        Err(_) => false,
+                    };
+                    if !written {
+                        inner.shared.dropped.fetch_add(1, Ordering::Relaxed);
+                    }
+                });
+                return;
+            }
+        }
         let job = Job {
-            payload: Payload::Entry(Box::new(entry)),
+            payload,
             reply: None,
         };
         if self.inner.tx.try_send(job).is_err() {

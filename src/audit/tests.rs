@@ -206,6 +206,7 @@ async fn rotation_continues_the_chain_across_files() {
 struct Faulty {
     inner: std::fs::File,
     fail: Arc<AtomicBool>,
+    fail_sync: Arc<AtomicBool>,
 }
 
 impl LogFile for Faulty {
@@ -217,7 +218,7 @@ impl LogFile for Faulty {
         std::io::Write::write_all(&mut self.inner, buf)
     }
     fn sync_data(&mut self) -> std::io::Result<()> {
-        if self.fail.load(Ordering::SeqCst) {
+        if self.fail.load(Ordering::SeqCst) || self.fail_sync.load(Ordering::SeqCst) {
             return Err(std::io::Error::other("EIO (injected)"));
         }
         self.inner.sync_data()
@@ -231,6 +232,11 @@ impl LogFile for Faulty {
 }
 
 fn faulty_opener(fail: Arc<AtomicBool>) -> Opener {
+    faulty_sync_opener(fail, Arc::new(AtomicBool::new(false)))
+}
+
+/// `fail`: writes and syncs fail; `fail_sync`: only syncs fail (writes reach the page cache).
+fn faulty_sync_opener(fail: Arc<AtomicBool>, fail_sync: Arc<AtomicBool>) -> Opener {
     Box::new(move |path| {
         let inner = std::fs::OpenOptions::new()
             .append(true)
@@ -239,6 +245,7 @@ fn faulty_opener(fail: Arc<AtomicBool>) -> Opener {
         Ok(Box::new(Faulty {
             inner,
             fail: fail.clone(),
+            fail_sync: fail_sync.clone(),
         }) as Box<dyn LogFile>)
     })
 }
@@ -279,6 +286,148 @@ async fn failed_writes_refuse_then_resume_without_a_gap() {
         .map(|v| v["sub"].as_str().unwrap_or("-").to_owned())
         .collect();
     assert_eq!(subs, ["-", "ok", "back", "read 2", "last"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flush_appends_on_the_caller_chain_under_concurrency() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let key = crate::cert::keys::generate();
+    let mut s = settings(&path);
+    s.durability = Durability::Flush;
+    let audit = Audit::start(s, key.clone()).unwrap();
+    let tasks: Vec<_> = (0..200)
+        .map(|i| {
+            let a = audit.clone();
+            tokio::spawn(async move {
+                let sub = format!("agent-{i}");
+                let seq = a.record(decision(&sub)).await.unwrap();
+                let mut o = outcome_of(seq);
+                o.sub = Some(sub);
+                a.record_best_effort(o);
+                seq
+            })
+        })
+        .collect();
+    let mut seqs = Vec::new();
+    for t in tasks {
+        seqs.push(t.await.unwrap());
+    }
+    // Outcomes are spawned tasks: wait until all 400 records are on file.
+    for _ in 0..500 {
+        if lines(&path).len() == 401 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let r = verify_logs(std::slice::from_ref(&path), &key.verifying_key()).unwrap();
+    assert_eq!((r.records, r.decisions, r.outcomes), (401, 200, 200));
+    // Every outcome points at a decision of the same agent.
+    let v = lines(&path);
+    for o in v.iter().filter(|l| l["kind"] == "outcome") {
+        let d = &v[o["decision_seq"].as_u64().unwrap() as usize - 1];
+        assert_eq!(
+            (&d["kind"], &d["sub"]),
+            (&Value::from("decision"), &o["sub"])
+        );
+    }
+    assert_eq!(audit.syncs(), 1, "flush syncs only the start record");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fsync_best_effort_records_ride_on_decision_syncs_or_sync_lazily() {
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let key = crate::cert::keys::generate();
+    let audit = Audit::start(settings(&path), key.clone()).unwrap();
+    let wait_for = |what: &str, done: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    };
+    let before = audit.syncs();
+    let first = audit.record(decision("a")).await.unwrap();
+    assert_eq!(audit.syncs(), before + 1);
+
+    // An outcome is written at once but not synced on its own...
+    audit.record_best_effort(outcome_of(first));
+    wait_for("the outcome on file", &|| lines(&path).len() == 3);
+    assert_eq!(
+        audit.syncs(),
+        before + 1,
+        "the outcome was synced by itself"
+    );
+    // ...the next decision's sync covers it, and nothing is left to sync afterwards.
+    audit.record(decision("b")).await.unwrap();
+    assert_eq!(audit.syncs(), before + 2);
+    tokio::time::sleep(super::writer::LAZY_SYNC * 3).await;
+    assert_eq!(
+        audit.syncs(),
+        before + 2,
+        "a sync with nothing left to sync"
+    );
+
+    // With no decision after it, an outcome is synced on its own after LAZY_SYNC.
+    audit.record_best_effort(outcome_of(4));
+    wait_for("the lazy sync", &|| audit.syncs() == before + 3);
+    let r = verify_logs(std::slice::from_ref(&path), &key.verifying_key()).unwrap();
+    assert_eq!((r.records, r.outcomes), (5, 2));
+}
+
+#[tokio::test]
+async fn failed_sync_takes_back_unsynced_records_and_hides_them_from_the_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let key = crate::cert::keys::generate();
+    let fail_sync = Arc::new(AtomicBool::new(false));
+    let audit = Audit::start_with(
+        settings(&path),
+        key.clone(),
+        faulty_sync_opener(Arc::new(AtomicBool::new(false)), fail_sync.clone()),
+    )
+    .unwrap();
+    let mut tail = audit.subscribe();
+    assert_eq!(audit.record(decision("ok")).await.unwrap(), 2);
+    let len_ok = std::fs::metadata(&path).unwrap().len();
+
+    // Writes still succeed, syncs do not: the outcome reaches the file unsynced, then the
+    // decision's sync (or the outcome's lazy one) fails, and neither may stay.
+    fail_sync.store(true, Ordering::SeqCst);
+    audit.record_best_effort(outcome_of(2));
+    let err = audit.record(decision("lost")).await.unwrap_err();
+    assert!(err.to_string().contains("EIO (injected)"), "{err}");
+    assert!(!audit.is_writable());
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), len_ok);
+    assert_eq!(audit.dropped_best_effort(), 1);
+
+    fail_sync.store(false, Ordering::SeqCst);
+    // The chain continues from the last synced record: seq 3 again, now for "back".
+    assert_eq!(audit.record(decision("back")).await.unwrap(), 3);
+    assert!(audit.is_writable());
+    let r = verify_logs(std::slice::from_ref(&path), &key.verifying_key()).unwrap();
+    assert_eq!(r.records, 3);
+    let subs: Vec<_> = lines(&path)
+        .iter()
+        .map(|v| v["sub"].as_str().unwrap_or("-").to_owned())
+        .collect();
+    assert_eq!(subs, ["-", "ok", "back"]);
+    // A stream reader never saw the records that were taken back.
+    let streamed: Vec<Value> = [tail.recv().await.unwrap(), tail.recv().await.unwrap()]
+        .iter()
+        .map(|l| crate::json::parse_strict(l.as_bytes()).unwrap())
+        .collect();
+    assert_eq!(
+        (
+            &streamed[0]["sub"],
+            &streamed[1]["sub"],
+            &streamed[1]["seq"]
+        ),
+        (&Value::from("ok"), &Value::from("back"), &Value::from(3))
+    );
+    assert!(tail.try_recv().is_err());
 }
 
 #[tokio::test]

@@ -10,11 +10,18 @@ use ed25519_dalek::SigningKey;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 /// Upper bound on records per batch, so one batch's latency and buffer stay bounded.
 const MAX_BATCH: usize = 4096;
+
+/// With `fsync`, how long best-effort records (outcomes, denials, reads: nobody waits on
+/// them) may stay written but unsynced. Until then they share the next decision's sync; a
+/// sync of their own for each would double the syncs per admitted request, and every
+/// decision queued behind such a sync waits for it.
+pub(crate) const LAZY_SYNC: Duration = Duration::from_millis(50);
 
 /// File operations the writer needs, behind a trait so tests can make them fail.
 pub(crate) trait LogFile: Send {
@@ -88,10 +95,33 @@ pub(crate) struct Writer {
     pub seq: u64,
     pub prev: [u8; 32],
     pub buf: Vec<u8>,
+    /// Byte ranges of the current batch's lines in `buf`, without their newlines.
+    pub ends: Vec<(usize, usize)>,
+    /// The chain as of the last record known to be on disk (`fsync`) or written (`flush`):
+    /// what a failed sync rolls back to.
+    pub committed: Mark,
+    /// Records written since `committed` (only best-effort ones: a durable caller's batch is
+    /// always synced before it is answered), when the first of them was written, and their
+    /// lines for the live stream, which sees a line only once it cannot be rolled back.
+    pub uncommitted: u64,
+    pub uncommitted_since: Option<Instant>,
+    pub uncommitted_lines: Vec<Arc<str>>,
+}
+
+/// A point in the chain: file length, last sequence number, hash of the last line.
+#[derive(Clone, Copy)]
+pub(crate) struct Mark {
+    pub len: u64,
+    pub seq: u64,
+    pub prev: [u8; 32],
 }
 
 impl Writer {
-    pub(crate) fn run(mut self, mut rx: mpsc::Receiver<Job>) {
+    pub(crate) fn run(
+        writer: Arc<Mutex<Writer>>,
+        mut rx: mpsc::Receiver<Job>,
+        rt: tokio::runtime::Runtime,
+    ) {
         // If this thread ends for any reason, readiness must say so.
         struct Down(Arc<Shared>);
         impl Drop for Down {
@@ -99,17 +129,78 @@ impl Writer {
                 self.0.writable.store(false, Ordering::Relaxed);
             }
         }
-        let _down = Down(self.shared.clone());
-        let mut jobs = Vec::new();
-        while let Some(job) = rx.blocking_recv() {
-            jobs.push(job);
-            while jobs.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(j) => jobs.push(j),
-                    Err(_) => break,
+        let _down = match writer.lock() {
+            Ok(w) => Down(w.shared.clone()),
+            Err(_) => return,
+        };
+        // A runtime of its own, for one timer: the wait for work ends early when unsynced
+        // best-effort records are due for their sync.
+        rt.block_on(async {
+            let mut jobs = Vec::new();
+            loop {
+                let due = match writer.lock() {
+                    Ok(w) => w.sync_due(),
+                    Err(_) => return,
+                };
+                let first = match due {
+                    None => rx.recv().await,
+                    Some(at) => {
+                        match tokio::time::timeout_at(tokio::time::Instant::from_std(at), rx.recv())
+                            .await
+                        {
+                            Ok(job) => job,
+                            Err(_) => {
+                                let Ok(mut w) = writer.lock() else { return };
+                                w.sync_uncommitted();
+                                continue;
+                            }
+                        }
+                    }
+                };
+                let Some(job) = first else { return };
+                jobs.push(job);
+                while jobs.len() < MAX_BATCH {
+                    match rx.try_recv() {
+                        Ok(j) => jobs.push(j),
+                        Err(_) => break,
+                    }
                 }
+                // A writer poisoned by a panic mid-batch may hold a half-updated chain: stop,
+                // so that callers see the writer gone and refuse, rather than extend a broken
+                // chain.
+                let Ok(mut w) = writer.lock() else { return };
+                let _ = w.write_batch(&mut jobs, false);
             }
-            let _ = self.write_batch(&mut jobs, false);
+        });
+    }
+
+    /// When the unsynced best-effort records must be synced (`fsync` only).
+    fn sync_due(&self) -> Option<Instant> {
+        match self.durability {
+            Durability::Fsync => self.uncommitted_since.map(|t| t + LAZY_SYNC),
+            Durability::Flush => None,
+        }
+    }
+
+    /// Syncs records written without a sync; on failure they are taken back off the file.
+    pub(crate) fn sync_uncommitted(&mut self) {
+        if self.uncommitted == 0 {
+            self.uncommitted_since = None;
+            return;
+        }
+        let Some(file) = self.file.as_mut() else {
+            self.rollback("the file was closed before its last records were synced");
+            return;
+        };
+        self.shared.syncs.fetch_add(1, Ordering::Relaxed);
+        match file.sync_data() {
+            Ok(()) => self.commit(),
+            Err(e) => {
+                let e = format!("syncing the audit log: {e}");
+                tracing::error!(error = %e, "audit sync failed; refusing requests until it works again");
+                self.shared.writable.store(false, Ordering::Relaxed);
+                self.rollback(&e);
+            }
         }
     }
 
@@ -120,63 +211,14 @@ impl Writer {
         jobs: &mut Vec<Job>,
         force_sync: bool,
     ) -> Result<(), String> {
-        self.shared.batches.fetch_add(1, Ordering::Relaxed);
-        let ts = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
-        self.buf.clear();
-        let mut seq = self.seq;
-        let mut prev = self.prev;
-        let mut ends = Vec::with_capacity(jobs.len());
-        let mut results = Vec::with_capacity(jobs.len());
-        for job in jobs.iter() {
-            let start = self.buf.len();
-            match encode_line(
-                &mut self.buf,
-                seq + 1,
-                &ts,
-                &self.broker,
-                &job.payload,
-                &prev,
-                &self.key,
-            ) {
-                Ok(()) => {
-                    seq += 1;
-                    prev = line_hash(&self.buf[start..]);
-                    ends.push((start, self.buf.len()));
-                    self.buf.push(b'\n');
-                    results.push(Ok(seq));
-                }
-                Err(e) => results.push(Err(format!("encoding the record: {e}"))),
-            }
-        }
-
-        let outcome = if ends.is_empty() {
-            Ok(())
-        } else {
-            self.persist(force_sync)
-        };
-        match &outcome {
-            Ok(()) => {
-                self.seq = seq;
-                self.prev = prev;
-                self.shared.writable.store(true, Ordering::Relaxed);
-                if self.lines.receiver_count() > 0 {
-                    for &(s, e) in &ends {
-                        if let Ok(line) = std::str::from_utf8(&self.buf[s..e]) {
-                            let _ = self.lines.send(Arc::from(line));
-                        }
-                    }
-                }
-            }
-            Err(e) => {
-                self.shared.writable.store(false, Ordering::Relaxed);
-                tracing::error!(error = %e, records = ends.len(), "audit write failed; refusing requests until it works again");
-            }
-        }
+        // Sync when someone waits on this batch, or when best-effort records have waited
+        // long enough; otherwise they are written now and synced with a later batch.
+        let sync = force_sync
+            || (self.durability == Durability::Fsync
+                && (jobs.iter().any(|j| j.reply.is_some())
+                    || self.sync_due().is_some_and(|due| due <= Instant::now())));
+        let (outcome, results) = self.append(jobs.iter().map(|j| &j.payload), sync);
         for (job, result) in jobs.drain(..).zip(results) {
-            let result = match (&outcome, result) {
-                (Ok(()), r) => r,
-                (Err(e), _) => Err(e.clone()),
-            };
             match job.reply {
                 Some(reply) => {
                     let _ = reply.send(result.map_err(AuditUnavailable));
@@ -190,7 +232,133 @@ impl Writer {
         outcome
     }
 
-    fn persist(&mut self, force_sync: bool) -> Result<(), String> {
+    /// Appends one record on the caller's thread: the relaxed (`flush`) path, where there is
+    /// no sync to share, so a hand-off to the writer thread and back would only add latency.
+    pub(crate) fn append_one(&mut self, payload: &Payload) -> Result<u64, String> {
+        let sync = self.durability == Durability::Fsync;
+        let (_, mut results) = self.append(std::iter::once(payload), sync);
+        results
+            .pop()
+            .unwrap_or_else(|| Err("the record was not written".into()))
+    }
+
+    /// Encodes, signs and persists the payloads as one write. Returns the batch's outcome and
+    /// each payload's sequence number or the reason it was not written.
+    /// `sync`: `fdatasync` the file after the write, before this returns.
+    fn append<'a>(
+        &mut self,
+        payloads: impl Iterator<Item = &'a Payload>,
+        sync: bool,
+    ) -> (Result<(), String>, Vec<Result<u64, String>>) {
+        self.shared.batches.fetch_add(1, Ordering::Relaxed);
+        let ts = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+        self.buf.clear();
+        self.ends.clear();
+        let mut seq = self.seq;
+        let mut prev = self.prev;
+        let mut results = Vec::with_capacity(payloads.size_hint().0);
+        for payload in payloads {
+            let start = self.buf.len();
+            match encode_line(
+                &mut self.buf,
+                seq + 1,
+                &ts,
+                &self.broker,
+                payload,
+                &prev,
+                &self.key,
+            ) {
+                Ok(()) => {
+                    seq += 1;
+                    prev = line_hash(&self.buf[start..]);
+                    self.ends.push((start, self.buf.len()));
+                    self.buf.push(b'\n');
+                    results.push(Ok(seq));
+                }
+                Err(e) => results.push(Err(format!("encoding the record: {e}"))),
+            }
+        }
+
+        let outcome = if self.ends.is_empty() {
+            Ok(())
+        } else {
+            self.persist(sync)
+        };
+        match &outcome {
+            Ok(()) if !self.ends.is_empty() => {
+                self.seq = seq;
+                self.prev = prev;
+                self.shared.writable.store(true, Ordering::Relaxed);
+                if self.lines.receiver_count() > 0 {
+                    for &(s, e) in &self.ends {
+                        if let Ok(line) = std::str::from_utf8(&self.buf[s..e]) {
+                            self.uncommitted_lines.push(Arc::from(line));
+                        }
+                    }
+                }
+                self.uncommitted += self.ends.len() as u64;
+                self.uncommitted_since.get_or_insert_with(Instant::now);
+                if sync || self.durability == Durability::Flush {
+                    self.commit();
+                }
+            }
+            Ok(()) => {}
+            Err(e) => {
+                self.shared.writable.store(false, Ordering::Relaxed);
+                tracing::error!(error = %e, records = self.ends.len(), "audit write failed; refusing requests until it works again");
+                for r in results.iter_mut() {
+                    *r = Err(e.clone());
+                }
+            }
+        }
+        (outcome, results)
+    }
+
+    /// Everything written so far is as durable as the durability asks: it becomes the point
+    /// a failed sync rolls back to, and the live stream may see it.
+    fn commit(&mut self) {
+        self.committed = Mark {
+            len: self.good_len,
+            seq: self.seq,
+            prev: self.prev,
+        };
+        self.uncommitted = 0;
+        self.uncommitted_since = None;
+        for line in self.uncommitted_lines.drain(..) {
+            let _ = self.lines.send(line);
+        }
+    }
+
+    /// After a failed sync the kernel may have dropped any page written since the last good
+    /// one, and a later sync may report success anyway: the records since `committed` are
+    /// treated as lost, cut off the file, and the chain continues from `committed`.
+    fn rollback(&mut self, why: &str) {
+        if self.uncommitted > 0 {
+            tracing::error!(
+                records = self.uncommitted,
+                error = why,
+                "audit records written but not synced are dropped"
+            );
+            self.shared
+                .dropped
+                .fetch_add(self.uncommitted, Ordering::Relaxed);
+        }
+        if let Some(f) = self.file.as_mut() {
+            if let Err(e) = f.set_len(self.committed.len) {
+                tracing::warn!(error = %e, "could not truncate after a failed audit sync; will retry on reopen");
+            }
+        }
+        // Reopening truncates whatever is left past `good_len`.
+        self.file = None;
+        self.good_len = self.committed.len;
+        self.seq = self.committed.seq;
+        self.prev = self.committed.prev;
+        self.uncommitted = 0;
+        self.uncommitted_since = None;
+        self.uncommitted_lines.clear();
+    }
+
+    fn persist(&mut self, sync: bool) -> Result<(), String> {
         let Some(path) = self.path.clone() else {
             if !self.stdout {
                 return Err("no audit sink configured".into());
@@ -208,6 +376,17 @@ impl Writer {
         }
         if let Some(limit) = self.rotate_bytes {
             if self.good_len > 0 && self.good_len + self.buf.len() as u64 > limit {
+                // An archive must be complete on disk, whatever the durability.
+                if let Some(f) = self.file.as_mut() {
+                    self.shared.syncs.fetch_add(1, Ordering::Relaxed);
+                    if let Err(e) = f.sync_data() {
+                        let e = format!("syncing {} before rotating it: {e}", path.display());
+                        // The batch in `buf` was chained onto records the rollback removes.
+                        self.rollback(&e);
+                        return Err(e);
+                    }
+                }
+                self.commit();
                 if let Err(e) = self.rotate(&path) {
                     tracing::warn!(file = %path.display(), error = %e, "audit log rotation failed; continuing in the active file");
                     if self.file.is_none() {
@@ -220,16 +399,7 @@ impl Writer {
         let Some(file) = self.file.as_mut() else {
             return Err(format!("{} is not open", path.display()));
         };
-        let sync = force_sync || self.durability == Durability::Fsync;
-        let written = file.write_all(&self.buf).and_then(|()| {
-            if sync {
-                self.shared.syncs.fetch_add(1, Ordering::Relaxed);
-                file.sync_data()
-            } else {
-                Ok(())
-            }
-        });
-        if let Err(e) = written {
+        if let Err(e) = file.write_all(&self.buf) {
             // The records were never acknowledged: take their bytes back off the file so
             // the chain on disk ends at the last good record, then retry from a fresh handle.
             if let Err(te) = file.set_len(self.good_len) {
@@ -239,6 +409,14 @@ impl Writer {
             return Err(format!("writing {}: {e}", path.display()));
         }
         self.good_len += self.buf.len() as u64;
+        if sync {
+            self.shared.syncs.fetch_add(1, Ordering::Relaxed);
+            if let Err(e) = file.sync_data() {
+                let e = format!("syncing {}: {e}", path.display());
+                self.rollback(&e);
+                return Err(e);
+            }
+        }
         if self.stdout {
             if let Err(e) = self.write_stdout() {
                 tracing::warn!(error = %e, "audit stdout sink failed; the file sink has the records");
@@ -275,17 +453,15 @@ impl Writer {
 
     /// Moves the active file to `<path>.<N+1>` and starts a fresh one; the chain carries on
     /// because `seq` and `prev` live here, not in the file.
+    /// The caller has synced the active file and committed it.
     fn rotate(&mut self, path: &Path) -> std::io::Result<()> {
-        if let Some(f) = self.file.as_mut() {
-            // In flush mode nothing synced the old file yet; an archive must be complete.
-            f.sync_data()?;
-        }
         self.file = None;
         let n = rotated_files(path)?.last().map_or(1, |(n, _)| n + 1);
         let mut dest = path.as_os_str().to_owned();
         dest.push(format!(".{n}"));
         std::fs::rename(path, &dest)?;
         self.good_len = 0;
+        self.committed.len = 0;
         // Creating the new file syncs the directory, which also makes the rename durable;
         // if that failed, the rename still has to be.
         if let Err(e) = self.reopen(path) {
