@@ -475,12 +475,26 @@ audit_lines() { cat "$RES/$1-audit-lines" 2>/dev/null || echo "?"; }
     echo "$TABLE"
     echo
     if [ -n "$SOAK_MD" ]; then echo "## Memory soak"; echo; echo "$SOAK_MD"; echo; fi
+    echo "## Against the targets"
+    echo
+    echo "Computed by \`loadgen targets\` from this run's figures above."
+    echo
+    "$LG" targets --dir "$RES" --criterion "$CRITERION_DIR"
+    echo
     echo "## Not measured"
     echo
     echo "- the aws target with \`identity = \"sts\"\` (an AssumeRole per certificate, cached for its remaining uses): every request here has a fresh single-use certificate, so that path would be one STS call per request, a cost set by STS, not by the broker."
     echo "- real DynamoDB: the aws path's upstream is the stub above."
     [ "$SOAK" -gt 0 ] || echo "- memory soak: not run this time (\`--soak 600\` runs it)."
     true
+    if [ -f "$HERE/NOTES.md" ]; then
+        echo
+        echo "## Analysis, profile and earlier runs"
+        echo
+        echo "Hand-written in \`loadtest/NOTES.md\` and copied here by run.sh: it explains runs up to the time it was written, and may predate this run."
+        echo
+        sed 's/^#/###/' "$HERE/NOTES.md" | sed '1{/^### /d}'
+    fi
     echo
     echo "## Raw generator output"
     echo

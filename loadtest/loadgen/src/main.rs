@@ -13,6 +13,7 @@
 mod certs;
 mod run;
 mod table;
+mod targets;
 mod upstream;
 
 use clap::{Parser, Subcommand};
@@ -39,6 +40,8 @@ enum Command {
     },
     /// Build the comparison table (markdown) from a results directory written by run.sh.
     Table(table::Args),
+    /// The targets against a results directory's figures (markdown).
+    Targets(targets::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -49,6 +52,7 @@ fn main() -> std::process::ExitCode {
         Command::Run(a) => run::main(a),
         Command::Ports { n } => ports(n),
         Command::Table(a) => table::main(a),
+        Command::Targets(a) => targets::main(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -61,18 +61,29 @@ pub fn crypto_floor(dir: &std::path::Path) -> Option<(f64, String)> {
     ))
 }
 
-fn load(dir: &std::path::Path, name: &str) -> Option<Value> {
+pub fn load(dir: &std::path::Path, name: &str) -> Option<Value> {
     let text = std::fs::read_to_string(dir.join(name)).ok()?;
     serde_json::from_str(&text).ok()
 }
 
-fn lat(r: &Value, k: &str) -> Option<f64> {
+pub fn lat(r: &Value, k: &str) -> Option<f64> {
     r["latency_us"][k].as_f64()
 }
 
 fn ms(us: Option<f64>) -> String {
     us.map(|v| format!("{:.3}", v / 1000.0))
         .unwrap_or_else(|| "–".into())
+}
+
+/// CPU µs per 2xx answer of one phase (warm-up included, as the CPU was sampled over it).
+pub fn cpu_us(proc_: &Option<Value>, phase: &str, report: &Option<Value>) -> Option<f64> {
+    let s = proc_
+        .as_ref()
+        .and_then(|p| p[format!("cpu_{phase}_s")].as_f64())?;
+    let n = report
+        .as_ref()
+        .and_then(|r| r["ok_including_warmup"].as_f64())?;
+    (n > 0.0).then(|| s * 1e6 / n)
 }
 
 fn ratio(a: Option<f64>, b: Option<f64>) -> String {
@@ -133,15 +144,7 @@ pub fn main(a: Args) -> anyhow::Result<()> {
             .and_then(|c| c["ok_rps"].as_f64())
             .map(|v| format!("{v:.0} ({} conns)", closed.as_ref().unwrap()["connections"]))
             .unwrap_or_else(|| "–".into());
-        let cpu_us = |phase: &str, report: &Option<Value>| -> Option<f64> {
-            let s = proc_
-                .as_ref()
-                .and_then(|p| p[format!("cpu_{phase}_s")].as_f64())?;
-            let n = report
-                .as_ref()
-                .and_then(|r| r["ok_including_warmup"].as_f64())?;
-            (n > 0.0).then(|| s * 1e6 / n)
-        };
+        let cpu_us = |phase: &str, report: &Option<Value>| cpu_us(&proc_, phase, report);
         let show = |v: Option<f64>| v.map(|v| format!("{v:.0}")).unwrap_or_else(|| "–".into());
         let cpu_col = if proc_.is_some() {
             format!(
