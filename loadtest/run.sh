@@ -156,6 +156,16 @@ W=$(mktemp -d "${LOADTEST_TMP:-/var/tmp}/seb-loadtest.XXXXXX")
 RES=$W/results
 mkdir -p "$RES" "$W/nginx"
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+# The load average decays over minutes (a build just before the run still shows in it), so
+# whether other work is running is judged from the CPU actually busy over a few seconds.
+cpu_busy_pct() { # SECONDS -> % of all cores' time not idle or waiting on I/O
+    local a b
+    a=$(awk '/^cpu / { print $2+$3+$4+$5+$6+$7+$8+$9, $5+$6 }' /proc/stat)
+    sleep "$1"
+    b=$(awk '/^cpu / { print $2+$3+$4+$5+$6+$7+$8+$9, $5+$6 }' /proc/stat)
+    awk -v a="$a" -v b="$b" 'BEGIN { split(a, x, " "); split(b, y, " "); t = y[1] - x[1]; printf "%.0f", (t > 0 ? 100 * (t - (y[2] - x[2])) / t : 0) }'
+}
+BUSY_BEFORE=$(cpu_busy_pct 3)
 # The storage's synced-write latency bounds the durable path's latency from below.
 DSYNC=$(dd if=/dev/zero of="$W/dsync.test" bs=600 count=200 oflag=dsync 2>&1 | awk '/copied/ { for (i = 1; i <= NF; i++) if ($i == "s,") printf "%.2f ms per 600-byte O_DSYNC write (200 writes in %s s)", $(i-1) * 1000 / 200, $(i-1) }')
 rm -f "$W/dsync.test"
@@ -440,8 +450,8 @@ CPU_MODEL=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
 MEM=$(awk '/^MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)
 NGINX_VERSION=$([ -n "$NGINX_BIN" ] && "$NGINX_BIN" -v 2>&1 | sed 's/.*: //' || echo "not installed")
 BUSY=""
-if awk -v l="${LOAD_BEFORE%% *}" -v n="$NPROC" 'BEGIN { exit !(l > 0.5 * n) }'; then
-    BUSY="**Other work was running on this machine** when the run started (load average $LOAD_BEFORE on $NPROC cores; busiest processes by lifetime %CPU (ps): $TOP_BEFORE): absolute figures are pessimistic and noisier than on an idle machine."
+if [ "$BUSY_BEFORE" -gt 10 ]; then
+    BUSY="**Other work was running on this machine** when the run started ($BUSY_BEFORE% of the CPU busy over the 3 s before it; busiest processes by lifetime %CPU (ps): $TOP_BEFORE): absolute figures are pessimistic and noisier than on an idle machine."
 fi
 audit_lines() { cat "$RES/$1-audit-lines" 2>/dev/null || echo "?"; }
 
@@ -456,7 +466,7 @@ audit_lines() { cat "$RES/$1-audit-lines" 2>/dev/null || echo "?"; }
     echo "- cores (nproc): $NPROC; CPU: $CPU_MODEL; memory: $MEM"
     echo "- kernel: $(uname -r); nginx: $NGINX_VERSION"
     echo "- storage under the audit log ($(df -PT "$W" | awk 'NR == 2 { print $2 }')): $DSYNC; the durable (\`fsync\`) path cannot answer faster than one such sync"
-    echo "- load average (1/5/15 min) before: $LOAD_BEFORE; after: $LOAD_AFTER"
+    echo "- CPU busy in the 3 s before the run: $BUSY_BEFORE%; load average (1/5/15 min) before: $LOAD_BEFORE (it still carries any build run just before); after: $LOAD_AFTER"
     echo "- generator, upstream, proxy all on this machine, over loopback; the generator uses 2 runtime threads, the upstream 1, seb its default (one worker per core) plus its audit writer thread, nginx \`worker_processes auto\`."
     [ -n "$BUSY" ] && { echo; echo "$BUSY"; }
     echo
