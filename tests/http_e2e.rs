@@ -924,6 +924,21 @@ async fn admin_endpoints_report_and_stream() {
     let line: Value = serde_json::from_slice(chunk.split(|b| *b == b'\n').next().unwrap()).unwrap();
     assert_eq!(line["kind"], "decision");
     assert_eq!(line["decision"], "allow");
+    // The outcome has no waiter: with fsync it is synced lazily (or with the next decision),
+    // and the stream shows it only once synced, so it must still arrive on its own.
+    let mut seen: Vec<u8> = chunk.to_vec();
+    while !seen
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .any(|l| serde_json::from_slice::<Value>(l).unwrap()["kind"] == "outcome")
+    {
+        let more = tokio::time::timeout(std::time::Duration::from_secs(5), stream.chunk())
+            .await
+            .expect("the outcome record never reached the stream")
+            .unwrap()
+            .unwrap();
+        seen.extend_from_slice(&more);
+    }
     let metrics = reqwest::get(broker.admin_url("/metrics"))
         .await
         .unwrap()
@@ -939,6 +954,18 @@ async fn admin_endpoints_report_and_stream() {
         "{metrics}"
     );
     assert!(metrics.contains("seb_revocation_epoch 1"));
+    let gauge = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("{name} missing: {metrics}"))
+            .parse()
+            .unwrap()
+    };
+    // The start record, the decision, and the outcome's own lazy sync: one each.
+    assert_eq!(gauge("seb_audit_syncs"), 3.0, "{metrics}");
+    assert!(gauge("seb_audit_writes") >= 3.0, "{metrics}");
+    assert_eq!(gauge("seb_audit_dropped_best_effort"), 0.0, "{metrics}");
     assert_eq!(
         reqwest::get(broker.admin_url("/healthz"))
             .await
