@@ -447,4 +447,10 @@ async fn no_sink_fails_closed_and_stdout_alone_is_a_sink() {
     let audit = Audit::start(s, key).unwrap();
     assert!(audit.is_writable());
     assert_eq!(audit.record(decision("x")).await.unwrap(), 2);
+    // A best-effort record on stdout has nothing to sync and nothing to take back: once its
+    // lazy-sync time has passed, the chain still counts it.
+    audit.record_best_effort(outcome_of(2));
+    tokio::time::sleep(super::writer::LAZY_SYNC * 3).await;
+    assert_eq!(audit.record(decision("y")).await.unwrap(), 4);
+    assert_eq!(audit.dropped_best_effort(), 0);
 }

@@ -298,7 +298,8 @@ impl Writer {
                 }
                 self.uncommitted += self.ends.len() as u64;
                 self.uncommitted_since.get_or_insert_with(Instant::now);
-                if sync || self.durability == Durability::Flush {
+                // Stdout has no sync: what was written there is as final as it gets.
+                if sync || self.durability == Durability::Flush || self.path.is_none() {
                     self.commit();
                 }
             }
