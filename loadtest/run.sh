@@ -503,7 +503,7 @@ audit_lines() { cat "$RES/$1-audit-lines" 2>/dev/null || echo "?"; }
         echo
         echo "Hand-written in \`loadtest/NOTES.md\` and copied here by run.sh: it explains runs up to the time it was written, and may predate this run."
         echo
-        sed 's/^#/###/' "$HERE/NOTES.md" | sed '1{/^### /d}'
+        sed 's/^#/##/' "$HERE/NOTES.md" | sed '1{/^## /d}'
     fi
     echo
     echo "## Raw generator output"
