@@ -7,7 +7,7 @@ use crate::cert::Certificate;
 use crate::config::{HttpTargetConfig, ReadRule};
 use crate::contract::{self, BodyView};
 use crate::denial::{Denial, Reason};
-use crate::proxy::forward::{full_body, Body, UpstreamClient};
+use crate::proxy::forward::{Body, UpstreamClient};
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, AUTHORIZATION};
 use http::{HeaderMap, Request, Response, Uri};
@@ -321,17 +321,8 @@ pub fn problem(denial: &Denial, request_id: &str) -> Response<Body> {
         "detail": format!("seb: {}: {}", denial.reason, denial.message),
         "request_id": request_id,
     });
-    let mut resp = Response::new(full_body(Bytes::from(body.to_string())));
-    *resp.status_mut() = status;
+    let mut resp = super::refusal_response(status, "application/problem+json", body.to_string());
     let h = resp.headers_mut();
-    h.insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/problem+json"),
-    );
-    h.insert(
-        http::header::CACHE_CONTROL,
-        HeaderValue::from_static("no-store"),
-    );
     if status == http::StatusCode::UNAUTHORIZED {
         h.insert(
             http::header::WWW_AUTHENTICATE,

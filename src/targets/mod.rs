@@ -70,6 +70,28 @@ pub fn upstream_uri(base: &::http::Uri, path_and_query: &str) -> Result<::http::
         })
 }
 
+/// A refusal's response in any target's dialect: status, media type, and `no-store`, since a
+/// refusal describes one request at one moment and no cache between agent and broker may
+/// replay it for another.
+pub fn refusal_response(
+    status: ::http::StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> ::http::Response<Body> {
+    let mut resp = ::http::Response::new(crate::proxy::forward::full_body(body.into()));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(
+        ::http::header::CONTENT_TYPE,
+        ::http::HeaderValue::from_static(content_type),
+    );
+    h.insert(
+        ::http::header::CACHE_CONTROL,
+        ::http::HeaderValue::from_static("no-store"),
+    );
+    resp
+}
+
 /// A header that may appear at most once, as text: two values (or bytes that are not ASCII)
 /// could be read differently by the broker and the upstream, so both are refused.
 pub fn single_header(

@@ -3,9 +3,8 @@
 
 use super::model::{self, Protocol};
 use crate::denial::{Denial, Reason};
-use crate::proxy::forward::{full_body, Body};
-use bytes::Bytes;
-use http::header::{HeaderValue, CONTENT_TYPE};
+use crate::proxy::forward::Body;
+use http::header::HeaderValue;
 use http::{Response, StatusCode};
 
 /// The error dialect, fixed from the request before the pipeline consumes it.
@@ -91,10 +90,8 @@ pub fn render(denial: &Denial, format: ErrorFormat, request_id: &str) -> Respons
             serde_json::json!({"__type": "AccessDeniedException", "message": message}).to_string(),
         ),
     };
-    let mut resp = Response::new(full_body(Bytes::from(body)));
-    *resp.status_mut() = status(denial.reason);
+    let mut resp = crate::targets::refusal_response(status(denial.reason), content_type, body);
     let h = resp.headers_mut();
-    h.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     if format == ErrorFormat::Json {
         h.insert(
             "x-amzn-errortype",
@@ -153,6 +150,8 @@ mod tests {
         );
         assert_eq!(r.status(), 400);
         assert_eq!(r.headers()["x-amzn-errortype"], "AccessDeniedException");
+        // Refusals are per request: no cache between agent and broker may replay one.
+        assert_eq!(r.headers()["cache-control"], "no-store");
         let v: serde_json::Value = serde_json::from_str(&text(r).await).unwrap();
         assert_eq!(v["__type"], "AccessDeniedException");
         assert_eq!(v["message"], "seb: request_malformed: x");

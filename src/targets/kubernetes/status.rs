@@ -2,9 +2,8 @@
 //! `Error from server (Forbidden): seb: contract_mismatch: ...`.
 
 use crate::denial::{Denial, Reason};
-use crate::proxy::forward::{full_body, Body};
-use bytes::Bytes;
-use http::{HeaderValue, Response, StatusCode};
+use crate::proxy::forward::Body;
+use http::{Response, StatusCode};
 use serde_json::json;
 
 /// Messages of refusals that are about the body's media type start with this, so they render
@@ -44,18 +43,7 @@ pub fn render(denial: &Denial, request_id: &str) -> Response<Body> {
         "details": {"causes": [{"reason": denial.reason.as_str(), "message": request_id, "field": "seb.request_id"}]},
         "code": status.as_u16(),
     });
-    let mut resp = Response::new(full_body(Bytes::from(body.to_string())));
-    *resp.status_mut() = status;
-    let h = resp.headers_mut();
-    h.insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    h.insert(
-        http::header::CACHE_CONTROL,
-        HeaderValue::from_static("no-store"),
-    );
-    resp
+    crate::targets::refusal_response(status, "application/json", body.to_string())
 }
 
 #[cfg(test)]
