@@ -188,15 +188,8 @@ impl HttpTarget {
         identity: &Identity,
         request_id: &str,
     ) -> Result<Request<Full<Bytes>>, Denial> {
-        let pq = parts
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/");
-        let uri = super::upstream_uri(&self.base, pq)?;
-        let mut req = Request::builder().method(parts.method.clone()).uri(uri);
+        let mut req = super::forwarded_request(&self.base, parts)?;
         let headers = req.headers_mut().expect("builder is valid");
-        copy_end_to_end_headers(&parts.headers, headers);
         for (name, _) in self.credential.iter().chain(self.read_credential.iter()) {
             headers.remove(name);
         }

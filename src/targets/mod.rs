@@ -70,6 +70,27 @@ pub fn upstream_uri(base: &::http::Uri, path_and_query: &str) -> Result<::http::
         })
 }
 
+/// The forwarded request as far as every target builds it alike: the agent's method, its
+/// path and query under the upstream's base, its end-to-end headers. Each target then takes
+/// off what must not pass and adds its execution identity.
+pub fn forwarded_request(
+    base: &::http::Uri,
+    parts: &::http::request::Parts,
+) -> Result<::http::request::Builder, Denial> {
+    let pq = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let mut req = ::http::Request::builder()
+        .method(parts.method.clone())
+        .uri(upstream_uri(base, pq)?);
+    if let Some(headers) = req.headers_mut() {
+        http::copy_end_to_end_headers(&parts.headers, headers);
+    }
+    Ok(req)
+}
+
 /// A refusal's response in any target's dialect: status, media type, and `no-store`, since a
 /// refusal describes one request at one moment and no cache between agent and broker may
 /// replay it for another.

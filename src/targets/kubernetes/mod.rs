@@ -586,16 +586,7 @@ impl KubeTarget {
         let req = req
             .body(Full::new(Bytes::new()))
             .map_err(|e| unavailable(e.to_string()))?;
-        let resp = tokio::time::timeout(std::time::Duration::from_secs(10), self.client.send(req))
-            .await
-            .map_err(|_| unavailable("timed out".into()))?
-            .map_err(|e| unavailable(e.to_string()))?;
-        let status = resp.status();
-        let bytes = http_body_util::Limited::new(resp.into_body(), 8 << 20)
-            .collect()
-            .await
-            .map_err(|e| unavailable(e.to_string()))?
-            .to_bytes();
+        let (status, bytes) = self.call(req, 8 << 20).await.map_err(unavailable)?;
         match status.as_u16() {
             200 => serde_json::from_slice(&bytes)
                 .map(Some)
@@ -603,6 +594,26 @@ impl KubeTarget {
             404 => Ok(None),
             s => Err(unavailable(format!("the apiserver answered {s}"))),
         }
+    }
+
+    /// A call of the broker's own to the apiserver (a live object, a TokenRequest): bounded in
+    /// time and in how much of the answer it reads. Err says why, for the caller's denial.
+    async fn call(
+        &self,
+        req: Request<Full<Bytes>>,
+        max_body: usize,
+    ) -> Result<(http::StatusCode, Bytes), String> {
+        let resp = tokio::time::timeout(std::time::Duration::from_secs(10), self.client.send(req))
+            .await
+            .map_err(|_| "timed out".to_string())?
+            .map_err(|e| e.to_string())?;
+        let status = resp.status();
+        let body = http_body_util::Limited::new(resp.into_body(), max_body)
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        Ok((status, body))
     }
 
     fn upstream_uri(&self, path_and_query: &str) -> Result<Uri, Denial> {
@@ -643,16 +654,7 @@ impl KubeTarget {
             .header(http::header::AUTHORIZATION, self.credential.bearer()?)
             .body(Full::new(Bytes::from(minter.request_body().to_string())))
             .map_err(|e| unavailable(e.to_string()))?;
-        let resp = tokio::time::timeout(std::time::Duration::from_secs(10), self.client.send(req))
-            .await
-            .map_err(|_| unavailable("timed out".into()))?
-            .map_err(|e| unavailable(e.to_string()))?;
-        let status = resp.status();
-        let body = http_body_util::Limited::new(resp.into_body(), 64 << 10)
-            .collect()
-            .await
-            .map_err(|e| unavailable(e.to_string()))?
-            .to_bytes();
+        let (status, body) = self.call(req, 64 << 10).await.map_err(unavailable)?;
         if status != http::StatusCode::CREATED && status != http::StatusCode::OK {
             return Err(unavailable(format!("the apiserver answered {status}")));
         }
@@ -666,16 +668,8 @@ impl KubeTarget {
         identity: &Identity,
         request_id: &str,
     ) -> Result<Request<Full<Bytes>>, Denial> {
-        let pq = parts
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/");
-        let mut req = Request::builder()
-            .method(parts.method.clone())
-            .uri(self.upstream_uri(pq)?);
+        let mut req = super::forwarded_request(&self.base, parts)?;
         let headers = req.headers_mut().expect("builder is valid");
-        super::http::copy_end_to_end_headers(&parts.headers, headers);
         // Impersonation is refused in parse(); front-proxy identity headers (X-Remote-User,
         // -Group, -Extra-*) are dropped too, in case the apiserver trusts them on some path.
         let agent_impersonation: Vec<HeaderName> = headers
