@@ -32,7 +32,10 @@ pub fn stream_body(incoming: Incoming) -> Body {
 
 #[derive(Clone)]
 pub struct UpstreamClient {
+    /// Control calls (revocation data, identity, live reads) and protocol upgrades.
     client: Client<hyper_rustls::HttpsConnector<HttpConnector>, UpstreamBody>,
+    /// Forwarded requests: connections driven by the request's own task.
+    pool: std::sync::Arc<super::pool::Pool>,
 }
 
 impl UpstreamClient {
@@ -54,6 +57,7 @@ impl UpstreamClient {
                     .with_no_client_auth()
             }
         };
+        let pool = std::sync::Arc::new(super::pool::Pool::new(&tls));
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
@@ -67,7 +71,7 @@ impl UpstreamClient {
             .pool_idle_timeout(std::time::Duration::from_secs(60))
             .pool_max_idle_per_host(256)
             .build(https);
-        Ok(UpstreamClient { client })
+        Ok(UpstreamClient { client, pool })
     }
 
     pub async fn send(
@@ -77,11 +81,15 @@ impl UpstreamClient {
         self.client.request(req.map(upstream_full)).await
     }
 
-    pub async fn send_body(
-        &self,
-        req: Request<UpstreamBody>,
-    ) -> Result<Response<Incoming>, hyper_util::client::legacy::Error> {
-        self.client.request(req).await
+    /// Forwards an agent's request. An upgrade (kubernetes exec, attach, port-forward) goes
+    /// through the client that can hand over the connection after `101 Switching Protocols`.
+    pub async fn forward(&self, req: Request<UpstreamBody>) -> Result<Response<Body>, BoxError> {
+        if req.headers().contains_key(http::header::UPGRADE) {
+            let resp = self.client.request(req).await?;
+            return Ok(resp.map(stream_body));
+        }
+        let resp = self.pool.send(req).await?;
+        Ok(resp.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed()))
     }
 
     /// A small GET for control data (revocation documents), with a size cap.

@@ -4,6 +4,7 @@ pub mod admin;
 pub mod forward;
 pub mod metrics;
 pub mod pipeline;
+mod pool;
 pub mod server;
 
 use crate::admission::reload::{self, Source};

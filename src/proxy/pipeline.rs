@@ -14,7 +14,7 @@
 //! Any `Err(Denial)` ends the request; [`handle`] writes the deny record and renders the
 //! refusal in the agent's own format. Nothing is forwarded unless every step said yes.
 
-use super::forward::{stream_body, upstream_full, Body, UpstreamBody};
+use super::forward::{upstream_full, Body, UpstreamBody};
 use super::metrics::{Decision, Phase};
 use super::Broker;
 use crate::admission::Peer;
@@ -303,11 +303,11 @@ async fn forward(
             format!("upstream {} {detail}", target.name()),
         )
     };
-    let mut resp = match tokio::time::timeout_at(deadline, target.client().send_body(req)).await {
+    let mut resp = match tokio::time::timeout_at(deadline, target.client().forward(req)).await {
         Ok(Ok(resp)) => resp,
         Ok(Err(e)) => {
             // A streamed body that failed its check in flight says why; that is the refusal.
-            let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+            let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e.as_ref());
             while let Some(s) = source {
                 if let Some(d) = s.downcast_ref::<Denial>() {
                     return Err(d.clone());
@@ -348,7 +348,7 @@ async fn forward(
         }
     }
     parts.headers = headers;
-    Ok(Response::from_parts(parts, stream_body(body)))
+    Ok(Response::from_parts(parts, body))
 }
 
 /// Copies bytes both ways between the agent's upgraded connection and the upstream's until
