@@ -31,7 +31,29 @@ pub struct Config {
     pub limits: Limits,
     #[serde(default)]
     pub agents: AgentAuthConfig,
+    #[serde(default)]
+    pub runtime: RuntimeConfig,
     pub targets: Vec<TargetConfig>,
+}
+
+/// How agent connections are spread over threads.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// Connection shards, each a thread with its own event loop; `0` runs every connection on
+    /// one work-stealing runtime instead. Default: one per CPU.
+    #[serde(default)]
+    pub shards: Option<usize>,
+}
+
+impl RuntimeConfig {
+    pub fn shards(&self) -> usize {
+        self.shards.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        })
+    }
 }
 
 fn default_broker_id() -> String {
@@ -438,6 +460,12 @@ impl Config {
                 )
             }
             _ => {}
+        }
+        if self.runtime.shards.is_some_and(|n| n > 1024) {
+            return err(
+                "runtime.shards",
+                "at most 1024 (one per CPU is the default)",
+            );
         }
         let c = &self.certificates;
         if c.clock_skew > Duration::from_secs(300) {
@@ -1036,6 +1064,10 @@ upstream = "http://127.0.0.1:9000"
         );
         let (f, _) = field_error(&format!("{MINIMAL}\n[certificates]\nmax_ttl = \"soon\"\n"));
         assert_eq!(f, "certificates.max_ttl");
+        let (f, _) = field_error(&format!("{MINIMAL}\n[runtime]\nshards = 5000\n"));
+        assert_eq!(f, "runtime.shards");
+        let (f, _) = field_error(&format!("{MINIMAL}\n[runtime]\nshards = -1\n"));
+        assert_eq!(f, "runtime.shards");
         let (f, _) = field_error(&MINIMAL.replace("plaintext = true", ""));
         assert_eq!(f, "tls");
         let (f, _) = field_error(&MINIMAL.replace("kind = \"http\"", "kind = \"smtp\""));

@@ -402,9 +402,13 @@ fn revocation_issue(
 
 fn serve(config: &std::path::Path) -> anyhow::Result<()> {
     let config = seb::config::Config::load(config)?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if config.runtime.shards() > 0 {
+        // Agent connections run on the shards; this runtime keeps the accept loops, the admin
+        // port and background refreshes, which one thread carries.
+        rt.worker_threads(1);
+    }
+    let rt = rt.enable_all().build()?;
     rt.block_on(async {
         // A file-size limit (RLIMIT_FSIZE) would otherwise kill the process with SIGXFSZ; as a
         // handled signal it becomes a failed write, which the audit log turns into refusals.

@@ -483,9 +483,20 @@ async fn admitted_requests_reach_upstream_and_refused_ones_never_do() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_replay_admits_exactly_max_uses() {
+    // Connections spread over two shards (two threads, two event loops) race for one
+    // certificate's uses.
+    replay_race("[runtime]\nshards = 2").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_replay_admits_exactly_max_uses_on_one_work_stealing_runtime() {
+    replay_race("[runtime]\nshards = 0").await;
+}
+
+async fn replay_race(runtime: &str) {
     let env = Env::new();
     let up = Upstream::start(env.dir.path());
-    let broker = Broker::start(&env, &env.config(up.port, ""));
+    let broker = Broker::start(&env, &env.config(up.port, runtime));
     let cert = env.cert_with("POST", "/v1/refunds", refund_rule(), |p| {
         p["seb"]["max_uses"] = json!(3)
     });

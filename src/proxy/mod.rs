@@ -6,6 +6,7 @@ pub mod metrics;
 pub mod pipeline;
 mod pool;
 pub mod server;
+mod shards;
 
 use crate::admission::reload::{self, Source};
 use crate::admission::revocation::RevocationState;
@@ -203,6 +204,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             config.limits.max_concurrent_requests,
         )),
     };
+    let shards = match config.runtime.shards() {
+        0 => None,
+        n => Some(Arc::new(
+            shards::Shards::start(n).context("runtime.shards: starting connection threads")?,
+        )),
+    };
     let mut target_addrs = Vec::new();
     for (i, tc) in config.targets.iter().enumerate() {
         let target = match tc.kind {
@@ -245,6 +252,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             listener,
             tls.clone(),
             limits.clone(),
+            shards.clone(),
         )));
     }
 

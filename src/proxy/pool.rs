@@ -36,8 +36,12 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// that are closed after use.
 const MAX_IDLE_PER_UPSTREAM: usize = 256;
 
+/// Idle connections are kept per thread: a tokio socket stays registered with the event loop
+/// it was opened on, and on a connection shard (`shards.rs`) that loop is the thread's own, so a
+/// connection reused on another shard would have its events delivered across threads.
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
 struct Key {
+    thread: std::thread::ThreadId,
     tls: bool,
     host: String,
     port: u16,
@@ -55,6 +59,7 @@ impl Key {
         let host = uri.host().ok_or("upstream URI has no host")?;
         let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
         Ok(Key {
+            thread: std::thread::current().id(),
             tls,
             host: host
                 .trim_start_matches('[')

@@ -40,6 +40,7 @@ pub async fn serve(
     listener: TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
     limits: StackLimits,
+    shards: Option<Arc<super::shards::Shards>>,
 ) {
     loop {
         let (tcp, remote) = match listener.accept().await {
@@ -54,7 +55,29 @@ pub async fn serve(
         let _ = tcp.set_nodelay(true);
         let (broker, target, tls, limits) =
             (broker.clone(), target.clone(), tls.clone(), limits.clone());
-        tokio::spawn(accept_one(tcp, remote, tls, broker, target, limits));
+        let Some(shards) = &shards else {
+            tokio::spawn(accept_one(tcp, remote, tls, broker, target, limits));
+            continue;
+        };
+        // The socket leaves this event loop and joins the shard's when first polled there.
+        let tcp = match tcp.into_std() {
+            Ok(tcp) => tcp,
+            Err(e) => {
+                tracing::warn!(%remote, error = %e, "could not hand the connection to a shard");
+                continue;
+            }
+        };
+        let handed = shards.spawn(async move {
+            match tokio::net::TcpStream::from_std(tcp) {
+                Ok(tcp) => accept_one(tcp, remote, tls, broker, target, limits).await,
+                Err(e) => {
+                    tracing::warn!(%remote, error = %e, "shard could not take the connection")
+                }
+            }
+        });
+        if !handed {
+            tracing::error!(%remote, "connection shard has stopped; connection closed");
+        }
     }
 }
 
