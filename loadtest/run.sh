@@ -467,7 +467,7 @@ audit_lines() { cat "$RES/$1-audit-lines" 2>/dev/null || echo "?"; }
     echo "- kernel: $(uname -r); nginx: $NGINX_VERSION"
     echo "- storage under the audit log ($(df -PT "$W" | awk 'NR == 2 { print $2 }')): $DSYNC; the durable (\`fsync\`) path cannot answer faster than one such sync"
     echo "- CPU busy in the 3 s before the run: $BUSY_BEFORE%; load average (1/5/15 min) before: $LOAD_BEFORE (it still carries any build run just before); after: $LOAD_AFTER"
-    echo "- generator, upstream, proxy all on this machine, over loopback; the generator uses 2 runtime threads, the upstream 1, seb its default (one worker per core) plus its audit writer thread, nginx \`worker_processes auto\`."
+    echo "- generator, upstream, proxy all on this machine, over loopback; the generator uses 2 runtime threads, the upstream 1, seb its default (one connection shard per core, one control thread) plus its audit writer thread, nginx \`worker_processes auto\`."
     [ -n "$BUSY" ] && { echo; echo "$BUSY"; }
     echo
     echo "## Workload"
