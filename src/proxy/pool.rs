@@ -538,6 +538,65 @@ mod tests {
         assert!(Key::of(&"ftp://x/".parse().unwrap()).is_err());
     }
 
+    /// An upstream that sends more than its Content-Length promised: the surplus must never
+    /// be read as the answer to the next request on the same connection.
+    #[tokio::test]
+    async fn bytes_past_an_answer_never_answer_the_next_request() {
+        surplus_after_answer(false).await;
+        surplus_after_answer(true).await;
+    }
+
+    async fn surplus_after_answer(delayed: bool) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut tcp, _) = listener.accept().await.unwrap();
+                let n = count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    loop {
+                        match tcp.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) => {}
+                        }
+                        if n > 0 {
+                            let fresh = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nfresh";
+                            if tcp.write_all(fresh).await.is_err() {
+                                return;
+                            }
+                            continue;
+                        }
+                        // The surplus in the same write as the answer, and again once the
+                        // client has had time to put the connection back as idle.
+                        let smuggled = b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\nsmuggled";
+                        let mut first = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec();
+                        first.extend_from_slice(if delayed { b"" } else { smuggled });
+                        if tcp.write_all(&first).await.is_err() {
+                            return;
+                        }
+                        if delayed {
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                            let _ = tcp.write_all(smuggled).await;
+                        }
+                    }
+                });
+            }
+        });
+        let pool = pool();
+        assert_eq!(
+            text(pool.send(post(addr, "/", "a")).await.unwrap()).await,
+            "ok"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let second = pool.send(post(addr, "/", "b")).await.unwrap();
+        assert_eq!(text(second).await, "fresh", "delayed surplus: {delayed}");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
     #[tokio::test]
     async fn refused_connection_is_an_error_naming_the_upstream() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
