@@ -352,6 +352,47 @@ mod tests {
     /// answers with `Connection: close`; `/big` streams 1 MiB; `/empty` answers 204; anything
     /// else echoes the request line and Host.
     async fn server(keep_alive: bool) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+        listen_counting(move |tcp, _| {
+            let svc = hyper::service::service_fn(|req: Request<Incoming>| async move {
+                let path = req.uri().path().to_string();
+                let host = req.headers()[http::header::HOST]
+                    .to_str()
+                    .unwrap()
+                    .to_string();
+                let line = format!("{} {} {host}", req.method(), req.uri());
+                let sent = req.into_body().collect().await.unwrap().to_bytes();
+                let mut resp = match path.as_str() {
+                    "/big" => Response::new(Full::new(Bytes::from(vec![7u8; 1 << 20]))),
+                    "/empty" => {
+                        let mut r = Response::new(Full::new(Bytes::new()));
+                        *r.status_mut() = http::StatusCode::NO_CONTENT;
+                        r
+                    }
+                    _ => Response::new(Full::new(Bytes::from(format!("{line} {}", sent.len())))),
+                };
+                if path == "/close" {
+                    resp.headers_mut()
+                        .insert(http::header::CONNECTION, "close".parse().unwrap());
+                }
+                Ok::<_, std::convert::Infallible>(resp)
+            });
+            async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .keep_alive(keep_alive)
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await;
+            }
+        })
+        .await
+    }
+
+    /// A loopback listener that runs `serve(connection, n)` for its n-th accepted connection
+    /// (from 0) and counts them.
+    async fn listen_counting<F, Fut>(serve: F) -> (std::net::SocketAddr, Arc<AtomicUsize>)
+    where
+        F: Fn(tokio::net::TcpStream, usize) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
@@ -359,37 +400,8 @@ mod tests {
         tokio::spawn(async move {
             loop {
                 let (tcp, _) = listener.accept().await.unwrap();
-                count.fetch_add(1, Ordering::SeqCst);
-                let svc = hyper::service::service_fn(|req: Request<Incoming>| async move {
-                    let path = req.uri().path().to_string();
-                    let host = req.headers()[http::header::HOST]
-                        .to_str()
-                        .unwrap()
-                        .to_string();
-                    let line = format!("{} {} {host}", req.method(), req.uri());
-                    let sent = req.into_body().collect().await.unwrap().to_bytes();
-                    let mut resp = match path.as_str() {
-                        "/big" => Response::new(Full::new(Bytes::from(vec![7u8; 1 << 20]))),
-                        "/empty" => {
-                            let mut r = Response::new(Full::new(Bytes::new()));
-                            *r.status_mut() = http::StatusCode::NO_CONTENT;
-                            r
-                        }
-                        _ => {
-                            Response::new(Full::new(Bytes::from(format!("{line} {}", sent.len()))))
-                        }
-                    };
-                    if path == "/close" {
-                        resp.headers_mut()
-                            .insert(http::header::CONNECTION, "close".parse().unwrap());
-                    }
-                    Ok::<_, std::convert::Infallible>(resp)
-                });
-                tokio::spawn(
-                    hyper::server::conn::http1::Builder::new()
-                        .keep_alive(keep_alive)
-                        .serve_connection(TokioIo::new(tcp), svc),
-                );
+                let n = count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(serve(tcp, n));
             }
         });
         (addr, accepted)
@@ -548,44 +560,35 @@ mod tests {
 
     async fn surplus_after_answer(delayed: bool) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let count = accepted.clone();
-        tokio::spawn(async move {
+        let (addr, accepted) = listen_counting(move |mut tcp, n| async move {
+            let mut buf = vec![0u8; 4096];
             loop {
-                let (mut tcp, _) = listener.accept().await.unwrap();
-                let n = count.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(async move {
-                    let mut buf = vec![0u8; 4096];
-                    loop {
-                        match tcp.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(_) => {}
-                        }
-                        if n > 0 {
-                            let fresh = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nfresh";
-                            if tcp.write_all(fresh).await.is_err() {
-                                return;
-                            }
-                            continue;
-                        }
-                        // The surplus in the same write as the answer, and again once the
-                        // client has had time to put the connection back as idle.
-                        let smuggled = b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\nsmuggled";
-                        let mut first = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec();
-                        first.extend_from_slice(if delayed { b"" } else { smuggled });
-                        if tcp.write_all(&first).await.is_err() {
-                            return;
-                        }
-                        if delayed {
-                            tokio::time::sleep(Duration::from_millis(10)).await;
-                            let _ = tcp.write_all(smuggled).await;
-                        }
+                match tcp.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+                if n > 0 {
+                    let fresh = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nfresh";
+                    if tcp.write_all(fresh).await.is_err() {
+                        return;
                     }
-                });
+                    continue;
+                }
+                // The surplus in the same write as the answer, and again once the
+                // client has had time to put the connection back as idle.
+                let smuggled = b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\nsmuggled";
+                let mut first = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec();
+                first.extend_from_slice(if delayed { b"" } else { smuggled });
+                if tcp.write_all(&first).await.is_err() {
+                    return;
+                }
+                if delayed {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    let _ = tcp.write_all(smuggled).await;
+                }
             }
-        });
+        })
+        .await;
         let pool = pool();
         assert_eq!(
             text(pool.send(post(addr, "/", "a")).await.unwrap()).await,
