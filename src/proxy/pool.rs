@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 use sync_wrapper::SyncWrapper;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 /// An idle connection older than this is closed rather than reused: upstreams close idle
@@ -104,8 +104,28 @@ impl Pool {
     pub async fn send(&self, req: Request<UpstreamBody>) -> Result<Response<DrivenBody>, BoxError> {
         let key = Key::of(req.uri())?;
         let req = origin_form(req, &key)?;
-        let mut c = self.ready_conn(&key).await?;
-        let answer = c.tx.send_request(req);
+        let conn = self.ready_conn(&key).await?;
+        match self.attempt(conn, req, &key).await {
+            // The reused connection closed before any byte of the request left (an upstream's
+            // idle timeout racing the reuse): the upstream saw nothing, so one more try on a
+            // new connection cannot make it act twice.
+            Err(Attempt::NotSent(req)) => {
+                let conn = self.connect(&key).await?;
+                self.attempt(conn, *req, &key)
+                    .await
+                    .map_err(Attempt::into_error)
+            }
+            other => other.map_err(Attempt::into_error),
+        }
+    }
+
+    async fn attempt(
+        &self,
+        mut c: Conn,
+        req: Request<UpstreamBody>,
+        key: &Key,
+    ) -> Result<Response<DrivenBody>, Attempt> {
+        let answer = c.tx.try_send_request(req);
         tokio::pin!(answer);
         let mut open = true;
         let resp = poll_fn(|cx| {
@@ -116,14 +136,23 @@ impl Pool {
             }
             answer.as_mut().poll(cx)
         })
-        .await?;
+        .await;
+        let resp = match resp {
+            Ok(resp) => resp,
+            Err(mut e) => {
+                return Err(match e.take_message() {
+                    Some(req) => Attempt::NotSent(Box::new(req)),
+                    None => Attempt::Failed(e.into_error().into()),
+                })
+            }
+        };
         let (parts, body) = resp.into_parts();
         let body = DrivenBody {
             body,
             conn: open.then(|| SyncWrapper::new(c)),
             ended: false,
             idle: self.idle.clone(),
-            key,
+            key: key.clone(),
         };
         Ok(Response::from_parts(parts, body))
     }
@@ -171,15 +200,32 @@ impl Pool {
                 .connect(name, tcp)
                 .await
                 .map_err(|e| format!("TLS to {}:{}: {e}", key.host, key.port))?;
-            Stream::Tls(Box::new(tls))
+            Box::new(tls) as Stream
         } else {
-            Stream::Plain(tcp)
+            Box::new(tcp)
         };
         let (tx, conn) = http1::handshake(TokioIo::new(stream)).await?;
         Ok(Conn {
             tx,
             conn: Box::pin(conn),
         })
+    }
+}
+
+enum Attempt {
+    /// The connection ended before the request was written; here it is back, body untouched.
+    NotSent(Box<Request<UpstreamBody>>),
+    Failed(BoxError),
+}
+
+impl Attempt {
+    fn into_error(self) -> BoxError {
+        match self {
+            Attempt::NotSent(_) => {
+                "the upstream closed a new connection before the request was sent".into()
+            }
+            Attempt::Failed(e) => e,
+        }
     }
 }
 
@@ -278,68 +324,11 @@ impl Drop for DrivenBody {
     }
 }
 
-enum Stream {
-    Plain(TcpStream),
-    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
-}
-
-impl AsyncRead for Stream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Stream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            Stream::Plain(s) => s.is_write_vectored(),
-            Stream::Tls(s) => s.is_write_vectored(),
-        }
-    }
-}
+/// A plain or TLS socket (or, in tests, an in-memory pipe): boxed, since hyper only needs
+/// bytes in and out and one indirect call per read or write is nothing next to the syscall.
+trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
+type Stream = Box<dyn Io>;
 
 #[cfg(test)]
 mod tests {
@@ -598,6 +587,33 @@ mod tests {
         let second = pool.send(post(addr, "/", "b")).await.unwrap();
         assert_eq!(text(second).await, "fresh", "delayed surplus: {delayed}");
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_request_never_written_comes_back_whole_for_one_retry() {
+        // A connection whose upstream has already gone: the request is handed back unsent,
+        // with its body, instead of failing (send() then retries it on a new connection).
+        let (ours, theirs) = tokio::io::duplex(1024);
+        drop(theirs);
+        let (tx, conn) = http1::handshake(TokioIo::new(Box::new(ours) as Stream))
+            .await
+            .unwrap();
+        let pool = pool();
+        let key = Key::of(&"http://127.0.0.1:9/".parse().unwrap()).unwrap();
+        let req = origin_form(post("127.0.0.1:9".parse().unwrap(), "/r", "payload"), &key).unwrap();
+        let conn = Conn {
+            tx,
+            conn: Box::pin(conn),
+        };
+        match pool.attempt(conn, req, &key).await {
+            Err(Attempt::NotSent(back)) => {
+                assert_eq!(back.uri(), "/r");
+                let body = back.into_body().collect().await.unwrap().to_bytes();
+                assert_eq!(&body[..], b"payload");
+            }
+            Err(Attempt::Failed(e)) => panic!("reported as sent: {e}"),
+            Ok(_) => panic!("answered by an upstream that is gone"),
+        }
     }
 
     #[tokio::test]
