@@ -548,36 +548,14 @@ mod tests {
     }
 
     async fn surplus_after_answer(delayed: bool) {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let (addr, accepted) = listen_counting(move |mut tcp, n| async move {
-            let mut buf = vec![0u8; 4096];
-            loop {
-                match tcp.read(&mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(_) => {}
-                }
-                if n > 0 {
-                    let fresh = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nfresh";
-                    if tcp.write_all(fresh).await.is_err() {
-                        return;
-                    }
-                    continue;
-                }
-                // The surplus in the same write as the answer, and again once the
-                // client has had time to put the connection back as idle.
-                let smuggled = b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\nsmuggled";
-                let mut first = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec();
-                first.extend_from_slice(if delayed { b"" } else { smuggled });
-                if tcp.write_all(&first).await.is_err() {
-                    return;
-                }
-                if delayed {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    let _ = tcp.write_all(smuggled).await;
-                }
-            }
-        })
-        .await;
+        // The surplus in the same write as the answer, or once the client has had time to put
+        // the connection back as idle.
+        let smuggled: &'static [u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\nsmuggled";
+        let mut first = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec();
+        if !delayed {
+            first.extend_from_slice(smuggled);
+        }
+        let (addr, accepted) = misbehaving_once(first, delayed.then_some(smuggled)).await;
         let pool = pool();
         assert_eq!(
             text(pool.send(post(addr, "/", "a")).await.unwrap()).await,
@@ -587,6 +565,63 @@ mod tests {
         let second = pool.send(post(addr, "/", "b")).await.unwrap();
         assert_eq!(text(second).await, "fresh", "delayed surplus: {delayed}");
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    /// An upstream that switches protocols on a request that asked for no upgrade: what
+    /// follows the 101 is another protocol's bytes, and must never answer a later request.
+    #[tokio::test]
+    async fn a_switch_of_protocols_nobody_asked_for_is_not_reused() {
+        let first = b"HTTP/1.1 101 Switching Protocols\r\nupgrade: x\r\nconnection: upgrade\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\nsmuggled".to_vec();
+        let (addr, accepted) = misbehaving_once(first, None).await;
+        let pool = pool();
+        // The pipeline refuses a 101 it did not ask for, whether it sees it or an error.
+        if let Ok(resp) = pool.send(post(addr, "/", "a")).await {
+            assert_eq!(resp.status(), http::StatusCode::SWITCHING_PROTOCOLS);
+            let _ = resp.into_body().collect().await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let second = pool.send(post(addr, "/", "b")).await.unwrap();
+        assert_eq!(text(second).await, "fresh");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    /// An upstream whose first connection answers its first request with `first` (and `late`
+    /// 10 ms after), and every other request, on any connection, with 200 "fresh".
+    async fn misbehaving_once(
+        first: Vec<u8>,
+        late: Option<&'static [u8]>,
+    ) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let first = Arc::new(first);
+        listen_counting(move |mut tcp, n| {
+            let first = first.clone();
+            async move {
+                let mut buf = vec![0u8; 4096];
+                let mut answered = false;
+                loop {
+                    match tcp.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => {}
+                    }
+                    if n > 0 || answered {
+                        let fresh = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nfresh";
+                        if tcp.write_all(fresh).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    answered = true;
+                    if tcp.write_all(&first).await.is_err() {
+                        return;
+                    }
+                    if let Some(late) = late {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        let _ = tcp.write_all(late).await;
+                    }
+                }
+            }
+        })
+        .await
     }
 
     #[tokio::test]
