@@ -18,9 +18,9 @@ pub use verify::{verify_logs, VerifyFailure, VerifyReport};
 use record::{Payload, StartInfo, GENESIS};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use tokio::sync::{broadcast, mpsc, oneshot};
-use writer::{Job, Shared, Writer};
+use writer::{Job, Log, Shared, Writer};
 
 /// Queue depth in front of the writer; durable callers wait for room, best-effort ones drop.
 const QUEUE: usize = 65_536;
@@ -49,7 +49,7 @@ pub struct Audit {
 
 struct Inner {
     tx: mpsc::Sender<Job>,
-    writer: Arc<Mutex<Writer>>,
+    log: Arc<Log>,
     /// Relaxed durability: durable appends are written on the caller's thread.
     inline: bool,
     lines: broadcast::Sender<Arc<str>>,
@@ -147,8 +147,8 @@ impl Audit {
             tracing::warn!("no audit sink configured: every audited request will be refused");
         }
         let (tx, rx) = mpsc::channel(QUEUE);
-        let writer = Arc::new(Mutex::new(writer));
-        let for_thread = writer.clone();
+        let log = Arc::new(Log::new(writer));
+        let for_thread = log.clone();
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .build()
@@ -160,7 +160,7 @@ impl Audit {
         Ok(Audit {
             inner: Arc::new(Inner {
                 tx,
-                writer,
+                log,
                 inline: settings.durability == Durability::Flush,
                 lines,
                 shared,
@@ -174,14 +174,17 @@ impl Audit {
         if self.inner.inline {
             // A write to the page cache takes microseconds; the round trip to the writer
             // thread (two wake-ups) took longer than the record itself. Only `fsync` has a
-            // sync worth sharing between callers, so only `fsync` queues.
-            let mut writer = self.inner.writer.lock().map_err(|_| {
-                self.inner.shared.writable.store(false, Ordering::Relaxed);
+            // sync worth sharing between callers, so only `fsync` queues. The answer is
+            // usually in before the await: it waits only when another thread held the writer
+            // and appends this record for us.
+            let (reply, answer) = oneshot::channel();
+            self.inner.log.submit(Job {
+                payload: Payload::Entry(Box::new(entry)),
+                reply: Some(reply),
+            });
+            return answer.await.map_err(|_| {
                 AuditUnavailable("the audit writer failed while holding the log".into())
             })?;
-            return writer
-                .append_one(&Payload::Entry(Box::new(entry)))
-                .map_err(AuditUnavailable);
         }
         let (reply, answer) = oneshot::channel();
         let job = Job {
@@ -208,13 +211,11 @@ impl Audit {
                 // the task runs on this worker right after that, without waking a thread.
                 let inner = self.inner.clone();
                 rt.spawn(async move {
-                    let written = match inner.writer.lock() {
-                        Ok(mut w) => w.append_one(&payload).is_ok(),
-                        Err(_) => false,
-                    };
-                    if !written {
-                        inner.shared.dropped.fetch_add(1, Ordering::Relaxed);
-                    }
+                    // A failed write counts the record as dropped.
+                    inner.log.submit(Job {
+                        payload,
+                        reply: None,
+                    });
                 });
                 return;
             }

@@ -334,6 +334,131 @@ async fn flush_appends_on_the_caller_chain_under_concurrency() {
     assert_eq!(audit.syncs(), 1, "flush syncs only the start record");
 }
 
+/// A file whose next write, once `hold` is set, says so on `entered` and then waits for
+/// `go` (or panics, with `panic`): a writer caught in the middle of a write, lock held.
+struct Held {
+    inner: std::fs::File,
+    hold: Arc<AtomicBool>,
+    panic: bool,
+    entered: std::sync::mpsc::SyncSender<()>,
+    go: Arc<std::sync::Mutex<std::sync::mpsc::Receiver<()>>>,
+}
+
+impl LogFile for Held {
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        if self.hold.swap(false, Ordering::SeqCst) {
+            let _ = self.entered.send(());
+            assert!(
+                !self.panic,
+                "injected panic in the middle of an audit write"
+            );
+            let _ = self.go.lock().unwrap().recv();
+        }
+        std::io::Write::write_all(&mut self.inner, buf)
+    }
+    fn sync_data(&mut self) -> std::io::Result<()> {
+        self.inner.sync_data()
+    }
+    fn set_len(&mut self, len: u64) -> std::io::Result<()> {
+        self.inner.set_len(len)
+    }
+    fn size(&self) -> std::io::Result<u64> {
+        Ok(self.inner.metadata()?.len())
+    }
+}
+
+/// A flush-mode log on a `Held` file; returns it with `hold`, `entered` and `go`.
+#[allow(clippy::type_complexity)]
+fn held_log(
+    path: &Path,
+    key: &ed25519_dalek::SigningKey,
+    panic: bool,
+) -> (
+    Audit,
+    Arc<AtomicBool>,
+    std::sync::mpsc::Receiver<()>,
+    std::sync::mpsc::Sender<()>,
+) {
+    let hold = Arc::new(AtomicBool::new(false));
+    let (entered_tx, entered) = std::sync::mpsc::sync_channel(1);
+    let (go, go_rx) = std::sync::mpsc::channel();
+    let go_rx = Arc::new(std::sync::Mutex::new(go_rx));
+    let h = hold.clone();
+    let opener: Opener = Box::new(move |path| {
+        let inner = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(path)?;
+        Ok(Box::new(Held {
+            inner,
+            hold: h.clone(),
+            panic,
+            entered: entered_tx.clone(),
+            go: go_rx.clone(),
+        }) as Box<dyn LogFile>)
+    });
+    let mut s = settings(path);
+    s.durability = Durability::Flush;
+    let audit = Audit::start_with(s, key.clone(), opener).unwrap();
+    (audit, hold, entered, go)
+}
+
+fn job(sub: &str) -> Job {
+    Job {
+        payload: record::Payload::Entry(Box::new(decision(sub))),
+        reply: None,
+    }
+}
+
+/// With `flush`, a caller that finds the writer busy leaves its record to the holder and
+/// returns at once; the holder writes it before it returns, so nothing is left behind once
+/// every caller has returned (the file is read then, with nothing waited for).
+#[test]
+fn flush_record_left_while_the_writer_is_busy_is_written_by_the_holder() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let key = crate::cert::keys::generate();
+    let (audit, hold, entered, go) = held_log(&path, &key, false);
+    let log = &audit.inner.log;
+    hold.store(true, Ordering::SeqCst);
+    std::thread::scope(|scope| {
+        let holder = scope.spawn(|| log.submit(job("holder")));
+        entered.recv().unwrap();
+        log.submit(job("left"));
+        assert_eq!(lines(&path).len(), 1, "the second caller did not wait");
+        go.send(()).unwrap();
+        holder.join().unwrap();
+    });
+    let subs: Vec<_> = lines(&path)
+        .iter()
+        .map(|v| v["sub"].as_str().unwrap_or("-").to_owned())
+        .collect();
+    assert_eq!(subs, ["-", "holder", "left"]);
+    let r = verify_logs(std::slice::from_ref(&path), &key.verifying_key()).unwrap();
+    assert_eq!(r.records, 3);
+    assert_eq!(audit.syncs(), 1, "flush syncs only the start record");
+}
+
+/// A writer that panicked in the middle of a write may hold a half-updated chain: from then
+/// on every record is refused, the one left for it included, and readiness says so.
+#[tokio::test]
+async fn flush_writer_poisoned_by_a_panic_fails_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let key = crate::cert::keys::generate();
+    let (audit, hold, _entered, _go) = held_log(&path, &key, true);
+    hold.store(true, Ordering::SeqCst);
+    let log = audit.inner.log.clone();
+    let panicked = std::thread::spawn(move || log.submit(job("panics"))).join();
+    assert!(panicked.is_err());
+    assert!(audit.record(decision("after")).await.is_err());
+    assert!(!audit.is_writable());
+    audit.record_best_effort(decision("best effort"));
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    assert_eq!(audit.dropped_best_effort(), 1);
+    assert_eq!(lines(&path).len(), 1, "only the start record");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fsync_best_effort_records_ride_on_decision_syncs_or_sync_lazily() {
     use std::time::{Duration, Instant};

@@ -10,7 +10,7 @@ use ed25519_dalek::SigningKey;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, TryLockError};
 use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
@@ -116,12 +116,85 @@ pub(crate) struct Mark {
     pub prev: [u8; 32],
 }
 
+/// The writer behind its lock, and the records left for whoever holds it.
+///
+/// With `flush` the caller's own thread appends (there is no sync to share). Two shards
+/// appending at once would otherwise queue on the lock for a whole signature and write each
+/// (~25 µs), their threads asleep meanwhile; instead a caller that finds the writer busy
+/// leaves its record here and goes on, and the holder appends it with its own in one write.
+/// Every holder looks here again after unlocking, so no record waits for a later caller.
+pub(crate) struct Log {
+    writer: Mutex<Writer>,
+    pending: Mutex<Vec<Job>>,
+    shared: Arc<Shared>,
+}
+
+impl Log {
+    pub(crate) fn new(writer: Writer) -> Log {
+        Log {
+            shared: writer.shared.clone(),
+            writer: Mutex::new(writer),
+            pending: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Appends `job` now, or leaves it to the thread that holds the writer. Never blocks on
+    /// the writer; the job's reply says when it is written.
+    pub(crate) fn submit(&self, job: Job) {
+        self.pending().push(job);
+        self.drain();
+    }
+
+    /// Waits for the writer (the writer thread), then appends what was left meanwhile.
+    /// None once the writer is poisoned: a panic mid-batch may have left its chain
+    /// half-updated, so nothing more may be appended to it.
+    pub(crate) fn with<R>(&self, f: impl FnOnce(&mut Writer) -> R) -> Option<R> {
+        let r = match self.writer.lock() {
+            Ok(mut w) => f(&mut w),
+            Err(_) => {
+                self.fail_pending();
+                return None;
+            }
+        };
+        self.drain();
+        Some(r)
+    }
+
+    // Whoever submits a job and then fails to take the writer has seen it held; that holder
+    // takes `pending` again after it unlocks, and so sees the job (or another holder does,
+    // by the same argument). Hence the loop, and `pending` under its own short lock.
+    fn drain(&self) {
+        loop {
+            let mut w = match self.writer.try_lock() {
+                Ok(w) => w,
+                Err(TryLockError::WouldBlock) => return,
+                Err(TryLockError::Poisoned(_)) => return self.fail_pending(),
+            };
+            let mut jobs = std::mem::take(&mut *self.pending());
+            if jobs.is_empty() {
+                return;
+            }
+            let _ = w.write_batch(&mut jobs, false);
+        }
+    }
+
+    /// The writer is gone for good: callers waiting on a job are answered by its dropped
+    /// reply, best-effort jobs are counted as dropped.
+    fn fail_pending(&self) {
+        self.shared.writable.store(false, Ordering::Relaxed);
+        let jobs = std::mem::take(&mut *self.pending());
+        let lost = jobs.iter().filter(|j| j.reply.is_none()).count() as u64;
+        self.shared.dropped.fetch_add(lost, Ordering::Relaxed);
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, Vec<Job>> {
+        // A push or a take cannot leave the vector half-changed.
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 impl Writer {
-    pub(crate) fn run(
-        writer: Arc<Mutex<Writer>>,
-        mut rx: mpsc::Receiver<Job>,
-        rt: tokio::runtime::Runtime,
-    ) {
+    pub(crate) fn run(log: Arc<Log>, mut rx: mpsc::Receiver<Job>, rt: tokio::runtime::Runtime) {
         // If this thread ends for any reason, readiness must say so.
         struct Down(Arc<Shared>);
         impl Drop for Down {
@@ -129,18 +202,14 @@ impl Writer {
                 self.0.writable.store(false, Ordering::Relaxed);
             }
         }
-        let _down = match writer.lock() {
-            Ok(w) => Down(w.shared.clone()),
-            Err(_) => return,
-        };
+        let _down = Down(log.shared.clone());
         // A runtime of its own, for one timer: the wait for work ends early when unsynced
         // best-effort records are due for their sync.
         rt.block_on(async {
             let mut jobs = Vec::new();
             loop {
-                let due = match writer.lock() {
-                    Ok(w) => w.sync_due(),
-                    Err(_) => return,
+                let Some(due) = log.with(|w| w.sync_due()) else {
+                    return;
                 };
                 let first = match due {
                     None => rx.recv().await,
@@ -150,8 +219,9 @@ impl Writer {
                         {
                             Ok(job) => job,
                             Err(_) => {
-                                let Ok(mut w) = writer.lock() else { return };
-                                w.sync_uncommitted();
+                                if log.with(|w| w.sync_uncommitted()).is_none() {
+                                    return;
+                                }
                                 continue;
                             }
                         }
@@ -168,8 +238,9 @@ impl Writer {
                 // A writer poisoned by a panic mid-batch may hold a half-updated chain: stop,
                 // so that callers see the writer gone and refuse, rather than extend a broken
                 // chain.
-                let Ok(mut w) = writer.lock() else { return };
-                let _ = w.write_batch(&mut jobs, false);
+                if log.with(|w| w.write_batch(&mut jobs, false)).is_none() {
+                    return;
+                }
             }
         });
     }
@@ -230,16 +301,6 @@ impl Writer {
             }
         }
         outcome
-    }
-
-    /// Appends one record on the caller's thread: the relaxed (`flush`) path, where there is
-    /// no sync to share, so a hand-off to the writer thread and back would only add latency.
-    pub(crate) fn append_one(&mut self, payload: &Payload) -> Result<u64, String> {
-        let sync = self.durability == Durability::Fsync;
-        let (_, mut results) = self.append(std::iter::once(payload), sync);
-        results
-            .pop()
-            .unwrap_or_else(|| Err("the record was not written".into()))
     }
 
     /// Encodes, signs and persists the payloads as one write. Returns the batch's outcome and
