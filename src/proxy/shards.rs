@@ -35,6 +35,7 @@ impl Shards {
                 .name(format!("seb-shard-{i}"))
                 .spawn(move || {
                     rt.block_on(async move {
+                        tokio::spawn(heartbeat());
                         while let Some(job) = rx.recv().await {
                             tokio::spawn(job);
                         }
@@ -54,6 +55,20 @@ impl Shards {
     pub fn spawn(&self, conn: impl Future<Output = ()> + Send + 'static) -> bool {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.queues.len();
         self.queues[i].send(Box::pin(conn)).is_ok()
+    }
+}
+
+/// Keeps a timer due within a second on the shard. tokio's timer wheel wakes its own event
+/// loop (an `eventfd` write, then an empty turn of the loop) whenever a new timer is due
+/// before every timer it had when it last went to sleep, which is always the case after it
+/// slept with none. Each request arms a few request-timeout timers, so at a moderate rate
+/// that was two such wake-ups per request (loadtest/NOTES.md); with a timer always due
+/// sooner than any request timeout, new ones are filed without waking anything.
+async fn heartbeat() {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
     }
 }
 
