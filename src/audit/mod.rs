@@ -174,17 +174,14 @@ impl Audit {
         if self.inner.inline {
             // A write to the page cache takes microseconds; the round trip to the writer
             // thread (two wake-ups) took longer than the record itself. Only `fsync` has a
-            // sync worth sharing between callers, so only `fsync` queues. The answer is
-            // usually in before the await: it waits only when another thread held the writer
-            // and appends this record for us.
-            let (reply, answer) = oneshot::channel();
-            self.inner.log.submit(Job {
-                payload: Payload::Entry(Box::new(entry)),
-                reply: Some(reply),
-            });
-            return answer.await.map_err(|_| {
-                AuditUnavailable("the audit writer failed while holding the log".into())
-            })?;
+            // sync worth sharing between callers, so only `fsync` queues. This waits only
+            // when another thread held the writer and appends the record for us.
+            return match self.inner.log.append(Payload::Entry(Box::new(entry))) {
+                writer::Appended::Now(r) => r.map_err(AuditUnavailable),
+                writer::Appended::Left(answer) => answer.await.map_err(|_| {
+                    AuditUnavailable("the audit writer failed while holding the log".into())
+                })?,
+            };
         }
         let (reply, answer) = oneshot::channel();
         let job = Job {

@@ -124,22 +124,69 @@ pub(crate) struct Mark {
 /// leaves its record here and goes on, and the holder appends it with its own in one write.
 /// Every holder looks here again after unlocking, so no record waits for a later caller.
 pub(crate) struct Log {
-    writer: Mutex<Writer>,
+    writer: Mutex<Held>,
     pending: Mutex<Vec<Job>>,
     shared: Arc<Shared>,
+}
+
+struct Held {
+    writer: Writer,
+    /// Swapped with `pending` by each holder, so that neither list is reallocated per batch.
+    spare: Vec<Job>,
+}
+
+/// What became of a record given to [`Log::append`].
+pub(crate) enum Appended {
+    /// Written by the caller: its sequence number, or why it was not written.
+    Now(Result<u64, String>),
+    /// Left to the thread holding the writer, which answers here.
+    Left(oneshot::Receiver<Result<u64, AuditUnavailable>>),
 }
 
 impl Log {
     pub(crate) fn new(writer: Writer) -> Log {
         Log {
             shared: writer.shared.clone(),
-            writer: Mutex::new(writer),
+            writer: Mutex::new(Held {
+                writer,
+                spare: Vec::new(),
+            }),
             pending: Mutex::new(Vec::new()),
         }
     }
 
+    /// Appends a record someone waits for: at once if the writer is free (no queue, no
+    /// channel), else left to its holder.
+    pub(crate) fn append(&self, payload: Payload) -> Appended {
+        match self.writer.try_lock() {
+            Ok(mut h) => {
+                let sync = h.writer.durability == Durability::Fsync;
+                let (_, mut results) = h.writer.append(std::iter::once(&payload), sync);
+                drop(h);
+                self.drain();
+                Appended::Now(
+                    results
+                        .pop()
+                        .unwrap_or_else(|| Err("the record was not written".into())),
+                )
+            }
+            Err(TryLockError::WouldBlock) => {
+                let (reply, answer) = oneshot::channel();
+                self.submit(Job {
+                    payload,
+                    reply: Some(reply),
+                });
+                Appended::Left(answer)
+            }
+            Err(TryLockError::Poisoned(_)) => {
+                self.fail_pending();
+                Appended::Now(Err("the audit writer failed while holding the log".into()))
+            }
+        }
+    }
+
     /// Appends `job` now, or leaves it to the thread that holds the writer. Never blocks on
-    /// the writer; the job's reply says when it is written.
+    /// the writer; the job's reply, if any, says when it is written.
     pub(crate) fn submit(&self, job: Job) {
         self.pending().push(job);
         self.drain();
@@ -150,7 +197,7 @@ impl Log {
     /// half-updated, so nothing more may be appended to it.
     pub(crate) fn with<R>(&self, f: impl FnOnce(&mut Writer) -> R) -> Option<R> {
         let r = match self.writer.lock() {
-            Ok(mut w) => f(&mut w),
+            Ok(mut h) => f(&mut h.writer),
             Err(_) => {
                 self.fail_pending();
                 return None;
@@ -165,16 +212,17 @@ impl Log {
     // by the same argument). Hence the loop, and `pending` under its own short lock.
     fn drain(&self) {
         loop {
-            let mut w = match self.writer.try_lock() {
-                Ok(w) => w,
+            let mut h = match self.writer.try_lock() {
+                Ok(h) => h,
                 Err(TryLockError::WouldBlock) => return,
                 Err(TryLockError::Poisoned(_)) => return self.fail_pending(),
             };
-            let mut jobs = std::mem::take(&mut *self.pending());
-            if jobs.is_empty() {
+            let h = &mut *h;
+            std::mem::swap(&mut *self.pending(), &mut h.spare);
+            if h.spare.is_empty() {
                 return;
             }
-            let _ = w.write_batch(&mut jobs, false);
+            let _ = h.writer.write_batch(&mut h.spare, false);
         }
     }
 
@@ -306,7 +354,7 @@ impl Writer {
     /// Encodes, signs and persists the payloads as one write. Returns the batch's outcome and
     /// each payload's sequence number or the reason it was not written.
     /// `sync`: `fdatasync` the file after the write, before this returns.
-    fn append<'a>(
+    pub(crate) fn append<'a>(
         &mut self,
         payloads: impl Iterator<Item = &'a Payload>,
         sync: bool,
