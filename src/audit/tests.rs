@@ -335,7 +335,7 @@ async fn flush_appends_on_the_caller_chain_under_concurrency() {
 }
 
 /// A file whose next write, once `hold` is set, says so on `entered` and then waits for
-/// `go` (or panics, with `panic`): a writer caught in the middle of a write, lock held.
+/// `go` (and then panics, with `panic`): a writer caught in the middle of a write, lock held.
 struct Held {
     inner: std::fs::File,
     hold: Arc<AtomicBool>,
@@ -348,11 +348,11 @@ impl LogFile for Held {
     fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
         if self.hold.swap(false, Ordering::SeqCst) {
             let _ = self.entered.send(());
+            let _ = self.go.lock().unwrap().recv();
             assert!(
                 !self.panic,
                 "injected panic in the middle of an audit write"
             );
-            let _ = self.go.lock().unwrap().recv();
         }
         std::io::Write::write_all(&mut self.inner, buf)
     }
@@ -440,17 +440,40 @@ fn flush_record_left_while_the_writer_is_busy_is_written_by_the_holder() {
 }
 
 /// A writer that panicked in the middle of a write may hold a half-updated chain: from then
-/// on every record is refused, the one left for it included, and readiness says so.
+/// on every record is refused, the one left for it included (answered at once, not when the
+/// request times out), and readiness says so.
 #[tokio::test]
 async fn flush_writer_poisoned_by_a_panic_fails_closed() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.jsonl");
     let key = crate::cert::keys::generate();
-    let (audit, hold, _entered, _go) = held_log(&path, &key, true);
+    let (audit, hold, entered, go) = held_log(&path, &key, true);
     hold.store(true, Ordering::SeqCst);
     let log = audit.inner.log.clone();
-    let panicked = std::thread::spawn(move || log.submit(job("panics"))).join();
+    let (reply, own) = oneshot::channel();
+    let holder = std::thread::spawn(move || {
+        log.submit(Job {
+            payload: record::Payload::Entry(Box::new(decision("panics"))),
+            reply: Some(reply),
+        })
+    });
+    entered.recv().unwrap();
+    // Left for the holder: the writer is busy, so this task parks on its answer.
+    let a = audit.clone();
+    let left = tokio::spawn(async move { a.record(decision("left")).await });
+    tokio::task::yield_now().await;
+    go.send(()).unwrap();
+    let panicked = holder.join();
     assert!(panicked.is_err());
+    let own = tokio::time::timeout(std::time::Duration::from_secs(5), own)
+        .await
+        .expect("the holder's own caller is answered, not left waiting");
+    assert!(own.is_err());
+    let left = tokio::time::timeout(std::time::Duration::from_secs(5), left)
+        .await
+        .expect("the record left for the holder is answered, not stranded")
+        .unwrap();
+    assert!(left.is_err());
     assert!(audit.record(decision("after")).await.is_err());
     assert!(!audit.is_writable());
     audit.record_best_effort(decision("best effort"));

@@ -158,6 +158,7 @@ impl Log {
     /// Appends a record someone waits for: at once if the writer is free (no queue, no
     /// channel), else left to its holder.
     pub(crate) fn append(&self, payload: Payload) -> Appended {
+        let _unwinding = FailOnPanic::new(self);
         match self.writer.try_lock() {
             Ok(mut h) => {
                 let sync = h.writer.durability == Durability::Fsync;
@@ -178,7 +179,8 @@ impl Log {
                 });
                 Appended::Left(answer)
             }
-            Err(TryLockError::Poisoned(_)) => {
+            Err(TryLockError::Poisoned(held)) => {
+                drop(held);
                 self.fail_pending();
                 Appended::Now(Err("the audit writer failed while holding the log".into()))
             }
@@ -196,9 +198,11 @@ impl Log {
     /// None once the writer is poisoned: a panic mid-batch may have left its chain
     /// half-updated, so nothing more may be appended to it.
     pub(crate) fn with<R>(&self, f: impl FnOnce(&mut Writer) -> R) -> Option<R> {
+        let _unwinding = FailOnPanic::new(self);
         let r = match self.writer.lock() {
             Ok(mut h) => f(&mut h.writer),
-            Err(_) => {
+            Err(held) => {
+                drop(held);
                 self.fail_pending();
                 return None;
             }
@@ -211,11 +215,15 @@ impl Log {
     // takes `pending` again after it unlocks, and so sees the job (or another holder does,
     // by the same argument). Hence the loop, and `pending` under its own short lock.
     fn drain(&self) {
+        let _unwinding = FailOnPanic::new(self);
         loop {
             let mut h = match self.writer.try_lock() {
                 Ok(h) => h,
                 Err(TryLockError::WouldBlock) => return,
-                Err(TryLockError::Poisoned(_)) => return self.fail_pending(),
+                Err(TryLockError::Poisoned(held)) => {
+                    drop(held);
+                    return self.fail_pending();
+                }
             };
             let h = &mut *h;
             std::mem::swap(&mut *self.pending(), &mut h.spare);
@@ -227,10 +235,14 @@ impl Log {
     }
 
     /// The writer is gone for good: callers waiting on a job are answered by its dropped
-    /// reply, best-effort jobs are counted as dropped.
+    /// reply, best-effort jobs are counted as dropped. The caller must not hold the writer.
     fn fail_pending(&self) {
         self.shared.writable.store(false, Ordering::Relaxed);
-        let jobs = std::mem::take(&mut *self.pending());
+        let mut jobs = std::mem::take(&mut *self.pending());
+        // Those a holder had taken when it panicked are still in its spare list.
+        if let Err(TryLockError::Poisoned(held)) = self.writer.try_lock() {
+            jobs.append(&mut held.into_inner().spare);
+        }
         let lost = jobs.iter().filter(|j| j.reply.is_none()).count() as u64;
         self.shared.dropped.fetch_add(lost, Ordering::Relaxed);
     }
@@ -238,6 +250,34 @@ impl Log {
     fn pending(&self) -> std::sync::MutexGuard<'_, Vec<Job>> {
         // A push or a take cannot leave the vector half-changed.
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A holder that panics never looks at `pending` again, and the records it had taken stay in
+/// its spare list: without this, their callers would wait for an answer until their request
+/// timed out, and records left later would wait for a caller that finds the writer poisoned.
+/// A log used from a destructor while another panic unwinds is not failed by it.
+struct FailOnPanic<'a> {
+    log: &'a Log,
+    already: bool,
+}
+
+impl<'a> FailOnPanic<'a> {
+    fn new(log: &'a Log) -> Self {
+        FailOnPanic {
+            log,
+            already: std::thread::panicking(),
+        }
+    }
+}
+
+impl Drop for FailOnPanic<'_> {
+    fn drop(&mut self) {
+        // Declared before the writer's guard, so dropped after it: the writer is unlocked
+        // (poisoned) by the time this runs.
+        if !self.already && std::thread::panicking() {
+            self.log.fail_pending();
+        }
     }
 }
 
