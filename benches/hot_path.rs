@@ -36,7 +36,7 @@ use ed25519_dalek::{Signer, SigningKey};
 use seb::admission::revocation::RevocationState;
 use seb::admission::revocation::{self, RevocationClaims, RevocationPayload, Revoked};
 use seb::admission::Admission;
-use seb::audit::{Audit, AuditSettings, Durability, Entry, Kind, Verdict};
+use seb::audit::{Audit, AuditSettings, Durability, Entry, Kind, Subject, Verdict};
 use seb::cert::{self, keys, BodyRule, Issuer, TrustedIssuers, WindowPolicy, CERT_TYP};
 use seb::config::HttpTargetConfig;
 use seb::contract::{check_body, BodyView};
@@ -188,16 +188,18 @@ fn bench_contract(c: &mut Criterion<ThreadCpu>) {
 fn entry(jti: &str) -> Entry {
     Entry {
         kind: Kind::Decision,
-        cert_id: Some(jti.to_string()),
-        iss: Some("signer".into()),
-        sub: Some("agent:bench".into()),
-        action: Some("transfer".into()),
-        policy: Some("payments-small".into()),
-        evidence: None,
-        target: TARGET.into(),
-        request: json!({"method": "POST", "path": PATH, "operation": format!("POST {PATH}"),
-                        "resource": PATH, "remote": "127.0.0.1:54321", "use": {"n": 1, "max": 1}}),
-        body_sha256: Some(sha256_hex(SMALL_BODY)),
+        subject: std::sync::Arc::new(Subject {
+            cert_id: Some(jti.to_string()),
+            iss: Some("signer".into()),
+            sub: Some("agent:bench".into()),
+            action: Some("transfer".into()),
+            policy: Some("payments-small".into()),
+            evidence: None,
+            target: TARGET.into(),
+            request: json!({"method": "POST", "path": PATH, "operation": format!("POST {PATH}"),
+                            "resource": PATH, "remote": "127.0.0.1:54321", "use": {"n": 1, "max": 1}}),
+            body_sha256: Some(sha256_hex(SMALL_BODY)),
+        }),
         decision: Verdict::Allow,
         reason: None,
         identity: Some(

@@ -12,7 +12,7 @@ pub mod verify;
 mod writer;
 
 pub use query::{query_logs, Filter};
-pub use record::{Durability, Entry, Kind, Verdict};
+pub use record::{Durability, Entry, Kind, Subject, Verdict};
 pub use verify::{verify_logs, VerifyFailure, VerifyReport};
 
 use record::{Payload, StartInfo, GENESIS};

@@ -33,6 +33,7 @@ use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+use std::sync::Arc;
 
 /// `prev` of the first record of a log.
 pub(crate) const GENESIS: [u8; 32] = [0; 32];
@@ -88,10 +89,10 @@ impl Verdict {
     }
 }
 
-/// What the pipeline supplies; `seq`, `ts`, `broker`, `prev` and `sig` are added by the writer.
-#[derive(Debug, Clone)]
-pub struct Entry {
-    pub kind: Kind,
+/// The members a request's records share, `cert_id` through `body_sha256`. The pipeline
+/// builds them once; a decision and its outcome hold the same `Arc` instead of two copies.
+#[derive(Debug, Clone, Default)]
+pub struct Subject {
     pub cert_id: Option<String>,
     pub iss: Option<String>,
     pub sub: Option<String>,
@@ -101,6 +102,13 @@ pub struct Entry {
     pub target: String,
     pub request: Value,
     pub body_sha256: Option<String>,
+}
+
+/// What the pipeline supplies; `seq`, `ts`, `broker`, `prev` and `sig` are added by the writer.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub kind: Kind,
+    pub subject: Arc<Subject>,
     pub decision: Verdict,
     /// `(code, message)`; the code is one of the stable denial reason codes.
     pub reason: Option<(String, String)>,
@@ -168,16 +176,17 @@ fn encode_unsigned(
     field_str(out, "broker", Some(broker))?;
     match payload {
         Payload::Entry(e) => {
+            let s = &*e.subject;
             field_str(out, "kind", Some(e.kind.as_str()))?;
-            field_str(out, "cert_id", e.cert_id.as_deref())?;
-            field_str(out, "iss", e.iss.as_deref())?;
-            field_str(out, "sub", e.sub.as_deref())?;
-            field_str(out, "action", e.action.as_deref())?;
-            field_str(out, "policy", e.policy.as_deref())?;
-            field_value(out, "evidence", e.evidence.as_ref())?;
-            field_str(out, "target", Some(&e.target))?;
-            field_value(out, "request", Some(&e.request))?;
-            field_str(out, "body_sha256", e.body_sha256.as_deref())?;
+            field_str(out, "cert_id", s.cert_id.as_deref())?;
+            field_str(out, "iss", s.iss.as_deref())?;
+            field_str(out, "sub", s.sub.as_deref())?;
+            field_str(out, "action", s.action.as_deref())?;
+            field_str(out, "policy", s.policy.as_deref())?;
+            field_value(out, "evidence", s.evidence.as_ref())?;
+            field_str(out, "target", Some(&s.target))?;
+            field_value(out, "request", Some(&s.request))?;
+            field_str(out, "body_sha256", s.body_sha256.as_deref())?;
             field_str(out, "decision", Some(e.decision.as_str()))?;
             key(out, "reason");
             match &e.reason {
@@ -327,15 +336,17 @@ pub(crate) mod tests {
     pub(crate) fn entry(kind: Kind, decision: Verdict) -> Entry {
         Entry {
             kind,
-            cert_id: Some("c-1".into()),
-            iss: Some("signer".into()),
-            sub: Some("agent-7".into()),
-            action: Some("s3:PutObject".into()),
-            policy: Some("prod-writes".into()),
-            evidence: Some(json!({"ticket": "OPS-1"})),
-            target: "aws".into(),
-            request: json!({"method": "PUT", "path": "/b/k"}),
-            body_sha256: Some("ab".repeat(32)),
+            subject: Arc::new(Subject {
+                cert_id: Some("c-1".into()),
+                iss: Some("signer".into()),
+                sub: Some("agent-7".into()),
+                action: Some("s3:PutObject".into()),
+                policy: Some("prod-writes".into()),
+                evidence: Some(json!({"ticket": "OPS-1"})),
+                target: "aws".into(),
+                request: json!({"method": "PUT", "path": "/b/k"}),
+                body_sha256: Some("ab".repeat(32)),
+            }),
             decision,
             reason: None,
             identity: None,
@@ -350,7 +361,7 @@ pub(crate) mod tests {
     fn line_has_fixed_order_escaping_and_a_verifiable_signature() {
         let key = crate::cert::keys::generate();
         let mut e = entry(Kind::Outcome, Verdict::Deny);
-        e.sub = Some("quote\" back\\ nl\n ,\"sig\":\"x".into());
+        Arc::make_mut(&mut e.subject).sub = Some("quote\" back\\ nl\n ,\"sig\":\"x".into());
         e.reason = Some(("expired".into(), "too \"late\"".into()));
         e.upstream_status = Some(403);
         e.outcome = Some("failed".into());

@@ -1,7 +1,7 @@
 //! Crash recovery at start: repair a torn last line, find the head of the chain, and find the
 //! allowed decisions whose outcome was never recorded.
 
-use super::record::{line_hash, Entry, Kind, Verdict, GENESIS};
+use super::record::{line_hash, Entry, Kind, Subject, Verdict, GENESIS};
 use anyhow::{anyhow, Context};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -172,15 +172,17 @@ fn unknown_outcome(decision_seq: u64, d: &Value) -> Entry {
     let s = |k: &str| d.get(k).and_then(Value::as_str).map(str::to_owned);
     Entry {
         kind: Kind::Outcome,
-        cert_id: s("cert_id"),
-        iss: s("iss"),
-        sub: s("sub"),
-        action: s("action"),
-        policy: s("policy"),
-        evidence: d.get("evidence").filter(|v| !v.is_null()).cloned(),
-        target: s("target").unwrap_or_default(),
-        request: d.get("request").cloned().unwrap_or(Value::Null),
-        body_sha256: s("body_sha256"),
+        subject: std::sync::Arc::new(Subject {
+            cert_id: s("cert_id"),
+            iss: s("iss"),
+            sub: s("sub"),
+            action: s("action"),
+            policy: s("policy"),
+            evidence: d.get("evidence").filter(|v| !v.is_null()).cloned(),
+            target: s("target").unwrap_or_default(),
+            request: d.get("request").cloned().unwrap_or(Value::Null),
+            body_sha256: s("body_sha256"),
+        }),
         decision: Verdict::Allow,
         reason: Some((
             "outcome_unknown".into(),

@@ -27,7 +27,7 @@ fn lines(path: &Path) -> Vec<Value> {
 
 fn decision(sub: &str) -> Entry {
     let mut e = entry(Kind::Decision, Verdict::Allow);
-    e.sub = Some(sub.into());
+    std::sync::Arc::make_mut(&mut e.subject).sub = Some(sub.into());
     e
 }
 
@@ -303,7 +303,7 @@ async fn flush_appends_on_the_caller_chain_under_concurrency() {
                 let sub = format!("agent-{i}");
                 let seq = a.record(decision(&sub)).await.unwrap();
                 let mut o = outcome_of(seq);
-                o.sub = Some(sub);
+                std::sync::Arc::make_mut(&mut o.subject).sub = Some(sub);
                 a.record_best_effort(o);
                 seq
             })

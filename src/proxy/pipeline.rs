@@ -18,7 +18,7 @@ use super::forward::{upstream_full, Body, UpstreamBody};
 use super::metrics::{Decision, Phase};
 use super::Broker;
 use crate::admission::Peer;
-use crate::audit::{Entry, Kind, Verdict};
+use crate::audit::{Entry, Kind, Subject, Verdict};
 use crate::cert::Certificate;
 use crate::contract::BodyView;
 use crate::denial::{Denial, Reason};
@@ -123,10 +123,11 @@ where
     };
     let body_sha256 = hex(&Sha256::digest(&body));
     if upload.is_none() {
-        record.body_sha256 = Some(body_sha256.clone());
+        record.subject.body_sha256 = Some(body_sha256.clone());
     }
-    let parsed = target.parse(&parts, &body)?;
-    record.request = parsed.describe.clone();
+    let mut parsed = target.parse(&parts, &body)?;
+    // Only the audit record reads the description.
+    record.subject.request = std::mem::take(&mut parsed.describe);
     let token = target.certificate(&parts)?;
     broker.metrics.observe(Phase::Parse, started.elapsed());
 
@@ -198,7 +199,7 @@ where
     if upload.is_some() {
         // A streamed body is recorded by the hash it is held to in flight.
         if let Some(crate::cert::BodyRule::Sha256(r)) = &cert.claims.seb.body {
-            record.body_sha256 = Some(r.sha256.clone());
+            record.subject.body_sha256 = Some(r.sha256.clone());
         }
     }
     target.check_drift(&cert, &parsed).await?;
@@ -225,7 +226,6 @@ where
     // 5. identity
     let identity_started = Instant::now();
     let identity = target.identity(Some(&cert)).await?;
-    record.identity = Some(identity.audit.clone());
     broker
         .metrics
         .observe(Phase::Identity, identity_started.elapsed());
@@ -235,16 +235,19 @@ where
     let client_upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
     let upstream_req = match upload {
         None => target
-            .upstream_request(&parts, &parsed, body, &identity, request_id)?
-            .map(upstream_full),
+            .upstream_request(&parts, &parsed, body, &identity, request_id)
+            .map(|r| r.map(upstream_full)),
         Some(upload) => target.upstream_upload(
             &parts,
             http_body_util::BodyExt::map_err(upload, Into::into).boxed_unsync(),
             &identity,
             request_id,
             &cert,
-        )?,
+        ),
     };
+    // Moved, not copied: nothing after the rebuilt request reads it.
+    record.identity = Some(identity.audit);
+    let upstream_req = upstream_req?;
     let resp = forward(broker, target, upstream_req, deadline, client_upgrade).await?;
 
     // 7. outcome (not waited on: the decision is already durable, and a crash before this
@@ -272,10 +275,9 @@ async fn read_pass_through(
     (started, deadline): (Instant, tokio::time::Instant),
 ) -> Result<Response<Body>, Denial> {
     let identity = target.identity(None).await?;
-    record.identity = Some(identity.audit.clone());
-    let upstream_req = target
-        .upstream_request(parts, parsed, body, &identity, request_id)?
-        .map(upstream_full);
+    let upstream_req = target.upstream_request(parts, parsed, body, &identity, request_id);
+    record.identity = Some(identity.audit);
+    let upstream_req = upstream_req?.map(upstream_full);
     let resp = forward(broker, target, upstream_req, deadline, None).await?;
     broker.metrics.count(target.name(), Decision::Read, None);
     let mut entry = record.allow();
@@ -412,21 +414,17 @@ pub fn hex(bytes: &[u8]) -> String {
     s
 }
 
-/// The audit record being assembled as the request moves through the pipeline.
+/// The audit record being assembled as the request moves through the pipeline. Everything in
+/// `subject` is known before the first record is written; that record freezes it, and every
+/// later record of the request shares the frozen copy.
 struct Draft {
-    target: String,
-    request: serde_json::Value,
+    subject: Subject,
+    frozen: Option<Arc<Subject>>,
+    /// `request` when the target never described the request (refused before parsing).
+    method: http::Method,
+    path: Option<http::uri::PathAndQuery>,
     peer: Option<String>,
-    remote: String,
-    cert: Option<(
-        String,
-        String,
-        String,
-        String,
-        String,
-        Option<serde_json::Value>,
-    )>,
-    body_sha256: Option<String>,
+    remote: std::net::SocketAddr,
     identity: Option<serde_json::Value>,
     uses: Option<(u32, u32)>,
     decision_seq: Option<u64>,
@@ -435,15 +433,15 @@ struct Draft {
 impl Draft {
     fn new(target: &Target, parts: &http::request::Parts, conn: &ConnInfo) -> Draft {
         Draft {
-            target: target.name().to_string(),
-            request: serde_json::json!({
-                "method": parts.method.as_str(),
-                "path": parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or(""),
-            }),
+            subject: Subject {
+                target: target.name().to_string(),
+                ..Subject::default()
+            },
+            frozen: None,
+            method: parts.method.clone(),
+            path: parts.uri.path_and_query().cloned(),
             peer: conn.peer.as_ref().and_then(|p| p.name.clone()),
-            remote: conn.remote.to_string(),
-            cert: None,
-            body_sha256: None,
+            remote: conn.remote,
             identity: None,
             uses: None,
             decision_seq: None,
@@ -452,20 +450,28 @@ impl Draft {
 
     fn certificate(&mut self, cert: &Certificate) {
         let c = &cert.claims;
-        self.cert = Some((
-            c.jti.clone(),
-            c.iss.clone(),
-            c.sub.clone(),
-            c.seb.action.clone(),
-            c.seb.policy.clone(),
-            c.seb.evidence.clone(),
-        ));
+        let s = &mut self.subject;
+        s.cert_id = Some(c.jti.clone());
+        s.iss = Some(c.iss.clone());
+        s.sub = Some(c.sub.clone());
+        s.action = Some(c.seb.action.clone());
+        s.policy = Some(c.seb.policy.clone());
+        s.evidence = c.seb.evidence.clone();
     }
 
-    fn request_with_context(&self) -> serde_json::Value {
-        let mut r = self.request.clone();
-        if let Some(obj) = r.as_object_mut() {
-            obj.insert("remote".into(), self.remote.clone().into());
+    fn subject(&mut self) -> Arc<Subject> {
+        if let Some(s) = &self.frozen {
+            return s.clone();
+        }
+        let mut s = std::mem::take(&mut self.subject);
+        if s.request.is_null() {
+            s.request = serde_json::json!({
+                "method": self.method.as_str(),
+                "path": self.path.as_ref().map(|p| p.as_str()).unwrap_or(""),
+            });
+        }
+        if let Some(obj) = s.request.as_object_mut() {
+            obj.insert("remote".into(), self.remote.to_string().into());
             if let Some(p) = &self.peer {
                 obj.insert("peer".into(), p.clone().into());
             }
@@ -473,35 +479,20 @@ impl Draft {
                 obj.insert("use".into(), serde_json::json!({"n": n, "max": max}));
             }
         }
-        r
+        let s = Arc::new(s);
+        self.frozen = Some(s.clone());
+        s
     }
 
-    fn entry(&self, kind: Kind, decision: Verdict, reason: Option<&Denial>) -> Entry {
-        let (cert_id, iss, sub, action, policy, evidence) = match &self.cert {
-            Some((j, i, s, a, p, e)) => (
-                Some(j.clone()),
-                Some(i.clone()),
-                Some(s.clone()),
-                Some(a.clone()),
-                Some(p.clone()),
-                e.clone(),
-            ),
-            None => (None, None, None, None, None, None),
-        };
+    fn entry(&mut self, kind: Kind, decision: Verdict, reason: Option<&Denial>) -> Entry {
         Entry {
             kind,
-            cert_id,
-            iss,
-            sub,
-            action,
-            policy,
-            evidence,
-            target: self.target.clone(),
-            request: self.request_with_context(),
-            body_sha256: self.body_sha256.clone(),
+            subject: self.subject(),
             decision,
             reason: reason.map(|d| (d.reason.as_str().to_string(), d.message.clone())),
-            identity: self.identity.clone(),
+            // Set only once a decision is recorded (or for a read), so the one record
+            // written after that is the one that names it.
+            identity: self.identity.take(),
             upstream_status: None,
             duration_ms: None,
             outcome: None,
@@ -509,16 +500,16 @@ impl Draft {
         }
     }
 
-    fn allow(&self) -> Entry {
+    fn allow(&mut self) -> Entry {
         self.entry(Kind::Decision, Verdict::Allow, None)
     }
 
-    fn deny(&self, denial: &Denial) -> Entry {
+    fn deny(&mut self, denial: &Denial) -> Entry {
         self.entry(Kind::Decision, Verdict::Deny, Some(denial))
     }
 
     fn outcome(
-        &self,
+        &mut self,
         seq: u64,
         status: Option<u16>,
         failure: Option<&Denial>,

@@ -109,7 +109,7 @@ impl HttpTarget {
     ) -> Result<(), Denial> {
         // The target kind was checked by Target::check_contract.
         let seb = &cert.claims.seb;
-        let c: HttpContract = serde_json::from_value(seb.request.clone()).map_err(|e| {
+        let c: HttpContract = Deserialize::deserialize(&seb.request).map_err(|e| {
             Denial::new(
                 Reason::CertMalformed,
                 format!("seb.request for an http target: {e}"),

@@ -99,7 +99,7 @@ fn contract_of(cert: &Certificate) -> Result<AwsContract, Denial> {
             ),
         ));
     }
-    serde_json::from_value(seb.request.clone()).map_err(|e| {
+    Deserialize::deserialize(&seb.request).map_err(|e| {
         Denial::new(
             Reason::CertMalformed,
             format!("seb.request for an aws target: {e}"),

@@ -719,7 +719,7 @@ impl KubeTarget {
 }
 
 fn contract(cert: &Certificate) -> Result<KubeContract, Denial> {
-    serde_json::from_value(cert.claims.seb.request.clone()).map_err(|e| {
+    Deserialize::deserialize(&cert.claims.seb.request).map_err(|e| {
         Denial::new(
             Reason::CertMalformed,
             format!("seb.request for a kubernetes target: {e}"),
