@@ -6,6 +6,8 @@
 
 use serde::de::{DeserializeSeed, Error as _, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
+use std::borrow::Cow;
+use std::collections::HashSet;
 use std::fmt;
 
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +81,125 @@ impl<'de> Visitor<'de> for StrictVisitor {
             out.insert(key, value);
         }
         Ok(Value::Object(out))
+    }
+}
+
+/// Checks what [`parse_strict`] checks (one JSON value, no duplicate object keys at any depth,
+/// nothing after it) without building the value, for bytes that are then deserialised
+/// straight into a typed value. serde's derived structs refuse a repeated field name, but not
+/// a repeated key inside a map or a free-form `Value` member; this pass covers those.
+pub fn check_strict(bytes: &[u8]) -> Result<(), StrictJsonError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    CheckSeed
+        .deserialize(&mut de)
+        .map_err(|e| StrictJsonError(e.to_string()))?;
+    de.end().map_err(|e| StrictJsonError(e.to_string()))?;
+    Ok(())
+}
+
+struct CheckSeed;
+
+impl<'de> DeserializeSeed<'de> for CheckSeed {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(CheckVisitor)
+    }
+}
+
+struct CheckVisitor;
+
+/// Objects up to this many keys are checked for duplicates by comparing each new key with the
+/// earlier ones; larger ones switch to a hash set, so a crafted object costs linear time.
+const LINEAR_KEYS: usize = 16;
+
+impl<'de> Visitor<'de> for CheckVisitor {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<(), E> {
+        if v.is_finite() {
+            Ok(())
+        } else {
+            Err(E::custom("number is not finite"))
+        }
+    }
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(CheckSeed)?.is_some() {}
+        Ok(())
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        // On the stack: most objects never need the set, and then checking one allocates
+        // nothing but the keys that had escapes.
+        let mut few: [Cow<'de, str>; LINEAR_KEYS] = Default::default();
+        let mut n = 0;
+        let mut many: HashSet<Cow<'de, str>> = HashSet::new();
+        while let Some(key) = map.next_key_seed(KeySeed)? {
+            if n == LINEAR_KEYS {
+                many.extend(few.iter_mut().map(std::mem::take));
+            }
+            let repeated = if n < LINEAR_KEYS {
+                few[..n].contains(&key)
+            } else {
+                many.contains(&key)
+            };
+            if repeated {
+                return Err(A::Error::custom(format!("duplicate key {key:?}")));
+            }
+            map.next_value_seed(CheckSeed)?;
+            if n < LINEAR_KEYS {
+                few[n] = key;
+            } else {
+                many.insert(key);
+            }
+            n += 1;
+        }
+        Ok(())
+    }
+}
+
+/// An object key, borrowed from the input unless it had escapes to undo.
+struct KeySeed;
+
+impl<'de> DeserializeSeed<'de> for KeySeed {
+    type Value = Cow<'de, str>;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_str(KeyVisitor)
+    }
+}
+
+struct KeyVisitor;
+
+impl<'de> Visitor<'de> for KeyVisitor {
+    type Value = Cow<'de, str>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an object key")
+    }
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Cow::Borrowed(v))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(v))
     }
 }
 
@@ -289,6 +410,52 @@ mod tests {
         assert!(parse_strict(br#"[{"k":1},{"k":2,"k":3}]"#).is_err());
         // Keys that differ only by escape spelling are the same key once decoded.
         assert!(parse_strict(br#"{"a":1,"\u0061":2}"#).is_err());
+    }
+
+    /// `check_strict` must refuse exactly what `parse_strict` refuses: certificates are checked
+    /// with the first and request bodies parsed with the second.
+    #[test]
+    fn check_strict_agrees_with_parse_strict() {
+        // `count` distinct keys, then a repeat of key `dup`
+        let object = |count: usize, dup: Option<usize>| {
+            let mut keys: Vec<String> = (0..count).map(|i| format!("\"k{i}\":{i}")).collect();
+            if let Some(i) = dup {
+                keys.push(format!("\"k{i}\":0"));
+            }
+            format!("{{\"o\":{{{}}}}}", keys.join(",")).into_bytes()
+        };
+        let cases: Vec<(Vec<u8>, bool)> = vec![
+            (br#"{"a":1,"a":2}"#.to_vec(), false),
+            (br#"{"x":{"b":1,"b":1}}"#.to_vec(), false),
+            (br#"[{"k":1},{"k":2,"k":3}]"#.to_vec(), false),
+            (br#"{"a":1,"\u0061":2}"#.to_vec(), false),
+            (br#"{"\u0061":1,"a":2}"#.to_vec(), false),
+            (br#"{"a":1} {"a":2}"#.to_vec(), false),
+            (br#"{"a":1"#.to_vec(), false),
+            (b"".to_vec(), false),
+            (b"1e999".to_vec(), false),
+            // duplicates while the keys are compared one by one, at the switch to a hash set,
+            // and after it
+            (object(5, Some(3)), false),
+            (object(LINEAR_KEYS - 1, Some(0)), false),
+            (object(LINEAR_KEYS, Some(0)), false),
+            (object(LINEAR_KEYS, Some(LINEAR_KEYS - 1)), false),
+            (object(LINEAR_KEYS + 1, Some(0)), false),
+            (object(40, Some(3)), false),
+            (object(40, Some(30)), false),
+            (object(LINEAR_KEYS, None), true),
+            (object(40, None), true),
+            (
+                br#"{"a":[1,2,{"b":null,"c":"\u00e9"}],"b":{"a":1},"e":-1.5e3}"#.to_vec(),
+                true,
+            ),
+            (br#"{"a\nb":1,"a\u000ab2":2}"#.to_vec(), true),
+        ];
+        for (bytes, ok) in cases {
+            let text = String::from_utf8_lossy(&bytes).into_owned();
+            assert_eq!(parse_strict(&bytes).is_ok(), ok, "parse_strict {text}");
+            assert_eq!(check_strict(&bytes).is_ok(), ok, "check_strict {text}");
+        }
     }
 
     #[test]

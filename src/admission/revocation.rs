@@ -109,8 +109,10 @@ impl RevocationState {
         if !compact.verify(token, &issuer.key) {
             return Err("signature does not verify".into());
         }
-        let payload: RevocationPayload = serde_path_to_error::deserialize(compact.payload)
+        let mut de = serde_json::Deserializer::from_slice(&compact.payload);
+        let payload: RevocationPayload = serde_path_to_error::deserialize(&mut de)
             .map_err(|e| format!("payload {}: {}", e.path(), e.inner()))?;
+        de.end().map_err(|e| format!("payload: {e}"))?;
         if payload.seb.v != 1 {
             return Err(format!(
                 "seb.v is {}, this broker reads version 1",

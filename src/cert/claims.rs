@@ -104,14 +104,32 @@ pub const MAX_USES_LIMIT: u32 = 1000;
 impl Claims {
     /// Parses and checks what a well-formed v1 payload must satisfy on its own.
     pub fn from_payload(payload: Value) -> Result<Claims, String> {
-        let claims: Claims = serde_path_to_error::deserialize(payload).map_err(|e| {
-            let path = e.path().to_string();
-            if path == "." {
-                format!("payload: {}", e.inner())
-            } else {
-                format!("payload {path}: {}", e.inner())
+        serde_path_to_error::deserialize::<_, Claims>(payload)
+            .map_err(path_error)?
+            .validated()
+    }
+
+    /// As [`Claims::from_payload`], from the payload's bytes. The caller has refused
+    /// duplicate keys already ([`crate::json::check_strict`]): serde keeps the last of two.
+    pub fn from_json(bytes: &[u8]) -> Result<Claims, String> {
+        // Tracking the path costs an allocation per member, so it is done only to explain a
+        // refusal.
+        let claims: Claims = match serde_json::from_slice(bytes) {
+            Ok(c) => c,
+            Err(plain) => {
+                let mut de = serde_json::Deserializer::from_slice(bytes);
+                let tracked: Result<Claims, _> = serde_path_to_error::deserialize(&mut de);
+                return Err(match tracked {
+                    Err(e) => path_error(e),
+                    Ok(_) => format!("payload: {plain}"),
+                });
             }
-        })?;
+        };
+        claims.validated()
+    }
+
+    fn validated(self) -> Result<Claims, String> {
+        let claims = self;
         if claims.seb.v != 1 {
             return Err(format!(
                 "seb.v is {}, this broker reads version 1",
@@ -151,6 +169,15 @@ impl Claims {
     }
 }
 
+fn path_error<E: std::fmt::Display>(e: serde_path_to_error::Error<E>) -> String {
+    let path = e.path().to_string();
+    if path == "." {
+        format!("payload: {}", e.inner())
+    } else {
+        format!("payload {path}: {}", e.inner())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -172,37 +199,50 @@ mod tests {
         assert!(matches!(&c.seb.body, Some(BodyRule::Constraints(r)) if r.others == Others::Deny));
     }
 
+    /// The broker reads claims from bytes and the `seb cert issue` check reads them from a
+    /// value: both must refuse the same payloads.
+    fn both(v: Value) -> Result<Claims, String> {
+        let from_json = Claims::from_json(&serde_json::to_vec(&v).unwrap());
+        let from_value = Claims::from_payload(v);
+        assert_eq!(
+            from_json.is_ok(),
+            from_value.is_ok(),
+            "{from_json:?} vs {from_value:?}"
+        );
+        from_json
+    }
+
     #[test]
     fn refuses_unknown_members_and_bad_values() {
         let mut v = sample();
         v["aud"] = json!("x");
-        assert!(Claims::from_payload(v).is_err());
+        assert!(both(v).is_err());
         let mut v = sample();
         v["seb"]["scope"] = json!("*");
-        assert!(Claims::from_payload(v).unwrap_err().contains("scope"));
+        assert!(both(v).unwrap_err().contains("scope"));
         let mut v = sample();
         v["seb"]["v"] = json!(2);
-        assert!(Claims::from_payload(v).is_err());
+        assert!(both(v).is_err());
         let mut v = sample();
         v["exp"] = json!(100);
-        assert!(Claims::from_payload(v).is_err());
+        assert!(both(v).is_err());
         let mut v = sample();
         v["exp"] = json!(400.5);
-        assert!(Claims::from_payload(v).is_err());
+        assert!(both(v).is_err());
         let mut v = sample();
         v["seb"]["max_uses"] = json!(0);
-        assert!(Claims::from_payload(v).is_err());
+        assert!(both(v).is_err());
         let mut v = sample();
         v["seb"]["body"] = json!({"sha256": "ABC"});
-        assert!(Claims::from_payload(v).is_err());
+        assert!(both(v).is_err());
         let mut v = sample();
         v["seb"]["body"] = json!({"constraints": {}, "others": "maybe"});
-        assert!(Claims::from_payload(v).is_err());
+        assert!(both(v).is_err());
         let mut v = sample();
         v["seb"]["body"] = json!({"sha256": "0".repeat(64), "constraints": {}});
-        assert!(Claims::from_payload(v).is_err());
+        assert!(both(v).is_err());
         let mut v = sample();
         v["seb"]["target"] = json!("ftp");
-        assert!(Claims::from_payload(v).is_err());
+        assert!(both(v).is_err());
     }
 }

@@ -96,7 +96,7 @@ pub fn verify_signed(token: &str, issuers: &TrustedIssuers) -> Result<Certificat
         ));
     }
     let claims =
-        Claims::from_payload(compact.payload).map_err(|m| Denial::new(Reason::CertMalformed, m))?;
+        Claims::from_json(&compact.payload).map_err(|m| Denial::new(Reason::CertMalformed, m))?;
     if let Some(name) = &issuer.name {
         if &claims.iss != name {
             return Err(Denial::new(
@@ -315,6 +315,42 @@ mod tests {
             reason(verify(&i.sign(&p), &t, WindowPolicy::default(), NOW)),
             Reason::CertMalformed
         );
+    }
+
+    /// A token the trusted issuer really signed, whose payload repeats a key: in a typed
+    /// member, inside the free-form `seb.request`, in the `constraints` map, and spelled with
+    /// an escape. Each reading of it (first or last key wins) would grant something else, so
+    /// every one is refused before anything is read from it.
+    #[test]
+    fn signed_payload_with_a_repeated_key_is_malformed() {
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        use base64::Engine;
+        use ed25519_dalek::Signer;
+        let (i, t) = setup();
+        let sign_raw = |payload: &str| {
+            let header = format!(r#"{{"alg":"EdDSA","typ":"{CERT_TYP}","kid":"{}"}}"#, i.kid);
+            let input = format!(
+                "{}.{}",
+                URL_SAFE_NO_PAD.encode(header),
+                URL_SAFE_NO_PAD.encode(payload)
+            );
+            let sig = i.key.sign(input.as_bytes());
+            format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig.to_bytes()))
+        };
+        let good = payload(NOW).to_string();
+        assert!(verify(&sign_raw(&good), &t, WindowPolicy::default(), NOW).is_ok());
+        let seb_head = r#""seb":{"#;
+        for (name, bad) in [
+            ("typed member", good.replacen(r#""sub":"agent:a""#, r#""sub":"agent:a","sub":"agent:root""#, 1)),
+            ("escaped spelling", good.replacen(r#""sub":"agent:a""#, r#""sub":"agent:a","s\u0075b":"agent:root""#, 1)),
+            ("free-form request", good.replacen(r#""path":"/x""#, r#""path":"/x","path":"/admin""#, 1)),
+            ("constraints map", good.replacen(seb_head, r#""seb":{"body":{"constraints":{"/a":{"eq":1},"/a":{"eq":2}},"others":"deny"},"#, 1)),
+        ] {
+            assert_ne!(bad, good, "{name}: the test payload was not edited");
+            let err = verify(&sign_raw(&bad), &t, WindowPolicy::default(), NOW).unwrap_err();
+            assert_eq!(err.reason, Reason::CertMalformed, "{name}");
+            assert!(err.message.contains("duplicate"), "{name}: {}", err.message);
+        }
     }
 
     #[test]
