@@ -5,29 +5,33 @@
 # against the same fast upstream, in one invocation. Prints one table and writes it, with the
 # machine's description, to loadtest/RESULTS.md. See loadtest/README.md.
 #
-# Usage: loadtest/run.sh [--quick] [--soak SECONDS] [--no-build] [--keep]
+# Usage: loadtest/run.sh [--quick] [--soak SECONDS] [--no-build] [--no-bench] [--keep]
 #   --quick         short smoke run (a few seconds per phase); writes loadtest/RESULTS.quick.md
 #   --soak SECONDS  afterwards, run seb (fsync) at 50% of its measured closed-loop maximum
 #                   for SECONDS, sampling RSS every 10 s, and report the growth
 #   --no-build      use the release binaries already in $CARGO_TARGET_DIR
+#   --no-bench      do not measure the crypto floor (criterion's `floor` group of
+#                   benches/hot_path.rs) before the run; use the results already there
 #   --keep          keep the temporary directory (keys, configs, logs, audit logs, pools)
 #
 # Environment: CARGO_TARGET_DIR (default: the repository's target/); CRITERION_DIR (default
-# $CARGO_TARGET_DIR/criterion) for the crypto floor; LOADTEST_TMP (default /var/tmp).
+# $CARGO_TARGET_DIR/criterion; when set, implies --no-bench) for the crypto floor;
+# LOADTEST_TMP (default /var/tmp).
 #
 # Sends traffic to 127.0.0.1 only.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
-QUICK=0 SOAK=0 BUILD=1 KEEP=0
+QUICK=0 SOAK=0 BUILD=1 BENCH=1 KEEP=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) QUICK=1 ;;
         --soak) SOAK=${2:?--soak needs SECONDS}; shift ;;
         --no-build) BUILD=0 ;;
+        --no-bench) BENCH=0 ;;
         --keep) KEEP=1 ;;
-        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
         *) echo "run.sh: unknown option $1" >&2; exit 2 ;;
     esac
     shift
@@ -140,6 +144,7 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 SRC_REV=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
 SRC_DIRTY=$(git -C "$ROOT" diff --quiet HEAD -- src 2>/dev/null || echo ' (with uncommitted changes under src/)')
 [ "$BUILD" = 1 ] || SRC_DIRTY+=" (binaries not rebuilt: --no-build)"
+[ -n "${CRITERION_DIR:-}" ] && BENCH=0
 CRITERION_DIR=${CRITERION_DIR:-$CARGO_TARGET_DIR/criterion}
 if [ "$BUILD" = 1 ]; then
     log "building release binaries (seb, loadgen)"
@@ -147,6 +152,12 @@ if [ "$BUILD" = 1 ]; then
     # Not --locked: loadgen depends on seb by path, so a new seb dependency must be able to
     # enter loadgen's Cargo.lock.
     (cd "$HERE/loadgen" && cargo build --release)
+fi
+if [ "$BENCH" = 1 ]; then
+    # Measured in this run, not taken from an earlier one: this machine's speed drifts by up to
+    # 60% over hours, and the CPU ratio is only meaningful against a floor measured alike.
+    log "measuring the crypto floor (cargo bench --bench hot_path -- floor/)"
+    (cd "$ROOT" && cargo bench --bench hot_path -- floor/) >&2
 fi
 SEB=$CARGO_TARGET_DIR/release/seb
 LG=$CARGO_TARGET_DIR/release/loadgen
