@@ -203,6 +203,27 @@ impl<'de> Visitor<'de> for KeyVisitor {
     }
 }
 
+/// Deserialises bytes already passed through [`check_strict`] into `T`. serde's plain
+/// deserialiser is used first; the path to the offending member (one allocation per member to
+/// track) is worked out only to explain a refusal, as `payload <path>: <error>`.
+pub fn from_checked<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    serde_json::from_slice(bytes).map_err(|plain| {
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        match serde_path_to_error::deserialize::<_, T>(&mut de) {
+            Err(e) => explain(&e.path().to_string(), e.inner()),
+            Ok(_) => explain(".", &plain),
+        }
+    })
+}
+
+fn explain(path: &str, e: &dyn fmt::Display) -> String {
+    if path == "." {
+        format!("payload: {e}")
+    } else {
+        format!("payload {path}: {e}")
+    }
+}
+
 /// One step of a path into a JSON value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Step<'a> {

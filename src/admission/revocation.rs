@@ -109,10 +109,7 @@ impl RevocationState {
         if !compact.verify(token, &issuer.key) {
             return Err("signature does not verify".into());
         }
-        let mut de = serde_json::Deserializer::from_slice(&compact.payload);
-        let payload: RevocationPayload = serde_path_to_error::deserialize(&mut de)
-            .map_err(|e| format!("payload {}: {}", e.path(), e.inner()))?;
-        de.end().map_err(|e| format!("payload: {e}"))?;
+        let payload: RevocationPayload = crate::json::from_checked(&compact.payload)?;
         if payload.seb.v != 1 {
             return Err(format!(
                 "seb.v is {}, this broker reads version 1",
@@ -276,6 +273,57 @@ mod tests {
         assert!(s
             .apply(&doc(&i, 6, NOW + 1, Revoked::default()), NOW + 1, 30)
             .is_ok());
+    }
+
+    /// A document the trusted issuer really signed that repeats a key. Read with the last key
+    /// winning, each would revoke less than the signer listed (or move the epoch), so each is
+    /// refused and the data already loaded stays.
+    #[test]
+    fn signed_document_with_a_repeated_key_is_refused() {
+        let i = TestIssuer::new();
+        let s = state(&i);
+        let listed = Revoked {
+            jti: vec!["c1".into()],
+            ..Default::default()
+        };
+        s.apply(&doc(&i, 3, NOW, listed.clone()), NOW, 30).unwrap();
+        let good = serde_json::to_string(&RevocationPayload {
+            iss: "signer".into(),
+            iat: NOW + 1,
+            seb: RevocationClaims {
+                v: 1,
+                revocation_epoch: 4,
+                min_policy_epoch: 2,
+                revoked: listed,
+            },
+        })
+        .unwrap();
+        for (name, bad) in [
+            (
+                "revoked list",
+                good.replacen(r#""jti":["c1"]"#, r#""jti":["c1"],"jti":[]"#, 1),
+            ),
+            (
+                "escaped spelling",
+                good.replacen(r#""jti":["c1"]"#, r#""jti":["c1"],"jti":[]"#, 1),
+            ),
+            (
+                "epoch",
+                good.replacen(
+                    r#""revocation_epoch":4"#,
+                    r#""revocation_epoch":4,"revocation_epoch":9"#,
+                    1,
+                ),
+            ),
+        ] {
+            assert_ne!(bad, good, "{name}: the test payload was not edited");
+            let token = jws::sign_bytes(&i.key, REVOCATION_TYP, &i.kid, bad.as_bytes());
+            let err = s.apply(&token, NOW + 1, 30).unwrap_err();
+            assert!(err.contains("duplicate"), "{name}: {err}");
+        }
+        let d = s.current().unwrap();
+        assert_eq!(d.epoch, 3);
+        assert!(d.revoked("k", "c1", "agent:a").is_some());
     }
 
     #[test]

@@ -102,34 +102,18 @@ pub enum Others {
 pub const MAX_USES_LIMIT: u32 = 1000;
 
 impl Claims {
-    /// Parses and checks what a well-formed v1 payload must satisfy on its own.
+    /// As [`Claims::from_json`], for a payload held as a value (`seb cert issue` checks what
+    /// it is about to sign). It goes through the same bytes path, so the issuing check and the
+    /// broker cannot disagree about a payload.
     pub fn from_payload(payload: Value) -> Result<Claims, String> {
-        serde_path_to_error::deserialize::<_, Claims>(payload)
-            .map_err(path_error)?
-            .validated()
+        Claims::from_json(&serde_json::to_vec(&payload).map_err(|e| format!("payload: {e}"))?)
     }
 
-    /// As [`Claims::from_payload`], from the payload's bytes. The caller has refused
-    /// duplicate keys already ([`crate::json::check_strict`]): serde keeps the last of two.
+    /// Parses and checks what a well-formed v1 payload must satisfy on its own. The caller has
+    /// refused duplicate keys already ([`crate::json::check_strict`]): serde keeps the last of
+    /// two.
     pub fn from_json(bytes: &[u8]) -> Result<Claims, String> {
-        // Tracking the path costs an allocation per member, so it is done only to explain a
-        // refusal.
-        let claims: Claims = match serde_json::from_slice(bytes) {
-            Ok(c) => c,
-            Err(plain) => {
-                let mut de = serde_json::Deserializer::from_slice(bytes);
-                let tracked: Result<Claims, _> = serde_path_to_error::deserialize(&mut de);
-                return Err(match tracked {
-                    Err(e) => path_error(e),
-                    Ok(_) => format!("payload: {plain}"),
-                });
-            }
-        };
-        claims.validated()
-    }
-
-    fn validated(self) -> Result<Claims, String> {
-        let claims = self;
+        let claims: Claims = crate::json::from_checked(bytes)?;
         if claims.seb.v != 1 {
             return Err(format!(
                 "seb.v is {}, this broker reads version 1",
@@ -166,15 +150,6 @@ impl Claims {
             }
         }
         Ok(claims)
-    }
-}
-
-fn path_error<E: std::fmt::Display>(e: serde_path_to_error::Error<E>) -> String {
-    let path = e.path().to_string();
-    if path == "." {
-        format!("payload: {}", e.inner())
-    } else {
-        format!("payload {path}: {}", e.inner())
     }
 }
 

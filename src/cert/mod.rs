@@ -323,20 +323,9 @@ mod tests {
     /// every one is refused before anything is read from it.
     #[test]
     fn signed_payload_with_a_repeated_key_is_malformed() {
-        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-        use base64::Engine;
-        use ed25519_dalek::Signer;
         let (i, t) = setup();
-        let sign_raw = |payload: &str| {
-            let header = format!(r#"{{"alg":"EdDSA","typ":"{CERT_TYP}","kid":"{}"}}"#, i.kid);
-            let input = format!(
-                "{}.{}",
-                URL_SAFE_NO_PAD.encode(header),
-                URL_SAFE_NO_PAD.encode(payload)
-            );
-            let sig = i.key.sign(input.as_bytes());
-            format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig.to_bytes()))
-        };
+        let sign_raw =
+            |payload: &str| jws::sign_bytes(&i.key, CERT_TYP, &i.kid, payload.as_bytes());
         let good = payload(NOW).to_string();
         assert!(verify(&sign_raw(&good), &t, WindowPolicy::default(), NOW).is_ok());
         let seb_head = r#""seb":{"#;
