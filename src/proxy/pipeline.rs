@@ -123,11 +123,11 @@ where
     };
     let body_sha256 = hex(&Sha256::digest(&body));
     if upload.is_none() {
-        record.subject.body_sha256 = Some(body_sha256.clone());
+        record.unfrozen().body_sha256 = Some(body_sha256.clone());
     }
     let mut parsed = target.parse(&parts, &body)?;
     // Only the audit record reads the description.
-    record.subject.request = std::mem::take(&mut parsed.describe);
+    record.unfrozen().request = std::mem::take(&mut parsed.describe);
     let token = target.certificate(&parts)?;
     broker.metrics.observe(Phase::Parse, started.elapsed());
 
@@ -199,13 +199,13 @@ where
     if upload.is_some() {
         // A streamed body is recorded by the hash it is held to in flight.
         if let Some(crate::cert::BodyRule::Sha256(r)) = &cert.claims.seb.body {
-            record.subject.body_sha256 = Some(r.sha256.clone());
+            record.unfrozen().body_sha256 = Some(r.sha256.clone());
         }
     }
     target.check_drift(&cert, &parsed).await?;
     let body = target.check_effect(&cert, &parts, body).await?;
     let (n, max) = broker.admission.take_use(&cert).await?;
-    record.uses = Some((n, max));
+    record.took_use(n, max);
     broker
         .metrics
         .observe(Phase::Admit, admit_started.elapsed());
@@ -450,13 +450,29 @@ impl Draft {
 
     fn certificate(&mut self, cert: &Certificate) {
         let c = &cert.claims;
-        let s = &mut self.subject;
+        let s = self.unfrozen();
         s.cert_id = Some(c.jti.clone());
         s.iss = Some(c.iss.clone());
         s.sub = Some(c.sub.clone());
         s.action = Some(c.seb.action.clone());
         s.policy = Some(c.seb.policy.clone());
         s.evidence = c.seb.evidence.clone();
+    }
+
+    /// The subject, to fill in. Everything in it must be set before the first record: later
+    /// records share that record's frozen copy and would not show a later change.
+    fn unfrozen(&mut self) -> &mut Subject {
+        debug_assert!(
+            self.frozen.is_none(),
+            "audit subject changed after the request's first record"
+        );
+        &mut self.subject
+    }
+
+    fn took_use(&mut self, n: u32, max: u32) {
+        // Part of the frozen `request` (its `use` member), under the same rule.
+        self.unfrozen();
+        self.uses = Some((n, max));
     }
 
     fn subject(&mut self) -> Arc<Subject> {
