@@ -246,6 +246,11 @@ impl Audit {
         self.inner.shared.syncs.load(Ordering::Relaxed)
     }
 
+    /// Seconds spent in those `fdatasync` calls so far.
+    pub fn sync_seconds(&self) -> f64 {
+        self.inner.shared.sync_nanos.load(Ordering::Relaxed) as f64 / 1e9
+    }
+
     /// Number of write batches so far.
     pub fn batches(&self) -> u64 {
         self.inner.shared.batches.load(Ordering::Relaxed)

@@ -497,8 +497,13 @@ async fn fsync_best_effort_records_ride_on_decision_syncs_or_sync_lazily() {
         }
     };
     let before = audit.syncs();
+    let synced_before = audit.sync_seconds();
     let first = audit.record(decision("a")).await.unwrap();
     assert_eq!(audit.syncs(), before + 1);
+    assert!(
+        audit.sync_seconds() > synced_before,
+        "the decision's sync was not timed"
+    );
 
     // An outcome is written at once but not synced on its own...
     audit.record_best_effort(outcome_of(first));

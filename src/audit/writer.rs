@@ -76,6 +76,21 @@ pub(crate) struct Shared {
     pub dropped: AtomicU64,
     pub batches: AtomicU64,
     pub syncs: AtomicU64,
+    /// Time spent in those syncs: with `fsync` the floor under every admitted request's
+    /// latency, and the first thing to look at when that latency grows.
+    pub sync_nanos: AtomicU64,
+}
+
+impl Shared {
+    /// `fdatasync`, counted and timed.
+    fn sync(&self, file: &mut dyn LogFile) -> std::io::Result<()> {
+        let started = Instant::now();
+        let r = file.sync_data();
+        self.syncs.fetch_add(1, Ordering::Relaxed);
+        self.sync_nanos
+            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        r
+    }
 }
 
 pub(crate) struct Writer {
@@ -351,8 +366,7 @@ impl Writer {
             self.rollback("the file was closed before its last records were synced");
             return;
         };
-        self.shared.syncs.fetch_add(1, Ordering::Relaxed);
-        match file.sync_data() {
+        match self.shared.sync(file.as_mut()) {
             Ok(()) => self.commit(),
             Err(e) => {
                 let e = format!("syncing the audit log: {e}");
@@ -528,8 +542,7 @@ impl Writer {
             if self.good_len > 0 && self.good_len + self.buf.len() as u64 > limit {
                 // An archive must be complete on disk, whatever the durability.
                 if let Some(f) = self.file.as_mut() {
-                    self.shared.syncs.fetch_add(1, Ordering::Relaxed);
-                    if let Err(e) = f.sync_data() {
+                    if let Err(e) = self.shared.sync(f.as_mut()) {
                         let e = format!("syncing {} before rotating it: {e}", path.display());
                         // The batch in `buf` was chained onto records the rollback removes.
                         self.rollback(&e);
@@ -560,8 +573,7 @@ impl Writer {
         }
         self.good_len += self.buf.len() as u64;
         if sync {
-            self.shared.syncs.fetch_add(1, Ordering::Relaxed);
-            if let Err(e) = file.sync_data() {
+            if let Err(e) = self.shared.sync(file.as_mut()) {
                 let e = format!("syncing {}: {e}", path.display());
                 self.rollback(&e);
                 return Err(e);

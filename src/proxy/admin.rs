@@ -128,6 +128,11 @@ async fn route(
                     "fdatasync calls on the audit log so far (group commit: fewer than records).",
                     broker.audit.syncs() as f64,
                 ),
+                (
+                    "seb_audit_sync_seconds",
+                    "Time spent in those fdatasync calls so far; divided by seb_audit_syncs, the mean sync, which every durable decision waits for.",
+                    broker.audit.sync_seconds(),
+                ),
             ];
             text(
                 StatusCode::OK,
