@@ -393,6 +393,17 @@ phase() {
     [ -n "$pids" ] && ticks_to_s $(( c1 - c0 )) > "$RES/$name-$ph.cpu"
     return 0
 }
+# seb's own view of a phase: its /metrics right after the fixed-rate phase, the first load it
+# has seen since it started, so the counters cover that phase (with its warm-up) alone.
+scrape() { # ADMIN_PORT OUT (bash's /dev/tcp: no curl needed)
+    if exec 3<>"/dev/tcp/127.0.0.1/$1"; then
+        printf 'GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' >&3
+        sed '1,/^\r*$/d' <&3 > "$2" || true
+        exec 3<&- 3>&-
+    else
+        echo "run.sh: could not read seb's metrics on :$1" >&2
+    fi
+}
 write_proc() { # NAME RSS_BEFORE RSS_AFTER
     printf '{"cpu_open_s": %s, "cpu_closed_s": %s, "rss_before_kb": %s, "rss_after_kb": %s}\n' \
         "$(cat "$RES/$1-open.cpu")" "$(cat "$RES/$1-closed.cpu")" "$2" "$3" > "$RES/$1-proc.json"
@@ -426,6 +437,7 @@ for s in seb-fsync seb-flush; do
     sleep 0.5
     r0=$(rss_kb "$pid")
     phase "$s" open "https://localhost:$port$REQ_PATH" "$W/$s-open.certs" "$pid"
+    if [ $s = seb-fsync ]; then scrape "$SEB_FSYNC_ADMIN" "$RES/$s-open.metrics"; else scrape "$SEB_FLUSH_ADMIN" "$RES/$s-open.metrics"; fi
     phase "$s" closed "https://localhost:$port$REQ_PATH" "$W/$s-closed.certs" "$pid"
     write_proc "$s" "$r0" "$(rss_kb "$pid")"
     stop_pid "$pid"
@@ -447,6 +459,7 @@ r0=$(rss_kb "$pid")
 for ph in open closed; do
     PHASE_BODY=$AWS_BODY phase seb-aws "$ph" "https://localhost:$SEB_AWS_PORT/" "$W/seb-aws-$ph.certs" "$pid" \
         "${AWS_HEADERS[@]}" --cert-header x-amz-security-token
+    [ "$ph" = open ] && scrape "$SEB_AWS_ADMIN" "$RES/seb-aws-open.metrics"
 done
 write_proc seb-aws "$r0" "$(rss_kb "$pid")"
 stop_pid "$pid"
@@ -500,6 +513,27 @@ audit_lines() { cat "$RES/$1-audit-lines" 2>/dev/null || echo "?"; }
     echo "## Results"
     echo
     echo "$TABLE"
+    echo
+    echo "## Where seb's time went"
+    echo
+    echo "From each seb's own \`/metrics\`, read right after its fixed-rate phase ($RATE req/s, warm-up included): mean time per request in each pipeline phase (\`seb_phase_duration_seconds\`), and the audit log's \`fdatasync\` calls and their mean (\`seb_audit_syncs\`, \`seb_audit_sync_seconds\`). \"forward\" includes the upstream's own answer; \"total\" runs from the request head to the response head inside seb, so it leaves out TLS and the client's side of the connection. With \`fsync\`, an admitted request waits for one sync: the mean sync under load is the durable path's floor on this machine, next to the idle figure under Machine."
+    echo
+    echo "| path | parse µs | admit µs | audit µs | identity µs | forward µs | total µs | admitted | fdatasync calls | mean fdatasync ms |"
+    echo "|---|---|---|---|---|---|---|---|---|---|"
+    for p in seb-fsync seb-flush seb-aws; do
+        [ -s "$RES/$p-open.metrics" ] || { echo "| $p | (metrics not read) |||||||||"; continue; }
+        awk -v path="$p" '
+            /^seb_phase_duration_seconds_sum/ { split($1, a, "\""); sum[a[2]] = $2 }
+            /^seb_phase_duration_seconds_count/ { split($1, a, "\""); cnt[a[2]] = $2 }
+            /^seb_requests_total\{.*decision="allow"/ { allowed += $2 }
+            /^seb_audit_syncs / { syncs = $2 }
+            /^seb_audit_sync_seconds / { sync_s = $2 }
+            function us(ph) { return cnt[ph] > 0 ? sprintf("%.1f", sum[ph] / cnt[ph] * 1e6) : "–" }
+            END {
+                printf "| %s | %s | %s | %s | %s | %s | %s | %d | %d | %s |\n", path, us("parse"), us("admit"), us("audit"),
+                    us("identity"), us("forward"), us("total"), allowed, syncs, (syncs > 0 ? sprintf("%.3f", sync_s / syncs * 1000) : "–")
+            }' "$RES/$p-open.metrics"
+    done
     echo
     if [ -n "$SOAK_MD" ]; then echo "## Memory soak"; echo; echo "$SOAK_MD"; echo; fi
     echo "## Against the targets"
