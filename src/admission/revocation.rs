@@ -305,7 +305,7 @@ mod tests {
             ),
             (
                 "escaped spelling",
-                good.replacen(r#""jti":["c1"]"#, r#""jti":["c1"],"jti":[]"#, 1),
+                good.replacen(r#""jti":["c1"]"#, r#""jti":["c1"],"j\u0074i":[]"#, 1),
             ),
             (
                 "epoch",
