@@ -82,7 +82,8 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    /// `fdatasync`, counted and timed.
+    /// `fdatasync`, counted and timed: every sync of the active log goes through here, so the
+    /// metrics count them all.
     fn sync(&self, file: &mut dyn LogFile) -> std::io::Result<()> {
         let started = Instant::now();
         let r = file.sync_data();
@@ -604,7 +605,7 @@ impl Writer {
         if size > self.good_len {
             // Leftovers of a failed write that could not be truncated at the time.
             file.set_len(self.good_len)?;
-            file.sync_data()?;
+            self.shared.sync(file.as_mut())?;
         } else if size < self.good_len {
             tracing::warn!(file = %path.display(), size, expected = self.good_len, "audit log is shorter than written; someone else changed it");
             self.good_len = size;
