@@ -429,7 +429,7 @@ if [ -n "$NGINX_PID" ]; then
 fi
 
 for s in seb-fsync seb-flush; do
-    if [ $s = seb-fsync ]; then port=$SEB_FSYNC_PORT; else port=$SEB_FLUSH_PORT; fi
+    if [ $s = seb-fsync ]; then port=$SEB_FSYNC_PORT admin=$SEB_FSYNC_ADMIN; else port=$SEB_FLUSH_PORT admin=$SEB_FLUSH_ADMIN; fi
     log "path: $s (seb http target, TLS, audit $s)"
     SEB_LOG=${SEB_LOG:-info} start_bg "$W/$s.log" "$SEB" serve --config "$W/$s.toml"
     pid=$BG_PID
@@ -437,7 +437,7 @@ for s in seb-fsync seb-flush; do
     sleep 0.5
     r0=$(rss_kb "$pid")
     phase "$s" open "https://localhost:$port$REQ_PATH" "$W/$s-open.certs" "$pid"
-    if [ $s = seb-fsync ]; then scrape "$SEB_FSYNC_ADMIN" "$RES/$s-open.metrics"; else scrape "$SEB_FLUSH_ADMIN" "$RES/$s-open.metrics"; fi
+    scrape "$admin" "$RES/$s-open.metrics"
     phase "$s" closed "https://localhost:$port$REQ_PATH" "$W/$s-closed.certs" "$pid"
     write_proc "$s" "$r0" "$(rss_kb "$pid")"
     stop_pid "$pid"
