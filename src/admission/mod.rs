@@ -131,6 +131,16 @@ impl Admission {
     }
 }
 
+impl Admission {
+    /// Gives back the use a request took when it provably never reached the upstream. A
+    /// failure leaves the use spent: refusing a retry is the safe side.
+    pub async fn give_back(&self, cert: &Certificate) {
+        if let Err(e) = self.uses.give_back(&cert.kid, &cert.claims.jti).await {
+            tracing::warn!(cert = %cert.claims.jti, error = %e, "could not give back an unused use");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::revocation::{sign, RevocationClaims, RevocationPayload, Revoked};

@@ -8,11 +8,13 @@ pub mod cli;
 pub mod query;
 pub mod record;
 mod recover;
+pub mod spent;
 pub mod verify;
 mod writer;
 
 pub use query::{query_logs, Filter};
 pub use record::{Durability, Entry, Kind, Subject, Verdict};
+pub use spent::{spent_uses, Spent, SpentScan};
 pub use verify::{verify_logs, VerifyFailure, VerifyReport};
 
 use record::{Payload, StartInfo, GENESIS};

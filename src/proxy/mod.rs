@@ -105,6 +105,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             key,
         });
     }
+    let kids_by_name: Vec<(String, String)> = issuers
+        .iter()
+        .filter_map(|i| i.name.clone().map(|n| (n, i.kid.clone())))
+        .collect();
     let issuers = TrustedIssuers::new(issuers);
     let revocation = Arc::new(RevocationState::new(issuers.clone()));
     let skew = config.certificates.clock_skew.as_secs() as i64;
@@ -126,6 +130,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         audit_key,
     )
     .context("audit")?;
+
+    // Before anything listens: every use the log recorded for a certificate that is still
+    // usable counts again, so a restart never re-admits a spent use.
+    let uses = MemoryUseStore::new(
+        config.limits.max_live_certificates,
+        Duration::from_secs(skew as u64),
+    );
+    rebuild_use_counts(&config, window, &kids_by_name, &uses)?;
 
     let tls = match &config.tls {
         Some(t) => Some(tokio_rustls::TlsAcceptor::from(
@@ -156,10 +168,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             min_policy_epoch: config.certificates.min_policy_epoch,
             max_staleness_secs: config.revocation.max_staleness.as_secs() as i64,
             revocation: revocation.clone(),
-            uses: Arc::new(MemoryUseStore::new(
-                config.limits.max_live_certificates,
-                Duration::from_secs(skew as u64),
-            )),
+            uses: Arc::new(uses),
         },
         audit,
         metrics: metrics::Metrics::default(),
@@ -275,4 +284,56 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         admin_addr,
         tasks,
     })
+}
+
+/// Counts again, from the audit log, the uses of every certificate that may still be used.
+fn rebuild_use_counts(
+    config: &Config,
+    window: WindowPolicy,
+    kids_by_name: &[(String, String)],
+    uses: &MemoryUseStore,
+) -> anyhow::Result<()> {
+    let Some(path) = &config.audit.path else {
+        tracing::warn!(
+            "no audit file is configured: certificate use counts live in memory only, and a \
+             restart re-admits uses already spent within the certificates' validity"
+        );
+        return Ok(());
+    };
+    let started = std::time::Instant::now();
+    let now = crate::cert::now_secs();
+    // One more minute than the bound needs: the records' clock and this one are the same,
+    // but a record is stamped a moment after its use was taken.
+    let horizon = now - window.max_ttl_secs - 2 * window.skew_secs - 60;
+    let scan = crate::audit::spent_uses(path, horizon)
+        .context("rebuilding certificate use counts from the audit log")?;
+    let mut restored = 0u64;
+    for s in &scan.certificates {
+        // Records written before `exp` was recorded: the latest the certificate can expire.
+        let exp = s
+            .exp
+            .unwrap_or(s.last_ts + window.max_ttl_secs + window.skew_secs);
+        if exp + window.skew_secs < now {
+            continue;
+        }
+        match (&s.kid, &s.iss) {
+            (Some(kid), _) => uses.restore(kid, &s.jti, s.used, exp),
+            // Records written before the issuer key was recorded: every key of that issuer.
+            (None, Some(iss)) => {
+                for (_, kid) in kids_by_name.iter().filter(|(n, _)| n == iss) {
+                    uses.restore(kid, &s.jti, s.used, exp);
+                }
+            }
+            (None, None) => continue,
+        }
+        restored += 1;
+    }
+    tracing::info!(
+        certificates = restored,
+        records = scan.lines,
+        files = scan.files.len(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "certificate use counts rebuilt from the audit log"
+    );
+    Ok(())
 }

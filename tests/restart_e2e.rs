@@ -1,0 +1,191 @@
+//! Restarts, as an operator makes them, through the real binary: nothing a broker knew before
+//! a restart (uses spent, revocations pushed) is forgotten after it, and the audit log keeps
+//! one writer and never hides a loss.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+
+const JSON: (&str, &str) = ("content-type", "application/json");
+
+async fn post(c: &reqwest::Client, broker: &Broker, cert: &str) -> Reply {
+    let auth = format!("Bearer {cert}");
+    send(
+        c,
+        "POST",
+        &broker.url("/v1/deploys"),
+        &[JSON, ("authorization", &auth)],
+        br#"{"env":"prod"}"#,
+    )
+    .await
+}
+
+fn posts(up: &Upstream) -> usize {
+    up.requests()
+        .into_iter()
+        .filter(|r| r["method"] != "GET")
+        .count()
+}
+
+fn sigterm_and_wait(broker: &mut Broker) {
+    let mut child = broker.child.take().expect("a running broker");
+    // SAFETY: a plain kill(2) on our own child's pid.
+    let rc = unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert_eq!(rc, 0);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "broker did not exit after SIGTERM"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+fn cert(env: &Env, max_uses: u32) -> String {
+    env.cert_with(
+        "POST",
+        "/v1/deploys",
+        json!({"constraints": {"/env": {"eq": "prod"}}, "others": "deny"}),
+        |p| p["seb"]["max_uses"] = json!(max_uses),
+    )
+}
+
+/// A use spent before a restart stays spent after it, whether the broker was killed or
+/// stopped, and however the log was rotated in between.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarts_never_readmit_a_spent_use() {
+    let env = Env::new();
+    let up = Upstream::start(env.dir.path());
+    let mut cfg = env.config(up.port, "");
+    // Small files: the decisions end up in rotated files, which the rebuild must read too.
+    cfg.text = cfg.text.replace(
+        "signing_key = \"broker.key\"",
+        "signing_key = \"broker.key\"\nrotate_bytes = 3000",
+    );
+    let mut broker = Broker::start(&env, &cfg);
+    let c = client(&env, false);
+
+    let once = cert(&env, 1);
+    let twice = cert(&env, 2);
+    let half = cert(&env, 2);
+    assert_eq!(post(&c, &broker, &once).await.status, 200);
+    assert_eq!(post(&c, &broker, &twice).await.status, 200);
+    assert_eq!(post(&c, &broker, &twice).await.status, 200);
+    assert_eq!(post(&c, &broker, &half).await.status, 200);
+    // Fill a few files so the first decisions are in rotated ones.
+    for _ in 0..6 {
+        let r = post(&c, &broker, &cert(&env, 1)).await;
+        assert_eq!(r.status, 200);
+    }
+    assert!(
+        env.path("audit.jsonl.1").exists(),
+        "the log should have rotated"
+    );
+    let before = posts(&up);
+
+    broker.kill9();
+    broker.spawn(&env);
+    let r = post(&c, &broker, &once).await;
+    assert_eq!((r.status, r.code()), (403, "replayed"), "{:?}", r.body);
+    let r = post(&c, &broker, &twice).await;
+    assert_eq!((r.status, r.code()), (403, "replayed"), "{:?}", r.body);
+    // A use left over is still there, and only that one.
+    assert_eq!(post(&c, &broker, &half).await.status, 200);
+    let r = post(&c, &broker, &half).await;
+    assert_eq!((r.status, r.code()), (403, "replayed"));
+
+    sigterm_and_wait(&mut broker);
+    broker.spawn(&env);
+    for token in [&once, &twice, &half] {
+        let r = post(&c, &broker, token).await;
+        assert_eq!((r.status, r.code()), (403, "replayed"), "{:?}", r.body);
+    }
+    assert_eq!(
+        posts(&up),
+        before + 1,
+        "only the one use left reached the API"
+    );
+    // Outcomes are written after the answer; once stopped, the log is complete.
+    sigterm_and_wait(&mut broker);
+    let mut files: Vec<String> = vec![];
+    for n in 1.. {
+        let p = env.path(&format!("audit.jsonl.{n}"));
+        if !p.exists() {
+            break;
+        }
+        files.push(p.to_str().unwrap().to_owned());
+    }
+    files.push(env.path("audit.jsonl").to_str().unwrap().to_owned());
+    let key = env.path("broker.pub");
+    let mut args = vec!["audit", "verify", "--key", key.to_str().unwrap()];
+    args.extend(files.iter().map(String::as_str));
+    let (code, out, err) = seb(&args);
+    assert_eq!(code, 0, "{out}{err}");
+}
+
+/// Decisions name the issuer key and expiry of the certificate and which use they took: what
+/// a restarted broker rebuilds its counts from.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decisions_record_what_a_restart_needs() {
+    let env = Env::new();
+    let up = Upstream::start(env.dir.path());
+    let broker = Broker::start(&env, &env.config(up.port, ""));
+    let c = client(&env, false);
+    let token = cert(&env, 3);
+    let r = post(&c, &broker, &token).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let d: Value = audit_records(&env)
+        .into_iter()
+        .find(|r| r["kind"] == "decision" && r["decision"] == "allow")
+        .unwrap();
+    let u = &d["request"]["use"];
+    assert_eq!(u["n"], 1);
+    assert_eq!(u["max"], 3);
+    assert_eq!(u["kid"], env.kid.as_str());
+    assert!(u["exp"].as_i64().unwrap() > now());
+}
+
+/// A request that provably never left (the upstream refused the connection) gives its use
+/// back, says so in its outcome record, and a restart does not count it either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_never_left_gives_its_use_back() {
+    let env = Env::new();
+    // Nothing listens on this port.
+    let down = free_port();
+    let mut broker = Broker::start(&env, &env.config(down, ""));
+    let c = client(&env, false);
+    let once = cert(&env, 1);
+    for _ in 0..2 {
+        let r = post(&c, &broker, &once).await;
+        assert_eq!(
+            (r.status, r.code()),
+            (502, "upstream_error"),
+            "{:?}",
+            r.body
+        );
+        assert!(
+            r.body["detail"].as_str().unwrap().contains("given back"),
+            "{:?}",
+            r.body
+        );
+    }
+    sigterm_and_wait(&mut broker);
+    let returned = audit_records(&env)
+        .into_iter()
+        .filter(|r| r["kind"] == "outcome" && r["outcome"] == "returned")
+        .count();
+    assert_eq!(returned, 2);
+    broker.spawn(&env);
+    let r = post(&c, &broker, &once).await;
+    assert_eq!(
+        (r.status, r.code()),
+        (502, "upstream_error"),
+        "{:?}",
+        r.body
+    );
+}
