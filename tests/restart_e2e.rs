@@ -21,6 +21,16 @@ async fn post(c: &reqwest::Client, broker: &Broker, cert: &str) -> Reply {
     .await
 }
 
+async fn readyz(broker: &Broker) -> Value {
+    let body = reqwest::get(broker.admin_url("/readyz"))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    serde_json::from_slice(&body).unwrap()
+}
+
 fn posts(up: &Upstream) -> usize {
     up.requests()
         .into_iter()
@@ -188,4 +198,63 @@ async fn a_request_that_never_left_gives_its_use_back() {
         "{:?}",
         r.body
     );
+}
+
+/// A revocation pushed to the admin port outlives a restart, even though the polled source
+/// still serves the older document; and the epoch never goes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushed_revocations_survive_a_restart() {
+    let env = Env::new();
+    let up = Upstream::start(env.dir.path());
+    let mut broker = Broker::start(&env, &env.config(up.port, ""));
+    let c = client(&env, false);
+    let token = cert(&env, 3);
+    assert_eq!(post(&c, &broker, &token).await.status, 200);
+    let jti: String = audit_records(&env)
+        .into_iter()
+        .find(|r| r["kind"] == "decision")
+        .unwrap()["cert_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let doc = env.revocation_doc(
+        2,
+        now(),
+        seb::admission::revocation::Revoked {
+            jti: vec![jti],
+            ..Default::default()
+        },
+    );
+    let pushed = reqwest::Client::new()
+        .post(broker.admin_url("/v1/revocation"))
+        .body(doc)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(pushed.status(), 200);
+    let r = post(&c, &broker, &token).await;
+    assert_eq!((r.status, r.code()), (403, "revoked"));
+
+    for restart in ["SIGKILL", "SIGTERM"] {
+        if restart == "SIGKILL" {
+            broker.kill9();
+        } else {
+            sigterm_and_wait(&mut broker);
+        }
+        broker.spawn(&env);
+        let r = post(&c, &broker, &token).await;
+        assert_eq!((r.status, r.code()), (403, "revoked"), "after {restart}");
+        let ready: Value = readyz(&broker).await;
+        assert_eq!(ready["revocation"]["issuers"]["signer"]["epoch"], 2);
+    }
+    // The polled file's epoch 1 is older than what was pushed: refused as a rollback.
+    let ready: Value = readyz(&broker).await;
+    assert!(
+        ready["revocation"]["last_refusal"]
+            .as_str()
+            .unwrap_or("")
+            .contains("never goes backwards"),
+        "{ready}"
+    );
+    assert_eq!(posts(&up), 1);
 }

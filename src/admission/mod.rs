@@ -46,10 +46,18 @@ impl Admission {
     ) -> Result<(), Denial> {
         cert::check_window(&cert.claims, self.window, now)?;
         let c = &cert.claims;
-        let rev = self.revocation.current().ok_or_else(|| {
+        let rev = self.revocation.current(&c.iss).ok_or_else(|| {
+            let why = self
+                .revocation
+                .last_refusal()
+                .map(|r| format!(" (the last document offered was refused: {r})"))
+                .unwrap_or_default();
             Denial::new(
                 Reason::RevocationDataStale,
-                "no revocation data has been loaded yet; mutations wait for it",
+                format!(
+                    "no revocation data from issuer {:?} has been loaded yet; its certificates wait for it{why}",
+                    c.iss
+                ),
             )
         })?;
         let age = now - rev.iat;

@@ -24,6 +24,11 @@ use std::sync::Arc;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use writer::{Job, Log, Shared, Writer};
 
+/// The directory a log file lives in.
+pub fn log_dir(path: &std::path::Path) -> &std::path::Path {
+    recover::parent_dir(path)
+}
+
 /// Queue depth in front of the writer; durable callers wait for room, best-effort ones drop.
 const QUEUE: usize = 65_536;
 const TAIL_CAPACITY: usize = 1024;

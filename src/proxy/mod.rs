@@ -110,8 +110,21 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .filter_map(|i| i.name.clone().map(|n| (n, i.kid.clone())))
         .collect();
     let issuers = TrustedIssuers::new(issuers);
-    let revocation = Arc::new(RevocationState::new(issuers.clone()));
     let skew = config.certificates.clock_skew.as_secs() as i64;
+    let revocation = RevocationState::new(issuers.clone());
+    let revocation = Arc::new(match config.state_dir() {
+        Some(dir) => {
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("state.dir: creating {}", dir.display()))?;
+            revocation
+                .persisted_in(&dir, crate::cert::now_secs(), skew)
+                .context("state.dir: loading the revocation state")?
+        }
+        None => {
+            tracing::warn!("no state directory and no audit file: revocation documents pushed to this broker are kept in memory only");
+            revocation
+        }
+    });
     let window = WindowPolicy {
         skew_secs: skew,
         max_ttl_secs: config.certificates.max_ttl.as_secs() as i64,
