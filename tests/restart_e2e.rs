@@ -258,3 +258,172 @@ async fn pushed_revocations_survive_a_restart() {
     );
     assert_eq!(posts(&up), 1);
 }
+
+fn verify_exit(env: &Env) -> (i32, String) {
+    let key = env.path("broker.pub");
+    let log = env.path("audit.jsonl");
+    let (code, out, err) = seb(&[
+        "audit",
+        "verify",
+        "--key",
+        key.to_str().unwrap(),
+        log.to_str().unwrap(),
+    ]);
+    (code, format!("{out}{err}"))
+}
+
+/// A second broker on the same log refuses to start, naming the one that holds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_broker_on_one_log_refuses_to_start() {
+    let env = Env::new();
+    let up = Upstream::start(env.dir.path());
+    let first = Broker::start(&env, &env.config(up.port, ""));
+    let second = env.config(up.port, "");
+    let path = env.path("second.toml");
+    std::fs::write(&path, &second.text).unwrap();
+    let out = std::process::Command::new(seb_bin())
+        .args(["serve", "--config"])
+        .arg(&path)
+        .env("SEB_TEST_PAYMENTS_TOKEN", UPSTREAM_SECRET)
+        .env("SEB_TEST_AGENT_TOKEN", AGENT_TOKEN)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("is in use by broker \"test-broker\"")
+            && err.contains(&format!("pid {}", first.pid())),
+        "{err}"
+    );
+    // The first one still serves.
+    let c = client(&env, false);
+    assert_eq!(post(&c, &first, &cert(&env, 1)).await.status, 200);
+}
+
+/// The active log deleted under a running broker: readiness says so at once, the next write
+/// is refused (nothing is forwarded under a decision nobody can read), and the chain goes on
+/// in a new file whose first record says which records were lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_log_is_noticed_refused_and_recorded() {
+    let env = Env::new();
+    let up = Upstream::start(env.dir.path());
+    let mut broker = Broker::start(&env, &env.config(up.port, ""));
+    let c = client(&env, false);
+    for _ in 0..3 {
+        assert_eq!(post(&c, &broker, &cert(&env, 1)).await.status, 200);
+    }
+    wait_for("the outcomes", || {
+        audit_records(&env)
+            .iter()
+            .filter(|r| r["kind"] == "outcome")
+            .count()
+            == 3
+    });
+    let last_seq = audit_records(&env).last().unwrap()["seq"].as_u64().unwrap();
+    std::fs::remove_file(env.path("audit.jsonl")).unwrap();
+    let ready = reqwest::get(broker.admin_url("/readyz")).await.unwrap();
+    assert_eq!(ready.status(), 503);
+
+    let refused = post(&c, &broker, &cert(&env, 1)).await;
+    assert_eq!(
+        (refused.status, refused.code()),
+        (503, "audit_unavailable"),
+        "{:?}",
+        refused.body
+    );
+    assert_eq!(
+        posts(&up),
+        3,
+        "nothing forwarded without a readable decision"
+    );
+    let r = post(&c, &broker, &cert(&env, 1)).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(posts(&up), 4);
+    let recs = audit_records(&env);
+    assert_eq!(recs[0]["kind"], "recovery", "{:?}", recs[0]);
+    assert_eq!(recs[0]["recovery"]["what"], "deleted");
+    assert_eq!(recs[0]["recovery"]["lost_seq"], json!([1, last_seq]));
+    assert_eq!(recs[0]["seq"], last_seq + 1);
+
+    // The certificates admitted before the loss cannot be counted by a restart: a restarted
+    // broker refuses every certificate issued before it, and admits new ones.
+    sigterm_and_wait(&mut broker);
+    broker.spawn(&env);
+    let r = post(&c, &broker, &cert_issued_at(&env, now() - 5)).await;
+    assert_eq!(
+        (r.status, r.code()),
+        (503, "state_unavailable"),
+        "{:?}",
+        r.body
+    );
+    // Issued after the loss (and beyond the clock skew a certificate's iat may run ahead).
+    let fresh = cert_issued_at(&env, now() + 31);
+    let r = post(&c, &broker, &fresh).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let (code, out) = verify_exit(&env);
+    assert_eq!(code, 3, "{out}");
+    assert!(out.contains("RECOVERY") && out.contains("deleted"), "{out}");
+}
+
+fn cert_issued_at(env: &Env, iat: i64) -> String {
+    env.cert_with(
+        "POST",
+        "/v1/deploys",
+        json!({"constraints": {"/env": {"eq": "prod"}}, "others": "deny"}),
+        |p| {
+            p["iat"] = json!(iat);
+            p["nbf"] = json!(iat - 60);
+            p["exp"] = json!(iat + 300);
+        },
+    )
+}
+
+/// A log whose end was cut, by a few bytes or by whole lines, while the broker was down: the
+/// next start records the loss (and what it moved aside), verify reports it, and a use whose
+/// decision was cut is not admitted again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_tail_is_recorded_and_never_reopens_a_use() {
+    for cut in [1usize, 10, 200, 0] {
+        let env = Env::new();
+        let up = Upstream::start(env.dir.path());
+        let mut broker = Broker::start(&env, &env.config(up.port, ""));
+        let c = client(&env, false);
+        let once = cert(&env, 1);
+        assert_eq!(post(&c, &broker, &once).await.status, 200);
+        sigterm_and_wait(&mut broker);
+        // The decision is the last record before the outcome; cut into or past it. `0`
+        // cuts the outcome and the decision as whole lines.
+        let data = std::fs::read(env.path("audit.jsonl")).unwrap();
+        let lines: Vec<&[u8]> = data.split_inclusive(|&b| b == b'\n').collect();
+        let outcome_len = lines.last().unwrap().len();
+        let decision_len = lines[lines.len() - 2].len();
+        let keep = match cut {
+            0 => data.len() - outcome_len - decision_len,
+            n => data.len() - outcome_len - n.min(decision_len - 1),
+        };
+        std::fs::write(env.path("audit.jsonl"), &data[..keep]).unwrap();
+
+        broker.spawn(&env);
+        let r = post(&c, &broker, &once).await;
+        assert!(
+            [(403, "replayed"), (503, "state_unavailable")].contains(&(r.status, r.code())),
+            "cut {cut}: the spent use must stay spent: {:?}",
+            r.body
+        );
+        assert_eq!(posts(&up), 1, "cut {cut}");
+        let recs = audit_records(&env);
+        let rec = recs
+            .iter()
+            .find(|r| r["kind"] == "recovery")
+            .unwrap_or_else(|| panic!("cut {cut}: no recovery record"));
+        assert!(rec["recovery"]["lost_seq"].is_array(), "cut {cut}: {rec}");
+        if cut != 0 {
+            let dropped = &rec["recovery"]["dropped"];
+            let moved = std::fs::read(dropped["file"].as_str().unwrap()).unwrap();
+            assert_eq!(moved.len() as u64, dropped["bytes"].as_u64().unwrap());
+        }
+        sigterm_and_wait(&mut broker);
+        let (code, out) = verify_exit(&env);
+        assert_eq!(code, 3, "cut {cut}: {out}");
+    }
+}

@@ -24,6 +24,10 @@ pub struct Admission {
     pub max_staleness_secs: i64,
     pub revocation: Arc<RevocationState>,
     pub uses: Arc<dyn UseStore>,
+    /// Set when the audit log lost records whose certificate uses are unknown (seconds since
+    /// the epoch, when the loss was recorded): certificates issued before it cannot be proven
+    /// unspent, so they are refused until they expire.
+    pub uses_unknown_before: Option<i64>,
 }
 
 /// The mTLS client certificate the request arrived with, if any.
@@ -116,6 +120,17 @@ impl Admission {
     /// Spends one use. Call only once everything else about the request has been accepted.
     pub async fn take_use(&self, cert: &Certificate) -> Result<(u32, u32), Denial> {
         let c = &cert.claims;
+        if let Some(t) = self.uses_unknown_before {
+            if c.iat <= t {
+                return Err(Denial::new(
+                    Reason::StateUnavailable,
+                    format!(
+                        "the audit log lost records at {t} whose certificate uses are unknown, and this certificate (issued at {}) cannot be proven unspent; ask the signer for a new one",
+                        c.iat
+                    ),
+                ));
+            }
+        }
         match self
             .uses
             .take_use(
@@ -201,6 +216,7 @@ mod tests {
                 1000,
                 std::time::Duration::from_secs(60),
             )),
+            uses_unknown_before: None,
         };
         Fixture { issuer, admission }
     }

@@ -114,6 +114,7 @@ impl Audit {
                     prev: GENESIS,
                     dangling: Vec::new(),
                     torn: None,
+                    torn_bytes: None,
                     active_first_seq: None,
                 },
                 0,
@@ -155,11 +156,18 @@ impl Audit {
                     .unwrap_or_default()
             );
             tracing::error!(lost_from = on_disk + 1, lost_to, "{message}");
+            // A torn record alone can often still be read for the use it recorded.
+            let spent = match (&recovered.torn_bytes, lost_to == on_disk + 1) {
+                (Some(bytes), true) => recover::attribute_torn(bytes),
+                _ => None,
+            };
             record::RecoveryInfo {
                 what,
                 message,
                 lost_seq: Some([on_disk + 1, lost_to]),
                 dropped: recovered.torn.clone(),
+                uses_known: spent.is_some(),
+                spent: spent.unwrap_or_default(),
             }
         });
         let mut writer = Writer {

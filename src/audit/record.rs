@@ -15,7 +15,8 @@
 //! * `kind: "recovery"` (written when the broker finds records missing: a torn tail at start,
 //!   an active file deleted or replaced while open, a log shorter than the broker last left it)
 //!   adds `recovery`: `{"what", "message", "lost_seq": [first, last] | null, "dropped":
-//!   {"file", "bytes", "sha256"} | null}`; its v1 members are `null`. Its `seq` follows
+//!   {"file", "bytes", "sha256"} | null, "uses_known": bool, "spent": [{"cert_id", "iss",
+//!   "kid", "exp"}]}`; its v1 members are `null`. Its `seq` follows
 //!   `lost_seq` (the lost numbers are never reused) and its `prev` is the hash of the last line
 //!   still on disk, so a verifier checks the chain across the gap the record declares.
 //!
@@ -144,6 +145,20 @@ pub(crate) struct RecoveryInfo {
     /// Sequence numbers that were written and are no longer in the log.
     pub lost_seq: Option<[u64; 2]>,
     pub dropped: Option<Dropped>,
+    /// Whether every certificate use among the lost records is known: then `spent` lists
+    /// them, and a restarted broker counts them. When not, no certificate issued before this
+    /// record can be proven unspent, and a restarted broker refuses those until they expire.
+    pub uses_known: bool,
+    pub spent: Vec<SpentRef>,
+}
+
+/// A certificate use read from a torn record.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub(crate) struct SpentRef {
+    pub cert_id: String,
+    pub iss: Option<String>,
+    pub kid: Option<String>,
+    pub exp: Option<i64>,
 }
 
 #[derive(Debug, Clone, Serialize)]

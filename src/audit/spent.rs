@@ -38,6 +38,9 @@ pub struct SpentScan {
     pub certificates: Vec<Spent>,
     pub files: Vec<PathBuf>,
     pub lines: u64,
+    /// When the latest recovery record whose lost records' uses are unknown was written
+    /// (seconds since the epoch): no certificate issued before it can be proven unspent.
+    pub uses_unknown_before: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -56,6 +59,24 @@ struct Line<'a> {
     outcome: Option<Cow<'a, str>>,
     #[serde(borrow)]
     request: Option<Request<'a>>,
+    recovery: Option<Recovery>,
+}
+
+#[derive(Deserialize)]
+struct Recovery {
+    lost_seq: Option<[u64; 2]>,
+    #[serde(default)]
+    uses_known: bool,
+    #[serde(default)]
+    spent: Vec<SpentRef>,
+}
+
+#[derive(Deserialize)]
+struct SpentRef {
+    cert_id: String,
+    iss: Option<String>,
+    kid: Option<String>,
+    exp: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -124,6 +145,21 @@ pub fn spent_uses(path: &Path, horizon: i64) -> anyhow::Result<SpentScan> {
             let ts = line.ts.as_deref().and_then(ts_secs);
             if first_ts.is_none() {
                 first_ts = ts;
+            }
+            if let Some(r) = line.recovery {
+                if r.lost_seq.is_some() && !r.uses_known {
+                    // Without its ts nothing after the horizon can be proven unspent.
+                    let at = ts.unwrap_or(i64::MAX);
+                    scan.uses_unknown_before = scan.uses_unknown_before.max(Some(at));
+                }
+                for s in r.spent {
+                    let e = counts
+                        .entry((s.kid, s.iss, s.cert_id))
+                        .or_insert((0, s.exp, 0));
+                    e.0 += 1;
+                    e.2 = e.2.max(ts.unwrap_or(0));
+                }
+                continue;
             }
             let delta = match (line.kind.as_deref(), line.decision.as_deref()) {
                 (Some("decision"), Some("allow")) => 1,

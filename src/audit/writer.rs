@@ -716,6 +716,9 @@ impl Writer {
             message: message.clone(),
             lost_seq: lost,
             dropped: None,
+            // This process still counts those uses in memory; a restart cannot.
+            uses_known: lost.is_none(),
+            spent: Vec::new(),
         });
         // The next record follows the lost ones, chained to the last line still on disk.
         self.file = None;

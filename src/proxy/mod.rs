@@ -150,7 +150,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         config.limits.max_live_certificates,
         Duration::from_secs(skew as u64),
     );
-    rebuild_use_counts(&config, window, &kids_by_name, &uses)?;
+    let uses_unknown_before = rebuild_use_counts(&config, window, &kids_by_name, &uses)?;
 
     let tls = match &config.tls {
         Some(t) => Some(tokio_rustls::TlsAcceptor::from(
@@ -182,6 +182,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             max_staleness_secs: config.revocation.max_staleness.as_secs() as i64,
             revocation: revocation.clone(),
             uses: Arc::new(uses),
+            uses_unknown_before,
         },
         audit,
         metrics: metrics::Metrics::default(),
@@ -305,13 +306,13 @@ fn rebuild_use_counts(
     window: WindowPolicy,
     kids_by_name: &[(String, String)],
     uses: &MemoryUseStore,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Option<i64>> {
     let Some(path) = &config.audit.path else {
         tracing::warn!(
             "no audit file is configured: certificate use counts live in memory only, and a \
              restart re-admits uses already spent within the certificates' validity"
         );
-        return Ok(());
+        return Ok(None);
     };
     let started = std::time::Instant::now();
     let now = crate::cert::now_secs();
@@ -348,5 +349,14 @@ fn rebuild_use_counts(
         elapsed_ms = started.elapsed().as_millis() as u64,
         "certificate use counts rebuilt from the audit log"
     );
-    Ok(())
+    if let Some(t) = scan.uses_unknown_before {
+        tracing::error!(
+            lost_at = t,
+            "the audit log records a loss of decisions whose certificate uses are unknown: certificates issued before then are refused until they expire"
+        );
+    }
+    // A certificate's iat may run ahead of this clock by the skew.
+    Ok(scan
+        .uses_unknown_before
+        .map(|t| t.saturating_add(window.skew_secs)))
 }
