@@ -60,13 +60,12 @@ pub fn json_body(body: &BodyView) -> Result<Value, Denial> {
         }
     }
     match body.content_type {
-        Some(ct) if is_json_media_type(ct) => {}
-        Some(ct) => {
-            return Err(Denial::new(
+        Some(ct) => json_media_type(ct).map_err(|why| {
+            Denial::new(
                 Reason::RequestMalformed,
-                format!("Content-Type {ct:?} is not JSON, and the certificate constrains the body's JSON fields"),
-            ))
-        }
+                format!("Content-Type {ct:?} {why}, and the certificate constrains the body's JSON fields"),
+            )
+        })?,
         None => {
             return Err(Denial::new(
                 Reason::RequestMalformed,
@@ -83,16 +82,71 @@ pub fn json_body(body: &BodyView) -> Result<Value, Denial> {
 }
 
 pub fn is_json_media_type(ct: &str) -> bool {
+    json_media_type(ct).is_ok()
+}
+
+/// RFC 9110 `token` characters, the only ones a media type or parameter name is made of.
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// Whether a `Content-Type` is JSON as seb reads it: `application/json` or
+/// `application/NAME+json` (RFC 6839; `NAME` a non-empty token), in any case, with no
+/// parameter but `charset=utf-8` (RFC 8259 JSON is UTF-8; an upstream that honoured another
+/// charset would read other characters than seb checked, and a parameter seb does not know
+/// may change the reading in ways it cannot model). `Err` says what is wrong.
+pub fn json_media_type(ct: &str) -> Result<(), String> {
     let essence = ct
         .split(';')
         .next()
         .unwrap_or("")
         .trim()
         .to_ascii_lowercase();
-    let Some((kind, sub)) = essence.split_once('/') else {
-        return false;
+    let json = match essence.split_once('/') {
+        Some(("application", "json")) => true,
+        Some(("application", sub)) => sub
+            .strip_suffix("+json")
+            .is_some_and(|name| is_token(name) && !name.contains('/')),
+        _ => false,
     };
-    kind == "application" && (sub == "json" || sub.ends_with("+json"))
+    if !json {
+        return Err("is not JSON (application/json or application/NAME+json)".into());
+    }
+    utf8_only_params(ct)
+}
+
+/// The parameters of a media type the broker parses as JSON: none, or `charset=utf-8` once.
+pub fn utf8_only_params(ct: &str) -> Result<(), String> {
+    let mut charset = false;
+    for p in ct.split(';').skip(1) {
+        let Some((name, value)) = p.split_once('=') else {
+            return Err(format!(
+                "has a parameter {:?} that is not NAME=VALUE",
+                p.trim()
+            ));
+        };
+        // RFC 9110 5.6.6: no whitespace around `=`; a value may be quoted.
+        let name = name.trim_start();
+        let value = value.trim_end();
+        let value = value
+            .strip_prefix('"')
+            .and_then(|v| v.strip_suffix('"'))
+            .unwrap_or(value);
+        if !name.eq_ignore_ascii_case("charset") {
+            return Err(format!(
+                "has a parameter {name:?} seb does not know; send only charset=utf-8"
+            ));
+        }
+        if charset || !value.eq_ignore_ascii_case("utf-8") {
+            return Err(format!(
+                "has charset {value:?}; JSON bodies must be UTF-8, named at most once"
+            ));
+        }
+        charset = true;
+    }
+    Ok(())
 }
 
 /// One constraint on the values a pointer selects.
@@ -467,6 +521,21 @@ mod tests {
             "Application/merge-patch+json; charset=utf-8"
         ));
         assert!(!is_json_media_type("text/json"));
+        assert!(!is_json_media_type("application/+json"));
+        assert!(!is_json_media_type("application/a/b+json"));
+        assert!(is_json_media_type("application/json;charset=UTF-8"));
+        assert!(is_json_media_type("application/json; charset=\"utf-8\""));
+        for bad in [
+            "application/json; charset=iso-8859-1",
+            "application/json; charset=utf-7",
+            "application/json; charset=utf-8; charset=utf-8",
+            "application/json; profile=x",
+            "application/json; charset =utf-8",
+            "application/json;",
+            "application/json; utf-8",
+        ] {
+            assert!(json_media_type(bad).is_err(), "{bad}");
+        }
         assert!(!is_json_media_type("application/jsonx"));
     }
 }
