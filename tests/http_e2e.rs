@@ -1335,7 +1335,8 @@ async fn header_seams_are_refused_before_anything_is_spent() {
     );
     assert!(r.body["detail"].as_str().unwrap().contains("x-checksum"));
 
-    let read_cases: Vec<(&str, &str, Vec<(&str, &str)>, &str)> = vec![
+    type ReadCase<'a> = (&'a str, &'a str, Vec<(&'a str, &'a str)>, &'a str);
+    let read_cases: Vec<ReadCase> = vec![
         ("GET read with a body", "GET", vec![], "{\"amount\":1}"),
         ("HEAD read with a body", "HEAD", vec![], "x"),
         (

@@ -538,4 +538,67 @@ mod tests {
         }
         assert!(!is_json_media_type("application/jsonx"));
     }
+
+    mod media_type_properties {
+        use super::super::json_media_type;
+        use proptest::prelude::*;
+
+        fn piece() -> impl Strategy<Value = String> {
+            prop::sample::select(vec![
+                "application/json",
+                "Application/JSON",
+                "application/merge-patch+json",
+                "application/+json",
+                "application/vnd.a+json",
+                "application/json+x",
+                "text/json",
+                "application/x-www-form-urlencoded",
+                "charset=utf-8",
+                "charset=UTF-8",
+                "charset=\"utf-8\"",
+                "charset=iso-8859-1",
+                "charset=utf-7",
+                "charset= utf-8",
+                "profile=x",
+                "Charset=utf-8",
+                "",
+                " ",
+            ])
+            .prop_map(str::to_string)
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+            /// Whatever the spelling, an accepted Content-Type is application/json or
+            /// application/NAME+json with no parameter but one utf-8 charset.
+            #[test]
+            fn accepted_types_are_json_in_utf8(
+                pieces in prop::collection::vec(piece(), 1..5),
+                sep in prop::sample::select(vec![";", "; ", " ;"]),
+            ) {
+                let ct = pieces.join(sep);
+                if json_media_type(&ct).is_ok() {
+                    let mut parts = ct.split(';');
+                    let essence = parts.next().unwrap().trim().to_ascii_lowercase();
+                    let (t, sub) = essence.split_once('/').unwrap();
+                    prop_assert_eq!(t, "application");
+                    prop_assert!(sub == "json" || (sub.ends_with("+json") && sub.len() > 5));
+                    let params: Vec<String> = parts
+                        .map(|p| p.trim().to_ascii_lowercase().replace('"', ""))
+                        .collect();
+                    prop_assert!(params.len() <= 1, "{}", ct);
+                    for p in params {
+                        prop_assert_eq!(p, "charset=utf-8");
+                    }
+                }
+            }
+
+            /// Arbitrary bytes never panic the parser.
+            #[test]
+            fn never_panics(ct in "[ -~]{0,40}") {
+                let _ = json_media_type(&ct);
+            }
+        }
+    }
 }

@@ -102,13 +102,11 @@ mod tests {
         Instant::now() + std::time::Duration::from_secs(5)
     }
 
+    type Frames = std::vec::IntoIter<Result<http_body::Frame<Bytes>, std::convert::Infallible>>;
+
     fn frames(
         parts: Vec<http_body::Frame<Bytes>>,
-    ) -> StreamBody<
-        futures_util::stream::Iter<
-            std::vec::IntoIter<Result<http_body::Frame<Bytes>, std::convert::Infallible>>,
-        >,
-    > {
+    ) -> StreamBody<futures_util::stream::Iter<Frames>> {
         StreamBody::new(futures_util::stream::iter(
             parts.into_iter().map(Ok).collect::<Vec<_>>(),
         ))
