@@ -1,6 +1,7 @@
 //! The broker process: listeners, the tower stack around the pipeline, and the admin port.
 
 pub mod admin;
+pub mod body;
 pub mod forward;
 pub mod metrics;
 pub mod pipeline;

@@ -28,7 +28,7 @@ use crate::targets::{Parsed, Target};
 use crate::tls::PeerIdentity;
 use bytes::Bytes;
 use http::{Request, Response};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use std::time::Instant;
@@ -461,25 +461,8 @@ where
     B: http_body::Body<Data = Bytes> + Send,
     B::Error: Into<super::forward::BoxError>,
 {
-    let collected = tokio::time::timeout_at(deadline, Limited::new(body, limit).collect())
-        .await
-        .map_err(|_| {
-            Denial::new(
-                Reason::RequestMalformed,
-                "request body was not received in time",
-            )
-        })?;
-    match collected {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Denial::new(
-            Reason::RequestMalformed,
-            format!("request body is over the {limit}-byte limit"),
-        )),
-        Err(e) => Err(Denial::new(
-            Reason::RequestMalformed,
-            format!("request body could not be read: {e}"),
-        )),
-    }
+    // 413 the client can read, and no unchecked trailers: see proxy::body.
+    super::body::read_limited(body, limit, deadline).await
 }
 
 pub fn hex(bytes: &[u8]) -> String {
