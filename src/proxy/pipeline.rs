@@ -204,7 +204,11 @@ where
     }
     target.check_drift(&cert, &parsed).await?;
     let body = target.check_effect(&cert, &parts, body).await?;
-    let (n, max) = broker.admission.take_use(&cert).await?;
+    let (n, max) = broker
+        .admission
+        .take_use(&cert)
+        .await
+        .map_err(|d| target.explain(&cert, d))?;
     record.took_use(n, max);
     broker
         .metrics
@@ -249,6 +253,7 @@ where
     record.identity = Some(identity.audit);
     let upstream_req = upstream_req?;
     let resp = forward(broker, target, upstream_req, deadline, client_upgrade).await?;
+    target.observe_outcome(&cert, resp.status());
 
     // 7. outcome (not waited on: the decision is already durable, and a crash before this
     //    record lands is written as `unknown` on restart)

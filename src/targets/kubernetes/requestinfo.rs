@@ -125,6 +125,14 @@ pub fn classify(method: &str, path: &str, query: Option<&str>) -> Result<Request
                 "{path:?}: unable to determine kind and namespace from the URL"
             ));
         }
+        // The apiserver takes the verb from the prefix whatever the method, but serves
+        // watches only on GET; any other method there is not a read, and what it would do
+        // is not something seb can name.
+        if parts[0] == "watch" && method != "GET" {
+            return Err(format!(
+                "{method} {path:?}: only GET is a watch; the /watch/ prefix with another method is refused"
+            ));
+        }
         info.verb = parts[0].to_string();
         parts = &parts[1..];
     } else {
@@ -447,6 +455,11 @@ mod tests {
         assert!(!c("GET", "/api/v1/proxy/namespaces/x/services/s").is_read());
         assert!(!c("PATCH", "/api/v1/namespaces/x/pods/p").is_read());
         assert!(!c("OPTIONS", "/api/v1/namespaces/x/pods").is_read());
+        assert!(c("GET", "/api/v1/watch/namespaces/x/configmaps/y").is_read());
+        for m in ["PUT", "PATCH", "POST", "DELETE", "HEAD"] {
+            let e = classify(m, "/api/v1/watch/namespaces/x/configmaps/y", None).unwrap_err();
+            assert!(e.contains("only GET is a watch"), "{m}: {e}");
+        }
     }
 
     #[test]
