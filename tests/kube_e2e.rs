@@ -1640,7 +1640,12 @@ async fn kube_effect_gaps_are_refused_before_the_apiserver() {
         assert_eq!(r.status, *status, "{name}: {}", r.body);
         assert!(msg.starts_with(&format!("seb: {code}: ")), "{name}: {msg}");
         assert!(msg.contains(part), "{name}: {msg}");
-        assert!(!msg.contains("server-side") || *code != "request_malformed" || !name.contains("duplicate"), "{name}: {msg}");
+        assert!(
+            !msg.contains("server-side")
+                || *code != "request_malformed"
+                || !name.contains("duplicate"),
+            "{name}: {msg}"
+        );
         assert_eq!(count_mutations(&c.api), n, "{name}: reached the apiserver");
     }
     assert!(
@@ -1675,7 +1680,12 @@ async fn kube_effect_gaps_are_refused_before_the_apiserver() {
         ("&command=x;y", 400, "';'"),
         ("&stdin=1", 403, "interactive"),
     ] {
-        let r = send_raw(&c.env, c.broker.listen, &raw(&format!("{exec}{q}"), &exec_cert())).await;
+        let r = send_raw(
+            &c.env,
+            c.broker.listen,
+            &raw(&format!("{exec}{q}"), &exec_cert()),
+        )
+        .await;
         assert_eq!(r.status, status, "{q}: {}", r.body);
         let msg = r.body["message"].as_str().unwrap_or("");
         assert!(msg.contains(part), "{q}: {msg}");
@@ -1716,7 +1726,11 @@ async fn kube_effect_gaps_are_refused_before_the_apiserver() {
         "{}",
         r.body
     );
-    assert_eq!(count_mutations(&c.api), n, "a refused stream reached the apiserver");
+    assert_eq!(
+        count_mutations(&c.api),
+        n,
+        "a refused stream reached the apiserver"
+    );
 
     // A JSON patch that sets resourceVersion itself still carries the checked one last.
     let ops = json!([
@@ -1759,7 +1773,11 @@ async fn kube_effect_gaps_are_refused_before_the_apiserver() {
     )
     .await;
     assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(live(&c, web)["spec"]["replicas"], 2, "a dry run changed nothing");
+    assert_eq!(
+        live(&c, web)["spec"]["replicas"],
+        2,
+        "a dry run changed nothing"
+    );
     let r = send(
         &http,
         "PATCH",
@@ -1770,7 +1788,10 @@ async fn kube_effect_gaps_are_refused_before_the_apiserver() {
     .await;
     assert_eq!(r.status, 403, "{}", r.body);
     assert!(
-        r.body["message"].as_str().unwrap().starts_with("seb: replayed:"),
+        r.body["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("seb: replayed:"),
         "{}",
         r.body
     );
@@ -1809,4 +1830,172 @@ async fn kube_effect_gaps_are_refused_before_the_apiserver() {
         msg.starts_with("seb: replayed:") && msg.contains("409 Conflict"),
         "{msg}"
     );
+}
+
+/// seb's strategic merge against the test apiserver's (tests/kube/apiserver.py, written from
+/// apimachinery's strategicpatch): on random deployments and patches built from the constructs
+/// agents use, whenever seb computes an effect, the apiserver computes the same object (after
+/// its decoder drops nulls and unknown members). Refusals are not compared: refusing is always
+/// safe. Bounded: one batch of cases, one Python process.
+#[test]
+fn strategic_merge_agrees_with_the_test_apiserver() {
+    use proptest::prelude::*;
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::TestRunner;
+
+    let name = || prop::sample::select(vec!["app", "side", "new", "x"]);
+    let env = prop::collection::vec(
+        (
+            prop::sample::select(vec!["A", "B", "C"]),
+            prop::option::of(prop::sample::select(vec!["1", "2"])),
+        ),
+        0..3,
+    )
+    .prop_map(|e| {
+        Value::Array(
+            e.into_iter()
+                .map(|(n, v)| match v {
+                    Some(v) => json!({"name": n, "value": v}),
+                    None => json!({"name": n, "value": null}),
+                })
+                .collect(),
+        )
+    });
+    let container = (
+        name(),
+        prop::option::of(prop::sample::select(vec!["img:1", "img:2"])),
+        prop::option::of(env.clone()),
+        prop::option::of(prop::sample::select(vec!["delete", "replace", "merge"])),
+        any::<bool>(),
+    )
+        .prop_map(|(n, image, env, directive, retain)| {
+            let mut c = json!({"name": n});
+            if let Some(i) = image {
+                c["image"] = json!(i);
+            }
+            if let Some(e) = env {
+                c["env"] = e;
+            }
+            if let Some(d) = directive {
+                c["$patch"] = json!(d);
+            }
+            if retain {
+                c["$retainKeys"] = json!(["name", "image", "env"]);
+            }
+            c
+        });
+    let finalizers = prop::collection::vec(prop::sample::select(vec!["a", "b", "c"]), 0..3);
+    let live = (
+        prop::collection::vec((name(), env.clone()), 0..4),
+        finalizers.clone(),
+    )
+        .prop_map(|(cs, f)| {
+            let mut seen = Vec::new();
+            let cs: Vec<Value> = cs
+                .into_iter()
+                .filter(|(n, _)| {
+                    let fresh = !seen.contains(n);
+                    seen.push(*n);
+                    fresh
+                })
+                .map(|(n, e)| json!({"name": n, "image": "img:1", "env": without_nulls(e)}))
+                .collect();
+            json!({"metadata": {"name": "web", "labels": {"app": "web"}, "finalizers": f},
+                   "spec": {"replicas": 1, "template": {"spec": {"containers": cs}}}})
+        });
+    let patch = (
+        prop::option::of(prop::collection::vec(container, 0..4)),
+        prop::option::of(prop::collection::vec(name(), 0..4)),
+        prop::option::of(finalizers.clone()),
+        prop::option::of(finalizers),
+        prop::option::of(prop::sample::select(vec!["replace", "delete", "merge"])),
+        any::<bool>(),
+    )
+        .prop_map(|(cs, order, fin, del, spec_directive, null_label)| {
+            let mut pod = json!({});
+            if let Some(cs) = cs {
+                pod["containers"] = Value::Array(cs);
+            }
+            if let Some(o) = order {
+                pod["$setElementOrder/containers"] =
+                    Value::Array(o.into_iter().map(|n| json!({"name": n})).collect());
+            }
+            let mut meta = json!({});
+            if let Some(f) = fin {
+                meta["finalizers"] = json!(f);
+            }
+            if let Some(d) = del {
+                meta["$deleteFromPrimitiveList/finalizers"] = json!(d);
+            }
+            if null_label {
+                meta["labels"] = json!({"app": null, "tier": "web"});
+            }
+            let mut spec = json!({"template": {"spec": pod}});
+            if let Some(d) = spec_directive {
+                spec["template"]["$patch"] = json!(d);
+            }
+            json!({"metadata": meta, "spec": spec})
+        });
+
+    let mut runner = TestRunner::deterministic();
+    let cases: Vec<(Value, Value)> = (0..600)
+        .map(|_| {
+            (
+                live.new_tree(&mut runner).unwrap().current(),
+                patch.new_tree(&mut runner).unwrap().current(),
+            )
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("cases.jsonl");
+    let lines: Vec<String> = cases
+        .iter()
+        .map(|(l, p)| json!({"live": l, "patch": p}).to_string())
+        .collect();
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    let out = Command::new("python3")
+        .arg(repo().join("tests/kube/apiserver.py"))
+        .arg("--smp-oracle")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answers: Vec<Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(answers.len(), cases.len());
+    let mut computed = 0;
+    for ((l, p), want) in cases.iter().zip(&answers) {
+        let Ok(got) = seb::targets::kubernetes::patch::strategic_merge(l, p) else {
+            continue;
+        };
+        computed += 1;
+        assert_eq!(
+            Some(&got),
+            want.get("ok"),
+            "seb and the apiserver disagree\nlive: {l}\npatch: {p}\napiserver: {want}"
+        );
+    }
+    // The generator must reach the computed paths, or this test shows nothing.
+    assert!(computed > 100, "only {computed} cases computed");
+}
+
+/// A live object never holds null members: the apiserver's decoder drops them.
+fn without_nulls(v: Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(
+            m.into_iter()
+                .filter(|(_, c)| !c.is_null())
+                .map(|(k, c)| (k, without_nulls(c)))
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(a.into_iter().map(without_nulls).collect()),
+        other => other,
+    }
 }

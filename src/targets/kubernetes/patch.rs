@@ -798,15 +798,12 @@ fn delete_from_primitive_list(
         .as_array()
         .filter(|d| d.iter().all(Value::is_string))
         .ok_or(format!("{at_f}: must be a list of strings"))?;
-    match original.get_mut(field) {
-        Some(Value::Array(items)) => {
-            if items.iter().any(|v| !v.is_string()) {
-                return Err(format!("{at_f}: the live {field} is not a list of strings"));
-            }
-            items.retain(|i| !drop.contains(i));
+    // Nothing to delete from (absent, or not a list) is no change, as in apimachinery.
+    if let Some(Value::Array(items)) = original.get_mut(field) {
+        if items.iter().any(|v| !v.is_string()) {
+            return Err(format!("{at_f}: the live {field} is not a list of strings"));
         }
-        // Nothing to delete from, as in apimachinery.
-        _ => {}
+        items.retain(|i| !drop.contains(i));
     }
     Ok(())
 }
