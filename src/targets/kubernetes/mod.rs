@@ -1403,4 +1403,84 @@ mod tests {
         assert_eq!(certificate(&h).unwrap(), Some("a.b.c"));
         assert_eq!(agent_token(&h), None);
     }
+
+    mod properties {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        /// Go's `url.ParseQuery` as the apiserver reads a query: pairs holding ';' or a bad
+        /// escape are dropped, values are bytes.
+        fn go_query(q: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
+            fn unescape(s: &str) -> Option<Vec<u8>> {
+                let b = s.as_bytes();
+                let mut out = Vec::new();
+                let mut i = 0;
+                while i < b.len() {
+                    match b[i] {
+                        b'+' => out.push(b' '),
+                        b'%' => {
+                            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+                            if !hex.bytes().all(|c| c.is_ascii_hexdigit()) {
+                                return None;
+                            }
+                            out.push(u8::from_str_radix(hex, 16).ok()?);
+                            i += 2;
+                        }
+                        c => out.push(c),
+                    }
+                    i += 1;
+                }
+                Some(out)
+            }
+            q.split('&')
+                .filter(|p| !p.is_empty() && !p.contains(';'))
+                .filter_map(|p| {
+                    let (k, v) = p.split_once('=').unwrap_or((p, ""));
+                    Some((unescape(k)?, unescape(v)?))
+                })
+                .collect()
+        }
+
+        /// The apiserver's `Convert_Slice_string_To_bool`: the first value; false only for
+        /// absent, "0" or "false" in any case.
+        fn go_bool(pairs: &[(Vec<u8>, Vec<u8>)], k: &str) -> bool {
+            match pairs.iter().find(|(n, _)| n == k.as_bytes()) {
+                None => false,
+                Some((_, v)) => !(v == b"0" || v.eq_ignore_ascii_case(b"false")),
+            }
+        }
+
+        fn piece() -> impl Strategy<Value = String> {
+            (
+                prop::sample::select(vec!["stdin", "tty", "stdout", "st%64in", "stdin;x", "tty%"]),
+                prop::sample::select(vec![
+                    "", "=", "=true", "=false", "=0", "=1", "=TRUE", "=False", "=f", "=yes",
+                    "=%30", "=%31", "=fa%6Cse", "=+", "=%zz", "=0;", "=%ff",
+                ]),
+            )
+                .prop_map(|(k, v)| format!("{k}{v}"))
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 2048, ..ProptestConfig::default() })]
+
+            /// Whenever seb admits an exec query's booleans, it reads the value the apiserver
+            /// will act on.
+            #[test]
+            fn exec_booleans_read_as_the_apiserver_reads_them(
+                pieces in prop::collection::vec(piece(), 0..5),
+                sep in prop::sample::select(vec!["&", "&&", ";"]),
+            ) {
+                let q = pieces.join(sep);
+                let go = go_query(&q);
+                if let Ok(pairs) = strict_query_pairs(&q) {
+                    for k in ["stdin", "tty", "stdout"] {
+                        if let Ok(b) = query_bool(&pairs, k) {
+                            prop_assert_eq!(b, go_bool(&go, k), "{} in {}", k, q);
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
