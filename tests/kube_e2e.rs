@@ -1589,6 +1589,17 @@ async fn kube_effect_gaps_are_refused_before_the_apiserver() {
             400, "request_malformed", "resourceVersion",
         ),
         (
+            "preconditions.resourceVersion null in DeleteOptions",
+            "DELETE", web.into(), "application/json",
+            c.env.kube_cert(
+                req("delete", "deployments", "apps", Some("web")),
+                json!({"constraints": {"/kind": {"eq": "DeleteOptions"}}, "others": "allow"}),
+                |p| p["seb"]["precondition"] = json!({"fields": {"/metadata/name": "web"}}),
+            ),
+            r#"{"kind":"DeleteOptions","apiVersion":"v1","preconditions":{"resourceVersion":null}}"#.into(),
+            400, "request_malformed", "preconditions.resourceVersion",
+        ),
+        (
             "a JSON patch copying the object into itself, doubling it 40 times",
             "PATCH", web.into(), "application/json-patch+json", patch_cert(),
             Value::Array(bomb).to_string(),
