@@ -1582,6 +1582,17 @@ async fn kube_effect_gaps_are_refused_before_the_apiserver() {
             400, "request_malformed", "resourceVersion",
         ),
         (
+            "server-side apply adding a container, where structured-merge-diff's placement is not modeled",
+            "PATCH", format!("{web}?fieldManager=agent"), "application/apply-patch+yaml",
+            c.env.kube_cert(
+                effect(req("patch", "deployments", "apps", Some("web"))),
+                json!({"constraints": {"/spec/template/spec/containers/*/image": {"prefix": "reg.local/"}}, "others": "allow"}),
+                |_| {},
+            ),
+            DEPLOYMENT.replace(r#"{"name":"side","image":"reg.local/side:1"}"#, r#"{"name":"extra","image":"reg.local/x:1"},{"name":"side","image":"reg.local/side:1"}"#),
+            403, "contract_mismatch", "adds an element",
+        ),
+        (
             "resourceVersion \"\" in a PUT",
             "PUT", web.into(), "application/json",
             c.env.kube_cert(effect(req("update", "deployments", "apps", Some("web"))), image_rule.clone(), |_| {}),

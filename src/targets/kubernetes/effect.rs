@@ -57,6 +57,7 @@ pub fn after(change: Change, live: Option<&Value>, body: &Value) -> Result<Value
         (Change::StrategicMergePatch, Some(l)) => patch::strategic_merge(l, body),
         (Change::Apply, Some(l)) => {
             patch::refuse_directives(body)?;
+            patch::check_apply_modeled(l, body)?;
             patch::strategic_merge(l, body)
         }
     }

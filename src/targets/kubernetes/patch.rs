@@ -814,6 +814,68 @@ pub fn refuse_directives(v: &Value) -> Result<(), String> {
     placed(v, "").map(|_| ())
 }
 
+/// What seb computes of a server-side apply to an existing object is a strategic merge, which
+/// is what structured-merge-diff does too only where the two cannot differ: no nulls (whose
+/// meaning differs), and in every list with a merge key, only elements the live list has, in
+/// its order (where a new element lands, and how a reordered list ends, follow rules seb does
+/// not model). Anything else is refused, naming the list.
+pub fn check_apply_modeled(live: &Value, applied: &Value) -> Result<(), String> {
+    fn walk(
+        live: Option<&Value>,
+        applied: &Value,
+        in_container: bool,
+        at: &str,
+    ) -> Result<(), String> {
+        let Value::Object(m) = applied else {
+            return Ok(());
+        };
+        for (k, v) in m {
+            let at_k = child(at, k);
+            let l = live.and_then(|l| l.get(k));
+            match v {
+                // The broker's resourceVersion pin refuses this one, with its own reason.
+                Value::Null if at_k == "/metadata/resourceVersion" => {}
+                Value::Null => {
+                    return Err(format!(
+                        "{at_k}: a null in a server-side apply body, which structured-merge-diff reads otherwise than a merge; omit the field"
+                    ))
+                }
+                Value::Object(_) => walk(l, v, false, &at_k)?,
+                Value::Array(items) => {
+                    let (Some(strategy), Some(Value::Array(live_items))) =
+                        (list_merge(k, in_container), l)
+                    else {
+                        for item in items {
+                            walk(None, item, is_container_list(k), &at_k)?;
+                        }
+                        continue;
+                    };
+                    let mut last = None;
+                    for (i, item) in items.iter().enumerate() {
+                        let id = identity_of(item, strategy);
+                        let pos = live_items
+                            .iter()
+                            .position(|o| id.is_some() && identity_of(o, strategy) == id)
+                            .ok_or(format!(
+                                "{at_k}/{i}: server-side apply adds an element to a list with a merge key, and where structured-merge-diff places it is not modeled; use a strategic merge patch"
+                            ))?;
+                        if last.is_some_and(|p| p >= pos) {
+                            return Err(format!(
+                                "{at_k}: server-side apply lists the elements in another order than the live object, and the resulting order is not modeled; use a strategic merge patch"
+                            ));
+                        }
+                        last = Some(pos);
+                        walk(live_items.get(pos), item, is_container_list(k), &format!("{at_k}/{pos}"))?;
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+    walk(Some(live), applied, false, "")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1106,6 +1168,35 @@ mod tests {
         )
         .unwrap();
         assert_eq!(containers(&out), ["n", "a", "b", "c"]);
+    }
+
+    #[test]
+    fn server_side_apply_is_computed_only_where_it_is_a_strategic_merge() {
+        let same = json!({"spec": {"template": {"spec": {"containers": [
+            {"name": "app", "image": "reg/app:2"}, {"name": "side"}]}}}});
+        assert!(check_apply_modeled(&deployment(), &same).is_ok());
+        for (body, part) in [
+            (
+                json!({"spec": {"template": {"spec": {"containers": [{"name": "new"}]}}}}),
+                "adds an element",
+            ),
+            (
+                json!({"spec": {"template": {"spec": {"containers": [{"name": "side"}, {"name": "app"}]}}}}),
+                "another order",
+            ),
+            (
+                json!({"metadata": {"finalizers": ["b"]}}),
+                "adds an element",
+            ),
+            (json!({"spec": {"replicas": null}}), "null"),
+            (
+                json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "env": [{"name": "Z"}]}]}}}}),
+                "adds an element",
+            ),
+        ] {
+            let e = check_apply_modeled(&deployment(), &body).unwrap_err();
+            assert!(e.contains(part), "{body}: {e}");
+        }
     }
 
     #[test]
