@@ -1508,7 +1508,7 @@ async fn kube_effect_gaps_are_refused_before_the_apiserver() {
     apply_body["spec"]["template"]["spec"]["containers"][0]["image"] = json!("reg.local/app:2");
     apply_body["metadata"]["resourceVersion"] = Value::Null;
     let bomb: Vec<Value> = (0..40)
-        .map(|i| json!({"op": "copy", "from": "", "path": format!("/x{i}")}))
+        .map(|i| json!({"op": "copy", "from": "/spec", "path": format!("/spec/x{i}")}))
         .collect();
     let n = count_mutations(&c.api);
 
@@ -1611,7 +1611,7 @@ async fn kube_effect_gaps_are_refused_before_the_apiserver() {
             400, "request_malformed", "preconditions.resourceVersion",
         ),
         (
-            "a JSON patch copying the object into itself, doubling it 40 times",
+            "a JSON patch copying spec into itself, doubling it 40 times",
             "PATCH", web.into(), "application/json-patch+json", patch_cert(),
             Value::Array(bomb).to_string(),
             403, "contract_mismatch", "larger than",
@@ -2020,4 +2020,102 @@ fn without_nulls(v: Value) -> Value {
         Value::Array(a) => Value::Array(a.into_iter().map(without_nulls).collect()),
         other => other,
     }
+}
+
+/// JSON patch and merge patch against the test apiserver's appliers, as for strategic merge:
+/// wherever seb computes an object, the apiserver computes the same one.
+#[test]
+fn json_and_merge_patch_agree_with_the_test_apiserver() {
+    use proptest::prelude::*;
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::TestRunner;
+    use seb::targets::kubernetes::patch;
+
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        (0i64..3).prop_map(Value::from),
+        prop::sample::select(vec!["a", "b"]).prop_map(Value::from),
+    ];
+    let doc = leaf.prop_recursive(3, 24, 4, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..3).prop_map(Value::Array),
+            prop::collection::btree_map(prop::sample::select(vec!["a", "b", "c"]), inner, 0..3)
+                .prop_map(|m| Value::Object(
+                    m.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+                )),
+        ]
+    });
+    let pointer = prop::sample::select(vec![
+        "", "/a", "/b", "/c", "/a/0", "/a/1", "/a/-", "/a/2", "/b/a", "/b/c/-", "/b/c/0", "/c/0",
+    ]);
+    let op = (
+        prop::sample::select(vec!["add", "remove", "replace", "move", "copy", "test"]),
+        pointer.clone(),
+        pointer,
+        doc.clone(),
+    )
+        .prop_map(
+            |(op, path, from, value)| json!({"op": op, "path": path, "from": from, "value": value}),
+        );
+    // Documents with the shape the pointers name, so that most patches apply.
+    let shaped = (doc.clone(), doc.clone(), doc.clone(), doc.clone())
+        .prop_map(|(x, y, z, w)| json!({"a": [x, y], "b": {"a": z, "c": []}, "c": w}));
+    let json_case = (shaped, prop::collection::vec(op, 1..4));
+    let merge_case = (doc.clone(), doc);
+
+    let mut runner = TestRunner::deterministic();
+    let mut cases: Vec<(&str, Value, Value)> = Vec::new();
+    for _ in 0..400 {
+        let (live, ops) = json_case.new_tree(&mut runner).unwrap().current();
+        cases.push(("json", live, Value::Array(ops)));
+        let (live, p) = merge_case.new_tree(&mut runner).unwrap().current();
+        cases.push(("merge", live, p));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("cases.jsonl");
+    let lines: Vec<String> = cases
+        .iter()
+        .map(|(k, l, p)| json!({"kind": k, "live": l, "patch": p}).to_string())
+        .collect();
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    let out = Command::new("python3")
+        .arg(repo().join("tests/kube/apiserver.py"))
+        .arg("--smp-oracle")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answers: Vec<Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(answers.len(), cases.len());
+    let mut computed = (0, 0);
+    for ((kind, l, p), want) in cases.iter().zip(&answers) {
+        let got = match *kind {
+            "json" => match patch::json_patch(l, p) {
+                Ok(v) => {
+                    computed.0 += 1;
+                    v
+                }
+                Err(_) => continue,
+            },
+            _ => {
+                computed.1 += 1;
+                patch::merge_patch(l, p)
+            }
+        };
+        assert_eq!(
+            Some(&got),
+            want.get("ok"),
+            "{kind} patch: seb and the apiserver disagree\nlive: {l}\npatch: {p}\napiserver: {want}"
+        );
+    }
+    assert!(computed.0 > 50 && computed.1 > 300, "{computed:?}");
 }
