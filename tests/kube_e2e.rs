@@ -1619,3 +1619,646 @@ async fn header_seams_are_refused_for_kubernetes_clients() {
     let m = last_mutation(&c.api);
     assert_impersonated(&m, &cert);
 }
+
+/// Issue 14, Kubernetes target: requests whose effect at the apiserver would differ from what
+/// seb checked are refused before anything reaches the apiserver, through the real path (raw
+/// bytes where a client library would normalise).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_effect_gaps_are_refused_before_the_apiserver() {
+    let c = cluster();
+    create_web(&c);
+    let http = client(&c.env, false);
+    let url = |p: &str| format!("https://localhost:{}{p}", c.broker.listen);
+    let web = "/apis/apps/v1/namespaces/shop/deployments/web";
+    let bearer = |t: &str| format!("Bearer {t}");
+    let image_rule =
+        deny(json!({"/spec/template/spec/containers/0/image": {"eq": "reg.local/app:2"}}));
+    let patch_cert = || {
+        c.env.kube_cert(
+            effect(req("patch", "deployments", "apps", Some("web"))),
+            image_rule.clone(),
+            |_| {},
+        )
+    };
+    let rv = live(&c, web)["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut put_body = live(&c, web);
+    put_body["spec"]["template"]["spec"]["containers"][0]["image"] = json!("reg.local/app:2");
+    put_body["metadata"]["resourceVersion"] = json!("");
+    let mut apply_body: Value = serde_json::from_str(DEPLOYMENT).unwrap();
+    apply_body["spec"]["template"]["spec"]["containers"][0]["image"] = json!("reg.local/app:2");
+    apply_body["metadata"]["resourceVersion"] = Value::Null;
+    let bomb: Vec<Value> = (0..40)
+        .map(|i| json!({"op": "copy", "from": "/spec", "path": format!("/spec/x{i}")}))
+        .collect();
+    let n = count_mutations(&c.api);
+
+    // (name, method, path, content type, certificate, body, status, code, message part)
+    type Case = (
+        &'static str,
+        &'static str,
+        String,
+        &'static str,
+        String,
+        String,
+        u16,
+        &'static str,
+        &'static str,
+    );
+    let smp = "application/strategic-merge-patch+json";
+    let image2 = r#"{"name":"app","image":"reg.local/app:2"}"#;
+    let cases: Vec<Case> = vec![
+        (
+            "$deleteFromPrimitiveList on containers (the apiserver merges the element)",
+            "PATCH", web.into(), smp, patch_cert(),
+            format!(r#"{{"spec":{{"template":{{"spec":{{"containers":[{image2}],"$deleteFromPrimitiveList/containers":[{{"name":"app","securityContext":{{"privileged":true}}}}]}}}}}}}}"#),
+            403, "contract_mismatch", "$deleteFromPrimitiveList",
+        ),
+        (
+            "$patch: delete in a container the live object lacks (the apiserver appends it)",
+            "PATCH", web.into(), smp, patch_cert(),
+            format!(r#"{{"spec":{{"template":{{"spec":{{"containers":[{image2},{{"name":"evil","$patch":"delete"}}]}}}}}}}}"#),
+            403, "contract_mismatch", "$patch",
+        ),
+        (
+            "a directive inside a new env element",
+            "PATCH", web.into(), smp, patch_cert(),
+            r#"{"spec":{"template":{"spec":{"containers":[{"name":"app","image":"reg.local/app:2","env":[{"name":"X","value":"1","$retainKeys":["name"]}]}]}}}}"#.into(),
+            403, "contract_mismatch", "$retainKeys",
+        ),
+        (
+            "$patch: merge, which seb does not model",
+            "PATCH", web.into(), smp, patch_cert(),
+            format!(r#"{{"metadata":{{"labels":{{"$patch":"merge"}}}},"spec":{{"template":{{"spec":{{"containers":[{image2}]}}}}}}}}"#),
+            403, "contract_mismatch", "$patch: merge",
+        ),
+        (
+            "metadata.managedFields rewritten alongside the certified change",
+            "PATCH", web.into(), smp, patch_cert(),
+            format!(r#"{{"metadata":{{"managedFields":[{{"manager":"evil","operation":"Apply","apiVersion":"apps/v1","fieldsType":"FieldsV1","fieldsV1":{{}}}}]}},"spec":{{"template":{{"spec":{{"containers":[{image2}]}}}}}}}}"#),
+            403, "contract_mismatch", "managedFields",
+        ),
+        (
+            "resourceVersion null in a merge patch (an unconditional write)",
+            "PATCH", web.into(), "application/merge-patch+json", patch_cert(),
+            format!(r#"{{"metadata":{{"resourceVersion":null}},"spec":{{"template":{{"spec":{{"containers":[{image2},{{"name":"side","image":"reg.local/side:1"}}]}}}}}}}}"#),
+            400, "request_malformed", "resourceVersion",
+        ),
+        (
+            "resourceVersion \"\" in a strategic merge patch",
+            "PATCH", web.into(), smp, patch_cert(),
+            format!(r#"{{"metadata":{{"resourceVersion":""}},"spec":{{"template":{{"spec":{{"containers":[{image2}]}}}}}}}}"#),
+            400, "request_malformed", "resourceVersion",
+        ),
+        (
+            "a stale resourceVersion in a strategic merge patch",
+            "PATCH", web.into(), smp, patch_cert(),
+            format!(r#"{{"metadata":{{"resourceVersion":"1"}},"spec":{{"template":{{"spec":{{"containers":[{image2}]}}}}}}}}"#),
+            409, "drift", "resourceVersion",
+        ),
+        (
+            "resourceVersion null in a server-side apply",
+            "PATCH", format!("{web}?fieldManager=agent"), "application/apply-patch+yaml", patch_cert(),
+            apply_body.to_string(),
+            400, "request_malformed", "resourceVersion",
+        ),
+        (
+            "server-side apply adding a container, where structured-merge-diff's placement is not modeled",
+            "PATCH", format!("{web}?fieldManager=agent"), "application/apply-patch+yaml",
+            c.env.kube_cert(
+                effect(req("patch", "deployments", "apps", Some("web"))),
+                json!({"constraints": {"/spec/template/spec/containers/*/image": {"prefix": "reg.local/"}}, "others": "allow"}),
+                |_| {},
+            ),
+            DEPLOYMENT.replace(r#"{"name":"side","image":"reg.local/side:1"}"#, r#"{"name":"extra","image":"reg.local/x:1"},{"name":"side","image":"reg.local/side:1"}"#),
+            403, "contract_mismatch", "adds an element",
+        ),
+        (
+            "resourceVersion \"\" in a PUT",
+            "PUT", web.into(), "application/json",
+            c.env.kube_cert(effect(req("update", "deployments", "apps", Some("web"))), image_rule.clone(), |_| {}),
+            put_body.to_string(),
+            400, "request_malformed", "resourceVersion",
+        ),
+        (
+            "preconditions.resourceVersion null in DeleteOptions",
+            "DELETE", web.into(), "application/json",
+            c.env.kube_cert(
+                req("delete", "deployments", "apps", Some("web")),
+                json!({"constraints": {"/kind": {"eq": "DeleteOptions"}}, "others": "allow"}),
+                |p| p["seb"]["precondition"] = json!({"fields": {"/metadata/name": "web"}}),
+            ),
+            r#"{"kind":"DeleteOptions","apiVersion":"v1","preconditions":{"resourceVersion":null}}"#.into(),
+            400, "request_malformed", "preconditions.resourceVersion",
+        ),
+        (
+            "a JSON patch copying spec into itself, doubling it 40 times",
+            "PATCH", web.into(), "application/json-patch+json", patch_cert(),
+            Value::Array(bomb).to_string(),
+            403, "contract_mismatch", "larger than",
+        ),
+        (
+            "a create whose name would redirect seb's own live read",
+            "POST", "/apis/apps/v1/namespaces/shop/deployments".into(), "application/json",
+            c.env.kube_cert(effect(req("create", "deployments", "apps", None)), json!({"constraints": {"/metadata/name": {"prefix": ""}}, "others": "allow"}), |_| {}),
+            DEPLOYMENT.replace(r#""name":"web""#, r#""name":"x?watch=true""#),
+            400, "request_malformed", "DNS subdomain",
+        ),
+        (
+            "a create named with dot segments",
+            "POST", "/apis/apps/v1/namespaces/shop/deployments".into(), "application/json",
+            c.env.kube_cert(effect(req("create", "deployments", "apps", None)), json!({"constraints": {"/metadata/name": {"prefix": ""}}, "others": "allow"}), |_| {}),
+            DEPLOYMENT.replace(r#""name":"web""#, r#""name":"../../../../api/v1/namespaces/shop/secrets/db""#),
+            400, "request_malformed", "DNS subdomain",
+        ),
+        (
+            "DELETE on a /watch/ path is not a read",
+            "DELETE", "/apis/apps/v1/watch/namespaces/shop/deployments/web".into(), "application/json",
+            AGENT_TOKEN.into(), String::new(),
+            400, "request_malformed", "only GET is a watch",
+        ),
+        (
+            "PUT on a /watch/ path is not a read",
+            "PUT", "/api/v1/watch/namespaces/shop/configmaps/cm".into(), "application/json",
+            AGENT_TOKEN.into(), r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"cm"},"data":{"a":"b"}}"#.into(),
+            400, "request_malformed", "only GET is a watch",
+        ),
+        (
+            "a JSON apply body with a duplicate key is told about the key",
+            "PATCH", format!("{web}?fieldManager=agent"), "application/apply-patch+yaml", patch_cert(),
+            r#"{"apiVersion":"apps/v1","apiVersion":"v1"}"#.into(),
+            400, "request_malformed", "duplicate",
+        ),
+    ];
+    for (name, method, path, ct, token, body, status, code, part) in &cases {
+        let r = send(
+            &http,
+            method,
+            &url(path),
+            &[("content-type", ct), ("authorization", &bearer(token))],
+            body.as_bytes(),
+        )
+        .await;
+        let msg = r.body["message"].as_str().unwrap_or("").to_string();
+        assert_eq!(r.status, *status, "{name}: {}", r.body);
+        assert!(msg.starts_with(&format!("seb: {code}: ")), "{name}: {msg}");
+        assert!(msg.contains(part), "{name}: {msg}");
+        assert!(
+            !msg.contains("server-side")
+                || *code != "request_malformed"
+                || !name.contains("duplicate"),
+            "{name}: {msg}"
+        );
+        assert_eq!(count_mutations(&c.api), n, "{name}: reached the apiserver");
+    }
+    assert!(
+        !c.api.requests().iter().any(|q| {
+            let p = q["path"].as_str().unwrap_or("");
+            p.contains("secrets") || p.contains("watch=true") || p.contains("/watch/")
+        }),
+        "a name or a /watch/ path reached the apiserver"
+    );
+
+    // exec and port-forward, as raw bytes: booleans the apiserver would read as true, or
+    // read once where seb reads twice, and a ports restriction seb cannot hold.
+    let exec_cert = || {
+        c.env.kube_cert(
+            json!({"verb": "create", "group": "", "resource": "pods", "subresource": "exec", "namespace": "shop",
+                   "name": "web-1", "container": "app", "command": ["echo", "hi"]}),
+            Value::Null,
+            |_| {},
+        )
+    };
+    let raw = |path: &str, token: &str| {
+        format!("POST {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\nConnection: Upgrade, close\r\nUpgrade: SPDY/3.1\r\nContent-Length: 0\r\n\r\n")
+    };
+    let exec = "/api/v1/namespaces/shop/pods/web-1/exec?command=echo&command=hi&container=app";
+    for (q, status, part) in [
+        ("&stdin=", 400, "stdin"),
+        ("&stdin", 400, "stdin"),
+        ("&tty=yes", 400, "tty"),
+        ("&stdin=TRUE", 400, "stdin"),
+        ("&stdin=false&stdin=true", 400, "more than once"),
+        ("&stdout=true&stdout=0", 400, "more than once"),
+        ("&command=x;y", 400, "';'"),
+        ("&stdin=1", 403, "interactive"),
+    ] {
+        let r = send_raw(
+            &c.env,
+            c.broker.listen,
+            &raw(&format!("{exec}{q}"), &exec_cert()),
+        )
+        .await;
+        assert_eq!(r.status, status, "{q}: {}", r.body);
+        let msg = r.body["message"].as_str().unwrap_or("");
+        assert!(msg.contains(part), "{q}: {msg}");
+    }
+    let r = send_raw(
+        &c.env,
+        c.broker.listen,
+        &raw(
+            "/api/v1/namespaces/shop/pods/web-1/exec?command=ls&container=app",
+            &exec_cert(),
+        ),
+    )
+    .await;
+    let msg = r.body["message"].as_str().unwrap_or("");
+    assert_eq!(r.status, 403, "{msg}");
+    assert!(
+        msg.contains(r#"["echo","hi"]"#) && !msg.contains("Some("),
+        "{msg}"
+    );
+    let pf_cert = c.env.kube_cert(
+        json!({"verb": "create", "group": "", "resource": "pods", "subresource": "portforward",
+               "namespace": "shop", "name": "web-1", "ports": []}),
+        Value::Null,
+        |_| {},
+    );
+    let r = send_raw(
+        &c.env,
+        c.broker.listen,
+        &raw("/api/v1/namespaces/shop/pods/web-1/portforward", &pf_cert),
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(
+        r.body["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("seb: cert_malformed: seb.request.ports"),
+        "{}",
+        r.body
+    );
+    assert_eq!(
+        count_mutations(&c.api),
+        n,
+        "a refused stream reached the apiserver"
+    );
+
+    // A JSON patch that sets resourceVersion itself still carries the checked one last.
+    let ops = json!([
+        {"op": "replace", "path": "/spec/template/spec/containers/0/image", "value": "reg.local/app:2"},
+        {"op": "replace", "path": "/metadata/resourceVersion", "value": ""}
+    ]);
+    let r = send(
+        &http,
+        "PATCH",
+        &url(web),
+        &[
+            ("content-type", "application/json-patch+json"),
+            ("authorization", &bearer(&patch_cert())),
+        ],
+        ops.to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let sent: Value =
+        serde_json::from_str(last_mutation(&c.api)["body"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        sent.as_array().unwrap().last().unwrap(),
+        &json!({"op": "replace", "path": "/metadata/resourceVersion", "value": rv})
+    );
+
+    // dryRun=All is forwarded and spends the use: the apiserver runs admission on it, and
+    // seb cannot know what a webhook with side effects does with a dry run.
+    let once = c.env.kube_cert(
+        effect(req("patch", "deployments", "apps", Some("web"))),
+        deny(json!({"/spec/replicas": {"max": 5}})),
+        |_| {},
+    );
+    let scale = br#"{"spec":{"replicas":3}}"#;
+    let r = send(
+        &http,
+        "PATCH",
+        &url(&format!("{web}?dryRun=All")),
+        &[("content-type", smp), ("authorization", &bearer(&once))],
+        scale,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        live(&c, web)["spec"]["replicas"],
+        2,
+        "a dry run changed nothing"
+    );
+    let r = send(
+        &http,
+        "PATCH",
+        &url(web),
+        &[("content-type", smp), ("authorization", &bearer(&once))],
+        scale,
+    )
+    .await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(
+        r.body["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("seb: replayed:"),
+        "{}",
+        r.body
+    );
+
+    // A use that ended in the apiserver's 409: the retry (as kubectl makes) is told why.
+    let update = c.env.kube_cert(
+        req("update", "deployments", "apps", Some("web")),
+        json!({"constraints": {"/metadata/name": {"eq": "web"}}, "others": "allow"}),
+        |_| {},
+    );
+    let mut stale = live(&c, web);
+    stale["metadata"]["resourceVersion"] = json!("1");
+    let put = |token: String, body: String| {
+        let http = &http;
+        let target = url(web);
+        async move {
+            send(
+                http,
+                "PUT",
+                &target,
+                &[
+                    ("content-type", "application/json"),
+                    ("authorization", &bearer(&token)),
+                ],
+                body.as_bytes(),
+            )
+            .await
+        }
+    };
+    let r = put(update.clone(), stale.to_string()).await;
+    assert_eq!(r.status, 409, "{}", r.body);
+    let r = put(update, stale.to_string()).await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    let msg = r.body["message"].as_str().unwrap();
+    assert!(
+        msg.starts_with("seb: replayed:") && msg.contains("409 Conflict"),
+        "{msg}"
+    );
+}
+
+/// seb's strategic merge against the test apiserver's (tests/kube/apiserver.py, written from
+/// apimachinery's strategicpatch): on random deployments and patches built from the constructs
+/// agents use, whenever seb computes an effect, the apiserver computes the same object (after
+/// its decoder drops nulls and unknown members). Refusals are not compared: refusing is always
+/// safe. Bounded: one batch of cases, one Python process.
+#[test]
+fn strategic_merge_agrees_with_the_test_apiserver() {
+    use proptest::prelude::*;
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::TestRunner;
+
+    let name = || prop::sample::select(vec!["app", "side", "new", "x"]);
+    let env = prop::collection::vec(
+        (
+            prop::sample::select(vec!["A", "B", "C"]),
+            prop::option::of(prop::sample::select(vec!["1", "2"])),
+        ),
+        0..3,
+    )
+    .prop_map(|e| {
+        Value::Array(
+            e.into_iter()
+                .map(|(n, v)| match v {
+                    Some(v) => json!({"name": n, "value": v}),
+                    None => json!({"name": n, "value": null}),
+                })
+                .collect(),
+        )
+    });
+    let container = (
+        name(),
+        prop::option::of(prop::sample::select(vec!["img:1", "img:2"])),
+        prop::option::of(env.clone()),
+        prop::option::of(prop::sample::select(vec!["delete", "replace", "merge"])),
+        any::<bool>(),
+    )
+        .prop_map(|(n, image, env, directive, retain)| {
+            let mut c = json!({"name": n});
+            if let Some(i) = image {
+                c["image"] = json!(i);
+            }
+            if let Some(e) = env {
+                c["env"] = e;
+            }
+            if let Some(d) = directive {
+                c["$patch"] = json!(d);
+            }
+            if retain {
+                c["$retainKeys"] = json!(["name", "image", "env"]);
+            }
+            c
+        });
+    let finalizers = prop::collection::vec(prop::sample::select(vec!["a", "b", "c"]), 0..3);
+    let live = (
+        prop::collection::vec((name(), env.clone()), 0..4),
+        finalizers.clone(),
+    )
+        .prop_map(|(cs, f)| {
+            let mut seen = Vec::new();
+            let cs: Vec<Value> = cs
+                .into_iter()
+                .filter(|(n, _)| {
+                    let fresh = !seen.contains(n);
+                    seen.push(*n);
+                    fresh
+                })
+                .map(|(n, e)| json!({"name": n, "image": "img:1", "env": without_nulls(e)}))
+                .collect();
+            json!({"metadata": {"name": "web", "labels": {"app": "web"}, "finalizers": f},
+                   "spec": {"replicas": 1, "template": {"spec": {"containers": cs}}}})
+        });
+    let patch = (
+        prop::option::of(prop::collection::vec(container, 0..4)),
+        prop::option::of(prop::collection::vec(name(), 0..4)),
+        prop::option::of(finalizers.clone()),
+        prop::option::of(finalizers),
+        prop::option::of(prop::sample::select(vec!["replace", "delete", "merge"])),
+        any::<bool>(),
+    )
+        .prop_map(|(cs, order, fin, del, spec_directive, null_label)| {
+            let mut pod = json!({});
+            if let Some(cs) = cs {
+                pod["containers"] = Value::Array(cs);
+            }
+            if let Some(o) = order {
+                pod["$setElementOrder/containers"] =
+                    Value::Array(o.into_iter().map(|n| json!({"name": n})).collect());
+            }
+            let mut meta = json!({});
+            if let Some(f) = fin {
+                meta["finalizers"] = json!(f);
+            }
+            if let Some(d) = del {
+                meta["$deleteFromPrimitiveList/finalizers"] = json!(d);
+            }
+            if null_label {
+                meta["labels"] = json!({"app": null, "tier": "web"});
+            }
+            let mut spec = json!({"template": {"spec": pod}});
+            if let Some(d) = spec_directive {
+                spec["template"]["$patch"] = json!(d);
+            }
+            json!({"metadata": meta, "spec": spec})
+        });
+
+    let mut runner = TestRunner::deterministic();
+    let cases: Vec<(Value, Value)> = (0..600)
+        .map(|_| {
+            (
+                live.new_tree(&mut runner).unwrap().current(),
+                patch.new_tree(&mut runner).unwrap().current(),
+            )
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("cases.jsonl");
+    let lines: Vec<String> = cases
+        .iter()
+        .map(|(l, p)| json!({"live": l, "patch": p}).to_string())
+        .collect();
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    let out = Command::new("python3")
+        .arg(repo().join("tests/kube/apiserver.py"))
+        .arg("--smp-oracle")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answers: Vec<Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(answers.len(), cases.len());
+    let mut computed = 0;
+    for ((l, p), want) in cases.iter().zip(&answers) {
+        let Ok(got) = seb::targets::kubernetes::patch::strategic_merge(l, p) else {
+            continue;
+        };
+        computed += 1;
+        assert_eq!(
+            Some(&got),
+            want.get("ok"),
+            "seb and the apiserver disagree\nlive: {l}\npatch: {p}\napiserver: {want}"
+        );
+    }
+    // The generator must reach the computed paths, or this test shows nothing.
+    assert!(computed > 100, "only {computed} cases computed");
+}
+
+/// A live object never holds null members: the apiserver's decoder drops them.
+fn without_nulls(v: Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(
+            m.into_iter()
+                .filter(|(_, c)| !c.is_null())
+                .map(|(k, c)| (k, without_nulls(c)))
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(a.into_iter().map(without_nulls).collect()),
+        other => other,
+    }
+}
+
+/// JSON patch and merge patch against the test apiserver's appliers, as for strategic merge:
+/// wherever seb computes an object, the apiserver computes the same one.
+#[test]
+fn json_and_merge_patch_agree_with_the_test_apiserver() {
+    use proptest::prelude::*;
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::TestRunner;
+    use seb::targets::kubernetes::patch;
+
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        (0i64..3).prop_map(Value::from),
+        prop::sample::select(vec!["a", "b"]).prop_map(Value::from),
+    ];
+    let doc = leaf.prop_recursive(3, 24, 4, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..3).prop_map(Value::Array),
+            prop::collection::btree_map(prop::sample::select(vec!["a", "b", "c"]), inner, 0..3)
+                .prop_map(|m| Value::Object(
+                    m.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+                )),
+        ]
+    });
+    let pointer = prop::sample::select(vec![
+        "", "/a", "/b", "/c", "/a/0", "/a/1", "/a/-", "/a/2", "/b/a", "/b/c/-", "/b/c/0", "/c/0",
+    ]);
+    let op = (
+        prop::sample::select(vec!["add", "remove", "replace", "move", "copy", "test"]),
+        pointer.clone(),
+        pointer,
+        doc.clone(),
+    )
+        .prop_map(
+            |(op, path, from, value)| json!({"op": op, "path": path, "from": from, "value": value}),
+        );
+    // Documents with the shape the pointers name, so that most patches apply.
+    let shaped = (doc.clone(), doc.clone(), doc.clone(), doc.clone())
+        .prop_map(|(x, y, z, w)| json!({"a": [x, y], "b": {"a": z, "c": []}, "c": w}));
+    let json_case = (shaped, prop::collection::vec(op, 1..4));
+    let merge_case = (doc.clone(), doc);
+
+    let mut runner = TestRunner::deterministic();
+    let mut cases: Vec<(&str, Value, Value)> = Vec::new();
+    for _ in 0..400 {
+        let (live, ops) = json_case.new_tree(&mut runner).unwrap().current();
+        cases.push(("json", live, Value::Array(ops)));
+        let (live, p) = merge_case.new_tree(&mut runner).unwrap().current();
+        cases.push(("merge", live, p));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("cases.jsonl");
+    let lines: Vec<String> = cases
+        .iter()
+        .map(|(k, l, p)| json!({"kind": k, "live": l, "patch": p}).to_string())
+        .collect();
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    let out = Command::new("python3")
+        .arg(repo().join("tests/kube/apiserver.py"))
+        .arg("--smp-oracle")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answers: Vec<Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(answers.len(), cases.len());
+    let mut computed = (0, 0);
+    for ((kind, l, p), want) in cases.iter().zip(&answers) {
+        let got = match *kind {
+            "json" => match patch::json_patch(l, p) {
+                Ok(v) => {
+                    computed.0 += 1;
+                    v
+                }
+                Err(_) => continue,
+            },
+            _ => {
+                computed.1 += 1;
+                patch::merge_patch(l, p)
+            }
+        };
+        assert_eq!(
+            Some(&got),
+            want.get("ok"),
+            "{kind} patch: seb and the apiserver disagree\nlive: {l}\npatch: {p}\napiserver: {want}"
+        );
+    }
+    assert!(computed.0 > 50 && computed.1 > 300, "{computed:?}");
+}

@@ -233,7 +233,11 @@ where
         .metrics
         .observe(Phase::Identity, identity_started.elapsed());
 
-    let (n, max) = broker.admission.take_use(&cert).await?;
+    let (n, max) = broker
+        .admission
+        .take_use(&cert)
+        .await
+        .map_err(|d| target.explain(&cert, d))?;
     record.took_use(n, max, &cert);
     broker
         .metrics
@@ -287,6 +291,7 @@ where
         }
         Err(f) => return Err(f.denial),
     };
+    target.observe_outcome(&cert, resp.status());
 
     // 6. outcome (not waited on: the decision is already durable, and a crash before this
     //    record lands is written as `unknown` on restart)

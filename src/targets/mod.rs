@@ -291,6 +291,22 @@ impl Target {
         }
     }
 
+    /// How an admitted request's upstream call ended, for targets that explain later
+    /// refusals of the same certificate with it.
+    pub fn observe_outcome(&self, cert: &Certificate, status: ::http::StatusCode) {
+        if let Target::Kubernetes(t) = self {
+            t.observe_outcome(cert, status)
+        }
+    }
+
+    /// A refusal of a certificate, with what the target knows about its earlier uses.
+    pub fn explain(&self, cert: &Certificate, denial: Denial) -> Denial {
+        match self {
+            Target::Kubernetes(t) => t.explain(cert, denial),
+            Target::Http(_) | Target::Aws(_) => denial,
+        }
+    }
+
     /// Identity for an admitted mutation (`Some(cert)`) or a read (`None`).
     pub async fn identity(&self, cert: Option<&Certificate>) -> Result<Identity, Denial> {
         match self {

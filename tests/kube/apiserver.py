@@ -121,6 +121,10 @@ def json_patch(doc, ops):
         try:
             parts = _ptr(op["path"])
             name = op["op"]
+            # evanphx/json-patch (the apiserver's) finds no parent for "": only test may name
+            # the whole document.
+            if name != "test" and (not parts or name in ("move", "copy") and op.get("from") == ""):
+                raise ApiError(422, "Invalid", f"json patch: {name} on the whole document")
             if name == "test":
                 if _resolve(doc, parts) != op["value"]:
                     raise ApiError(422, "Invalid", f"testing value {op['path']} failed")
@@ -157,82 +161,345 @@ def json_patch(doc, ops):
 
 
 def list_key(field, in_container):
-    if field in ("containers", "initContainers", "ephemeralContainers", "env", "volumes", "imagePullSecrets"):
+    if field in ("containers", "initContainers", "ephemeralContainers", "env", "volumes", "imagePullSecrets",
+                 "resourceClaims", "schedulingGates"):
         return "name"
     if field == "volumeMounts":
         return "mountPath"
+    if field == "volumeDevices":
+        return "devicePath"
     if field == "ports":
         return "containerPort" if in_container else "port"
+    if field == "hostAliases":
+        return "ip"
     if field == "conditions":
         return "type"
+    if field == "ownerReferences":
+        return "uid"
+    if field == "topologySpreadConstraints":
+        return "topologyKey"
     if field == "finalizers":
         return "$set"
     return None
 
 
+# Strategic merge patch as apimachinery's strategicpatch (1.32) computes it with the apiserver's
+# options (MergeParallelList, IgnoreUnmatchedNulls), written from reading it: list order
+# (normalizeElementOrder), values new to the object taken as sent (removeDirectives), a
+# $deleteFromPrimitiveList on a list of objects merging them, $patch: delete leaving {}.
+# What the typed decoder then does (dropping unknown members such as "$patch") is done by
+# drop_unknown at the end.
+
+def _bad(msg):
+    return ApiError(422, "Invalid", f"strategic merge patch: {msg}")
+
+
+def _gotype(x):
+    if isinstance(x, bool):
+        return "bool"
+    if isinstance(x, int):
+        return "int"
+    if isinstance(x, float):
+        return "float"
+    if x is None:
+        return "nil"
+    return type(x).__name__
+
+
+def remove_directives(v):
+    if isinstance(v, dict):
+        if "$patch" in v:
+            return None, False
+        out = {}
+        for k, c in v.items():
+            nv, keep = remove_directives(c)
+            if keep:
+                out[k] = nv
+        return out, True
+    if isinstance(v, list):
+        res = []
+        for c in v:
+            nv, keep = remove_directives(c)
+            if keep:
+                res.append(nv)
+        return res, True
+    return v, True
+
+
+def discard_nulls(v):
+    if isinstance(v, dict):
+        for k in [k for k, c in v.items() if c is None]:
+            del v[k]
+        for c in v.values():
+            discard_nulls(c)
+    elif isinstance(v, list):
+        for c in v:
+            discard_nulls(c)
+
+
+def _ident(x, key):
+    """What apimachinery's index() compares: the merge key's value (nil for a non-map), or
+    the item; Go's == on interfaces compares the type too."""
+    if key:
+        v = x.get(key) if isinstance(x, dict) else None
+    else:
+        v = x
+    return (_gotype(v), v)
+
+
+def _index(lst, v, key):
+    want = _ident(v, key)
+    for i, o in enumerate(lst):
+        if _ident(o, key) == want:
+            return i
+    return -1
+
+
+def _sort(items, order, key):
+    if key:
+        for x in list(items) + list(order):
+            if not isinstance(x, dict) or key not in x:
+                raise _bad(f"no merge key {key}")
+    keep = [x for x in items if not (isinstance(x, dict) and x.get("$patch") == "delete")]
+    dels = [x for x in items if isinstance(x, dict) and x.get("$patch") == "delete"]
+    idx = [_index(order, x, key) for x in keep]
+    if any(i < 0 for i in idx):
+        # Go's comparator is inconsistent here; seb refuses such patches.
+        raise _bad("element not in its order list")
+    return [x for _, x in sorted(zip(idx, keep), key=lambda p: p[0])] + dels
+
+
+def normalize_order(patch_items, server_only, patch_order, server_order, key):
+    right = _sort(patch_items, patch_order, key)
+    left = _sort(server_only, server_order, key)
+    out, i, j = [], 0, 0
+    while i < len(left) or j < len(right):
+        if i >= len(left):
+            out.append(right[j]); j += 1
+        elif j >= len(right):
+            out.append(left[i]); i += 1
+        else:
+            li, ri = _index(server_order, left[i], key), _index(server_order, right[j], key)
+            if li >= 0 and ri >= 0 and li < ri:
+                out.append(left[i]); i += 1
+            else:
+                out.append(right[j]); j += 1
+    return out
+
+
+def _elem_kind(*lists):
+    t = None
+    for l in lists:
+        for v in l:
+            if isinstance(v, list):
+                raise _bad("lists of lists")
+            if t is None:
+                t = _gotype(v)
+            elif t != _gotype(v):
+                raise _bad("list element types differ")
+    if t is None:
+        raise _bad("no elements in any of the given slices")
+    return t
+
+
+def _find(lst, key, value):
+    for i, o in enumerate(lst):
+        if not isinstance(o, dict):
+            raise _bad("value is not a map")
+        if key in o and o[key] == value and _gotype(o[key]) == _gotype(value):
+            return i
+    return -1
+
+
+def merge_slice(orig, patch, key, containers, delete_list=False):
+    if not orig and not patch:
+        return orig
+    kind = _elem_kind(orig, patch)
+    if kind != "dict":
+        if delete_list:
+            return [x for x in orig if x not in patch]
+        both = []
+        for x in orig + patch:
+            if x not in both:
+                both.append(x)
+        in_patch = [x for x in both if x in patch]
+        server_only = [x for x in both if x not in patch]
+        return normalize_order(in_patch, server_only, patch, orig, None)
+    if not key or key == "$set":
+        raise _bad("cannot merge lists without merge key")
+    rest, replace = [], False
+    for e in patch:
+        d = e.get("$patch", None) if "$patch" in e else None
+        if "$patch" not in e:
+            rest.append(e)
+        elif d == "delete":
+            if key not in e:
+                raise _bad("delete element without merge key")
+            orig = [o for o in orig if not (key in o and o[key] == e[key])]
+        elif d == "replace":
+            replace = True
+        else:
+            raise _bad(f"bad $patch {d!r} in a list")
+    if replace:
+        orig, rest = rest, []
+    server_order = list(orig)
+    out = list(orig)
+    for e in rest:
+        if key not in e:
+            raise _bad(f"list element has no merge key {key}")
+        i = _find(out, key, e[key])
+        if i >= 0:
+            out[i] = smp(out[i], e, containers)
+        else:
+            out.append(e)
+    in_patch, server_only = [], []
+    for o in out:
+        if not isinstance(o, dict) or key not in o:
+            raise _bad(f"no merge key {key}")
+        (in_patch if _find(rest, key, o[key]) >= 0 else server_only).append(o)
+    return normalize_order(in_patch, server_only, rest, server_order, key)
+
+
+def _validate_order(patch_list, order, key):
+    if not order or not patch_list:
+        return
+    kept = [e for e in patch_list if not (key and isinstance(e, dict) and e.get("$patch") == "delete")]
+    p = o = 0
+    while p < len(kept) and o < len(order):
+        if isinstance(kept[p], dict) and "$patch" in kept[p]:
+            p += 1
+            continue
+        if key:
+            if key not in kept[p] or not isinstance(order[o], dict) or key not in order[o]:
+                raise _bad("no merge key")
+            eq = kept[p][key] == order[o][key]
+        else:
+            eq = kept[p] == order[o]
+        if eq:
+            p += 1
+        o += 1
+    if p < len(kept):
+        raise _bad("the order in the patch list does not match $setElementOrder")
+
+
 def smp(original, patch, in_container=False):
-    """Strategic merge patch; None means the map is deleted."""
+    """Strategic merge patch of a map (apimachinery's mergeMap)."""
     if not isinstance(patch, dict):
         raise ApiError(400, "BadRequest", "strategic merge patch must be an object")
-    directive = patch.get("$patch")
-    if directive == "replace":
-        return {k: v for k, v in patch.items() if k != "$patch"}
-    if directive == "delete":
-        return None
+    patch = copy.deepcopy(patch)
+    if "$patch" in patch:
+        d = patch.pop("$patch")
+        if d == "replace":
+            return patch
+        if d == "delete":
+            return {}
+        raise _bad(f"unknown $patch {d!r}")
     out = copy.deepcopy(original) if isinstance(original, dict) else {}
     if "$retainKeys" in patch:
-        out = {k: v for k, v in out.items() if k in patch["$retainKeys"]}
-    orders = {}
+        keep = patch.pop("$retainKeys")
+        if not isinstance(keep, list):
+            raise _bad("$retainKeys must be a list")
+        for k, v in patch.items():
+            if v is None or k.startswith("$deleteFromPrimitiveList/") or k.startswith("$setElementOrder/"):
+                continue
+            if k not in keep:
+                raise _bad(f"{k} is not in $retainKeys")
+        out = {k: v for k, v in out.items() if k in keep}
+    for k in [k for k in patch if k.startswith("$setElementOrder/")]:
+        order = patch.pop(k)
+        f = k.split("/", 1)[1]
+        key = list_key(f, in_container)
+        if key is None:
+            raise _bad(f"{f} has no merge strategy")
+        key = None if key == "$set" else key
+        if not isinstance(order, list):
+            raise _bad("$setElementOrder must be a list")
+        has_o, has_p = f in out, f in patch
+        o_list, p_list = out.get(f), patch.get(f)
+        if has_o and not isinstance(o_list, list) or has_p and not isinstance(p_list, list):
+            raise _bad("not a list")
+        _validate_order(p_list or [], order, key)
+        if has_o and not has_p:
+            merged = o_list
+        elif has_p and not has_o:
+            merged, _ = remove_directives(p_list)
+        elif has_o and has_p:
+            merged = merge_slice(o_list, p_list, key or "$set", f in ("containers", "initContainers", "ephemeralContainers"))
+        else:
+            continue
+        if key:
+            for x in merged:
+                if not isinstance(x, dict) or key not in x:
+                    raise _bad("no merge key")
+            in_o = [x for x in merged if any(isinstance(z, dict) and z.get(key) == x[key] for z in order)]
+            srv = [x for x in merged if not any(isinstance(z, dict) and z.get(key) == x[key] for z in order)]
+        else:
+            in_o = [x for x in merged if x in order]
+            srv = [x for x in merged if x not in order]
+        _elem_kind(o_list or [], p_list or [])
+        out[f] = normalize_order(in_o, srv, order, o_list or [], key)
+        patch.pop(f, None)
     for k, v in patch.items():
-        if k in ("$patch", "$retainKeys"):
-            continue
-        if k.startswith("$setElementOrder/"):
-            orders[k.split("/", 1)[1]] = v
-            continue
-        if k.startswith("$deleteFromPrimitiveList/"):
-            f = k.split("/", 1)[1]
-            out[f] = [x for x in out.get(f, []) if x not in v]
-            continue
-        if k.startswith("$"):
+        delete_list = k.startswith("$deleteFromPrimitiveList/")
+        if delete_list:
+            k = k.split("/", 1)[1]
+        elif k.startswith("$"):
             raise ApiError(400, "BadRequest", f"unknown directive {k}")
         if v is None:
             out.pop(k, None)
-        elif isinstance(v, dict) and (k not in out or isinstance(out[k], dict)):
-            m = smp(out.get(k), v)
-            if m is None:
-                out.pop(k, None)
+            continue
+        if k not in out or not _gotype(out[k]) == _gotype(v):
+            if not delete_list:
+                discard_nulls(v)
+                nv, keep = remove_directives(v)
+                if keep:
+                    out[k] = nv
+                else:
+                    out.pop(k, None)
+            continue
+        if isinstance(v, dict):
+            out[k] = smp(out[k], v)
+        elif isinstance(v, list):
+            key = list_key(k, in_container)
+            if key or delete_list:
+                out[k] = merge_slice(out[k], v, key, k in ("containers", "initContainers", "ephemeralContainers"), delete_list)
             else:
-                out[k] = m
-        elif isinstance(v, list) and list_key(k, in_container):
-            out[k] = merge_list(out.get(k) or [], v, list_key(k, in_container), k in ("containers", "initContainers", "ephemeralContainers"))
+                out[k] = v
         else:
-            out[k] = copy.deepcopy(v)
-    for f, order in orders.items():
-        key = list_key(f, in_container)
-        ident = (lambda x: x.get(key)) if key and key != "$set" else (lambda x: x)
-        want = [ident(x) for x in order]
-        items = out.get(f, [])
-        out[f] = [x for w in want for x in items if ident(x) == w] + [x for x in items if ident(x) not in want]
+            nv, keep = remove_directives(v)
+            out[k] = nv
     return out
 
 
-def merge_list(orig, patch, key, containers):
-    if key == "$set":
-        return orig + [x for x in patch if x not in orig]
-    if any(isinstance(e, dict) and e.get("$patch") == "replace" for e in patch):
-        return [e for e in patch if "$patch" not in e]
-    out = copy.deepcopy(orig)
-    for e in patch:
-        if key not in e:
-            raise ApiError(400, "BadRequest", f"list element has no merge key {key}")
-        idx = next((i for i, o in enumerate(out) if o.get(key) == e[key]), None)
-        if e.get("$patch") == "delete":
-            out = [o for o in out if o.get(key) != e[key]]
-        elif idx is None:
-            out.append(smp(None, e, containers))
-        else:
-            out[idx] = smp(out[idx], e, containers)
-    return out
+def decoded(v):
+    """What the typed decoder keeps: members the schema has ("$..." never is one), and no
+    nulls (a null member decodes as unset)."""
+    if isinstance(v, dict):
+        return {k: decoded(c) for k, c in v.items() if not k.startswith("$") and c is not None}
+    if isinstance(v, list):
+        return [decoded(c) for c in v]
+    return v
+
+
+def smp_oracle(path):
+    """For seb's differential tests: one {"kind" (smp, json, merge), "live", "patch"} per line
+    in, one {"ok"} or {"err"} per line out."""
+    with open(path) as f:
+        for line in f:
+            case = json.loads(line)
+            try:
+                kind = case.get("kind", "smp")
+                if kind == "json":
+                    out = {"ok": json_patch(case["live"], case["patch"])}
+                elif kind == "merge":
+                    out = {"ok": merge_patch(case["live"], case["patch"])}
+                else:
+                    out = {"ok": decoded(smp(case["live"], case["patch"]))}
+            except ApiError as e:
+                out = {"err": e.message}
+            except Exception as e:  # apimachinery would panic or error; either way no result
+                out = {"err": repr(e)}
+            print(json.dumps(out))
 
 
 # --- the server -------------------------------------------------------------------------------
@@ -500,10 +767,7 @@ class Handler(BaseHTTPRequestHandler):
                 raise ApiError(400, "BadRequest", "json patch must be a list")
             return json_patch(cur, p)
         if ctype in ("application/strategic-merge-patch+json", "application/apply-patch+yaml"):
-            out = smp(cur, p)
-            if out is None:
-                raise ApiError(422, "Invalid", "patch deletes the object")
-            return out
+            return decoded(smp(cur, p))
         raise ApiError(415, "UnsupportedMediaType", f"the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json ({ctype})")
 
     def scale_of(self, obj):
@@ -605,6 +869,8 @@ class Handler(BaseHTTPRequestHandler):
 
 
 def main():
+    if len(sys.argv) == 3 and sys.argv[1] == "--smp-oracle":
+        return smp_oracle(sys.argv[2])
     p = argparse.ArgumentParser()
     p.add_argument("--log", required=True)
     p.add_argument("--cert", required=True)

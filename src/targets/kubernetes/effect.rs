@@ -46,24 +46,34 @@ pub enum Change {
 /// The object after the change. `live` is `None` when the object does not exist.
 pub fn after(change: Change, live: Option<&Value>, body: &Value) -> Result<Value, String> {
     match (change, live) {
-        (Change::Create, _) | (Change::Update, _) | (Change::Apply, None) => Ok(body.clone()),
+        (Change::Create, _) | (Change::Update, _) => Ok(body.clone()),
+        (Change::Apply, None) => {
+            patch::refuse_directives(body)?;
+            Ok(body.clone())
+        }
         (_, None) => Err("the object does not exist, so there is nothing to patch".into()),
         (Change::MergePatch, Some(l)) => Ok(patch::merge_patch(l, body)),
         (Change::JsonPatch, Some(l)) => patch::json_patch(l, body),
-        (Change::StrategicMergePatch, Some(l)) | (Change::Apply, Some(l)) => {
+        (Change::StrategicMergePatch, Some(l)) => patch::strategic_merge(l, body),
+        (Change::Apply, Some(l)) => {
+            patch::refuse_directives(body)?;
+            patch::check_apply_modeled(l, body)?;
             patch::strategic_merge(l, body)
         }
     }
 }
 
 /// Fields the apiserver owns: a change to them is not a change the agent makes. A
-/// `resourceVersion` in a body is a precondition, not a new value.
-const SERVER_FIELDS: [&str; 7] = [
+/// `resourceVersion` in a body is a precondition, not a new value (the broker forwards the
+/// one it checked). `managedFields` is not among them: the apiserver takes managedFields
+/// from an update or patch body as sent, and they decide who owns which field (what a later
+/// server-side apply removes or conflicts on), so changing them must be certified like any
+/// other field.
+const SERVER_FIELDS: [&str; 6] = [
     "/metadata/resourceVersion",
     "/metadata/uid",
     "/metadata/generation",
     "/metadata/creationTimestamp",
-    "/metadata/managedFields",
     "/metadata/selfLink",
     "/status",
 ];

@@ -46,6 +46,38 @@ pub struct KubeTarget {
     token_request: Option<TokenMinter>,
     pub(crate) headers: super::headers::HeaderRules,
     pub client: UpstreamClient,
+    outcomes: Outcomes,
+}
+
+/// The last upstream status per certificate id, for the few most recent certificates: enough
+/// to explain a retry seconds later, bounded so no agent can grow it.
+#[derive(Default)]
+struct Outcomes {
+    inner: std::sync::Mutex<(
+        std::collections::HashMap<String, u16>,
+        std::collections::VecDeque<String>,
+    )>,
+}
+
+impl Outcomes {
+    const MAX: usize = 4096;
+
+    fn record(&self, jti: &str, status: u16) {
+        let Ok(mut g) = self.inner.lock() else { return };
+        let (map, order) = &mut *g;
+        if map.insert(jti.to_string(), status).is_none() {
+            order.push_back(jti.to_string());
+            if order.len() > Self::MAX {
+                if let Some(old) = order.pop_front() {
+                    map.remove(&old);
+                }
+            }
+        }
+    }
+
+    fn last(&self, jti: &str) -> Option<u16> {
+        self.inner.lock().ok()?.0.get(jti).copied()
+    }
 }
 
 /// `seb.request` for kubernetes targets (certificate v1), plus `effect`: whether `seb.body`
@@ -73,7 +105,8 @@ struct KubeContract {
     /// exec and attach: whether the session may read the agent's stdin (and use a tty).
     #[serde(default)]
     stdin: bool,
-    /// portforward: the ports.
+    /// portforward ports: refused (see check_stream), read so that a certificate naming
+    /// them is told why rather than "unknown field".
     #[serde(default)]
     ports: Option<Vec<String>>,
 }
@@ -84,11 +117,97 @@ fn is_stream_subresource(sub: Option<&str>) -> bool {
     matches!(sub, Some("exec" | "attach" | "portforward"))
 }
 
+/// A query string read the way the apiserver's Go `url.ParseQuery` would, or refused where
+/// the two readings could differ: Go drops a pair holding `;` or a bad escape where
+/// `requestinfo::query_pairs` would keep it, and seb compares only valid UTF-8.
+fn strict_query_pairs(query: &str) -> Result<Vec<(String, String)>, Denial> {
+    let bad = |why: String| Denial::new(Reason::RequestMalformed, why);
+    let mut out = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        if pair.contains(';') {
+            return Err(bad(format!(
+                "query parameter {pair:?} holds ';', which the apiserver drops with the whole parameter"
+            )));
+        }
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let decode = |x: &str| -> Result<String, Denial> {
+            let b = x.as_bytes();
+            for (i, c) in b.iter().enumerate() {
+                if *c == b'%'
+                    && !(i + 2 < b.len()
+                        && b[i + 1].is_ascii_hexdigit()
+                        && b[i + 2].is_ascii_hexdigit())
+                {
+                    return Err(bad(format!(
+                        "query parameter {pair:?} has a malformed percent escape"
+                    )));
+                }
+            }
+            let plus = x.replace('+', " ");
+            percent_encoding::percent_decode_str(&plus)
+                .decode_utf8()
+                .map(|c| c.into_owned())
+                .map_err(|_| bad(format!("query parameter {pair:?} is not UTF-8")))
+        };
+        out.push((decode(k)?, decode(v)?));
+    }
+    Ok(out)
+}
+
+/// A boolean query parameter of exec or attach. The apiserver reads the first value and takes
+/// anything but `0` or `false` (any case) as true, empty included; seb accepts only the four
+/// spellings whose meaning nobody disputes, and one value.
+fn query_bool(pairs: &[(String, String)], k: &str) -> Result<bool, Denial> {
+    let mut values = pairs
+        .iter()
+        .filter(|(n, _)| n == k)
+        .map(|(_, v)| v.as_str());
+    let v = values.next();
+    if values.next().is_some() {
+        return Err(Denial::new(
+            Reason::RequestMalformed,
+            format!("query parameter {k} appears more than once"),
+        ));
+    }
+    match v {
+        None | Some("false" | "0") => Ok(false),
+        Some("true" | "1") => Ok(true),
+        Some(other) => Err(Denial::new(
+            Reason::RequestMalformed,
+            format!("query parameter {k}={other:?} is not true, false, 1 or 0 (the apiserver would read it as true)"),
+        )),
+    }
+}
+
+fn quoted_or_none(v: Option<&str>) -> String {
+    v.map(|c| format!("{c:?}")).unwrap_or_else(|| "none".into())
+}
+
+fn command_text(c: &[String]) -> String {
+    serde_json::to_string(c).unwrap_or_default()
+}
+
 /// What an exec, attach or port-forward will run, from its query string, against the
-/// certificate's `container`, `command`, `stdin` and `ports`.
+/// certificate's `container`, `command` and `stdin`.
 fn check_stream(c: &KubeContract, info: &RequestInfo, query: Option<&str>) -> Result<(), Denial> {
     let mismatch = |m: String| Denial::new(Reason::ContractMismatch, m);
-    let pairs = requestinfo::query_pairs(query.unwrap_or(""));
+    if c.ports.is_some() {
+        // kubectl sends the ports inside the stream (a header per SPDY stream, or the
+        // websocket's channels), not in the query, so seb cannot hold a session to them.
+        return Err(Denial::new(
+            Reason::CertMalformed,
+            "seb.request.ports cannot be enforced: port-forward ports travel inside the stream, where the broker does not read them; a portforward certificate admits every port of the pod it names, so omit ports",
+        ));
+    }
+    if !is_stream_subresource(info.subresource.as_deref()) {
+        if c.container.is_some() || c.command.is_some() || c.stdin {
+            return Err(mismatch(
+                "container, command and stdin apply only to exec, attach and portforward".into(),
+            ));
+        }
+        return Ok(());
+    }
+    let pairs = strict_query_pairs(query.unwrap_or(""))?;
     let all = |k: &str| -> Vec<String> {
         pairs
             .iter()
@@ -96,54 +215,43 @@ fn check_stream(c: &KubeContract, info: &RequestInfo, query: Option<&str>) -> Re
             .map(|(_, v)| v.clone())
             .collect()
     };
-    let one = |k: &str| -> Result<Option<String>, Denial> {
-        let v = all(k);
-        if v.len() > 1 {
-            return Err(Denial::new(
-                Reason::RequestMalformed,
-                format!("query parameter {k} appears more than once"),
-            ));
-        }
-        Ok(v.into_iter().next())
-    };
-    let flag = |k: &str| -> Result<bool, Denial> {
-        Ok(one(k)?.is_some_and(|v| matches!(v.as_str(), "true" | "1")))
-    };
-    match info.subresource.as_deref() {
-        Some("exec") | Some("attach") => {
-            if one("container")? != c.container {
-                return Err(mismatch(format!(
-                    "certificate allows container {:?} and the request names {:?}",
-                    c.container,
-                    one("container")?
-                )));
-            }
-            if (flag("stdin")? || flag("tty")?) && !c.stdin {
-                return Err(mismatch("the request asks for stdin or a tty, and the certificate does not allow an interactive session".into()));
-            }
-            if info.subresource.as_deref() == Some("exec") {
-                let command = all("command");
-                if c.command.as_ref() != Some(&command) {
-                    return Err(mismatch(format!(
-                        "certificate allows command {:?} and the request runs {command:?}",
-                        c.command
-                    )));
-                }
-            }
-        }
-        Some("portforward") => {
-            if c.ports.as_ref() != Some(&all("ports")) {
-                return Err(mismatch(format!(
-                    "certificate allows ports {:?} and the request forwards {:?}",
-                    c.ports,
-                    all("ports")
-                )));
-            }
-        }
-        _ => {
-            if c.container.is_some() || c.command.is_some() || c.ports.is_some() || c.stdin {
-                return Err(mismatch("container, command, stdin and ports apply only to exec, attach and portforward".into()));
-            }
+    if info.subresource.as_deref() == Some("portforward") {
+        return Ok(());
+    }
+    let containers = all("container");
+    if containers.len() > 1 {
+        return Err(Denial::new(
+            Reason::RequestMalformed,
+            "query parameter container appears more than once",
+        ));
+    }
+    let container = containers.first().map(String::as_str);
+    if container != c.container.as_deref() {
+        return Err(mismatch(format!(
+            "certificate allows container {} and the request names {}",
+            quoted_or_none(c.container.as_deref()),
+            quoted_or_none(container)
+        )));
+    }
+    let mut interactive = false;
+    for k in ["stdin", "stdout", "stderr", "tty"] {
+        let on = query_bool(&pairs, k)?;
+        interactive |= on && (k == "stdin" || k == "tty");
+    }
+    if interactive && !c.stdin {
+        return Err(mismatch("the request asks for stdin or a tty, and the certificate does not allow an interactive session".into()));
+    }
+    if info.subresource.as_deref() == Some("exec") {
+        let command = all("command");
+        if c.command.as_ref() != Some(&command) {
+            return Err(mismatch(format!(
+                "certificate allows command {} and the request runs {}",
+                c.command
+                    .as_deref()
+                    .map(command_text)
+                    .unwrap_or_else(|| "none".into()),
+                command_text(&command)
+            )));
         }
     }
     Ok(())
@@ -241,8 +349,10 @@ fn body_value(media: Media, body: &[u8]) -> Result<Value, Denial> {
         Media::ApplyPatch => "the apply patch",
         _ => "the body",
     };
+    // Only a body that is not JSON even to a lenient reader is YAML; a JSON body with a
+    // duplicate key is told about the key by strict_json below.
     if media == Media::ApplyPatch
-        && crate::json::parse_strict(body).is_err()
+        && serde_json::from_slice::<serde::de::IgnoredAny>(body).is_err()
         && std::str::from_utf8(body).is_ok()
     {
         return Err(Denial::new(
@@ -306,6 +416,7 @@ impl KubeTarget {
             token_request: cfg.token_request.as_ref().map(TokenMinter::new),
             headers: header_rules(),
             client: UpstreamClient::new(cfg.ca.as_deref())?,
+            outcomes: Outcomes::default(),
         })
     }
 
@@ -498,6 +609,9 @@ impl KubeTarget {
                 let name = v.pointer("/metadata/name").and_then(Value::as_str).ok_or_else(|| {
                     Denial::new(Reason::ContractMismatch, "a create checked against the live state needs metadata.name (generateName cannot be checked)")
                 })?;
+                // The name becomes part of the path of seb's own read: `x?watch=true` or
+                // `../secrets/db` would read something else than the object created.
+                check_object_name(name)?;
                 format!("{}/{name}", parts.uri.path())
             }
             ("update" | "patch" | "delete", _) => parts.uri.path().to_string(),
@@ -577,7 +691,27 @@ impl KubeTarget {
             // A missing object: the apiserver answers the update, patch or delete with 404.
             return Ok(body);
         };
-        with_resource_version(info.verb.as_str(), m, value, rv).map(|v| Bytes::from(v.to_string()))
+        let pinned = with_resource_version(info.verb.as_str(), m, value, rv)?;
+        check_pinned(info.verb.as_str(), m, live.as_ref(), &pinned, rv)?;
+        Ok(Bytes::from(pinned.to_string()))
+    }
+
+    /// Remembers how an admitted request's upstream call ended, so that a later `replayed`
+    /// refusal of the same certificate can say the earlier use hit a conflict.
+    pub fn observe_outcome(&self, cert: &Certificate, status: http::StatusCode) {
+        self.outcomes.record(&cert.claims.jti, status.as_u16());
+    }
+
+    /// A `replayed` refusal says so when the certificate's last use ended in 409 Conflict:
+    /// kubectl retries a conflict with the same certificate, and "replayed" alone hides why.
+    pub fn explain(&self, cert: &Certificate, mut denial: Denial) -> Denial {
+        if denial.reason == Reason::Replayed && self.outcomes.last(&cert.claims.jti) == Some(409) {
+            denial.message = format!(
+                "{}; its earlier use reached the apiserver and ended in 409 Conflict (the object changed after the broker checked it), which spent the certificate: get a new certificate for the object as it is now",
+                denial.message
+            );
+        }
+        denial
     }
 
     async fn get_live(&self, path: &str) -> Result<Option<Value>, Denial> {
@@ -847,8 +981,7 @@ fn with_resource_version(
             let meta = meta
                 .as_object_mut()
                 .ok_or_else(|| cannot("metadata is not an object"))?;
-            // One already there is the agent's own precondition; the apiserver checks it.
-            meta.entry("resourceVersion").or_insert_with(|| rv.into());
+            pin(meta, "metadata.resourceVersion", rv)?;
             Ok(v)
         }
         ("patch", Some(Media::JsonPatch)) => {
@@ -868,13 +1001,102 @@ fn with_resource_version(
                 .as_object_mut()
                 .ok_or_else(|| cannot("DeleteOptions is not an object"))?;
             let pre = o.entry("preconditions").or_insert_with(|| json!({}));
-            pre.as_object_mut()
-                .ok_or_else(|| cannot("preconditions is not an object"))?
-                .entry("resourceVersion")
-                .or_insert_with(|| rv.into());
+            let pre = pre
+                .as_object_mut()
+                .ok_or_else(|| cannot("preconditions is not an object"))?;
+            pin(pre, "preconditions.resourceVersion", rv)?;
             Ok(v)
         }
         (verb, _) => Err(cannot(&format!("{verb} requests carry no precondition"))),
+    }
+}
+
+/// Sets `resourceVersion` in `map` to the version seb checked. An agent's own value is the
+/// same (kept), or refused: a stale one as drift (the apiserver would answer 409 anyway), and
+/// `null`, `""` or a non-string because the apiserver reads them as "no precondition", which
+/// would make the write unconditional.
+fn pin(map: &mut Map<String, Value>, what: &str, rv: &str) -> Result<(), Denial> {
+    match map.get("resourceVersion") {
+        None => {}
+        Some(Value::String(s)) if s == rv => {}
+        Some(Value::String(s)) if !s.is_empty() => {
+            return Err(Denial::new(
+                Reason::Drift,
+                format!("the body's {what} is {s:?} and the live object is at {rv:?}; read the object again"),
+            ))
+        }
+        Some(other) => {
+            return Err(Denial::new(
+                Reason::RequestMalformed,
+                format!("the body's {what} is {other}, which the apiserver reads as no precondition, making the write unconditional; omit it (the broker sends the version it checked)"),
+            ))
+        }
+    }
+    map.insert("resourceVersion".into(), rv.into());
+    Ok(())
+}
+
+/// The pinned body, applied to the live object the way the apiserver will, must leave the
+/// checked resourceVersion in place: a directive (`$patch: delete` on metadata, a
+/// `$deleteFromPrimitiveList/resourceVersion`, a JSON patch op on `/metadata`) could
+/// otherwise drop the pin after seb set it.
+fn check_pinned(
+    verb: &str,
+    media: Option<Media>,
+    live: Option<&Value>,
+    pinned: &Value,
+    rv: &str,
+) -> Result<(), Denial> {
+    let cannot = |why: String| {
+        Denial::new(
+            Reason::ContractMismatch,
+            format!("cannot pin the resourceVersion: {why}"),
+        )
+    };
+    let after = match (verb, media, live) {
+        ("delete", _, _) => return Ok(()),
+        ("update", _, _) => pinned.clone(),
+        ("patch", Some(Media::MergePatch), Some(l)) => patch::merge_patch(l, pinned),
+        ("patch", Some(Media::JsonPatch), Some(l)) => patch::json_patch(l, pinned)
+            .map_err(|e| cannot(format!("the JSON patch does not apply: {e}")))?,
+        ("patch", Some(Media::StrategicMergePatch | Media::ApplyPatch), Some(l)) => {
+            patch::strategic_merge(l, pinned)
+                .map_err(|e| cannot(format!("the patch's effect cannot be computed: {e}")))?
+        }
+        _ => return Err(cannot("unknown change".into())),
+    };
+    if after
+        .pointer("/metadata/resourceVersion")
+        .and_then(Value::as_str)
+        != Some(rv)
+    {
+        return Err(cannot(
+            "the body would remove or replace the resourceVersion the broker checked".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// A name from a request body, before it becomes part of a path: a DNS subdomain (RFC 1123),
+/// which every kind the broker computes effects for requires of its names.
+fn check_object_name(name: &str) -> Result<(), Denial> {
+    let ok = !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            let b = label.as_bytes();
+            !b.is_empty()
+                && b.iter()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+                && b[0] != b'-'
+                && b[b.len() - 1] != b'-'
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(Denial::new(
+            Reason::RequestMalformed,
+            format!("metadata.name {name:?} is not a DNS subdomain (lowercase letters, digits, '-' and '.', at most 253 characters)"),
+        ))
     }
 }
 
@@ -947,17 +1169,112 @@ mod tests {
         assert_eq!(v.as_array().unwrap().len(), 2);
         let v = with_resource_version("delete", None, None, "7").unwrap();
         assert_eq!(v["preconditions"]["resourceVersion"], "7");
+        // The agent's own version: the same one stays, a stale one is drift, and one the
+        // apiserver reads as "no precondition" is refused.
         let v = with_resource_version(
             "update",
             Some(Media::Json),
-            Some(json!({"metadata": {"resourceVersion": "5"}})),
+            Some(json!({"metadata": {"resourceVersion": "7"}})),
             "7",
         )
         .unwrap();
-        assert_eq!(
-            v["metadata"]["resourceVersion"], "5",
-            "the agent's own precondition stays"
-        );
+        assert_eq!(v["metadata"]["resourceVersion"], "7");
+        for (media, verb) in [
+            (Some(Media::Json), "update"),
+            (Some(Media::MergePatch), "patch"),
+            (Some(Media::StrategicMergePatch), "patch"),
+            (Some(Media::ApplyPatch), "patch"),
+        ] {
+            let e = with_resource_version(
+                verb,
+                media,
+                Some(json!({"metadata": {"resourceVersion": "5"}})),
+                "7",
+            )
+            .unwrap_err();
+            assert_eq!(e.reason, Reason::Drift);
+            for unconditional in [json!(null), json!(""), json!(7), json!({})] {
+                let e = with_resource_version(
+                    verb,
+                    media,
+                    Some(json!({"metadata": {"resourceVersion": unconditional}})),
+                    "7",
+                )
+                .unwrap_err();
+                assert_eq!(e.reason, Reason::RequestMalformed, "{verb} {unconditional}");
+            }
+        }
+        let e = with_resource_version(
+            "delete",
+            None,
+            Some(json!({"preconditions": {"resourceVersion": null}})),
+            "7",
+        )
+        .unwrap_err();
+        assert_eq!(e.reason, Reason::RequestMalformed);
+        // Directives that would drop the pin after it is set.
+        let live =
+            json!({"metadata": {"name": "web", "resourceVersion": "7", "labels": {"a": "b"}}});
+        for (media, body) in [
+            (
+                Media::StrategicMergePatch,
+                json!({"metadata": {"$patch": "delete"}}),
+            ),
+            (
+                Media::StrategicMergePatch,
+                json!({"metadata": {"$deleteFromPrimitiveList/resourceVersion": null}}),
+            ),
+            (
+                Media::JsonPatch,
+                json!([{"op": "remove", "path": "/metadata"}]),
+            ),
+        ] {
+            let pinned = with_resource_version("patch", Some(media), Some(body.clone()), "7");
+            let refused = pinned
+                .and_then(|p| check_pinned("patch", Some(media), Some(&live), &p, "7"))
+                .is_err();
+            assert!(refused, "{body}");
+        }
+        // A JSON patch that sets the version itself is overridden by the broker's last op.
+        let ops = json!([{"op": "replace", "path": "/metadata/resourceVersion", "value": ""}]);
+        let p = with_resource_version("patch", Some(Media::JsonPatch), Some(ops), "7").unwrap();
+        assert!(check_pinned("patch", Some(Media::JsonPatch), Some(&live), &p, "7").is_ok());
+    }
+
+    #[test]
+    fn names_are_dns_subdomains_before_they_become_paths() {
+        for ok in ["web", "web-1", "a.b.c", "x"] {
+            assert!(check_object_name(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "x?watch=true",
+            "../secrets/db",
+            "a/b",
+            "a%2Fb",
+            "a#b",
+            "..",
+            "a..b",
+            "Web",
+            "-a",
+            "a-",
+            "a b",
+        ] {
+            assert_eq!(
+                check_object_name(bad).unwrap_err().reason,
+                Reason::RequestMalformed,
+                "{bad}"
+            );
+        }
+        assert!(check_object_name(&"a".repeat(254)).is_err());
+    }
+
+    #[test]
+    fn apply_bodies_with_duplicate_keys_are_told_about_the_key() {
+        let e = body_value(Media::ApplyPatch, br#"{"a":1,"a":2}"#).unwrap_err();
+        assert!(!e.message.contains("YAML"), "{}", e.message);
+        assert!(!e.message.contains("server-side"), "{}", e.message);
+        assert!(e.message.contains("not valid JSON"), "{}", e.message);
     }
 
     #[test]
@@ -996,6 +1313,12 @@ mod tests {
         let i = info("/api/v1/namespaces/x/pods/p/exec");
         let ok = "command=echo&command=hi+there&container=app&stdout=true";
         assert!(check_stream(&exec, &i, Some(ok)).is_ok());
+        for fine in [
+            "command=echo&command=hi+there&container=app&stdin=false&tty=0&stdout=1&stderr=true",
+            "command=echo&command=hi%20there&container=app",
+        ] {
+            assert!(check_stream(&exec, &i, Some(fine)).is_ok(), "{fine}");
+        }
         for bad in [
             "command=echo&container=app",
             "command=hi+there&command=echo&container=app",
@@ -1004,16 +1327,50 @@ mod tests {
             "command=echo&command=hi+there&container=app&container=app",
             "command=echo&command=hi+there&container=app&stdin=true",
             "command=echo&command=hi+there&container=app&tty=1",
+            // Spellings Go's reading takes as true, and duplicates.
+            "command=echo&command=hi+there&container=app&stdin=",
+            "command=echo&command=hi+there&container=app&stdin",
+            "command=echo&command=hi+there&container=app&tty=yes",
+            "command=echo&command=hi+there&container=app&stdin=TRUE",
+            "command=echo&command=hi+there&container=app&stdin=False",
+            "command=echo&command=hi+there&container=app&stdin=false&stdin=true",
+            "command=echo&command=hi+there&container=app&stdout=on",
+            // Pairs Go drops or reads differently.
+            "command=echo&command=hi+there;x&container=app",
+            "command=echo&command=hi+there&container=app&stdin%zz=1",
+            "command=echo&command=hi%ff&container=app",
         ] {
             assert!(check_stream(&exec, &i, Some(bad)).is_err(), "{bad}");
         }
+        // Messages show values, not Rust's Debug of an Option.
+        let e = check_stream(&exec, &i, Some("command=ls&container=app")).unwrap_err();
+        assert!(!e.message.contains("Some("), "{}", e.message);
+        assert!(
+            e.message.contains(r#"["echo","hi there"]"#),
+            "{}",
+            e.message
+        );
+        let e = check_stream(&exec, &i, Some("command=echo&command=hi+there")).unwrap_err();
+        assert!(
+            e.message.contains("\"app\" and the request names none"),
+            "{}",
+            e.message
+        );
+        // Ports travel inside the stream: a certificate naming them cannot be held to them.
         let pf = contract(
             json!({"verb": "create", "group": "", "resource": "pods", "subresource": "portforward",
-            "namespace": "x", "name": "p", "ports": ["8080"]}),
+            "namespace": "x", "name": "p", "ports": []}),
         );
         let i = info("/api/v1/namespaces/x/pods/p/portforward");
-        assert!(check_stream(&pf, &i, Some("ports=8080")).is_ok());
-        assert!(check_stream(&pf, &i, Some("ports=22")).is_err());
+        assert_eq!(
+            check_stream(&pf, &i, None).unwrap_err().reason,
+            Reason::CertMalformed
+        );
+        let pf = contract(
+            json!({"verb": "create", "group": "", "resource": "pods", "subresource": "portforward",
+            "namespace": "x", "name": "p"}),
+        );
+        assert!(check_stream(&pf, &i, None).is_ok());
         let i = info("/api/v1/namespaces/x/pods/p");
         assert!(
             check_stream(&exec, &i, None).is_err(),
@@ -1047,5 +1404,85 @@ mod tests {
         h.insert("authorization", HeaderValue::from_static("Bearer a.b.c"));
         assert_eq!(certificate(&h).unwrap(), Some("a.b.c"));
         assert_eq!(agent_token(&h), None);
+    }
+
+    mod properties {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        /// Go's `url.ParseQuery` as the apiserver reads a query: pairs holding ';' or a bad
+        /// escape are dropped, values are bytes.
+        fn go_query(q: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
+            fn unescape(s: &str) -> Option<Vec<u8>> {
+                let b = s.as_bytes();
+                let mut out = Vec::new();
+                let mut i = 0;
+                while i < b.len() {
+                    match b[i] {
+                        b'+' => out.push(b' '),
+                        b'%' => {
+                            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+                            if !hex.bytes().all(|c| c.is_ascii_hexdigit()) {
+                                return None;
+                            }
+                            out.push(u8::from_str_radix(hex, 16).ok()?);
+                            i += 2;
+                        }
+                        c => out.push(c),
+                    }
+                    i += 1;
+                }
+                Some(out)
+            }
+            q.split('&')
+                .filter(|p| !p.is_empty() && !p.contains(';'))
+                .filter_map(|p| {
+                    let (k, v) = p.split_once('=').unwrap_or((p, ""));
+                    Some((unescape(k)?, unescape(v)?))
+                })
+                .collect()
+        }
+
+        /// The apiserver's `Convert_Slice_string_To_bool`: the first value; false only for
+        /// absent, "0" or "false" in any case.
+        fn go_bool(pairs: &[(Vec<u8>, Vec<u8>)], k: &str) -> bool {
+            match pairs.iter().find(|(n, _)| n == k.as_bytes()) {
+                None => false,
+                Some((_, v)) => !(v == b"0" || v.eq_ignore_ascii_case(b"false")),
+            }
+        }
+
+        fn piece() -> impl Strategy<Value = String> {
+            (
+                prop::sample::select(vec!["stdin", "tty", "stdout", "st%64in", "stdin;x", "tty%"]),
+                prop::sample::select(vec![
+                    "", "=", "=true", "=false", "=0", "=1", "=TRUE", "=False", "=f", "=yes",
+                    "=%30", "=%31", "=fa%6Cse", "=+", "=%zz", "=0;", "=%ff",
+                ]),
+            )
+                .prop_map(|(k, v)| format!("{k}{v}"))
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 2048, ..ProptestConfig::default() })]
+
+            /// Whenever seb admits an exec query's booleans, it reads the value the apiserver
+            /// will act on.
+            #[test]
+            fn exec_booleans_read_as_the_apiserver_reads_them(
+                pieces in prop::collection::vec(piece(), 0..5),
+                sep in prop::sample::select(vec!["&", "&&", ";"]),
+            ) {
+                let q = pieces.join(sep);
+                let go = go_query(&q);
+                if let Ok(pairs) = strict_query_pairs(&q) {
+                    for k in ["stdin", "tty", "stdout"] {
+                        if let Ok(b) = query_bool(&pairs, k) {
+                            prop_assert_eq!(b, go_bool(&go, k), "{} in {}", k, q);
+                        }
+                    }
+                }
+            }
+        }
     }
 }

@@ -28,11 +28,40 @@ pub fn merge_patch(target: &Value, patch: &Value) -> Value {
     Value::Object(out)
 }
 
-/// RFC 6902, all six operations; `test` failing is an error like any other.
+/// The most operations one JSON patch may have: the apiserver's own limit.
+pub const MAX_JSON_PATCH_OPS: usize = 10_000;
+/// The largest object a JSON patch may compute, as serialized JSON (the apiserver takes
+/// request bodies up to 3 MiB). `copy` can double a subtree per operation, so without a bound
+/// a small patch computes an object too large for memory.
+pub const MAX_PATCHED_BYTES: usize = 3 << 20;
+
+/// RFC 6902, all six operations; `test` failing is an error like any other. Refused past
+/// [`MAX_JSON_PATCH_OPS`] operations or once the object could exceed [`MAX_PATCHED_BYTES`].
 pub fn json_patch(target: &Value, ops: &Value) -> Result<Value, String> {
     let ops = ops
         .as_array()
         .ok_or("a JSON patch is an array of operations")?;
+    if ops.len() > MAX_JSON_PATCH_OPS {
+        return Err(format!(
+            "the JSON patch has {} operations, more than the {MAX_JSON_PATCH_OPS} the broker computes",
+            ops.len()
+        ));
+    }
+    // An upper bound of the object's size: removals are not subtracted, so it never
+    // undercounts.
+    let mut size = json_size(target, usize::MAX);
+    let mut grow = |i: usize, v: &Value, path: &str| -> Result<(), String> {
+        let left = MAX_PATCHED_BYTES.saturating_sub(size);
+        // The member name and punctuation the value comes with count too.
+        let n = json_size(v, left).saturating_add(path.len() + 4);
+        if n > left {
+            return Err(format!(
+                "operation {i} would make the patched object larger than {MAX_PATCHED_BYTES} bytes"
+            ));
+        }
+        size += n;
+        Ok(())
+    };
     let mut doc = target.clone();
     for (i, op) in ops.iter().enumerate() {
         let o = op
@@ -56,14 +85,31 @@ pub fn json_patch(target: &Value, ops: &Value) -> Result<Value, String> {
                 .and_then(Value::as_str)
                 .ok_or(format!("operation {i} ({name}) has no from"))
         };
+        // The apiserver's JSON patch library finds no parent for the empty pointer, so only
+        // `test` may name the whole document; seb would otherwise compute a replacement the
+        // apiserver refuses.
+        let whole = path.is_empty()
+            || (matches!(name, "move" | "copy")
+                && o.get("from").and_then(Value::as_str) == Some(""));
+        if whole && name != "test" {
+            return Err(format!(
+                "operation {i} ({name}) names the whole document, which the apiserver does not apply"
+            ));
+        }
         match name {
-            "add" => add(&mut doc, path, value()?)?,
+            "add" => {
+                let v = value()?;
+                grow(i, &v, path)?;
+                add(&mut doc, path, v)?
+            }
             "remove" => {
                 remove(&mut doc, path)?;
             }
             "replace" => {
+                let v = value()?;
+                grow(i, &v, path)?;
                 remove(&mut doc, path)?;
-                add(&mut doc, path, value()?)?;
+                add(&mut doc, path, v)?;
             }
             "move" => {
                 let f = from()?;
@@ -74,10 +120,12 @@ pub fn json_patch(target: &Value, ops: &Value) -> Result<Value, String> {
                 add(&mut doc, path, v)?;
             }
             "copy" => {
-                let v = doc
+                let src = doc
                     .pointer(from()?)
-                    .cloned()
                     .ok_or(format!("operation {i}: from {} does not exist", from()?))?;
+                // Measured before it is cloned: the clone is what the bound is for.
+                grow(i, src, path)?;
+                let v = src.clone();
                 add(&mut doc, path, v)?;
             }
             "test" => {
@@ -90,6 +138,38 @@ pub fn json_patch(target: &Value, ops: &Value) -> Result<Value, String> {
         }
     }
     Ok(doc)
+}
+
+/// The length of `v` serialized compactly, counted only up to `limit` (past it, some number
+/// above `limit`), so measuring a huge value costs no more than the bound.
+fn json_size(v: &Value, limit: usize) -> usize {
+    fn walk(v: &Value, limit: usize, n: &mut usize) {
+        if *n > limit {
+            return;
+        }
+        *n += match v {
+            Value::Null => 4,
+            Value::Bool(b) => 4 + usize::from(!*b),
+            Value::Number(x) => x.to_string().len(),
+            Value::String(s) => s.len() + 2,
+            Value::Array(a) => {
+                for c in a {
+                    walk(c, limit, n);
+                }
+                a.len() + 1
+            }
+            Value::Object(m) => {
+                for (k, c) in m {
+                    *n += k.len() + 3;
+                    walk(c, limit, n);
+                }
+                m.len() + 1
+            }
+        };
+    }
+    let mut n = 0;
+    walk(v, limit, &mut n);
+    n
 }
 
 fn split_pointer(path: &str) -> Result<(String, String), String> {
@@ -154,7 +234,7 @@ fn index(s: &str) -> Option<usize> {
 enum ListMerge {
     /// Elements are objects identified by this key.
     ByKey(&'static str),
-    /// A set of scalars (`finalizers`).
+    /// A set of strings (`finalizers`).
     Set,
 }
 
@@ -188,216 +268,623 @@ fn is_container_list(field: &str) -> bool {
     )
 }
 
+const PATCH: &str = "$patch";
+const RETAIN_KEYS: &str = "$retainKeys";
 const SET_ORDER: &str = "$setElementOrder/";
 const DELETE_FROM_PRIMITIVE: &str = "$deleteFromPrimitiveList/";
 
+/// The strategic merge constructs whose effect the broker computes the way apimachinery's
+/// `strategicpatch` does with the apiserver's options (parallel lists merged, unmatched nulls
+/// dropped). Everything else is refused with a message naming the construct, because an
+/// effect seb computes differently from the apiserver is an effect nobody checked.
+/// docs/kubernetes.md lists these for signers and agents.
+pub const MODELED_CONSTRUCTS: [&str; 10] = [
+    "maps merge key by key; `null` removes a key",
+    "a value (or subtree) the live object does not have yet is placed as sent, without directives",
+    "lists with a merge key in the built-in types merge element by element, in apimachinery's order",
+    "`finalizers` merge as a set of strings",
+    "lists without a merge strategy are replaced whole",
+    "`$patch: replace` and `$patch: delete` on a map that exists",
+    "`{\"$patch\": \"replace\"}` and `{\"$patch\": \"delete\", KEY: V}` elements in a merge-key list, the deleted element existing",
+    "`$retainKeys` (a list of strings naming every key the patch sets)",
+    "`$setElementOrder/FIELD` on a list with a merge strategy",
+    "`$deleteFromPrimitiveList/finalizers` (strings)",
+];
+
 /// Strategic merge patch of one object.
 pub fn strategic_merge(original: &Value, patch: &Value) -> Result<Value, String> {
-    match merge_map(original.as_object(), patch, false)? {
-        Some(m) => Ok(Value::Object(m)),
-        None => Err("the patch deletes the whole object ($patch: delete at the top)".into()),
-    }
-}
-
-/// `None` when the patch deletes the map.
-fn merge_map(
-    original: Option<&Map<String, Value>>,
-    patch: &Value,
-    in_container: bool,
-) -> Result<Option<Map<String, Value>>, String> {
     let p = patch
         .as_object()
         .ok_or("a strategic merge patch of an object must be an object")?;
-    match p.get("$patch").map(|v| v.as_str()) {
-        None => {}
-        Some(Some("replace")) => {
-            let mut out = p.clone();
-            out.remove("$patch");
-            return Ok(Some(strip_directives(out)?));
-        }
-        Some(Some("delete")) => return Ok(None),
-        Some(Some("merge")) => {}
-        Some(other) => return Err(format!("unknown $patch directive {other:?}")),
+    if p.get(PATCH).and_then(Value::as_str) == Some("delete") {
+        return Err("`$patch: delete` at the top would empty the whole object".into());
     }
-    let mut out = original.cloned().unwrap_or_default();
-    if let Some(retain) = p.get("$retainKeys") {
+    let original = original.as_object().cloned().unwrap_or_default();
+    merge_map(original, p, false, "").map(Value::Object)
+}
+
+fn child(at: &str, k: &str) -> String {
+    format!("{at}/{}", k.replace('~', "~0").replace('/', "~1"))
+}
+
+/// apimachinery's `mergeMap`.
+fn merge_map(
+    mut original: Map<String, Value>,
+    patch: &Map<String, Value>,
+    in_container: bool,
+    at: &str,
+) -> Result<Map<String, Value>, String> {
+    if let Some(d) = patch.get(PATCH) {
+        return match d.as_str() {
+            // The patch is the map, as sent; apimachinery keeps nested directives raw for
+            // the decoder to drop, which seb would have to guess at, so they are refused.
+            Some("replace") => {
+                let mut out = Map::new();
+                for (k, v) in patch {
+                    if k != PATCH {
+                        out.insert(k.clone(), placed(v, &child(at, k))?);
+                    }
+                }
+                check_no_directives_in(&out, at)?;
+                Ok(out)
+            }
+            // apimachinery leaves an empty map, not an absent key.
+            Some("delete") => Ok(Map::new()),
+            _ => Err(format!(
+                "{}: `$patch: {}` on a map: the apiserver knows only replace and delete there",
+                here(at),
+                d.as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| d.to_string())
+            )),
+        };
+    }
+    if let Some(retain) = patch.get(RETAIN_KEYS) {
         let keep: Vec<&str> = retain
             .as_array()
-            .ok_or("$retainKeys must be a list")?
+            .ok_or(format!("{}: $retainKeys must be a list", here(at)))?
             .iter()
-            .map(|v| v.as_str().ok_or("$retainKeys must list strings"))
+            .map(|v| {
+                v.as_str()
+                    .ok_or(format!("{}: $retainKeys must list strings", here(at)))
+            })
             .collect::<Result<_, _>>()?;
-        out.retain(|k, _| keep.contains(&k.as_str()));
-    }
-    let mut orders: Vec<(&str, &Value)> = Vec::new();
-    for (k, v) in p {
-        if k == "$patch" || k == "$retainKeys" {
-            continue;
+        // The apiserver refuses a patch that sets a key its $retainKeys omits.
+        for (k, v) in patch {
+            if v.is_null()
+                || k == RETAIN_KEYS
+                || k.starts_with(DELETE_FROM_PRIMITIVE)
+                || k.starts_with(SET_ORDER)
+            {
+                continue;
+            }
+            if !keep.contains(&k.as_str()) {
+                return Err(format!(
+                    "{}: the patch sets {k:?}, which its $retainKeys does not list (the apiserver refuses such a patch)",
+                    here(at)
+                ));
+            }
         }
+        original.retain(|k, _| keep.contains(&k.as_str()));
+    }
+    // `$setElementOrder` lists are applied before the other keys, with the list they order.
+    let mut ordered: Vec<&str> = Vec::new();
+    for (k, order) in patch {
         if let Some(field) = k.strip_prefix(SET_ORDER) {
-            orders.push((field, v));
+            set_element_order(&mut original, patch, field, order, in_container, at)?;
+            ordered.push(field);
+        }
+    }
+    for (k, v) in patch {
+        if k == RETAIN_KEYS || k.starts_with(SET_ORDER) || ordered.contains(&k.as_str()) {
             continue;
         }
         if let Some(field) = k.strip_prefix(DELETE_FROM_PRIMITIVE) {
-            let drop = v.as_array().ok_or(format!("{k} must be a list"))?;
-            if let Some(Value::Array(items)) = out.get_mut(field) {
-                items.retain(|i| !drop.contains(i));
-            }
+            delete_from_primitive_list(
+                &mut original,
+                patch,
+                field,
+                v,
+                ordered.contains(&field),
+                in_container,
+                at,
+            )?;
             continue;
         }
         if k.starts_with('$') {
-            return Err(format!("unknown strategic merge directive {k:?}"));
+            return Err(format!(
+                "{}: {k:?} is not a strategic merge directive the broker models",
+                here(at)
+            ));
         }
+        let at_k = child(at, k);
         if v.is_null() {
-            out.remove(k);
+            original.remove(k);
             continue;
         }
-        let merged = match (out.get(k), v) {
-            (orig, Value::Object(_)) if orig.is_none_or(Value::is_object) => {
-                merge_map(orig.and_then(Value::as_object), v, false)?.map(Value::Object)
+        let merged = match (original.get(k), v) {
+            (Some(Value::Object(o)), Value::Object(p)) => {
+                Value::Object(merge_map(o.clone(), p, false, &at_k)?)
             }
-            (orig, Value::Array(items)) => match list_merge(k, in_container) {
-                Some(strategy) => Some(Value::Array(merge_list(
-                    orig.and_then(Value::as_array)
-                        .map(Vec::as_slice)
-                        .unwrap_or(&[]),
-                    items,
-                    strategy,
-                    is_container_list(k),
-                )?)),
-                None => Some(Value::Array(
-                    items.iter().map(strip_value).collect::<Result<_, _>>()?,
-                )),
+            (Some(Value::Array(o)), Value::Array(p)) => match list_merge(k, in_container) {
+                Some(strategy) => {
+                    Value::Array(merge_list(o, p, strategy, is_container_list(k), &at_k)?)
+                }
+                None => placed(v, &at_k)?,
             },
-            _ => Some(strip_value(v)?),
+            // Absent from the live object, or of another type: apimachinery takes the patch
+            // value as sent (nulls dropped, directives removed); seb refuses the directives,
+            // whose removal would have to be guessed.
+            _ => placed(v, &at_k)?,
         };
-        match merged {
-            Some(m) => out.insert(k.clone(), m),
-            None => out.remove(k),
-        };
+        original.insert(k.clone(), merged);
     }
-    for (field, order) in orders {
-        let order = order
-            .as_array()
-            .ok_or(format!("{SET_ORDER}{field} must be a list"))?;
-        if let Some(Value::Array(items)) = out.get_mut(field) {
-            reorder(items, order, list_merge(field, in_container))?;
-        }
-    }
-    Ok(Some(out))
+    Ok(original)
 }
 
-fn merge_list(
-    original: &[Value],
-    patch: &[Value],
-    strategy: ListMerge,
-    elements_are_containers: bool,
-) -> Result<Vec<Value>, String> {
-    let ListMerge::ByKey(key) = strategy else {
-        let mut out = original.to_vec();
-        for v in patch {
-            if v.is_object() {
-                return Err("a list of values cannot take object directives".into());
-            }
-            if !out.contains(v) {
-                out.push(v.clone());
-            }
-        }
-        return Ok(out);
-    };
-    // `{"$patch": "replace"}` as an element replaces the whole list with the other elements.
-    if patch
-        .iter()
-        .any(|e| e.get("$patch").and_then(Value::as_str) == Some("replace"))
-    {
-        return patch
-            .iter()
-            .filter(|e| e.get("$patch").is_none())
-            .map(strip_value)
-            .collect();
+fn here(at: &str) -> &str {
+    if at.is_empty() {
+        "the top of the object"
+    } else {
+        at
     }
-    let mut out: Vec<Value> = original.to_vec();
-    for e in patch {
-        let obj = e
-            .as_object()
-            .ok_or(format!("list elements merged by {key} must be objects"))?;
-        let id = obj
-            .get(key)
-            .ok_or(format!("a list element has no merge key {key:?}"))?;
-        let at = out.iter().position(|o| o.get(key) == Some(id));
-        match obj.get("$patch").map(|v| v.as_str()) {
-            Some(Some("delete")) => {
-                out.retain(|o| o.get(key) != Some(id));
-                continue;
-            }
-            None | Some(Some("merge")) => {}
-            Some(other) => {
-                return Err(format!(
-                    "unknown $patch directive {other:?} in a list element"
-                ))
-            }
-        }
-        match at {
-            Some(i) => {
-                let merged = merge_map(out[i].as_object(), e, elements_are_containers)?
-                    .ok_or("element deleted")?;
-                out[i] = Value::Object(merged);
-            }
-            None => out.push(Value::Object(
-                merge_map(None, e, elements_are_containers)?.ok_or("element deleted")?,
-            )),
-        }
-    }
-    Ok(out)
 }
 
-/// `$setElementOrder`: listed elements first, in that order; the rest after, as they were.
-fn reorder(
-    items: &mut Vec<Value>,
-    order: &[Value],
-    strategy: Option<ListMerge>,
-) -> Result<(), String> {
-    let id = |v: &Value| -> Value {
-        match strategy {
-            Some(ListMerge::ByKey(k)) => v.get(k).cloned().unwrap_or(Value::Null),
-            _ => v.clone(),
-        }
-    };
-    let want: Vec<Value> = order.iter().map(id).collect();
-    let mut sorted = Vec::with_capacity(items.len());
-    for w in &want {
-        if let Some(i) = items.iter().position(|v| &id(v) == w) {
-            sorted.push(items.remove(i));
-        }
-    }
-    sorted.append(items);
-    *items = sorted;
-    Ok(())
-}
-
-/// A value placed as is must carry no directives: they would be stored as fields.
-fn strip_value(v: &Value) -> Result<Value, String> {
+/// A value the apiserver places as sent: nulls mean "unset" to its decoder, so they are
+/// dropped; a `$` key would be a directive apimachinery does not apply there, so it is refused.
+fn placed(v: &Value, at: &str) -> Result<Value, String> {
     match v {
-        Value::Object(m) => Ok(Value::Object(strip_directives(m.clone())?)),
+        Value::Object(m) => {
+            let mut out = Map::new();
+            for (k, c) in m {
+                if k.starts_with('$') {
+                    return Err(format!(
+                        "{at}: directive {k:?} inside a value the live object does not have yet; the apiserver stores such a value as sent and does not apply the directive, so its effect is not what it says"
+                    ));
+                }
+                if !c.is_null() {
+                    out.insert(k.clone(), placed(c, &child(at, k))?);
+                }
+            }
+            Ok(Value::Object(out))
+        }
         Value::Array(a) => Ok(Value::Array(
-            a.iter().map(strip_value).collect::<Result<_, _>>()?,
+            a.iter()
+                .enumerate()
+                .map(|(i, c)| placed(c, &format!("{at}/{i}")))
+                .collect::<Result<_, _>>()?,
         )),
         other => Ok(other.clone()),
     }
 }
 
-fn strip_directives(m: Map<String, Value>) -> Result<Map<String, Value>, String> {
-    let mut out = Map::new();
-    for (k, v) in m {
-        if k.starts_with(SET_ORDER) || k == "$retainKeys" {
-            continue;
+fn check_no_directives_in(m: &Map<String, Value>, at: &str) -> Result<(), String> {
+    placed(&Value::Object(m.clone()), at).map(|_| ())
+}
+
+/// A merge key's value as the apiserver compares it (Go `==` on decoded JSON): strings and
+/// numbers compare by value and type; anything else cannot be a merge key.
+fn merge_id<'a>(e: &'a Value, key: &str, at: &str) -> Result<&'a Value, String> {
+    let obj = e.as_object().ok_or(format!(
+        "{at}: list elements merged by {key} must be objects"
+    ))?;
+    match obj.get(key) {
+        Some(v @ (Value::String(_) | Value::Number(_) | Value::Bool(_))) => Ok(v),
+        Some(_) => Err(format!(
+            "{at}: merge key {key:?} must be a string or a number"
+        )),
+        None => Err(format!("{at}: a list element has no merge key {key:?}")),
+    }
+}
+
+/// apimachinery's `mergeSlice` for a list with a merge strategy, order included.
+fn merge_list(
+    original: &[Value],
+    patch: &[Value],
+    strategy: ListMerge,
+    elements_are_containers: bool,
+    at: &str,
+) -> Result<Vec<Value>, String> {
+    if original.is_empty() && patch.is_empty() {
+        return Ok(Vec::new());
+    }
+    let key = match strategy {
+        ListMerge::Set => {
+            if original.iter().chain(patch).any(|v| !v.is_string()) {
+                return Err(format!("{at}: a set of strings holds something else"));
+            }
+            let mut both: Vec<Value> = Vec::new();
+            for v in original.iter().chain(patch) {
+                if !both.contains(v) {
+                    both.push(v.clone());
+                }
+            }
+            let (in_patch, server_only) = both.into_iter().partition(|v| patch.contains(v));
+            return normalize_order(in_patch, server_only, patch, original, strategy, at);
         }
-        if k.starts_with('$') {
-            return Err(format!("directive {k:?} where a plain value is set"));
+        ListMerge::ByKey(k) => k,
+    };
+    for (i, e) in original.iter().enumerate() {
+        merge_id(e, key, &format!("{at}/{i} (live)"))?;
+    }
+    // Special elements first: deletions, and a replace marker that makes the list the other
+    // elements as sent.
+    let mut orig = original.to_vec();
+    let mut rest: Vec<&Map<String, Value>> = Vec::new();
+    let mut replace = false;
+    for (i, e) in patch.iter().enumerate() {
+        let at_i = format!("{at}/{i}");
+        let obj = e.as_object().ok_or(format!(
+            "{at_i}: list elements merged by {key} must be objects"
+        ))?;
+        // A marker element carries nothing else: apimachinery ignores its other members,
+        // which an agent might read as content.
+        let marker_only = |allowed: &[&str]| -> Result<(), String> {
+            match obj.keys().find(|k| !allowed.contains(&k.as_str())) {
+                Some(k) => Err(format!(
+                    "{at_i}: a `$patch` marker element also holds {k:?}, which the apiserver ignores"
+                )),
+                None => Ok(()),
+            }
+        };
+        match obj.get(PATCH).map(|d| d.as_str()) {
+            None => rest.push(obj),
+            Some(Some("delete")) => {
+                marker_only(&[PATCH, key])?;
+                let id = merge_id(e, key, &at_i)?;
+                if !orig.iter().any(|o| o.get(key) == Some(id)) {
+                    return Err(format!(
+                        "{at_i}: `$patch: delete` of an element the live list does not have ({key} {id})"
+                    ));
+                }
+                orig.retain(|o| o.get(key) != Some(id));
+            }
+            Some(Some("replace")) => {
+                marker_only(&[PATCH])?;
+                replace = true
+            }
+            Some(d) => {
+                return Err(format!(
+                    "{at_i}: `$patch: {}` in a list element: the apiserver knows only replace and delete there",
+                    d.unwrap_or("(not a string)")
+                ))
+            }
         }
-        out.insert(k, strip_value(&v)?);
+    }
+    let mut seen: Vec<&Value> = Vec::new();
+    for (i, e) in rest.iter().enumerate() {
+        let id = merge_id(&Value::Object((*e).clone()), key, &format!("{at}/{i}"))?.clone();
+        if seen.iter().any(|s| **s == id) {
+            return Err(format!(
+                "{at}: the patch names the element with {key} {id} twice"
+            ));
+        }
+        seen.push(e.get(key).expect("checked"));
+    }
+    if replace {
+        return rest
+            .iter()
+            .enumerate()
+            .map(|(i, e)| placed(&Value::Object((*e).clone()), &format!("{at}/{i}")))
+            .collect();
+    }
+    let server_order = orig.clone();
+    for (i, e) in rest.iter().enumerate() {
+        let id = e.get(key).expect("checked");
+        match orig.iter().position(|o| o.get(key) == Some(id)) {
+            Some(j) => {
+                let base = orig[j].as_object().cloned().unwrap_or_default();
+                orig[j] = Value::Object(merge_map(
+                    base,
+                    e,
+                    elements_are_containers,
+                    &format!("{at}/{j}"),
+                )?);
+            }
+            None => orig.push(placed(&Value::Object((*e).clone()), &format!("{at}/{i}"))?),
+        }
+    }
+    let patch_items: Vec<Value> = rest.iter().map(|e| Value::Object((*e).clone())).collect();
+    let (in_patch, server_only) = orig
+        .into_iter()
+        .partition(|o| patch_items.iter().any(|p| p.get(key) == o.get(key)));
+    normalize_order(
+        in_patch,
+        server_only,
+        &patch_items,
+        &server_order,
+        strategy,
+        at,
+    )
+}
+
+/// The identity apimachinery orders list elements by: the merge key's value, or the value.
+fn identity_of(v: &Value, strategy: ListMerge) -> Option<&Value> {
+    match strategy {
+        ListMerge::ByKey(k) => v.get(k),
+        ListMerge::Set => Some(v),
+    }
+}
+
+/// apimachinery's `normalizeElementOrder`: the patch's elements in the patch's order, the
+/// live-only elements in the live order, merged so each keeps its place relative to the
+/// live list where both are known.
+fn normalize_order(
+    in_patch: Vec<Value>,
+    server_only: Vec<Value>,
+    patch_order: &[Value],
+    server_order: &[Value],
+    strategy: ListMerge,
+    at: &str,
+) -> Result<Vec<Value>, String> {
+    let position = |list: &[Value], v: &Value| -> Option<usize> {
+        let id = identity_of(v, strategy)?;
+        list.iter()
+            .position(|o| identity_of(o, strategy) == Some(id))
+    };
+    // apimachinery sorts with a comparison that is only consistent when every element is
+    // found in the order it is sorted by; seb computes only that case.
+    let sort = |items: Vec<Value>, order: &[Value]| -> Result<Vec<Value>, String> {
+        let mut keyed = items
+            .into_iter()
+            .map(|v| match position(order, &v) {
+                Some(i) => Ok((i, v)),
+                None => Err(format!(
+                    "{at}: the order of this list after the patch cannot be computed exactly"
+                )),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        keyed.sort_by_key(|(i, _)| *i);
+        Ok(keyed.into_iter().map(|(_, v)| v).collect())
+    };
+    let right = sort(in_patch, patch_order)?;
+    let left = sort(server_only, server_order)?;
+    let (mut i, mut j) = (0, 0);
+    let mut out = Vec::with_capacity(left.len() + right.len());
+    while i < left.len() || j < right.len() {
+        let take_left = if i >= left.len() {
+            false
+        } else if j >= right.len() {
+            true
+        } else {
+            matches!(
+                (position(server_order, &left[i]), position(server_order, &right[j])),
+                (Some(l), Some(r)) if l < r
+            )
+        };
+        if take_left {
+            out.push(left[i].clone());
+            i += 1;
+        } else {
+            out.push(right[j].clone());
+            j += 1;
+        }
     }
     Ok(out)
+}
+
+/// apimachinery's `mergePatchIntoOriginal` for one `$setElementOrder/FIELD`.
+fn set_element_order(
+    original: &mut Map<String, Value>,
+    patch: &Map<String, Value>,
+    field: &str,
+    order: &Value,
+    in_container: bool,
+    at: &str,
+) -> Result<(), String> {
+    let at_f = child(at, field);
+    let strategy = list_merge(field, in_container).ok_or(format!(
+        "{at_f}: $setElementOrder on a list without a merge strategy the broker knows"
+    ))?;
+    let order = order
+        .as_array()
+        .ok_or(format!("{at_f}: $setElementOrder must be a list"))?;
+    let as_list = |v: Option<&Value>, what: &str| -> Result<Option<Vec<Value>>, String> {
+        match v {
+            None => Ok(None),
+            Some(Value::Array(a)) => Ok(Some(a.clone())),
+            Some(_) => Err(format!("{at_f}: the {what} value is not a list")),
+        }
+    };
+    let live = as_list(original.get(field), "live")?;
+    let sent = as_list(patch.get(field), "patch's")?;
+    for (i, o) in order.iter().enumerate() {
+        match strategy {
+            ListMerge::ByKey(k) => {
+                merge_id(o, k, &format!("{at_f} ($setElementOrder {i})"))?;
+            }
+            ListMerge::Set if !o.is_string() => {
+                return Err(format!("{at_f}: $setElementOrder of a set lists strings"))
+            }
+            ListMerge::Set => {}
+        }
+    }
+    if let Some(p) = &sent {
+        check_patch_follows_order(p, order, strategy, &at_f)?;
+    }
+    let all_empty =
+        live.as_ref().is_none_or(Vec::is_empty) && sent.as_ref().is_none_or(Vec::is_empty);
+    let merged = match (&live, &sent) {
+        (None, None) => return Ok(()),
+        // The apiserver errors on a list with no elements to take a type from.
+        _ if all_empty => {
+            return Err(format!(
+                "{at_f}: $setElementOrder of an empty list (the apiserver refuses it)"
+            ))
+        }
+        (Some(l), None) => l.clone(),
+        (None, Some(p)) => match placed(&Value::Array(p.clone()), &at_f)? {
+            Value::Array(a) => a,
+            _ => unreachable!("placed keeps arrays"),
+        },
+        (Some(l), Some(p)) => merge_list(l, p, strategy, is_container_list(field), &at_f)?,
+    };
+    let (in_order, server_only): (Vec<Value>, Vec<Value>) = merged.into_iter().partition(|v| {
+        let id = identity_of(v, strategy);
+        order.iter().any(|o| identity_of(o, strategy) == id)
+    });
+    if let ListMerge::ByKey(k) = strategy {
+        for (i, v) in in_order.iter().chain(&server_only).enumerate() {
+            merge_id(v, k, &format!("{at_f}/{i}"))?;
+        }
+    }
+    let sorted = normalize_order(
+        in_order,
+        server_only,
+        order,
+        live.as_deref().unwrap_or(&[]),
+        strategy,
+        &at_f,
+    )?;
+    original.insert(field.to_string(), Value::Array(sorted));
+    Ok(())
+}
+
+/// apimachinery's `validatePatchWithSetOrderList`: the patch's elements (deletions aside)
+/// appear in the order list, in its order.
+fn check_patch_follows_order(
+    patch: &[Value],
+    order: &[Value],
+    strategy: ListMerge,
+    at: &str,
+) -> Result<(), String> {
+    if order.is_empty() || patch.is_empty() {
+        return Ok(());
+    }
+    let kept: Vec<&Value> = patch
+        .iter()
+        .filter(|e| {
+            !matches!(strategy, ListMerge::ByKey(_))
+                || e.get(PATCH).and_then(Value::as_str) != Some("delete")
+        })
+        .collect();
+    let (mut p, mut o) = (0, 0);
+    while p < kept.len() && o < order.len() {
+        if kept[p].get(PATCH).is_some() {
+            p += 1;
+            continue;
+        }
+        if identity_of(kept[p], strategy).is_none() {
+            return Err(format!("{at}: a list element has no merge key"));
+        }
+        if identity_of(kept[p], strategy) == identity_of(&order[o], strategy) {
+            p += 1;
+        }
+        o += 1;
+    }
+    if p < kept.len() {
+        return Err(format!(
+            "{at}: the patch's elements do not follow its $setElementOrder (the apiserver refuses it)"
+        ));
+    }
+    Ok(())
+}
+
+/// `$deleteFromPrimitiveList/FIELD`: apimachinery deletes listed strings from a list of
+/// strings, but on a list of objects it merges the listed objects by merge key instead (they
+/// can add fields), so it is modeled only for `finalizers`.
+fn delete_from_primitive_list(
+    original: &mut Map<String, Value>,
+    patch: &Map<String, Value>,
+    field: &str,
+    drop: &Value,
+    ordered: bool,
+    in_container: bool,
+    at: &str,
+) -> Result<(), String> {
+    let at_f = child(at, &format!("{DELETE_FROM_PRIMITIVE}{field}"));
+    if list_merge(field, in_container) != Some(ListMerge::Set) {
+        return Err(format!(
+            "{at_f}: $deleteFromPrimitiveList is modeled only for finalizers; on a list of objects the apiserver merges the listed elements instead of deleting them"
+        ));
+    }
+    // apimachinery visits a map's keys in no fixed order; with the field itself in the patch
+    // too, the outcome would depend on that order.
+    if patch.contains_key(field) && !ordered {
+        return Err(format!(
+            "{at_f}: together with {field} in the same patch, the apiserver's result depends on the order it visits keys in"
+        ));
+    }
+    let drop = drop
+        .as_array()
+        .filter(|d| d.iter().all(Value::is_string))
+        .ok_or(format!("{at_f}: must be a list of strings"))?;
+    // Nothing to delete from (absent, or not a list) is no change, as in apimachinery.
+    if let Some(Value::Array(items)) = original.get_mut(field) {
+        if items.iter().any(|v| !v.is_string()) {
+            return Err(format!("{at_f}: the live {field} is not a list of strings"));
+        }
+        items.retain(|i| !drop.contains(i));
+    }
+    Ok(())
+}
+
+/// A server-side apply body is merged by structured-merge-diff, which knows no `$`
+/// directives; seb refuses them rather than guess what the apiserver makes of them.
+pub fn refuse_directives(v: &Value) -> Result<(), String> {
+    placed(v, "").map(|_| ())
+}
+
+/// What seb computes of a server-side apply to an existing object is a strategic merge, which
+/// is what structured-merge-diff does too only where the two cannot differ: no nulls (whose
+/// meaning differs), and in every list with a merge key, only elements the live list has, in
+/// its order (where a new element lands, and how a reordered list ends, follow rules seb does
+/// not model). Anything else is refused, naming the list.
+pub fn check_apply_modeled(live: &Value, applied: &Value) -> Result<(), String> {
+    fn walk(
+        live: Option<&Value>,
+        applied: &Value,
+        in_container: bool,
+        at: &str,
+    ) -> Result<(), String> {
+        let Value::Object(m) = applied else {
+            return Ok(());
+        };
+        for (k, v) in m {
+            let at_k = child(at, k);
+            let l = live.and_then(|l| l.get(k));
+            match v {
+                // The broker's resourceVersion pin refuses this one, with its own reason.
+                Value::Null if at_k == "/metadata/resourceVersion" => {}
+                Value::Null => {
+                    return Err(format!(
+                        "{at_k}: a null in a server-side apply body, which structured-merge-diff reads otherwise than a merge; omit the field"
+                    ))
+                }
+                Value::Object(_) => walk(l, v, false, &at_k)?,
+                Value::Array(items) => {
+                    let (Some(strategy), Some(Value::Array(live_items))) =
+                        (list_merge(k, in_container), l)
+                    else {
+                        for item in items {
+                            walk(None, item, is_container_list(k), &at_k)?;
+                        }
+                        continue;
+                    };
+                    let mut last = None;
+                    for (i, item) in items.iter().enumerate() {
+                        let id = identity_of(item, strategy);
+                        let pos = live_items
+                            .iter()
+                            .position(|o| id.is_some() && identity_of(o, strategy) == id)
+                            .ok_or(format!(
+                                "{at_k}/{i}: server-side apply adds an element to a list with a merge key, and where structured-merge-diff places it is not modeled; use a strategic merge patch"
+                            ))?;
+                        if last.is_some_and(|p| p >= pos) {
+                            return Err(format!(
+                                "{at_k}: server-side apply lists the elements in another order than the live object, and the resulting order is not modeled; use a strategic merge patch"
+                            ));
+                        }
+                        last = Some(pos);
+                        walk(live_items.get(pos), item, is_container_list(k), &format!("{at_k}/{pos}"))?;
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+    walk(Some(live), applied, false, "")
 }
 
 #[cfg(test)]
@@ -471,7 +958,11 @@ mod tests {
             json!([{"name": "A", "value": "1"}, {"name": "B", "value": "3"}, {"name": "C", "value": "4"}])
         );
         assert_eq!(c[0]["ports"], json!([{"containerPort": 80, "name": "web"}]));
-        assert_eq!(c[2]["name"], "new");
+        // apimachinery's order: the patch's elements in the patch's order, a live-only
+        // element placed before a patch element only when the live list had it first, so
+        // the new container lands before the sidecar.
+        assert_eq!(c[1]["name"], "new");
+        assert_eq!(c[2]["name"], "side");
     }
 
     #[test]
@@ -509,26 +1000,27 @@ mod tests {
             (c[0]["name"].as_str(), c[1]["image"].as_str()),
             (Some("side"), Some("reg/app:3"))
         );
-        // finalizers are a set; $deleteFromPrimitiveList removes
+        // finalizers are a set, in the patch's order; $deleteFromPrimitiveList removes
         let out = strategic_merge(
             &deployment(),
             &json!({"metadata": {"finalizers": ["b", "a"]}}),
         )
         .unwrap();
-        assert_eq!(out["metadata"]["finalizers"], json!(["a", "b"]));
+        assert_eq!(out["metadata"]["finalizers"], json!(["b", "a"]));
         let out = strategic_merge(
             &deployment(),
             &json!({"metadata": {"$deleteFromPrimitiveList/finalizers": ["a"]}}),
         )
         .unwrap();
         assert_eq!(out["metadata"]["finalizers"], json!([]));
-        // null deletes; $patch: delete on a map deletes it
+        // null deletes; $patch: delete on a map empties it (apimachinery keeps the key)
         let out = strategic_merge(
             &deployment(),
             &json!({"metadata": {"labels": {"$patch": "delete"}}, "spec": {"replicas": null}}),
         )
         .unwrap();
-        assert!(out["metadata"].get("labels").is_none() && out["spec"].get("replicas").is_none());
+        assert_eq!(out["metadata"]["labels"], json!({}));
+        assert!(out["spec"].get("replicas").is_none());
         // what cannot be computed is an error
         assert!(strategic_merge(&deployment(), &json!({"$foo": 1})).is_err());
         assert!(strategic_merge(
@@ -551,5 +1043,332 @@ mod tests {
             out["spec"]["ports"],
             json!([{"port": 80, "targetPort": 9090}, {"port": 443}])
         );
+    }
+
+    fn containers(v: &Value) -> Vec<&str> {
+        v["spec"]["template"]["spec"]["containers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap())
+            .collect()
+    }
+
+    fn refused(patch: Value, names: &str) {
+        let e = strategic_merge(&deployment(), &patch).unwrap_err();
+        assert!(e.contains(names), "{patch}: {e}");
+    }
+
+    #[test]
+    fn delete_from_primitive_list_only_on_strings() {
+        // On containers the apiserver merges the listed element by name: a privileged app.
+        refused(
+            json!({"spec": {"template": {"spec": {"$deleteFromPrimitiveList/containers": [
+                {"name": "app", "securityContext": {"privileged": true}}]}}}}),
+            "$deleteFromPrimitiveList",
+        );
+        refused(
+            json!({"spec": {"template": {"spec": {"containers": [{"name": "app",
+                "$deleteFromPrimitiveList/env": [{"name": "A", "value": "evil"}]}]}}}}),
+            "$deleteFromPrimitiveList",
+        );
+        refused(
+            json!({"metadata": {"$deleteFromPrimitiveList/finalizers": [{"a": 1}]}}),
+            "list of strings",
+        );
+        refused(
+            json!({"metadata": {"$deleteFromPrimitiveList/resourceVersion": null}}),
+            "$deleteFromPrimitiveList",
+        );
+        // Both the list and its deletion list: apimachinery's result depends on map order.
+        refused(
+            json!({"metadata": {"finalizers": ["b"], "$deleteFromPrimitiveList/finalizers": ["a"]}}),
+            "order",
+        );
+    }
+
+    #[test]
+    fn directives_in_what_the_live_object_lacks_are_refused() {
+        for patch in [
+            // A new container "deleted": the apiserver appends it.
+            json!({"spec": {"template": {"spec": {"containers": [{"name": "new", "image": "x", "$patch": "delete"}]}}}}),
+            json!({"spec": {"template": {"spec": {"containers": [{"name": "new", "$patch": "delete"}]}}}}),
+            json!({"spec": {"template": {"spec": {"containers": [{"name": "new", "image": "x", "$retainKeys": ["name"]}]}}}}),
+            json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "env": [
+                {"name": "NEW", "value": "v", "$patch": "replace"}]}]}}}}),
+            // A map the live object lacks, with a directive inside.
+            json!({"spec": {"strategy": {"$patch": "replace", "type": "Recreate"}}}),
+            json!({"spec": {"template": {"spec": {"securityContext": {"$retainKeys": ["runAsUser"], "runAsUser": 0}}}}}),
+            // Of another type in the live object: placed as sent too.
+            json!({"spec": {"replicas": {"$patch": "delete"}}}),
+        ] {
+            let e = strategic_merge(&deployment(), &patch).unwrap_err();
+            assert!(e.contains('$'), "{patch}: {e}");
+        }
+        // The same directives on things that exist are computed.
+        assert!(strategic_merge(
+            &deployment(),
+            &json!({"spec": {"template": {"spec": {"containers": [{"name": "side", "$patch": "delete"}]}}}})
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn constructs_outside_the_allow_list_are_refused_by_name() {
+        refused(
+            json!({"metadata": {"labels": {"$patch": "merge"}}}),
+            "$patch: merge",
+        );
+        refused(
+            json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "$patch": "merge"}]}}}}),
+            "$patch: merge",
+        );
+        refused(json!({"spec": {"$foo": 1}}), "\"$foo\"");
+        refused(
+            json!({"spec": {"template": {"spec": {"$setElementOrder/args": ["a"]}}}}),
+            "$setElementOrder",
+        );
+        refused(
+            json!({"spec": {"template": {"spec": {"containers": [{"name": "app"}, {"name": "app", "image": "x"}]}}}}),
+            "twice",
+        );
+        refused(
+            json!({"spec": {"template": {"spec": {"containers": [{"name": {"x": 1}}]}}}}),
+            "merge key",
+        );
+        refused(
+            json!({"spec": {"$retainKeys": ["replicas"], "replicas": 3, "paused": true}}),
+            "$retainKeys",
+        );
+        // $setElementOrder whose patch elements are out of its order: the apiserver refuses.
+        refused(
+            json!({"spec": {"template": {"spec": {"$setElementOrder/containers": [{"name": "app"}, {"name": "side"}],
+                "containers": [{"name": "side", "image": "s"}, {"name": "app", "image": "a"}]}}}}),
+            "$setElementOrder",
+        );
+        let ok = strategic_merge(
+            &deployment(),
+            &json!({"spec": {"$retainKeys": ["replicas", "template"], "replicas": 3}}),
+        )
+        .unwrap();
+        assert_eq!(ok["spec"]["replicas"], 3);
+        assert!(ok["spec"].get("template").is_some());
+    }
+
+    #[test]
+    fn list_order_follows_apimachinery() {
+        // Patch order wins for the patch's elements.
+        let out = strategic_merge(
+            &deployment(),
+            &json!({"spec": {"template": {"spec": {"containers": [{"name": "side", "image": "s2"}, {"name": "app", "image": "a2"}]}}}}),
+        )
+        .unwrap();
+        assert_eq!(containers(&out), ["side", "app"]);
+        // A live-only element stays ahead of patch elements it preceded.
+        let three = json!({"spec": {"template": {"spec": {"containers": [
+            {"name": "a"}, {"name": "b"}, {"name": "c"}]}}}});
+        let out = strategic_merge(
+            &three,
+            &json!({"spec": {"template": {"spec": {"containers": [{"name": "c", "image": "x"}, {"name": "n"}]}}}}),
+        )
+        .unwrap();
+        assert_eq!(containers(&out), ["a", "b", "c", "n"]);
+        let out = strategic_merge(
+            &three,
+            &json!({"spec": {"template": {"spec": {"containers": [{"name": "n"}, {"name": "a", "image": "x"}]}}}}),
+        )
+        .unwrap();
+        assert_eq!(containers(&out), ["n", "a", "b", "c"]);
+    }
+
+    #[test]
+    fn server_side_apply_is_computed_only_where_it_is_a_strategic_merge() {
+        let same = json!({"spec": {"template": {"spec": {"containers": [
+            {"name": "app", "image": "reg/app:2"}, {"name": "side"}]}}}});
+        assert!(check_apply_modeled(&deployment(), &same).is_ok());
+        for (body, part) in [
+            (
+                json!({"spec": {"template": {"spec": {"containers": [{"name": "new"}]}}}}),
+                "adds an element",
+            ),
+            (
+                json!({"spec": {"template": {"spec": {"containers": [{"name": "side"}, {"name": "app"}]}}}}),
+                "another order",
+            ),
+            (
+                json!({"metadata": {"finalizers": ["b"]}}),
+                "adds an element",
+            ),
+            (json!({"spec": {"replicas": null}}), "null"),
+            (
+                json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "env": [{"name": "Z"}]}]}}}}),
+                "adds an element",
+            ),
+        ] {
+            let e = check_apply_modeled(&deployment(), &body).unwrap_err();
+            assert!(e.contains(part), "{body}: {e}");
+        }
+    }
+
+    #[test]
+    fn json_patch_is_bounded() {
+        // Each copy of a subtree into itself doubles it.
+        let ops: Vec<Value> = (0..64)
+            .map(|i| json!({"op": "copy", "from": "/a", "path": format!("/a/c{i}")}))
+            .collect();
+        let e = json_patch(&json!({"a": {"s": "x".repeat(64)}}), &Value::Array(ops)).unwrap_err();
+        assert!(e.contains("larger than"), "{e}");
+        let many: Vec<Value> = (0..=MAX_JSON_PATCH_OPS)
+            .map(|_| json!({"op": "test", "path": "/a", "value": 1}))
+            .collect();
+        let e = json_patch(&json!({"a": 1}), &Value::Array(many)).unwrap_err();
+        assert!(e.contains("operations"), "{e}");
+        let big = json!([{"op": "add", "path": "/b", "value": "y".repeat(MAX_PATCHED_BYTES)}]);
+        assert!(json_patch(&json!({}), &big).is_err());
+        assert_eq!(
+            json_size(&json!({"a": [1, true, null, "s"]}), usize::MAX),
+            r#"{"a":[1,true,null,"s"]}"#.len()
+        );
+    }
+
+    mod properties {
+        use super::super::*;
+        use proptest::prelude::*;
+        use serde_json::json;
+
+        fn key() -> impl Strategy<Value = String> {
+            prop::sample::select(vec![
+                "name",
+                "image",
+                "containers",
+                "env",
+                "finalizers",
+                "spec",
+                "value",
+                "a",
+                "b",
+                "$patch",
+                "$retainKeys",
+                "$setElementOrder/containers",
+                "$deleteFromPrimitiveList/finalizers",
+                "$deleteFromPrimitiveList/containers",
+            ])
+            .prop_map(str::to_string)
+        }
+
+        fn doc() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::from),
+                (0i64..4).prop_map(Value::from),
+                prop::sample::select(vec!["a", "b", "app", "side", "replace", "delete", "merge"])
+                    .prop_map(Value::from),
+            ];
+            leaf.prop_recursive(4, 48, 5, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                    prop::collection::btree_map(key(), inner, 0..5)
+                        .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        fn has_directive(v: &Value) -> bool {
+            match v {
+                Value::Object(m) => m
+                    .iter()
+                    .any(|(k, c)| k.starts_with('$') || has_directive(c)),
+                Value::Array(a) => a.iter().any(has_directive),
+                _ => false,
+            }
+        }
+
+        fn size(v: &Value) -> usize {
+            json_size(v, usize::MAX)
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+            /// Whatever the documents, a strategic merge either refuses or computes an object
+            /// that holds no directive (the apiserver never stores one) and is no larger than
+            /// the live object and the patch together.
+            #[test]
+            fn strategic_merge_stores_no_directive(live in doc(), patch in doc()) {
+                if let Ok(out) = strategic_merge(&live, &patch) {
+                    prop_assert!(!has_directive(&out) || has_directive(&live), "{out}");
+                    prop_assert!(size(&out) <= size(&live) + size(&patch) + 2);
+                }
+            }
+
+            /// A new list element carrying any directive is refused, whatever else it holds.
+            #[test]
+            fn directives_in_new_elements_are_refused(
+                extra in prop::collection::btree_map(key(), doc(), 0..3),
+                directive in prop::sample::select(vec!["$patch", "$retainKeys", "$setElementOrder/env", "$x"]),
+                value in doc(),
+            ) {
+                let mut e: Map<String, Value> = extra.into_iter().collect();
+                e.insert("name".into(), json!("brand-new"));
+                e.insert(directive.to_string(), value);
+                let live = json!({"spec": {"containers": [{"name": "app"}]}});
+                let patch = json!({"spec": {"containers": [Value::Object(e)]}});
+                prop_assert!(strategic_merge(&live, &patch).is_err());
+            }
+
+            /// RFC 7386: the result has no null members, and applying the patch again
+            /// changes nothing.
+            #[test]
+            fn merge_patch_is_idempotent(target in doc(), patch in doc()) {
+                let once = merge_patch(&target, &patch);
+                prop_assert_eq!(merge_patch(&once, &patch), once.clone());
+                if patch.is_object() {
+                    fn no_null_members(v: &Value) -> bool {
+                        match v {
+                            Value::Object(m) => m.values().all(|c| !c.is_null() && no_null_members(c)),
+                            _ => true,
+                        }
+                    }
+                    if no_null_members(&target) {
+                        prop_assert!(no_null_members(&once), "{once}");
+                    }
+                }
+            }
+
+            /// However the operations copy and add, the computed object stays within the bound
+            /// (or the patch is refused), and the applier never panics.
+            #[test]
+            fn json_patch_stays_bounded(
+                target in doc(),
+                ops in prop::collection::vec(
+                    (prop::sample::select(vec!["add", "remove", "replace", "move", "copy", "test", "bogus"]),
+                     prop::sample::select(vec!["", "/a", "/b", "/a/0", "/a/-", "/b/a", "/~1", "/a/01"]),
+                     prop::sample::select(vec!["", "/a", "/b", "/a/0"]),
+                     doc()),
+                    0..40),
+            ) {
+                let ops: Vec<Value> = ops
+                    .into_iter()
+                    .map(|(op, path, from, value)| json!({"op": op, "path": path, "from": from, "value": value}))
+                    .collect();
+                if let Ok(out) = json_patch(&target, &Value::Array(ops)) {
+                    prop_assert!(size(&out) <= MAX_PATCHED_BYTES.max(size(&target)));
+                }
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 8, ..ProptestConfig::default() })]
+
+            /// Doubling by copy is refused long before memory runs out.
+            #[test]
+            fn copying_into_itself_is_refused(n in 25usize..200, seed in "[a-z]{1,64}") {
+                let ops: Vec<Value> = (0..n)
+                    .map(|i| json!({"op": "copy", "from": "/t", "path": format!("/t/k{i}")}))
+                    .collect();
+                let start = json!({"t": {"s": seed}});
+                prop_assert!(json_patch(&start, &Value::Array(ops)).is_err());
+            }
+        }
     }
 }

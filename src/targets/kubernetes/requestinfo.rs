@@ -25,6 +25,9 @@ pub struct RequestInfo {
     pub name: Option<String>,
     /// The request path, for non-resource requests and audit.
     pub path: String,
+    /// The method as sent: the apiserver lowercases it into a non-resource request's verb,
+    /// but serves reads only for `GET` and `HEAD` spelled so.
+    pub method: String,
 }
 
 /// Verbs whose name comes from a path prefix (`/api/v1/watch/pods`).
@@ -39,7 +42,7 @@ impl RequestInfo {
     /// request carries, so they are mutations whatever their verb; so is any upgrade.
     pub fn is_read(&self) -> bool {
         if !self.is_resource {
-            return matches!(self.verb.as_str(), "get" | "head");
+            return matches!(self.method.as_str(), "GET" | "HEAD");
         }
         if matches!(
             self.subresource.as_deref(),
@@ -99,6 +102,7 @@ pub fn classify(method: &str, path: &str, query: Option<&str>) -> Result<Request
         subresource: None,
         name: None,
         path: path.to_string(),
+        method: method.to_string(),
     };
     let all: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     // Fewer than three parts (`/api/v1`, `/apis`) is discovery, not a resource.
@@ -123,6 +127,14 @@ pub fn classify(method: &str, path: &str, query: Option<&str>) -> Result<Request
         if parts.len() < 2 {
             return Err(format!(
                 "{path:?}: unable to determine kind and namespace from the URL"
+            ));
+        }
+        // The apiserver takes the verb from the prefix whatever the method, but serves
+        // watches only on GET; any other method there is not a read, and what it would do
+        // is not something seb can name.
+        if parts[0] == "watch" && method != "GET" {
+            return Err(format!(
+                "{method} {path:?}: only GET is a watch; the /watch/ prefix with another method is refused"
             ));
         }
         info.verb = parts[0].to_string();
@@ -435,6 +447,8 @@ mod tests {
             assert!(i.is_read());
         }
         assert!(!c("POST", "/version").is_read());
+        // Methods are case-sensitive; "get" is not GET to the apiserver's router.
+        assert!(!c("get", "/version").is_read());
     }
 
     #[test]
@@ -447,6 +461,11 @@ mod tests {
         assert!(!c("GET", "/api/v1/proxy/namespaces/x/services/s").is_read());
         assert!(!c("PATCH", "/api/v1/namespaces/x/pods/p").is_read());
         assert!(!c("OPTIONS", "/api/v1/namespaces/x/pods").is_read());
+        assert!(c("GET", "/api/v1/watch/namespaces/x/configmaps/y").is_read());
+        for m in ["PUT", "PATCH", "POST", "DELETE", "HEAD"] {
+            let e = classify(m, "/api/v1/watch/namespaces/x/configmaps/y", None).unwrap_err();
+            assert!(e.contains("only GET is a watch"), "{m}: {e}");
+        }
     }
 
     #[test]
@@ -462,5 +481,58 @@ mod tests {
             assert!(classify("GET", p, None).is_err(), "{p}");
         }
         assert!(classify("GET", "/api/v1/watch", None).is_err());
+    }
+
+    mod properties {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        fn segment() -> impl Strategy<Value = String> {
+            prop::sample::select(vec![
+                "api",
+                "apis",
+                "v1",
+                "apps",
+                "watch",
+                "proxy",
+                "namespaces",
+                "shop",
+                "pods",
+                "deployments",
+                "web",
+                "exec",
+                "status",
+                "scale",
+                "",
+                ".",
+                "..",
+                "%2e",
+                "a%2Fb",
+            ])
+            .prop_map(str::to_string)
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 1024, ..ProptestConfig::default() })]
+
+            /// Whatever the path and method, classification does not panic, and nothing but
+            /// GET or HEAD is a read: a read is forwarded without a certificate.
+            #[test]
+            fn only_get_and_head_read(
+                method in prop::sample::select(vec!["GET", "HEAD", "PUT", "POST", "PATCH", "DELETE", "OPTIONS", "get"]),
+                segs in prop::collection::vec(segment(), 0..9),
+                query in prop::option::of("(watch=(true|1|false|0|x|)|fieldSelector=metadata.name%3Dweb|&){0,3}"),
+            ) {
+                let path = format!("/{}", segs.join("/"));
+                if let Ok(info) = classify(method, &path, query.as_deref()) {
+                    if info.is_read() {
+                        prop_assert!(matches!(method, "GET" | "HEAD"), "{method} {path} {info:?}");
+                    }
+                    if info.verb == "watch" && segs.get(2).is_some_and(|s| s == "watch") {
+                        prop_assert_eq!(method, "GET");
+                    }
+                }
+            }
+        }
     }
 }
