@@ -1350,4 +1350,60 @@ credential = {{ header = "Authorization", value_env = "SEB_TEST_PAYMENTS_TOKEN",
         assert_eq!(r.status, 200, "{:?}", r.body);
     }
     assert_eq!(posts(&up).len(), 3);
+
+    // `seb cert issue --aud` (repeatable) sets it; an `aud` in the claims file is moved to the
+    // top level like `jti` and `cnf`.
+    let claims = env.path("prod-claims.json");
+    let issue = |claims_aud: Option<&str>, flags: &[&str]| {
+        let mut seb_claims = json!({"action": "refund", "policy": "refunds-v1", "policy_epoch": 1,
+            "revocation_epoch": 1, "target": "http", "body": refund_rule(),
+            "request": {"upstream": "prod", "method": "POST", "path": "/v1/refunds"}});
+        if let Some(aud) = claims_aud {
+            seb_claims["aud"] = json!(aud);
+        }
+        std::fs::write(&claims, seb_claims.to_string()).unwrap();
+        let key = env.path("signer.key");
+        let mut args = vec![
+            "cert",
+            "issue",
+            "--key",
+            key.to_str().unwrap(),
+            "--iss",
+            "signer",
+            "--sub",
+            "agent:demo",
+            "--ttl",
+            "5m",
+            "--claims",
+            claims.to_str().unwrap(),
+        ];
+        args.extend_from_slice(flags);
+        let (code, token, err) = seb(&args);
+        assert_eq!(code, 0, "{err}");
+        token.trim().to_string()
+    };
+    let r = refund(&c, &broker, &issue(None, &["--aud", "staging"]), body).await;
+    assert_eq!(
+        (r.status, r.code()),
+        (403, "contract_mismatch"),
+        "{:?}",
+        r.body
+    );
+    let r = refund(&c, &broker, &issue(Some("staging"), &[]), body).await;
+    assert_eq!(
+        (r.status, r.code()),
+        (403, "contract_mismatch"),
+        "{:?}",
+        r.body
+    );
+    assert_eq!(posts(&up).len(), 3);
+    let r = refund(
+        &c,
+        &broker,
+        &issue(Some("staging"), &["--aud", "staging", "--aud", "prod"]),
+        body,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(posts(&up).len(), 4);
 }
