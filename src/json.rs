@@ -741,8 +741,13 @@ mod tests {
         assert!(parse_strict(b"").is_err());
     }
 
-    /// What a pointer selects, and the places (path, segment) where it found nothing.
-    fn select(v: &Value, pointer: &str) -> (Vec<(String, Value)>, Vec<(String, String)>) {
+    /// (path, value) for each selected value.
+    type Found = Vec<(String, Value)>;
+    /// (path, segment) for each place where a segment did not apply.
+    type Misses = Vec<(String, String)>;
+
+    /// What a pointer selects, and the places where it found nothing.
+    fn select(v: &Value, pointer: &str) -> (Found, Misses) {
         let (mut found, mut missing) = (Vec::new(), Vec::new());
         Pattern::parse(pointer)
             .unwrap()
