@@ -328,7 +328,7 @@ done
 aws_pool() { # OUT COUNT
     "$LG" certs --key "$W/signer.key" --iss signer --sub agent:loadtest --count "$2" --out "$1" \
         --target aws --aws-service dynamodb --aws-region "$AWS_REGION" --aws-operation PutItem \
-        --aws-resource "$AWS_TABLE" --body "$AWS_BODY"
+        --aws-resource "$AWS_TABLE" --body "$AWS_BODY" --aud "$AWS_TARGET"
 }
 aws_pool "$W/seb-aws-open.certs" "$OPEN_POOL"
 aws_pool "$W/seb-aws-closed.certs" "$CLOSED_POOL"

@@ -49,7 +49,8 @@ cat > refund-claims.json <<'JSON'
           "others": "deny"},
  "evidence": {"ticket": "INC-4711", "approved_by": "alice", "risk": "low"}}
 JSON
-issue() { $SEB cert issue --key signer.key --iss signer-local --sub agent:oncall --claims refund-claims.json "$@"; }
+# --aud names the target (optional for http, whose certificates name it in request.upstream).
+issue() { $SEB cert issue --key signer.key --iss signer-local --sub agent:oncall --aud payments --claims refund-claims.json "$@"; }
 BODY='{"amount": 42, "currency": "EUR", "order": "ord_981"}'
 FAILED=0
 

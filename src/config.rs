@@ -272,6 +272,9 @@ pub struct KubeTargetConfig {
     /// of this service account, minted per certificate with the TokenRequest API.
     #[serde(default)]
     pub token_request: Option<TokenRequestConfig>,
+    /// As `aws.require_audience`.
+    #[serde(default = "yes")]
+    pub require_audience: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -794,6 +797,14 @@ pub struct AwsTargetConfig {
     /// authenticated for reads (for clients without mTLS such as the aws CLI).
     #[serde(default)]
     pub agent_keys: Vec<AgentKeyConfig>,
+    /// Certificates must name this target in `aud`; `false` admits certificates without
+    /// `aud` (a migration switch: a certificate's kind alone does not tell staging from prod).
+    #[serde(default = "yes")]
+    pub require_audience: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Deserialize)]

@@ -138,10 +138,14 @@ struct IssueArgs {
     /// Lifetime, e.g. 5m.
     #[arg(long, value_parser = humantime::parse_duration)]
     ttl: std::time::Duration,
-    /// JSON file holding the `seb` claims object. Top-level claims `jti` and `cnf` may be
-    /// given in it too; they are moved to the top level.
+    /// JSON file holding the `seb` claims object. Top-level claims `jti`, `cnf` and `aud` may
+    /// be given in it too; they are moved to the top level.
     #[arg(long)]
     claims: PathBuf,
+    /// The broker target the certificate is for (`aud`, its `[[targets]] name`); repeat for
+    /// several. Replaces an `aud` in the claims file.
+    #[arg(long = "aud", value_name = "TARGET")]
+    aud: Vec<String>,
     /// Key id for the header; defaults to the key's RFC 7638 thumbprint.
     #[arg(long)]
     kid: Option<String>,
@@ -287,6 +291,12 @@ fn issue(a: &IssueArgs) -> anyhow::Result<()> {
         None => random_id()?,
     };
     let cnf = obj.remove("cnf");
+    let file_aud = obj.remove("aud");
+    let aud = match a.aud.as_slice() {
+        [] => file_aud,
+        [one] => Some(json!(one)),
+        many => Some(json!(many)),
+    };
     obj.entry("v").or_insert(json!(1));
     let now = cert::now_secs();
     let nbf = now - a.backdate.map(|d| d.as_secs() as i64).unwrap_or(0);
@@ -295,6 +305,9 @@ fn issue(a: &IssueArgs) -> anyhow::Result<()> {
     });
     if let Some(cnf) = cnf {
         payload["cnf"] = cnf;
+    }
+    if let Some(aud) = aud {
+        payload["aud"] = aud;
     }
     // Refuse to sign what the broker would refuse to read.
     cert::Claims::from_payload(payload.clone())

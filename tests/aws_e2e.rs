@@ -80,6 +80,7 @@ fn aws_cert_with(env: &Env, request: Value, body: Value, precondition: Option<Va
     let t = now();
     let mut p = json!({
         "iss": "signer", "sub": "agent:oncall", "jti": random_jti(), "iat": t, "nbf": t, "exp": t + 300,
+        "aud": "aws",
         "seb": {"v": 1, "action": "remediate", "policy": "oncall-v1", "policy_epoch": 1, "revocation_epoch": 1,
                 "target": "aws", "request": request, "evidence": {"ticket": "INC-9"}}
     });
@@ -1114,6 +1115,7 @@ fn latency_side_by_side_with_direct_calls() {
     let n = 200;
     let payload = json!({
         "iss": "signer", "sub": "agent:bench", "jti": random_jti(), "iat": t, "nbf": t, "exp": t + 600,
+        "aud": "aws",
         "seb": {"v": 1, "action": "bench", "policy": "bench", "policy_epoch": 1, "revocation_epoch": 1,
                 "max_uses": 1000, "target": "aws",
                 "request": req("dynamodb", "PutItem", Some("orders")),
@@ -1203,4 +1205,141 @@ async fn header_seams_are_refused_for_aws_clients() {
         .unwrap()
         .starts_with("seb: request_malformed"));
     assert_eq!(moto.state()["s3"], before["s3"]);
+}
+
+// --- issue 14, part B: constraint matching and the certificate's audience ---
+
+/// A query-protocol call as raw bytes: the aws CLI would refuse (or normalise) a capacity
+/// that is not an integer, so the spellings are sent as an agent without it could send them.
+async fn raw_set_capacity(
+    c: &reqwest::Client,
+    broker: &Broker,
+    cert: &str,
+    capacity: &str,
+) -> (u16, String) {
+    let resp = c
+        .post(broker.url("/"))
+        .header("authorization", "AWS4-HMAC-SHA256 Credential=SEBAGENTPLACEHOLDER/20240101/us-east-1/autoscaling/aws4_request, SignedHeaders=host, Signature=00")
+        .header("x-amz-security-token", cert)
+        .header("content-type", "application/x-www-form-urlencoded; charset=utf-8")
+        .body(format!(
+            "Action=SetDesiredCapacity&Version=2011-01-01&AutoScalingGroupName=web&DesiredCapacity={capacity}"
+        ))
+        .send()
+        .await
+        .unwrap();
+    (resp.status().as_u16(), resp.text().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_parameters_are_numbers_only_in_their_plain_spelling() {
+    let env = Env::new();
+    let moto = Moto::start(&env);
+    let broker = start_broker(&env, &moto, Mode::Sts, "");
+    let c = client(&env, true);
+    let cap = || {
+        aws_cert(
+            &env,
+            req("autoscaling", "SetDesiredCapacity", Some("web")),
+            rule(json!({"/AutoScalingGroupName": {"eq": "web"}, "/DesiredCapacity": {"max": 4}})),
+        )
+    };
+    let cert = cap();
+    // Each is over 4, or another number, or no number, to some reader of the string.
+    for capacity in [
+        "4.0000000000000001",
+        "9e-1",
+        "04",
+        "%2B3",
+        "%203",
+        "3%20",
+        "0x3",
+        "3.",
+        "",
+    ] {
+        let (status, text) = raw_set_capacity(&c, &broker, &cert, capacity).await;
+        assert_eq!(status, 403, "{capacity}: {text}");
+        assert!(
+            text.contains("seb: contract_mismatch: /DesiredCapacity is"),
+            "{capacity}: {text}"
+        );
+    }
+    assert_eq!(moto.state()["asg"]["web"], 1, "a refused call reached moto");
+    let (status, text) = raw_set_capacity(&c, &broker, &cap(), "3").await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(moto.state()["asg"]["web"], 3);
+}
+
+/// One signer, two listeners of one kind: an aws certificate made for target `staging` is
+/// refused by target `aws` (its name in this config), and so is one naming no target, unless
+/// the target opts out with `require_audience = false`.
+#[test]
+fn an_aws_certificate_for_staging_is_refused_by_prod() {
+    let env = Env::new();
+    let moto = Moto::start(&env);
+    let broker = start_broker(&env, &moto, Mode::Sts, "");
+    let cert = |aud: Option<Value>| {
+        let t = now();
+        let mut p = json!({
+            "iss": "signer", "sub": "agent:oncall", "jti": random_jti(), "iat": t, "nbf": t, "exp": t + 300,
+            "seb": {"v": 1, "action": "remediate", "policy": "oncall-v1", "policy_epoch": 1, "revocation_epoch": 1,
+                    "target": "aws", "request": req("autoscaling", "SetDesiredCapacity", Some("web")),
+                    "body": rule(json!({"/AutoScalingGroupName": {"eq": "web"}, "/DesiredCapacity": {"max": 4}}))}
+        });
+        if let Some(aud) = aud {
+            p["aud"] = aud;
+        }
+        seb::cert::jws::sign(&env.signer, seb::cert::CERT_TYP, &env.kid, &p)
+    };
+    let set = |broker: &Broker, cert: &str, n: &str| {
+        aws(
+            &env,
+            broker,
+            Some(cert),
+            &[
+                "autoscaling",
+                "set-desired-capacity",
+                "--auto-scaling-group-name",
+                "web",
+                "--desired-capacity",
+                n,
+            ],
+        )
+    };
+    let out = set(&broker, &cert(Some(json!("staging"))), "2");
+    assert_refused(&out, "contract_mismatch", "a certificate for staging");
+    assert!(
+        out.stderr
+            .contains(r#"certificate is for target ["staging"] (aud), this is target "aws""#),
+        "{}",
+        out.stderr
+    );
+    let out = set(&broker, &cert(None), "2");
+    assert_refused(&out, "contract_mismatch", "a certificate naming no target");
+    assert!(
+        out.stderr.contains("names no target (aud)"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(moto.state()["asg"]["web"], 1, "a refused call reached moto");
+    let out = set(&broker, &cert(Some(json!(["staging", "aws"]))), "2");
+    assert!(out.ok, "aud naming this target: {}", out.stderr);
+    assert_eq!(moto.state()["asg"]["web"], 2);
+    drop(broker);
+
+    // The migration switch: certificates without aud are admitted, with aud still checked.
+    let lenient = start_broker(&env, &moto, Mode::Sts, "require_audience = false");
+    let out = set(&lenient, &cert(Some(json!("staging"))), "3");
+    assert_refused(
+        &out,
+        "contract_mismatch",
+        "staging, with require_audience = false",
+    );
+    let out = set(&lenient, &cert(None), "3");
+    assert!(
+        out.ok,
+        "no aud under require_audience = false: {}",
+        out.stderr
+    );
+    assert_eq!(moto.state()["asg"]["web"], 3);
 }

@@ -73,6 +73,7 @@ fn put_item_cert(env: &Env, item: &[(&str, &str)]) -> String {
     let t = now();
     let p = json!({
         "iss": "signer", "sub": "agent:oncall", "jti": random_jti(), "iat": t, "nbf": t, "exp": t + 300,
+        "aud": "aws",
         "seb": {"v": 1, "action": "remediate", "policy": "oncall-v1", "policy_epoch": 1, "revocation_epoch": 1,
                 "target": "aws",
                 "request": {"service": "dynamodb", "region": REGION, "operation": "PutItem", "resource": TABLE},

@@ -1506,3 +1506,245 @@ async fn http2_request_trailers_are_refused() {
     let r = refund(&h2, &broker, &cert, good).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
 }
+
+// --- issue 14, part B: constraint matching and the certificate's audience ---
+
+/// The bodies below go out byte for byte as written: reqwest sends the body it is given, so
+/// the number spellings reach the broker (and, when admitted, the upstream) unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn number_bounds_are_exact_and_strings_have_one_spelling() {
+    let env = Env::new();
+    let up = Upstream::start(env.dir.path());
+    let broker = Broker::start(&env, &env.config(up.port, ""));
+    let c = client(&env, false);
+    // Refusals spend no use, so one certificate serves every refused body.
+    let cert = env.cert("POST", "/v1/refunds", refund_rule());
+    // More digits than a float keeps: float readers see 100, decimal readers more. Refused
+    // when read, before a constraint could pass the rounded value.
+    for body in [
+        r#"{"amount":100.0000000000000001,"order":"ord_1"}"#,
+        r#"{"amount":100.00000000000000000000000001,"order":"ord_1"}"#,
+        r#"{"amount":1e-400,"order":"ord_1"}"#,
+    ] {
+        let r = refund(&c, &broker, &cert, body.as_bytes()).await;
+        assert_eq!(
+            (r.status, r.code()),
+            (400, "request_malformed"),
+            "{body}: {:?}",
+            r.body
+        );
+        assert!(
+            r.body["detail"].as_str().unwrap().contains("64-bit float"),
+            "{:?}",
+            r.body
+        );
+    }
+    // As strings the digits are kept and compared exactly; other spellings are not numbers
+    // (a parseInt reads "999e-1" as 999, base-0 readers "0100" as 64).
+    for amount in [
+        "100.0000000000000001",
+        "999e-1",
+        "1e2",
+        "0100",
+        "+100",
+        " 100",
+        "100 ",
+        "0x64",
+        "100.",
+    ] {
+        let body = format!(r#"{{"amount":"{amount}","order":"ord_1"}}"#);
+        let r = refund(&c, &broker, &cert, body.as_bytes()).await;
+        assert_eq!(
+            (r.status, r.code()),
+            (403, "contract_mismatch"),
+            "{body}: {:?}",
+            r.body
+        );
+    }
+    assert!(posts(&up).is_empty(), "a refused body reached the upstream");
+    // Bare JSON numbers compare by value, whatever their (JSON) spelling.
+    let admitted = [
+        r#"{"amount":1E2,"order":"ord_1"}"#,
+        r#"{"amount":100.000,"order":"ord_2"}"#,
+        r#"{"amount":"99.99999999999999999999","order":"ord_3"}"#,
+    ];
+    for body in admitted {
+        let cert = env.cert("POST", "/v1/refunds", refund_rule());
+        let r = refund(&c, &broker, &cert, body.as_bytes()).await;
+        assert_eq!(r.status, 200, "{body}: {:?}", r.body);
+    }
+    let seen: Vec<Value> = posts(&up).into_iter().map(|r| r["body"].clone()).collect();
+    assert_eq!(seen, admitted.map(|b| json!(b)).to_vec());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wildcard_pointer_is_never_a_member_name() {
+    let env = Env::new();
+    let up = Upstream::start(env.dir.path());
+    let broker = Broker::start(&env, &env.config(up.port, ""));
+    let c = client(&env, false);
+    let rule = json!({"constraints": {"/amount": {"max": 100}, "/tags/*": {"eq": "t-a"}}, "others": "allow"});
+    let cert = env.cert("POST", "/v1/refunds", rule.clone());
+    for (body, says) in [
+        // One member spelled "*" passes its check; "b" would go unchecked if * were a key.
+        (
+            r#"{"amount":1,"tags":{"*":"t-a","b":"evil"}}"#,
+            "/tags is an object",
+        ),
+        (r#"{"amount":1,"tags":"t-a"}"#, "/tags is a string"),
+        // Every element must hold the rest of the pointer.
+        (r#"{"amount":1,"tags":["t-a","evil"]}"#, "/tags/1"),
+    ] {
+        let r = refund(&c, &broker, &cert, body.as_bytes()).await;
+        assert_eq!((r.status, r.code()), (403, "contract_mismatch"), "{body}");
+        let detail = r.body["detail"].as_str().unwrap();
+        assert!(detail.contains(says), "{body}: {detail}");
+    }
+    let cert = env.cert(
+        "POST",
+        "/v1/refunds",
+        json!({"constraints": {"/items/*/sku": {"prefix": "sku_"}}, "others": "allow"}),
+    );
+    let r = refund(
+        &c,
+        &broker,
+        &cert,
+        br#"{"items":[{"sku":"sku_1"},{"skU":"evil"}]}"#,
+    )
+    .await;
+    assert_eq!((r.status, r.code()), (403, "contract_mismatch"));
+    assert!(
+        r.body["detail"].as_str().unwrap().contains("/items/1"),
+        "{:?}",
+        r.body
+    );
+    assert!(posts(&up).is_empty(), "a refused body reached the upstream");
+    let r = refund(&c, &broker, &cert, br#"{"items":[{"sku":"sku_1"}]}"#).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(posts(&up).len(), 1);
+}
+
+/// One signer, two listeners: a certificate made for `staging` must not be spent on `prod`.
+/// http certificates name their target in `seb.request.upstream` (v1), and `aud` when they
+/// carry one must name it too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_for_staging_is_refused_by_prod_http() {
+    let env = Env::new();
+    let up = Upstream::start(env.dir.path());
+    let config = broker_config(|listen| {
+        format!(
+            r#"
+[[targets]]
+name = "prod"
+kind = "http"
+listen = "127.0.0.1:{listen}"
+[targets.http]
+upstream = "http://127.0.0.1:{}"
+credential = {{ header = "Authorization", value_env = "SEB_TEST_PAYMENTS_TOKEN", prefix = "Bearer " }}
+"#,
+            up.port
+        )
+    });
+    let broker = Broker::start(&env, &config);
+    let c = client(&env, false);
+    let body = br#"{"amount":5,"order":"ord_1"}"#;
+    let cert_for = |upstream: &str, aud: Option<Value>| {
+        env.cert_with("POST", "/v1/refunds", refund_rule(), |p| {
+            p["seb"]["request"]["upstream"] = json!(upstream);
+            if let Some(aud) = aud {
+                p["aud"] = aud;
+            }
+        })
+    };
+    for (cert, says) in [
+        (
+            cert_for("staging", Some(json!("staging"))),
+            r#"certificate is for target ["staging"] (aud), this is target "prod""#,
+        ),
+        (
+            cert_for("prod", Some(json!(["staging", "prod-eu"]))),
+            r#"certificate is for target ["staging","prod-eu"] (aud), this is target "prod""#,
+        ),
+        (
+            cert_for("staging", None),
+            r#"certificate is for upstream "staging", this request went to "prod""#,
+        ),
+    ] {
+        let r = refund(&c, &broker, &cert, body).await;
+        assert_eq!(
+            (r.status, r.code()),
+            (403, "contract_mismatch"),
+            "{:?}",
+            r.body
+        );
+        let detail = r.body["detail"].as_str().unwrap();
+        assert!(detail.contains(says), "{detail}");
+    }
+    assert!(posts(&up).is_empty(), "a staging certificate reached prod");
+    for cert in [
+        cert_for("prod", Some(json!("prod"))),
+        cert_for("prod", Some(json!(["staging", "prod"]))),
+        // Bound by seb.request.upstream alone, as v1 http certificates always were.
+        cert_for("prod", None),
+    ] {
+        let r = refund(&c, &broker, &cert, body).await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+    }
+    assert_eq!(posts(&up).len(), 3);
+
+    // `seb cert issue --aud` (repeatable) sets it; an `aud` in the claims file is moved to the
+    // top level like `jti` and `cnf`.
+    let claims = env.path("prod-claims.json");
+    let issue = |claims_aud: Option<&str>, flags: &[&str]| {
+        let mut seb_claims = json!({"action": "refund", "policy": "refunds-v1", "policy_epoch": 1,
+            "revocation_epoch": 1, "target": "http", "body": refund_rule(),
+            "request": {"upstream": "prod", "method": "POST", "path": "/v1/refunds"}});
+        if let Some(aud) = claims_aud {
+            seb_claims["aud"] = json!(aud);
+        }
+        std::fs::write(&claims, seb_claims.to_string()).unwrap();
+        let key = env.path("signer.key");
+        let mut args = vec![
+            "cert",
+            "issue",
+            "--key",
+            key.to_str().unwrap(),
+            "--iss",
+            "signer",
+            "--sub",
+            "agent:demo",
+            "--ttl",
+            "5m",
+            "--claims",
+            claims.to_str().unwrap(),
+        ];
+        args.extend_from_slice(flags);
+        let (code, token, err) = seb(&args);
+        assert_eq!(code, 0, "{err}");
+        token.trim().to_string()
+    };
+    let r = refund(&c, &broker, &issue(None, &["--aud", "staging"]), body).await;
+    assert_eq!(
+        (r.status, r.code()),
+        (403, "contract_mismatch"),
+        "{:?}",
+        r.body
+    );
+    let r = refund(&c, &broker, &issue(Some("staging"), &[]), body).await;
+    assert_eq!(
+        (r.status, r.code()),
+        (403, "contract_mismatch"),
+        "{:?}",
+        r.body
+    );
+    assert_eq!(posts(&up).len(), 3);
+    let r = refund(
+        &c,
+        &broker,
+        &issue(Some("staging"), &["--aud", "staging", "--aud", "prod"]),
+        body,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(posts(&up).len(), 4);
+}

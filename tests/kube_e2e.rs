@@ -2262,3 +2262,98 @@ fn json_and_merge_patch_agree_with_the_test_apiserver() {
     }
     assert!(computed.0 > 50 && computed.1 > 300, "{computed:?}");
 }
+
+// --- issue 14, part B: the certificate's audience ---
+
+/// One signer, two clusters: a certificate made for target `staging` is refused by target
+/// `cluster` (this broker's), for the mutation and for the reads kubectl makes with it; so is
+/// one naming no target, unless the target sets `require_audience = false`.
+#[test]
+fn a_kubernetes_certificate_for_staging_is_refused_by_prod() {
+    let c = cluster();
+    create_web(&c);
+    let n = count_mutations(&c.api);
+    let scale_req = json!({"verb": "patch", "group": "apps", "resource": "deployments", "subresource": "scale", "namespace": "shop", "name": "web", "effect": true});
+    let scale_rule = deny(json!({"/spec/replicas": {"max": 5}}));
+    let staging = c.env.kube_cert(scale_req.clone(), scale_rule.clone(), |p| {
+        p["aud"] = json!("staging");
+    });
+    let r = kubectl(
+        &c.kc,
+        Some(&staging),
+        &["scale", "deploy", "web", "--replicas=3"],
+    );
+    assert!(
+        r.2.contains(
+            r#"certificate is for target [\"staging\"] (aud), this is target \"cluster\""#
+        ) || r
+            .2
+            .contains(r#"certificate is for target ["staging"] (aud), this is target "cluster""#),
+        "{}",
+        r.2
+    );
+    assert_refused(
+        "a certificate for staging",
+        r,
+        "contract_mismatch",
+        &c.api,
+        n,
+    );
+    let unnamed = c.env.kube_cert(scale_req.clone(), scale_rule.clone(), |p| {
+        p.as_object_mut().unwrap().remove("aud");
+    });
+    let r = kubectl(
+        &c.kc,
+        Some(&unnamed),
+        &["scale", "deploy", "web", "--replicas=3"],
+    );
+    assert!(r.2.contains("names no target (aud)"), "{}", r.2);
+    assert_refused(
+        "a certificate naming no target",
+        r,
+        "contract_mismatch",
+        &c.api,
+        n,
+    );
+    let both = c.env.kube_cert(scale_req.clone(), scale_rule.clone(), |p| {
+        p["aud"] = json!(["staging", "cluster"]);
+    });
+    let (code, out, err) = kubectl(
+        &c.kc,
+        Some(&both),
+        &["scale", "deploy", "web", "--replicas=3"],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(count_mutations(&c.api), n + 1);
+
+    let lenient = cluster_with("require_audience = false\n");
+    create_web(&lenient);
+    let n = count_mutations(&lenient.api);
+    let staging = lenient
+        .env
+        .kube_cert(scale_req.clone(), scale_rule.clone(), |p| {
+            p["aud"] = json!("staging");
+        });
+    let r = kubectl(
+        &lenient.kc,
+        Some(&staging),
+        &["scale", "deploy", "web", "--replicas=3"],
+    );
+    assert_refused(
+        "staging, with require_audience = false",
+        r,
+        "contract_mismatch",
+        &lenient.api,
+        n,
+    );
+    let unnamed = lenient.env.kube_cert(scale_req, scale_rule, |p| {
+        p.as_object_mut().unwrap().remove("aud");
+    });
+    let (code, out, err) = kubectl(
+        &lenient.kc,
+        Some(&unnamed),
+        &["scale", "deploy", "web", "--replicas=3"],
+    );
+    assert_eq!(code, 0, "no aud under require_audience = false: {out}{err}");
+    assert_eq!(count_mutations(&lenient.api), n + 1);
+}

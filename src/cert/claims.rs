@@ -15,7 +15,65 @@ pub struct Claims {
     pub exp: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cnf: Option<Confirmation>,
+    /// The broker targets (`[[targets]] name`) this certificate is for (RFC 7519 `aud`), so
+    /// that a certificate made for staging is not admitted by a prod listener trusting the
+    /// same signer. Optional in the token; which targets demand it is the broker's choice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aud: Option<Audience>,
     pub seb: SebClaims,
+}
+
+/// RFC 7519 `aud`: one string or an array of strings. Kept as the list of names; an empty
+/// array or an empty name is refused (it names no target, and an empty `aud` must not read as
+/// "no restriction").
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Audience(pub Vec<String>);
+
+impl Audience {
+    pub fn contains(&self, target: &str) -> bool {
+        self.0.iter().any(|a| a == target)
+    }
+}
+
+impl<'de> Deserialize<'de> for Audience {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Audience, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Vec<String>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a target name or an array of target names")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Vec<String>, E> {
+                Ok(vec![v.to_string()])
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Vec<String>, A::Error> {
+                let mut out = Vec::new();
+                while let Some(name) = seq.next_element::<String>()? {
+                    out.push(name);
+                }
+                Ok(out)
+            }
+        }
+        let names = d.deserialize_any(V)?;
+        if names.is_empty() || names.iter().any(String::is_empty) {
+            return Err(serde::de::Error::custom(
+                "aud must name at least one target, and no name may be empty",
+            ));
+        }
+        Ok(Audience(names))
+    }
+}
+
+impl Serialize for Audience {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0.as_slice() {
+            [one] => s.serialize_str(one),
+            many => many.serialize(s),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -168,6 +226,32 @@ mod tests {
     }
 
     #[test]
+    fn audience_is_a_name_or_a_list_of_names() {
+        let with = |aud: Value| {
+            let mut p = sample();
+            p["aud"] = aud;
+            both(p)
+        };
+        assert_eq!(
+            with(json!("prod")).unwrap().aud,
+            Some(Audience(vec!["prod".into()]))
+        );
+        let many = with(json!(["prod", "prod-eu"])).unwrap().aud.unwrap();
+        assert!(many.contains("prod-eu") && !many.contains("prod-e"));
+        for bad in [
+            json!([]),
+            json!(""),
+            json!(["prod", ""]),
+            json!(1),
+            json!({"a": 1}),
+            json!([1]),
+        ] {
+            assert!(with(bad.clone()).is_err(), "{bad}");
+        }
+        assert_eq!(Claims::from_payload(sample()).unwrap().aud, None);
+    }
+
+    #[test]
     fn parses_v1_and_defaults_max_uses() {
         let c = Claims::from_payload(sample()).unwrap();
         assert_eq!(c.seb.max_uses, 1);
@@ -189,9 +273,13 @@ mod tests {
 
     #[test]
     fn refuses_unknown_members_and_bad_values() {
-        let mut v = sample();
-        v["aud"] = json!("x");
-        assert!(both(v).is_err());
+        // `aud` is a known member now (see audience_is_a_name_or_a_list_of_names); other
+        // registered JWT claims the broker does not implement are still refused.
+        for unknown in ["azp", "scope", "act"] {
+            let mut v = sample();
+            v[unknown] = json!("x");
+            assert!(both(v).unwrap_err().contains(unknown), "{unknown}");
+        }
         let mut v = sample();
         v["seb"]["scope"] = json!("*");
         assert!(both(v).unwrap_err().contains("scope"));

@@ -7,7 +7,7 @@ pub mod claims;
 pub mod jws;
 pub mod keys;
 
-pub use claims::{BodyRule, Claims, Others, TargetKind};
+pub use claims::{Audience, BodyRule, Claims, Others, TargetKind};
 
 use crate::denial::{Denial, Reason};
 use ed25519_dalek::VerifyingKey;

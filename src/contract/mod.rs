@@ -7,8 +7,11 @@
 
 use crate::cert::claims::{BodyRule, ConstraintsRule, Others, Sha256Rule};
 use crate::denial::{Denial, Reason};
-use crate::json::{first_uncovered, format_path, Pattern};
+use crate::json::{first_uncovered, format_path, Pattern, Selected};
+use decimal::Decimal;
 use serde_json::Value;
+
+pub mod decimal;
 
 fn mismatch(msg: impl Into<String>) -> Denial {
     Denial::new(Reason::ContractMismatch, msg)
@@ -76,7 +79,7 @@ pub fn json_body(body: &BodyView) -> Result<Value, Denial> {
     crate::json::parse_strict(body.bytes).map_err(|e| {
         Denial::new(
             Reason::RequestMalformed,
-            format!("body is not valid JSON: {e}"),
+            format!("body cannot be checked as JSON: {e}"),
         )
     })
 }
@@ -154,8 +157,8 @@ pub fn utf8_only_params(ct: &str) -> Result<(), String> {
 enum Constraint<'a> {
     Eq(&'a Value),
     In(&'a [Value]),
-    Min(Num),
-    Max(Num),
+    Min(Decimal),
+    Max(Decimal),
     Prefix(&'a str),
     Present,
 }
@@ -176,11 +179,19 @@ fn parse_constraint<'a>(pointer: &str, c: &'a Value) -> Result<Constraint<'a>, D
         ));
     }
     let (k, v) = obj.iter().next().expect("one member");
+    let bound = || {
+        as_number(v).ok_or_else(|| {
+            bad(&format!(
+                "{k} takes a number (or a plain decimal string), not {}",
+                describe(v)
+            ))
+        })
+    };
     Ok(match k.as_str() {
         "eq" => Constraint::Eq(v),
         "in" => Constraint::In(v.as_array().ok_or_else(|| bad("in takes an array"))?),
-        "min" => Constraint::Min(json_number(v).ok_or_else(|| bad("min takes a number"))?),
-        "max" => Constraint::Max(json_number(v).ok_or_else(|| bad("max takes a number"))?),
+        "min" => Constraint::Min(bound()?),
+        "max" => Constraint::Max(bound()?),
         "prefix" => Constraint::Prefix(v.as_str().ok_or_else(|| bad("prefix takes a string"))?),
         "present" if v == &Value::Bool(true) => Constraint::Present,
         "present" => return Err(bad("present takes only true")),
@@ -188,76 +199,38 @@ fn parse_constraint<'a>(pointer: &str, c: &'a Value) -> Result<Constraint<'a>, D
     })
 }
 
-/// A number as compared by constraints. Integers compare exactly: as f64, 2^53 + 1 would pass
-/// a `max` of 2^53 while the upstream reads the larger value.
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Num {
-    Int(i128),
-    Float(f64),
-}
-
-impl Num {
-    fn cmp(self, other: Num) -> Option<std::cmp::Ordering> {
-        match (self, other) {
-            (Num::Int(a), Num::Int(b)) => Some(a.cmp(&b)),
-            (a, b) => a.as_f64().partial_cmp(&b.as_f64()),
-        }
-    }
-
-    fn as_f64(self) -> f64 {
-        match self {
-            Num::Int(i) => i as f64,
-            Num::Float(f) => f,
-        }
-    }
-}
-
-fn json_number(v: &Value) -> Option<Num> {
-    let Value::Number(n) = v else { return None };
-    if let Some(i) = n.as_i64() {
-        Some(Num::Int(i.into()))
-    } else if let Some(u) = n.as_u64() {
-        Some(Num::Int(u.into()))
-    } else {
-        n.as_f64().filter(|f| f.is_finite()).map(Num::Float)
-    }
-}
-
-/// Numbers given as strings compare as numbers (AWS query parameters are all strings).
-fn as_number(v: &Value) -> Option<Num> {
+/// The exact value a constraint compares, by one rule for both forms a number arrives in:
+/// a JSON number by its value (JSON's grammar, so `12`, `12.0` and `1.2E1` are one value,
+/// as every JSON reader agrees; [`crate::json::parse_strict`] has refused tokens a float
+/// cannot keep exactly), and a string only when spelled as a plain decimal (AWS query
+/// parameters are all strings; see [`decimal`] for why other spellings are not numbers).
+fn as_number(v: &Value) -> Option<Decimal> {
     match v {
-        Value::Number(_) => json_number(v),
-        Value::String(s) => {
-            let s = s.trim();
-            // "0x10", "inf", "NaN" parse in some readers and not others; only plain decimals count.
-            if s.is_empty()
-                || !s
-                    .bytes()
-                    .all(|b| b.is_ascii_digit() || b"+-.eE".contains(&b))
-            {
-                return None;
-            }
-            if let Ok(i) = s.parse::<i128>() {
-                return Some(Num::Int(i));
-            }
-            s.parse::<f64>()
-                .ok()
-                .filter(|f| f.is_finite())
-                .map(Num::Float)
-        }
+        // A Number prints as its integer, or as the shortest decimal of its f64.
+        Value::Number(n) => Decimal::json(&n.to_string()),
+        Value::String(s) => Decimal::plain(s),
         _ => None,
     }
 }
 
+/// `eq` and `in`: numbers (and plain-decimal strings facing a number) by value, strings by
+/// their exact characters (an `eq: "007"` is an identifier, not seven), containers member by
+/// member under the same rule.
 fn values_equal(expected: &Value, actual: &Value) -> bool {
-    if expected == actual {
-        return true;
-    }
     match (expected, actual) {
-        (Value::Number(_), Value::String(_)) | (Value::String(_), Value::Number(_)) => {
-            matches!((as_number(expected), as_number(actual)), (Some(a), Some(b)) if a.cmp(b) == Some(std::cmp::Ordering::Equal))
+        (Value::Number(_), Value::Number(_) | Value::String(_))
+        | (Value::String(_), Value::Number(_)) => {
+            matches!((as_number(expected), as_number(actual)), (Some(a), Some(b)) if a == b)
         }
-        _ => false,
+        (Value::Array(a), Value::Array(b)) => {
+            a.len() == b.len() && a.iter().zip(b).all(|(x, y)| values_equal(x, y))
+        }
+        (Value::Object(a), Value::Object(b)) => {
+            a.len() == b.len()
+                && a.iter()
+                    .all(|(k, x)| b.get(k).is_some_and(|y| values_equal(x, y)))
+        }
+        _ => expected == actual,
     }
 }
 
@@ -266,12 +239,8 @@ impl Constraint<'_> {
         match self {
             Constraint::Eq(v) => values_equal(v, actual),
             Constraint::In(vs) => vs.iter().any(|v| values_equal(v, actual)),
-            Constraint::Min(n) => as_number(actual)
-                .and_then(|a| a.cmp(*n))
-                .is_some_and(|o| o.is_ge()),
-            Constraint::Max(n) => as_number(actual)
-                .and_then(|a| a.cmp(*n))
-                .is_some_and(|o| o.is_le()),
+            Constraint::Min(n) => as_number(actual).is_some_and(|a| a >= *n),
+            Constraint::Max(n) => as_number(actual).is_some_and(|a| a <= *n),
             Constraint::Prefix(p) => actual.as_str().is_some_and(|s| s.starts_with(p)),
             Constraint::Present => true,
         }
@@ -295,6 +264,47 @@ fn describe(v: &Value) -> String {
     }
 }
 
+/// Why a pointer found nothing at `path`: absent from the request, or a `*` over something
+/// other than an array, which is refused rather than read as a member named `*`.
+fn missing(pointer: &str, path: &[crate::json::Step], segment: &str, node: &Value) -> Denial {
+    let at = if path.is_empty() {
+        "the body".to_string()
+    } else {
+        format_path(path)
+    };
+    let kind = match node {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    };
+    if segment == "*" {
+        return mismatch(format!(
+            "{at} is {kind}, and the certificate's {pointer} uses * for every element of an array; \
+             * is never read as a member name"
+        ));
+    }
+    let element = if path
+        .iter()
+        .any(|s| matches!(s, crate::json::Step::Index(_)))
+        && pointer.split('/').any(|s| s == "*")
+    {
+        " (every element the * selects must have it)"
+    } else {
+        ""
+    };
+    match node {
+        Value::Object(_) | Value::Array(_) => mismatch(format!(
+            "{pointer} is required by the certificate and absent from the request: {at} has no {segment:?}{element}"
+        )),
+        _ => mismatch(format!(
+            "{pointer} is required by the certificate and absent from the request: {at} is {kind}, not an object or array{element}"
+        )),
+    }
+}
+
 /// Every named pointer must exist and satisfy its constraint; with `others: deny`, every leaf
 /// of the value must lie at or under a named pointer.
 pub fn check_constraints(rule: &ConstraintsRule, value: &Value) -> Result<(), Denial> {
@@ -303,20 +313,24 @@ pub fn check_constraints(rule: &ConstraintsRule, value: &Value) -> Result<(), De
         let constraint = parse_constraint(pointer, c)?;
         let pattern = Pattern::parse(pointer).map_err(|e| Denial::new(Reason::CertMalformed, e))?;
         let mut seen = false;
-        pattern.try_for_each(value, &mut |path, actual| {
-            seen = true;
-            if constraint.holds(actual) {
-                Ok(())
-            } else {
-                Err(mismatch(format!(
-                    "{} is {}, the certificate allows {}",
-                    format_path(path),
-                    describe(actual),
-                    describe(c)
-                )))
+        pattern.try_for_each(value, &mut |path, selected| match selected {
+            Selected::Value(actual) => {
+                seen = true;
+                if constraint.holds(actual) {
+                    Ok(())
+                } else {
+                    Err(mismatch(format!(
+                        "{} is {}, the certificate allows {}",
+                        format_path(path),
+                        describe(actual),
+                        describe(c)
+                    )))
+                }
             }
+            Selected::Missing { segment, node } => Err(missing(pointer, path, segment, node)),
         })?;
         if !seen {
+            // Only a `*` over an empty array selects nothing without a miss.
             return Err(mismatch(format!(
                 "{pointer} is required by the certificate and absent from the request"
             )));
@@ -341,6 +355,7 @@ pub fn check_constraints(rule: &ConstraintsRule, value: &Value) -> Result<(), De
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
     use serde_json::json;
 
     fn rule(v: Value) -> ConstraintsRule {
@@ -389,6 +404,241 @@ mod tests {
         let r = json!({"constraints": {"/n": {"max": 100}}, "others": "deny"});
         assert!(check(r.clone(), json!({"n": 100.0})).is_ok());
         assert!(check(r, json!({"n": 100.5})).is_err());
+    }
+
+    /// A body as the broker reads it from the wire.
+    fn wire(text: &str) -> Result<Value, crate::json::StrictJsonError> {
+        crate::json::parse_strict(text.as_bytes())
+    }
+
+    #[test]
+    fn bounds_are_exact_for_every_constraint_kind() {
+        let max = json!({"constraints": {"/n": {"max": 12}}, "others": "deny"});
+        let min = json!({"constraints": {"/n": {"min": 12}}, "others": "deny"});
+        let eq = json!({"constraints": {"/n": {"eq": 12}}, "others": "deny"});
+        let inn = json!({"constraints": {"/n": {"in": [12]}}, "others": "deny"});
+        // As a string the digits are kept, so the comparison sees them.
+        for r in [&max, &eq, &inn] {
+            assert!(check(r.clone(), json!({"n": "12.0000000000000001"})).is_err());
+        }
+        assert!(check(min.clone(), json!({"n": "12.0000000000000001"})).is_ok());
+        assert!(check(min.clone(), json!({"n": "11.99999999999999999999"})).is_err());
+        assert!(check(max.clone(), json!({"n": "11.99999999999999999999"})).is_ok());
+        // As a bare number a float cannot keep it: refused when the body is read, before any
+        // constraint could be fooled by the rounded value.
+        assert!(wire(r#"{"n": 12.0000000000000001}"#).is_err());
+        assert!(wire(r#"{"n": 11.9999999999999999}"#).is_err());
+        // A bound given as a plain-decimal string is exact at any length.
+        let long = json!({"constraints": {"/n": {"max": "12.0000000000000001"}}, "others": "deny"});
+        assert!(check(long.clone(), json!({"n": "12.0000000000000001"})).is_ok());
+        assert!(check(long.clone(), json!({"n": "12.00000000000000011"})).is_err());
+        assert!(check(long, json!({"n": 12})).is_ok());
+    }
+
+    #[test]
+    fn numbers_in_strings_have_one_spelling() {
+        let rules = [
+            json!({"constraints": {"/n": {"max": 12}}, "others": "deny"}),
+            json!({"constraints": {"/n": {"min": 9}}, "others": "deny"}),
+            json!({"constraints": {"/n": {"eq": 12}}, "others": "deny"}),
+            json!({"constraints": {"/n": {"in": [10, 12]}}, "others": "deny"}),
+        ];
+        // Each is read as another number (or none) by some common reader.
+        for spelled in [
+            "99e-1", "1E1", "1e1", "012", "010", " 12", "12 ", "+12", "12.", ".5", "0x0C", "12_0",
+            "Infinity", "NaN", "", "-", "1,2",
+        ] {
+            for r in &rules {
+                let e = check(r.clone(), json!({"n": spelled})).unwrap_err();
+                assert_eq!(e.reason, Reason::ContractMismatch, "{spelled:?} {r}");
+            }
+        }
+        for r in &rules[..3] {
+            assert!(check(r.clone(), json!({"n": "12"})).is_ok(), "{r}");
+            assert!(check(r.clone(), json!({"n": "12.00"})).is_ok(), "{r}");
+        }
+        assert!(check(rules[0].clone(), json!({"n": "-0"})).is_ok());
+    }
+
+    #[test]
+    fn bare_numbers_compare_by_value() {
+        let eq = json!({"constraints": {"/n": {"eq": 12}}, "others": "deny"});
+        let inn = json!({"constraints": {"/n": {"in": ["a", 12]}}, "others": "deny"});
+        let max = json!({"constraints": {"/n": {"max": 10}}, "others": "deny"});
+        for text in ["12", "12.0", "1.2E1", "1.2e+1", "120e-1", "12.000"] {
+            let body = wire(&format!("{{\"n\": {text}}}")).unwrap();
+            assert!(check(eq.clone(), body.clone()).is_ok(), "{text}");
+            assert!(check(inn.clone(), body.clone()).is_ok(), "{text}");
+            assert!(check(max.clone(), body).is_err(), "{text}");
+        }
+        let body = wire(r#"{"n": 1E1}"#).unwrap();
+        assert!(check(max.clone(), body).is_ok());
+        // Strings against strings are identifiers: compared by their characters.
+        let id = json!({"constraints": {"/n": {"eq": "007"}}, "others": "deny"});
+        assert!(check(id.clone(), json!({"n": "007"})).is_ok());
+        assert!(check(id.clone(), json!({"n": "7"})).is_err());
+        assert!(
+            check(id, json!({"n": 7})).is_err(),
+            "\"007\" is not a plain decimal"
+        );
+        let s = json!({"constraints": {"/n": {"eq": "12"}}, "others": "deny"});
+        assert!(check(s.clone(), json!({"n": "12.0"})).is_err());
+        assert!(check(s, json!({"n": 12.0})).is_ok());
+        // Inside containers the same rule applies member by member.
+        let obj = json!({"constraints": {"/o": {"eq": {"a": [1, "x"]}}}, "others": "deny"});
+        assert!(check(obj.clone(), wire(r#"{"o": {"a": [1.0, "x"]}}"#).unwrap()).is_ok());
+        assert!(check(obj.clone(), json!({"o": {"a": [1, "x"], "b": 1}})).is_err());
+        assert!(check(obj, json!({"o": {"a": [2, "x"]}})).is_err());
+    }
+
+    #[test]
+    fn bounds_that_are_not_numbers_are_the_certificates_fault() {
+        for bound in [
+            json!("1e1"),
+            json!("012"),
+            json!(" 1"),
+            json!(null),
+            json!([1]),
+        ] {
+            for kind in ["min", "max"] {
+                let e = check(
+                    json!({"constraints": {"/n": {kind: bound.clone()}}, "others": "deny"}),
+                    json!({"n": 1}),
+                )
+                .unwrap_err();
+                assert_eq!(e.reason, Reason::CertMalformed, "{kind} {bound}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_wildcard_is_never_a_member_name() {
+        let allow = json!({"constraints": {"/tags/*": {"eq": "t-a"}}, "others": "allow"});
+        let deny = json!({"constraints": {"/tags/*": {"eq": "t-a"}}, "others": "deny"});
+        for r in [&allow, &deny] {
+            let e = check(r.clone(), json!({"tags": {"*": "t-a", "b": "evil"}})).unwrap_err();
+            assert_eq!(e.reason, Reason::ContractMismatch);
+            assert!(e.message.contains("/tags is an object"), "{}", e.message);
+            assert!(check(r.clone(), json!({"tags": {"*": "t-a"}})).is_err());
+            assert!(check(r.clone(), json!({"tags": "t-a"})).is_err());
+            assert!(check(r.clone(), json!({"tags": null})).is_err());
+            assert!(check(r.clone(), json!({"tags": ["t-a", "t-a"]})).is_ok());
+            assert!(check(r.clone(), json!({"tags": ["t-a", "evil"]})).is_err());
+        }
+        // A member literally named * is covered only through its parent.
+        let parent = json!({"constraints": {"/tags": {"present": true}}, "others": "deny"});
+        assert!(check(parent, json!({"tags": {"*": 1}})).is_ok());
+        let star_only = json!({"constraints": {"/a": {"eq": 1}, "/tags/*": {"present": true}}, "others": "deny"});
+        assert!(check(star_only, json!({"a": 1, "tags": {"*": 1}})).is_err());
+    }
+
+    #[test]
+    fn a_wildcard_speaks_for_every_element() {
+        let r = json!({"constraints": {"/c/*/image": {"prefix": "ok/"}}, "others": "allow"});
+        assert!(check(
+            r.clone(),
+            json!({"c": [{"image": "ok/1"}, {"image": "ok/2"}]})
+        )
+        .is_ok());
+        // An element without the member, or of another type, is not silently skipped.
+        for c in [
+            json!([{"image": "ok/1"}, {"imagex": "evil/2"}]),
+            json!([{"image": "ok/1"}, "evil/2"]),
+            json!([{"image": "ok/1"}, ["evil/2"]]),
+            json!([{"image": "ok/1"}, null]),
+        ] {
+            let e = check(r.clone(), json!({ "c": c })).unwrap_err();
+            assert!(e.message.contains("/c/1"), "{}", e.message);
+        }
+        let present = json!({"constraints": {"/c/*/name": {"present": true}}, "others": "allow"});
+        assert!(check(present.clone(), json!({"c": [{"name": "a"}, {}]})).is_err());
+        assert!(check(present, json!({"c": []})).is_err(), "selects nothing");
+    }
+
+    #[test]
+    fn pointer_escapes_and_empty_segments() {
+        let r = json!({"constraints": {"/": {"eq": 1}, "/a~0b": {"eq": 2}, "/~01": {"eq": 3}}, "others": "deny"});
+        assert!(check(r.clone(), json!({"": 1, "a~b": 2, "~1": 3})).is_ok());
+        assert!(check(r.clone(), json!({"": 1, "a~b": 2, "/": 3})).is_err());
+        assert!(check(r, json!({"": 1, "a~b": 2, "~1": 3, "x": 0})).is_err());
+        // "//x" is the member "x" of the member "", not "/x".
+        let r = json!({"constraints": {"//x": {"eq": 1}}, "others": "deny"});
+        assert!(check(r.clone(), json!({"": {"x": 1}})).is_ok());
+        assert!(check(r, json!({"x": 1})).is_err());
+        for bad in ["a", "/a~", "/a~2", "/~"] {
+            let r = json!({"constraints": {bad: {"present": true}}, "others": "deny"});
+            assert_eq!(
+                check(r, json!({"a": 1})).unwrap_err().reason,
+                Reason::CertMalformed,
+                "{bad}"
+            );
+        }
+    }
+
+    /// Values as they arrive: a bare JSON number token read from the wire, or a string
+    /// spelled plainly or in one of the spellings other readers take differently.
+    fn arriving() -> impl Strategy<Value = (String, bool)> {
+        prop_oneof![
+            decimal::testing::number().prop_map(|n| (n, false)),
+            decimal::testing::number().prop_map(|n| (n, true)),
+            (
+                decimal::testing::number(),
+                prop_oneof![Just("+"), Just(" "), Just("0"), Just("00")],
+                prop_oneof![Just(""), Just(" "), Just("e0"), Just("E1"), Just(".")]
+            )
+                .prop_map(|(n, pre, post)| (format!("{pre}{n}{post}"), true)),
+        ]
+    }
+
+    /// A plain decimal, for a bound.
+    fn plain_bound() -> impl Strategy<Value = String> {
+        decimal::testing::number().prop_map(|n| n.split(['e', 'E']).next().unwrap().to_string())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 3000, ..ProptestConfig::default() })]
+
+        /// Every numeric constraint holds exactly when an exact reading of both texts says so,
+        /// and a string is a number only in its plain spelling.
+        #[test]
+        fn numeric_constraints_match_an_exact_reference(
+            (text, as_string) in arriving(),
+            bound in plain_bound(),
+            bound_as_string in any::<bool>(),
+        ) {
+            use decimal::testing::reference_cmp;
+            use std::cmp::Ordering;
+            let value = if as_string {
+                Value::String(text.clone())
+            } else {
+                match crate::json::parse_strict(text.as_bytes()) {
+                    Ok(v) => v,
+                    // Refused on the wire; nothing to compare.
+                    Err(_) => return Ok(()),
+                }
+            };
+            let bound_value = if bound_as_string {
+                json!(bound)
+            } else {
+                crate::json::parse_strict(bound.as_bytes()).unwrap_or_else(|_| json!(bound))
+            };
+            // `text` is a number to compare when it is a bare token, or a plain string.
+            let readable = !as_string || Decimal::plain(&text).is_some();
+            let order = readable.then(|| reference_cmp(&text, &bound));
+            for (kind, expect) in [
+                ("max", order.is_some_and(|o| o != Ordering::Greater)),
+                ("min", order.is_some_and(|o| o != Ordering::Less)),
+                ("eq", if as_string && bound_value.is_string() {
+                    text == bound
+                } else {
+                    order == Some(Ordering::Equal)
+                }),
+            ] {
+                let r = json!({"constraints": {"/n": {kind: bound_value.clone()}}, "others": "deny"});
+                let got = check(r, json!({"n": value.clone()})).is_ok();
+                prop_assert_eq!(got, expect, "{} {} {} (string: {})", text, kind, bound_value, as_string);
+            }
+        }
     }
 
     #[test]

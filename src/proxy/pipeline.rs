@@ -167,15 +167,12 @@ where
         // kubectl has one bearer token per invocation and sends it on the discovery and
         // GET requests around a mutation too: a certificate that verifies authenticates
         // those reads, which spend no use and run under the read identity.
-        if cert.claims.seb.target != target.kind() {
-            return Err(Denial::new(
-                Reason::ContractMismatch,
-                format!(
-                    "a certificate for a {} target does not authenticate reads here",
-                    cert.claims.seb.target.as_str()
-                ),
-            ));
-        }
+        target.check_certificate_target(&cert).map_err(|d| {
+            Denial::new(
+                d.reason,
+                format!("it does not authenticate reads here: {}", d.message),
+            )
+        })?;
         return read_pass_through(
             broker,
             target,

@@ -233,6 +233,47 @@ impl Target {
         }
     }
 
+    /// Is the certificate for this listener? Its `seb.target` must be this target's kind and
+    /// its `aud` must name this target (`[[targets]] name`): two listeners of one kind may
+    /// trust the same signer (staging and prod), and the kind alone would let a certificate
+    /// made for one be spent on the other. A certificate without `aud` is refused where the
+    /// target requires one; http targets do not, since their certificates name the target in
+    /// `seb.request.upstream` already (v1).
+    pub fn check_certificate_target(&self, cert: &Certificate) -> Result<(), Denial> {
+        let mismatch = |m: String| Denial::new(crate::denial::Reason::ContractMismatch, m);
+        let kind = cert.claims.seb.target;
+        if kind != self.kind() {
+            return Err(mismatch(format!(
+                "certificate is for a {} target, this is {} target {:?}",
+                kind.as_str(),
+                self.kind().as_str(),
+                self.name()
+            )));
+        }
+        match &cert.claims.aud {
+            Some(aud) if aud.contains(self.name()) => Ok(()),
+            Some(aud) => Err(mismatch(format!(
+                "certificate is for target {} (aud), this is target {:?}",
+                serde_json::to_string(&aud.0).unwrap_or_default(),
+                self.name()
+            ))),
+            None if self.require_audience() => Err(mismatch(format!(
+                "certificate names no target (aud); target {:?} admits only certificates whose aud names it \
+                 (require_audience = false admits them while signers migrate)",
+                self.name()
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    fn require_audience(&self) -> bool {
+        match self {
+            Target::Http(_) => false,
+            Target::Aws(t) => t.require_audience,
+            Target::Kubernetes(t) => t.require_audience,
+        }
+    }
+
     pub fn check_contract(
         &self,
         cert: &Certificate,
@@ -240,18 +281,7 @@ impl Target {
         parsed: &Parsed,
         body: &BodyView,
     ) -> Result<(), Denial> {
-        let kind = cert.claims.seb.target;
-        if kind != self.kind() {
-            return Err(Denial::new(
-                crate::denial::Reason::ContractMismatch,
-                format!(
-                    "certificate is for a {} target, this is {} target {:?}",
-                    kind.as_str(),
-                    self.kind().as_str(),
-                    self.name()
-                ),
-            ));
-        }
+        self.check_certificate_target(cert)?;
         match self {
             Target::Http(t) => t.check_contract(cert, parts, body),
             Target::Aws(t) => t.check_contract(cert, parts, body, parsed.call.as_ref()),

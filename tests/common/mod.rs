@@ -520,6 +520,7 @@ impl Env {
             p["seb"]["target"] = json!("kubernetes");
             p["seb"]["action"] = json!("deploy");
             p["seb"]["request"] = request;
+            p["aud"] = json!("cluster");
             edit(p);
         })
     }

@@ -48,6 +48,10 @@ pub struct Args {
     /// DynamoDB the TableName. Optional.
     #[arg(long)]
     aws_resource: Option<String>,
+    /// The broker target the certificates are for (`aud`); aws and kubernetes targets refuse
+    /// certificates without one unless configured otherwise.
+    #[arg(long)]
+    aud: Option<String>,
     /// The exact request body; its SHA-256 is pinned in `seb.body`. Without it, the
     /// certificate admits only an empty body.
     #[arg(long)]
@@ -109,10 +113,13 @@ pub fn main(a: Args) -> anyhow::Result<()> {
         if let Some(r) = &body_rule {
             seb["body"] = r.clone();
         }
-        let payload = json!({
+        let mut payload = json!({
             "iss": a.iss, "sub": a.sub, "jti": format!("{run_id}-{i}"),
             "iat": nbf, "nbf": nbf, "exp": nbf + a.ttl, "seb": seb,
         });
+        if let Some(aud) = &a.aud {
+            payload["aud"] = json!(aud);
+        }
         if i == 0 {
             // Refuse to write a pool the broker would refuse to read.
             cert::Claims::from_payload(payload.clone())

@@ -45,6 +45,8 @@ pub const PLACEHOLDER_ACCESS_KEY_ID: &str = "SEBAGENTPLACEHOLDER";
 
 pub struct AwsTarget {
     pub name: String,
+    /// Certificates must name this target in `aud` (see Target::check_certificate_target).
+    pub require_audience: bool,
     endpoint: Option<Uri>,
     services: Vec<String>,
     regions: Vec<String>,
@@ -128,6 +130,7 @@ impl AwsTarget {
         let client = UpstreamClient::new(cfg.upstream_ca.as_deref())?;
         Ok(AwsTarget {
             name: name.to_string(),
+            require_audience: cfg.require_audience,
             endpoint: cfg.endpoint.as_deref().map(str::parse).transpose()?,
             services: cfg.services.clone(),
             regions: cfg.regions.clone(),

@@ -39,6 +39,8 @@ use status::UNSUPPORTED_MEDIA;
 
 pub struct KubeTarget {
     pub name: String,
+    /// Certificates must name this target in `aud` (see Target::check_certificate_target).
+    pub require_audience: bool,
     base: Uri,
     credential: Credential,
     execution: Impersonation,
@@ -408,6 +410,7 @@ impl KubeTarget {
         let at = format!("targets.{name}.kubernetes");
         Ok(KubeTarget {
             name: name.to_string(),
+            require_audience: cfg.require_audience,
             base: cfg.apiserver.parse()?,
             credential: Credential::from_config(&cfg.credential)
                 .map_err(|e| anyhow::anyhow!("{at}.credential: {e}"))?,
