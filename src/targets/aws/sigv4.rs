@@ -121,6 +121,42 @@ fn parse_amz_date(s: &str) -> Option<SystemTime> {
         .map(|s| SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(s))
 }
 
+/// The `x-amz-content-sha256` the agent signed, held to the body it came with: a signature
+/// over a declared hash says nothing about the body unless the hash is the body's, and a
+/// captured read could otherwise be replayed with another body for as long as its date is
+/// fresh. `UNSIGNED-PAYLOAD` (and the streaming forms, which reads never use) sign no body, so
+/// they are admitted only without one. More than one such header is refused.
+fn declared_payload_hash(
+    parts: &http::request::Parts,
+    body: &[u8],
+) -> Result<Option<String>, String> {
+    let mut all = parts.headers.get_all("x-amz-content-sha256").iter();
+    let Some(v) = all.next() else {
+        return Ok(None);
+    };
+    if all.next().is_some() {
+        return Err("x-amz-content-sha256 appears more than once".into());
+    }
+    let declared = v
+        .to_str()
+        .map_err(|_| "x-amz-content-sha256 is not ASCII".to_string())?;
+    if declared == "UNSIGNED-PAYLOAD" || declared.starts_with("STREAMING-") {
+        if body.is_empty() {
+            return Ok(Some(declared.to_string()));
+        }
+        return Err(format!(
+            "x-amz-content-sha256 is {declared} and the request has a body: an authenticated read must sign its body"
+        ));
+    }
+    let actual = crate::proxy::pipeline::hex(&<sha2::Sha256 as sha2::Digest>::digest(body));
+    if declared != actual {
+        return Err(format!(
+            "x-amz-content-sha256 is {declared}, the body's sha256 is {actual}"
+        ));
+    }
+    Ok(Some(actual))
+}
+
 /// Checks the agent's own SigV4 signature, made with an agent key the broker knows. Used only
 /// to authenticate agents for reads (the aws CLI cannot present a client certificate);
 /// mutations are authorized by their certificate, whatever the signature says.
@@ -208,12 +244,8 @@ pub fn verify_agent_signature(
         .build()
         .map_err(|e| fail(&e.to_string()))?
         .into();
-    let content_sha = parts
-        .headers
-        .get("x-amz-content-sha256")
-        .and_then(|v| v.to_str().ok());
-    let payload = match content_sha {
-        Some(h) => SignableBody::Precomputed(h.to_string()),
+    let payload = match declared_payload_hash(parts, body).map_err(|m| fail(&m))? {
+        Some(h) => SignableBody::Precomputed(h),
         None => SignableBody::Bytes(body),
     };
     let uri = parts
