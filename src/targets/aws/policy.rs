@@ -207,6 +207,11 @@ pub fn session_policy(
         _ => false,
     };
     let resource = match resource {
+        // DeleteObjects names its bucket, but s3:DeleteObject is granted on objects: the keys
+        // are the XML body's, fixed by the certificate's sha256.
+        Some(r) if service == "s3" && operation == "DeleteObjects" && !r.contains('/') => {
+            format!("{}/*", iam_literal(r))
+        }
         Some(r) if r.starts_with("arn:") => iam_literal(r),
         _ => "*".to_string(),
     };
@@ -419,6 +424,16 @@ mod tests {
             p["Statement"][1],
             json!({"Sid": "SebCopySource", "Effect": "Allow", "Action": ["s3:GetObjectVersion"],
                    "Resource": "arn:aws:s3:::src/a${*}b${?}.txt"})
+        );
+        let p = policy(
+            "s3",
+            "DeleteObjects",
+            Some("arn:aws:s3:::b"),
+            json!({"sha256": "0".repeat(64)}),
+        );
+        assert_eq!(
+            (&p["Statement"][0]["Action"], &p["Statement"][0]["Resource"]),
+            (&json!(["s3:DeleteObject"]), &json!("arn:aws:s3:::b/*"))
         );
         let p = policy("s3", "PutObject", Some("arn:aws:s3:::b/*"), Value::Null);
         assert_eq!(p["Statement"][0]["Resource"], "arn:aws:s3:::b/${*}");

@@ -340,6 +340,59 @@ mod tests {
         assert_eq!(parse_amz_date("20151330T123600Z"), None);
     }
 
+    #[test]
+    fn an_agents_declared_payload_hash_is_held_to_the_body() {
+        let agent = Credentials {
+            access_key_id: "SEBAGENTONCALL".into(),
+            secret_access_key: "agent-secret".into(),
+            session_token: None,
+        };
+        let signed = |declared: &str| {
+            let mut req = http::Request::post("https://localhost:8443/")
+                .header("content-type", "application/x-www-form-urlencoded")
+                .header("host", "localhost:8443")
+                .header("x-amz-content-sha256", declared)
+                .body(())
+                .unwrap();
+            sign_request(
+                &mut req,
+                &agent,
+                "ec2",
+                "us-east-1",
+                // As the SDKs do: the canonical request carries the declared hash.
+                Payload::Sha256(declared.to_string()),
+                at(),
+            )
+            .unwrap();
+            req.into_parts().0
+        };
+        let captured = b"Action=DescribeInstances&Version=2016-11-15";
+        let sha = crate::proxy::pipeline::hex(&<sha2::Sha256 as sha2::Digest>::digest(captured));
+        let parts = signed(&sha);
+        let verify = |body: &[u8]| {
+            verify_agent_signature(&parts, body, "SEBAGENTONCALL", "agent-secret", at())
+        };
+        verify(captured).unwrap();
+        // The captured read replayed with another body: the signature covers the declared
+        // hash, and the declared hash is not this body's.
+        let e =
+            verify(b"Action=DescribeInstances&Version=2016-11-15&InstanceId.1=i-1").unwrap_err();
+        assert_eq!(e.reason, Reason::Unauthenticated);
+        assert!(e.message.contains("x-amz-content-sha256"), "{e}");
+        // UNSIGNED-PAYLOAD signs no body, so it authenticates only a request without one.
+        let unsigned = signed("UNSIGNED-PAYLOAD");
+        verify_agent_signature(&unsigned, b"", "SEBAGENTONCALL", "agent-secret", at()).unwrap();
+        let e = verify_agent_signature(&unsigned, captured, "SEBAGENTONCALL", "agent-secret", at())
+            .unwrap_err();
+        assert_eq!(e.reason, Reason::Unauthenticated);
+        // A declared hash in another spelling (upper case) is not the body's hash either.
+        let upper = signed(&sha.to_ascii_uppercase());
+        assert!(
+            verify_agent_signature(&upper, captured, "SEBAGENTONCALL", "agent-secret", at())
+                .is_err()
+        );
+    }
+
     fn creds() -> Credentials {
         Credentials {
             access_key_id: "AKIDEXAMPLE".into(),
