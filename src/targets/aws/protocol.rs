@@ -8,14 +8,16 @@
 //! - rest-json and rest-xml: the operation's members by their model names: URI labels
 //!   (`Bucket`, `Key`, `FunctionName`), bound query-string members, bound headers (minus transport
 //!   and integrity headers such as `Content-Length` and checksums), header maps (`Metadata`), and
-//!   for rest-json the JSON body's members. Query keys and `x-amz-*` headers the model does
-//!   not bind appear under their own names, so `others: deny` refuses them. A blob or XML payload is not a parameter:
-//!   it is bound by the certificate's `sha256`.
+//!   for rest-json the JSON body's members. A blob or XML payload is not a parameter: it is
+//!   bound by the certificate's `sha256`.
 //!
 //! Whatever two readers could understand differently is refused, not guessed: a parameter
 //! given twice, parameters in both the query string and the body, an `X-Amz-Target` that a
 //! protocol does not use or that disagrees with the body or path, duplicate JSON keys, a
-//! `Content-Encoding` the broker does not decode, a Host that names another service or region.
+//! `Content-Encoding` the broker does not decode, a Host that names another service or region,
+//! a parameter (query key, `x-amz-*` header, body member) that is not in the operation's input
+//! shape, an operation botocore does not have, a `Content-Type` that is not the protocol's, an
+//! escape in an S3 bucket label.
 
 use super::model::{self, Protocol, Route, Segment, Service};
 use crate::denial::{Denial, Reason};

@@ -393,6 +393,38 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config { cases: 64, failure_persistence: None, ..Default::default() })]
+
+        /// Whatever two bodies: the signature over one body's declared hash authenticates
+        /// that body and no other.
+        #[test]
+        fn a_declared_hash_authenticates_only_its_body(
+            a in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+            b in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+        ) {
+            let agent = Credentials {
+                access_key_id: "SEBAGENTONCALL".into(),
+                secret_access_key: "agent-secret".into(),
+                session_token: None,
+            };
+            let sha = crate::proxy::pipeline::hex(&<sha2::Sha256 as sha2::Digest>::digest(&a));
+            let mut req = http::Request::post("https://localhost:8443/")
+                .header("host", "localhost:8443")
+                .header("x-amz-content-sha256", sha.as_str())
+                .body(())
+                .unwrap();
+            sign_request(&mut req, &agent, "ec2", "us-east-1", Payload::Sha256(sha.clone()), at())
+                .unwrap();
+            let parts = req.into_parts().0;
+            let ok = |body: &[u8]| {
+                verify_agent_signature(&parts, body, "SEBAGENTONCALL", "agent-secret", at()).is_ok()
+            };
+            proptest::prop_assert!(ok(&a));
+            proptest::prop_assert_eq!(ok(&b), a == b);
+        }
+    }
+
     fn creds() -> Credentials {
         Credentials {
             access_key_id: "AKIDEXAMPLE".into(),

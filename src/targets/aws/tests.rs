@@ -1321,6 +1321,59 @@ mod props {
         }
 
         #[test]
+        fn copy_sources_read_back_and_never_panic(
+            bucket in "[a-z0-9][a-z0-9.-]{1,20}",
+            key in "\\PC{1,20}",
+            version in proptest::option::of("[A-Za-z0-9._-]{1,12}"),
+            slash in any::<bool>(),
+            junk in "\\PC{0,40}",
+        ) {
+            let _ = policy::CopySource::parse(&junk);
+            let written = format!(
+                "{}{bucket}/{}{}",
+                if slash { "/" } else { "" },
+                enc(&key),
+                version.as_deref().map(|v| format!("?versionId={v}")).unwrap_or_default()
+            );
+            let read = policy::CopySource::parse(&written).unwrap();
+            prop_assert_eq!(
+                read,
+                policy::CopySource { bucket, key, version_id: version }
+            );
+        }
+
+        #[test]
+        fn content_types_are_the_protocols_or_refused(
+            media in prop_oneof![
+                Just("application/x-amz-json-1.0".to_string()),
+                Just("APPLICATION/X-AMZ-JSON-1.0".to_string()),
+                "[ -~]{0,30}",
+            ],
+            params in proptest::collection::vec("[ -~]{0,16}", 0..3),
+        ) {
+            let ct = std::iter::once(media.clone()).chain(params.clone()).collect::<Vec<_>>().join(";");
+            let Ok(v) = http::HeaderValue::from_str(&ct) else { return Ok(()) };
+            let Ok(v) = v.to_str() else { return Ok(()) };
+            let r = try_call(
+                "dynamodb",
+                "POST",
+                "/",
+                &[("x-amz-target", "DynamoDB_20120810.DescribeTable"), ("content-type", v)],
+                br#"{"TableName":"t"}"#,
+            );
+            let media_ok = media
+                .trim_matches([' ', '\t'])
+                .eq_ignore_ascii_case("application/x-amz-json-1.0");
+            let params_ok = params.len() <= 1
+                && params.iter().all(|p| {
+                    p.trim_matches([' ', '\t'])
+                        .split_once('=')
+                        .is_some_and(|(k, v)| k.eq_ignore_ascii_case("charset") && v.eq_ignore_ascii_case("utf-8"))
+                });
+            prop_assert_eq!(r.is_ok(), media_ok && params_ok, "{:?}", ct);
+        }
+
+        #[test]
         fn rest_routes_take_labels_as_sent_and_refuse_encoded_bucket_bytes(
             function in "[A-Za-z0-9_-]{1,20}",
             bucket in "[a-z0-9][a-z0-9.-]{1,20}",
