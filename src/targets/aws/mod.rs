@@ -721,7 +721,7 @@ pub fn certificate(parts: &http::request::Parts) -> Result<Option<String>, Denia
     }
 }
 
-pub const CERT_HINT: &str = "this AWS call changes state and carries no certificate; set AWS_SESSION_TOKEN to the certificate";
+pub const CERT_HINT: &str = "this AWS call is not on the list of reads that pass without a certificate (it changes state or returns a secret) and carries none; set AWS_SESSION_TOKEN to the certificate";
 
 #[cfg(test)]
 mod tests;

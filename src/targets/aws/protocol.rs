@@ -362,7 +362,22 @@ fn parse_query(
     let route = known_route(service, &scope, &operation)?;
     for k in params.keys() {
         // `InstanceId.1`, `Filter.1.Name`: the first segment is the top-level member.
-        check_member(route, &operation, k.split('.').next().unwrap_or(k))?;
+        let top = k.split('.').next().unwrap_or(k);
+        check_member(route, &operation, top)?;
+        // The list that names the resource is read one way only: `Name.N`, N a plain
+        // positive integer. `InstanceId`, `InstanceId.01` or `InstanceId.1.x` might be read
+        // by EC2 as an element seb did not count.
+        if route.resource_list && route.resource.as_deref() == Some(top) {
+            let index = &k[top.len()..];
+            let plain = index.strip_prefix('.').is_some_and(|n| {
+                !n.is_empty() && !n.starts_with('0') && n.bytes().all(|b| b.is_ascii_digit())
+            });
+            if !plain {
+                return Err(malformed(format!(
+                    "parameter {k:?}: {top} is a list, named {top}.1, {top}.2, ..."
+                )));
+            }
+        }
     }
     Ok(Call {
         route,

@@ -970,6 +970,24 @@ fn the_resource_is_the_operations_own_member() {
         b"Action=TerminateInstances&InstanceId.1=i-b&InstanceId.2=i-c",
     );
     assert_eq!(two.resource, None);
+    for odd in [
+        "InstanceId",
+        "InstanceId.01",
+        "InstanceId.0",
+        "InstanceId.1.x",
+        "InstanceId.",
+    ] {
+        refused(
+            try_call(
+                "ec2",
+                "POST",
+                "/",
+                &[FORM],
+                format!("Action=TerminateInstances&InstanceId.1=i-a&{odd}=i-b").as_bytes(),
+            ),
+            "is a list",
+        );
+    }
     // DeleteVolume's resource is its VolumeId; a GroupId it does not take cannot stand in.
     let v = call(
         "ec2",
