@@ -394,7 +394,7 @@ mod tests {
     }
 
     proptest::proptest! {
-        #![proptest_config(proptest::test_runner::Config { cases: 64, failure_persistence: None, ..Default::default() })]
+        #![proptest_config(proptest::test_runner::Config { cases: 64, ..Default::default() })]
 
         /// Whatever two bodies: the signature over one body's declared hash authenticates
         /// that body and no other.
