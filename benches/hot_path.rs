@@ -281,6 +281,7 @@ fn bench_admission(c: &mut Criterion<ThreadCpu>) {
         max_staleness_secs: 300,
         revocation,
         uses: Arc::new(MemoryUseStore::new(10_000_000, Duration::from_secs(30))),
+        uses_unknown_before: None,
     };
     let target = HttpTarget::new(
         TARGET,

@@ -33,7 +33,31 @@ pub struct Config {
     pub agents: AgentAuthConfig,
     #[serde(default)]
     pub runtime: RuntimeConfig,
+    #[serde(default)]
+    pub state: StateConfig,
     pub targets: Vec<TargetConfig>,
+}
+
+/// What the broker keeps across restarts besides the audit log (which is where use counts are
+/// rebuilt from): the accepted revocation documents, and the audit log's lock.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    /// Default: the audit log's directory.
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+}
+
+impl Config {
+    /// The state directory; None when neither it nor an audit file is configured.
+    pub fn state_dir(&self) -> Option<PathBuf> {
+        self.state.dir.clone().or_else(|| {
+            self.audit
+                .path
+                .as_deref()
+                .map(|p| crate::audit::log_dir(p).to_path_buf())
+        })
+    }
 }
 
 /// How agent connections are spread over threads.
@@ -626,6 +650,9 @@ impl Config {
             fix(p);
         }
         fix(&mut self.audit.signing_key);
+        if let Some(d) = &mut self.state.dir {
+            fix(d);
+        }
         for s in &mut self.agents.tokens {
             s.resolve(base);
         }

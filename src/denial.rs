@@ -113,6 +113,9 @@ impl fmt::Display for Reason {
 pub struct Denial {
     pub reason: Reason,
     pub message: String,
+    /// A more precise HTTP status than the reason's (413 for a body over the limit), for
+    /// clients that act on the status; the code stays the stable reason.
+    pub status: Option<StatusCode>,
 }
 
 impl Denial {
@@ -120,7 +123,18 @@ impl Denial {
         Denial {
             reason,
             message: message.into(),
+            status: None,
         }
+    }
+
+    pub fn with_status(mut self, status: StatusCode) -> Self {
+        self.status = Some(status);
+        self
+    }
+
+    /// The status the refusal is sent with.
+    pub fn status(&self) -> StatusCode {
+        self.status.unwrap_or(self.reason.status())
     }
 }
 

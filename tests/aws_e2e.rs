@@ -1521,3 +1521,71 @@ async fn reads_are_an_allow_list_and_an_agents_signature_covers_its_body() {
     assert!(text.contains("seb: unauthenticated"), "{text}");
     assert!(text.contains("x-amz-content-sha256"), "{text}");
 }
+
+/// Issue 14, all targets, through boto3: a `Connection` token naming a header seb checked
+/// (a conditional delete's `If-Match`), a folded `x-amz-` name, and a path override are
+/// refused before anything reaches moto or a use is spent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_seams_are_refused_for_aws_clients() {
+    let env = Env::new();
+    let moto = Moto::start(&env);
+    let broker = start_broker(&env, &moto, Mode::Static, "");
+    let before = moto.state();
+    assert!(before["s3"]["old.txt"].is_number(), "{before}");
+    let cert = aws_cert(
+        &env,
+        req(
+            "s3",
+            "DeleteObject",
+            Some("arn:aws:s3:::prod-artifacts/old.txt"),
+        ),
+        rule(
+            json!({"/Bucket": {"eq": "prod-artifacts"}, "/Key": {"eq": "old.txt"},
+                    "/IfMatch": {"eq": "\"0000\""}}),
+        ),
+    );
+    let hooked = |headers: &str| {
+        format!(
+            r#"(c := client("s3"), c.meta.events.register("before-send.s3.*", lambda request, **kw: request.headers.update({headers})), c.delete_object(Bucket="prod-artifacts", Key="old.txt", IfMatch='"0000"'))[-1]"#
+        )
+    };
+    for (what, headers, needle) in [
+        (
+            "Connection naming If-Match",
+            r#"{"Connection": "If-Match"}"#,
+            "Connection token",
+        ),
+        (
+            "folded x-amz- header",
+            r#"{"X_Amz_Bypass_Governance_Retention": "true"}"#,
+            "x_amz_bypass_governance_retention",
+        ),
+        (
+            "path override",
+            r#"{"X-Original-URL": "/prod-artifacts/keep.txt"}"#,
+            "x-original-url",
+        ),
+    ] {
+        let out = boto3(&env, &broker, Some(&cert), &hooked(headers));
+        assert_eq!(out["ok"], false, "{what}: {out}");
+        assert_eq!(out["code"], "AccessDenied", "{what}: {out}");
+        let message = out["message"].as_str().unwrap();
+        assert!(
+            message.starts_with("seb: request_malformed") && message.contains(needle),
+            "{what}: {message}"
+        );
+    }
+    // A read is refused alike.
+    let out = boto3(
+        &env,
+        &broker,
+        None,
+        r#"(c := client("s3"), c.meta.events.register("before-send.s3.*", lambda request, **kw: request.headers.update({"Connection": "x-amz-expected-bucket-owner", "x-amz-expected-bucket-owner": "111111111111"})), c.list_objects_v2(Bucket="prod-artifacts")["KeyCount"])[-1]"#,
+    );
+    assert_eq!(out["ok"], false, "{out}");
+    assert!(out["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("seb: request_malformed"));
+    assert_eq!(moto.state()["s3"], before["s3"]);
+}

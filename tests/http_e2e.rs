@@ -1014,7 +1014,7 @@ async fn oversized_bodies_are_refused_unread() {
         &vec![b'x'; 4096],
     )
     .await;
-    assert_eq!((r.status, r.code()), (400, "request_malformed"));
+    assert_eq!((r.status, r.code()), (413, "request_malformed"));
     assert!(r.body["detail"]
         .as_str()
         .unwrap()
@@ -1164,4 +1164,345 @@ async fn revocation_data_from_a_url_and_secrets_from_files() {
     let r = refund(&c, &broker, &cert, br#"{"amount":1,"order":"ord_1"}"#).await;
     assert_eq!((r.status, r.code()), (403, "revoked"));
     assert!(posts(&up).is_empty());
+}
+
+/// An http target whose upstream credential is an `X-Api-Key` header, with the usual reads.
+fn api_key_config(env: &Env, upstream_port: u16, extra: &str) -> BrokerConfig {
+    let _ = env;
+    broker_config(|listen| {
+        format!(
+            r#"
+[[targets]]
+name = "payments"
+kind = "http"
+listen = "127.0.0.1:{listen}"
+[targets.http]
+upstream = "http://127.0.0.1:{upstream_port}"
+credential = {{ header = "X-Api-Key", value_env = "SEB_TEST_PAYMENTS_TOKEN" }}
+reads = [{{ methods = ["GET", "HEAD"], path_prefix = "/v1/" }}]
+{extra}
+"#
+        )
+    })
+}
+
+/// One raw HTTP/1.1 request, byte for byte as given.
+fn raw_request(method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> String {
+    let mut raw = format!("{method} {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n");
+    if !body.is_empty() || method == "POST" {
+        raw.push_str(&format!("content-length: {}\r\n", body.len()));
+    }
+    for (k, v) in headers {
+        raw.push_str(&format!("{k}: {v}\r\n"));
+    }
+    raw.push_str("\r\n");
+    raw.push_str(body);
+    raw
+}
+
+/// Issue 14, all targets: headers the upstream could read differently from seb are refused
+/// while the request is parsed (the certificate is not spent), and what travels is what
+/// was checked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_seams_are_refused_before_anything_is_spent() {
+    let env = Env::new();
+    let up = Upstream::start(env.dir.path());
+    let broker = Broker::start(&env, &api_key_config(&env, up.port, ""));
+    let cert = env.cert("POST", "/v1/refunds", refund_rule());
+    let auth = bearer(&cert);
+    let good = r#"{"amount":50,"order":"ord_1"}"#;
+    let json = ("content-type", "application/json");
+    let mutation_cases: Vec<(&str, Vec<(&str, &str)>)> = vec![
+        (
+            "Connection names a checked header",
+            vec![json, ("connection", "content-type")],
+        ),
+        (
+            "Connection names If-Match",
+            vec![
+                json,
+                ("if-match", "\"v1\""),
+                ("connection", "keep-alive, If-Match"),
+            ],
+        ),
+        (
+            "Connection asks for an upgrade",
+            vec![json, ("upgrade", "websocket"), ("connection", "upgrade")],
+        ),
+        (
+            "Connection names a custom header",
+            vec![json, ("x-tenant", "a"), ("connection", "x-tenant")],
+        ),
+        (
+            "folded credential header",
+            vec![json, ("x_api_key", "agent-chosen")],
+        ),
+        (
+            "half-folded credential header",
+            vec![json, ("x-api_key", "agent-chosen")],
+        ),
+        (
+            "folded certificate header",
+            vec![json, ("x_seb_certificate", "x")],
+        ),
+        (
+            "folded Content-Type beside the real one",
+            vec![json, ("content_type", "text/plain")],
+        ),
+        (
+            "two spellings of one header",
+            vec![json, ("x-tenant", "a"), ("x_tenant", "b")],
+        ),
+        (
+            "X-Original-URL",
+            vec![json, ("x-original-url", "/admin/wipe")],
+        ),
+        (
+            "X_Original_URL",
+            vec![json, ("x_original_url", "/admin/wipe")],
+        ),
+        (
+            "X-Rewrite-URL",
+            vec![json, ("x-rewrite-url", "/admin/wipe")],
+        ),
+        (
+            "X-Forwarded-Prefix",
+            vec![json, ("x-forwarded-prefix", "/admin")],
+        ),
+        (
+            "X-Original-Method",
+            vec![json, ("x-original-method", "DELETE")],
+        ),
+        ("X-HTTP-Method", vec![json, ("x-http-method", "DELETE")]),
+        (
+            "X-Method-Override",
+            vec![json, ("x-method-override", "DELETE")],
+        ),
+        (
+            "X_HTTP_Method_Override",
+            vec![json, ("x_http_method_override", "DELETE")],
+        ),
+        (
+            "charset iso-8859-1",
+            vec![("content-type", "application/json; charset=iso-8859-1")],
+        ),
+        (
+            "charset utf-7",
+            vec![("content-type", "application/json;charset=utf-7")],
+        ),
+        (
+            "unknown media type parameter",
+            vec![("content-type", "application/json; profile=\"x\"")],
+        ),
+        (
+            "charset twice",
+            vec![(
+                "content-type",
+                "application/json; charset=utf-8; charset=utf-8",
+            )],
+        ),
+        (
+            "empty +json subtype prefix",
+            vec![("content-type", "application/+json")],
+        ),
+    ];
+    for (name, mut headers) in mutation_cases {
+        headers.push(("authorization", &auth));
+        let r = send_raw(
+            &env,
+            broker.listen,
+            &raw_request("POST", "/v1/refunds", &headers, good),
+        )
+        .await;
+        assert_eq!(
+            (r.status, r.code()),
+            (400, "request_malformed"),
+            "{name}: {:?}",
+            r.body
+        );
+    }
+    // Trailers on a checked body (HTTP/1.1 chunked): refused, not read past.
+    let chunked = format!(
+        "POST /v1/refunds HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\ncontent-type: application/json\r\nauthorization: {auth}\r\ntransfer-encoding: chunked\r\ntrailer: x-checksum\r\n\r\n{:x}\r\n{good}\r\n0\r\nx-checksum: 1\r\n\r\n",
+        good.len()
+    );
+    let r = send_raw(&env, broker.listen, &chunked).await;
+    assert_eq!(
+        (r.status, r.code()),
+        (400, "request_malformed"),
+        "trailers: {:?}",
+        r.body
+    );
+    assert!(r.body["detail"].as_str().unwrap().contains("x-checksum"));
+
+    type ReadCase<'a> = (&'a str, &'a str, Vec<(&'a str, &'a str)>, &'a str);
+    let read_cases: Vec<ReadCase> = vec![
+        ("GET read with a body", "GET", vec![], "{\"amount\":1}"),
+        ("HEAD read with a body", "HEAD", vec![], "x"),
+        (
+            "GET read rewritten by X-Original-URL",
+            "GET",
+            vec![("x-original-url", "/admin/wipe")],
+            "",
+        ),
+        (
+            "GET read turned into DELETE",
+            "GET",
+            vec![("x-http-method", "DELETE")],
+            "",
+        ),
+        (
+            "GET read with a folded credential",
+            "GET",
+            vec![("x_api_key", "agent-chosen")],
+            "",
+        ),
+        (
+            "GET read with Connection naming the credential",
+            "GET",
+            vec![("connection", "x-api-key")],
+            "",
+        ),
+    ];
+    for (name, method, mut headers, body) in read_cases {
+        headers.push(("x-seb-agent-token", AGENT_TOKEN));
+        let r = send_raw(
+            &env,
+            broker.listen,
+            &raw_request(method, "/v1/items/3", &headers, body),
+        )
+        .await;
+        assert_eq!(r.status, 400, "{name}");
+        if method != "HEAD" {
+            assert_eq!(r.code(), "request_malformed", "{name}: {:?}", r.body);
+        }
+    }
+    assert!(up.requests().is_empty(), "{:?}", up.requests());
+
+    // Nothing was spent: the same certificate is admitted once, with ordinary hop-by-hop
+    // tokens and an underscore name that folds to nothing the broker owns, and the upstream
+    // sees the broker's credential only.
+    let headers = vec![
+        json,
+        ("authorization", auth.as_str()),
+        ("x-api-key", "agent-chosen"),
+        ("x_trace_id", "t-1"),
+        ("te", "trailers"),
+        ("connection", "keep-alive, te"),
+    ];
+    let r = send_raw(
+        &env,
+        broker.listen,
+        &raw_request("POST", "/v1/refunds", &headers, good),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let seen = posts(&up);
+    assert_eq!(seen.len(), 1);
+    let h = &seen[0]["headers"];
+    assert_eq!(h["x-api-key"], UPSTREAM_SECRET);
+    assert_eq!(h["x_trace_id"], "t-1");
+    assert_eq!(h["content-type"], "application/json");
+    assert!(h.get("authorization").is_none() && h.get("te").is_none());
+}
+
+/// Issue 14: a body over the limit is answered 413 with the reason code, and the client can
+/// read it (curl used to print `000`: the broker answered mid-upload and closed, and the
+/// reset beat the answer). Declared lengths, 100-continue, and chunked bodies alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_bodies_get_a_413_the_client_can_read() {
+    let env = Env::new();
+    let up = Upstream::start(env.dir.path());
+    let broker = Broker::start(
+        &env,
+        &env.config(up.port, "[limits]\nmax_body_bytes = 1024\n"),
+    );
+    let cert = env.cert("POST", "/v1/refunds", refund_rule());
+    let big = env.path("big.json");
+    std::fs::write(&big, vec![b' '; 8 << 20]).unwrap();
+    let ca = env.path("tls/ca.pem");
+    for (name, extra) in [
+        ("declared, no 100-continue", vec!["-H", "Expect:"]),
+        ("declared, 100-continue", vec!["-H", "Expect: 100-continue"]),
+        (
+            "chunked",
+            vec!["-H", "Transfer-Encoding: chunked", "-H", "Expect:"],
+        ),
+    ] {
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "--http1.1", "--cacert"])
+            .arg(&ca)
+            .args(["-o", "-", "-w", "\n%{http_code}", "-X", "POST"])
+            .args(["-H", "content-type: application/json"])
+            .args(["-H", &format!("authorization: Bearer {cert}")])
+            .args(&extra)
+            .arg("--data-binary")
+            .arg(format!("@{}", big.display()))
+            .arg(broker.url("/v1/refunds"))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, status) = text.rsplit_once('\n').unwrap();
+        assert_eq!(
+            status,
+            "413",
+            "{name}: {text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_str(body).unwrap();
+        assert_eq!(v["code"], "request_malformed", "{name}");
+        assert!(v["detail"].as_str().unwrap().contains("1024-byte limit"));
+    }
+    assert!(posts(&up).is_empty());
+    // Not spent: a body within the limit is admitted.
+    let c = client(&env, false);
+    let r = refund(&c, &broker, &cert, br#"{"amount":5,"order":"ord_2"}"#).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+}
+
+/// Issue 14: HTTP/2 trailers on a checked body are refused; the h2 crate hands pseudo-header
+/// trailers over as an empty trailer section, so an empty one is refused too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_request_trailers_are_refused() {
+    use http_body_util::StreamBody;
+    let env = Env::new();
+    let up = Upstream::start(env.dir.path());
+    let broker = Broker::start(&env, &env.config(up.port, ""));
+    let ca = std::fs::read(env.path("tls/ca.pem")).unwrap();
+    let h2 = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let cert = env.cert("POST", "/v1/refunds", refund_rule());
+    let good = br#"{"amount":2,"order":"ord_8"}"#;
+    for trailers in [vec![("x-amount", "99999")], vec![]] {
+        let mut t = http::HeaderMap::new();
+        for (k, v) in trailers {
+            t.insert(k, http::HeaderValue::from_static(v));
+        }
+        let frames: Vec<Result<http_body::Frame<bytes::Bytes>, std::io::Error>> = vec![
+            Ok(http_body::Frame::data(bytes::Bytes::from_static(good))),
+            Ok(http_body::Frame::trailers(t)),
+        ];
+        let body = StreamBody::new(futures_util::stream::iter(frames));
+        let resp = h2
+            .post(broker.url("/v1/refunds"))
+            .header("content-type", "application/json")
+            .header("authorization", bearer(&cert))
+            .body(reqwest::Body::wrap(body))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+        assert_eq!(resp.status(), 400);
+        let v: Value = serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap();
+        assert_eq!(v["code"], "request_malformed");
+        assert!(v["detail"].as_str().unwrap().contains("trailer"), "{v}");
+    }
+    assert!(posts(&up).is_empty());
+    let r = refund(&h2, &broker, &cert, good).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
 }

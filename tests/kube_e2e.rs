@@ -1476,3 +1476,146 @@ fn kubectl_exec_runs_only_the_certified_command() {
     );
     assert_impersonated(&m, &cert);
 }
+
+/// Issue 14, all targets, for kubernetes: folded impersonation and front-proxy identity
+/// headers, `Connection` tokens, override headers, charsets and bodies on reads are refused
+/// before the apiserver sees anything, and the certificate is not spent by them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_seams_are_refused_for_kubernetes_clients() {
+    let c = cluster();
+    create_web(&c);
+    let web = "/apis/apps/v1/namespaces/shop/deployments/web";
+    let cert = c.env.kube_cert(
+        effect(req("patch", "deployments", "apps", Some("web"))),
+        deny(json!({"/spec/template/spec/containers/0/image": {"eq": "reg.local/app:2"}})),
+        |_| {},
+    );
+    let body = r#"{"spec":{"template":{"spec":{"containers":[{"name":"app","image":"reg.local/app:2"}]}}}}"#;
+    let smp = "application/strategic-merge-patch+json";
+    let n = count_mutations(&c.api);
+    let raw = |method: &str, path: &str, token: &str, ct: &str, extra: &str, body: &str| {
+        format!(
+            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\nContent-Type: {ct}\r\nContent-Length: {}\r\nConnection: close\r\n{extra}\r\n{body}",
+            body.len()
+        )
+    };
+    for (what, ct, extra, status, code) in [
+        (
+            "folded Impersonate-User",
+            smp,
+            "Impersonate_User: system:admin\r\n",
+            400,
+            "request_malformed",
+        ),
+        (
+            "folded Impersonate-Group",
+            smp,
+            "impersonate-group: x\r\nImpersonate_Group: system:masters\r\n",
+            400,
+            "request_malformed",
+        ),
+        (
+            "Impersonate-User",
+            smp,
+            "Impersonate-User: system:admin\r\n",
+            403,
+            "contract_mismatch",
+        ),
+        (
+            "folded X-Remote-User",
+            smp,
+            "X_Remote_User: system:admin\r\n",
+            400,
+            "request_malformed",
+        ),
+        (
+            "Connection naming Content-Type",
+            smp,
+            "Connection: Content-Type\r\n",
+            400,
+            "request_malformed",
+        ),
+        (
+            "Connection naming a custom header",
+            smp,
+            "X-Trace: 1\r\nConnection: X-Trace\r\n",
+            400,
+            "request_malformed",
+        ),
+        (
+            "X-Original-URL",
+            smp,
+            "X-Original-URL: /api/v1/namespaces/shop/secrets/db\r\n",
+            400,
+            "request_malformed",
+        ),
+        (
+            "X-HTTP-Method-Override",
+            smp,
+            "X-HTTP-Method-Override: DELETE\r\n",
+            400,
+            "request_malformed",
+        ),
+        (
+            "charset utf-16",
+            "application/strategic-merge-patch+json; charset=utf-16",
+            "",
+            415,
+            "request_malformed",
+        ),
+        (
+            "unknown media type parameter",
+            "application/strategic-merge-patch+json; v=2",
+            "",
+            415,
+            "request_malformed",
+        ),
+    ] {
+        let r = send_raw(
+            &c.env,
+            c.broker.listen,
+            &raw("PATCH", web, &cert, ct, extra, body),
+        )
+        .await;
+        let message = r.body["message"].as_str().unwrap_or("");
+        assert_eq!(r.status, status, "{what}: {message}");
+        assert!(
+            message.starts_with(&format!("seb: {code}: ")),
+            "{what}: {message}"
+        );
+    }
+    // A read with a body, and a read with an override.
+    for (what, extra, body) in [
+        ("GET with a body", "", "{}"),
+        (
+            "GET with X-Original-URL",
+            "X-Original-URL: /api/v1/namespaces/shop/secrets/db\r\n",
+            "",
+        ),
+    ] {
+        let r = send_raw(
+            &c.env,
+            c.broker.listen,
+            &raw("GET", web, AGENT_TOKEN, "application/json", extra, body),
+        )
+        .await;
+        let message = r.body["message"].as_str().unwrap_or("");
+        assert_eq!(r.status, 400, "{what}: {message}");
+        assert!(
+            message.starts_with("seb: request_malformed: "),
+            "{what}: {message}"
+        );
+    }
+    assert_eq!(count_mutations(&c.api), n);
+    // Nothing was spent: the same certificate is admitted once, without the extra headers.
+    let r = send_raw(
+        &c.env,
+        c.broker.listen,
+        &raw("PATCH", web, &cert, smp, "", body),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(count_mutations(&c.api), n + 1);
+    let m = last_mutation(&c.api);
+    assert_impersonated(&m, &cert);
+}

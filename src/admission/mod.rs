@@ -24,6 +24,10 @@ pub struct Admission {
     pub max_staleness_secs: i64,
     pub revocation: Arc<RevocationState>,
     pub uses: Arc<dyn UseStore>,
+    /// Set when the audit log lost records whose certificate uses are unknown (seconds since
+    /// the epoch, when the loss was recorded): certificates issued before it cannot be proven
+    /// unspent, so they are refused until they expire.
+    pub uses_unknown_before: Option<i64>,
 }
 
 /// The mTLS client certificate the request arrived with, if any.
@@ -46,10 +50,18 @@ impl Admission {
     ) -> Result<(), Denial> {
         cert::check_window(&cert.claims, self.window, now)?;
         let c = &cert.claims;
-        let rev = self.revocation.current().ok_or_else(|| {
+        let rev = self.revocation.current(&c.iss).ok_or_else(|| {
+            let why = self
+                .revocation
+                .last_refusal()
+                .map(|r| format!(" (the last document offered was refused: {r})"))
+                .unwrap_or_default();
             Denial::new(
                 Reason::RevocationDataStale,
-                "no revocation data has been loaded yet; mutations wait for it",
+                format!(
+                    "no revocation data from issuer {:?} has been loaded yet; its certificates wait for it{why}",
+                    c.iss
+                ),
             )
         })?;
         let age = now - rev.iat;
@@ -108,6 +120,17 @@ impl Admission {
     /// Spends one use. Call only once everything else about the request has been accepted.
     pub async fn take_use(&self, cert: &Certificate) -> Result<(u32, u32), Denial> {
         let c = &cert.claims;
+        if let Some(t) = self.uses_unknown_before {
+            if c.iat <= t {
+                return Err(Denial::new(
+                    Reason::StateUnavailable,
+                    format!(
+                        "the audit log lost records at {t} whose certificate uses are unknown, and this certificate (issued at {}) cannot be proven unspent; ask the signer for a new one",
+                        c.iat
+                    ),
+                ));
+            }
+        }
         match self
             .uses
             .take_use(
@@ -127,6 +150,16 @@ impl Admission {
                 ),
             )),
             Err(e) => Err(Denial::new(Reason::StateUnavailable, e.to_string())),
+        }
+    }
+}
+
+impl Admission {
+    /// Gives back the use a request took when it provably never reached the upstream. A
+    /// failure leaves the use spent: refusing a retry is the safe side.
+    pub async fn give_back(&self, cert: &Certificate) {
+        if let Err(e) = self.uses.give_back(&cert.kid, &cert.claims.jti).await {
+            tracing::warn!(cert = %cert.claims.jti, error = %e, "could not give back an unused use");
         }
     }
 }
@@ -183,6 +216,7 @@ mod tests {
                 1000,
                 std::time::Duration::from_secs(60),
             )),
+            uses_unknown_before: None,
         };
         Fixture { issuer, admission }
     }

@@ -6,11 +6,17 @@
 //! older than the configured maximum staleness every mutation is refused. An attacker who
 //! blocks updates therefore stops mutations rather than keeping a revoked certificate alive.
 //! Epochs never go backwards: an older document, even validly signed, is refused (rollback).
+//!
+//! Each issuer's document governs that issuer's certificates only: issuer B's newer epoch
+//! never replaces issuer A's revocations. Accepted documents are persisted (atomically, in the
+//! state directory) and loaded again before a restarted broker serves, so neither a pushed
+//! revocation nor the rollback floor is lost with the process.
 
 use crate::cert::{jws, TrustedIssuers};
 use serde::{Deserialize, Serialize};
-use std::collections::HashSet;
-use std::sync::{Arc, RwLock};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
 
 pub const REVOCATION_TYP: &str = "seb-revocation+jws";
 
@@ -79,33 +85,155 @@ pub enum Applied {
 
 pub struct RevocationState {
     issuers: TrustedIssuers,
-    current: RwLock<Option<Arc<RevocationData>>>,
+    /// The loaded document of each issuer, by `iss`.
+    current: RwLock<HashMap<String, Arc<RevocationData>>>,
+    /// The newest `(epoch, iat)` ever accepted per issuer, with its document: the rollback
+    /// floor, kept even when a persisted document no longer verifies (its key rotated out).
+    floors: Mutex<BTreeMap<String, Persisted>>,
+    /// Why the last document offered was refused, for the refusal an agent sees while no data
+    /// is loaded (a clock behind the signer's and a rotated-out key read differently).
+    last_refusal: Mutex<Option<String>>,
+    /// Where accepted documents are kept across restarts; None keeps them in memory only.
+    store: Option<PathBuf>,
 }
+
+/// One issuer's entry in the state file.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Persisted {
+    pub epoch: u64,
+    pub iat: i64,
+    pub document: String,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct StateFile {
+    v: u32,
+    issuers: BTreeMap<String, Persisted>,
+}
+
+/// The state file's name inside the state directory.
+pub const STATE_FILE: &str = "seb-revocation.json";
 
 impl RevocationState {
     pub fn new(issuers: TrustedIssuers) -> Self {
         RevocationState {
             issuers,
-            current: RwLock::new(None),
+            current: RwLock::new(HashMap::new()),
+            floors: Mutex::new(BTreeMap::new()),
+            last_refusal: Mutex::new(None),
+            store: None,
         }
     }
 
-    pub fn current(&self) -> Option<Arc<RevocationData>> {
+    /// Keeps accepted documents in `dir` and loads what an earlier run kept there. A state
+    /// file that cannot be read is an error: starting without it could go back in epochs and
+    /// forget pushed revocations.
+    pub fn persisted_in(
+        mut self,
+        dir: &Path,
+        now: i64,
+        max_skew: i64,
+    ) -> anyhow::Result<RevocationState> {
+        let path = dir.join(STATE_FILE);
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                let file: StateFile = crate::json::from_checked(&bytes).map_err(|e| {
+                    anyhow::anyhow!("{}: not a revocation state file: {e}", path.display())
+                })?;
+                if file.v != 1 {
+                    anyhow::bail!("{}: version {} is not 1", path.display(), file.v);
+                }
+                for (iss, p) in &file.issuers {
+                    self.floors().insert(iss.clone(), p.clone());
+                    // Persisted documents were accepted once; one whose iat is now "in the
+                    // future" means the clock went back, which must not drop it.
+                    if let Err(e) = self.install(&p.document, now, max_skew.max(p.iat - now)) {
+                        tracing::warn!(issuer = %iss, epoch = p.epoch, error = %e, "a persisted revocation document no longer applies; its epoch stays the floor, and that issuer's certificates wait for a new document");
+                    }
+                }
+                tracing::info!(file = %path.display(), issuers = file.issuers.len(), "revocation state loaded");
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => anyhow::bail!("{}: {e}", path.display()),
+        }
+        self.store = Some(path);
+        Ok(self)
+    }
+
+    /// The loaded data governing certificates of issuer `iss`.
+    pub fn current(&self, iss: &str) -> Option<Arc<RevocationData>> {
         self.current
             .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(iss)
+            .cloned()
+    }
+
+    /// Every issuer's loaded data, by `iss`.
+    pub fn all(&self) -> Vec<(String, Arc<RevocationData>)> {
+        let mut v: Vec<_> = self
+            .current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(k, d)| (k.clone(), d.clone()))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    /// Why the most recent document offered was refused, if it was.
+    pub fn last_refusal(&self) -> Option<String> {
+        self.last_refusal
+            .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
     }
 
-    /// Verifies and installs a document. Errors say why it was refused; the loaded data is
-    /// then left as it was.
+    /// Verifies and installs a document, and persists it. Errors say why it was refused; the
+    /// loaded data is then left as it was.
     pub fn apply(&self, token: &str, now: i64, max_skew: i64) -> Result<Applied, String> {
+        let result = self.install(token, now, max_skew);
+        *self.last_refusal.lock().unwrap_or_else(|p| p.into_inner()) =
+            result.as_ref().err().cloned();
+        if let Ok(Applied::Updated { .. }) = &result {
+            // Installed first: a revocation is honoured at once even if the disk fails, and
+            // the pusher hears that it must push again.
+            self.persist()
+                .map_err(|e| format!("applied, but not persisted ({e}): a restart would forget it; push it again once the state directory is writable"))?;
+        }
+        result
+    }
+
+    fn floors(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Persisted>> {
+        self.floors.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn persist(&self) -> anyhow::Result<()> {
+        let Some(path) = &self.store else {
+            return Ok(());
+        };
+        let file = StateFile {
+            v: 1,
+            issuers: self.floors().clone(),
+        };
+        let mut text = serde_json::to_vec_pretty(&file)?;
+        text.push(b'\n');
+        crate::fsutil::write_atomic(path, &text, 0o600)?;
+        Ok(())
+    }
+
+    fn install(&self, token: &str, now: i64, max_skew: i64) -> Result<Applied, String> {
         let token = token.trim();
         let compact = jws::parse(token, REVOCATION_TYP)?;
-        let issuer = self
-            .issuers
-            .get(&compact.kid)
-            .ok_or_else(|| format!("no trusted issuer key has kid {:?}", compact.kid))?;
+        let issuer = self.issuers.get(&compact.kid).ok_or_else(|| {
+            format!(
+                "no trusted issuer key has kid {:?} (a key rotated out of the configuration?)",
+                compact.kid
+            )
+        })?;
         if !compact.verify(token, &issuer.key) {
             return Err("signature does not verify".into());
         }
@@ -125,22 +253,28 @@ impl RevocationState {
             }
         }
         if payload.iat > now + max_skew {
-            return Err(format!("iat {} is in the future", payload.iat));
+            return Err(format!(
+                "iat {} is {}s in the future, beyond the {max_skew}s clock skew: is this broker's clock behind the signer's?",
+                payload.iat,
+                payload.iat - now
+            ));
         }
         let mut guard = self.current.write().unwrap_or_else(|p| p.into_inner());
-        if let Some(cur) = guard.as_ref() {
-            let older = (payload.seb.revocation_epoch, payload.iat) < (cur.epoch, cur.iat);
-            if older {
+        let (epoch, iat) = (payload.seb.revocation_epoch, payload.iat);
+        if let Some(floor) = self.floors().get(&payload.iss) {
+            if (epoch, iat) < (floor.epoch, floor.iat) {
                 return Err(format!(
-                    "epoch {} issued at {} is older than the loaded epoch {} issued at {}; revocation data never goes backwards",
-                    payload.seb.revocation_epoch, payload.iat, cur.epoch, cur.iat
+                    "epoch {epoch} issued at {iat} is older than issuer {:?}'s epoch {} issued at {}; revocation data never goes backwards",
+                    payload.iss, floor.epoch, floor.iat
                 ));
             }
-            if payload.seb.revocation_epoch == cur.epoch && payload.iat == cur.iat {
+        }
+        if let Some(cur) = guard.get(&payload.iss) {
+            if epoch == cur.epoch && iat == cur.iat {
                 return Ok(Applied::Unchanged { epoch: cur.epoch });
             }
             // The same epoch must not lose entries: an epoch names one set of revocations.
-            if payload.seb.revocation_epoch == cur.epoch {
+            if epoch == cur.epoch {
                 let r = &payload.seb.revoked;
                 let shrinks = cur.jti.iter().any(|j| !r.jti.contains(j))
                     || cur.sub.iter().any(|s| !r.sub.contains(s))
@@ -156,16 +290,23 @@ impl RevocationState {
         }
         let seb = payload.seb;
         let data = RevocationData {
-            iss: payload.iss,
-            iat: payload.iat,
-            epoch: seb.revocation_epoch,
+            iss: payload.iss.clone(),
+            iat,
+            epoch,
             min_policy_epoch: seb.min_policy_epoch,
             jti: seb.revoked.jti.into_iter().collect(),
             sub: seb.revoked.sub.into_iter().collect(),
             kid: seb.revoked.kid.into_iter().collect(),
         };
-        let epoch = data.epoch;
-        *guard = Some(Arc::new(data));
+        self.floors().insert(
+            payload.iss.clone(),
+            Persisted {
+                epoch,
+                iat,
+                document: token.to_string(),
+            },
+        );
+        guard.insert(payload.iss, Arc::new(data));
         Ok(Applied::Updated { epoch })
     }
 }
@@ -207,7 +348,7 @@ mod tests {
     fn applies_and_answers_lookups() {
         let i = TestIssuer::new();
         let s = state(&i);
-        assert!(s.current().is_none());
+        assert!(s.current("signer").is_none());
         let r = Revoked {
             jti: vec!["c1".into()],
             sub: vec!["agent:bad".into()],
@@ -217,7 +358,7 @@ mod tests {
             s.apply(&doc(&i, 3, NOW, r), NOW, 30).unwrap(),
             Applied::Updated { epoch: 3 }
         );
-        let d = s.current().unwrap();
+        let d = s.current("signer").unwrap();
         assert_eq!((d.epoch, d.min_policy_epoch), (3, 2));
         assert!(d.revoked("k", "c1", "agent:a").is_some());
         assert!(d.revoked("k", "c2", "agent:bad").is_some());
@@ -246,7 +387,7 @@ mod tests {
         assert!(s
             .apply(&doc(&i, 5, NOW + 60, Revoked::default()), NOW + 60, 30)
             .is_ok());
-        assert_eq!(s.current().unwrap().iat, NOW + 60);
+        assert_eq!(s.current("signer").unwrap().iat, NOW + 60);
     }
 
     #[test]
@@ -321,7 +462,7 @@ mod tests {
             let err = s.apply(&token, NOW + 1, 30).unwrap_err();
             assert!(err.contains("duplicate"), "{name}: {err}");
         }
-        let d = s.current().unwrap();
+        let d = s.current("signer").unwrap();
         assert_eq!(d.epoch, 3);
         assert!(d.revoked("k", "c1", "agent:a").is_some());
     }
@@ -340,6 +481,118 @@ mod tests {
         // A certificate is not a revocation document, even from the same key.
         let cert = i.sign(&crate::cert::testutil::payload(NOW));
         assert!(s.apply(&cert, NOW, 30).unwrap_err().contains("typ"));
-        assert!(s.current().is_none());
+        assert!(s.current("signer").is_none());
+    }
+
+    fn doc_as(i: &TestIssuer, iss: &str, epoch: u64, revoked: Revoked) -> String {
+        sign(
+            &i.key,
+            &i.kid,
+            &RevocationPayload {
+                iss: iss.into(),
+                iat: NOW,
+                seb: RevocationClaims {
+                    v: 1,
+                    revocation_epoch: epoch,
+                    min_policy_epoch: 0,
+                    revoked,
+                },
+            },
+        )
+    }
+
+    /// Issuer B's newer epoch leaves issuer A's revocations in force, and each document
+    /// governs only its own issuer's certificates.
+    #[test]
+    fn each_issuer_has_its_own_revocations() {
+        let (a, b) = (TestIssuer::new(), TestIssuer::new());
+        let s = RevocationState::new(TrustedIssuers::new([
+            a.issuer(Some("a")),
+            b.issuer(Some("b")),
+        ]));
+        let revoke_c1 = Revoked {
+            jti: vec!["c1".into()],
+            ..Default::default()
+        };
+        s.apply(&doc_as(&a, "a", 3, revoke_c1), NOW, 30).unwrap();
+        s.apply(&doc_as(&b, "b", 9, Revoked::default()), NOW, 30)
+            .unwrap();
+        assert!(s.current("a").unwrap().revoked("k", "c1", "x").is_some());
+        assert!(s.current("b").unwrap().revoked("k", "c1", "x").is_none());
+        assert_eq!(s.current("a").unwrap().epoch, 3);
+        // A key signs only for its own issuer.
+        let e = s
+            .apply(&doc_as(&b, "a", 10, Revoked::default()), NOW, 30)
+            .unwrap_err();
+        assert!(e.contains("signs for issuer"), "{e}");
+        assert_eq!(s.current("a").unwrap().epoch, 3);
+    }
+
+    /// What was accepted is loaded again by the next broker: pushed revocations stay, and an
+    /// older document is still refused as a rollback, even when the persisted document no
+    /// longer verifies (its key rotated out of the configuration).
+    #[test]
+    fn accepted_documents_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let i = TestIssuer::new();
+        let s = state(&i).persisted_in(dir.path(), NOW, 30).unwrap();
+        let r = Revoked {
+            jti: vec!["c1".into()],
+            ..Default::default()
+        };
+        s.apply(&doc(&i, 4, NOW, r), NOW, 30).unwrap();
+        drop(s);
+
+        let s = state(&i).persisted_in(dir.path(), NOW + 5, 30).unwrap();
+        assert!(s
+            .current("signer")
+            .unwrap()
+            .revoked("k", "c1", "x")
+            .is_some());
+        let e = s
+            .apply(&doc(&i, 3, NOW + 5, Revoked::default()), NOW + 5, 30)
+            .unwrap_err();
+        assert!(e.contains("never goes backwards"), "{e}");
+
+        // The same issuer name under a new key: the old document does not verify, its epoch
+        // is still the floor.
+        let rotated = TestIssuer::new();
+        let s = state(&rotated)
+            .persisted_in(dir.path(), NOW + 5, 30)
+            .unwrap();
+        assert!(s.current("signer").is_none());
+        let e = s
+            .apply(&doc(&rotated, 3, NOW + 5, Revoked::default()), NOW + 5, 30)
+            .unwrap_err();
+        assert!(e.contains("never goes backwards"), "{e}");
+        s.apply(&doc(&rotated, 5, NOW + 6, Revoked::default()), NOW + 6, 30)
+            .unwrap();
+    }
+
+    #[test]
+    fn an_unreadable_state_file_stops_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(STATE_FILE), "{").unwrap();
+        let i = TestIssuer::new();
+        assert!(state(&i).persisted_in(dir.path(), NOW, 30).is_err());
+    }
+
+    #[test]
+    fn each_refusal_says_what_was_wrong() {
+        let i = TestIssuer::new();
+        let s = state(&i);
+        let e = s
+            .apply(&doc(&i, 1, NOW + 600, Revoked::default()), NOW, 30)
+            .unwrap_err();
+        assert!(e.contains("clock behind"), "{e}");
+        assert_eq!(s.last_refusal().as_deref(), Some(e.as_str()));
+        let e = s
+            .apply(
+                &doc(&TestIssuer::new(), 1, NOW, Revoked::default()),
+                NOW,
+                30,
+            )
+            .unwrap_err();
+        assert!(e.contains("rotated out"), "{e}");
     }
 }

@@ -61,7 +61,9 @@ pub struct QueryArgs {
 }
 
 /// Exit 0 when every file verifies as one chain, 1 when verification fails, 2 when the key
-/// cannot be loaded.
+/// cannot be loaded, 3 when the chain verifies and holds recovery records: the broker found
+/// records lost (a deleted file, a cut tail) and said so, which a script must not read as "all
+/// is well".
 pub fn run_verify(args: &VerifyArgs) -> ExitCode {
     let key = match crate::cert::keys::load_verifying_key(&args.key) {
         Ok(k) => k,
@@ -85,6 +87,16 @@ pub fn run_verify(args: &VerifyArgs) -> ExitCode {
                 println!(
                     "note: the first record continues an earlier chain (older files not given)"
                 );
+            }
+            if !r.recoveries.is_empty() {
+                for rec in &r.recoveries {
+                    println!("RECOVERY {rec}");
+                }
+                println!(
+                    "{} recovery record(s): the chain is intact, and the broker recorded that records were lost or moved aside",
+                    r.recoveries.len()
+                );
+                return ExitCode::from(3);
             }
             ExitCode::SUCCESS
         }

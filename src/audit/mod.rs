@@ -5,14 +5,17 @@
 //! resumes by itself once writing works again. The line format is specified in [`record`].
 
 pub mod cli;
+mod lock;
 pub mod query;
 pub mod record;
 mod recover;
+pub mod spent;
 pub mod verify;
 mod writer;
 
 pub use query::{query_logs, Filter};
 pub use record::{Durability, Entry, Kind, Subject, Verdict};
+pub use spent::{spent_uses, Spent, SpentScan};
 pub use verify::{verify_logs, VerifyFailure, VerifyReport};
 
 use record::{Payload, StartInfo, GENESIS};
@@ -21,6 +24,11 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use writer::{Job, Log, Shared, Writer};
+
+/// The directory a log file lives in.
+pub fn log_dir(path: &std::path::Path) -> &std::path::Path {
+    recover::parent_dir(path)
+}
 
 /// Queue depth in front of the writer; durable callers wait for room, best-effort ones drop.
 const QUEUE: usize = 65_536;
@@ -54,6 +62,19 @@ struct Inner {
     inline: bool,
     lines: broadcast::Sender<Arc<str>>,
     shared: Arc<Shared>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Inner {
+    /// The last handle gone: the writer finishes what was queued and exits, and with it goes
+    /// the log's lock, before this returns, so a log closed here can be opened again at once.
+    fn drop(&mut self) {
+        let (closed, _) = mpsc::channel(1);
+        drop(std::mem::replace(&mut self.tx, closed));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 impl Audit {
@@ -69,6 +90,14 @@ impl Audit {
         key: ed25519_dalek::SigningKey,
         opener: writer::Opener,
     ) -> anyhow::Result<Audit> {
+        // One writer per log, before anything reads or repairs it.
+        let (lock, last_head) = match &settings.path {
+            Some(p) => {
+                let (l, h) = lock::LogLock::acquire(p, &settings.broker_id)?;
+                (Some(l), h)
+            }
+            None => (None, None),
+        };
         let (recovered, good_len) = match &settings.path {
             Some(p) => {
                 let r = recover::recover(p)?;
@@ -84,6 +113,9 @@ impl Audit {
                     seq: 0,
                     prev: GENESIS,
                     dangling: Vec::new(),
+                    torn: None,
+                    torn_bytes: None,
+                    active_first_seq: None,
                 },
                 0,
             ),
@@ -93,6 +125,51 @@ impl Audit {
         shared.writable.store(has_sink, Ordering::Relaxed);
         let (lines, _) = broadcast::channel(TAIL_CAPACITY);
         let key_id = crate::cert::keys::key_id(&key.verifying_key());
+        // Records that were written and are not on disk any more: a torn tail (the record it
+        // held, or was being written as, takes the next number), or a log that ends before the
+        // head the last holder of the lock recorded (a deleted file, whole lines cut off).
+        let on_disk = recovered.seq;
+        let mut lost_to = on_disk + u64::from(recovered.torn.is_some());
+        if let Some(h) = &last_head {
+            lost_to = lost_to.max(h.seq);
+        }
+        let recovery = (lost_to > on_disk).then(|| {
+            let what = match (&recovered.torn, last_head.as_ref().map(|h| h.seq)) {
+                (_, Some(h)) if h > on_disk + 1 => "truncated",
+                (Some(_), _) => "torn_tail",
+                _ => "truncated",
+            };
+            let message = format!(
+                "found at start: the log ends at seq {on_disk}{}{}",
+                last_head
+                    .as_ref()
+                    .filter(|h| h.seq > on_disk)
+                    .map(|h| format!(
+                        ", and the broker that last held it (pid {}) had written up to seq {}",
+                        h.pid, h.seq
+                    ))
+                    .unwrap_or_default(),
+                recovered
+                    .torn
+                    .as_ref()
+                    .map(|t| format!("; {} byte(s) after it were cut off a record", t.bytes))
+                    .unwrap_or_default()
+            );
+            tracing::error!(lost_from = on_disk + 1, lost_to, "{message}");
+            // A torn record alone can often still be read for the use it recorded.
+            let spent = match (&recovered.torn_bytes, lost_to == on_disk + 1) {
+                (Some(bytes), true) => recover::attribute_torn(bytes),
+                _ => None,
+            };
+            record::RecoveryInfo {
+                what,
+                message,
+                lost_seq: Some([on_disk + 1, lost_to]),
+                dropped: recovered.torn.clone(),
+                uses_known: spent.is_some(),
+                spent: spent.unwrap_or_default(),
+            }
+        });
         let mut writer = Writer {
             path: settings.path.clone(),
             durability: settings.durability,
@@ -105,18 +182,24 @@ impl Audit {
             lines: lines.clone(),
             file: None,
             good_len,
-            seq: recovered.seq,
+            // After a loss the next record follows the lost numbers; `prev` stays the hash of
+            // the last line on disk.
+            seq: lost_to,
             prev: recovered.prev,
             buf: Vec::new(),
             ends: Vec::new(),
             committed: writer::Mark {
                 len: good_len,
-                seq: recovered.seq,
+                seq: lost_to,
                 prev: recovered.prev,
             },
             uncommitted: 0,
             uncommitted_since: None,
             uncommitted_lines: Vec::new(),
+            lock,
+            recovery,
+            file_id: None,
+            active_first_seq: recovered.active_first_seq,
         };
         if has_sink {
             if !recovered.dangling.is_empty() {
@@ -153,7 +236,7 @@ impl Audit {
             .enable_time()
             .build()
             .map_err(|e| anyhow::anyhow!("starting the audit writer's runtime: {e}"))?;
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("seb-audit".into())
             .spawn(move || Writer::run(for_thread, rx, rt))
             .map_err(|e| anyhow::anyhow!("starting the audit writer thread: {e}"))?;
@@ -164,6 +247,7 @@ impl Audit {
                 inline: settings.durability == Durability::Flush,
                 lines,
                 shared,
+                thread: Some(thread),
             }),
         })
     }
@@ -232,9 +316,11 @@ impl Audit {
         self.inner.lines.subscribe()
     }
 
-    /// False while the last write or sync failed (for /readyz and metrics).
+    /// False while the last write or sync failed, or once the active file is no longer the
+    /// one being written (deleted or replaced), which the next write then repairs (for /readyz
+    /// and metrics).
     pub fn is_writable(&self) -> bool {
-        self.inner.shared.writable.load(Ordering::Relaxed)
+        self.inner.shared.writable.load(Ordering::Relaxed) && self.inner.shared.file_in_place()
     }
 
     pub fn dropped_best_effort(&self) -> u64 {

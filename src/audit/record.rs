@@ -12,6 +12,13 @@
 //! * `kind: "outcome"` adds `outcome` (`completed` | `failed` | `unknown`) and `decision_seq`;
 //! * `kind: "start"` adds `durability` (`fsync` | `flush`), `key_id` (RFC 7638 thumbprint of the
 //!   broker's public key) and `version` (of the broker); its v1 members are `null`.
+//! * `kind: "recovery"` (written when the broker finds records missing: a torn tail at start,
+//!   an active file deleted or replaced while open, a log shorter than the broker last left it)
+//!   adds `recovery`: `{"what", "message", "lost_seq": [first, last] | null, "dropped":
+//!   {"file", "bytes", "sha256"} | null, "uses_known": bool, "spent": [{"cert_id", "iss",
+//!   "kid", "exp"}]}`; its v1 members are `null`. Its `seq` follows
+//!   `lost_seq` (the lost numbers are never reused) and its `prev` is the hash of the last line
+//!   still on disk, so a verifier checks the chain across the gap the record declares.
 //!
 //! `ts` is RFC 3339 UTC with milliseconds. `seq` starts at 1 and grows by exactly 1 per line,
 //! across restarts and rotated files.
@@ -126,6 +133,40 @@ pub struct Entry {
 pub(crate) enum Payload {
     Entry(Box<Entry>),
     Start(StartInfo),
+    Recovery(Box<RecoveryInfo>),
+}
+
+/// Records the broker found missing, and what it moved aside.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct RecoveryInfo {
+    /// `torn_tail` | `deleted` | `replaced` | `truncated`.
+    pub what: &'static str,
+    pub message: String,
+    /// Sequence numbers that were written and are no longer in the log.
+    pub lost_seq: Option<[u64; 2]>,
+    pub dropped: Option<Dropped>,
+    /// Whether every certificate use among the lost records is known: then `spent` lists
+    /// them, and a restarted broker counts them. When not, no certificate issued before this
+    /// record can be proven unspent, and a restarted broker refuses those until they expire.
+    pub uses_known: bool,
+    pub spent: Vec<SpentRef>,
+}
+
+/// A certificate use read from a torn record.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub(crate) struct SpentRef {
+    pub cert_id: String,
+    pub iss: Option<String>,
+    pub kid: Option<String>,
+    pub exp: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Dropped {
+    /// Where the bytes were moved.
+    pub file: String,
+    pub bytes: u64,
+    pub sha256: String,
 }
 
 #[derive(Debug, Clone)]
@@ -207,27 +248,15 @@ fn encode_unsigned(
                 field_num(out, "decision_seq", e.decision_seq);
             }
         }
+        Payload::Recovery(r) => {
+            field_str(out, "kind", Some("recovery"))?;
+            null_v1_members(out);
+            key(out, "recovery");
+            serde_json::to_writer(&mut *out, &**r)?;
+        }
         Payload::Start(s) => {
             field_str(out, "kind", Some("start"))?;
-            for name in [
-                "cert_id",
-                "iss",
-                "sub",
-                "action",
-                "policy",
-                "evidence",
-                "target",
-                "request",
-                "body_sha256",
-                "decision",
-                "reason",
-                "identity",
-                "upstream_status",
-                "duration_ms",
-            ] {
-                key(out, name);
-                out.extend_from_slice(b"null");
-            }
+            null_v1_members(out);
             field_str(out, "durability", Some(s.durability.as_str()))?;
             field_str(out, "key_id", Some(&s.key_id))?;
             field_str(out, "version", Some(env!("CARGO_PKG_VERSION")))?;
@@ -238,6 +267,29 @@ fn encode_unsigned(
     push_hex(out, prev);
     out.extend_from_slice(b"\"}");
     Ok(())
+}
+
+/// The v1 members a record that is not about a request carries as `null`.
+fn null_v1_members(out: &mut Vec<u8>) {
+    for name in [
+        "cert_id",
+        "iss",
+        "sub",
+        "action",
+        "policy",
+        "evidence",
+        "target",
+        "request",
+        "body_sha256",
+        "decision",
+        "reason",
+        "identity",
+        "upstream_status",
+        "duration_ms",
+    ] {
+        key(out, name);
+        out.extend_from_slice(b"null");
+    }
 }
 
 fn key(out: &mut Vec<u8>, name: &str) {

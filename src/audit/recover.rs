@@ -1,9 +1,10 @@
 //! Crash recovery at start: repair a torn last line, find the head of the chain, and find the
 //! allowed decisions whose outcome was never recorded.
 
-use super::record::{line_hash, Entry, Kind, Subject, Verdict, GENESIS};
+use super::record::{line_hash, Dropped, Entry, Kind, Subject, Verdict, GENESIS};
 use anyhow::{anyhow, Context};
 use serde_json::Value;
+use sha2::Digest;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -14,6 +15,11 @@ pub(crate) struct Recovered {
     pub prev: [u8; 32],
     /// `outcome: unknown` records to append, in decision order.
     pub dangling: Vec<Entry>,
+    /// A torn tail found at the end of the log, moved aside, and its bytes.
+    pub torn: Option<Dropped>,
+    pub torn_bytes: Option<Vec<u8>>,
+    /// `seq` of the first record in the active file.
+    pub active_first_seq: Option<u64>,
 }
 
 /// `<path>.<N>` files, ascending by N.
@@ -52,21 +58,40 @@ pub(crate) fn parent_dir(path: &Path) -> &Path {
         .unwrap_or(Path::new("."))
 }
 
-/// Reads a log file, cutting off a trailing line that has no newline: it was being written
-/// when the broker stopped, was never acknowledged, and would break the chain if kept.
-fn read_repaired(path: &Path) -> anyhow::Result<Option<Vec<u8>>> {
+/// Reads a log file. A trailing line without its newline was being written when the broker
+/// stopped, or the file was cut: it is never silently dropped nor its number reused. Its bytes
+/// are moved to a file beside the log (named in the recovery record the broker then writes)
+/// and cut off, so the chain on disk ends at the last complete record.
+/// A torn tail: where it went, and its bytes.
+type Torn = (Dropped, Vec<u8>);
+
+fn read_repaired(path: &Path) -> anyhow::Result<(Option<Vec<u8>>, Option<Torn>)> {
     let mut data = match std::fs::read(path) {
         Ok(d) => d,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((None, None)),
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
+    let mut torn = None;
     if !data.is_empty() && !data.ends_with(b"\n") {
         let keep = data.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        let tail = &data[keep..];
+        let aside = super::writer::aside_path(path, "torn");
+        crate::fsutil::write_atomic(&aside, tail, 0o640)
+            .with_context(|| format!("moving the torn tail of {} aside", path.display()))?;
         tracing::warn!(
             file = %path.display(),
-            bytes = data.len() - keep,
-            "audit log ends with a partial line (interrupted write); truncating it"
+            bytes = tail.len(),
+            moved_to = %aside.display(),
+            "audit log ends with a partial line (an interrupted write or a cut file); moved aside, and recorded"
         );
+        torn = Some((
+            Dropped {
+                file: aside.display().to_string(),
+                bytes: tail.len() as u64,
+                sha256: super::record::hex(&sha2::Sha256::digest(tail)),
+            },
+            tail.to_vec(),
+        ));
         let f = std::fs::OpenOptions::new()
             .write(true)
             .open(path)
@@ -76,7 +101,7 @@ fn read_repaired(path: &Path) -> anyhow::Result<Option<Vec<u8>>> {
             .with_context(|| format!("truncating {}", path.display()))?;
         data.truncate(keep);
     }
-    Ok(Some(data))
+    Ok((Some(data), torn))
 }
 
 fn lines(data: &[u8]) -> impl Iterator<Item = &[u8]> {
@@ -101,10 +126,15 @@ fn seq_of(path: &Path, v: &Value) -> anyhow::Result<u64> {
 
 pub(crate) fn recover(path: &Path) -> anyhow::Result<Recovered> {
     let rotated = rotated_files(path).with_context(|| format!("listing {}.N", path.display()))?;
-    let active = read_repaired(path)?.unwrap_or_default();
+    let (active, mut torn) = read_repaired(path)?;
+    let active = active.unwrap_or_default();
     let newest_rotated = match rotated.last() {
         // Only repaired when it holds the head of the chain; otherwise a later file does.
-        Some((_, p)) if active.is_empty() => read_repaired(p)?.map(|d| (p.clone(), d)),
+        Some((_, p)) if active.is_empty() => {
+            let (data, t) = read_repaired(p)?;
+            torn = torn.or(t);
+            data.map(|d| (p.clone(), d))
+        }
         Some((_, p)) => Some((
             p.clone(),
             std::fs::read(p).with_context(|| format!("reading {}", p.display()))?,
@@ -161,10 +191,21 @@ pub(crate) fn recover(path: &Path) -> anyhow::Result<Recovered> {
         .into_iter()
         .map(|(s, v)| unknown_outcome(s, &v))
         .collect();
+    let active_first_seq = lines(&active)
+        .next()
+        .and_then(|l| crate::json::parse_strict(l).ok())
+        .and_then(|v| v.get("seq").and_then(Value::as_u64));
+    let (torn, torn_bytes) = match torn {
+        Some((d, b)) => (Some(d), Some(b)),
+        None => (None, None),
+    };
     Ok(Recovered {
         seq,
         prev,
         dangling,
+        torn,
+        torn_bytes,
+        active_first_seq,
     })
 }
 
@@ -194,4 +235,65 @@ fn unknown_outcome(decision_seq: u64, d: &Value) -> Entry {
         outcome: Some("unknown".into()),
         decision_seq: Some(decision_seq),
     }
+}
+
+/// The certificate use a torn record held, read from what is left of it. Records are written
+/// member by member in a fixed order (`kind`, `cert_id`, `iss`, ..., `request` with its `use`,
+/// ..., `decision`), so a prefix still says what it was as far as it goes. Some(empty) when the
+/// record provably spent no use; None when that cannot be told.
+pub(crate) fn attribute_torn(bytes: &[u8]) -> Option<Vec<super::record::SpentRef>> {
+    let text = String::from_utf8_lossy(bytes);
+    let string_member = |name: &str| -> Option<Option<String>> {
+        let at = text.find(&format!("\"{name}\":"))? + name.len() + 3;
+        let rest = &text[at..];
+        if rest.starts_with("null") {
+            return Some(None);
+        }
+        // Identifiers written by seb carry no escapes; a quote ends them.
+        let rest = rest.strip_prefix('"')?;
+        let end = rest.find('"')?;
+        Some(Some(rest[..end].to_string()))
+    };
+    match string_member("kind")??.as_str() {
+        "decision" => {}
+        // Outcomes, starts and recoveries spend nothing.
+        _ => return Some(Vec::new()),
+    }
+    if text.contains("\"decision\":\"deny\"") {
+        return Some(Vec::new());
+    }
+    let Some(cert_id) = string_member("cert_id")? else {
+        return Some(Vec::new());
+    };
+    let iss = string_member("iss").flatten();
+    let use_at = text.find("\"use\":{");
+    if use_at.is_none() && text.contains("\"decision\":\"allow\"") {
+        // A read authenticated by a certificate: allowed, and no use taken.
+        return Some(Vec::new());
+    }
+    let (kid, exp) = match use_at {
+        Some(at) => {
+            let u = &text[at..];
+            // Only a value whose end survived: a cut one would name another key or an
+            // earlier expiry. Without them every key of the issuer and the longest
+            // possible life are assumed.
+            let kid = u.find("\"kid\":\"").and_then(|k| {
+                let v = &u[k + 7..];
+                v.find('"').map(|end| v[..end].to_owned())
+            });
+            let exp = u.find("\"exp\":").and_then(|k| {
+                let v = &u[k + 6..];
+                let end = v.find(|c: char| !c.is_ascii_digit())?;
+                v[..end].parse().ok()
+            });
+            (kid, exp)
+        }
+        None => (None, None),
+    };
+    Some(vec![super::record::SpentRef {
+        cert_id,
+        iss,
+        kid,
+        exp,
+    }])
 }

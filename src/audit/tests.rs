@@ -126,8 +126,11 @@ async fn restart_records_unknown_outcomes_and_continues_the_chain() {
     assert_eq!((r.last_seq, r.outcomes, r.starts), (Some(10), 3, 3));
 }
 
+/// A torn tail is never silently dropped nor its number reused: its bytes are moved aside,
+/// and a signed recovery record names the lost number and the hash of what was dropped.
 #[tokio::test]
-async fn partial_trailing_line_is_truncated_on_start() {
+async fn partial_trailing_line_is_moved_aside_and_recorded_on_start() {
+    use sha2::Digest;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.jsonl");
     let key = crate::cert::keys::generate();
@@ -138,20 +141,85 @@ async fn partial_trailing_line_is_truncated_on_start() {
         audit.record(e).await.unwrap();
     }
     let good = std::fs::read(&path).unwrap();
+    let tail = b"{\"seq\":3,\"ts\":\"2026-";
     let mut torn = good.clone();
-    torn.extend_from_slice(b"{\"seq\":3,\"ts\":\"2026-");
+    torn.extend_from_slice(tail);
     std::fs::write(&path, &torn).unwrap();
     let audit = Audit::start(settings(&path), key.clone()).unwrap();
     let after = std::fs::read(&path).unwrap();
     assert!(after.starts_with(&good));
     let v = lines(&path);
-    assert_eq!(v.len(), 3);
+    assert_eq!(v.len(), 4);
+    let rec = &v[2];
     assert_eq!(
-        (v[2]["seq"].as_u64(), &v[2]["kind"]),
-        (Some(3), &Value::from("start"))
+        (rec["seq"].as_u64(), &rec["kind"]),
+        (Some(4), &Value::from("recovery"))
     );
-    assert_eq!(audit.record(decision("y")).await.unwrap(), 4);
-    verify_logs(std::slice::from_ref(&path), &key.verifying_key()).unwrap();
+    assert_eq!(rec["recovery"]["lost_seq"], serde_json::json!([3, 3]));
+    assert_eq!(rec["recovery"]["what"], "torn_tail");
+    let dropped = &rec["recovery"]["dropped"];
+    assert_eq!(dropped["bytes"], tail.len());
+    assert_eq!(
+        dropped["sha256"],
+        crate::audit::record::hex(&sha2::Sha256::digest(tail))
+    );
+    assert_eq!(
+        std::fs::read(dropped["file"].as_str().unwrap()).unwrap(),
+        tail
+    );
+    assert_eq!(
+        (v[3]["seq"].as_u64(), &v[3]["kind"]),
+        (Some(5), &Value::from("start"))
+    );
+    assert_eq!(audit.record(decision("y")).await.unwrap(), 6);
+    let r = verify_logs(std::slice::from_ref(&path), &key.verifying_key()).unwrap();
+    assert_eq!(r.recoveries.len(), 1, "{:?}", r.recoveries);
+}
+
+/// Whole lines cut off the end leave a log that looks complete; the head the last writer
+/// recorded beside it shows the loss, and the next start records it.
+#[tokio::test]
+async fn lines_cut_off_the_end_are_found_by_the_recorded_head() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let key = crate::cert::keys::generate();
+    {
+        let audit = Audit::start(settings(&path), key.clone()).unwrap();
+        for i in 0..4 {
+            let mut e = decision(&format!("x{i}"));
+            e.decision = Verdict::Deny;
+            audit.record(e).await.unwrap();
+        }
+    }
+    let data = std::fs::read(&path).unwrap();
+    // Keep the start record and two decisions: seq 4 and 5 are gone.
+    let keep: usize = data
+        .split_inclusive(|&b| b == b'\n')
+        .take(3)
+        .map(<[u8]>::len)
+        .sum();
+    std::fs::write(&path, &data[..keep]).unwrap();
+    let _audit = Audit::start(settings(&path), key.clone()).unwrap();
+    let v = lines(&path);
+    assert_eq!(v[3]["kind"], "recovery");
+    assert_eq!(v[3]["seq"], 6);
+    assert_eq!(v[3]["recovery"]["lost_seq"], serde_json::json!([4, 5]));
+    let r = verify_logs(std::slice::from_ref(&path), &key.verifying_key()).unwrap();
+    assert_eq!(r.recoveries.len(), 1);
+}
+
+/// A second writer on the same log is refused, naming the holder.
+#[tokio::test]
+async fn a_log_has_one_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let key = crate::cert::keys::generate();
+    let _first = Audit::start(settings(&path), key.clone()).unwrap();
+    let e = Audit::start(settings(&path), key.clone())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("in use by broker") && e.contains("pid"), "{e}");
 }
 
 #[tokio::test]

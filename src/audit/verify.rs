@@ -16,6 +16,9 @@ pub struct VerifyReport {
     pub decisions: u64,
     pub outcomes: u64,
     pub starts: u64,
+    /// What each `recovery` record says was lost or moved aside: the chain verifies across
+    /// it, and a reader must still hear about it.
+    pub recoveries: Vec<String>,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -43,11 +46,20 @@ pub fn verify_logs(paths: &[PathBuf], key: &VerifyingKey) -> Result<VerifyReport
         while !rest.is_empty() {
             n += 1;
             let Some(end) = rest.iter().position(|&b| b == b'\n') else {
+                // Not tampering with a signed record: bytes after the last complete one, from a
+                // write interrupted by a crash or a file cut short. A broker moves them aside at
+                // its next start and says so in a recovery record.
                 return Err(fail(
                     path,
                     n,
                     None,
-                    "partial trailing line (no newline): an interrupted write".into(),
+                    format!(
+                        "tail cut after the last signed record{}: {} byte(s) without a newline \
+                         (an interrupted write or a cut file, not an altered record); the broker \
+                         moves them aside at its next start",
+                        last_seq.map(|s| format!(" (seq {s})")).unwrap_or_default(),
+                        rest.len()
+                    ),
                 ));
             };
             let line = &rest[..end];
@@ -61,6 +73,11 @@ pub fn verify_logs(paths: &[PathBuf], key: &VerifyingKey) -> Result<VerifyReport
             match kind.as_str() {
                 "decision" => report.decisions += 1,
                 "outcome" => report.outcomes += 1,
+                "recovery" => report.recoveries.push(format!(
+                    "{}:{n} (seq {seq}): {}",
+                    path.display(),
+                    recovery_summary(line)
+                )),
                 _ => report.starts += 1,
             }
             report.records += 1;
@@ -70,6 +87,33 @@ pub fn verify_logs(paths: &[PathBuf], key: &VerifyingKey) -> Result<VerifyReport
     }
     report.last_seq = last_seq;
     Ok(report)
+}
+
+fn recovery_summary(line: &[u8]) -> String {
+    let Ok(v) = crate::json::parse_strict(line) else {
+        return String::new();
+    };
+    let r = &v["recovery"];
+    let mut s = format!(
+        "{}: {}",
+        r["what"].as_str().unwrap_or("?"),
+        r["message"].as_str().unwrap_or("")
+    );
+    if let Some([a, b]) = r["lost_seq"]
+        .as_array()
+        .map(|a| [a[0].clone(), a[1].clone()])
+    {
+        s.push_str(&format!("; records {a}..={b} are lost"));
+    }
+    if let Some(d) = r["dropped"].as_object() {
+        s.push_str(&format!(
+            "; {} byte(s) moved to {} (sha256 {})",
+            d.get("bytes").cloned().unwrap_or_default(),
+            d.get("file").and_then(Value::as_str).unwrap_or("?"),
+            d.get("sha256").and_then(Value::as_str).unwrap_or("?")
+        ));
+    }
+    s
 }
 
 fn fail(path: &Path, line: usize, seq: Option<u64>, what: String) -> VerifyFailure {
@@ -112,16 +156,35 @@ fn check_line(
         return Err(err("sig is not the last member".into()));
     }
     let kind = match v.get("kind").and_then(Value::as_str) {
-        Some(k @ ("decision" | "outcome" | "start")) => k.to_owned(),
+        Some(k @ ("decision" | "outcome" | "start" | "recovery")) => k.to_owned(),
         other => return Err(err(format!("unknown kind {other:?}"))),
     };
     let got_prev = v
         .get("prev")
         .and_then(Value::as_str)
         .ok_or_else(|| err("no prev".into()))?;
+    // A recovery record declares the numbers that were lost; its seq follows them.
+    let declared_gap = match v.pointer("/recovery/lost_seq").and_then(Value::as_array) {
+        Some(r) if kind == "recovery" => match (
+            r.first().and_then(Value::as_u64),
+            r.get(1).and_then(Value::as_u64),
+        ) {
+            (Some(a), Some(b)) if a <= b && b.checked_add(1) == Some(seq) => Some(a),
+            _ => {
+                return Err(err(
+                    "recovery record with a lost_seq its own seq does not follow".into(),
+                ))
+            }
+        },
+        _ => None,
+    };
     match (prev, last_seq) {
         (Some(prev), Some(last)) => {
-            if seq != last.wrapping_add(1) {
+            let expected = match declared_gap {
+                Some(first_lost) => first_lost,
+                None => seq,
+            };
+            if expected != last.wrapping_add(1) {
                 return Err(err(format!(
                     "seq {seq} follows {last}: records missing, inserted or reordered"
                 )));
@@ -136,7 +199,8 @@ fn check_line(
         }
         _ => {
             let genesis = hex(&GENESIS);
-            if got_prev == genesis && seq != 1 {
+            // A chain may start with a recovery record whose declared loss begins at 1.
+            if got_prev == genesis && seq != 1 && declared_gap != Some(1) {
                 return Err(err(format!(
                     "chain start (zero prev) with seq {seq}, not 1"
                 )));
@@ -259,7 +323,11 @@ mod tests {
         std::fs::write(&p, data).unwrap();
         let e = verify_logs(&[p], &vk).unwrap_err();
         assert_eq!(e.line, 5);
-        assert!(e.what.contains("partial"));
+        assert!(
+            e.what
+                .contains("tail cut after the last signed record (seq 4)"),
+            "{e}"
+        );
 
         let a = write(dir.path(), "a", &lines[..2]);
         let b = write(dir.path(), "b", &lines[2..]);

@@ -3,7 +3,8 @@
 //! Requests are taken in batches (whatever queued up while the previous batch was being made
 //! durable), so N concurrent callers cost one `write` and one `fdatasync`, not N.
 
-use super::record::{encode_line, line_hash, Payload};
+use super::lock::LogLock;
+use super::record::{encode_line, line_hash, Payload, RecoveryInfo, GENESIS};
 use super::recover::{parent_dir, rotated_files};
 use super::{AuditUnavailable, Durability};
 use ed25519_dalek::SigningKey;
@@ -79,6 +80,25 @@ pub(crate) struct Shared {
     /// Time spent in those syncs: with `fsync` the floor under every admitted request's
     /// latency, and the first thing to look at when that latency grows.
     pub sync_nanos: AtomicU64,
+    /// The active file's path and (device, inode) as opened, so readiness can notice a log
+    /// deleted or replaced under the broker before the next write does.
+    pub file_id: Mutex<Option<(PathBuf, (u64, u64))>>,
+}
+
+impl Shared {
+    /// False when the active file is no longer the one the writer has open.
+    pub(crate) fn file_in_place(&self) -> bool {
+        let id = self.file_id.lock().unwrap_or_else(|p| p.into_inner());
+        match &*id {
+            Some((path, want)) => file_id(path).is_some_and(|got| got == *want),
+            None => true,
+        }
+    }
+}
+
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
 impl Shared {
@@ -122,6 +142,14 @@ pub(crate) struct Writer {
     pub uncommitted: u64,
     pub uncommitted_since: Option<Instant>,
     pub uncommitted_lines: Vec<Arc<str>>,
+    /// Held for the life of the writer; records the chain's head after every write.
+    pub lock: Option<LogLock>,
+    /// A recovery record to write before anything else (records found lost).
+    pub recovery: Option<RecoveryInfo>,
+    /// The active file's (device, inode) as opened.
+    pub file_id: Option<(u64, u64)>,
+    /// `seq` of the first record in the active file.
+    pub active_first_seq: Option<u64>,
 }
 
 /// A point in the chain: file length, last sequence number, hash of the last line.
@@ -420,8 +448,10 @@ impl Writer {
         self.ends.clear();
         let mut seq = self.seq;
         let mut prev = self.prev;
-        let mut results = Vec::with_capacity(payloads.size_hint().0);
-        for payload in payloads {
+        let mut results = Vec::with_capacity(payloads.size_hint().0 + 1);
+        let recovery = self.recovery.take().map(|r| Payload::Recovery(Box::new(r)));
+        let first_seq = seq + 1;
+        for payload in recovery.iter().chain(payloads.map(|p| -> &Payload { p })) {
             let start = self.buf.len();
             match encode_line(
                 &mut self.buf,
@@ -448,10 +478,21 @@ impl Writer {
         } else {
             self.persist(sync)
         };
+        if let Some(Payload::Recovery(r)) = recovery {
+            // Its result is nobody's to answer; until it is written, it is written first.
+            drop(results.remove(0));
+            if outcome.is_err() && self.recovery.is_none() {
+                self.recovery = Some(*r);
+            }
+        }
         match &outcome {
             Ok(()) if !self.ends.is_empty() => {
                 self.seq = seq;
                 self.prev = prev;
+                self.active_first_seq.get_or_insert(first_seq);
+                if let Some(l) = &self.lock {
+                    l.record_head(seq, &prev);
+                }
                 self.shared.writable.store(true, Ordering::Relaxed);
                 if self.lines.receiver_count() > 0 {
                     for &(s, e) in &self.ends {
@@ -518,6 +559,12 @@ impl Writer {
         self.good_len = self.committed.len;
         self.seq = self.committed.seq;
         self.prev = self.committed.prev;
+        if self.good_len == 0 {
+            self.active_first_seq = None;
+        }
+        if let Some(l) = &self.lock {
+            l.record_head(self.seq, &self.prev);
+        }
         self.uncommitted = 0;
         self.uncommitted_since = None;
         self.uncommitted_lines.clear();
@@ -533,6 +580,14 @@ impl Writer {
                 .write_stdout()
                 .map_err(|e| format!("writing to stdout: {e}"));
         };
+        // The file we have open must still be the log: a deleted or replaced file would take
+        // records nobody can read, for mutations that then run.
+        if let (Some(want), Some(_)) = (self.file_id, self.file.as_ref()) {
+            match file_id(&path) {
+                Some(got) if got == want => {}
+                found => return Err(self.lost_active_file(&path, found.is_some())),
+            }
+        }
         // Reopen first: it removes leftovers of a failed write, which must not end up in an
         // archive.
         if self.file.is_none() {
@@ -611,7 +666,75 @@ impl Writer {
             self.good_len = size;
         }
         self.file = Some(file);
+        self.file_id = file_id(path);
+        *self
+            .shared
+            .file_id
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = self.file_id.map(|id| (path.to_path_buf(), id));
         Ok(())
+    }
+
+    /// The active file was deleted or replaced while open. Its records are lost to readers;
+    /// the chain continues in a new file from the last record still on disk, and its first
+    /// record says which numbers were lost. The batch in hand is refused.
+    fn lost_active_file(&mut self, path: &Path, replaced: bool) -> String {
+        let what = if replaced { "replaced" } else { "deleted" };
+        let mut moved = None;
+        if replaced {
+            // Appending to someone else's file would mix chains; keep it for the operator.
+            let aside = aside_path(path, "foreign");
+            match std::fs::rename(path, &aside) {
+                Ok(()) => moved = Some(aside),
+                Err(e) => {
+                    tracing::error!(file = %path.display(), error = %e, "could not move the replacing file aside; refusing until it is gone");
+                    self.file = None;
+                    return format!("the active audit log {} was replaced while open, and the new file could not be moved aside: {e}", path.display());
+                }
+            }
+        }
+        let (last_seq, last_prev) = last_remaining_line(path);
+        let lost = self
+            .active_first_seq
+            .map(|first| [first.min(last_seq + 1), self.seq]);
+        let message = format!(
+            "the active audit log {} was {what} while open{}",
+            path.display(),
+            moved
+                .as_ref()
+                .map(|m| format!("; the file found in its place was moved to {}", m.display()))
+                .unwrap_or_default()
+        );
+        tracing::error!(lost = ?lost, "{message}; continuing the chain in a new file");
+        if self.uncommitted > 0 {
+            self.shared
+                .dropped
+                .fetch_add(self.uncommitted, Ordering::Relaxed);
+        }
+        self.recovery = Some(RecoveryInfo {
+            what,
+            message: message.clone(),
+            lost_seq: lost,
+            dropped: None,
+            // This process still counts those uses in memory; a restart cannot.
+            uses_known: lost.is_none(),
+            spent: Vec::new(),
+        });
+        // The next record follows the lost ones, chained to the last line still on disk.
+        self.file = None;
+        self.file_id = None;
+        self.good_len = 0;
+        self.prev = last_prev;
+        self.committed = Mark {
+            len: 0,
+            seq: self.seq,
+            prev: last_prev,
+        };
+        self.uncommitted = 0;
+        self.uncommitted_since = None;
+        self.uncommitted_lines.clear();
+        self.active_first_seq = None;
+        message
     }
 
     /// Moves the active file to `<path>.<N+1>` and starts a fresh one; the chain carries on
@@ -625,6 +748,7 @@ impl Writer {
         std::fs::rename(path, &dest)?;
         self.good_len = 0;
         self.committed.len = 0;
+        self.active_first_seq = None;
         // Creating the new file syncs the directory, which also makes the rename durable;
         // if that failed, the rename still has to be.
         if let Err(e) = self.reopen(path) {
@@ -634,4 +758,36 @@ impl Writer {
         tracing::info!(archived = %PathBuf::from(dest).display(), "audit log rotated");
         Ok(())
     }
+}
+
+/// A sibling of the log for bytes moved out of it: hidden, so `audit.jsonl*` does not match it.
+pub(crate) fn aside_path(log: &Path, what: &str) -> PathBuf {
+    let name = log
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    parent_dir(log).join(format!(".{name}.{what}-{now}"))
+}
+
+/// The `seq` and line hash of the last record still on disk before the active file: the
+/// newest rotated file's last line, or the chain's start.
+fn last_remaining_line(path: &Path) -> (u64, [u8; 32]) {
+    let newest = rotated_files(path).ok().and_then(|r| r.last().cloned());
+    let Some((_, file)) = newest else {
+        return (0, GENESIS);
+    };
+    let Ok(data) = std::fs::read(&file) else {
+        return (0, GENESIS);
+    };
+    data.split(|&b| b == b'\n')
+        .rfind(|l| !l.is_empty())
+        .and_then(|l| {
+            let seq = crate::json::parse_strict(l).ok()?.get("seq")?.as_u64()?;
+            Some((seq, line_hash(l)))
+        })
+        .unwrap_or((0, GENESIS))
 }

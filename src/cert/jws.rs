@@ -58,7 +58,8 @@ pub fn parse(token: &str, expected_typ: &str) -> Result<Compact, String> {
         Some(Value::String(t)) => t.clone(),
         _ => return Err("JWS header has no typ".into()),
     };
-    if !typ.eq_ignore_ascii_case(expected_typ) {
+    // Exactly, as FORMATS.md says: one spelling per token kind, nothing to fold.
+    if typ != expected_typ {
         return Err(format!("typ {typ:?} is not {expected_typ:?}"));
     }
     let kid = match header.get("kid") {
@@ -185,6 +186,13 @@ mod tests {
         assert!(parse(&t, TYP).unwrap_err().contains("crit"));
         let t = forge(
             json!({"alg": "EdDSA", "typ": "JWT", "kid": "k"}),
+            json!({}),
+            &[0; 64],
+        );
+        assert!(parse(&t, TYP).unwrap_err().contains("typ"));
+        // typ is compared exactly: another case is another spelling, refused.
+        let t = forge(
+            json!({"alg": "EdDSA", "typ": TYP.to_ascii_uppercase(), "kid": "k"}),
             json!({}),
             &[0; 64],
         );

@@ -42,6 +42,18 @@ impl TrustedIssuers {
     pub fn is_empty(&self) -> bool {
         self.by_kid.is_empty()
     }
+
+    /// The issuer names these keys sign for, sorted, without repeats.
+    pub fn names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .by_kid
+            .values()
+            .filter_map(|i| i.name.clone())
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
 }
 
 #[derive(Clone, Copy, Debug)]

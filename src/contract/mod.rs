@@ -60,13 +60,12 @@ pub fn json_body(body: &BodyView) -> Result<Value, Denial> {
         }
     }
     match body.content_type {
-        Some(ct) if is_json_media_type(ct) => {}
-        Some(ct) => {
-            return Err(Denial::new(
+        Some(ct) => json_media_type(ct).map_err(|why| {
+            Denial::new(
                 Reason::RequestMalformed,
-                format!("Content-Type {ct:?} is not JSON, and the certificate constrains the body's JSON fields"),
-            ))
-        }
+                format!("Content-Type {ct:?} {why}, and the certificate constrains the body's JSON fields"),
+            )
+        })?,
         None => {
             return Err(Denial::new(
                 Reason::RequestMalformed,
@@ -83,16 +82,71 @@ pub fn json_body(body: &BodyView) -> Result<Value, Denial> {
 }
 
 pub fn is_json_media_type(ct: &str) -> bool {
+    json_media_type(ct).is_ok()
+}
+
+/// RFC 9110 `token` characters, the only ones a media type or parameter name is made of.
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// Whether a `Content-Type` is JSON as seb reads it: `application/json` or
+/// `application/NAME+json` (RFC 6839; `NAME` a non-empty token), in any case, with no
+/// parameter but `charset=utf-8` (RFC 8259 JSON is UTF-8; an upstream that honoured another
+/// charset would read other characters than seb checked, and a parameter seb does not know
+/// may change the reading in ways it cannot model). `Err` says what is wrong.
+pub fn json_media_type(ct: &str) -> Result<(), String> {
     let essence = ct
         .split(';')
         .next()
         .unwrap_or("")
         .trim()
         .to_ascii_lowercase();
-    let Some((kind, sub)) = essence.split_once('/') else {
-        return false;
+    let json = match essence.split_once('/') {
+        Some(("application", "json")) => true,
+        Some(("application", sub)) => sub
+            .strip_suffix("+json")
+            .is_some_and(|name| is_token(name) && !name.contains('/')),
+        _ => false,
     };
-    kind == "application" && (sub == "json" || sub.ends_with("+json"))
+    if !json {
+        return Err("is not JSON (application/json or application/NAME+json)".into());
+    }
+    utf8_only_params(ct)
+}
+
+/// The parameters of a media type the broker parses as JSON: none, or `charset=utf-8` once.
+pub fn utf8_only_params(ct: &str) -> Result<(), String> {
+    let mut charset = false;
+    for p in ct.split(';').skip(1) {
+        let Some((name, value)) = p.split_once('=') else {
+            return Err(format!(
+                "has a parameter {:?} that is not NAME=VALUE",
+                p.trim()
+            ));
+        };
+        // RFC 9110 5.6.6: no whitespace around `=`; a value may be quoted.
+        let name = name.trim_start();
+        let value = value.trim_end();
+        let value = value
+            .strip_prefix('"')
+            .and_then(|v| v.strip_suffix('"'))
+            .unwrap_or(value);
+        if !name.eq_ignore_ascii_case("charset") {
+            return Err(format!(
+                "has a parameter {name:?} seb does not know; send only charset=utf-8"
+            ));
+        }
+        if charset || !value.eq_ignore_ascii_case("utf-8") {
+            return Err(format!(
+                "has charset {value:?}; JSON bodies must be UTF-8, named at most once"
+            ));
+        }
+        charset = true;
+    }
+    Ok(())
 }
 
 /// One constraint on the values a pointer selects.
@@ -467,6 +521,84 @@ mod tests {
             "Application/merge-patch+json; charset=utf-8"
         ));
         assert!(!is_json_media_type("text/json"));
+        assert!(!is_json_media_type("application/+json"));
+        assert!(!is_json_media_type("application/a/b+json"));
+        assert!(is_json_media_type("application/json;charset=UTF-8"));
+        assert!(is_json_media_type("application/json; charset=\"utf-8\""));
+        for bad in [
+            "application/json; charset=iso-8859-1",
+            "application/json; charset=utf-7",
+            "application/json; charset=utf-8; charset=utf-8",
+            "application/json; profile=x",
+            "application/json; charset =utf-8",
+            "application/json;",
+            "application/json; utf-8",
+        ] {
+            assert!(json_media_type(bad).is_err(), "{bad}");
+        }
         assert!(!is_json_media_type("application/jsonx"));
+    }
+
+    mod media_type_properties {
+        use super::super::json_media_type;
+        use proptest::prelude::*;
+
+        fn piece() -> impl Strategy<Value = String> {
+            prop::sample::select(vec![
+                "application/json",
+                "Application/JSON",
+                "application/merge-patch+json",
+                "application/+json",
+                "application/vnd.a+json",
+                "application/json+x",
+                "text/json",
+                "application/x-www-form-urlencoded",
+                "charset=utf-8",
+                "charset=UTF-8",
+                "charset=\"utf-8\"",
+                "charset=iso-8859-1",
+                "charset=utf-7",
+                "charset= utf-8",
+                "profile=x",
+                "Charset=utf-8",
+                "",
+                " ",
+            ])
+            .prop_map(str::to_string)
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+            /// Whatever the spelling, an accepted Content-Type is application/json or
+            /// application/NAME+json with no parameter but one utf-8 charset.
+            #[test]
+            fn accepted_types_are_json_in_utf8(
+                pieces in prop::collection::vec(piece(), 1..5),
+                sep in prop::sample::select(vec![";", "; ", " ;"]),
+            ) {
+                let ct = pieces.join(sep);
+                if json_media_type(&ct).is_ok() {
+                    let mut parts = ct.split(';');
+                    let essence = parts.next().unwrap().trim().to_ascii_lowercase();
+                    let (t, sub) = essence.split_once('/').unwrap();
+                    prop_assert_eq!(t, "application");
+                    prop_assert!(sub == "json" || (sub.ends_with("+json") && sub.len() > 5));
+                    let params: Vec<String> = parts
+                        .map(|p| p.trim().to_ascii_lowercase().replace('"', ""))
+                        .collect();
+                    prop_assert!(params.len() <= 1, "{}", ct);
+                    for p in params {
+                        prop_assert_eq!(p, "charset=utf-8");
+                    }
+                }
+            }
+
+            /// Arbitrary bytes never panic the parser.
+            #[test]
+            fn never_panics(ct in "[ -~]{0,40}") {
+                let _ = json_media_type(&ct);
+            }
+        }
     }
 }

@@ -57,18 +57,34 @@ fn json_response(status: StatusCode, v: serde_json::Value) -> Response<Body> {
 /// Ready means a mutation could be admitted now: fresh revocation data and a writable log.
 pub fn readiness(broker: &Broker) -> (bool, serde_json::Value) {
     let now = crate::cert::now_secs();
-    let rev = broker.admission.revocation.current();
-    let rev_ok = rev
-        .as_ref()
-        .is_some_and(|r| now - r.iat <= broker.admission.max_staleness_secs);
+    let state = &broker.admission.revocation;
+    // Each issuer's certificates are governed by its own document: ready means every trusted
+    // issuer's is loaded and fresh.
+    let mut rev_ok = true;
+    let mut issuers = serde_json::Map::new();
+    for name in broker.admission.issuers.names() {
+        let rev = state.current(&name);
+        let fresh = rev
+            .as_ref()
+            .is_some_and(|r| now - r.iat <= broker.admission.max_staleness_secs);
+        rev_ok &= fresh;
+        issuers.insert(
+            name,
+            json!({
+                "fresh": fresh,
+                "epoch": rev.as_ref().map(|r| r.epoch),
+                "age_seconds": rev.as_ref().map(|r| now - r.iat),
+            }),
+        );
+    }
     let audit_ok = broker.audit.is_writable();
     (
         rev_ok && audit_ok,
         json!({
             "revocation": {
                 "fresh": rev_ok,
-                "epoch": rev.as_ref().map(|r| r.epoch),
-                "age_seconds": rev.as_ref().map(|r| now - r.iat),
+                "issuers": issuers,
+                "last_refusal": state.last_refusal(),
             },
             "audit": {"writable": audit_ok},
         }),
@@ -96,17 +112,29 @@ async fn route(
         }
         (&Method::GET, "/metrics") => {
             let now = crate::cert::now_secs();
-            let rev = broker.admission.revocation.current();
+            // Over every trusted issuer: the lowest epoch and the oldest document, the ones
+            // that refuse first (-1 while any issuer has none).
+            let revs: Vec<_> = broker
+                .admission
+                .issuers
+                .names()
+                .iter()
+                .map(|n| broker.admission.revocation.current(n))
+                .collect();
+            let missing = revs.is_empty() || revs.iter().any(Option::is_none);
+            let loaded = revs.iter().flatten();
+            let epoch = loaded.clone().map(|r| r.epoch).min();
+            let age = loaded.map(|r| now - r.iat).max();
             let extra = [
                 (
                     "seb_revocation_epoch",
-                    "Loaded revocation epoch (-1: none).",
-                    rev.as_ref().map(|r| r.epoch as f64).unwrap_or(-1.0),
+                    "Lowest loaded revocation epoch over the trusted issuers (-1: an issuer has none).",
+                    if missing { -1.0 } else { epoch.map_or(-1.0, |e| e as f64) },
                 ),
                 (
                     "seb_revocation_age_seconds",
-                    "Age of the loaded revocation data (-1: none).",
-                    rev.as_ref().map(|r| (now - r.iat) as f64).unwrap_or(-1.0),
+                    "Age of the oldest loaded revocation document (-1: an issuer has none).",
+                    if missing { -1.0 } else { age.map_or(-1.0, |a| a as f64) },
                 ),
                 (
                     "seb_audit_writable",

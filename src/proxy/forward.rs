@@ -10,6 +10,12 @@ use hyper_util::rt::TokioExecutor;
 use std::path::Path;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The request provably never reached the upstream: no connection could be made, or the
+/// connection closed before a byte of the request was written.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct NeverSent(pub String);
 pub type Body = http_body_util::combinators::BoxBody<Bytes, BoxError>;
 
 pub fn full_body(bytes: impl Into<Bytes>) -> Body {

@@ -1,6 +1,7 @@
 //! The broker process: listeners, the tower stack around the pipeline, and the admin port.
 
 pub mod admin;
+pub mod body;
 pub mod forward;
 pub mod metrics;
 pub mod pipeline;
@@ -105,9 +106,26 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             key,
         });
     }
+    let kids_by_name: Vec<(String, String)> = issuers
+        .iter()
+        .filter_map(|i| i.name.clone().map(|n| (n, i.kid.clone())))
+        .collect();
     let issuers = TrustedIssuers::new(issuers);
-    let revocation = Arc::new(RevocationState::new(issuers.clone()));
     let skew = config.certificates.clock_skew.as_secs() as i64;
+    let revocation = RevocationState::new(issuers.clone());
+    let revocation = Arc::new(match config.state_dir() {
+        Some(dir) => {
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("state.dir: creating {}", dir.display()))?;
+            revocation
+                .persisted_in(&dir, crate::cert::now_secs(), skew)
+                .context("state.dir: loading the revocation state")?
+        }
+        None => {
+            tracing::warn!("no state directory and no audit file: revocation documents pushed to this broker are kept in memory only");
+            revocation
+        }
+    });
     let window = WindowPolicy {
         skew_secs: skew,
         max_ttl_secs: config.certificates.max_ttl.as_secs() as i64,
@@ -126,6 +144,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         audit_key,
     )
     .context("audit")?;
+
+    // Before anything listens: every use the log recorded for a certificate that is still
+    // usable counts again, so a restart never re-admits a spent use.
+    let uses = MemoryUseStore::new(
+        config.limits.max_live_certificates,
+        Duration::from_secs(skew as u64),
+    );
+    let uses_unknown_before = rebuild_use_counts(&config, window, &kids_by_name, &uses)?;
 
     let tls = match &config.tls {
         Some(t) => Some(tokio_rustls::TlsAcceptor::from(
@@ -156,10 +182,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             min_policy_epoch: config.certificates.min_policy_epoch,
             max_staleness_secs: config.revocation.max_staleness.as_secs() as i64,
             revocation: revocation.clone(),
-            uses: Arc::new(MemoryUseStore::new(
-                config.limits.max_live_certificates,
-                Duration::from_secs(skew as u64),
-            )),
+            uses: Arc::new(uses),
+            uses_unknown_before,
         },
         audit,
         metrics: metrics::Metrics::default(),
@@ -275,4 +299,65 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         admin_addr,
         tasks,
     })
+}
+
+/// Counts again, from the audit log, the uses of every certificate that may still be used.
+fn rebuild_use_counts(
+    config: &Config,
+    window: WindowPolicy,
+    kids_by_name: &[(String, String)],
+    uses: &MemoryUseStore,
+) -> anyhow::Result<Option<i64>> {
+    let Some(path) = &config.audit.path else {
+        tracing::warn!(
+            "no audit file is configured: certificate use counts live in memory only, and a \
+             restart re-admits uses already spent within the certificates' validity"
+        );
+        return Ok(None);
+    };
+    let started = std::time::Instant::now();
+    let now = crate::cert::now_secs();
+    // One more minute than the bound needs: the records' clock and this one are the same,
+    // but a record is stamped a moment after its use was taken.
+    let horizon = now - window.max_ttl_secs - 2 * window.skew_secs - 60;
+    let scan = crate::audit::spent_uses(path, horizon)
+        .context("rebuilding certificate use counts from the audit log")?;
+    let mut restored = 0u64;
+    for s in &scan.certificates {
+        // Records written before `exp` was recorded: the latest the certificate can expire.
+        let exp = s
+            .exp
+            .unwrap_or(s.last_ts + window.max_ttl_secs + window.skew_secs);
+        if exp + window.skew_secs < now {
+            continue;
+        }
+        match (&s.kid, &s.iss) {
+            (Some(kid), _) => uses.restore(kid, &s.jti, s.used, exp),
+            // Records written before the issuer key was recorded: every key of that issuer.
+            (None, Some(iss)) => {
+                for (_, kid) in kids_by_name.iter().filter(|(n, _)| n == iss) {
+                    uses.restore(kid, &s.jti, s.used, exp);
+                }
+            }
+            (None, None) => continue,
+        }
+        restored += 1;
+    }
+    tracing::info!(
+        certificates = restored,
+        records = scan.lines,
+        files = scan.files.len(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "certificate use counts rebuilt from the audit log"
+    );
+    if let Some(t) = scan.uses_unknown_before {
+        tracing::error!(
+            lost_at = t,
+            "the audit log records a loss of decisions whose certificate uses are unknown: certificates issued before then are refused until they expire"
+        );
+    }
+    // A certificate's iat may run ahead of this clock by the skew.
+    Ok(scan
+        .uses_unknown_before
+        .map(|t| t.saturating_add(window.skew_secs)))
 }

@@ -5,11 +5,13 @@
 //!    the body is read within its limit, unless the target streams it (S3 uploads, bound by
 //!    their certified sha256 and verified in flight);
 //! 3. admit: certificate (signature, issuer, window, epochs, revocation, binding), contract
-//!    (operation, resource, body), drift, then one use is spent;
+//!    (operation, resource, body), drift; then the scoped execution identity the agent never
+//!    sees is minted (before the use, so an identity outage spends nothing); then one use is
+//!    spent;
 //! 4. audit: the signed decision record is durable before anything is sent;
-//! 5. identity: the scoped execution identity the agent never sees;
-//! 6. sign + forward: the request is rebuilt with that identity and sent upstream;
-//! 7. audit: the outcome record, while the response streams back.
+//! 5. sign + forward: the request is rebuilt with that identity and sent upstream (a request
+//!    that provably never left gives its use back);
+//! 6. audit: the outcome record, while the response streams back.
 //!
 //! Any `Err(Denial)` ends the request; [`handle`] writes the deny record and renders the
 //! refusal in the agent's own format. Nothing is forwarded unless every step said yes.
@@ -26,7 +28,7 @@ use crate::targets::{Parsed, Target};
 use crate::tls::PeerIdentity;
 use bytes::Bytes;
 use http::{Request, Response};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use std::time::Instant;
@@ -202,10 +204,37 @@ where
             record.unfrozen().body_sha256 = Some(r.sha256.clone());
         }
     }
-    target.check_drift(&cert, &parsed).await?;
-    let body = target.check_effect(&cert, &parts, body).await?;
+    // Every call to the upstream or an identity service runs inside the request's one
+    // deadline, so a slow dependency ends in a recorded refusal, never in a request cut off by
+    // the backstop after its decision.
+    within(
+        deadline,
+        "the live-state check",
+        target.check_drift(&cert, &parsed),
+    )
+    .await?;
+    let body = within(
+        deadline,
+        "the effect check",
+        target.check_effect(&cert, &parts, body),
+    )
+    .await?;
+
+    // The identity is minted (or taken from its cache) before a use is spent: an identity
+    // service that is down refuses the request without burning a single-use certificate.
+    let identity_started = Instant::now();
+    let identity = within(
+        deadline,
+        "minting the execution identity",
+        target.identity(Some(&cert)),
+    )
+    .await?;
+    broker
+        .metrics
+        .observe(Phase::Identity, identity_started.elapsed());
+
     let (n, max) = broker.admission.take_use(&cert).await?;
-    record.took_use(n, max);
+    record.took_use(n, max, &cert);
     broker
         .metrics
         .observe(Phase::Admit, admit_started.elapsed());
@@ -223,14 +252,7 @@ where
         .metrics
         .observe(Phase::Audit, audit_started.elapsed());
 
-    // 5. identity
-    let identity_started = Instant::now();
-    let identity = target.identity(Some(&cert)).await?;
-    broker
-        .metrics
-        .observe(Phase::Identity, identity_started.elapsed());
-
-    // 6. sign + forward (an admitted upgrade, such as a kubernetes exec, is joined to the
+    // 5. sign + forward (an admitted upgrade, such as a kubernetes exec, is joined to the
     //    upstream's once both sides have switched protocols)
     let client_upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
     let upstream_req = match upload {
@@ -248,9 +270,25 @@ where
     // Moved, not copied: nothing after the rebuilt request reads it.
     record.identity = Some(identity.audit);
     let upstream_req = upstream_req?;
-    let resp = forward(broker, target, upstream_req, deadline, client_upgrade).await?;
+    let resp = match forward(broker, target, upstream_req, deadline, client_upgrade).await {
+        Ok(resp) => resp,
+        Err(Failed {
+            mut denial,
+            never_sent: true,
+        }) => {
+            // The request provably never left (no connection to the upstream): the use goes
+            // back, and the outcome record says so, so that a restart does not count it either.
+            broker.admission.give_back(&cert).await;
+            record.returned = true;
+            denial
+                .message
+                .push_str("; nothing was sent, and the certificate's use was given back");
+            return Err(denial);
+        }
+        Err(f) => return Err(f.denial),
+    };
 
-    // 7. outcome (not waited on: the decision is already durable, and a crash before this
+    // 6. outcome (not waited on: the decision is already durable, and a crash before this
     //    record lands is written as `unknown` on restart)
     broker.metrics.count(target.name(), Decision::Allow, None);
     broker.audit.record_best_effort(record.outcome(
@@ -278,7 +316,9 @@ async fn read_pass_through(
     let upstream_req = target.upstream_request(parts, parsed, body, &identity, request_id);
     record.identity = Some(identity.audit);
     let upstream_req = upstream_req?.map(upstream_full);
-    let resp = forward(broker, target, upstream_req, deadline, None).await?;
+    let resp = forward(broker, target, upstream_req, deadline, None)
+        .await
+        .map_err(|f| f.denial)?;
     broker.metrics.count(target.name(), Decision::Read, None);
     let mut entry = record.allow();
     entry.upstream_status = Some(resp.status().as_u16());
@@ -293,7 +333,7 @@ async fn forward(
     req: Request<UpstreamBody>,
     deadline: tokio::time::Instant,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
-) -> Result<Response<Body>, Denial> {
+) -> Result<Response<Body>, Failed> {
     let started = Instant::now();
     let failed = |detail: String| {
         broker
@@ -310,19 +350,25 @@ async fn forward(
         Ok(Err(e)) => {
             // A streamed body that failed its check in flight says why; that is the refusal.
             let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e.as_ref());
+            let mut never_sent = false;
             while let Some(s) = source {
                 if let Some(d) = s.downcast_ref::<Denial>() {
-                    return Err(d.clone());
+                    return Err(d.clone().into());
                 }
+                never_sent |= s.is::<super::forward::NeverSent>();
                 source = s.source();
             }
-            return Err(failed(format!("did not answer: {e}")));
+            return Err(Failed {
+                denial: failed(format!("did not answer: {e}")),
+                never_sent,
+            });
         }
         Err(_) => {
             return Err(failed(format!(
                 "did not answer within {:?}",
                 broker.request_timeout
-            )))
+            ))
+            .into())
         }
     };
     broker.metrics.observe(Phase::Forward, started.elapsed());
@@ -332,7 +378,8 @@ async fn forward(
             return Err(Denial::new(
                 Reason::UpstreamError,
                 "the upstream switched protocols on a request that asked for no upgrade",
-            ));
+            )
+            .into());
         };
         tokio::spawn(join_upgraded(client_upgrade, hyper::upgrade::on(&mut resp)));
     }
@@ -351,6 +398,37 @@ async fn forward(
     }
     parts.headers = headers;
     Ok(Response::from_parts(parts, body))
+}
+
+/// Why forwarding failed, and whether the request provably never reached the upstream.
+struct Failed {
+    denial: Denial,
+    never_sent: bool,
+}
+
+impl From<Denial> for Failed {
+    fn from(denial: Denial) -> Failed {
+        Failed {
+            denial,
+            never_sent: false,
+        }
+    }
+}
+
+/// Runs a step that calls out (live state, identity service) inside the request's deadline.
+async fn within<T>(
+    deadline: tokio::time::Instant,
+    what: &str,
+    step: impl std::future::Future<Output = Result<T, Denial>>,
+) -> Result<T, Denial> {
+    tokio::time::timeout_at(deadline, step)
+        .await
+        .unwrap_or_else(|_| {
+            Err(Denial::new(
+                Reason::UpstreamError,
+                format!("{what} did not finish within the request's deadline"),
+            ))
+        })
 }
 
 /// Copies bytes both ways between the agent's upgraded connection and the upstream's until
@@ -383,25 +461,8 @@ where
     B: http_body::Body<Data = Bytes> + Send,
     B::Error: Into<super::forward::BoxError>,
 {
-    let collected = tokio::time::timeout_at(deadline, Limited::new(body, limit).collect())
-        .await
-        .map_err(|_| {
-            Denial::new(
-                Reason::RequestMalformed,
-                "request body was not received in time",
-            )
-        })?;
-    match collected {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Denial::new(
-            Reason::RequestMalformed,
-            format!("request body is over the {limit}-byte limit"),
-        )),
-        Err(e) => Err(Denial::new(
-            Reason::RequestMalformed,
-            format!("request body could not be read: {e}"),
-        )),
-    }
+    // 413 the client can read, and no unchecked trailers: see proxy::body.
+    super::body::read_limited(body, limit, deadline).await
 }
 
 pub fn hex(bytes: &[u8]) -> String {
@@ -426,8 +487,17 @@ struct Draft {
     peer: Option<String>,
     remote: std::net::SocketAddr,
     identity: Option<serde_json::Value>,
-    uses: Option<(u32, u32)>,
+    uses: Option<SpentUse>,
     decision_seq: Option<u64>,
+    /// The request never reached the upstream and its use was given back.
+    returned: bool,
+}
+
+struct SpentUse {
+    n: u32,
+    max: u32,
+    kid: String,
+    exp: i64,
 }
 
 impl Draft {
@@ -445,6 +515,7 @@ impl Draft {
             identity: None,
             uses: None,
             decision_seq: None,
+            returned: false,
         }
     }
 
@@ -469,10 +540,16 @@ impl Draft {
         &mut self.subject
     }
 
-    fn took_use(&mut self, n: u32, max: u32) {
-        // Part of the frozen `request` (its `use` member), under the same rule.
+    fn took_use(&mut self, n: u32, max: u32, cert: &Certificate) {
+        // Part of the frozen `request` (its `use` member), under the same rule. The issuer key
+        // and expiry let a restarted broker rebuild this certificate's use count from the log.
         self.unfrozen();
-        self.uses = Some((n, max));
+        self.uses = Some(SpentUse {
+            n,
+            max,
+            kid: cert.kid.clone(),
+            exp: cert.claims.exp,
+        });
     }
 
     fn subject(&mut self) -> Arc<Subject> {
@@ -491,8 +568,11 @@ impl Draft {
             if let Some(p) = &self.peer {
                 obj.insert("peer".into(), p.clone().into());
             }
-            if let Some((n, max)) = self.uses {
-                obj.insert("use".into(), serde_json::json!({"n": n, "max": max}));
+            if let Some(u) = self.uses.take() {
+                obj.insert(
+                    "use".into(),
+                    serde_json::json!({"n": u.n, "max": u.max, "kid": u.kid, "exp": u.exp}),
+                );
             }
         }
         let s = Arc::new(s);
@@ -535,10 +615,10 @@ impl Draft {
         e.upstream_status = status;
         e.duration_ms = Some(started.elapsed().as_millis() as u64);
         e.outcome = Some(
-            if failure.is_some() {
-                "failed"
-            } else {
-                "completed"
+            match (failure.is_some(), self.returned) {
+                (true, true) => "returned",
+                (true, false) => "failed",
+                (false, _) => "completed",
             }
             .to_string(),
         );

@@ -13,7 +13,7 @@
 //! request's task possible. Protocol upgrades (kubernetes exec) stay on hyper-util's client,
 //! which keeps the connection alive past the 101 answer.
 
-use super::forward::{BoxError, UpstreamBody};
+use super::forward::{BoxError, NeverSent, UpstreamBody};
 use http::{Request, Response, Uri};
 use hyper::body::{Body as _, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::{self, SendRequest};
@@ -187,24 +187,28 @@ impl Pool {
         None
     }
 
+    /// Every failure here happens before the request is written: it never reached the upstream.
     async fn connect(&self, key: &Key) -> Result<Conn, BoxError> {
+        let never = |what: String| -> BoxError { Box::new(NeverSent(what)) };
         let tcp = TcpStream::connect((key.host.as_str(), key.port))
             .await
-            .map_err(|e| format!("connect to {}:{}: {e}", key.host, key.port))?;
-        tcp.set_nodelay(true)?;
+            .map_err(|e| never(format!("connect to {}:{}: {e}", key.host, key.port)))?;
+        tcp.set_nodelay(true).map_err(|e| never(e.to_string()))?;
         let stream = if key.tls {
             let name = rustls_pki_types::ServerName::try_from(key.host.clone())
-                .map_err(|e| format!("upstream host {:?}: {e}", key.host))?;
+                .map_err(|e| never(format!("upstream host {:?}: {e}", key.host)))?;
             let tls = self
                 .tls
                 .connect(name, tcp)
                 .await
-                .map_err(|e| format!("TLS to {}:{}: {e}", key.host, key.port))?;
+                .map_err(|e| never(format!("TLS to {}:{}: {e}", key.host, key.port)))?;
             Box::new(tls) as Stream
         } else {
             Box::new(tcp)
         };
-        let (tx, conn) = http1::handshake(TokioIo::new(stream)).await?;
+        let (tx, conn) = http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| never(e.to_string()))?;
         Ok(Conn {
             tx,
             conn: Box::pin(conn),
@@ -221,9 +225,9 @@ enum Attempt {
 impl Attempt {
     fn into_error(self) -> BoxError {
         match self {
-            Attempt::NotSent(_) => {
-                "the upstream closed a new connection before the request was sent".into()
-            }
+            Attempt::NotSent(_) => Box::new(NeverSent(
+                "the upstream closed a new connection before the request was sent".into(),
+            )),
             Attempt::Failed(e) => e,
         }
     }

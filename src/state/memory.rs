@@ -109,6 +109,39 @@ impl MemoryUseStore {
         }
     }
 
+    /// Sets a certificate's count to at least `used` (start-up, from the uses the audit log
+    /// recorded). Kept until `exp` plus the grace, like a use taken now. The limit on live
+    /// entries does not apply: these uses happened, and forgetting one would re-admit it.
+    pub fn restore(&self, kid: &str, jti: &str, used: u32, exp: i64) {
+        if used == 0 {
+            return;
+        }
+        let k = key(kid, jti);
+        let mut shard = self.shards[(k as usize) % SHARDS]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some((n, _)) = shard.counts.get_mut(&k) {
+            *n = (*n).max(used);
+            return;
+        }
+        let forget_after = exp.saturating_add(self.grace.as_secs() as i64);
+        shard.insert(k, forget_after);
+        if let Some((n, _)) = shard.counts.get_mut(&k) {
+            *n = used;
+        }
+        self.live.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn give_back_now(&self, kid: &str, jti: &str) {
+        let k = key(kid, jti);
+        let mut shard = self.shards[(k as usize) % SHARDS]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some((n, _)) = shard.counts.get_mut(&k) {
+            *n = n.saturating_sub(1);
+        }
+    }
+
     pub fn entry_count(&self) -> u64 {
         self.live.load(Ordering::Relaxed)
     }
@@ -155,6 +188,11 @@ impl MemoryUseStore {
 }
 
 impl UseStore for MemoryUseStore {
+    fn give_back<'a>(&'a self, kid: &'a str, jti: &'a str) -> super::GiveBackFuture<'a> {
+        self.give_back_now(kid, jti);
+        Box::pin(std::future::ready(Ok(())))
+    }
+
     fn take_use<'a>(
         &'a self,
         kid: &'a str,

@@ -23,7 +23,13 @@ pub struct StateError(pub String);
 pub type StateFuture<'a> =
     Pin<Box<dyn Future<Output = Result<UseOutcome, StateError>> + Send + 'a>>;
 
+pub type GiveBackFuture<'a> = Pin<Box<dyn Future<Output = Result<(), StateError>> + Send + 'a>>;
+
 pub trait UseStore: Send + Sync + 'static {
+    /// Gives back one use taken by [`UseStore::take_use`] whose request provably never reached
+    /// the upstream.
+    fn give_back<'a>(&'a self, kid: &'a str, jti: &'a str) -> GiveBackFuture<'a>;
+
     /// Takes one use of certificate `jti` (issued by key `kid`) if fewer than `max_uses` were
     /// taken. The record must live at least until `exp` (seconds since the epoch): after that
     /// the certificate is refused as expired, so forgetting it is safe.

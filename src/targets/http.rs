@@ -23,6 +23,7 @@ pub struct HttpTarget {
     credential: Option<(HeaderName, HeaderValue)>,
     read_credential: Option<(HeaderName, HeaderValue)>,
     reads: Vec<ReadRule>,
+    pub(crate) headers: super::headers::HeaderRules,
     pub client: UpstreamClient,
 }
 
@@ -35,7 +36,7 @@ struct HttpContract {
     path: String,
 }
 
-fn credential(
+fn load_credential(
     c: &Option<crate::config::CredentialConfig>,
     what: &str,
 ) -> anyhow::Result<Option<(HeaderName, HeaderValue)>> {
@@ -51,11 +52,21 @@ fn credential(
 impl HttpTarget {
     pub fn new(name: &str, cfg: &HttpTargetConfig) -> anyhow::Result<HttpTarget> {
         let at = format!("targets.{name}.http");
+        let credential = load_credential(&cfg.credential, &format!("{at}.credential"))?;
+        let read_credential =
+            load_credential(&cfg.read_credential, &format!("{at}.read_credential"))?;
+        // The broker sets the upstream's credential header: the agent's is stripped, and a
+        // folded spelling of it (`X_Api_Key`) refused.
+        let mut headers = super::headers::HeaderRules::new();
+        for (n, _) in credential.iter().chain(read_credential.iter()) {
+            headers = headers.name(n.as_str(), super::headers::Exact::Strip);
+        }
         Ok(HttpTarget {
             name: name.to_string(),
             base: cfg.upstream.parse()?,
-            credential: credential(&cfg.credential, &format!("{at}.credential"))?,
-            read_credential: credential(&cfg.read_credential, &format!("{at}.read_credential"))?,
+            credential,
+            read_credential,
+            headers,
             reads: cfg
                 .reads
                 .iter()
@@ -71,20 +82,7 @@ impl HttpTarget {
     pub fn parse(&self, parts: &http::request::Parts, _body: &Bytes) -> Result<Parsed, Denial> {
         let path = parts.uri.path();
         super::path::check_canonical(path).map_err(|m| Denial::new(Reason::RequestMalformed, m))?;
-        // Frameworks that honour these run the overriding method, not the one certified or
-        // read-listed: a GET read rule must not become a DELETE.
-        for h in [
-            "x-http-method-override",
-            "x-http-method",
-            "x-method-override",
-        ] {
-            if parts.headers.contains_key(h) {
-                return Err(Denial::new(
-                    Reason::RequestMalformed,
-                    format!("{h} is refused: the request method must be the one certified"),
-                ));
-            }
-        }
+        // Method and path overrides were refused with the other headers (targets::headers).
         let is_read = self.reads.iter().any(|r| {
             r.methods.iter().any(|m| m == parts.method.as_str())
                 && prefix_matches(&r.path_prefix, path)
@@ -188,11 +186,9 @@ impl HttpTarget {
         identity: &Identity,
         request_id: &str,
     ) -> Result<Request<Full<Bytes>>, Denial> {
-        let mut req = super::forwarded_request(&self.base, parts)?;
+        // The agent's own credential headers were stripped by the header rules.
+        let mut req = super::forwarded_request(&self.base, parts, &self.headers)?;
         let headers = req.headers_mut().expect("builder is valid");
-        for (name, _) in self.credential.iter().chain(self.read_credential.iter()) {
-            headers.remove(name);
-        }
         if let Some((name, value)) = &identity.header {
             headers.insert(name.clone(), value.clone());
         }
@@ -216,52 +212,9 @@ fn prefix_matches(prefix: &str, path: &str) -> bool {
             || path.as_bytes()[prefix.len()] == b'/')
 }
 
-/// Copies headers minus those that describe one connection rather than the message (RFC 9110
-/// 7.6.1: the fixed hop-by-hop set and any named in `Connection`), and minus `also_drop`.
-fn copy_headers_except(from: &HeaderMap, to: &mut HeaderMap, also_drop: impl Fn(&str) -> bool) {
-    let listed: Vec<String> = from
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(',').map(|s| s.trim().to_ascii_lowercase()))
-        .collect();
-    for (name, value) in from {
-        let n = name.as_str();
-        let hop = matches!(
-            n,
-            "connection"
-                | "keep-alive"
-                | "proxy-connection"
-                | "te"
-                | "trailer"
-                | "transfer-encoding"
-                | "upgrade"
-        );
-        if !hop && !listed.iter().any(|l| l == n) && !also_drop(n) {
-            to.append(name.clone(), value.clone());
-        }
-    }
-}
-
-/// Request headers for the upstream: end-to-end headers only, and never the agent's own
-/// credentials (its certificate, tokens, cookies).
-pub fn copy_end_to_end_headers(from: &HeaderMap, to: &mut HeaderMap) {
-    copy_headers_except(from, to, |n| {
-        matches!(
-            n,
-            "host"
-                | "content-length"
-                | "authorization"
-                | "proxy-authorization"
-                | "cookie"
-                | "x-request-id"
-        ) || n.starts_with("x-seb-")
-    });
-}
-
 /// Response headers minus those that describe the upstream connection.
 pub fn copy_hop_safe_response_headers(from: &HeaderMap, to: &mut HeaderMap) {
-    copy_headers_except(from, to, |_| false);
+    super::headers::copy_response(from, to);
 }
 
 /// `Authorization: Bearer <certificate>` or `X-Seb-Certificate: <certificate>`; two of them is
@@ -305,7 +258,7 @@ pub fn certificate(headers: &HeaderMap) -> Result<Option<&str>, Denial> {
 
 /// RFC 9457 problem document.
 pub fn problem(denial: &Denial, request_id: &str) -> Response<Body> {
-    let status = denial.reason.status();
+    let status = denial.status();
     let body = json!({
         "type": format!("urn:seb:denial:{}", denial.reason),
         "title": status.canonical_reason().unwrap_or("Refused"),
@@ -362,26 +315,6 @@ mod tests {
         ]))
         .is_err());
         assert!(certificate(&headers(&[("authorization", "Basic dXNlcg==")])).is_err());
-    }
-
-    #[test]
-    fn agent_credentials_and_hop_headers_are_not_copied() {
-        let from = headers(&[
-            ("authorization", "Bearer cert"),
-            ("x-seb-certificate", "cert"),
-            ("cookie", "session=1"),
-            ("proxy-authorization", "x"),
-            ("connection", "close, x-secret"),
-            ("x-secret", "1"),
-            ("transfer-encoding", "chunked"),
-            ("content-type", "application/json"),
-            ("x-custom", "kept"),
-        ]);
-        let mut to = HeaderMap::new();
-        copy_end_to_end_headers(&from, &mut to);
-        let mut names: Vec<&str> = to.keys().map(|k| k.as_str()).collect();
-        names.sort();
-        assert_eq!(names, vec!["content-type", "x-custom"]);
     }
 
     #[test]

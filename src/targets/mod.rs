@@ -7,6 +7,7 @@
 //! a reader can follow every call to its code.
 
 pub mod aws;
+pub mod headers;
 pub mod http;
 pub mod kubernetes;
 pub mod path;
@@ -76,6 +77,7 @@ pub fn upstream_uri(base: &::http::Uri, path_and_query: &str) -> Result<::http::
 pub fn forwarded_request(
     base: &::http::Uri,
     parts: &::http::request::Parts,
+    rules: &headers::HeaderRules,
 ) -> Result<::http::request::Builder, Denial> {
     let pq = parts
         .uri
@@ -85,8 +87,8 @@ pub fn forwarded_request(
     let mut req = ::http::Request::builder()
         .method(parts.method.clone())
         .uri(upstream_uri(base, pq)?);
-    if let Some(headers) = req.headers_mut() {
-        http::copy_end_to_end_headers(&parts.headers, headers);
+    if let Some(to) = req.headers_mut() {
+        headers::copy(&parts.headers, rules, to)?;
     }
     Ok(req)
 }
@@ -162,8 +164,21 @@ impl Target {
         }
     }
 
+    /// Which agent headers travel upstream, and which make a request ambiguous.
+    pub fn header_rules(&self) -> &headers::HeaderRules {
+        match self {
+            Target::Http(t) => &t.headers,
+            Target::Aws(t) => &t.headers,
+            Target::Kubernetes(t) => &t.headers,
+        }
+    }
+
     /// Reads the request: which operation on which resource, and whether it is a read.
     pub fn parse(&self, parts: &::http::request::Parts, body: &Bytes) -> Result<Parsed, Denial> {
+        // Before any target reads a header: a request the upstream could read differently
+        // is refused whatever it is (reads included).
+        headers::check(&parts.headers, self.header_rules())?;
+        headers::check_read_method_body(&parts.method, body.len())?;
         match self {
             Target::Http(t) => t.parse(parts, body),
             Target::Aws(t) => t.parse(parts, body),

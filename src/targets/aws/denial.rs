@@ -90,7 +90,11 @@ pub fn render(denial: &Denial, format: ErrorFormat, request_id: &str) -> Respons
             serde_json::json!({"__type": "AccessDeniedException", "message": message}).to_string(),
         ),
     };
-    let mut resp = crate::targets::refusal_response(status(denial.reason), content_type, body);
+    let mut resp = crate::targets::refusal_response(
+        denial.status.unwrap_or_else(|| status(denial.reason)),
+        content_type,
+        body,
+    );
     let h = resp.headers_mut();
     if format == ErrorFormat::Json {
         h.insert(

@@ -59,6 +59,7 @@ pub struct AwsTarget {
     /// Agent access key id -> secret, for authenticating reads by the agent's own signature.
     agent_keys: Vec<(String, String)>,
     sts: StsClient,
+    pub(crate) headers: super::headers::HeaderRules,
     pub client: UpstreamClient,
 }
 
@@ -154,6 +155,7 @@ impl AwsTarget {
                 cfg.sts_endpoint.clone().or_else(|| cfg.endpoint.clone()),
                 client.clone(),
             ),
+            headers: header_rules(),
             client,
         })
     }
@@ -507,7 +509,12 @@ impl AwsTarget {
                     format!("cannot build the upstream request: {e}"),
                 )
             })?;
-        copy_headers(&parts.headers, req.headers_mut(), call.aws_chunked);
+        copy_headers(
+            &parts.headers,
+            &self.headers,
+            req.headers_mut(),
+            call.aws_chunked,
+        )?;
         if let Some(n) = content_length {
             req.headers_mut()
                 .insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(n));
@@ -651,26 +658,42 @@ fn forwarded_query(q: &str) -> Result<String, Denial> {
     Ok(kept.join("&"))
 }
 
-/// The agent's headers minus hop-by-hop headers, its credentials and its signature (the
-/// certificate rides in `X-Amz-Security-Token` and never goes upstream), and for aws-chunked
-/// bodies the framing headers, since the broker forwards the decoded payload.
-fn copy_headers(from: &HeaderMap, to: &mut HeaderMap, aws_chunked: bool) {
+/// Which agent headers travel: the shared rules, plus the agent's signature and certificate
+/// (the certificate rides in `X-Amz-Security-Token` and never goes upstream), which the broker
+/// replaces when it re-signs. AWS reads any `x-amz-` header as a parameter, so no folded
+/// spelling of one may travel; S3 metadata names (`x-amz-meta-`) are the user's own.
+fn header_rules() -> super::headers::HeaderRules {
+    use super::headers::{Exact, HeaderRules};
+    let mut r = HeaderRules::new();
+    for n in [
+        "x-amz-security-token",
+        "x-amz-date",
+        "x-amz-content-sha256",
+        "expect",
+        "user-agent",
+    ] {
+        r = r.name(n, Exact::Strip);
+    }
+    r.user_prefix("x-amz-meta-").prefix("x-amz-", Exact::Keep)
+}
+
+/// The agent's headers as the header rules let them travel, and for aws-chunked bodies minus
+/// the framing headers, since the broker forwards the decoded payload.
+fn copy_headers(
+    from: &HeaderMap,
+    rules: &super::headers::HeaderRules,
+    to: &mut HeaderMap,
+    aws_chunked: bool,
+) -> Result<(), Denial> {
     let mut copied = HeaderMap::new();
-    super::http::copy_end_to_end_headers(from, &mut copied);
+    super::headers::copy(from, rules, &mut copied)?;
     for (name, value) in &copied {
         let n = name.as_str();
-        let drop = matches!(
-            n,
-            "x-amz-security-token"
-                | "x-amz-date"
-                | "x-amz-content-sha256"
-                | "expect"
-                | "user-agent"
-        ) || (aws_chunked
+        let drop = aws_chunked
             && matches!(
                 n,
                 "x-amz-decoded-content-length" | "x-amz-trailer" | "content-encoding"
-            ));
+            );
         if !drop {
             to.append(name.clone(), value.clone());
         }
@@ -691,6 +714,7 @@ fn copy_headers(from: &HeaderMap, to: &mut HeaderMap, aws_chunked: bool) {
             }
         }
     }
+    Ok(())
 }
 
 /// `X-Amz-Security-Token` as a header or a presigned-URL query parameter; exactly one.

@@ -44,6 +44,7 @@ pub struct KubeTarget {
     execution: Impersonation,
     read: Impersonation,
     token_request: Option<TokenMinter>,
+    pub(crate) headers: super::headers::HeaderRules,
     pub client: UpstreamClient,
 }
 
@@ -182,6 +183,10 @@ fn media(content_type: Option<&str>) -> Result<Option<Media>, Denial> {
             format!("{UNSUPPORTED_MEDIA}{why}"),
         )
     };
+    // Every body the broker reads is parsed as UTF-8 JSON: another charset or an unknown
+    // parameter could make the apiserver read other characters than were checked.
+    crate::contract::utf8_only_params(ct)
+        .map_err(|why| refuse(format!("Content-Type {ct:?} {why}")))?;
     Ok(Some(match essence.as_str() {
         "application/json" => Media::Json,
         "application/merge-patch+json" => Media::MergePatch,
@@ -270,6 +275,24 @@ fn is_upgrade(headers: &HeaderMap) -> bool {
     headers.contains_key(http::header::UPGRADE)
 }
 
+/// Which agent headers travel: the shared rules, plus the identity headers. The broker
+/// chooses who a request runs as, so an agent asking to be someone else is refused (reads
+/// too); front-proxy identity headers (X-Remote-User, -Group, -Extra-*) are dropped in case
+/// the apiserver trusts them on some path. Exec, attach and port-forward upgrade.
+fn header_rules() -> super::headers::HeaderRules {
+    use super::headers::{Exact, HeaderRules};
+    HeaderRules::new()
+        .prefix(
+            "impersonate-",
+            Exact::Refuse(
+                Reason::ContractMismatch,
+                "agents may not impersonate; the broker chooses the identity a request runs under",
+            ),
+        )
+        .prefix("x-remote-", Exact::Strip)
+        .allow_upgrade()
+}
+
 impl KubeTarget {
     pub fn new(name: &str, cfg: &KubeTargetConfig) -> anyhow::Result<KubeTarget> {
         let at = format!("targets.{name}.kubernetes");
@@ -281,6 +304,7 @@ impl KubeTarget {
             execution: (&cfg.execution).into(),
             read: (&cfg.read).into(),
             token_request: cfg.token_request.as_ref().map(TokenMinter::new),
+            headers: header_rules(),
             client: UpstreamClient::new(cfg.ca.as_deref())?,
         })
     }
@@ -291,18 +315,7 @@ impl KubeTarget {
     }
 
     pub fn parse(&self, parts: &http::request::Parts, body: &Bytes) -> Result<Parsed, Denial> {
-        // The broker chooses who a request runs as; an agent asking to be someone else is
-        // refused outright, for reads too.
-        if let Some(h) = parts
-            .headers
-            .keys()
-            .find(|k| k.as_str().starts_with("impersonate-"))
-        {
-            return Err(Denial::new(
-                Reason::ContractMismatch,
-                format!("agents may not impersonate ({h}); the broker chooses the identity a request runs under"),
-            ));
-        }
+        // Impersonation headers were refused by the header rules, for reads too.
         let info = Self::classify(parts)?;
         let is_read = info.is_read() && !is_upgrade(&parts.headers);
         if !is_read && !body.is_empty() {
@@ -668,21 +681,10 @@ impl KubeTarget {
         identity: &Identity,
         request_id: &str,
     ) -> Result<Request<Full<Bytes>>, Denial> {
-        let mut req = super::forwarded_request(&self.base, parts)?;
+        // Impersonation is refused and front-proxy identity headers dropped by the header
+        // rules (see header_rules).
+        let mut req = super::forwarded_request(&self.base, parts, &self.headers)?;
         let headers = req.headers_mut().expect("builder is valid");
-        // Impersonation is refused in parse(); front-proxy identity headers (X-Remote-User,
-        // -Group, -Extra-*) are dropped too, in case the apiserver trusts them on some path.
-        let agent_impersonation: Vec<HeaderName> = headers
-            .keys()
-            .filter(|k| {
-                let k = k.as_str();
-                k.starts_with("impersonate-") || k.starts_with("x-remote-")
-            })
-            .cloned()
-            .collect();
-        for k in agent_impersonation {
-            headers.remove(k);
-        }
         if let Some((name, value)) = &identity.header {
             headers.insert(name.clone(), value.clone());
         }

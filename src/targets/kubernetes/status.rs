@@ -12,6 +12,9 @@ pub const UNSUPPORTED_MEDIA: &str = "unsupported media type: ";
 
 /// HTTP status and the `Status.reason` the apiserver uses for it.
 pub fn status_for(denial: &Denial) -> (StatusCode, &'static str) {
+    if denial.status == Some(StatusCode::PAYLOAD_TOO_LARGE) {
+        return (StatusCode::PAYLOAD_TOO_LARGE, "RequestEntityTooLarge");
+    }
     match denial.reason {
         Reason::CertMissing | Reason::Unauthenticated => (StatusCode::UNAUTHORIZED, "Unauthorized"),
         Reason::RequestMalformed if denial.message.starts_with(UNSUPPORTED_MEDIA) => {

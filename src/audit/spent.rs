@@ -1,0 +1,278 @@
+//! Uses already spent, read back from the log at start.
+//!
+//! Every admitted mutation has a durable decision record before anything reaches the upstream,
+//! and that record names the certificate (`cert_id`), its issuer key and expiry and which use it
+//! took (`request.use`). So the log is the record of every use that may have had an effect: a
+//! broker that counts them again before it listens never re-admits a spent use, whatever
+//! happened to its memory. A use that provably never left (the upstream refused the connection)
+//! is given back, and its outcome record says so (`outcome: "returned"`), so it is not counted.
+//!
+//! Only records that can concern a certificate still usable are read: a certificate admitted
+//! now has `exp - iat <= max_ttl` and `exp > now - skew`, and each of its earlier uses happened
+//! after `iat - skew`, so after `now - max_ttl - 2 * skew`. Files are read newest first, and
+//! reading stops after the first file that begins before that horizon.
+
+use super::recover::rotated_files;
+use anyhow::Context;
+use serde::Deserialize;
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// One certificate's spent uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Spent {
+    /// Issuer key id; None in records written before it was recorded (use `iss` then).
+    pub kid: Option<String>,
+    pub iss: Option<String>,
+    pub jti: String,
+    pub used: u32,
+    /// The certificate's `exp`; None in records written before it was recorded.
+    pub exp: Option<i64>,
+    /// When the last of those uses was recorded (seconds since the epoch).
+    pub last_ts: i64,
+}
+
+#[derive(Debug, Default)]
+pub struct SpentScan {
+    pub certificates: Vec<Spent>,
+    pub files: Vec<PathBuf>,
+    pub lines: u64,
+    /// When the latest recovery record whose lost records' uses are unknown was written
+    /// (seconds since the epoch): no certificate issued before it can be proven unspent.
+    pub uses_unknown_before: Option<i64>,
+}
+
+#[derive(Deserialize)]
+struct Line<'a> {
+    #[serde(borrow)]
+    ts: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    cert_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    iss: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    decision: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    outcome: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    request: Option<Request<'a>>,
+    recovery: Option<Recovery>,
+}
+
+#[derive(Deserialize)]
+struct Recovery {
+    lost_seq: Option<[u64; 2]>,
+    #[serde(default)]
+    uses_known: bool,
+    #[serde(default)]
+    spent: Vec<SpentRef>,
+}
+
+#[derive(Deserialize)]
+struct SpentRef {
+    cert_id: String,
+    iss: Option<String>,
+    kid: Option<String>,
+    exp: Option<i64>,
+}
+
+#[derive(Deserialize)]
+struct Request<'a> {
+    #[serde(rename = "use", borrow)]
+    uses: Option<Use<'a>>,
+}
+
+#[derive(Deserialize)]
+struct Use<'a> {
+    #[serde(borrow)]
+    kid: Option<Cow<'a, str>>,
+    exp: Option<i64>,
+}
+
+fn ts_secs(ts: &str) -> Option<i64> {
+    humantime::parse_rfc3339(ts).ok().and_then(|t| {
+        t.duration_since(std::time::UNIX_EPOCH)
+            .ok()
+            .map(|d| d.as_secs() as i64)
+    })
+}
+
+/// Reads the log at `path` (active file, then `path.N` newest first) back to `horizon`
+/// (seconds since the epoch) and counts the uses of every certificate.
+pub fn spent_uses(path: &Path, horizon: i64) -> anyhow::Result<SpentScan> {
+    let mut files = vec![path.to_path_buf()];
+    let mut rotated =
+        rotated_files(path).with_context(|| format!("listing {}.N", path.display()))?;
+    rotated.reverse();
+    files.extend(rotated.into_iter().map(|(_, p)| p));
+
+    type Key = (Option<String>, Option<String>, String);
+    let mut counts: HashMap<Key, (i64, Option<i64>, i64)> = HashMap::new();
+    let mut scan = SpentScan::default();
+    for file in files {
+        let data = match std::fs::read(&file) {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!(
+                        "reading {} to rebuild certificate use counts",
+                        file.display()
+                    )
+                })
+            }
+        };
+        let mut first_ts = None;
+        for (n, raw) in data.split(|&b| b == b'\n').enumerate() {
+            if raw.is_empty() {
+                continue;
+            }
+            scan.lines += 1;
+            // Recovery has already moved a torn tail aside, so a line that does not parse is
+            // damage: a use we cannot count could be admitted twice, so the broker does not
+            // start.
+            let line: Line = serde_json::from_slice(raw).map_err(|e| {
+                anyhow::anyhow!(
+                    "{}: line {} cannot be read to rebuild certificate use counts ({e}); \
+                     move the damaged file aside only once its certificates have expired",
+                    file.display(),
+                    n + 1
+                )
+            })?;
+            let ts = line.ts.as_deref().and_then(ts_secs);
+            if first_ts.is_none() {
+                first_ts = ts;
+            }
+            if let Some(r) = line.recovery {
+                if r.lost_seq.is_some() && !r.uses_known {
+                    // Without its ts nothing after the horizon can be proven unspent.
+                    let at = ts.unwrap_or(i64::MAX);
+                    scan.uses_unknown_before = scan.uses_unknown_before.max(Some(at));
+                }
+                for s in r.spent {
+                    let e = counts
+                        .entry((s.kid, s.iss, s.cert_id))
+                        .or_insert((0, s.exp, 0));
+                    e.0 += 1;
+                    e.2 = e.2.max(ts.unwrap_or(0));
+                }
+                continue;
+            }
+            let delta = match (line.kind.as_deref(), line.decision.as_deref()) {
+                (Some("decision"), Some("allow")) => 1,
+                (Some("outcome"), _) if line.outcome.as_deref() == Some("returned") => -1,
+                _ => continue,
+            };
+            let (Some(jti), Some(uses)) = (line.cert_id, line.request.and_then(|r| r.uses)) else {
+                // Reads authenticated by a certificate spend no use and record none.
+                continue;
+            };
+            let key = (
+                uses.kid.map(Cow::into_owned),
+                line.iss.map(Cow::into_owned),
+                jti.into_owned(),
+            );
+            let e = counts.entry(key).or_insert((0, uses.exp, 0));
+            e.0 += delta;
+            e.2 = e.2.max(ts.unwrap_or(0));
+        }
+        scan.files.push(file);
+        if first_ts.is_some_and(|t| t < horizon) {
+            break;
+        }
+    }
+    scan.certificates = counts
+        .into_iter()
+        .filter(|(_, (n, _, _))| *n > 0)
+        .map(|((kid, iss, jti), (n, exp, last_ts))| Spent {
+            kid,
+            iss,
+            jti,
+            used: u32::try_from(n).unwrap_or(u32::MAX),
+            exp,
+            last_ts,
+        })
+        .collect();
+    Ok(scan)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(seq: u64, ts: &str, kind: &str, jti: &str, extra: &str) -> String {
+        format!(
+            r#"{{"seq":{seq},"ts":"{ts}","broker":"b","kind":"{kind}","cert_id":"{jti}","iss":"signer","request":{{"method":"POST","use":{{"n":1,"max":3,"kid":"k1","exp":2000000000}}}},{extra}"prev":"00","sig":"x"}}"#
+        )
+    }
+
+    #[test]
+    fn counts_decisions_less_returned_uses_newest_files_first_to_the_horizon() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("audit.jsonl");
+        let old = "2026-01-01T00:00:00.000Z";
+        let new = "2026-06-01T00:00:00.000Z";
+        // Oldest file: before the horizon, and a later file also begins before it, so it is
+        // never read (its unreadable line proves that).
+        std::fs::write(dir.path().join("audit.jsonl.1"), "not json\n").unwrap();
+        std::fs::write(
+            dir.path().join("audit.jsonl.2"),
+            [
+                line(1, old, "decision", "a", r#""decision":"allow","#),
+                line(2, new, "decision", "b", r#""decision":"deny","#),
+            ]
+            .join("\n")
+                + "\n",
+        )
+        .unwrap();
+        std::fs::write(
+            &p,
+            [
+                line(3, new, "decision", "a", r#""decision":"allow","#),
+                line(4, new, "decision", "c", r#""decision":"allow","#),
+                line(
+                    5,
+                    new,
+                    "outcome",
+                    "c",
+                    r#""decision":"allow","outcome":"returned","#,
+                ),
+                line(
+                    6,
+                    new,
+                    "outcome",
+                    "a",
+                    r#""decision":"allow","outcome":"completed","#,
+                ),
+            ]
+            .join("\n")
+                + "\n",
+        )
+        .unwrap();
+        let horizon = ts_secs("2026-03-01T00:00:00Z").unwrap();
+        let scan = spent_uses(&p, horizon).unwrap();
+        assert_eq!(scan.files.len(), 2);
+        assert_eq!(scan.lines, 6);
+        assert_eq!(scan.certificates.len(), 1, "{:?}", scan.certificates);
+        let a = &scan.certificates[0];
+        assert_eq!(a.jti, "a");
+        assert_eq!(
+            a.used, 2,
+            "a denial spends nothing, a returned use is not counted"
+        );
+        assert_eq!(a.kid.as_deref(), Some("k1"));
+        assert_eq!(a.exp, Some(2_000_000_000));
+    }
+
+    #[test]
+    fn a_damaged_line_stops_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("audit.jsonl");
+        std::fs::write(&p, "{\"seq\":1,\"ts\":\n").unwrap();
+        let e = spent_uses(&p, 0).unwrap_err().to_string();
+        assert!(e.contains("line 1"), "{e}");
+    }
+}
