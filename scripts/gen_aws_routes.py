@@ -46,6 +46,8 @@ RESOURCE_MEMBERS = [
     "AutoScalingGroupName", "FunctionName", "TableName", "QueueUrl", "TopicArn", "StackName",
     "SecretId", "KeyId", "RoleName", "UserName", "RoleArn", "Name", "InstanceId", "VolumeId",
     "GroupId",
+    # EKS names its cluster `name` in the path (`/clusters/{name}`).
+    "name",
 ]
 
 # Reads whose answer is a secret or a credential, whether or not botocore's model marks it

@@ -273,6 +273,10 @@ mod tests {
             op("sqs", "SendMessage").resource.as_deref(),
             Some("QueueUrl")
         );
+        assert_eq!(
+            op("eks", "UpdateClusterConfig").resource.as_deref(),
+            Some("name")
+        );
         // Operations that take no resource member have none, whatever else they take.
         assert_eq!(op("ec2", "RunInstances").resource, None);
     }
