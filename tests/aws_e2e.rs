@@ -42,7 +42,7 @@ kind = "aws"
 listen = "127.0.0.1:{listen}"
 [targets.aws]
 endpoint = "{endpoint}"
-services = ["s3", "ec2", "autoscaling", "ecs", "dynamodb", "sqs", "lambda", "sts", "secretsmanager"]
+services = ["s3", "ec2", "autoscaling", "ecs", "dynamodb", "sqs", "lambda", "sts", "secretsmanager", "ssm"]
 regions = ["{REGION}"]
 reads = true
 {identity}
@@ -1137,6 +1137,391 @@ fn latency_side_by_side_with_direct_calls() {
         String::from_utf8_lossy(&out.stderr)
     );
     println!("aws latency: {}", String::from_utf8_lossy(&out.stdout));
+}
+
+// === issue 14: what seb checks is what the upstream executes ===
+
+/// A request exactly as written, with the placeholder credential scope the SDKs send.
+/// `[service, method, path]`.
+async fn raw(
+    c: &reqwest::Client,
+    broker: &Broker,
+    cert: Option<&str>,
+    [service, method, path]: [&str; 3],
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String) {
+    let mut r = c
+        .request(method.parse().unwrap(), broker.url(path))
+        .header(
+            "authorization",
+            format!("AWS4-HMAC-SHA256 Credential=SEBAGENTPLACEHOLDER/20240101/{REGION}/{service}/aws4_request, SignedHeaders=host, Signature=00"),
+        )
+        .body(body.to_vec());
+    for (k, v) in headers {
+        r = r.header(*k, *v);
+    }
+    if let Some(cert) = cert {
+        r = r.header("x-amz-security-token", cert);
+    }
+    let resp = r.send().await.unwrap();
+    (resp.status().as_u16(), resp.text().await.unwrap())
+}
+
+const FORM: (&str, &str) = ("content-type", "application/x-www-form-urlencoded");
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_content_types_and_copy_sources_are_read_as_aws_reads_them() {
+    let env = Env::new();
+    let moto = Moto::start(&env);
+    let broker = start_broker(&env, &moto, Mode::Sts, "");
+    let ids: Vec<String> = moto.setup["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    let c = client(&env, false);
+    let allow = |constraints: Value| json!({"constraints": constraints, "others": "allow"});
+
+    // A member TerminateInstances does not take (VolumeId) once posed as the certified
+    // instance while InstanceId.1 named another one.
+    let cert = aws_cert(
+        &env,
+        req("ec2", "TerminateInstances", Some(&ids[0])),
+        allow(json!({"/InstanceId.1": {"prefix": "i-"}})),
+    );
+    let (status, text) = raw(
+        &c,
+        &broker,
+        Some(&cert),
+        ["ec2", "POST", "/"],
+        &[FORM],
+        format!(
+            "Action=TerminateInstances&Version=2016-11-15&InstanceId.1={}&VolumeId={}",
+            ids[1], ids[0]
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 400, "{text}");
+    assert!(
+        text.contains(
+            "seb: request_malformed: parameter &quot;VolumeId&quot; is not in TerminateInstances"
+        ),
+        "{text}"
+    );
+
+    // The same through the json and rest-json protocols: a member of another operation
+    // (FunctionName on PutItem, AutoScalingGroupName on a Lambda update).
+    let cert = aws_cert(
+        &env,
+        req("dynamodb", "PutItem", Some("orders")),
+        allow(json!({"/Item": {"present": true}})),
+    );
+    let (status, text) = raw(
+        &c,
+        &broker,
+        Some(&cert),
+        ["dynamodb", "POST", "/"],
+        &[
+            ("x-amz-target", "DynamoDB_20120810.PutItem"),
+            ("content-type", "application/x-amz-json-1.0"),
+        ],
+        br#"{"TableName":"audit","FunctionName":"orders","Item":{"id":{"S":"evil"}}}"#,
+    )
+    .await;
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("FunctionName"), "{text}");
+    let cert = aws_cert(
+        &env,
+        req("lambda", "UpdateFunctionConfiguration", Some("resize")),
+        allow(json!({"/MemorySize": {"max": 1024}})),
+    );
+    let (status, text) = raw(
+        &c,
+        &broker,
+        Some(&cert),
+        [
+            "lambda",
+            "PUT",
+            "/2015-03-31/functions/billing/configuration",
+        ],
+        &[("content-type", "application/json")],
+        br#"{"AutoScalingGroupName":"resize","MemorySize":512}"#,
+    )
+    .await;
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("AutoScalingGroupName"), "{text}");
+
+    // A json-protocol call in a form (or with no Content-Type, or the other json version):
+    // refused, whatever the certificate admits.
+    let cert = || {
+        aws_cert(
+            &env,
+            req("dynamodb", "PutItem", Some("orders")),
+            allow(json!({"/TableName": {"eq": "orders"}})),
+        )
+    };
+    for ct in [
+        Some("application/x-www-form-urlencoded"),
+        Some("application/x-amz-json-1.1"),
+        Some("application/x-amz-json-1.0; charset=utf-7"),
+        None,
+    ] {
+        let mut h = vec![("x-amz-target", "DynamoDB_20120810.PutItem")];
+        if let Some(ct) = ct {
+            h.push(("content-type", ct));
+        }
+        let (status, text) = raw(
+            &c,
+            &broker,
+            Some(&cert()),
+            ["dynamodb", "POST", "/"],
+            &h,
+            br#"{"TableName":"orders","Item":{"id":{"S":"ct"}}}"#,
+        )
+        .await;
+        assert_eq!(status, 400, "{ct:?}: {text}");
+        assert!(text.contains("seb: request_malformed"), "{ct:?}: {text}");
+        assert!(text.contains("Content-Type"), "{ct:?}: {text}");
+    }
+    // A query-protocol form in another charset.
+    let cert = aws_cert(
+        &env,
+        req("autoscaling", "SetDesiredCapacity", Some("web")),
+        allow(json!({"/AutoScalingGroupName": {"eq": "web"}})),
+    );
+    let (status, text) = raw(
+        &c,
+        &broker,
+        Some(&cert),
+        ["autoscaling", "POST", "/"],
+        &[(
+            "content-type",
+            "application/x-www-form-urlencoded; charset=iso-8859-1",
+        )],
+        b"Action=SetDesiredCapacity&Version=2011-01-01&AutoScalingGroupName=web&DesiredCapacity=7",
+    )
+    .await;
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("Content-Type"), "{text}");
+
+    // A certified copy: its source is pinned, and the session may read exactly that object.
+    let copy = |source: Value| {
+        aws_cert(
+            &env,
+            req(
+                "s3",
+                "CopyObject",
+                Some("arn:aws:s3:::prod-artifacts/copy.txt"),
+            ),
+            rule(
+                json!({"/Bucket": {"eq": "prod-artifacts"}, "/Key": {"eq": "copy.txt"},
+                        "/CopySource": source}),
+            ),
+        )
+    };
+    let cli_copy = |cert: &str, source: &str| {
+        aws(
+            &env,
+            &broker,
+            Some(cert),
+            &[
+                "s3api",
+                "copy-object",
+                "--bucket",
+                "prod-artifacts",
+                "--key",
+                "copy.txt",
+                "--copy-source",
+                source,
+            ],
+        )
+    };
+    let out = cli_copy(
+        &copy(json!({"prefix": "prod-artifacts/"})),
+        "prod-artifacts/keep.txt",
+    );
+    assert_refused(&out, "contract_mismatch", "copy without a pinned source");
+    assert!(out.stderr.contains("/CopySource"), "{}", out.stderr);
+    let out = cli_copy(
+        &copy(json!({"eq": "prod-artifacts/keep.txt"})),
+        "prod-artifacts/old.txt",
+    );
+    assert_refused(&out, "contract_mismatch", "copy from another source");
+    assert!(moto.state()["s3"].get("copy.txt").is_none());
+    let out = cli_copy(
+        &copy(json!({"eq": "prod-artifacts/keep.txt"})),
+        "prod-artifacts/keep.txt",
+    );
+    assert!(out.ok, "certified copy: {}", out.stderr);
+    assert_eq!(moto.state()["s3"]["copy.txt"], 4);
+    // moto does not enforce session policies: the minted one is checked as a document.
+    let records = audit_records(&env);
+    let done = records
+        .iter()
+        .find(|r| r["kind"] == "outcome" && r["request"]["operation"] == "CopyObject")
+        .expect("an outcome for the copy");
+    assert_eq!(
+        done["identity"]["session_policy"]["Statement"],
+        json!([
+            {"Sid": "SebCertifiedCall", "Effect": "Allow", "Action": ["s3:PutObject"],
+             "Resource": "arn:aws:s3:::prod-artifacts/copy.txt"},
+            {"Sid": "SebCopySource", "Effect": "Allow", "Action": ["s3:GetObject"],
+             "Resource": "arn:aws:s3:::prod-artifacts/keep.txt"}
+        ])
+    );
+
+    let state = moto.state();
+    assert_eq!(state["ec2"][&ids[0]], "running");
+    assert_eq!(state["ec2"][&ids[1]], "running");
+    assert_eq!(state["dynamodb"]["audit"], json!([]));
+    assert_eq!(state["dynamodb"]["orders"], json!([]));
+    assert_eq!(state["lambda"]["billing"], 128);
+    assert_eq!(state["asg"]["web"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_are_an_allow_list_and_an_agents_signature_covers_its_body() {
+    let env = Env::new();
+    let moto = Moto::start(&env);
+    let broker = start_broker(
+        &env,
+        &moto,
+        Mode::Static,
+        "s3_get_object_needs_certificate = true\nagent_keys = [{ access_key_id = \"SEBAGENTONCALL\", secret_access_key = { value_env = \"SEB_TEST_AGENT_SECRET\" } }]",
+    );
+    let mtls = client(&env, true);
+
+    // Named like reads, returning credentials or secrets: a certificate is needed.
+    let (status, text) = raw(
+        &mtls,
+        &broker,
+        None,
+        ["sts", "POST", "/"],
+        &[FORM],
+        b"Action=GetWebIdentityToken&Version=2011-06-15",
+    )
+    .await;
+    assert_eq!(status, 403, "{text}");
+    assert!(text.contains("seb: cert_missing"), "{text}");
+    let r = boto3(
+        &env,
+        &broker,
+        None,
+        "client('lambda').get_function_configuration(FunctionName='resize')",
+    );
+    // rest-json's dialect spells it AccessDeniedException.
+    assert_eq!(r["code"], "AccessDeniedException", "{r}");
+    assert!(
+        r["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("seb: cert_missing"),
+        "{r}"
+    );
+    // WithDecryption in a spelling AWS's JSON reader does not take as false: a secret read.
+    for body in [
+        &br#"{"Name":"db-password","WithDecryption":true}"#[..],
+        br#"{"Name":"db-password","WithDecryption":"false"}"#,
+    ] {
+        let (status, text) = raw(
+            &mtls,
+            &broker,
+            None,
+            ["ssm", "POST", "/"],
+            &[
+                ("x-amz-target", "AmazonSSM.GetParameter"),
+                ("content-type", "application/x-amz-json-1.1"),
+            ],
+            body,
+        )
+        .await;
+        assert_eq!(status, 403, "{text}");
+        assert!(text.contains("seb: cert_missing"), "{text}");
+    }
+    // A read on the allow-list still passes.
+    let r = boto3(
+        &env,
+        &broker,
+        None,
+        "len(client('ec2').describe_instances()['Reservations'])",
+    );
+    assert_eq!(r["ok"], true, "{r}");
+
+    // An encoded separator in the bucket label: as a "list bucket" read it would have been
+    // read by S3 as a GetObject, which this broker requires a certificate for.
+    let (status, text) = raw(
+        &mtls,
+        &broker,
+        None,
+        ["s3", "GET", "/prod-artifacts%2Fkeep.txt"],
+        &[],
+        b"",
+    )
+    .await;
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("seb: request_malformed"), "{text}");
+    assert!(text.contains("percent-encoded"), "{text}");
+
+    // A read signed with an agent key, captured and replayed with another body: the declared
+    // x-amz-content-sha256 is the captured body's, so the signature no longer authenticates.
+    // HTTP/1.1, so the Host header the signature covers is a header on both ends.
+    let plain = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(&std::fs::read(env.path("tls/ca.pem")).unwrap())
+                .unwrap(),
+        )
+        .http1_only()
+        .build()
+        .unwrap();
+    let captured = b"Action=DescribeInstances&Version=2016-11-15";
+    let host = format!("localhost:{}", broker.listen);
+    let signed = |body: &[u8]| {
+        let mut r = http::Request::post(broker.url("/"))
+            .header("host", host.as_str())
+            .header("content-type", FORM.1)
+            .header(
+                "x-amz-content-sha256",
+                seb::proxy::pipeline::hex(&<sha2::Sha256 as sha2::Digest>::digest(captured)),
+            )
+            .body(())
+            .unwrap();
+        seb::targets::aws::sigv4::sign_request(
+            &mut r,
+            &seb::targets::aws::sigv4::Credentials {
+                access_key_id: "SEBAGENTONCALL".into(),
+                secret_access_key: AGENT_SECRET.into(),
+                session_token: None,
+            },
+            "ec2",
+            REGION,
+            seb::targets::aws::sigv4::Payload::Bytes(captured),
+            std::time::SystemTime::now(),
+        )
+        .unwrap();
+        let mut req = plain.post(broker.url("/")).body(body.to_vec());
+        for (k, v) in r.headers() {
+            if k != "host" {
+                req = req.header(k.as_str(), v.as_bytes());
+            }
+        }
+        req
+    };
+    let resp = signed(captured).send().await.unwrap();
+    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+    let replayed = format!(
+        "Action=DescribeInstances&Version=2016-11-15&InstanceId.1={}",
+        moto.setup["instances"][0].as_str().unwrap()
+    );
+    let resp = signed(replayed.as_bytes()).send().await.unwrap();
+    assert_eq!(resp.status(), 403);
+    let text = resp.text().await.unwrap();
+    assert!(text.contains("seb: unauthenticated"), "{text}");
+    assert!(text.contains("x-amz-content-sha256"), "{text}");
 }
 
 /// Issue 14, all targets, through boto3: a `Connection` token naming a header seb checked

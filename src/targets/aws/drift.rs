@@ -42,7 +42,9 @@ pub fn parse(pre: &Value, contract: &AwsContract) -> Result<Precondition, Denial
             service.protocol.as_str()
         )));
     }
-    if !service.operations.contains_key(&p.operation) || !model::is_read_name(&p.operation) {
+    // A precondition runs under the read identity, and its answer is an oracle for the
+    // agent: only the reads that pass without a certificate may be one.
+    if !model::is_read(service, &p.operation) {
         return Err(malformed(format!(
             "precondition operation {:?} is not a known {} read",
             p.operation, contract.service

@@ -190,8 +190,7 @@ impl AwsTarget {
     pub fn parse(&self, parts: &http::request::Parts, body: &Bytes) -> Result<Parsed, Denial> {
         let call = self.call(parts, body)?;
         let is_read = self.reads
-            && call.known
-            && model::is_read_name(&call.operation)
+            && call.route.read
             && !policy::is_sensitive_read(
                 &call,
                 self.s3_get_object_needs_certificate,
@@ -302,6 +301,11 @@ impl AwsTarget {
                 }
             }
             Some(BodyRule::Constraints(rule)) => {
+                if policy::is_s3_copy(&c.service, &c.operation) {
+                    // The session policy grants the read of exactly this source, so the
+                    // request must name it exactly (the constraint below) and it must parse.
+                    policy::certified_copy_source(cert.claims.seb.body.as_ref())?;
+                }
                 if (call.opaque_body && !body.bytes.is_empty()) || self.streams_upload(parts) {
                     return Err(mismatch(format!(
                         "the body of {} is not parameters the broker reads; the certificate must bind it by sha256",
@@ -744,7 +748,7 @@ pub fn certificate(parts: &http::request::Parts) -> Result<Option<String>, Denia
     }
 }
 
-pub const CERT_HINT: &str = "this AWS call changes state and carries no certificate; set AWS_SESSION_TOKEN to the certificate";
+pub const CERT_HINT: &str = "this AWS call is not on the list of reads that pass without a certificate (it changes state or returns a secret) and carries none; set AWS_SESSION_TOKEN to the certificate";
 
 #[cfg(test)]
 mod tests;

@@ -44,10 +44,30 @@ pub struct Service {
     pub operations: BTreeMap<String, Route>,
 }
 
-/// A rest operation's binding; empty for query and json services, whose operation is named in
-/// the request itself.
+/// An operation: for the rest protocols its binding (for query and json services the operation
+/// is named in the request itself), and for every protocol what the generator read from
+/// botocore's input shape and from IAM's access levels.
 #[derive(Debug, Default, Deserialize)]
 pub struct Route {
+    /// Top-level input members by their wire names (query, ec2 and json protocols); a
+    /// parameter outside them is refused, since the upstream would ignore it or read it as
+    /// something seb did not check.
+    #[serde(default)]
+    pub members: Vec<String>,
+    /// The input member that names the operation's resource (wire name for query, ec2 and
+    /// json; member name for the rest protocols).
+    #[serde(default)]
+    pub resource: Option<String>,
+    /// The resource member is an ec2 list (`InstanceId.1`): a resource only when it has one
+    /// element.
+    #[serde(default)]
+    pub resource_list: bool,
+    /// A read that may pass without a certificate (see `scripts/gen_aws_routes.py`).
+    #[serde(default)]
+    pub read: bool,
+    /// A read that returns secrets when this boolean member is true (ssm `WithDecryption`).
+    #[serde(default)]
+    pub secret_if: Option<String>,
     #[serde(default)]
     pub method: String,
     #[serde(default)]
@@ -94,14 +114,10 @@ pub fn service(signing_name: &str) -> Option<&'static Service> {
     services().get(signing_name)
 }
 
-/// Operations that only read, by the naming convention every AWS API follows. Anything else,
-/// including operations the table does not know, is a mutation.
-pub fn is_read_name(operation: &str) -> bool {
-    ["Describe", "List", "Get", "Head"].iter().any(|p| {
-        operation.strip_prefix(p).is_some_and(|rest| {
-            rest.is_empty() || rest.starts_with(|c: char| c.is_ascii_uppercase())
-        })
-    })
+/// Whether `service:operation` is on the generated allow-list of reads. Anything else,
+/// including operations the table does not know, needs a certificate.
+pub fn is_read(service: &Service, operation: &str) -> bool {
+    service.operations.get(operation).is_some_and(|r| r.read)
 }
 
 /// A parsed URI template segment.
@@ -178,26 +194,91 @@ mod tests {
     }
 
     #[test]
-    fn reads_are_named_reads_and_nothing_else() {
-        for r in [
-            "DescribeInstances",
-            "ListObjectsV2",
-            "GetObject",
-            "HeadObject",
-            "Describe",
+    fn reads_are_the_generated_allow_list_and_secrets_are_not_on_it() {
+        for (svc, op) in [
+            ("ec2", "DescribeInstances"),
+            ("s3", "ListObjectsV2"),
+            ("s3", "GetObject"),
+            ("s3", "HeadObject"),
+            ("ecs", "DescribeServices"),
+            ("autoscaling", "DescribeAutoScalingGroups"),
+            ("ssm", "GetParameter"),
+            ("sts", "GetCallerIdentity"),
         ] {
-            assert!(is_read_name(r), "{r}");
+            assert!(is_read(service(svc).unwrap(), op), "{svc}:{op}");
         }
-        for m in [
-            "TerminateInstances",
-            "Getaway",
-            "Listen",
-            "Headless",
-            "PutObject",
-            "",
+        for (svc, op) in [
+            ("ec2", "TerminateInstances"),
+            ("ec2", "GetPasswordData"),
+            ("sts", "GetWebIdentityToken"),
+            ("sts", "GetSessionToken"),
+            ("sts", "GetFederationToken"),
+            ("sts", "AssumeRole"),
+            ("ssm", "GetAccessToken"),
+            ("secretsmanager", "GetSecretValue"),
+            ("secretsmanager", "BatchGetSecretValue"),
+            ("secretsmanager", "GetRandomPassword"),
+            ("kms", "Decrypt"),
+            ("kms", "GenerateDataKey"),
+            ("kms", "GetParametersForImport"),
+            ("lambda", "GetFunctionConfiguration"),
+            ("ecs", "DescribeTaskDefinition"),
+            ("dynamodb", "Query"),
+            ("sqs", "ReceiveMessage"),
+            ("s3", "PutObject"),
+            ("s3", "NoSuchOperation"),
         ] {
-            assert!(!is_read_name(m), "{m}");
+            assert!(!is_read(service(svc).unwrap(), op), "{svc}:{op}");
         }
+        let ssm = service("ssm").unwrap();
+        for op in [
+            "GetParameter",
+            "GetParameters",
+            "GetParametersByPath",
+            "GetParameterHistory",
+        ] {
+            assert_eq!(
+                ssm.operations[op].secret_if.as_deref(),
+                Some("WithDecryption"),
+                "{op}"
+            );
+        }
+    }
+
+    #[test]
+    fn resources_come_from_the_operations_own_input_shape() {
+        let op = |svc: &str, op: &str| &service(svc).unwrap().operations[op];
+        let t = op("ec2", "TerminateInstances");
+        assert_eq!(
+            (t.resource.as_deref(), t.resource_list),
+            (Some("InstanceId"), true)
+        );
+        assert!(t.members.iter().any(|m| m == "InstanceId"));
+        assert!(!t.members.iter().any(|m| m == "VolumeId"));
+        assert_eq!(
+            op("ec2", "DeleteSnapshot").resource.as_deref(),
+            Some("SnapshotId")
+        );
+        assert_eq!(
+            op("dynamodb", "PutItem").resource.as_deref(),
+            Some("TableName")
+        );
+        assert_eq!(
+            op("lambda", "UpdateFunctionConfiguration")
+                .resource
+                .as_deref(),
+            Some("FunctionName")
+        );
+        assert_eq!(
+            op("sqs", "SendMessage").resource.as_deref(),
+            Some("QueueUrl")
+        );
+        assert_eq!(
+            op("eks", "UpdateClusterConfig").resource.as_deref(),
+            Some("name")
+        );
+        // Operations that take no resource member have none, whatever else they take.
+        assert_eq!(op("ec2", "RunInstances").resource, None);
     }
 
     #[test]

@@ -9,44 +9,38 @@ use serde_json::{json, Value};
 /// STS refuses inline session policies over 2,048 characters (plain text).
 pub const SESSION_POLICY_LIMIT: usize = 2048;
 
-/// Reads whose answer is itself a secret or a credential: they always need a certificate.
+/// Whether a read on the generated allow-list still needs a certificate: its `secret_if` flag
+/// may be set (ssm `WithDecryption`), S3 `GetObject` when configured so, or the deployment
+/// lists it in `sensitive_reads`. Operations that always return secrets are not on the
+/// allow-list at all (`scripts/gen_aws_routes.py`).
 pub fn is_sensitive_read(call: &Call, s3_get_object: bool, extra: &[String]) -> bool {
     let op = call.operation.as_str();
-    let decrypting = || {
-        call.params
-            .get("WithDecryption")
-            .is_some_and(|v| v == &Value::Bool(true) || v == "true")
-    };
-    let builtin = match call.scope.service.as_str() {
-        "secretsmanager" => matches!(op, "GetSecretValue" | "BatchGetSecretValue"),
-        "ssm" => {
-            matches!(
-                op,
-                "GetParameter" | "GetParameters" | "GetParametersByPath" | "GetParameterHistory"
-            ) && decrypting()
-        }
-        "kms" => matches!(
-            op,
-            "Decrypt"
-                | "GenerateDataKey"
-                | "GenerateDataKeyWithoutPlaintext"
-                | "GenerateDataKeyPair"
-        ),
-        "sts" => matches!(
-            op,
-            "GetSessionToken"
-                | "GetFederationToken"
-                | "AssumeRole"
-                | "AssumeRoleWithSAML"
-                | "AssumeRoleWithWebIdentity"
-        ),
-        "s3" => s3_get_object && op == "GetObject",
-        _ => false,
-    };
-    builtin
+    let flagged = call
+        .route
+        .secret_if
+        .as_deref()
+        .is_some_and(|flag| flag_may_be_set(call, flag));
+    flagged
+        || (s3_get_object && call.scope.service == "s3" && op == "GetObject")
         || extra
             .iter()
             .any(|e| e.split_once(':') == Some((call.scope.service.as_str(), op)))
+}
+
+/// Reads a boolean member the way the protocol spells it, failing closed: only an absent
+/// member or the protocol's own spelling of false (`false` in JSON; the string `false` in
+/// query, ec2 and rest parameters) is false. A spelling AWS might read as true, or refuse,
+/// counts as set.
+fn flag_may_be_set(call: &Call, flag: &str) -> bool {
+    use super::model::Protocol;
+    match (call.params.get(flag), call.service.protocol) {
+        (None, _) => false,
+        (Some(Value::Bool(false)), Protocol::Json | Protocol::RestJson) => false,
+        (Some(Value::String(s)), Protocol::Query | Protocol::Ec2 | Protocol::RestXml) => {
+            s != "false"
+        }
+        _ => true,
+    }
 }
 
 /// IAM actions a certified call needs. Most are `service:Operation`; S3 names some actions
@@ -89,9 +83,113 @@ pub fn iam_actions(service: &str, operation: &str, names: &dyn Fn(&str) -> bool)
     out
 }
 
+/// An IAM resource names characters literally only through policy variables: a `*` or `?` in
+/// a key would otherwise be a wildcard and widen the grant to other objects.
+pub fn iam_literal(arn: &str) -> String {
+    let mut out = String::with_capacity(arn.len());
+    for c in arn.chars() {
+        match c {
+            '*' => out.push_str("${*}"),
+            '?' => out.push_str("${?}"),
+            '$' => out.push_str("${$}"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// An S3 copy's source as S3 reads `x-amz-copy-source`: `[/]bucket/key[?versionId=V]`, the key
+/// URL-encoded. Access-point and Outposts ARNs are refused: the broker does not model them.
+#[derive(Debug, PartialEq, Eq)]
+pub struct CopySource {
+    pub bucket: String,
+    pub key: String,
+    pub version_id: Option<String>,
+}
+
+impl CopySource {
+    pub fn parse(v: &str) -> Result<CopySource, String> {
+        let v = v.strip_prefix('/').unwrap_or(v);
+        if v.starts_with("arn:") {
+            return Err(format!(
+                "copy source {v:?} is an ARN (access point or Outposts), which the broker does not model"
+            ));
+        }
+        let (path, version_id) = match v.split_once('?') {
+            None => (v, None),
+            Some((p, q)) => match q.strip_prefix("versionId=") {
+                Some(id) if !id.is_empty() && !id.contains(['&', '=', '?']) => {
+                    (p, Some(id.to_string()))
+                }
+                _ => {
+                    return Err(format!(
+                        "copy source {v:?}: the only query S3 reads there is ?versionId=ID"
+                    ))
+                }
+            },
+        };
+        let (bucket, key) = path
+            .split_once('/')
+            .ok_or_else(|| format!("copy source {v:?} is not bucket/key"))?;
+        if bucket.is_empty()
+            || !bucket
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+        {
+            return Err(format!(
+                "copy source {v:?}: {bucket:?} is not a bucket name"
+            ));
+        }
+        let key = super::protocol::percent_decode(key).map_err(|d| d.message)?;
+        if key.is_empty() {
+            return Err(format!("copy source {v:?} names no key"));
+        }
+        Ok(CopySource {
+            bucket: bucket.to_string(),
+            key,
+            version_id,
+        })
+    }
+
+    /// What the session needs to read it: a versioned read is its own IAM action.
+    fn statement(&self) -> Value {
+        json!({
+            "Sid": "SebCopySource",
+            "Effect": "Allow",
+            "Action": [if self.version_id.is_some() { "s3:GetObjectVersion" } else { "s3:GetObject" }],
+            "Resource": iam_literal(&format!("arn:aws:s3:::{}/{}", self.bucket, self.key)),
+        })
+    }
+}
+
+/// S3 operations that read another object: their session must be allowed to read it.
+pub fn is_s3_copy(service: &str, operation: &str) -> bool {
+    service == "s3" && matches!(operation, "CopyObject" | "UploadPartCopy")
+}
+
+/// The copy source a certificate pins: `/CopySource` constrained by `eq` to a string. A copy
+/// certificate that does not pin it cannot be scoped to a source and is refused.
+pub fn certified_copy_source(body: Option<&BodyRule>) -> Result<CopySource, Denial> {
+    let refuse = |m: String| Denial::new(Reason::ContractMismatch, m);
+    let pinned = match body {
+        Some(BodyRule::Constraints(c)) => c.constraints.get("/CopySource").and_then(|c| {
+            let o = c.as_object()?;
+            (o.len() == 1).then(|| o.get("eq")?.as_str())?
+        }),
+        _ => None,
+    };
+    let Some(src) = pinned else {
+        return Err(refuse(
+            "a certified S3 copy must pin its source: seb.body.constraints[\"/CopySource\"] = {\"eq\": \"bucket/key\"}, so the session can be allowed to read that object and no other".into(),
+        ));
+    };
+    CopySource::parse(src).map_err(|m| refuse(format!("certificate's /CopySource: {m}")))
+}
+
 /// The policy attached to the AssumeRole call for one certificate, generated from its contract:
 /// only the certified IAM action(s), on the certified resource when it is an ARN (S3 contracts
-/// always name `arn:aws:s3:::bucket/key`), never more. The role's own policy still bounds it.
+/// always name `arn:aws:s3:::bucket/key`), never more; for an S3 copy, also the read of the
+/// source the certificate pins. The role's own policy still bounds it.
 pub fn session_policy(
     service: &str,
     operation: &str,
@@ -109,17 +207,26 @@ pub fn session_policy(
         _ => false,
     };
     let resource = match resource {
-        Some(r) if r.starts_with("arn:") => r,
-        _ => "*",
+        // DeleteObjects names its bucket, but s3:DeleteObject is granted on objects: the keys
+        // are the XML body's, fixed by the certificate's sha256.
+        Some(r) if service == "s3" && operation == "DeleteObjects" && !r.contains('/') => {
+            format!("{}/*", iam_literal(r))
+        }
+        Some(r) if r.starts_with("arn:") => iam_literal(r),
+        _ => "*".to_string(),
     };
+    let mut statements = vec![json!({
+        "Sid": "SebCertifiedCall",
+        "Effect": "Allow",
+        "Action": iam_actions(service, operation, &names),
+        "Resource": resource,
+    })];
+    if is_s3_copy(service, operation) {
+        statements.push(certified_copy_source(body)?.statement());
+    }
     let doc = json!({
         "Version": "2012-10-17",
-        "Statement": [{
-            "Sid": "SebCertifiedCall",
-            "Effect": "Allow",
-            "Action": iam_actions(service, operation, &names),
-            "Resource": resource,
-        }]
+        "Statement": statements,
     })
     .to_string();
     if doc.len() > SESSION_POLICY_LIMIT {
@@ -227,45 +334,126 @@ mod tests {
 
     #[test]
     fn sensitive_reads_are_recognised() {
+        let json11 = ("content-type", "application/x-amz-json-1.1");
         let (k, v) = auth("secretsmanager");
         let c = call(
             "POST",
             "/",
-            &[(k, &v), ("x-amz-target", "secretsmanager.GetSecretValue")],
+            &[
+                (k, &v),
+                json11,
+                ("x-amz-target", "secretsmanager.GetSecretValue"),
+            ],
             br#"{"SecretId":"x"}"#,
         );
-        assert!(is_sensitive_read(&c, false, &[]));
+        // Not a read at all: the generated allow-list leaves it out.
+        assert!(!c.route.read);
         let (k, v) = auth("ssm");
-        let with = call(
-            "POST",
-            "/",
-            &[(k, &v), ("x-amz-target", "AmazonSSM.GetParameter")],
-            br#"{"Name":"x","WithDecryption":true}"#,
-        );
-        let without = call(
-            "POST",
-            "/",
-            &[(k, &v), ("x-amz-target", "AmazonSSM.GetParameter")],
-            br#"{"Name":"x"}"#,
-        );
+        let ssm = |body: &[u8]| {
+            call(
+                "POST",
+                "/",
+                &[(k, &v), json11, ("x-amz-target", "AmazonSSM.GetParameter")],
+                body,
+            )
+        };
+        let with = ssm(br#"{"Name":"x","WithDecryption":true}"#);
+        let without = ssm(br#"{"Name":"x"}"#);
+        assert!(with.route.read && without.route.read);
         assert!(is_sensitive_read(&with, false, &[]));
         assert!(!is_sensitive_read(&without, false, &[]));
+        assert!(!is_sensitive_read(
+            &ssm(br#"{"Name":"x","WithDecryption":false}"#),
+            false,
+            &[]
+        ));
+        assert!(is_sensitive_read(
+            &ssm(br#"{"Name":"x","WithDecryption":"false"}"#),
+            false,
+            &[]
+        ));
         let (k, v) = auth("s3");
         let get = call("GET", "/b/k", &[(k, &v)], b"");
         assert!(!is_sensitive_read(&get, false, &[]));
         assert!(is_sensitive_read(&get, true, &[]));
-        let (k, v) = auth("lambda");
-        let cfg = call(
-            "GET",
-            "/2015-03-31/functions/f/configuration",
-            &[(k, &v)],
-            b"",
+        let (k, v) = auth("dynamodb");
+        let describe = call(
+            "POST",
+            "/",
+            &[
+                (k, &v),
+                ("content-type", "application/x-amz-json-1.0"),
+                ("x-amz-target", "DynamoDB_20120810.DescribeTable"),
+            ],
+            br#"{"TableName":"t"}"#,
         );
+        assert!(describe.route.read);
         assert!(is_sensitive_read(
-            &cfg,
+            &describe,
             false,
-            &["lambda:GetFunctionConfiguration".into()]
+            &["dynamodb:DescribeTable".into()]
         ));
-        assert!(!is_sensitive_read(&cfg, false, &[]));
+        assert!(!is_sensitive_read(&describe, false, &[]));
+    }
+
+    #[test]
+    fn a_certified_copy_may_read_exactly_its_pinned_source() {
+        let dest = Some("arn:aws:s3:::dst/out.txt");
+        let body = |src: &str| {
+            json!({"constraints": {"/Bucket": {"eq": "dst"}, "/Key": {"eq": "out.txt"},
+                "/CopySource": {"eq": src}}, "others": "deny"})
+        };
+        let p = policy("s3", "CopyObject", dest, body("src/in%20put.txt"));
+        assert_eq!(
+            p["Statement"],
+            json!([
+                {"Sid": "SebCertifiedCall", "Effect": "Allow", "Action": ["s3:PutObject"],
+                 "Resource": "arn:aws:s3:::dst/out.txt"},
+                {"Sid": "SebCopySource", "Effect": "Allow", "Action": ["s3:GetObject"],
+                 "Resource": "arn:aws:s3:::src/in put.txt"}
+            ])
+        );
+        // A version is its own IAM action; a wildcard in a key is a literal, not a grant.
+        let p = policy(
+            "s3",
+            "UploadPartCopy",
+            dest,
+            body("/src/a*b%3F.txt?versionId=v1"),
+        );
+        assert_eq!(
+            p["Statement"][1],
+            json!({"Sid": "SebCopySource", "Effect": "Allow", "Action": ["s3:GetObjectVersion"],
+                   "Resource": "arn:aws:s3:::src/a${*}b${?}.txt"})
+        );
+        let p = policy(
+            "s3",
+            "DeleteObjects",
+            Some("arn:aws:s3:::b"),
+            json!({"sha256": "0".repeat(64)}),
+        );
+        assert_eq!(
+            (&p["Statement"][0]["Action"], &p["Statement"][0]["Resource"]),
+            (&json!(["s3:DeleteObject"]), &json!("arn:aws:s3:::b/*"))
+        );
+        let p = policy("s3", "PutObject", Some("arn:aws:s3:::b/*"), Value::Null);
+        assert_eq!(p["Statement"][0]["Resource"], "arn:aws:s3:::b/${*}");
+        // A copy whose source the certificate does not pin exactly cannot be scoped.
+        let unpinned = |b: Value| {
+            let rule: BodyRule = serde_json::from_value(b).unwrap();
+            session_policy("s3", "CopyObject", dest, Some(&rule)).unwrap_err()
+        };
+        for b in [
+            json!({"constraints": {"/Bucket": {"eq": "dst"}}, "others": "allow"}),
+            json!({"constraints": {"/CopySource": {"prefix": "src/"}}, "others": "deny"}),
+            json!({"constraints": {"/CopySource": {"eq": "src/k", "prefix": "src/"}}, "others": "deny"}),
+            json!({"constraints": {"/CopySource": {"eq": "arn:aws:s3:us-east-1:1:accesspoint/a/object/k"}}, "others": "deny"}),
+            json!({"constraints": {"/CopySource": {"eq": "src/k?versionId=v&x=y"}}, "others": "deny"}),
+            json!({"constraints": {"/CopySource": {"eq": "src%2Fk/x"}}, "others": "deny"}),
+            json!({"constraints": {"/CopySource": {"eq": "src/"}}, "others": "deny"}),
+        ] {
+            let e = unpinned(b.clone());
+            assert_eq!(e.reason, Reason::ContractMismatch, "{b}: {e}");
+        }
+        assert!(session_policy("s3", "CopyObject", dest, None).is_err());
     }
 }

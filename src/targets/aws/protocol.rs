@@ -8,14 +8,16 @@
 //! - rest-json and rest-xml: the operation's members by their model names: URI labels
 //!   (`Bucket`, `Key`, `FunctionName`), bound query-string members, bound headers (minus transport
 //!   and integrity headers such as `Content-Length` and checksums), header maps (`Metadata`), and
-//!   for rest-json the JSON body's members. Query keys and `x-amz-*` headers the model does
-//!   not bind appear under their own names, so `others: deny` refuses them. A blob or XML payload is not a parameter:
-//!   it is bound by the certificate's `sha256`.
+//!   for rest-json the JSON body's members. A blob or XML payload is not a parameter: it is
+//!   bound by the certificate's `sha256`.
 //!
 //! Whatever two readers could understand differently is refused, not guessed: a parameter
 //! given twice, parameters in both the query string and the body, an `X-Amz-Target` that a
 //! protocol does not use or that disagrees with the body or path, duplicate JSON keys, a
-//! `Content-Encoding` the broker does not decode, a Host that names another service or region.
+//! `Content-Encoding` the broker does not decode, a Host that names another service or region,
+//! a parameter (query key, `x-amz-*` header, body member) that is not in the operation's input
+//! shape, an operation botocore does not have, a `Content-Type` that is not the protocol's, an
+//! escape in an S3 bucket label.
 
 use super::model::{self, Protocol, Route, Segment, Service};
 use crate::denial::{Denial, Reason};
@@ -39,8 +41,8 @@ pub struct Call {
     pub service: &'static Service,
     pub scope: Scope,
     pub operation: String,
-    /// Known to the generated table; an unknown operation is still a mutation.
-    pub known: bool,
+    /// The operation's entry in the generated table; an operation it does not know is refused.
+    pub route: &'static Route,
     pub params: Value,
     /// The body is not parameters (blob or XML payload) and can only be bound by sha256.
     pub opaque_body: bool,
@@ -316,16 +318,15 @@ fn parse_query(
         )));
     }
     let from_query = api_query_pairs(parts)?;
+    // A Content-Type is what some endpoints choose their protocol by, so even a body-less
+    // call may not name another one.
+    let form = check_content_type(parts, service, &["application/x-www-form-urlencoded"])?;
     let from_body = if body.is_empty() {
         Vec::new()
     } else {
-        let ct = header_once(parts, "content-type")?.unwrap_or("");
-        if !ct
-            .to_ascii_lowercase()
-            .starts_with("application/x-www-form-urlencoded")
-        {
+        if !form {
             return Err(malformed(format!(
-                "a {} request body must be application/x-www-form-urlencoded, not {ct:?}",
+                "a {} request body needs Content-Type: application/x-www-form-urlencoded",
                 service.protocol.as_str()
             )));
         }
@@ -358,8 +359,28 @@ fn parse_query(
         *slot = Some(v);
     }
     let operation = action.ok_or_else(|| malformed("no Action parameter"))?;
+    let route = known_route(service, &scope, &operation)?;
+    for k in params.keys() {
+        // `InstanceId.1`, `Filter.1.Name`: the first segment is the top-level member.
+        let top = k.split('.').next().unwrap_or(k);
+        check_member(route, &operation, top)?;
+        // The list that names the resource is read one way only: `Name.N`, N a plain
+        // positive integer. `InstanceId`, `InstanceId.01` or `InstanceId.1.x` might be read
+        // by EC2 as an element seb did not count.
+        if route.resource_list && route.resource.as_deref() == Some(top) {
+            let index = &k[top.len()..];
+            let plain = index.strip_prefix('.').is_some_and(|n| {
+                !n.is_empty() && !n.starts_with('0') && n.bytes().all(|b| b.is_ascii_digit())
+            });
+            if !plain {
+                return Err(malformed(format!(
+                    "parameter {k:?}: {top} is a list, named {top}.1, {top}.2, ..."
+                )));
+            }
+        }
+    }
     Ok(Call {
-        known: service.operations.contains_key(&operation),
+        route,
         service,
         scope,
         operation,
@@ -399,6 +420,22 @@ fn parse_json(
             "a json-protocol request with query parameters: its parameters are its body",
         ));
     }
+    let wanted = match service.json_version.as_deref() {
+        Some("1.0") => "application/x-amz-json-1.0",
+        Some("1.1") => "application/x-amz-json-1.1",
+        other => {
+            return Err(malformed(format!(
+                "{} speaks json version {other:?}, which the broker does not read",
+                scope.service
+            )))
+        }
+    };
+    if !check_content_type(parts, service, &[wanted])? {
+        return Err(malformed(format!(
+            "a {} json-protocol request needs Content-Type: {wanted}",
+            scope.service
+        )));
+    }
     let params = if body.is_empty() {
         Value::Object(Map::new())
     } else {
@@ -415,8 +452,12 @@ fn parse_json(
             )));
         }
     }
+    let route = known_route(service, &scope, &operation)?;
+    for k in params.as_object().into_iter().flat_map(|m| m.keys()) {
+        check_member(route, &operation, k)?;
+    }
     Ok(Call {
-        known: service.operations.contains_key(&operation),
+        route,
         service,
         scope,
         operation,
@@ -527,8 +568,8 @@ fn parse_rest(
             _ => best = vec![(score, name, route, labels)],
         }
     }
-    let (operation, route, labels) = match best.as_slice() {
-        [(_, name, route, labels)] => ((*name).clone(), *route, labels.clone()),
+    let (operation, labels) = match best.as_slice() {
+        [(_, name, _, labels)] => ((*name).clone(), labels.clone()),
         [] => {
             return Err(Denial::new(
                 Reason::ContractMismatch,
@@ -546,9 +587,14 @@ fn parse_rest(
             )))
         }
     };
+    // The candidate borrowed the path's lifetime; the table itself lives forever.
+    let route = known_route(service, &scope, &operation)?;
     let mut params = Map::new();
     for (label, raw) in labels {
         let member = route.labels.get(&label).cloned().unwrap_or(label);
+        if service.signing_name == "s3" && member == "Bucket" {
+            check_bucket_label(raw)?;
+        }
         insert_once(&mut params, member, percent_decode(raw)?.into())?;
     }
     let (_, literals) = model::parse_template(&route.uri);
@@ -556,7 +602,19 @@ fn parse_rest(
         if literals.iter().any(|(lk, _)| lk == k) {
             continue;
         }
-        let member = route.query.get(k).cloned().unwrap_or_else(|| k.clone());
+        let member = match (route.query.get(k), route.query.contains_key("*")) {
+            (Some(m), _) => m.clone(),
+            // A map member bound to the query string takes every other key.
+            (None, true) => k.clone(),
+            // The SDKs name the operation in `x-id` (S3 ignores it); it stays a parameter, as
+            // it always was, but may name only this operation.
+            (None, false) if k == "x-id" && *v == operation => k.clone(),
+            (None, false) => {
+                return Err(malformed(format!(
+                    "query parameter {k:?} is not in {operation}'s input; the upstream would ignore it or read it as something seb did not check"
+                )))
+            }
+        };
         insert_once(&mut params, member, v.clone().into())?;
     }
     for (name, value) in &parts.headers {
@@ -579,9 +637,12 @@ fn parse_rest(
                 .keys()
                 .any(|p| n.starts_with(p.as_str()))
         {
-            // An AWS header this operation does not model may still mean something upstream;
-            // it appears under its own name, so only a certificate that names it admits it.
-            insert_once(&mut params, n.to_string(), value()?.into())?;
+            // An AWS header this operation does not model may still mean something upstream
+            // (or pose as a member of another operation): refused whatever the certificate's
+            // `others` says.
+            return Err(malformed(format!(
+                "header {n} is not in {operation}'s input; the upstream would ignore it or read it as something seb did not check"
+            )));
         } else if let Some((prefix, member)) = route
             .header_prefixes
             .iter()
@@ -620,6 +681,12 @@ fn parse_rest(
         insert_once(&mut params, member.clone(), codings.join(", ").into())?;
     }
     if service.protocol == Protocol::RestJson && !opaque_body && !body.is_empty() {
+        if !check_content_type(parts, service, &["application/json"])? {
+            return Err(malformed(format!(
+                "a {} request with a JSON body needs Content-Type: application/json",
+                scope.service
+            )));
+        }
         let v = crate::json::parse_strict(body)
             .map_err(|e| malformed(format!("body is not valid JSON: {e}")))?;
         let Value::Object(members) = v else {
@@ -631,11 +698,16 @@ fn parse_rest(
                     "{k} is both in the path and in the body"
                 )));
             }
+            if !route.body_members.contains(&k) {
+                return Err(malformed(format!(
+                    "body member {k:?} is not in {operation}'s input; the upstream would ignore it or read it as something seb did not check"
+                )));
+            }
             insert_once(&mut params, k, v)?;
         }
     }
     Ok(Call {
-        known: true,
+        route,
         service,
         scope,
         operation,
@@ -646,9 +718,10 @@ fn parse_rest(
     })
 }
 
-/// The resource a call acts on, where one parameter names it unambiguously. S3 objects and
-/// buckets get their ARN; elsewhere the identifying parameter's value (an ARN when the agent
-/// sent one).
+/// The resource a call acts on: the member the operation's own input shape names it by
+/// (generated from botocore, see [`Route::resource`]), never a parameter the operation does not
+/// take. S3 objects and buckets get their ARN; elsewhere the member's value (an ARN when the
+/// agent sent one).
 pub fn resource(call: &Call) -> Option<String> {
     let p = call.params.as_object()?;
     let s = |k: &str| p.get(k).and_then(Value::as_str).map(str::to_string);
@@ -659,37 +732,22 @@ pub fn resource(call: &Call) -> Option<String> {
             _ => None,
         };
     }
-    const NAMES: &[&str] = &[
-        "AutoScalingGroupName",
-        "FunctionName",
-        "TableName",
-        "QueueUrl",
-        "TopicArn",
-        "StackName",
-        "SecretId",
-        "KeyId",
-        "RoleName",
-        "UserName",
-        "RoleArn",
-        "Name",
-        "InstanceId",
-        "VolumeId",
-        "GroupId",
-    ];
-    if call.scope.service == "ecs" {
+    let has = |m: &str| call.route.members.iter().any(|x| x == m);
+    if call.scope.service == "ecs" && has("cluster") && has("service") {
         if let (Some(c), Some(svc)) = (s("cluster"), s("service")) {
             return Some(format!("{c}/{svc}"));
         }
     }
-    if let Some(v) = NAMES.iter().find_map(|k| s(k)) {
-        return Some(v);
+    let name = call.route.resource.as_deref()?;
+    if !call.route.resource_list {
+        return s(name);
     }
-    // EC2 lists (`InstanceId.1`): a resource only when exactly one is named.
+    // An ec2 list (`InstanceId.1`): a resource only when exactly one element is named.
     let listed: Vec<&str> = p
         .iter()
         .filter(|(k, _)| {
             k.split_once('.')
-                .is_some_and(|(n, i)| n.ends_with("Id") && i.bytes().all(|b| b.is_ascii_digit()))
+                .is_some_and(|(n, i)| n == name && i.bytes().all(|b| b.is_ascii_digit()))
         })
         .filter_map(|(_, v)| v.as_str())
         .collect();
@@ -697,6 +755,91 @@ pub fn resource(call: &Call) -> Option<String> {
         [one] => Some(one.to_string()),
         _ => None,
     }
+}
+
+/// The operation's entry in the table. An operation botocore's model does not have is
+/// refused: the broker cannot know its parameters, its resource, or whether it reads.
+fn known_route(
+    service: &'static Service,
+    scope: &Scope,
+    operation: &str,
+) -> Result<&'static Route, Denial> {
+    service.operations.get(operation).ok_or_else(|| {
+        Denial::new(
+            Reason::ContractMismatch,
+            format!(
+                "{operation} is no {} operation the broker knows; unknown operations are never forwarded",
+                scope.service
+            ),
+        )
+    })
+}
+
+fn check_member(route: &Route, operation: &str, member: &str) -> Result<(), Denial> {
+    if route.members.iter().any(|m| m == member) {
+        return Ok(());
+    }
+    Err(malformed(format!(
+        "parameter {member:?} is not in {operation}'s input; the upstream would ignore it or read it as something seb did not check"
+    )))
+}
+
+/// S3 bucket names are lower-case letters, digits, `.` and `-` (legacy us-east-1 buckets also
+/// upper case and `_`). Anything else in the label, a percent-encoded `/` above all, is a
+/// bucket S3 may read differently from seb, so it is refused.
+fn check_bucket_label(raw: &str) -> Result<(), Denial> {
+    if raw.contains('%') {
+        return Err(malformed(format!(
+            "bucket {raw:?} has a percent-encoded character; bucket names are plain, and an encoded separator could name another bucket or key upstream"
+        )));
+    }
+    if raw.is_empty()
+        || !raw
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+    {
+        return Err(malformed(format!(
+            "bucket {raw:?} is not a bucket name (letters, digits, '.', '-', '_')"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks `Content-Type` against the types the protocol reads: `Ok(true)` when it is one of
+/// `allowed` (type and subtype case-insensitive, at most a `charset=utf-8` parameter),
+/// `Ok(false)` when there is none, and a refusal for any other type or parameter: an endpoint
+/// that picks its protocol or its charset by this header would read other bytes than seb did.
+pub fn check_content_type(
+    parts: &Parts,
+    service: &Service,
+    allowed: &[&str],
+) -> Result<bool, Denial> {
+    let Some(ct) = header_once(parts, "content-type")? else {
+        return Ok(false);
+    };
+    let mut pieces = ct.split(';');
+    let media = pieces.next().unwrap_or("").trim_matches([' ', '\t']);
+    if !allowed.iter().any(|a| a.eq_ignore_ascii_case(media)) {
+        return Err(malformed(format!(
+            "Content-Type {ct:?} is not what a {} request is sent as ({})",
+            service.protocol.as_str(),
+            allowed.join(" or ")
+        )));
+    }
+    let mut charset = false;
+    for param in pieces {
+        let param = param.trim_matches([' ', '\t']);
+        let utf8 = param.split_once('=').is_some_and(|(k, v)| {
+            k.eq_ignore_ascii_case("charset") && v.eq_ignore_ascii_case("utf-8")
+        });
+        if !utf8 || charset {
+            return Err(malformed(format!(
+                "Content-Type {ct:?}: parameter {param:?} is not read by the broker; only one charset=utf-8 is admitted"
+            )));
+        }
+        charset = true;
+    }
+    Ok(true)
 }
 
 /// Undoes `Content-Encoding: aws-chunked` framing (`SIZE[;chunk-signature=..]\r\nDATA\r\n`

@@ -121,6 +121,42 @@ fn parse_amz_date(s: &str) -> Option<SystemTime> {
         .map(|s| SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(s))
 }
 
+/// The `x-amz-content-sha256` the agent signed, held to the body it came with: a signature
+/// over a declared hash says nothing about the body unless the hash is the body's, and a
+/// captured read could otherwise be replayed with another body for as long as its date is
+/// fresh. `UNSIGNED-PAYLOAD` (and the streaming forms, which reads never use) sign no body, so
+/// they are admitted only without one. More than one such header is refused.
+fn declared_payload_hash(
+    parts: &http::request::Parts,
+    body: &[u8],
+) -> Result<Option<String>, String> {
+    let mut all = parts.headers.get_all("x-amz-content-sha256").iter();
+    let Some(v) = all.next() else {
+        return Ok(None);
+    };
+    if all.next().is_some() {
+        return Err("x-amz-content-sha256 appears more than once".into());
+    }
+    let declared = v
+        .to_str()
+        .map_err(|_| "x-amz-content-sha256 is not ASCII".to_string())?;
+    if declared == "UNSIGNED-PAYLOAD" || declared.starts_with("STREAMING-") {
+        if body.is_empty() {
+            return Ok(Some(declared.to_string()));
+        }
+        return Err(format!(
+            "x-amz-content-sha256 is {declared} and the request has a body: an authenticated read must sign its body"
+        ));
+    }
+    let actual = crate::proxy::pipeline::hex(&<sha2::Sha256 as sha2::Digest>::digest(body));
+    if declared != actual {
+        return Err(format!(
+            "x-amz-content-sha256 is {declared}, the body's sha256 is {actual}"
+        ));
+    }
+    Ok(Some(actual))
+}
+
 /// Checks the agent's own SigV4 signature, made with an agent key the broker knows. Used only
 /// to authenticate agents for reads (the aws CLI cannot present a client certificate);
 /// mutations are authorized by their certificate, whatever the signature says.
@@ -208,12 +244,8 @@ pub fn verify_agent_signature(
         .build()
         .map_err(|e| fail(&e.to_string()))?
         .into();
-    let content_sha = parts
-        .headers
-        .get("x-amz-content-sha256")
-        .and_then(|v| v.to_str().ok());
-    let payload = match content_sha {
-        Some(h) => SignableBody::Precomputed(h.to_string()),
+    let payload = match declared_payload_hash(parts, body).map_err(|m| fail(&m))? {
+        Some(h) => SignableBody::Precomputed(h),
         None => SignableBody::Bytes(body),
     };
     let uri = parts
@@ -306,6 +338,91 @@ mod tests {
         assert_eq!(parse_amz_date("20150830T123600Z"), Some(at()));
         assert_eq!(parse_amz_date("20150830T123600"), None);
         assert_eq!(parse_amz_date("20151330T123600Z"), None);
+    }
+
+    #[test]
+    fn an_agents_declared_payload_hash_is_held_to_the_body() {
+        let agent = Credentials {
+            access_key_id: "SEBAGENTONCALL".into(),
+            secret_access_key: "agent-secret".into(),
+            session_token: None,
+        };
+        let signed = |declared: &str| {
+            let mut req = http::Request::post("https://localhost:8443/")
+                .header("content-type", "application/x-www-form-urlencoded")
+                .header("host", "localhost:8443")
+                .header("x-amz-content-sha256", declared)
+                .body(())
+                .unwrap();
+            sign_request(
+                &mut req,
+                &agent,
+                "ec2",
+                "us-east-1",
+                // As the SDKs do: the canonical request carries the declared hash.
+                Payload::Sha256(declared.to_string()),
+                at(),
+            )
+            .unwrap();
+            req.into_parts().0
+        };
+        let captured = b"Action=DescribeInstances&Version=2016-11-15";
+        let sha = crate::proxy::pipeline::hex(&<sha2::Sha256 as sha2::Digest>::digest(captured));
+        let parts = signed(&sha);
+        let verify = |body: &[u8]| {
+            verify_agent_signature(&parts, body, "SEBAGENTONCALL", "agent-secret", at())
+        };
+        verify(captured).unwrap();
+        // The captured read replayed with another body: the signature covers the declared
+        // hash, and the declared hash is not this body's.
+        let e =
+            verify(b"Action=DescribeInstances&Version=2016-11-15&InstanceId.1=i-1").unwrap_err();
+        assert_eq!(e.reason, Reason::Unauthenticated);
+        assert!(e.message.contains("x-amz-content-sha256"), "{e}");
+        // UNSIGNED-PAYLOAD signs no body, so it authenticates only a request without one.
+        let unsigned = signed("UNSIGNED-PAYLOAD");
+        verify_agent_signature(&unsigned, b"", "SEBAGENTONCALL", "agent-secret", at()).unwrap();
+        let e = verify_agent_signature(&unsigned, captured, "SEBAGENTONCALL", "agent-secret", at())
+            .unwrap_err();
+        assert_eq!(e.reason, Reason::Unauthenticated);
+        // A declared hash in another spelling (upper case) is not the body's hash either.
+        let upper = signed(&sha.to_ascii_uppercase());
+        assert!(
+            verify_agent_signature(&upper, captured, "SEBAGENTONCALL", "agent-secret", at())
+                .is_err()
+        );
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config { cases: 64, ..Default::default() })]
+
+        /// Whatever two bodies: the signature over one body's declared hash authenticates
+        /// that body and no other.
+        #[test]
+        fn a_declared_hash_authenticates_only_its_body(
+            a in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+            b in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+        ) {
+            let agent = Credentials {
+                access_key_id: "SEBAGENTONCALL".into(),
+                secret_access_key: "agent-secret".into(),
+                session_token: None,
+            };
+            let sha = crate::proxy::pipeline::hex(&<sha2::Sha256 as sha2::Digest>::digest(&a));
+            let mut req = http::Request::post("https://localhost:8443/")
+                .header("host", "localhost:8443")
+                .header("x-amz-content-sha256", sha.as_str())
+                .body(())
+                .unwrap();
+            sign_request(&mut req, &agent, "ec2", "us-east-1", Payload::Sha256(sha.clone()), at())
+                .unwrap();
+            let parts = req.into_parts().0;
+            let ok = |body: &[u8]| {
+                verify_agent_signature(&parts, body, "SEBAGENTONCALL", "agent-secret", at()).is_ok()
+            };
+            proptest::prop_assert!(ok(&a));
+            proptest::prop_assert_eq!(ok(&b), a == b);
+        }
     }
 
     fn creds() -> Credentials {
