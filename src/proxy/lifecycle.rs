@@ -26,6 +26,8 @@ pub struct Connections {
     requests: AtomicUsize,
     none_left: Notify,
     drain: watch::Sender<bool>,
+    /// The drain's state where a request reads it (a `watch` borrow takes a lock).
+    draining: std::sync::atomic::AtomicBool,
 }
 
 /// What an accepted socket gets.
@@ -46,6 +48,7 @@ impl Connections {
             requests: AtomicUsize::new(0),
             none_left: Notify::new(),
             drain: watch::channel(false).0,
+            draining: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -94,11 +97,12 @@ impl Connections {
     }
 
     pub fn draining(&self) -> bool {
-        *self.drain.borrow()
+        self.draining.load(Ordering::Acquire)
     }
 
     /// Tells every connection to finish what it is doing and close.
     pub fn start_drain(&self) {
+        self.draining.store(true, Ordering::Release);
         self.drain.send_replace(true);
     }
 

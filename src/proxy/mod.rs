@@ -91,6 +91,9 @@ pub struct Running {
     pub shutdown_grace: Duration,
     /// The agent listeners' accept loops: stopped first at shutdown.
     accepting: Vec<tokio::task::JoinHandle<()>>,
+    /// Held here, not only by the accept loops: a shard whose queue closes ends its event
+    /// loop and every connection on it, which a drain must not do.
+    _shards: Option<Arc<shards::Shards>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -127,8 +130,12 @@ impl Running {
             "draining: no new connections; waiting for requests in flight"
         );
         c.start_drain();
+        let started = std::time::Instant::now();
         let cut = match tokio::time::timeout(self.shutdown_grace, c.drained()).await {
-            Ok(()) => 0,
+            Ok(()) => {
+                tracing::info!(after = ?started.elapsed(), "drained: every connection closed");
+                0
+            }
             Err(_) => {
                 let left = c.live();
                 tracing::warn!(
@@ -356,6 +363,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         reloader,
         shutdown_grace,
         accepting,
+        _shards: shards,
         tasks,
     })
 }

@@ -257,8 +257,9 @@ async fn serve_connection<S>(
     let served = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(served);
     let mut drain = activity.connections.drain_signal();
-    // Set once the connection was asked to close (idle, or the process drains): it finishes
-    // the response in progress, if any, and then closes.
+    // Set once the connection was asked to close (idle, or the process drains): hyper
+    // finishes the responses in progress (HTTP/1.1: without keep-alive; HTTP/2: after a
+    // GOAWAY, so the agent opens no new stream here) and then closes.
     let mut closing = false;
     // An idle connection asked to close that has not within this deadline is cut.
     let mut cut_at: Option<tokio::time::Instant> = None;
