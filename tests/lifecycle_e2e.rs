@@ -200,7 +200,7 @@ async fn sigterm_lets_fifty_requests_in_flight_finish_and_exits_zero() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_second_sigterm_exits_at_once() {
+async fn a_second_signal_exits_at_once() {
     let env = Env::new();
     let up = Upstream::start(env.dir.path());
     let mut broker = Broker::start(

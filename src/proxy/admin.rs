@@ -126,6 +126,21 @@ async fn route(
                     rev.as_ref().map(|r| (now - r.iat) as f64).unwrap_or(-1.0),
                 ),
                 (
+                    "seb_agent_connections",
+                    "Agent connections open (and upgraded sessions), against limits.max_connections.",
+                    broker.connections.live() as f64,
+                ),
+                (
+                    "seb_agent_connections_max",
+                    "limits.max_connections as applied (lowered to fit the open file limit when not set).",
+                    broker.connections.max() as f64,
+                ),
+                (
+                    "seb_requests_in_flight",
+                    "Agent requests whose response has not been sent yet.",
+                    broker.connections.requests_in_flight() as f64,
+                ),
+                (
                     "seb_audit_writable",
                     "1 while the audit log accepts records.",
                     if broker.audit.is_writable() { 1.0 } else { 0.0 },
