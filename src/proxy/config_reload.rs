@@ -112,6 +112,15 @@ impl Reloader {
                 config.at("tls")
             ));
         }
+        // Whether reads need an authenticated agent was decided at start from whether there
+        // is a client CA; a reload must not quietly leave reads open, or shut out agents.
+        let client_ca = |c: &Config| c.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+        if client_ca(&self.started) != client_ca(&config) {
+            return Err(format!(
+                "{}: adding or removing the client CA changes who may read and needs a restart; nothing was reloaded",
+                config.at("tls.client_ca")
+            ));
+        }
         let source = revocation_source(&config).map_err(|e| format!("{e:#}"))?;
 
         let mut applied = Vec::new();

@@ -537,3 +537,56 @@ fn overloaded(
     );
     resp
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> StackLimits {
+        StackLimits {
+            request_timeout: Duration::from_secs(30),
+            concurrency: Arc::new(tokio::sync::Semaphore::new(1)),
+            header_read_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+
+    fn due(a: &Activity) -> Option<(Duration, Expiry)> {
+        a.deadline(&limits()).map(|(at, why)| (at - a.base, why))
+    }
+
+    #[test]
+    fn a_new_connection_owes_its_first_request_within_the_header_timeout() {
+        let a = Activity::new(false, Connections::new(1));
+        assert_eq!(due(&a), Some((Duration::from_secs(5), Expiry::Idle)));
+    }
+
+    #[test]
+    fn a_request_in_progress_has_no_deadline_and_then_the_idle_timeout_runs() {
+        let a = Activity::new(false, Connections::new(1));
+        let busy = a.begin(false);
+        a.on_read();
+        assert_eq!(due(&a), None, "reads while busy are the request's own");
+        assert_eq!(a.connections.requests_in_flight(), 1);
+        drop(busy);
+        let (at, why) = due(&a).unwrap();
+        assert_eq!(why, Expiry::Idle);
+        assert!(at >= Duration::from_secs(60), "{at:?}");
+        assert_eq!(a.connections.requests_in_flight(), 0);
+    }
+
+    #[test]
+    fn bytes_of_a_head_on_an_idle_connection_start_the_header_timeout() {
+        let a = Activity::new(false, Connections::new(1));
+        drop(a.begin(false));
+        a.on_read();
+        let (at, why) = due(&a).unwrap();
+        assert_eq!(why, Expiry::Head);
+        assert!(at < Duration::from_secs(60), "{at:?}");
+        // HTTP/2 reads frames that begin no request: only the idle timeout applies.
+        let h2 = Activity::new(true, Connections::new(1));
+        drop(h2.begin(true));
+        h2.on_read();
+        assert_eq!(due(&h2).map(|d| d.1), Some(Expiry::Idle));
+    }
+}
