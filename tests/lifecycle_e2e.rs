@@ -254,10 +254,26 @@ async fn sighup_reloads_trusted_keys_and_the_tls_certificate() {
     let new_key = keys::generate();
     keys::write_keypair(&env.path("signer2"), &new_key).unwrap();
     seb::devcerts::write_dev_certs(&env.path("tls2"), "agent:demo").unwrap();
+    // And a new revocation source, signed by the new key: the revocation state sees the
+    // reloaded keys as admission does.
+    let (code, _, err) = seb(&[
+        "revocation",
+        "issue",
+        "--key",
+        env.path("signer2.key").to_str().unwrap(),
+        "--iss",
+        "signer",
+        "--epoch",
+        "2",
+        "--out",
+        env.path("revocation2.jws").to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
     let text = cfg
         .text
         .replace("\"signer.pub\"", "\"signer2.pub\"")
-        .replace("\"tls/", "\"tls2/");
+        .replace("\"tls/", "\"tls2/")
+        .replace("\"revocation.jws\"", "\"revocation2.jws\"");
     std::fs::write(&broker.config_path, text).unwrap();
     signal(&broker, "HUP");
 
@@ -276,6 +292,9 @@ async fn sighup_reloads_trusted_keys_and_the_tls_certificate() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(running(&mut broker), "SIGHUP must not end the process");
+    wait_for("revocation epoch 2 from the new source", || {
+        admin_get(&broker, "/readyz").1["revocation"]["epoch"] == 2
+    });
     // The old key is no longer trusted.
     let r = post(
         &new_client,
