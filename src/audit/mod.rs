@@ -239,7 +239,7 @@ impl Audit {
         // write them, so an empty queue is checked again after a pause in which no batch
         // was written; records left by a request's own thread (`flush` durability) are
         // written by whoever takes the log next, including this function.
-        let mut batches = u64::MAX;
+        let mut synced_after: Option<u64> = None;
         loop {
             while self.inner.tx.capacity() < self.inner.tx.max_capacity() {
                 if Instant::now() >= deadline {
@@ -247,8 +247,16 @@ impl Audit {
                 }
                 std::thread::sleep(Duration::from_millis(2));
             }
+            let before = self.batches();
+            if synced_after == Some(before) {
+                return Ok(());
+            }
             let synced = self.inner.log.with(|w| {
-                w.sync_uncommitted();
+                if w.uncommitted > 0 {
+                    // Syncs and commits them (what a failed sync would roll back to).
+                    w.sync_uncommitted();
+                    return Ok(());
+                }
                 match w.file.as_mut() {
                     Some(f) => f
                         .sync_data()
@@ -261,11 +269,12 @@ impl Audit {
                 Some(Err(e)) => return Err(AuditUnavailable(e)),
                 None => return Err(AuditUnavailable("the audit writer has failed".into())),
             }
-            let now = self.batches();
-            if now == batches && self.inner.tx.capacity() == self.inner.tx.max_capacity() {
-                return Ok(());
+            if !self.is_writable() {
+                return Err(AuditUnavailable("the last write or sync failed".into()));
             }
-            batches = now;
+            // Everything written up to `before` is synced; a batch written since (by the
+            // writer thread, or by `with` on its way out) means one more round.
+            synced_after = Some(before);
             if Instant::now() >= deadline {
                 return Err(late());
             }
