@@ -584,3 +584,61 @@ fn start_up_errors_name_the_file_line_and_field() {
         "{err}"
     );
 }
+
+/// Under a low open file limit the default connection limit is lowered to fit, with a
+/// warning, and a limit too low for anything stops the start with a message.
+#[test]
+fn the_connection_limit_fits_the_open_file_limit() {
+    let env = Env::new();
+    let up = Upstream::start(env.dir.path());
+    let cfg = env.config(up.port, "");
+    let path = env.path("seb.toml");
+    std::fs::write(&path, &cfg.text).unwrap();
+    let log = env.path("low-limit.log");
+    let mut child = KillOnDrop(
+        Command::new("prlimit")
+            .args(["--nofile=3000:3000", seb_bin(), "serve", "--config"])
+            .arg(&path)
+            .env("SEB_TEST_PAYMENTS_TOKEN", UPSTREAM_SECRET)
+            .env("SEB_TEST_AGENT_TOKEN", AGENT_TOKEN)
+            .env("SEB_LOG", "warn")
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    // 3000 less the reserve: 128 fixed, 1024 requests in flight, 256 idle upstream
+    // connections for the one target, 32 refusal slots, 64 admin connections.
+    let expected = 3000 - (128 + 1024 + 256 + 32 + 64);
+    let metric = format!("seb_agent_connections_max {expected}");
+    wait_for("the lowered limit in /metrics", || {
+        use std::io::{Read, Write};
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", cfg.admin)) else {
+            return false;
+        };
+        let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out.lines().any(|l| l == metric)
+    });
+    let warned = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        warned.contains("agent connections limited to fit"),
+        "{warned}"
+    );
+    child.0.kill().unwrap();
+    child.0.wait().unwrap();
+
+    let out = Command::new("prlimit")
+        .args(["--nofile=1024:1024", seb_bin(), "serve", "--config"])
+        .arg(&path)
+        .env("SEB_TEST_PAYMENTS_TOKEN", UPSTREAM_SECRET)
+        .env("SEB_TEST_AGENT_TOKEN", AGENT_TOKEN)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("limits.max_connections") && err.contains("open file limit of 1024"),
+        "{err}"
+    );
+}
