@@ -59,7 +59,8 @@ type BoxedResponse =
 const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
 const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// An accepted socket's place: served, or answered with a refusal and closed.
+/// An accepted socket's place: served, or answered with a refusal and closed. The guards are
+/// never read: they count the socket until they are dropped with it.
 enum Slot {
     Serve(#[allow(dead_code)] ConnGuard),
     Refuse(#[allow(dead_code)] RefusalGuard),
