@@ -231,6 +231,28 @@ async fn a_second_signal_exits_at_once() {
     assert!(pending.await.unwrap().is_err(), "the request was cut");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_outlives_the_grace_period_is_cut() {
+    let env = Env::new();
+    let up = Upstream::start(env.dir.path());
+    let mut broker = Broker::start(
+        &env,
+        &env.config(up.port, "[limits]\nshutdown_grace = \"2s\"\n"),
+    );
+    let cert = env.cert("POST", "/slow/deploy", json!(null));
+    let (c, url) = (client(&env, false), broker.url("/slow/deploy"));
+    let pending = tokio::spawn(async move { c.post(url).bearer_auth(cert).send().await });
+    wait_for("the upstream to receive the request", || {
+        up.requests().len() == 1
+    });
+    signal(&broker, "TERM");
+    // The upstream answers after 30 s: an exit within 20 s is the grace period's end.
+    assert_eq!(wait_exit(&mut broker, Duration::from_secs(20)), Some(0));
+    assert!(pending.await.unwrap().is_err(), "the request was cut");
+    let log = broker_log(&env);
+    assert!(log.contains("1 connection(s) cut"), "{log}");
+}
+
 // === reload ===
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
