@@ -36,6 +36,16 @@ pub struct Config {
     #[serde(default)]
     pub state: StateConfig,
     pub targets: Vec<TargetConfig>,
+    /// The file this was read from and its text, so that errors found after parsing (a key
+    /// file that does not load, a port in use) can still name the file, line and column.
+    #[serde(skip)]
+    pub source: Option<ConfigSource>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ConfigSource {
+    pub path: PathBuf,
+    pub text: String,
 }
 
 /// What the broker keeps across restarts besides the audit log (which is where use counts are
@@ -197,6 +207,23 @@ pub struct Limits {
     /// Live certificates whose uses are tracked in memory; past it, new ones are refused.
     #[serde(default = "default_live")]
     pub max_live_certificates: u64,
+    // --- lifecycle and connection hygiene (issue 15) ---
+    /// After SIGTERM/SIGINT: how long in-flight requests may take to finish before the
+    /// process exits anyway.
+    #[serde(default = "default_shutdown_grace", with = "duration")]
+    pub shutdown_grace: Duration,
+    /// Time allowed for a request's head to arrive once its first byte has (and for the first
+    /// request after the TLS handshake, and for the handshake itself).
+    #[serde(default = "default_header_read_timeout", with = "duration")]
+    pub header_read_timeout: Duration,
+    /// A connection with no request in progress for this long is closed.
+    #[serde(default = "default_idle_timeout", with = "duration")]
+    pub idle_timeout: Duration,
+    /// Agent connections open at once, over all listeners. None: the default, lowered (with
+    /// a warning) to what the file descriptor limit allows; set explicitly, a value that does
+    /// not fit is a start-up error.
+    #[serde(default)]
+    pub max_connections: Option<usize>,
 }
 
 impl Default for Limits {
@@ -206,8 +233,24 @@ impl Default for Limits {
             request_timeout: default_timeout(),
             max_concurrent_requests: default_concurrency(),
             max_live_certificates: default_live(),
+            shutdown_grace: default_shutdown_grace(),
+            header_read_timeout: default_header_read_timeout(),
+            idle_timeout: default_idle_timeout(),
+            max_connections: None,
         }
     }
+}
+
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+
+fn default_shutdown_grace() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_header_read_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(60)
 }
 
 fn default_body() -> usize {
@@ -419,12 +462,61 @@ pub enum ConfigError {
         path: String,
         source: std::io::Error,
     },
-    #[error("{file}: {field}: {message}")]
+    /// `seb.toml:12:3: targets[0].http.upstream: ...`; the line and column are left out
+    /// where the field is not in the file (a missing table, a default).
+    #[error("{file}{}: {field}: {message}", at.map(|(l, c)| format!(":{l}:{c}")).unwrap_or_default())]
     Field {
         file: String,
+        at: Option<(usize, usize)>,
         field: String,
         message: String,
     },
+}
+
+/// A field error with where it is, when known: a byte range of the text.
+struct Located {
+    field: String,
+    message: String,
+    span: Option<std::ops::Range<usize>>,
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+    (line, col)
+}
+
+/// Where `field` (`targets[1].http.upstream`) is written in `text`, or the nearest enclosing
+/// table that is: a missing field is reported at the table that should hold it.
+fn locate(text: &str, field: &str) -> Option<std::ops::Range<usize>> {
+    let doc = toml_edit::ImDocument::parse(text).ok()?;
+    let mut table: Option<&dyn toml_edit::TableLike> = Some(doc.as_table());
+    let mut found = None;
+    for segment in field.split('.') {
+        let (name, index) = match segment.split_once('[') {
+            Some((n, rest)) => (n, rest.trim_end_matches(']').parse::<usize>().ok()),
+            None => (segment, None),
+        };
+        let Some((key, item)) = table.and_then(|t| t.get_key_value(name)) else {
+            break;
+        };
+        found = key.span().or(found);
+        table = item.as_table_like();
+        if let Some(i) = index {
+            if let Some(t) = item.as_array_of_tables().and_then(|a| a.get(i)) {
+                found = t.span().or(found);
+                table = Some(t);
+            } else if let Some(v) = item.as_array().and_then(|a| a.get(i)) {
+                found = v.span().or(found);
+                table = v.as_inline_table().map(|t| t as &dyn toml_edit::TableLike);
+            } else {
+                break;
+            }
+        }
+    }
+    found
 }
 
 impl Config {
@@ -433,22 +525,32 @@ impl Config {
             path: path.display().to_string(),
             source,
         })?;
-        let mut config = Config::parse(&text).map_err(|(field, message)| ConfigError::Field {
+        let mut config = Config::parse_located(&text).map_err(|e| ConfigError::Field {
             file: path.display().to_string(),
-            field,
-            message,
+            at: e.span.map(|s| line_col(&text, s.start)),
+            field: e.field,
+            message: e.message,
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
         config.resolve_paths(base);
+        config.source = Some(ConfigSource {
+            path: path.to_path_buf(),
+            text,
+        });
         Ok(config)
     }
 
     /// Parses and validates; errors are `(field path, message)`.
     pub fn parse(text: &str) -> Result<Config, (String, String)> {
+        Config::parse_located(text).map_err(|e| (e.field, e.message))
+    }
+
+    fn parse_located(text: &str) -> Result<Config, Located> {
         let de = toml::Deserializer::new(text);
         let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
             let field = e.path().to_string();
-            // toml's message carries a line/column excerpt; the first line is the reason.
+            // toml's message carries a line/column excerpt; the first line is the reason,
+            // and the span says where (for a syntax error, the only way to find it).
             let message = e
                 .inner()
                 .message()
@@ -457,17 +559,37 @@ impl Config {
                 .unwrap_or("invalid")
                 .trim()
                 .to_string();
-            (
-                if field == "." {
+            Located {
+                span: e.inner().span().or_else(|| locate(text, &field)),
+                field: if field == "." {
                     "(top level)".into()
                 } else {
                     field
                 },
                 message,
-            )
+            }
         })?;
-        config.validate()?;
+        config.validate().map_err(|(field, message)| Located {
+            span: locate(text, &field),
+            field,
+            message,
+        })?;
         Ok(config)
+    }
+
+    /// `file:line:col: field` for an error found after loading (a key that does not load,
+    /// an address in use), so that it reads like the loader's own errors.
+    pub fn at(&self, field: &str) -> String {
+        let Some(src) = &self.source else {
+            return field.to_string();
+        };
+        let at = locate(&src.text, field)
+            .map(|s| {
+                let (l, c) = line_col(&src.text, s.start);
+                format!(":{l}:{c}")
+            })
+            .unwrap_or_default();
+        format!("{}{at}: {field}", src.path.display())
     }
 
     fn validate(&self) -> Result<(), (String, String)> {
@@ -542,6 +664,19 @@ impl Config {
                 "limits.max_concurrent_requests",
                 "must be greater than zero",
             );
+        }
+        let l = &self.limits;
+        if l.shutdown_grace > Duration::from_secs(3600) {
+            return err("limits.shutdown_grace", "at most 1h");
+        }
+        if l.header_read_timeout.is_zero() || l.header_read_timeout > Duration::from_secs(300) {
+            return err("limits.header_read_timeout", "must be between 1ms and 5m");
+        }
+        if l.idle_timeout.is_zero() {
+            return err("limits.idle_timeout", "must be greater than zero");
+        }
+        if l.max_connections == Some(0) {
+            return err("limits.max_connections", "must be greater than zero");
         }
         for (i, s) in self.agents.tokens.iter().enumerate() {
             s.validate(&format!("agents.tokens[{i}]"))?;
@@ -1258,6 +1393,53 @@ execution_role_arn = "arn:aws:iam::123456789012:role/seb-exec"
             .unwrap()
             .to_string();
         assert_eq!(field_error(&missing).0, "targets[1]");
+    }
+
+    /// Every way a config can be wrong names the file, the line and column where the field
+    /// is written, and the field.
+    #[test]
+    fn load_errors_name_file_line_column_and_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("seb.toml");
+        let load = |text: &str| {
+            std::fs::write(&p, text).unwrap();
+            Config::load(&p).unwrap_err().to_string()
+        };
+        let file = p.display().to_string();
+        // A syntax error keeps toml's line and column. MINIMAL starts with a newline, so
+        // `plaintext` is on line 2.
+        let e = load(&MINIMAL.replace("plaintext = true", "plaintext = = true"));
+        assert!(e.starts_with(&format!("{file}:2:")), "{e}");
+        // An unknown field, a bad value, and a rule broken across fields.
+        let e = load(&MINIMAL.replace("upstream = ", "upstreams = "));
+        assert!(
+            e.starts_with(&format!("{file}:16:1: targets[0].http.upstreams:")),
+            "{e}"
+        );
+        let e = load(&MINIMAL.replace("http://127.0.0.1:9000", "ftp://x"));
+        assert!(
+            e.starts_with(&format!("{file}:16:1: targets[0].http.upstream:")),
+            "{e}"
+        );
+        let e = load(&format!("{MINIMAL}[limits]\nidle_timeout = \"0s\"\n"));
+        assert!(
+            e.starts_with(&format!("{file}:18:1: limits.idle_timeout:")),
+            "{e}"
+        );
+        // A field that is missing is reported at its table.
+        let e = load(&MINIMAL.replace("file = \"revocation.jws\"", ""));
+        assert!(e.starts_with(&format!("{file}:6:2: revocation:")), "{e}");
+        // Errors found after loading (a key that does not load) read the same way.
+        std::fs::write(&p, MINIMAL).unwrap();
+        let c = Config::load(&p).unwrap();
+        assert_eq!(
+            c.at("issuers[0].public_key"),
+            format!("{file}:5:1: issuers[0].public_key")
+        );
+        assert_eq!(
+            c.at("limits.max_connections"),
+            format!("{file}: limits.max_connections")
+        );
     }
 
     #[test]

@@ -37,6 +37,17 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Ask a running broker to reload its config file (as SIGHUP does): trusted issuer keys,
+    /// TLS certificate, key and client CA, revocation source. Exit 0 when reloaded, 1 when
+    /// the broker refused the new config (it keeps the running one), 2 when unreachable.
+    Reload {
+        /// The broker's admin address.
+        #[arg(long, default_value = "127.0.0.1:9901", conflicts_with = "config")]
+        admin: String,
+        /// Read the admin address from this config file instead.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Check and search audit logs.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -238,6 +249,7 @@ fn main() -> ExitCode {
             out,
         ),
         Command::Serve { config } => serve(&config),
+        Command::Reload { admin, config } => return reload(&admin, config.as_deref()),
         Command::Audit(AuditCommand::Verify(a)) => return seb::audit::cli::run_verify(&a),
         Command::Audit(AuditCommand::Query(a)) => return seb::audit::cli::run_query(&a),
         Command::DevCerts { out, agent } => dev_certs(&out, &agent),
@@ -419,8 +431,8 @@ fn revocation_issue(
     Ok(())
 }
 
-fn serve(config: &std::path::Path) -> anyhow::Result<()> {
-    let config = seb::config::Config::load(config)?;
+fn serve(path: &std::path::Path) -> anyhow::Result<()> {
+    let config = seb::config::Config::load(path)?;
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     if config.runtime.shards() > 0 {
         // Agent connections run on the shards; this runtime keeps the accept loops, the admin
@@ -428,32 +440,142 @@ fn serve(config: &std::path::Path) -> anyhow::Result<()> {
         rt.worker_threads(1);
     }
     let rt = rt.enable_all().build()?;
-    rt.block_on(async {
+    let code = rt.block_on(async {
+        use tokio::signal::unix::{signal, SignalKind};
         // A file-size limit (RLIMIT_FSIZE) would otherwise kill the process with SIGXFSZ; as a
         // handled signal it becomes a failed write, which the audit log turns into refusals.
-        let _xfsz =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(libc::SIGXFSZ))?;
-        let running = seb::proxy::start(config).await?;
+        let _xfsz = signal(SignalKind::from_raw(libc::SIGXFSZ))?;
+        // Handled from before the broker starts, so that no signal that arrives meanwhile
+        // takes its default action (SIGHUP's would end the process).
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let mut hup = signal(SignalKind::hangup())?;
+        let mut running = seb::proxy::start(config).await?;
         for (name, addr) in &running.target_addrs {
             eprintln!("seb: target {name} listening on {addr}");
         }
         eprintln!("seb: admin listening on {}", running.admin_addr);
-        tokio::select! {
-            _ = running.wait() => {}
-            _ = shutdown_signal() => eprintln!("seb: shutting down"),
+        let reloader = running.reloader.clone();
+        let signo = loop {
+            tokio::select! {
+                _ = running.wait() => anyhow::bail!("a listener stopped"),
+                _ = term.recv() => break libc::SIGTERM,
+                _ = int.recv() => break libc::SIGINT,
+                _ = hup.recv() => match reloader.reload().await {
+                    Ok(r) => {
+                        eprintln!("seb: SIGHUP: reloaded: {}", r.applied.join("; "));
+                        if !r.restart_needed.is_empty() {
+                            eprintln!(
+                                "seb: SIGHUP: changed but needing a restart (the running values stay): {}",
+                                r.restart_needed.join(", ")
+                            );
+                        }
+                    }
+                    Err(e) => eprintln!("seb: SIGHUP: not reloaded, the running configuration stays: {e}"),
+                },
+            }
+        };
+        eprintln!(
+            "seb: {}: draining (at most {:?}); a second signal exits at once",
+            signal_name(signo),
+            running.shutdown_grace
+        );
+        let drain = running.drain();
+        tokio::pin!(drain);
+        let drained = loop {
+            tokio::select! {
+                d = &mut drain => break d,
+                _ = term.recv() => return Ok(second_signal(libc::SIGTERM)),
+                _ = int.recv() => return Ok(second_signal(libc::SIGINT)),
+                _ = hup.recv() => eprintln!("seb: SIGHUP ignored while draining"),
+            }
+        };
+        if drained.cut > 0 {
+            eprintln!(
+                "seb: grace period over: {} connection(s) cut; their outcomes are recorded as unknown at the next start",
+                drained.cut
+            );
         }
-        Ok(())
-    })
+        if let Err(e) = &drained.audit {
+            eprintln!("seb: {e}");
+            return Ok(ExitCode::from(1));
+        }
+        eprintln!("seb: stopped");
+        Ok::<_, anyhow::Error>(ExitCode::SUCCESS)
+    })?;
+    // The shards and the audit writer are threads of their own; nothing of theirs is left to
+    // wait for, and the runtime's tasks (upgraded sessions past the grace period) are cut.
+    rt.shutdown_background();
+    std::process::exit(if code == ExitCode::SUCCESS { 0 } else { 1 })
 }
 
-async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
+fn signal_name(signo: i32) -> &'static str {
+    match signo {
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGINT => "SIGINT",
+        _ => "signal",
+    }
+}
+
+/// A second SIGTERM or SIGINT while draining: the operator wants out now. Decisions are
+/// already durable; outcomes not yet written are recorded as unknown at the next start.
+fn second_signal(signo: i32) -> ExitCode {
+    eprintln!(
+        "seb: second {}: exiting now without waiting for requests in flight",
+        signal_name(signo)
+    );
+    std::process::exit(128 + signo)
+}
+
+/// `seb reload`: POST /v1/reload on the admin port, and print its answer.
+fn reload(admin: &str, config: Option<&std::path::Path>) -> ExitCode {
+    let run = || -> anyhow::Result<(u16, String)> {
+        let addr = match config {
+            Some(p) => seb::config::Config::load(p)?.admin.listen.to_string(),
+            None => admin.to_string(),
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async {
+            use http_body_util::BodyExt;
+            let tcp = tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                tokio::net::TcpStream::connect(&addr),
+            )
+            .await
+            .map_err(|_| anyhow::anyhow!("{addr}: connect timed out"))?
+            .map_err(|e| anyhow::anyhow!("{addr}: {e}"))?;
+            let (mut send, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await?;
+            tokio::spawn(conn);
+            let req = http::Request::post("/v1/reload")
+                .header(http::header::HOST, &addr)
+                .body(http_body_util::Empty::<bytes::Bytes>::new())?;
+            // Loading keys and certificates is quick; a minute is a bound, not an estimate.
+            let resp =
+                tokio::time::timeout(std::time::Duration::from_secs(60), send.send_request(req))
+                    .await
+                    .map_err(|_| anyhow::anyhow!("{addr}: no answer"))??;
+            let status = resp.status().as_u16();
+            let body = resp.into_body().collect().await?.to_bytes();
+            Ok((status, String::from_utf8_lossy(&body).into_owned()))
+        })
     };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+    match run() {
+        Ok((200, body)) => {
+            println!("{body}");
+            ExitCode::SUCCESS
+        }
+        Ok((status, body)) => {
+            println!("{body}");
+            eprintln!("seb: reload refused ({status}); the broker keeps its running configuration");
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("seb: {e:#}");
+            ExitCode::from(2)
+        }
     }
 }
 

@@ -310,6 +310,62 @@ impl Audit {
         }
     }
 
+    /// At shutdown, once no request is left to record anything: waits (at most `within`)
+    /// until the writer has taken every queued record and written it, then syncs the file,
+    /// whatever the durability, so that the last outcome records survive a machine crash
+    /// too. Blocks the calling thread.
+    pub fn flush(&self, within: std::time::Duration) -> Result<(), AuditUnavailable> {
+        use std::time::{Duration, Instant};
+        let deadline = Instant::now() + within;
+        let late =
+            || AuditUnavailable("queued records were not written before the deadline".into());
+        // The writer thread takes records off the queue a moment before it takes the log to
+        // write them, so an empty queue is checked again after a pause in which no batch
+        // was written; records left by a request's own thread (`flush` durability) are
+        // written by whoever takes the log next, including this function.
+        let mut synced_after: Option<u64> = None;
+        loop {
+            while self.inner.tx.capacity() < self.inner.tx.max_capacity() {
+                if Instant::now() >= deadline {
+                    return Err(late());
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            let before = self.batches();
+            if synced_after == Some(before) {
+                return Ok(());
+            }
+            let synced = self.inner.log.with(|w| {
+                if w.uncommitted > 0 {
+                    // Syncs and commits them (what a failed sync would roll back to).
+                    w.sync_uncommitted();
+                    return Ok(());
+                }
+                match w.file.as_mut() {
+                    Some(f) => f
+                        .sync_data()
+                        .map_err(|e| format!("syncing the audit log: {e}")),
+                    None => Ok(()),
+                }
+            });
+            match synced {
+                Some(Ok(())) => {}
+                Some(Err(e)) => return Err(AuditUnavailable(e)),
+                None => return Err(AuditUnavailable("the audit writer has failed".into())),
+            }
+            if !self.is_writable() {
+                return Err(AuditUnavailable("the last write or sync failed".into()));
+            }
+            // Everything written up to `before` is synced; a batch written since (by the
+            // writer thread, or by `with` on its way out) means one more round.
+            synced_after = Some(before);
+            if Instant::now() >= deadline {
+                return Err(late());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Live tail: every line written after subscribing (without its newline). A receiver
     /// that falls more than 1024 lines behind loses lines rather than slowing the writer.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<str>> {

@@ -675,3 +675,30 @@ async fn no_sink_fails_closed_and_stdout_alone_is_a_sink() {
     assert_eq!(audit.record(decision("y")).await.unwrap(), 4);
     assert_eq!(audit.dropped_best_effort(), 0);
 }
+
+/// Shutdown: records queued just before `flush` (nobody waits on them) are on disk when it
+/// returns, in the chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flush_at_shutdown_writes_every_queued_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let key = crate::cert::keys::generate();
+    let audit = Audit::start(settings(&path), key.clone()).unwrap();
+    let seq = audit.record(decision("agent")).await.unwrap();
+    for _ in 0..500 {
+        audit.record_best_effort(outcome_of(seq));
+    }
+    let a = audit.clone();
+    tokio::task::spawn_blocking(move || a.flush(std::time::Duration::from_secs(30)))
+        .await
+        .unwrap()
+        .unwrap();
+    let recs = lines(&path);
+    assert_eq!(
+        recs.iter().filter(|r| r["kind"] == "outcome").count(),
+        500,
+        "every queued outcome is written"
+    );
+    let report = verify_logs(std::slice::from_ref(&path), &key.verifying_key()).unwrap();
+    assert_eq!((report.decisions, report.outcomes), (1, 500));
+}

@@ -23,30 +23,58 @@ pub struct Issuer {
     pub key: VerifyingKey,
 }
 
+/// The issuer keys the broker trusts. Clones share one set: a reload (`replace`) is seen at
+/// once by every holder (admission, the revocation state), and a request reads one
+/// consistent set without taking a lock.
 #[derive(Clone, Debug, Default)]
 pub struct TrustedIssuers {
-    by_kid: HashMap<String, Issuer>,
+    by_kid: std::sync::Arc<arc_swap::ArcSwap<HashMap<String, std::sync::Arc<Issuer>>>>,
 }
 
 impl TrustedIssuers {
     pub fn new(issuers: impl IntoIterator<Item = Issuer>) -> Self {
         TrustedIssuers {
-            by_kid: issuers.into_iter().map(|i| (i.kid.clone(), i)).collect(),
+            by_kid: std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(Self::index(issuers))),
         }
     }
 
-    pub fn get(&self, kid: &str) -> Option<&Issuer> {
-        self.by_kid.get(kid)
+    fn index(issuers: impl IntoIterator<Item = Issuer>) -> HashMap<String, std::sync::Arc<Issuer>> {
+        issuers
+            .into_iter()
+            .map(|i| (i.kid.clone(), std::sync::Arc::new(i)))
+            .collect()
+    }
+
+    pub fn get(&self, kid: &str) -> Option<std::sync::Arc<Issuer>> {
+        self.by_kid.load().get(kid).cloned()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.by_kid.is_empty()
+        self.by_kid.load().is_empty()
+    }
+
+    /// Installs a new set for every holder of this one (a config reload).
+    pub fn replace(&self, issuers: impl IntoIterator<Item = Issuer>) {
+        self.by_kid.store(std::sync::Arc::new(Self::index(issuers)));
+    }
+
+    /// `(kid, iss)` of every key, sorted: what a reload reports as changed.
+    pub fn describe(&self) -> Vec<(String, Option<String>)> {
+        let mut v: Vec<_> = self
+            .by_kid
+            .load()
+            .values()
+            .map(|i| (i.kid.clone(), i.name.clone()))
+            .collect();
+        v.sort();
+        v
     }
 
     /// The issuer names these keys sign for, sorted, without repeats.
     pub fn names(&self) -> Vec<String> {
         let mut v: Vec<String> = self
             .by_kid
+            .load()
             .values()
             .filter_map(|i| i.name.clone())
             .collect();
@@ -352,6 +380,20 @@ mod tests {
             assert_eq!(err.reason, Reason::CertMalformed, "{name}");
             assert!(err.message.contains("duplicate"), "{name}: {}", err.message);
         }
+    }
+
+    #[test]
+    fn replaced_keys_are_seen_by_every_clone() {
+        let (old, t) = setup();
+        let holder = t.clone();
+        let new = TestIssuer::new();
+        t.replace([new.issuer(Some("signer"))]);
+        let w = WindowPolicy::default();
+        assert!(verify(&new.sign(&payload(NOW)), &holder, w, NOW).is_ok());
+        assert_eq!(
+            reason(verify(&old.sign(&payload(NOW)), &holder, w, NOW)),
+            Reason::UnknownIssuer
+        );
     }
 
     #[test]

@@ -19,23 +19,36 @@ pub async fn serve(
     revocation: Arc<RevocationState>,
     listener: TcpListener,
     skew: i64,
+    reloader: Arc<super::config_reload::Reloader>,
 ) {
+    // Bounded, so that file descriptors set aside for the admin port (see
+    // `lifecycle::fd_reserve`) are enough.
+    let slots = Arc::new(tokio::sync::Semaphore::new(
+        super::lifecycle::ADMIN_CONNECTIONS,
+    ));
     loop {
         let Ok((tcp, _)) = listener.accept().await else {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             continue;
         };
-        let (broker, revocation) = (broker.clone(), revocation.clone());
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            continue;
+        };
+        let (broker, revocation, reloader) = (broker.clone(), revocation.clone(), reloader.clone());
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
-                let (broker, revocation) = (broker.clone(), revocation.clone());
+                let (broker, revocation, reloader) =
+                    (broker.clone(), revocation.clone(), reloader.clone());
                 async move {
-                    Ok::<_, std::convert::Infallible>(route(&broker, &revocation, req, skew).await)
+                    Ok::<_, std::convert::Infallible>(
+                        route(&broker, &revocation, &reloader, req, skew).await,
+                    )
                 }
             });
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(tcp), svc)
                 .await;
+            drop(slot);
         });
     }
 }
@@ -78,9 +91,12 @@ pub fn readiness(broker: &Broker) -> (bool, serde_json::Value) {
         );
     }
     let audit_ok = broker.audit.is_writable();
+    // A draining broker takes no new connections: a load balancer should send none.
+    let draining = broker.connections.draining();
     (
-        rev_ok && audit_ok,
+        rev_ok && audit_ok && !draining,
         json!({
+            "draining": draining,
             "revocation": {
                 "fresh": rev_ok,
                 "issuers": issuers,
@@ -94,6 +110,7 @@ pub fn readiness(broker: &Broker) -> (bool, serde_json::Value) {
 async fn route(
     broker: &Broker,
     revocation: &RevocationState,
+    reloader: &super::config_reload::Reloader,
     req: Request<Incoming>,
     skew: i64,
 ) -> Response<Body> {
@@ -135,6 +152,21 @@ async fn route(
                     "seb_revocation_age_seconds",
                     "Age of the oldest loaded revocation document (-1: an issuer has none).",
                     if missing { -1.0 } else { age.map_or(-1.0, |a| a as f64) },
+                ),
+                (
+                    "seb_agent_connections",
+                    "Agent connections open (and upgraded sessions), against limits.max_connections.",
+                    broker.connections.live() as f64,
+                ),
+                (
+                    "seb_agent_connections_max",
+                    "limits.max_connections as applied (lowered to fit the open file limit when not set).",
+                    broker.connections.max() as f64,
+                ),
+                (
+                    "seb_requests_in_flight",
+                    "Agent requests whose response has not been sent yet.",
+                    broker.connections.requests_in_flight() as f64,
                 ),
                 (
                     "seb_audit_writable",
@@ -196,6 +228,18 @@ async fn route(
             }
         }
         (&Method::GET, "/v1/audit/stream") => audit_stream(broker),
+        // Same as SIGHUP; `seb reload` calls it. The answer says what was reloaded and what
+        // needs a restart, or why nothing was (the running configuration stays).
+        (&Method::POST, "/v1/reload") => match reloader.reload().await {
+            Ok(r) => json_response(
+                StatusCode::OK,
+                json!({"reloaded": true, "applied": r.applied, "restart_needed": r.restart_needed}),
+            ),
+            Err(e) => json_response(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                json!({"reloaded": false, "error": e}),
+            ),
+        },
         _ => json_response(
             StatusCode::NOT_FOUND,
             json!({"error": "no such admin endpoint"}),

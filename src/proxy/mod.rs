@@ -2,7 +2,9 @@
 
 pub mod admin;
 pub mod body;
+pub mod config_reload;
 pub mod forward;
+pub mod lifecycle;
 pub mod metrics;
 pub mod pipeline;
 mod pool;
@@ -13,7 +15,7 @@ use crate::admission::reload::{self, Source};
 use crate::admission::revocation::RevocationState;
 use crate::admission::Admission;
 use crate::audit::{Audit, AuditSettings};
-use crate::cert::{keys, Issuer, TrustedIssuers, WindowPolicy};
+use crate::cert::{keys, TrustedIssuers, WindowPolicy};
 use crate::config::Config;
 use crate::denial::{Denial, Reason};
 use crate::state::memory::MemoryUseStore;
@@ -30,6 +32,8 @@ pub struct Broker {
     pub metrics: metrics::Metrics,
     pub max_body_bytes: usize,
     pub request_timeout: Duration,
+    /// Agent connections and requests in flight, and the drain at shutdown.
+    pub connections: Arc<lifecycle::Connections>,
     /// Bearer tokens that authenticate agents for reads (`X-Seb-Agent-Token`).
     agent_tokens: Vec<String>,
     /// Whether reads need an authenticated agent (mTLS or token) at all.
@@ -84,42 +88,95 @@ pub struct Running {
     pub revocation: Arc<RevocationState>,
     pub target_addrs: Vec<(String, std::net::SocketAddr)>,
     pub admin_addr: std::net::SocketAddr,
+    pub reloader: Arc<config_reload::Reloader>,
+    pub shutdown_grace: Duration,
+    /// The agent listeners' accept loops: stopped first at shutdown.
+    accepting: Vec<tokio::task::JoinHandle<()>>,
+    /// Held here, not only by the accept loops: a shard whose queue closes ends its event
+    /// loop and every connection on it, which a drain must not do.
+    _shards: Option<Arc<shards::Shards>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
+/// How a drain ended.
+#[derive(Debug)]
+pub struct Drained {
+    /// Connections (and upgraded sessions) still open when the grace period ended.
+    pub cut: usize,
+    pub audit: Result<(), crate::audit::AuditUnavailable>,
+}
+
 impl Running {
-    pub async fn wait(self) {
-        for t in self.tasks {
+    pub async fn wait(&mut self) {
+        for t in self.tasks.iter_mut().chain(self.accepting.iter_mut()) {
             let _ = t.await;
         }
+    }
+
+    /// Stops accepting, lets every connection finish the request it is serving (then close)
+    /// within the grace period, and makes the audit log durable. Connections still open at
+    /// the end of the grace period (long watches, exec sessions, slow upstreams) are cut when
+    /// the process exits; their decisions are already durable, and a missing outcome is
+    /// written as `unknown` at the next start.
+    pub async fn drain(&mut self) -> Drained {
+        for t in &self.accepting {
+            // Dropping the listener: new connections are refused by the kernel.
+            t.abort();
+        }
+        let c = self.broker.connections.clone();
+        tracing::info!(
+            connections = c.live(),
+            requests = c.requests_in_flight(),
+            grace = ?self.shutdown_grace,
+            "draining: no new connections; waiting for requests in flight"
+        );
+        c.start_drain();
+        let started = std::time::Instant::now();
+        let cut = match tokio::time::timeout(self.shutdown_grace, c.drained()).await {
+            Ok(()) => {
+                tracing::info!(after = ?started.elapsed(), "drained: every connection closed");
+                0
+            }
+            Err(_) => {
+                let left = c.live();
+                tracing::warn!(
+                    connections = left,
+                    requests = c.requests_in_flight(),
+                    "grace period over; cutting what is left"
+                );
+                left
+            }
+        };
+        let audit = self.broker.audit.clone();
+        let audit = tokio::task::spawn_blocking(move || audit.flush(Duration::from_secs(10)))
+            .await
+            .unwrap_or_else(|e| {
+                Err(crate::audit::AuditUnavailable(format!(
+                    "flushing the audit log: {e}"
+                )))
+            });
+        Drained { cut, audit }
     }
 }
 
 pub async fn start(config: Config) -> anyhow::Result<Running> {
-    let mut issuers = Vec::new();
-    for (i, ic) in config.issuers.iter().enumerate() {
-        let key = keys::load_verifying_key(&ic.public_key)
-            .with_context(|| format!("issuers[{i}].public_key"))?;
-        issuers.push(Issuer {
-            name: Some(ic.name.clone()),
-            kid: keys::key_id(&key),
-            key,
-        });
-    }
-    let kids_by_name: Vec<(String, String)> = issuers
+    let loaded = config_reload::load_issuers(&config)?;
+    let kids_by_name: Vec<(String, String)> = loaded
         .iter()
         .filter_map(|i| i.name.clone().map(|n| (n, i.kid.clone())))
         .collect();
-    let issuers = TrustedIssuers::new(issuers);
+    let issuers = TrustedIssuers::new(loaded);
+    let issuers_handle = issuers.clone();
     let skew = config.certificates.clock_skew.as_secs() as i64;
     let revocation = RevocationState::new(issuers.clone());
     let revocation = Arc::new(match config.state_dir() {
         Some(dir) => {
-            std::fs::create_dir_all(&dir)
-                .with_context(|| format!("state.dir: creating {}", dir.display()))?;
+            std::fs::create_dir_all(&dir).with_context(|| {
+                format!("{}: creating {}", config.at("state.dir"), dir.display())
+            })?;
             revocation
                 .persisted_in(&dir, crate::cert::now_secs(), skew)
-                .context("state.dir: loading the revocation state")?
+                .with_context(|| config.at("state.dir"))?
         }
         None => {
             tracing::warn!("no state directory and no audit file: revocation documents pushed to this broker are kept in memory only");
@@ -131,8 +188,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         max_ttl_secs: config.certificates.max_ttl.as_secs() as i64,
     };
 
-    let audit_key =
-        keys::load_signing_key(&config.audit.signing_key).context("audit.signing_key")?;
+    let audit_key = keys::load_signing_key(&config.audit.signing_key)
+        .with_context(|| config.at("audit.signing_key"))?;
     let audit = Audit::start(
         AuditSettings {
             path: config.audit.path.clone(),
@@ -143,7 +200,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         },
         audit_key,
     )
-    .context("audit")?;
+    .with_context(|| config.at("audit"))?;
 
     // Before anything listens: every use the log recorded for a certificate that is still
     // usable counts again, so a restart never re-admits a spent use.
@@ -153,22 +210,20 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     );
     let uses_unknown_before = rebuild_use_counts(&config, window, &kids_by_name, &uses)?;
 
-    let tls = match &config.tls {
-        Some(t) => Some(tokio_rustls::TlsAcceptor::from(
-            crate::tls::server_config(&crate::tls::TlsSettings {
-                cert: t.cert.clone(),
-                key: t.key.clone(),
-                client_ca: t.client_ca.clone(),
-                require_client_cert: t.require_client_cert,
-            })
-            .context("tls")?,
-        )),
+    let tls: Option<server::TlsSlot> = match &config.tls {
+        Some(_) => Some(Arc::new(arc_swap::ArcSwap::new(config_reload::tls_config(
+            &config,
+        )?))),
         None => None,
     };
+    let max_connections = connection_limit(&config)?;
 
     let mut agent_tokens = Vec::new();
     for (i, s) in config.agents.tokens.iter().enumerate() {
-        agent_tokens.push(s.load().with_context(|| format!("agents.tokens[{i}]"))?);
+        agent_tokens.push(
+            s.load()
+                .with_context(|| config.at(&format!("agents.tokens[{i}]")))?,
+        );
     }
     let reads_need_agent =
         !agent_tokens.is_empty() || config.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
@@ -189,17 +244,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         metrics: metrics::Metrics::default(),
         max_body_bytes: config.limits.max_body_bytes,
         request_timeout: config.limits.request_timeout,
+        connections: lifecycle::Connections::new(max_connections),
         agent_tokens,
         reads_need_agent,
         request_prefix: pipeline::hex(&prefix),
         request_counter: AtomicU64::new(1),
     });
 
-    let source = match (&config.revocation.file, &config.revocation.url) {
-        (Some(f), _) => Source::File(f.clone()),
-        (_, Some(u)) => Source::Url(u.clone()),
-        _ => anyhow::bail!("revocation: needs file or url"),
-    };
+    let source = config_reload::revocation_source(&config)?;
     let control_client = forward::UpstreamClient::new(None)?;
     // First load before listening, so a broker with good data is ready at once.
     match reload::fetch(&source, &control_client).await {
@@ -214,27 +266,39 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     }
 
     let mut tasks = Vec::new();
-    tasks.push(tokio::spawn(reload::run(
-        source,
-        revocation.clone(),
-        control_client,
-        config.revocation.poll_interval,
-        skew,
-    )));
+    // The poller is (re)started by the reloader, with the source of the config it has.
+    let spawn_poller = {
+        let (revocation, client) = (revocation.clone(), control_client.clone());
+        Box::new(move |source: Source, interval: Duration| {
+            tokio::spawn(reload::run(
+                source,
+                revocation.clone(),
+                client.clone(),
+                interval,
+                skew,
+            ))
+        })
+    };
 
     let limits = server::StackLimits {
         request_timeout: config.limits.request_timeout,
         concurrency: Arc::new(tokio::sync::Semaphore::new(
             config.limits.max_concurrent_requests,
         )),
+        header_read_timeout: config.limits.header_read_timeout,
+        idle_timeout: config.limits.idle_timeout,
     };
     let shards = match config.runtime.shards() {
         0 => None,
-        n => Some(Arc::new(
-            shards::Shards::start(n).context("runtime.shards: starting connection threads")?,
-        )),
+        n => Some(Arc::new(shards::Shards::start(n).with_context(|| {
+            format!(
+                "{}: starting connection threads",
+                config.at("runtime.shards")
+            )
+        })?)),
     };
     let mut target_addrs = Vec::new();
+    let mut accepting = Vec::new();
     for (i, tc) in config.targets.iter().enumerate() {
         let target = match tc.kind {
             crate::cert::TargetKind::Http => {
@@ -242,7 +306,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                     .http
                     .as_ref()
                     .with_context(|| format!("targets[{i}].http: missing"))?;
-                Target::Http(HttpTarget::new(&tc.name, h).with_context(|| format!("targets[{i}]"))?)
+                Target::Http(
+                    HttpTarget::new(&tc.name, h)
+                        .with_context(|| config.at(&format!("targets[{i}]")))?,
+                )
             }
             crate::cert::TargetKind::Aws => {
                 let a = tc
@@ -251,7 +318,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                     .with_context(|| format!("targets[{i}].aws: missing"))?;
                 Target::Aws(
                     crate::targets::aws::AwsTarget::new(&tc.name, a)
-                        .with_context(|| format!("targets[{i}]"))?,
+                        .with_context(|| config.at(&format!("targets[{i}]")))?,
                 )
             }
             crate::cert::TargetKind::Kubernetes => {
@@ -260,17 +327,24 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                     .as_ref()
                     .with_context(|| format!("targets[{i}].kubernetes: missing"))?;
                 Target::Kubernetes(
-                    KubeTarget::new(&tc.name, k).with_context(|| format!("targets[{i}]"))?,
+                    KubeTarget::new(&tc.name, k)
+                        .with_context(|| config.at(&format!("targets[{i}]")))?,
                 )
             }
         };
         let listener = tokio::net::TcpListener::bind(tc.listen)
             .await
-            .with_context(|| format!("targets[{i}].listen: cannot listen on {}", tc.listen))?;
+            .with_context(|| {
+                format!(
+                    "{}: cannot listen on {}",
+                    config.at(&format!("targets[{i}].listen")),
+                    tc.listen
+                )
+            })?;
         let addr = listener.local_addr()?;
         target_addrs.push((tc.name.clone(), addr));
         tracing::info!(target = tc.name, %addr, tls = tls.is_some(), "listening");
-        tasks.push(tokio::spawn(server::serve(
+        accepting.push(tokio::spawn(server::serve(
             broker.clone(),
             Arc::new(target),
             listener,
@@ -282,14 +356,29 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 
     let admin_listener = tokio::net::TcpListener::bind(config.admin.listen)
         .await
-        .with_context(|| format!("admin.listen: cannot listen on {}", config.admin.listen))?;
+        .with_context(|| {
+            format!(
+                "{}: cannot listen on {}",
+                config.at("admin.listen"),
+                config.admin.listen
+            )
+        })?;
     let admin_addr = admin_listener.local_addr()?;
     tracing::info!(%admin_addr, "admin listening");
+    let shutdown_grace = config.limits.shutdown_grace;
+    let reloader = Arc::new(config_reload::Reloader::new(
+        config,
+        issuers_handle,
+        tls,
+        source,
+        spawn_poller,
+    ));
     tasks.push(tokio::spawn(admin::serve(
         broker.clone(),
         revocation.clone(),
         admin_listener,
         skew,
+        reloader.clone(),
     )));
 
     Ok(Running {
@@ -297,6 +386,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         revocation,
         target_addrs,
         admin_addr,
+        reloader,
+        shutdown_grace,
+        accepting,
+        _shards: shards,
         tasks,
     })
 }
@@ -360,4 +453,25 @@ fn rebuild_use_counts(
     Ok(scan
         .uses_unknown_before
         .map(|t| t.saturating_add(window.skew_secs)))
+}
+
+/// Agent connections that fit in the open file limit (raised to the hard limit first) with
+/// the descriptors everything else needs.
+fn connection_limit(config: &Config) -> anyhow::Result<usize> {
+    let limit = match lifecycle::raise_fd_limit() {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not raise the open file limit");
+            lifecycle::soft_fd_limit()
+        }
+    };
+    let reserve =
+        lifecycle::fd_reserve(config.limits.max_concurrent_requests, config.targets.len());
+    lifecycle::fit_connections(
+        config.limits.max_connections,
+        crate::config::DEFAULT_MAX_CONNECTIONS,
+        limit,
+        reserve,
+    )
+    .map_err(|e| anyhow::anyhow!("{}: {e}", config.at("limits.max_connections")))
 }

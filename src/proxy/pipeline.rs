@@ -383,7 +383,14 @@ async fn forward(
             )
             .into());
         };
-        tokio::spawn(join_upgraded(client_upgrade, hyper::upgrade::on(&mut resp)));
+        // The HTTP connection ends here and the session lives on in its own task: held, so
+        // a drain waits for it until the grace period ends.
+        let session = broker.connections.hold();
+        let upstream_upgrade = hyper::upgrade::on(&mut resp);
+        tokio::spawn(async move {
+            join_upgraded(client_upgrade, upstream_upgrade).await;
+            drop(session);
+        });
     }
     let (mut parts, body) = resp.into_parts();
     let mut headers = http::HeaderMap::new();

@@ -3,8 +3,9 @@
 
 Records every request it receives, one JSON object per line, so a test can assert that the
 upstream saw exactly the admitted requests and none of the refused ones. Answers every
-request with a small JSON echo. Paths under /slow/ wait before answering (to let a test kill
-the broker between its decision and outcome records).
+request with a small JSON echo. Paths under /slow/ wait 30 s before answering (to let a test
+kill the broker between its decision and outcome records); paths under /pause/ wait 5 s (to
+let a test stop the broker while requests are in flight).
 
 Usage: recording_upstream.py --log FILE [--port N] [--port-file FILE]
 """
@@ -39,6 +40,8 @@ class Handler(BaseHTTPRequestHandler):
             Handler.log_file.flush()
         if self.path.startswith("/slow/"):
             time.sleep(30)
+        elif self.path.startswith("/pause/"):
+            time.sleep(5)
         out = json.dumps({"ok": True, "method": self.command, "path": self.path,
                           "received_sha256": record["body_sha256"]}).encode()
         self.send_response(200)
