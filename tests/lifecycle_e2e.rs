@@ -315,7 +315,7 @@ async fn sighup_reloads_trusted_keys_and_the_tls_certificate() {
     }
     assert!(running(&mut broker), "SIGHUP must not end the process");
     wait_for("revocation epoch 2 from the new source", || {
-        admin_get(&broker, "/readyz").1["revocation"]["epoch"] == 2
+        admin_get(&broker, "/readyz").1["revocation"]["issuers"]["signer"]["epoch"] == 2
     });
     // The old key is no longer trusted.
     let r = post(
