@@ -35,16 +35,27 @@ fn late() -> Denial {
     )
 }
 
-/// The whole body, at most `limit` bytes, received by `deadline`.
-pub async fn read_limited<B>(body: B, limit: usize, deadline: Instant) -> Result<Bytes, Denial>
+/// The whole body, at most `limit` bytes, received by `deadline`. `expects_continue`: the
+/// client waits for `100 Continue` before it sends the body.
+pub async fn read_limited<B>(
+    body: B,
+    limit: usize,
+    deadline: Instant,
+    expects_continue: bool,
+) -> Result<Bytes, Denial>
 where
     B: Body<Data = Bytes> + Send,
     B::Error: Into<BoxError>,
 {
+    let mut body = std::pin::pin!(body);
     if body.size_hint().lower() > limit as u64 {
+        // A client that waits for 100 Continue has sent nothing and never will; one that did
+        // not ask is already sending, and must be let finish to read the answer.
+        if !expects_continue {
+            drain(body.as_mut(), deadline).await;
+        }
         return Err(too_large(limit));
     }
-    let mut body = std::pin::pin!(body);
     let mut buf = BytesMut::new();
     loop {
         let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
@@ -114,7 +125,7 @@ mod tests {
 
     #[tokio::test]
     async fn reads_within_the_limit() {
-        let b = read_limited(Full::new(Bytes::from_static(b"abc")), 3, soon())
+        let b = read_limited(Full::new(Bytes::from_static(b"abc")), 3, soon(), false)
             .await
             .unwrap();
         assert_eq!(&b[..], b"abc");
@@ -125,6 +136,7 @@ mod tests {
             ]),
             3,
             soon(),
+            false,
         )
         .await
         .unwrap();
@@ -133,7 +145,7 @@ mod tests {
 
     #[tokio::test]
     async fn over_the_limit_is_413_declared_or_not() {
-        let e = read_limited(Full::new(Bytes::from_static(b"abcd")), 3, soon())
+        let e = read_limited(Full::new(Bytes::from_static(b"abcd")), 3, soon(), false)
             .await
             .unwrap_err();
         assert_eq!(e.status(), http::StatusCode::PAYLOAD_TOO_LARGE);
@@ -146,6 +158,7 @@ mod tests {
             ]),
             3,
             soon(),
+            false,
         )
         .await
         .unwrap_err();
@@ -163,6 +176,7 @@ mod tests {
             ]),
             100,
             soon(),
+            false,
         )
         .await
         .unwrap_err();

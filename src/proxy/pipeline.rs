@@ -119,7 +119,7 @@ where
         (Bytes::new(), Some(body))
     } else {
         (
-            read_body(body, broker.max_body_bytes, deadline).await?,
+            read_body(body, &parts.headers, broker.max_body_bytes, deadline).await?,
             None,
         )
     };
@@ -463,6 +463,7 @@ async fn join_upgraded(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgra
 
 async fn read_body<B>(
     body: B,
+    headers: &http::HeaderMap,
     limit: usize,
     deadline: tokio::time::Instant,
 ) -> Result<Bytes, Denial>
@@ -470,8 +471,11 @@ where
     B: http_body::Body<Data = Bytes> + Send,
     B::Error: Into<super::forward::BoxError>,
 {
+    let expects_continue = headers
+        .get(http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
     // 413 the client can read, and no unchecked trailers: see proxy::body.
-    super::body::read_limited(body, limit, deadline).await
+    super::body::read_limited(body, limit, deadline, expects_continue).await
 }
 
 pub fn hex(bytes: &[u8]) -> String {
