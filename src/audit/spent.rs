@@ -92,6 +92,21 @@ struct Use<'a> {
     exp: Option<i64>,
 }
 
+/// Whether a line can hold a use or give one back; most lines (outcomes, starts) cannot, and
+/// are not parsed. Member names are never escaped by the writer, and a quote inside a string
+/// value always is, so the first raw `"kind":"` is the record's own `kind`.
+fn may_count(line: &[u8]) -> bool {
+    let Some(at) = memchr::memmem::find(line, b"\"kind\":\"") else {
+        // Not a record this broker wrote: parsed, and refused if it does not read.
+        return true;
+    };
+    let kind = &line[at + 8..];
+    if kind.starts_with(b"outcome\"") {
+        return memchr::memmem::find(line, b"\"outcome\":\"returned\"").is_some();
+    }
+    !kind.starts_with(b"start\"")
+}
+
 fn ts_secs(ts: &str) -> Option<i64> {
     humantime::parse_rfc3339(ts).ok().and_then(|t| {
         t.duration_since(std::time::UNIX_EPOCH)
@@ -131,6 +146,9 @@ pub fn spent_uses(path: &Path, horizon: i64) -> anyhow::Result<SpentScan> {
                 continue;
             }
             scan.lines += 1;
+            if !may_count(raw) {
+                continue;
+            }
             // Recovery has already moved a torn tail aside, so a line that does not parse is
             // damage: a use we cannot count could be admitted twice, so the broker does not
             // start.
