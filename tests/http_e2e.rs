@@ -902,6 +902,14 @@ async fn unwritable_audit_log_refuses_mutations_and_recovers() {
     assert!(posts(&up).is_empty());
     let r = send(&c, "GET", &broker.url("/v1/items"), &[], b"").await;
     assert_eq!(r.status, 200, "reads continue while the audit log is down");
+    // The refusal and the read are not lost: held in memory, and said so in /metrics.
+    let metrics = reqwest::get(broker.admin_url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("seb_audit_held 2"), "{metrics}");
     prlimit_fsize(&pid, "--fsize=unlimited");
     let cert = env.cert("POST", "/v1/refunds", refund_rule());
     let r = refund(&c, &broker, &cert, body).await;
@@ -911,6 +919,19 @@ async fn unwritable_audit_log_refuses_mutations_and_recovers() {
         r.body
     );
     assert_eq!(posts(&up).len(), 1);
+    // Written first, once the log works again.
+    let recs = audit_records(&env);
+    let refused = recs
+        .iter()
+        .position(|r| r["reason"]["code"] == "audit_unavailable")
+        .expect("the refusal made while the log was down is in the log");
+    let admitted = recs
+        .iter()
+        .position(|r| {
+            r["kind"] == "decision" && r["decision"] == "allow" && !r["cert_id"].is_null()
+        })
+        .unwrap();
+    assert!(refused < admitted);
     assert_audit_verifies(&env);
 }
 

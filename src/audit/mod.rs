@@ -277,12 +277,14 @@ impl Audit {
         answer.await.map_err(|_| stopped())?
     }
 
-    /// Queues without waiting (read pass-throughs). Dropped, and counted, while the log is
-    /// failing or the queue is full: a read must not wait on the audit log.
+    /// Queues without waiting (refusals, outcomes, read pass-throughs). While the log is
+    /// failing the record is held in memory (bounded) and written first once it works again;
+    /// past the bound, and when the queue is full, it is dropped and counted: a read must not
+    /// wait on the audit log.
     pub fn record_best_effort(&self, entry: Entry) {
         let shared = &self.inner.shared;
         if !shared.writable.load(Ordering::Relaxed) {
-            shared.dropped.fetch_add(1, Ordering::Relaxed);
+            shared.hold(entry);
             return;
         }
         let payload = Payload::Entry(Box::new(entry));
@@ -377,6 +379,16 @@ impl Audit {
     /// and metrics).
     pub fn is_writable(&self) -> bool {
         self.inner.shared.writable.load(Ordering::Relaxed) && self.inner.shared.file_in_place()
+    }
+
+    /// Records held in memory until the failing log works again.
+    pub fn held(&self) -> usize {
+        self.inner
+            .shared
+            .held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
     }
 
     pub fn dropped_best_effort(&self) -> u64 {

@@ -83,9 +83,37 @@ pub(crate) struct Shared {
     /// The active file's path and (device, inode) as opened, so readiness can notice a log
     /// deleted or replaced under the broker before the next write does.
     pub file_id: Mutex<Option<(PathBuf, (u64, u64))>>,
+    /// Records nobody waits on (refusals, outcomes, reads) that could not be written while
+    /// the log was failing: kept, up to [`HELD_MAX`], and written first once it works again.
+    pub held: Mutex<std::collections::VecDeque<super::record::Entry>>,
 }
 
+/// Records held in memory while the log is failing; past this they are counted as dropped.
+pub(crate) const HELD_MAX: usize = 4096;
+
 impl Shared {
+    /// Keeps a record the log could not take now, or counts it as dropped when the memory for
+    /// them is full. Either is said in the log, once per doubling.
+    pub(crate) fn hold(&self, entry: super::record::Entry) {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        if held.len() < HELD_MAX {
+            held.push_back(entry);
+            if held.len() == 1 {
+                tracing::warn!("audit log unavailable: refusal, outcome and read records are kept in memory (up to {HELD_MAX}) until it works again");
+            }
+            return;
+        }
+        drop(held);
+        let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+        if n.is_power_of_two() {
+            tracing::error!(dropped = n, "audit log unavailable and {HELD_MAX} records already held: records are being dropped (counted in seb_audit_dropped_best_effort)");
+        }
+    }
+
+    fn take_held(&self) -> std::collections::VecDeque<super::record::Entry> {
+        std::mem::take(&mut *self.held.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
     /// False when the active file is no longer the one the writer has open.
     pub(crate) fn file_in_place(&self) -> bool {
         let id = self.file_id.lock().unwrap_or_else(|p| p.into_inner());
@@ -413,6 +441,18 @@ impl Writer {
         jobs: &mut Vec<Job>,
         force_sync: bool,
     ) -> Result<(), String> {
+        // Records held while the log was failing go first: they are older.
+        let held = self.shared.take_held();
+        let held_count = held.len();
+        if held_count > 0 {
+            jobs.splice(
+                0..0,
+                held.into_iter().map(|e| Job {
+                    payload: Payload::Entry(Box::new(e)),
+                    reply: None,
+                }),
+            );
+        }
         // Sync when someone waits on this batch, or when best-effort records have waited
         // long enough; otherwise they are written now and synced with a later batch.
         let sync = force_sync
@@ -420,15 +460,22 @@ impl Writer {
                 && (jobs.iter().any(|j| j.reply.is_some())
                     || self.sync_due().is_some_and(|due| due <= Instant::now())));
         let (outcome, results) = self.append(jobs.iter().map(|j| &j.payload), sync);
+        if held_count > 0 && outcome.is_ok() {
+            tracing::info!(
+                records = held_count,
+                "audit log works again: the records held meanwhile are written"
+            );
+        }
         for (job, result) in jobs.drain(..).zip(results) {
-            match job.reply {
-                Some(reply) => {
+            match (job.reply, job.payload) {
+                (Some(reply), _) => {
                     let _ = reply.send(result.map_err(AuditUnavailable));
                 }
-                None if result.is_err() => {
+                (None, Payload::Entry(e)) if result.is_err() => self.shared.hold(*e),
+                (None, _) if result.is_err() => {
                     self.shared.dropped.fetch_add(1, Ordering::Relaxed);
                 }
-                None => {}
+                (None, _) => {}
             }
         }
         outcome

@@ -174,6 +174,11 @@ async fn route(
                     if broker.audit.is_writable() { 1.0 } else { 0.0 },
                 ),
                 (
+                    "seb_audit_held",
+                    "Refusal, outcome and read records held in memory while the audit log fails; written first once it works again.",
+                    broker.audit.held() as f64,
+                ),
+                (
                     "seb_audit_dropped_best_effort",
                     "Read and outcome records dropped while the log failed.",
                     broker.audit.dropped_best_effort() as f64,
