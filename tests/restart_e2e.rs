@@ -259,19 +259,6 @@ async fn pushed_revocations_survive_a_restart() {
     assert_eq!(posts(&up), 1);
 }
 
-fn verify_exit(env: &Env) -> (i32, String) {
-    let key = env.path("broker.pub");
-    let log = env.path("audit.jsonl");
-    let (code, out, err) = seb(&[
-        "audit",
-        "verify",
-        "--key",
-        key.to_str().unwrap(),
-        log.to_str().unwrap(),
-    ]);
-    (code, format!("{out}{err}"))
-}
-
 /// A second broker on the same log refuses to start, naming the one that holds it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_broker_on_one_log_refuses_to_start() {
@@ -360,7 +347,7 @@ async fn a_deleted_log_is_noticed_refused_and_recorded() {
     let fresh = cert_issued_at(&env, now() + 31);
     let r = post(&c, &broker, &fresh).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
-    let (code, out) = verify_exit(&env);
+    let (code, out) = audit_verify(&env);
     assert_eq!(code, 3, "{out}");
     assert!(out.contains("RECOVERY") && out.contains("deleted"), "{out}");
 }
@@ -423,7 +410,7 @@ async fn a_cut_tail_is_recorded_and_never_reopens_a_use() {
             assert_eq!(moved.len() as u64, dropped["bytes"].as_u64().unwrap());
         }
         sigterm_and_wait(&mut broker);
-        let (code, out) = verify_exit(&env);
+        let (code, out) = audit_verify(&env);
         assert_eq!(code, 3, "cut {cut}: {out}");
     }
 }

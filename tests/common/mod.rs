@@ -444,8 +444,8 @@ pub async fn send_raw(env: &Env, port: u16, request: &str) -> Reply {
     }
 }
 
-/// `seb audit verify` over the broker's log must pass.
-pub fn assert_audit_verifies(env: &Env) {
+/// `seb audit verify` over the broker's active log: exit code, and what it printed.
+pub fn audit_verify(env: &Env) -> (i32, String) {
     let key = env.path("broker.pub");
     let log = env.path("audit.jsonl");
     let (code, out, err) = seb(&[
@@ -455,7 +455,13 @@ pub fn assert_audit_verifies(env: &Env) {
         key.to_str().unwrap(),
         log.to_str().unwrap(),
     ]);
-    assert_eq!(code, 0, "{out}{err}");
+    (code, format!("{out}{err}"))
+}
+
+/// `seb audit verify` over the broker's log must pass.
+pub fn assert_audit_verifies(env: &Env) {
+    let (code, out) = audit_verify(env);
+    assert_eq!(code, 0, "{out}");
 }
 // === kubernetes ===
 
