@@ -60,6 +60,23 @@ const BROKER_SET: &[&str] = &[
     "x-request-id",
 ];
 
+/// Where the request came from, as proxies in front of seb (a load balancer) or the agent
+/// itself say it. seb checks none of them, and upstreams that trust them build URLs, pick
+/// tenants or apply allow-lists by them: stripped on every target (a load balancer in front
+/// adds them, so they are not refused), and folded spellings refused like the others.
+const FORWARDING: &[&str] = &[
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-forwarded-port",
+    "x-forwarded-server",
+    "x-forwarded-ssl",
+    "x-real-ip",
+    "x-client-ip",
+    "true-client-ip",
+];
+
 /// Read by the broker on every target (body checks): they travel as sent, and no other
 /// spelling may travel beside them.
 const READ: &[&str] = &["content-type", "content-encoding"];
@@ -114,7 +131,7 @@ impl HeaderRules {
             guards: Vec::new(),
             upgrade: false,
         };
-        for n in HOP_BY_HOP.iter().chain(BROKER_SET) {
+        for n in HOP_BY_HOP.iter().chain(BROKER_SET).chain(FORWARDING) {
             r = r.name(n, Exact::Strip);
         }
         for n in READ {
@@ -488,6 +505,23 @@ mod tests {
             &aws_rules()
         )
         .is_err());
+    }
+
+    #[test]
+    fn forwarding_headers_do_not_travel() {
+        let rules = http_rules();
+        let sent = copied(
+            &[
+                ("x-forwarded-host", "evil.example"),
+                ("forwarded", "for=1.2.3.4;host=evil.example"),
+                ("x-real-ip", "10.0.0.1"),
+                ("x-trace", "t"),
+            ],
+            &rules,
+        )
+        .unwrap();
+        assert_eq!(sent, vec!["x-trace".to_string()]);
+        assert!(check(&map(&[("x_forwarded_host", "evil.example")]), &rules).is_err());
     }
 
     #[test]
