@@ -1,0 +1,689 @@
+//! Attacks on the restart-safety work of issue 15, through the real binary: ways a spent use
+//! could run again after a restart, or a decision could vanish without trace. A test marked
+//! `#[ignore = "hole: ..."]` shows a hole that is still open (it fails today); the others are
+//! defences that held, kept as regression tests.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use sha2::Digest;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const JSON: (&str, &str) = ("content-type", "application/json");
+
+async fn post(c: &reqwest::Client, broker: &Broker, cert: &str) -> Reply {
+    let auth = format!("Bearer {cert}");
+    send(
+        c,
+        "POST",
+        &broker.url("/v1/deploys"),
+        &[JSON, ("authorization", &auth)],
+        br#"{"env":"prod"}"#,
+    )
+    .await
+}
+
+fn posts(up: &Upstream) -> usize {
+    up.requests()
+        .into_iter()
+        .filter(|r| r["method"] != "GET")
+        .count()
+}
+
+fn sigterm_and_wait(broker: &mut Broker) {
+    let mut child = broker.child.take().expect("a running broker");
+    // SAFETY: a plain kill(2) on our own child's pid.
+    let rc = unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert_eq!(rc, 0);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "broker did not exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn cert_edit(env: &Env, max_uses: u32, edit: impl FnOnce(&mut Value)) -> String {
+    env.cert_with(
+        "POST",
+        "/v1/deploys",
+        json!({"constraints": {"/env": {"eq": "prod"}}, "others": "deny"}),
+        |p| {
+            p["seb"]["max_uses"] = json!(max_uses);
+            edit(p);
+        },
+    )
+}
+
+fn cert(env: &Env, max_uses: u32) -> String {
+    cert_edit(env, max_uses, |_| {})
+}
+
+/// A spent use must stay spent: refused as replayed, or (after an unattributed loss) because
+/// the broker cannot prove it unspent.
+fn assert_still_spent(r: &Reply, what: &str) {
+    assert!(
+        [(403, "replayed"), (503, "state_unavailable")].contains(&(r.status, r.code())),
+        "{what}: a spent use was admitted again: {} {:?}",
+        r.status,
+        r.body
+    );
+}
+
+fn lines_of(path: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+fn write_lines(path: &std::path::Path, lines: &[String]) {
+    let mut text = lines.join("\n");
+    text.push('\n');
+    std::fs::write(path, text).unwrap();
+}
+
+/// Starts `seb serve` on `env`'s files with a config of its own; returns Ok(exit status and
+/// stderr) if it exits within `wait`, or Err(child) while it is still running.
+fn start_second(
+    env: &Env,
+    cfg: &BrokerConfig,
+    name: &str,
+    wait: Duration,
+) -> Result<(std::process::ExitStatus, String), std::process::Child> {
+    let path = env.path(name);
+    std::fs::write(&path, &cfg.text).unwrap();
+    let err_path = env.path(&format!("{name}.stderr"));
+    let mut child = Command::new(seb_bin())
+        .args(["serve", "--config"])
+        .arg(&path)
+        .env("SEB_TEST_PAYMENTS_TOKEN", UPSTREAM_SECRET)
+        .env("SEB_TEST_AGENT_TOKEN", AGENT_TOKEN)
+        .env("SEB_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + wait;
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Ok((status, std::fs::read_to_string(&err_path).unwrap()));
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    Err(child)
+}
+
+/// A config on the same files with small log files, so decisions land in rotated ones.
+fn rotating(env: &Env, port: u16, bytes: u64) -> BrokerConfig {
+    let mut cfg = env.config(port, "");
+    cfg.text = cfg.text.replace(
+        "signing_key = \"broker.key\"",
+        &format!("signing_key = \"broker.key\"\nrotate_bytes = {bytes}"),
+    );
+    cfg
+}
+
+fn rotated(env: &Env) -> Vec<std::path::PathBuf> {
+    (1..)
+        .map(|n| env.path(&format!("audit.jsonl.{n}")))
+        .take_while(|p| p.exists())
+        .collect()
+}
+
+/// An upstream that accepts connections and never answers; returns its port.
+fn hanging_upstream() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in listener.incoming().flatten() {
+            held.push(s);
+        }
+    });
+    port
+}
+
+/// A torn decision is read for the use it held. The certificate's `evidence` (free-form, put
+/// there by whoever asked the signer) comes before the record's own `request.use` and
+/// `decision` members, so a prefix cut just after it must not be read as "denied" or as a use
+/// of some other key that expired long ago. The decision is the last record (the broker was
+/// killed while the upstream had not answered), and its end is cut as a torn write leaves it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "hole: attribute_torn searches the whole prefix, so evidence members named decision or use decide whether and whose use a torn record held"]
+async fn a_torn_decision_is_not_read_from_its_evidence() {
+    for (evidence, cut_at) in [
+        (json!({"decision": "deny"}), ",\"target\":"),
+        (
+            json!({"use": {"kid": "someone-else", "exp": 1}}),
+            ",\"target\":",
+        ),
+        (
+            json!({"use": {"kid": "someone-else", "exp": 1}}),
+            ",\"decision\":",
+        ),
+        (json!({"ticket": "INC-7"}), ",\"decision\":"),
+        (json!({"ticket": "INC-7"}), ",\"evid"),
+    ] {
+        let env = Env::new();
+        let port = hanging_upstream();
+        let mut broker = Broker::start(&env, &env.config(port, ""));
+        let c = client(&env, false);
+        let once = cert_edit(&env, 1, |p| p["seb"]["evidence"] = evidence.clone());
+        let (c2, url, auth) = (
+            c.clone(),
+            broker.url("/v1/deploys"),
+            format!("Bearer {once}"),
+        );
+        let pending = tokio::spawn(async move {
+            c2.post(url)
+                .header("content-type", "application/json")
+                .header("authorization", auth)
+                .body(r#"{"env":"prod"}"#)
+                .send()
+                .await
+        });
+        wait_for("the decision", || {
+            audit_records(&env)
+                .iter()
+                .any(|r| r["kind"] == "decision" && r["decision"] == "allow")
+        });
+        broker.kill9();
+        pending.abort();
+
+        // Cut the decision where it says.
+        let lines = lines_of(&env.path("audit.jsonl"));
+        let d = lines.last().unwrap();
+        assert!(d.contains("\"kind\":\"decision\""), "{d}");
+        let at = d.find(cut_at).expect("the member to cut at");
+        let mut text = lines[..lines.len() - 1].join("\n");
+        text.push('\n');
+        text.push_str(&d[..at]);
+        std::fs::write(env.path("audit.jsonl"), text).unwrap();
+
+        broker.spawn(&env);
+        let rec = audit_records(&env)
+            .into_iter()
+            .find(|r| r["kind"] == "recovery")
+            .expect("a recovery record");
+        assert_eq!(rec["recovery"]["uses_known"], json!(true), "{rec}");
+        // A refusal comes at once; an admitted use waits on the hanging upstream.
+        let r = c
+            .post(broker.url("/v1/deploys"))
+            .header("content-type", "application/json")
+            .header("authorization", format!("Bearer {once}"))
+            .body(r#"{"env":"prod"}"#)
+            .timeout(Duration::from_secs(3))
+            .send()
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "evidence {evidence}: the spent use was forwarded again ({e}); recovery {rec}"
+                )
+            });
+        let status = r.status().as_u16();
+        let body: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap_or(Value::Null);
+        assert_eq!(
+            (status, body["code"].as_str().unwrap_or("")),
+            (403, "replayed"),
+            "evidence {evidence}, cut at {cut_at}: {body}; recovery {rec}"
+        );
+    }
+}
+
+/// The lock file is what keeps a second broker off the log. Deleted while the first one runs
+/// (a cleanup of dot files, a tmpfiles rule), a second broker must still not start on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "hole: the flock is on a path; deleting .audit.jsonl.lock lets a second broker lock a new file and write the same log"]
+async fn a_deleted_lock_file_does_not_let_a_second_writer_in() {
+    let env = Env::new();
+    let up = Upstream::start(env.dir.path());
+    let first = Broker::start(&env, &env.config(up.port, ""));
+    let c = client(&env, false);
+    assert_eq!(post(&c, &first, &cert(&env, 1)).await.status, 200);
+    std::fs::remove_file(env.path(".audit.jsonl.lock")).unwrap();
+    match start_second(
+        &env,
+        &env.config(up.port, ""),
+        "second.toml",
+        Duration::from_secs(5),
+    ) {
+        Ok((status, err)) => {
+            assert!(!status.success(), "{err}");
+        }
+        Err(mut child) => {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!("a second broker started on a log whose writer is still running");
+        }
+    }
+}
+
+/// Two brokers started at the same moment on one log: exactly one serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_brokers_racing_at_start_one_wins() {
+    for _ in 0..3 {
+        let env = Env::new();
+        let up = Upstream::start(env.dir.path());
+        let (a, b) = (env.config(up.port, ""), env.config(up.port, ""));
+        let (pa, pb) = (env.path("a.toml"), env.path("b.toml"));
+        std::fs::write(&pa, &a.text).unwrap();
+        std::fs::write(&pb, &b.text).unwrap();
+        let spawn = |p: &std::path::Path| {
+            Command::new(seb_bin())
+                .args(["serve", "--config"])
+                .arg(p)
+                .env("SEB_TEST_PAYMENTS_TOKEN", UPSTREAM_SECRET)
+                .env("SEB_TEST_AGENT_TOKEN", AGENT_TOKEN)
+                .env("SEB_LOG", "error")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        };
+        let mut children = [KillOnDrop(spawn(&pa)), KillOnDrop(spawn(&pb))];
+        // Whoever lost exits; give the winner time to be ready.
+        std::thread::sleep(Duration::from_secs(3));
+        let running: Vec<bool> = children
+            .iter_mut()
+            .map(|c| c.0.try_wait().unwrap().is_none())
+            .collect();
+        assert_eq!(
+            running.iter().filter(|r| **r).count(),
+            1,
+            "exactly one broker may hold the log: {running:?}"
+        );
+        let starts = audit_records(&env)
+            .into_iter()
+            .filter(|r| r["kind"] == "start")
+            .count();
+        assert_eq!(starts, 1);
+    }
+}
+
+/// Rotated files are moved away between runs (compressed, shipped to an archive): the uses
+/// they recorded are gone from the rebuild. The broker must not re-admit them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "hole: a rotated file renamed or removed between runs is not noticed; the uses it held are admitted again"]
+async fn a_rotated_file_moved_away_does_not_reopen_its_uses() {
+    let env = Env::new();
+    let up = Upstream::start(env.dir.path());
+    let mut broker = Broker::start(&env, &rotating(&env, up.port, 3000));
+    let c = client(&env, false);
+    let once = cert(&env, 1);
+    assert_eq!(post(&c, &broker, &once).await.status, 200);
+    while rotated(&env).len() < 2 {
+        assert_eq!(post(&c, &broker, &cert(&env, 1)).await.status, 200);
+    }
+    sigterm_and_wait(&mut broker);
+    // logrotate's compress: audit.jsonl.1 becomes audit.jsonl.1.gz (here: renamed only).
+    std::fs::rename(env.path("audit.jsonl.1"), env.path("audit.jsonl.1.gz")).unwrap();
+    let before = posts(&up);
+    broker.spawn(&env);
+    let r = post(&c, &broker, &once).await;
+    assert_still_spent(&r, "the first rotated file moved away");
+    assert_eq!(posts(&up), before);
+}
+
+/// Rotation at odd sizes (a file per record or two, a file bigger than everything) and
+/// restarts in between never re-open a use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_at_odd_sizes_keeps_every_use() {
+    for bytes in [1u64, 700, 1_000_000] {
+        let env = Env::new();
+        let up = Upstream::start(env.dir.path());
+        let mut broker = Broker::start(&env, &rotating(&env, up.port, bytes));
+        let c = client(&env, false);
+        let tokens: Vec<String> = (0..4).map(|_| cert(&env, 1)).collect();
+        for (i, t) in tokens.iter().enumerate() {
+            assert_eq!(post(&c, &broker, t).await.status, 200, "rotate {bytes}");
+            if i % 2 == 1 {
+                broker.kill9();
+                broker.spawn(&env);
+            }
+        }
+        sigterm_and_wait(&mut broker);
+        broker.spawn(&env);
+        for t in &tokens {
+            assert_still_spent(&post(&c, &broker, t).await, &format!("rotate {bytes}"));
+        }
+        assert_eq!(posts(&up), 4, "rotate {bytes}");
+    }
+}
+
+/// Someone who can write the log but holds no key appends an outcome saying a use was
+/// `returned`. The rebuild does not verify signatures; a count it lowers must be one the
+/// broker itself signed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "hole: the rebuild counts an unsigned `returned` outcome appended to the log, and re-admits the use"]
+async fn a_forged_returned_outcome_does_not_give_a_use_back() {
+    let env = Env::new();
+    let up = Upstream::start(env.dir.path());
+    let mut broker = Broker::start(&env, &env.config(up.port, ""));
+    let c = client(&env, false);
+    let once = cert(&env, 1);
+    assert_eq!(post(&c, &broker, &once).await.status, 200);
+    wait_for("the outcome", || {
+        audit_records(&env).iter().any(|r| r["kind"] == "outcome")
+    });
+    sigterm_and_wait(&mut broker);
+
+    let mut lines = lines_of(&env.path("audit.jsonl"));
+    let last = lines.last().unwrap().clone();
+    let outcome: Value = serde_json::from_str(
+        lines
+            .iter()
+            .rev()
+            .find(|l| l.contains("\"kind\":\"outcome\""))
+            .unwrap(),
+    )
+    .unwrap();
+    let mut forged = outcome.clone();
+    let last_seq = serde_json::from_str::<Value>(&last).unwrap()["seq"]
+        .as_u64()
+        .unwrap();
+    forged["seq"] = json!(last_seq + 1);
+    forged["outcome"] = json!("returned");
+    forged["prev"] = json!(seb::proxy::pipeline::hex(&sha2::Sha256::digest(
+        last.as_bytes()
+    )));
+    lines.push(serde_json::to_string(&forged).unwrap());
+    write_lines(&env.path("audit.jsonl"), &lines);
+
+    broker.spawn(&env);
+    let r = post(&c, &broker, &once).await;
+    assert_still_spent(&r, "a forged returned outcome");
+    assert_eq!(posts(&up), 1);
+}
+
+/// The lock file's recorded head is how a cut log is noticed. If that file is garbage (or
+/// gone) when the log is also cut by whole lines, nothing shows the loss.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "hole: whole lines cut off the log go unnoticed when the lock file's head is also unreadable, lowered or deleted"]
+async fn a_cut_log_with_a_damaged_lock_file_does_not_reopen_a_use() {
+    for lock in ["garbage", "lowered", "deleted"] {
+        let env = Env::new();
+        let up = Upstream::start(env.dir.path());
+        let mut broker = Broker::start(&env, &env.config(up.port, ""));
+        let c = client(&env, false);
+        let once = cert(&env, 1);
+        assert_eq!(post(&c, &broker, &once).await.status, 200);
+        sigterm_and_wait(&mut broker);
+        let mut lines = lines_of(&env.path("audit.jsonl"));
+        let decision = lines
+            .iter()
+            .rposition(|l| l.contains("\"kind\":\"decision\""))
+            .unwrap();
+        lines.truncate(decision);
+        write_lines(&env.path("audit.jsonl"), &lines);
+        let lock_path = env.path(".audit.jsonl.lock");
+        match lock {
+            "garbage" => std::fs::write(&lock_path, b"\x00\x01not a head").unwrap(),
+            "lowered" => {
+                let text = std::fs::read_to_string(&lock_path).unwrap();
+                let mut head: Value = serde_json::from_str(text.trim()).unwrap();
+                head["seq"] = json!(decision as u64);
+                std::fs::write(&lock_path, serde_json::to_vec(&head).unwrap()).unwrap();
+            }
+            _ => std::fs::remove_file(&lock_path).unwrap(),
+        }
+        broker.spawn(&env);
+        let r = post(&c, &broker, &once).await;
+        assert_still_spent(&r, &format!("lock file {lock}"));
+        assert_eq!(posts(&up), 1, "lock file {lock}");
+    }
+}
+
+/// The lock file edited between runs to a head beyond the log (seq raised): the log looks
+/// cut, so the loss is recorded and older certificates wait; nothing is re-admitted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raised_head_in_the_lock_file_fails_closed() {
+    let env = Env::new();
+    let up = Upstream::start(env.dir.path());
+    let mut broker = Broker::start(&env, &env.config(up.port, ""));
+    let c = client(&env, false);
+    let once = cert(&env, 1);
+    assert_eq!(post(&c, &broker, &once).await.status, 200);
+    sigterm_and_wait(&mut broker);
+    let lock_path = env.path(".audit.jsonl.lock");
+    let text = std::fs::read_to_string(&lock_path).unwrap();
+    let mut head: Value = serde_json::from_str(text.trim()).unwrap();
+    head["seq"] = json!(head["seq"].as_u64().unwrap() + 5);
+    std::fs::write(&lock_path, serde_json::to_vec(&head).unwrap()).unwrap();
+    broker.spawn(&env);
+    let r = post(&c, &broker, &once).await;
+    assert_eq!(
+        (r.status, r.code()),
+        (503, "state_unavailable"),
+        "{:?}",
+        r.body
+    );
+    let rec = audit_records(&env)
+        .into_iter()
+        .find(|r| r["kind"] == "recovery")
+        .expect("a recovery record");
+    assert_eq!(rec["recovery"]["uses_known"], json!(false), "{rec}");
+}
+
+/// The clock stepped back for a while (an NTP step) while the broker wrote a rotated file,
+/// then corrected: that file "begins before the horizon", and the rebuild stops there without
+/// reading the older files, though they hold uses of certificates still valid. (Simulated by
+/// rewriting the timestamps in that file, as the broker's clock would have written them.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "hole: the horizon trusts record timestamps; a file written while the clock was behind stops the rebuild before older files with live uses"]
+async fn a_clock_stepped_back_does_not_hide_older_files() {
+    let env = Env::new();
+    let up = Upstream::start(env.dir.path());
+    let mut broker = Broker::start(&env, &rotating(&env, up.port, 3000));
+    let c = client(&env, false);
+    let once = cert(&env, 1);
+    assert_eq!(post(&c, &broker, &once).await.status, 200);
+    while rotated(&env).len() < 2 {
+        assert_eq!(post(&c, &broker, &cert(&env, 1)).await.status, 200);
+    }
+    sigterm_and_wait(&mut broker);
+    let newest_rotated = rotated(&env).pop().unwrap();
+    let behind = humantime::format_rfc3339_millis(
+        std::time::SystemTime::now() - Duration::from_secs(3 * 86_400),
+    )
+    .to_string();
+    let lines: Vec<String> = lines_of(&newest_rotated)
+        .into_iter()
+        .map(|l| {
+            let mut v: Value = serde_json::from_str(&l).unwrap();
+            v["ts"] = json!(behind);
+            serde_json::to_string(&v).unwrap()
+        })
+        .collect();
+    write_lines(&newest_rotated, &lines);
+    broker.spawn(&env);
+    let r = post(&c, &broker, &once).await;
+    assert_still_spent(&r, "after a clock step back");
+}
+
+/// A revocation pushed, then the state file rolled back between runs to the older document
+/// (genuinely signed, epoch 1) that the polled source still serves: the revocation is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "hole: seb-revocation.json is the only memory of a pushed epoch; rolled back to an older signed document, the revoked certificate is admitted"]
+async fn a_rolled_back_state_file_does_not_unrevoke() {
+    let env = Env::new();
+    let up = Upstream::start(env.dir.path());
+    let mut broker = Broker::start(&env, &env.config(up.port, ""));
+    let c = client(&env, false);
+    let token = cert(&env, 3);
+    assert_eq!(post(&c, &broker, &token).await.status, 200);
+    let jti = audit_records(&env)
+        .into_iter()
+        .find(|r| r["kind"] == "decision")
+        .unwrap()["cert_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let doc = env.revocation_doc(
+        2,
+        now(),
+        seb::admission::revocation::Revoked {
+            jti: vec![jti],
+            ..Default::default()
+        },
+    );
+    let pushed = reqwest::Client::new()
+        .post(broker.admin_url("/v1/revocation"))
+        .body(doc)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(pushed.status(), 200);
+    sigterm_and_wait(&mut broker);
+    let state = env.path(seb::admission::revocation::STATE_FILE);
+    let mut file: Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
+    let old = std::fs::read_to_string(env.path("revocation.jws")).unwrap();
+    file["issuers"]["signer"]["epoch"] = json!(1);
+    file["issuers"]["signer"]["iat"] = json!(0);
+    file["issuers"]["signer"]["document"] = json!(old.trim());
+    std::fs::write(&state, serde_json::to_vec(&file).unwrap()).unwrap();
+    broker.spawn(&env);
+    let r = post(&c, &broker, &token).await;
+    assert_ne!(r.status, 200, "a revoked certificate was admitted");
+    assert_eq!(posts(&up), 1);
+}
+
+/// An upstream that accepts the connection, reads the whole request and closes without an
+/// answer may have executed it: the use is not given back, now or after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_reads_and_hangs_up_keeps_the_use() {
+    use std::io::Read;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen2 = seen.clone();
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(mut s) = s else { return };
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            // Read to the end of the body (`{"env":"prod"}`), then hang up.
+            while !buf.ends_with(b"}") {
+                match s.read(&mut chunk) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+            if buf.ends_with(b"}") {
+                seen2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            drop(s);
+        }
+    });
+    let env = Env::new();
+    let mut broker = Broker::start(&env, &env.config(port, ""));
+    let c = client(&env, false);
+    let once = cert(&env, 1);
+    let r = post(&c, &broker, &once).await;
+    assert_eq!(
+        (r.status, r.code()),
+        (502, "upstream_error"),
+        "{:?}",
+        r.body
+    );
+    assert!(
+        !r.body["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("given back"),
+        "{:?}",
+        r.body
+    );
+    assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let r = post(&c, &broker, &once).await;
+    assert_eq!((r.status, r.code()), (403, "replayed"), "{:?}", r.body);
+    broker.kill9();
+    broker.spawn(&env);
+    assert_still_spent(&post(&c, &broker, &once).await, "after a restart");
+    assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+/// A 2-use certificate hit by many agents at once, around a SIGKILL: two uses in all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_uses_around_a_restart_stay_at_max_uses() {
+    let env = Env::new();
+    let up = Upstream::start(env.dir.path());
+    let mut broker = Broker::start(&env, &env.config(up.port, ""));
+    let c = client(&env, false);
+    let twice = cert(&env, 2);
+    let burst = |broker: &Broker| {
+        let reqs: Vec<_> = (0..12)
+            .map(|_| {
+                let (c, url, auth) = (
+                    c.clone(),
+                    broker.url("/v1/deploys"),
+                    format!("Bearer {twice}"),
+                );
+                tokio::spawn(async move {
+                    send(
+                        &c,
+                        "POST",
+                        &url,
+                        &[JSON, ("authorization", &auth)],
+                        br#"{"env":"prod"}"#,
+                    )
+                    .await
+                    .status
+                })
+            })
+            .collect();
+        async move {
+            let mut ok = 0;
+            for r in reqs {
+                if r.await.unwrap() == 200 {
+                    ok += 1;
+                }
+            }
+            ok
+        }
+    };
+    // One use, then a burst for the second, then SIGKILL at once and a burst after.
+    assert_eq!(post(&c, &broker, &twice).await.status, 200);
+    assert_eq!(burst(&broker).await, 1);
+    broker.kill9();
+    broker.spawn(&env);
+    assert_eq!(burst(&broker).await, 0);
+    assert_eq!(posts(&up), 2);
+}
+
+/// SIGTERM right after an agent got its answer: the outcome of that request is in the log
+/// once the broker has exited ("once stopped, the log is complete"). Fails about one run in
+/// two while another test runs beside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "hole: SIGTERM exits without waiting for queued outcomes; an answered request's outcome is missing (later written as unknown)"]
+async fn sigterm_right_after_an_answer_keeps_its_outcome() {
+    let env = Env::new();
+    let up = Upstream::start(env.dir.path());
+    let mut broker = Broker::start(&env, &env.config(up.port, ""));
+    let c = client(&env, false);
+    for round in 0..25 {
+        assert_eq!(post(&c, &broker, &cert(&env, 1)).await.status, 200);
+        sigterm_and_wait(&mut broker);
+        let recs = audit_records(&env);
+        let decisions = recs
+            .iter()
+            .filter(|r| r["kind"] == "decision" && r["decision"] == "allow")
+            .count();
+        let outcomes: Vec<&Value> = recs.iter().filter(|r| r["kind"] == "outcome").collect();
+        assert_eq!(
+            outcomes.len(),
+            decisions,
+            "round {round}: an answered request has no outcome after SIGTERM"
+        );
+        assert!(
+            outcomes.iter().all(|o| o["outcome"] == "completed"),
+            "round {round}: {outcomes:?}"
+        );
+        broker.spawn(&env);
+    }
+}
