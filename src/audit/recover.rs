@@ -259,21 +259,35 @@ pub(crate) fn attribute_torn(bytes: &[u8]) -> Option<Vec<super::record::SpentRef
         // Outcomes, starts and recoveries spend nothing.
         _ => return Some(Vec::new()),
     }
-    if text.contains("\"decision\":\"deny\"") {
-        return Some(Vec::new());
-    }
     let Some(cert_id) = string_member("cert_id")? else {
         return Some(Vec::new());
     };
     let iss = string_member("iss").flatten();
-    let use_at = text.find("\"use\":{");
-    if use_at.is_none() && text.contains("\"decision\":\"allow\"") {
+    // `evidence` is free-form (the certificate's) and comes before the record's own `request`
+    // and `decision`: those are read only after it, skipped as one JSON value. A prefix that
+    // ends before the evidence does (or has none) tells nothing more: the use is assumed taken.
+    let own = text
+        .find("\"evidence\":")
+        .map(|at| &text[at + "\"evidence\":".len()..])
+        .and_then(|rest| {
+            let mut values = serde_json::Deserializer::from_str(rest).into_iter::<Value>();
+            match values.next() {
+                Some(Ok(_)) => Some(&rest[values.byte_offset()..]),
+                _ => None,
+            }
+        })
+        .unwrap_or("");
+    if own.contains("\"decision\":\"deny\"") {
+        return Some(Vec::new());
+    }
+    let use_at = own.find("\"use\":{");
+    if use_at.is_none() && own.contains("\"decision\":\"allow\"") {
         // A read authenticated by a certificate: allowed, and no use taken.
         return Some(Vec::new());
     }
     let (kid, exp) = match use_at {
         Some(at) => {
-            let u = &text[at..];
+            let u = &own[at..];
             // Only a value whose end survived: a cut one would name another key or an
             // earlier expiry. Without them every key of the issuer and the longest
             // possible life are assumed.
