@@ -359,7 +359,6 @@ async fn rotation_at_odd_sizes_keeps_every_use() {
 /// `returned`. The rebuild does not verify signatures; a count it lowers must be one the
 /// broker itself signed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "hole: the rebuild counts an unsigned `returned` outcome appended to the log, and re-admits the use"]
 async fn a_forged_returned_outcome_does_not_give_a_use_back() {
     let env = Env::new();
     let up = Upstream::start(env.dir.path());

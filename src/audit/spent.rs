@@ -101,8 +101,14 @@ fn ts_secs(ts: &str) -> Option<i64> {
 }
 
 /// Reads the log at `path` (active file, then `path.N` newest first) back to `horizon`
-/// (seconds since the epoch) and counts the uses of every certificate.
-pub fn spent_uses(path: &Path, horizon: i64) -> anyhow::Result<SpentScan> {
+/// (seconds since the epoch) and counts the uses of every certificate. With `key`, a use is
+/// given back only by a `returned` outcome that key signed: a line anyone who can write the
+/// log could add never re-opens a use (it still counts as spent, and `verify` reports it).
+pub fn spent_uses(
+    path: &Path,
+    horizon: i64,
+    key: Option<&ed25519_dalek::VerifyingKey>,
+) -> anyhow::Result<SpentScan> {
     let mut files = vec![path.to_path_buf()];
     let mut rotated =
         rotated_files(path).with_context(|| format!("listing {}.N", path.display()))?;
@@ -163,7 +169,13 @@ pub fn spent_uses(path: &Path, horizon: i64) -> anyhow::Result<SpentScan> {
             }
             let delta = match (line.kind.as_deref(), line.decision.as_deref()) {
                 (Some("decision"), Some("allow")) => 1,
-                (Some("outcome"), _) if line.outcome.as_deref() == Some("returned") => -1,
+                (Some("outcome"), _) if line.outcome.as_deref() == Some("returned") => {
+                    if let Some(Err(e)) = key.map(|k| super::record::check_signature(raw, k)) {
+                        tracing::error!(file = %file.display(), line = n + 1, error = %e, "a `returned` outcome whose signature does not verify gives no use back");
+                        continue;
+                    }
+                    -1
+                }
                 _ => continue,
             };
             let (Some(jti), Some(uses)) = (line.cert_id, line.request.and_then(|r| r.uses)) else {
@@ -253,7 +265,7 @@ mod tests {
         )
         .unwrap();
         let horizon = ts_secs("2026-03-01T00:00:00Z").unwrap();
-        let scan = spent_uses(&p, horizon).unwrap();
+        let scan = spent_uses(&p, horizon, None).unwrap();
         assert_eq!(scan.files.len(), 2);
         assert_eq!(scan.lines, 6);
         assert_eq!(scan.certificates.len(), 1, "{:?}", scan.certificates);
@@ -272,7 +284,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("audit.jsonl");
         std::fs::write(&p, "{\"seq\":1,\"ts\":\n").unwrap();
-        let e = spent_uses(&p, 0).unwrap_err().to_string();
+        let e = spent_uses(&p, 0, None).unwrap_err().to_string();
         assert!(e.contains("line 1"), "{e}");
     }
 }

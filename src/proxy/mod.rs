@@ -133,6 +133,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 
     let audit_key =
         keys::load_signing_key(&config.audit.signing_key).context("audit.signing_key")?;
+    let audit_pub = audit_key.verifying_key();
     let audit = Audit::start(
         AuditSettings {
             path: config.audit.path.clone(),
@@ -151,7 +152,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         config.limits.max_live_certificates,
         Duration::from_secs(skew as u64),
     );
-    let uses_unknown_before = rebuild_use_counts(&config, window, &kids_by_name, &uses)?;
+    let uses_unknown_before =
+        rebuild_use_counts(&config, window, &kids_by_name, &uses, &audit_pub)?;
 
     let tls = match &config.tls {
         Some(t) => Some(tokio_rustls::TlsAcceptor::from(
@@ -307,6 +309,7 @@ fn rebuild_use_counts(
     window: WindowPolicy,
     kids_by_name: &[(String, String)],
     uses: &MemoryUseStore,
+    audit_pub: &ed25519_dalek::VerifyingKey,
 ) -> anyhow::Result<Option<i64>> {
     let Some(path) = &config.audit.path else {
         tracing::warn!(
@@ -320,7 +323,7 @@ fn rebuild_use_counts(
     // One more minute than the bound needs: the records' clock and this one are the same,
     // but a record is stamped a moment after its use was taken.
     let horizon = now - window.max_ttl_secs - 2 * window.skew_secs - 60;
-    let scan = crate::audit::spent_uses(path, horizon)
+    let scan = crate::audit::spent_uses(path, horizon, Some(audit_pub))
         .context("rebuilding certificate use counts from the audit log")?;
     let mut restored = 0u64;
     for s in &scan.certificates {
