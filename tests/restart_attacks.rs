@@ -305,28 +305,47 @@ async fn two_brokers_racing_at_start_one_wins() {
     }
 }
 
-/// Rotated files are moved away between runs (compressed, shipped to an archive): the uses
-/// they recorded are gone from the rebuild. The broker must not re-admit them.
+/// Rotated files are moved away between runs (compressed, shipped to an archive, deleted):
+/// the uses they recorded are gone from the rebuild. The broker must not re-admit them; it
+/// refuses the certificates issued before the gap, and admits those issued after it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "hole: a rotated file renamed or removed between runs is not noticed; the uses it held are admitted again"]
 async fn a_rotated_file_moved_away_does_not_reopen_its_uses() {
-    let env = Env::new();
-    let up = Upstream::start(env.dir.path());
-    let mut broker = Broker::start(&env, &rotating(&env, up.port, 3000));
-    let c = client(&env, false);
-    let once = cert(&env, 1);
-    assert_eq!(post(&c, &broker, &once).await.status, 200);
-    while rotated(&env).len() < 2 {
-        assert_eq!(post(&c, &broker, &cert(&env, 1)).await.status, 200);
+    for case in ["oldest renamed", "middle deleted"] {
+        let env = Env::new();
+        let up = Upstream::start(env.dir.path());
+        let mut broker = Broker::start(&env, &rotating(&env, up.port, 3000));
+        let c = client(&env, false);
+        let once = cert(&env, 1);
+        if case == "middle deleted" {
+            while rotated(&env).is_empty() {
+                assert_eq!(post(&c, &broker, &cert(&env, 1)).await.status, 200);
+            }
+        }
+        assert_eq!(post(&c, &broker, &once).await.status, 200);
+        while rotated(&env).len() < 3 {
+            assert_eq!(post(&c, &broker, &cert(&env, 1)).await.status, 200);
+        }
+        sigterm_and_wait(&mut broker);
+        if case == "oldest renamed" {
+            // logrotate's compress: audit.jsonl.1 becomes audit.jsonl.1.gz (here: renamed).
+            std::fs::rename(env.path("audit.jsonl.1"), env.path("audit.jsonl.1.gz")).unwrap();
+        } else {
+            std::fs::remove_file(env.path("audit.jsonl.2")).unwrap();
+        }
+        let before = posts(&up);
+        broker.spawn(&env);
+        let r = post(&c, &broker, &once).await;
+        assert_still_spent(&r, case);
+        assert_eq!(posts(&up), before, "{case}");
+        // Issued after the gap (and beyond the skew an iat may run ahead): admitted.
+        let fresh = cert_edit(&env, 1, |p| {
+            let t = now() + 31;
+            p["iat"] = json!(t);
+            p["nbf"] = json!(t - 60);
+            p["exp"] = json!(t + 300);
+        });
+        assert_eq!(post(&c, &broker, &fresh).await.status, 200, "{case}");
     }
-    sigterm_and_wait(&mut broker);
-    // logrotate's compress: audit.jsonl.1 becomes audit.jsonl.1.gz (here: renamed only).
-    std::fs::rename(env.path("audit.jsonl.1"), env.path("audit.jsonl.1.gz")).unwrap();
-    let before = posts(&up);
-    broker.spawn(&env);
-    let r = post(&c, &broker, &once).await;
-    assert_still_spent(&r, "the first rotated file moved away");
-    assert_eq!(posts(&up), before);
 }
 
 /// Rotation at odd sizes (a file per record or two, a file bigger than everything) and

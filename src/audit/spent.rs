@@ -45,6 +45,7 @@ pub struct SpentScan {
 
 #[derive(Deserialize)]
 struct Line<'a> {
+    seq: Option<u64>,
     #[serde(borrow)]
     ts: Option<Cow<'a, str>>,
     #[serde(borrow)]
@@ -118,6 +119,25 @@ pub fn spent_uses(
     type Key = (Option<String>, Option<String>, String);
     let mut counts: HashMap<Key, (i64, Option<i64>, i64)> = HashMap::new();
     let mut scan = SpentScan::default();
+    // Records lost and declared by a recovery record (`lost_seq`), and the first record (seq,
+    // ts) of the file read before this one: the files read must join up, seq after seq, back
+    // to the horizon, or uses may be missing from the count (a rotated file renamed, moved to
+    // an archive or deleted). Then no certificate issued before the first record after the
+    // missing ones can be proven unspent.
+    let mut declared: Vec<[u64; 2]> = Vec::new();
+    let mut newer_first: Option<(u64, Option<i64>)> = None;
+    let mut reached_horizon = false;
+    let missing = |scan: &mut SpentScan,
+                   from: u64,
+                   to: u64,
+                   at: Option<i64>,
+                   declared: &[[u64; 2]]| {
+        if from <= to && !declared.iter().any(|[a, b]| *a <= from && *b >= to) {
+            tracing::error!(from, to, "audit records are missing from the log's files: certificate uses recorded in them cannot be counted");
+            let at = at.unwrap_or(i64::MAX);
+            scan.uses_unknown_before = scan.uses_unknown_before.max(Some(at));
+        }
+    };
     for file in files {
         let data = match std::fs::read(&file) {
             Ok(d) => d,
@@ -132,6 +152,7 @@ pub fn spent_uses(
             }
         };
         let mut first_ts = None;
+        let (mut first_seq, mut last_seq) = (None, None);
         for (n, raw) in data.split(|&b| b == b'\n').enumerate() {
             if raw.is_empty() {
                 continue;
@@ -152,7 +173,12 @@ pub fn spent_uses(
             if first_ts.is_none() {
                 first_ts = ts;
             }
+            if first_seq.is_none() {
+                first_seq = line.seq;
+            }
+            last_seq = line.seq.or(last_seq);
             if let Some(r) = line.recovery {
+                declared.extend(r.lost_seq);
                 if r.lost_seq.is_some() && !r.uses_known {
                     // Without its ts nothing after the horizon can be proven unspent.
                     let at = ts.unwrap_or(i64::MAX);
@@ -192,9 +218,27 @@ pub fn spent_uses(
             e.2 = e.2.max(ts.unwrap_or(0));
         }
         scan.files.push(file);
+        let Some(first) = first_seq else {
+            continue;
+        };
+        if let (Some((next, next_ts)), Some(last)) = (newer_first, last_seq) {
+            missing(
+                &mut scan,
+                last + 1,
+                next.saturating_sub(1),
+                next_ts,
+                &declared,
+            );
+        }
+        newer_first = Some((first, first_ts));
         if first_ts.is_some_and(|t| t < horizon) {
+            reached_horizon = true;
             break;
         }
+    }
+    if let (false, Some((first, first_ts))) = (reached_horizon, newer_first) {
+        // The oldest file read begins after the horizon: the log must begin there too.
+        missing(&mut scan, 1, first.saturating_sub(1), first_ts, &declared);
     }
     scan.certificates = counts
         .into_iter()
