@@ -256,7 +256,10 @@ pub(crate) fn attribute_torn(bytes: &[u8]) -> Option<Vec<super::record::SpentRef
     };
     match string_member("kind")??.as_str() {
         "decision" => {}
-        // Outcomes, starts and recoveries spend nothing.
+        // A recovery record cut while it was written: the loss it was recording (whose bytes
+        // were already moved aside) is not in it any more, so the uses are unknown.
+        "recovery" => return None,
+        // Outcomes and starts spend nothing.
         _ => return Some(Vec::new()),
     }
     let Some(cert_id) = string_member("cert_id")? else {
