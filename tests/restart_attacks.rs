@@ -803,3 +803,71 @@ async fn an_edited_decision_does_not_reopen_a_use() {
     assert_still_spent(&post(&c, &broker, &once).await, "an edited decision");
     assert_eq!(posts(&up), 1);
 }
+
+/// The active file replaced under a running broker by a copy without its last decision (or
+/// deleted just after a rotation), while requests flow: the certificate whose decision went
+/// missing is never admitted again, before or after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_active_file_replaced_or_deleted_under_load_never_reopens_a_use() {
+    for case in ["replaced by a shorter copy", "deleted after a rotation"] {
+        let env = Env::new();
+        let up = Upstream::start(env.dir.path());
+        let bytes = if case.starts_with("replaced") {
+            1_000_000
+        } else {
+            3000
+        };
+        let mut broker = Broker::start(&env, &rotating(&env, up.port, bytes));
+        let c = client(&env, false);
+        if case.starts_with("deleted") {
+            while rotated(&env).is_empty() {
+                assert_eq!(post(&c, &broker, &cert(&env, 1)).await.status, 200);
+            }
+            // Rotate once more so the active file is young.
+            let n = rotated(&env).len();
+            while rotated(&env).len() == n {
+                assert_eq!(post(&c, &broker, &cert(&env, 1)).await.status, 200);
+            }
+        }
+        let once = cert(&env, 1);
+        assert_eq!(post(&c, &broker, &once).await.status, 200, "{case}");
+        wait_for("the outcome", || {
+            audit_records(&env)
+                .last()
+                .is_some_and(|r| r["kind"] == "outcome")
+        });
+        let log = env.path("audit.jsonl");
+        if case.starts_with("replaced") {
+            let mut lines = lines_of(&log);
+            lines.truncate(lines.len() - 2);
+            let tmp = env.path("audit.jsonl.tmp");
+            write_lines(&tmp, &lines);
+            std::fs::rename(&tmp, &log).unwrap();
+        } else {
+            std::fs::remove_file(&log).unwrap();
+        }
+        // Requests keep coming: refused until the chain goes on, then served.
+        let mut served = 0;
+        for _ in 0..4 {
+            let r = post(&c, &broker, &cert(&env, 1)).await;
+            if r.status == 200 {
+                served += 1;
+            } else {
+                assert_eq!((r.status, r.code()), (503, "audit_unavailable"), "{case}");
+            }
+        }
+        assert!(served >= 3, "{case}: the chain did not go on");
+        assert_still_spent(&post(&c, &broker, &once).await, case);
+        sigterm_and_wait(&mut broker);
+        broker.spawn(&env);
+        assert_still_spent(&post(&c, &broker, &once).await, case);
+        let rec = rotated(&env)
+            .into_iter()
+            .chain([log])
+            .flat_map(|p| lines_of(&p))
+            .map(|l| serde_json::from_str::<Value>(&l).unwrap())
+            .find(|r| r["kind"] == "recovery")
+            .unwrap_or_else(|| panic!("{case}: no recovery record"));
+        assert_eq!(rec["recovery"]["uses_known"], json!(false), "{case}: {rec}");
+    }
+}
