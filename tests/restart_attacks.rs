@@ -236,30 +236,73 @@ async fn a_torn_decision_is_not_read_from_its_evidence() {
 }
 
 /// The lock file is what keeps a second broker off the log. Deleted while the first one runs
-/// (a cleanup of dot files, a tmpfiles rule), a second broker must still not start on it.
+/// (a cleanup of dot files, a tmpfiles rule), the log must still have one writer: if the
+/// first broker writes before a second one starts, it has taken a new lock and the second
+/// refuses to start; if the second starts first, the first writes no more (its mutations are
+/// refused) and the chain stays whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "hole: the flock is on a path; deleting .audit.jsonl.lock lets a second broker lock a new file and write the same log"]
 async fn a_deleted_lock_file_does_not_let_a_second_writer_in() {
-    let env = Env::new();
-    let up = Upstream::start(env.dir.path());
-    let first = Broker::start(&env, &env.config(up.port, ""));
-    let c = client(&env, false);
-    assert_eq!(post(&c, &first, &cert(&env, 1)).await.status, 200);
-    std::fs::remove_file(env.path(".audit.jsonl.lock")).unwrap();
-    match start_second(
-        &env,
-        &env.config(up.port, ""),
-        "second.toml",
-        Duration::from_secs(5),
-    ) {
-        Ok((status, err)) => {
-            assert!(!status.success(), "{err}");
+    for first_writes_first in [true, false] {
+        let env = Env::new();
+        let up = Upstream::start(env.dir.path());
+        let mut first = Broker::start(&env, &env.config(up.port, ""));
+        let c = client(&env, false);
+        assert_eq!(post(&c, &first, &cert(&env, 1)).await.status, 200);
+        std::fs::remove_file(env.path(".audit.jsonl.lock")).unwrap();
+        let second_cfg = env.config(up.port, "");
+        if first_writes_first {
+            assert_eq!(post(&c, &first, &cert(&env, 1)).await.status, 200);
+            match start_second(&env, &second_cfg, "second.toml", Duration::from_secs(5)) {
+                Ok((status, err)) => {
+                    assert!(!status.success(), "{err}");
+                    assert!(err.contains("is in use by"), "{err}");
+                }
+                Err(mut child) => {
+                    child.kill().unwrap();
+                    child.wait().unwrap();
+                    panic!("a second broker started on a log whose writer is still running");
+                }
+            }
+            assert_eq!(post(&c, &first, &cert(&env, 1)).await.status, 200);
+        } else {
+            let second =
+                match start_second(&env, &second_cfg, "second.toml", Duration::from_secs(3)) {
+                    Ok((status, err)) => panic!("second broker exited ({status}): {err}"),
+                    Err(child) => KillOnDrop(child),
+                };
+            let r = post(&c, &first, &cert(&env, 1)).await;
+            assert_eq!(
+                (r.status, r.code()),
+                (503, "audit_unavailable"),
+                "{:?}",
+                r.body
+            );
+            let via_second = Broker {
+                child: None,
+                listen: second_cfg.listen,
+                admin: second_cfg.admin,
+                config_path: env.path("second.toml"),
+                extra_env: Vec::new(),
+            };
+            assert_eq!(post(&c, &via_second, &cert(&env, 1)).await.status, 200);
+            let r = post(&c, &first, &cert(&env, 1)).await;
+            assert_eq!((r.status, r.code()), (503, "audit_unavailable"));
+            drop(second);
         }
-        Err(mut child) => {
-            child.kill().unwrap();
-            child.wait().unwrap();
-            panic!("a second broker started on a log whose writer is still running");
-        }
+        first.kill9();
+        let key = env.path("broker.pub");
+        let log = env.path("audit.jsonl");
+        let (code, out, err) = seb(&[
+            "audit",
+            "verify",
+            "--key",
+            key.to_str().unwrap(),
+            log.to_str().unwrap(),
+        ]);
+        assert_eq!(
+            code, 0,
+            "first writes first: {first_writes_first}: {out}{err}"
+        );
     }
 }
 

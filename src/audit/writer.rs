@@ -580,6 +580,10 @@ impl Writer {
                 .write_stdout()
                 .map_err(|e| format!("writing to stdout: {e}"));
         };
+        // This process must still be the log's one writer.
+        if let Some(l) = self.lock.as_mut() {
+            l.ensure_held()?;
+        }
         // The file we have open must still be the log: a deleted or replaced file would take
         // records nobody can read, for mutations that then run.
         if let (Some(want), Some(_)) = (self.file_id, self.file.as_ref()) {
