@@ -156,24 +156,38 @@ fn hanging_upstream() -> u16 {
 /// killed while the upstream had not answered), and its end is cut as a torn write leaves it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_torn_decision_is_not_read_from_its_evidence() {
-    for (evidence, cut_at) in [
-        (json!({"decision": "deny"}), ",\"target\":"),
+    let quoted = format!("{}\"x\\u0001", random_jti());
+    for (evidence, cut_at, jti) in [
+        (json!({"decision": "deny"}), ",\"target\":", None),
         (
             json!({"use": {"kid": "someone-else", "exp": 1}}),
             ",\"target\":",
+            None,
         ),
         (
             json!({"use": {"kid": "someone-else", "exp": 1}}),
             ",\"decision\":",
+            None,
         ),
-        (json!({"ticket": "INC-7"}), ",\"decision\":"),
-        (json!({"ticket": "INC-7"}), ",\"evid"),
+        (json!({"ticket": "INC-7"}), ",\"decision\":", None),
+        (json!({"ticket": "INC-7"}), ",\"evid", None),
+        // A certificate id with a quote and an escape in it must not be read as a prefix.
+        (
+            json!({"ticket": "INC-7"}),
+            ",\"decision\":",
+            Some(quoted.as_str()),
+        ),
     ] {
         let env = Env::new();
         let port = hanging_upstream();
         let mut broker = Broker::start(&env, &env.config(port, ""));
         let c = client(&env, false);
-        let once = cert_edit(&env, 1, |p| p["seb"]["evidence"] = evidence.clone());
+        let once = cert_edit(&env, 1, |p| {
+            p["seb"]["evidence"] = evidence.clone();
+            if let Some(jti) = jti {
+                p["jti"] = json!(jti);
+            }
+        });
         let (c2, url, auth) = (
             c.clone(),
             broker.url("/v1/deploys"),

@@ -249,10 +249,15 @@ pub(crate) fn attribute_torn(bytes: &[u8]) -> Option<Vec<super::record::SpentRef
         if rest.starts_with("null") {
             return Some(None);
         }
-        // Identifiers written by seb carry no escapes; a quote ends them.
-        let rest = rest.strip_prefix('"')?;
-        let end = rest.find('"')?;
-        Some(Some(rest[..end].to_string()))
+        // Read as the JSON string it is: a certificate id may hold quotes and escapes, and a
+        // string cut before its closing quote is not read at all.
+        match serde_json::Deserializer::from_str(rest)
+            .into_iter::<String>()
+            .next()
+        {
+            Some(Ok(s)) => Some(Some(s)),
+            _ => None,
+        }
     };
     match string_member("kind")??.as_str() {
         "decision" => {}
