@@ -581,50 +581,84 @@ async fn a_clock_stepped_back_does_not_hide_older_files() {
 }
 
 /// A revocation pushed, then the state file rolled back between runs to the older document
-/// (genuinely signed, epoch 1) that the polled source still serves: the revocation is gone.
+/// (genuinely signed, epoch 1) that the polled source still serves, or deleted: the
+/// revocation is gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "hole: seb-revocation.json is the only memory of a pushed epoch; rolled back to an older signed document, the revoked certificate is admitted"]
+#[ignore = "hole: seb-revocation.json is the only memory of a pushed epoch; rolled back to an older signed document, or deleted, the revoked certificate is admitted"]
 async fn a_rolled_back_state_file_does_not_unrevoke() {
+    for case in ["rolled back", "deleted"] {
+        let env = Env::new();
+        let up = Upstream::start(env.dir.path());
+        let mut broker = Broker::start(&env, &env.config(up.port, ""));
+        let c = client(&env, false);
+        let token = cert(&env, 3);
+        assert_eq!(post(&c, &broker, &token).await.status, 200);
+        let jti = audit_records(&env)
+            .into_iter()
+            .find(|r| r["kind"] == "decision")
+            .unwrap()["cert_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let doc = env.revocation_doc(
+            2,
+            now(),
+            seb::admission::revocation::Revoked {
+                jti: vec![jti],
+                ..Default::default()
+            },
+        );
+        let pushed = reqwest::Client::new()
+            .post(broker.admin_url("/v1/revocation"))
+            .body(doc)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(pushed.status(), 200);
+        sigterm_and_wait(&mut broker);
+        let state = env.path(seb::admission::revocation::STATE_FILE);
+        if case == "deleted" {
+            std::fs::remove_file(&state).unwrap();
+        } else {
+            let mut file: Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
+            let old = std::fs::read_to_string(env.path("revocation.jws")).unwrap();
+            file["issuers"]["signer"]["epoch"] = json!(1);
+            file["issuers"]["signer"]["iat"] = json!(0);
+            file["issuers"]["signer"]["document"] = json!(old.trim());
+            std::fs::write(&state, serde_json::to_vec(&file).unwrap()).unwrap();
+        }
+        broker.spawn(&env);
+        let r = post(&c, &broker, &token).await;
+        assert_ne!(r.status, 200, "{case}: a revoked certificate was admitted");
+        assert_eq!(posts(&up), 1, "{case}");
+    }
+}
+
+/// A state file that is not one (garbage, cut) stops the start, naming the file: starting
+/// without it could forget pushed revocations.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_state_file_stops_the_start() {
     let env = Env::new();
     let up = Upstream::start(env.dir.path());
-    let mut broker = Broker::start(&env, &env.config(up.port, ""));
-    let c = client(&env, false);
-    let token = cert(&env, 3);
-    assert_eq!(post(&c, &broker, &token).await.status, 200);
-    let jti = audit_records(&env)
-        .into_iter()
-        .find(|r| r["kind"] == "decision")
-        .unwrap()["cert_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let doc = env.revocation_doc(
-        2,
-        now(),
-        seb::admission::revocation::Revoked {
-            jti: vec![jti],
-            ..Default::default()
-        },
-    );
-    let pushed = reqwest::Client::new()
-        .post(broker.admin_url("/v1/revocation"))
-        .body(doc)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(pushed.status(), 200);
-    sigterm_and_wait(&mut broker);
+    let cfg = env.config(up.port, "");
     let state = env.path(seb::admission::revocation::STATE_FILE);
-    let mut file: Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
-    let old = std::fs::read_to_string(env.path("revocation.jws")).unwrap();
-    file["issuers"]["signer"]["epoch"] = json!(1);
-    file["issuers"]["signer"]["iat"] = json!(0);
-    file["issuers"]["signer"]["document"] = json!(old.trim());
-    std::fs::write(&state, serde_json::to_vec(&file).unwrap()).unwrap();
-    broker.spawn(&env);
-    let r = post(&c, &broker, &token).await;
-    assert_ne!(r.status, 200, "a revoked certificate was admitted");
-    assert_eq!(posts(&up), 1);
+    for damage in [
+        &b"{\"v\":1,\"issuers\":{\"signer\":"[..],
+        b"\x00\x01garbage",
+    ] {
+        std::fs::write(&state, damage).unwrap();
+        match start_second(&env, &cfg, "seb.toml", Duration::from_secs(10)) {
+            Ok((status, err)) => {
+                assert!(!status.success(), "{err}");
+                assert!(err.contains("seb-revocation.json"), "{err}");
+            }
+            Err(mut child) => {
+                child.kill().unwrap();
+                child.wait().unwrap();
+                panic!("a broker started on a damaged revocation state file");
+            }
+        }
+    }
 }
 
 /// An upstream that accepts the connection, reads the whole request and closes without an
