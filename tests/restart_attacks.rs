@@ -765,16 +765,18 @@ async fn parallel_uses_around_a_restart_stay_at_max_uses() {
 }
 
 /// SIGTERM right after an agent got its answer: the outcome of that request is in the log
-/// once the broker has exited ("once stopped, the log is complete"). Fails about one run in
-/// two while another test runs beside it.
+/// once the broker has exited ("once stopped, the log is complete"). A race: each round loses
+/// the outcome now and then, so 60 rounds fail nearly always.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "hole: SIGTERM exits without waiting for queued outcomes; an answered request's outcome is missing (later written as unknown)"]
 async fn sigterm_right_after_an_answer_keeps_its_outcome() {
     let env = Env::new();
     let up = Upstream::start(env.dir.path());
+    // `fsync` (the default): the outcome is queued to the writer thread, which batches and
+    // syncs; the process exits without waiting for it.
     let mut broker = Broker::start(&env, &env.config(up.port, ""));
     let c = client(&env, false);
-    for round in 0..25 {
+    for round in 0..60 {
         assert_eq!(post(&c, &broker, &cert(&env, 1)).await.status, 200);
         sigterm_and_wait(&mut broker);
         let recs = audit_records(&env);
