@@ -870,31 +870,95 @@ async fn a_torn_recovery_record_does_not_forget_the_use_it_recorded() {
     assert_still_spent(&Reply { status, body }, "a torn recovery record");
 }
 
-/// Someone who can write the log but holds no key edits the `cert_id` of a decision: the use
-/// is counted for a certificate that does not exist, and the real one looks unspent.
+/// Someone who can write the log but holds no key edits the `cert_id` of a decision (so the
+/// use would count for a certificate that does not exist), or edits it and appends a forged
+/// line after it: the chain no longer holds, so the broker does not start on that log, and
+/// says why.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "hole: the rebuild trusts decision lines it does not verify; an edited cert_id moves the use to another certificate"]
 async fn an_edited_decision_does_not_reopen_a_use() {
-    let env = Env::new();
-    let up = Upstream::start(env.dir.path());
-    let mut broker = Broker::start(&env, &env.config(up.port, ""));
-    let c = client(&env, false);
-    let once = cert(&env, 1);
-    assert_eq!(post(&c, &broker, &once).await.status, 200);
-    sigterm_and_wait(&mut broker);
-    let jti = audit_records(&env)
-        .into_iter()
-        .find(|r| r["kind"] == "decision")
-        .unwrap()["cert_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let text = std::fs::read_to_string(env.path("audit.jsonl")).unwrap();
-    let edited = text.replace(&jti, &"0".repeat(jti.len()));
-    std::fs::write(env.path("audit.jsonl"), edited).unwrap();
-    broker.spawn(&env);
-    assert_still_spent(&post(&c, &broker, &once).await, "an edited decision");
-    assert_eq!(posts(&up), 1);
+    for append in [false, true] {
+        let env = Env::new();
+        let up = Upstream::start(env.dir.path());
+        let cfg = env.config(up.port, "");
+        let mut broker = Broker::start(&env, &cfg);
+        let c = client(&env, false);
+        let once = cert(&env, 1);
+        assert_eq!(post(&c, &broker, &once).await.status, 200);
+        wait_for("the outcome", || {
+            audit_records(&env).iter().any(|r| r["kind"] == "outcome")
+        });
+        sigterm_and_wait(&mut broker);
+        let jti = audit_records(&env)
+            .into_iter()
+            .find(|r| r["kind"] == "decision")
+            .unwrap()["cert_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let text = std::fs::read_to_string(env.path("audit.jsonl")).unwrap();
+        let mut lines: Vec<String> = text
+            .replace(&jti, &"0".repeat(jti.len()))
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        if append {
+            // Re-chain every line after the edit; only the signatures cannot be redone.
+            for i in 1..lines.len() {
+                let mut v: Value = serde_json::from_str(&lines[i]).unwrap();
+                let h = sha2::Sha256::digest(lines[i - 1].as_bytes());
+                v["prev"] = json!(seb::proxy::pipeline::hex(&h));
+                let mut s = serde_json::to_string(&v).unwrap();
+                // Keep `sig` last, as the broker writes it.
+                let sig = v["sig"].as_str().unwrap().to_owned();
+                v.as_object_mut().unwrap().remove("sig");
+                s.clear();
+                s.push_str(&serde_json::to_string(&v).unwrap());
+                s.truncate(s.len() - 1);
+                s.push_str(&format!(",\"sig\":\"{sig}\"}}"));
+                lines[i] = s;
+            }
+        }
+        write_lines(&env.path("audit.jsonl"), &lines);
+        match (
+            append,
+            start_second(&env, &cfg, "seb.toml", Duration::from_secs(4)),
+        ) {
+            // A link broken inside the log: the broker does not start on it.
+            (false, Ok((status, err))) => {
+                assert!(!status.success(), "{err}");
+                assert!(err.contains("altered"), "{err}");
+            }
+            // Re-chained: the chain holds up to a last record nobody could sign, so nothing
+            // issued before this start is proven unspent.
+            (true, Err(child)) => {
+                let _kill = KillOnDrop(child);
+                let served = Broker {
+                    child: None,
+                    listen: cfg.listen,
+                    admin: cfg.admin,
+                    config_path: env.path("seb.toml"),
+                    extra_env: Vec::new(),
+                };
+                wait_for("the listener", || {
+                    std::net::TcpStream::connect(("127.0.0.1", cfg.listen)).is_ok()
+                });
+                let r = post(&c, &served, &once).await;
+                assert_eq!(
+                    (r.status, r.code()),
+                    (503, "state_unavailable"),
+                    "{:?}",
+                    r.body
+                );
+            }
+            (_, Ok((status, err))) => panic!("append {append}: exited {status}: {err}"),
+            (_, Err(mut child)) => {
+                child.kill().unwrap();
+                child.wait().unwrap();
+                panic!("append {append}: the broker started on a log with a broken chain");
+            }
+        }
+        assert_eq!(posts(&up), 1);
+    }
 }
 
 /// The active file replaced under a running broker by a copy without its last decision (or

@@ -20,6 +20,8 @@ pub(crate) struct Recovered {
     pub torn_bytes: Option<Vec<u8>>,
     /// `seq` of the first record in the active file.
     pub active_first_seq: Option<u64>,
+    /// The last complete record on disk, as found (its signature is checked by the caller).
+    pub head_line: Option<Vec<u8>>,
 }
 
 /// `<path>.<N>` files, ascending by N.
@@ -147,10 +149,15 @@ pub(crate) fn recover(path: &Path) -> anyhow::Result<Recovered> {
     } else {
         newest_rotated.as_ref().map(|(p, d)| (p.clone(), d))
     };
-    let (seq, prev) = match head_source.and_then(|(p, d)| lines(d).last().map(|l| (p, l))) {
-        Some((p, last)) => (seq_of(&p, &parse(&p, last)?)?, line_hash(last)),
-        None => (0, GENESIS),
-    };
+    let (seq, prev, head_line) =
+        match head_source.and_then(|(p, d)| lines(d).last().map(|l| (p, l))) {
+            Some((p, last)) => (
+                seq_of(&p, &parse(&p, last)?)?,
+                line_hash(last),
+                Some(last.to_vec()),
+            ),
+            None => (0, GENESIS, None),
+        };
 
     // Outcomes always follow their decision, and earlier restarts already closed dangling
     // decisions in older files, so the newest rotated file plus the active one suffice.
@@ -206,6 +213,7 @@ pub(crate) fn recover(path: &Path) -> anyhow::Result<Recovered> {
         torn,
         torn_bytes,
         active_first_seq,
+        head_line,
     })
 }
 

@@ -47,6 +47,8 @@ pub struct SpentScan {
 struct Line<'a> {
     seq: Option<u64>,
     #[serde(borrow)]
+    prev: Option<Cow<'a, str>>,
+    #[serde(borrow)]
     ts: Option<Cow<'a, str>>,
     #[serde(borrow)]
     kind: Option<Cow<'a, str>>,
@@ -102,9 +104,15 @@ fn ts_secs(ts: &str) -> Option<i64> {
 }
 
 /// Reads the log at `path` (active file, then `path.N` newest first) back to `horizon`
-/// (seconds since the epoch) and counts the uses of every certificate. With `key`, a use is
-/// given back only by a `returned` outcome that key signed: a line anyone who can write the
-/// log could add never re-opens a use (it still counts as spent, and `verify` reports it).
+/// (seconds since the epoch) and counts the uses of every certificate.
+///
+/// With `key` (the broker's), what is counted is first authenticated, at the cost of one hash
+/// per line: every line read must be the one the line after it names as `prev`, back from the
+/// newest, whose predecessor (the last record of the previous run) `Audit::start` checked
+/// against the key; so someone who can write the log but holds no key cannot lower a count (a
+/// decision edited or removed, a `returned` outcome added). A broken link inside a file stops
+/// the start; between two files it is treated as records missing there. A `returned` outcome
+/// gives a use back only if `key` signed it.
 pub fn spent_uses(
     path: &Path,
     horizon: i64,
@@ -127,6 +135,8 @@ pub fn spent_uses(
     let mut declared: Vec<[u64; 2]> = Vec::new();
     let mut newer_first: Option<(u64, Option<i64>)> = None;
     let mut reached_horizon = false;
+    // The `prev` named by the first line of the file read before this one.
+    let mut newer_first_prev: Option<String> = None;
     let missing = |scan: &mut SpentScan,
                    from: u64,
                    to: u64,
@@ -153,6 +163,7 @@ pub fn spent_uses(
         };
         let mut first_ts = None;
         let (mut first_seq, mut last_seq) = (None, None);
+        let (mut first_prev, mut last_line): (Option<String>, Option<&[u8]>) = (None, None);
         for (n, raw) in data.split(|&b| b == b'\n').enumerate() {
             if raw.is_empty() {
                 continue;
@@ -169,6 +180,25 @@ pub fn spent_uses(
                     n + 1
                 )
             })?;
+            if key.is_some() {
+                let named = line.prev.as_deref();
+                match last_line {
+                    Some(before) => {
+                        let want = super::record::hex(&super::record::line_hash(before));
+                        if named != Some(want.as_str()) {
+                            anyhow::bail!(
+                                "{}: line {}: its prev is not the hash of the line before it: \
+                                 the log was altered, so the certificate uses in it cannot be \
+                                 counted; `seb audit verify` shows where",
+                                file.display(),
+                                n + 1
+                            );
+                        }
+                    }
+                    None => first_prev = named.map(str::to_owned),
+                }
+                last_line = Some(raw);
+            }
             let ts = line.ts.as_deref().and_then(ts_secs);
             if first_ts.is_none() {
                 first_ts = ts;
@@ -217,10 +247,21 @@ pub fn spent_uses(
             e.0 += delta;
             e.2 = e.2.max(ts.unwrap_or(0));
         }
-        scan.files.push(file);
+        scan.files.push(file.clone());
         let Some(first) = first_seq else {
             continue;
         };
+        if let (Some(_), Some(newest)) = (key, last_line) {
+            if let (Some(want), Some((_, next_ts))) = (&newer_first_prev, newer_first) {
+                if super::record::hex(&super::record::line_hash(newest)) != *want {
+                    tracing::error!(file = %file.display(), "the next file's first record does not chain to this file's last: records are missing or were altered");
+                    scan.uses_unknown_before = scan
+                        .uses_unknown_before
+                        .max(Some(next_ts.unwrap_or(i64::MAX)));
+                }
+            }
+            newer_first_prev = first_prev;
+        }
         if let (Some((next, next_ts)), Some(last)) = (newer_first, last_seq) {
             missing(
                 &mut scan,

@@ -154,6 +154,18 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     );
     let uses_unknown_before =
         rebuild_use_counts(&config, window, &kids_by_name, &uses, &audit_pub)?;
+    // The chain the counts were read from is anchored by the last record an earlier run
+    // wrote; unsigned (altered, or another key), no certificate issued before now is proven
+    // unspent.
+    let uses_unknown_before = if audit.head_unsigned() {
+        Some(
+            uses_unknown_before
+                .unwrap_or(i64::MIN)
+                .max(crate::cert::now_secs() + window.skew_secs),
+        )
+    } else {
+        uses_unknown_before
+    };
 
     let tls = match &config.tls {
         Some(t) => Some(tokio_rustls::TlsAcceptor::from(
