@@ -544,6 +544,39 @@ async fn a_raised_head_in_the_lock_file_fails_closed() {
     assert_eq!(rec["recovery"]["uses_known"], json!(false), "{rec}");
 }
 
+/// Rewrites the whole log (rotated files oldest first, then the active file) as the broker
+/// would have written it: `edit` changes the lines of `target`, and every line is chained and
+/// signed again with the broker's key, member order kept.
+fn rewrite_signed(env: &Env, target: &std::path::Path, edit: impl Fn(&str) -> String) {
+    use base64::Engine;
+    use ed25519_dalek::Signer;
+    let key = seb::cert::keys::load_signing_key(&env.path("broker.key")).unwrap();
+    let mut prev: Option<String> = None;
+    let mut files = rotated(env);
+    files.push(env.path("audit.jsonl"));
+    for file in files {
+        let mut out = Vec::new();
+        for line in lines_of(&file) {
+            let mut l = if file == target { edit(&line) } else { line };
+            if let Some(p) = &prev {
+                let at = l.find(",\"prev\":\"").unwrap() + 9;
+                l.replace_range(at..at + 64, p);
+            }
+            let at = l.rfind(",\"sig\":\"").unwrap();
+            let mut msg = l[..at].to_owned();
+            msg.push('}');
+            let sig = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .encode(key.sign(msg.as_bytes()).to_bytes());
+            let l = format!("{},\"sig\":\"{sig}\"}}", &l[..at]);
+            prev = Some(seb::proxy::pipeline::hex(&sha2::Sha256::digest(
+                l.as_bytes(),
+            )));
+            out.push(l);
+        }
+        write_lines(&file, &out);
+    }
+}
+
 /// The clock stepped back for a while (an NTP step) while the broker wrote a rotated file,
 /// then corrected: that file "begins before the horizon", and the rebuild stops there without
 /// reading the older files, though they hold uses of certificates still valid. (Simulated by
@@ -566,15 +599,20 @@ async fn a_clock_stepped_back_does_not_hide_older_files() {
         std::time::SystemTime::now() - Duration::from_secs(3 * 86_400),
     )
     .to_string();
-    let lines: Vec<String> = lines_of(&newest_rotated)
-        .into_iter()
-        .map(|l| {
-            let mut v: Value = serde_json::from_str(&l).unwrap();
-            v["ts"] = json!(behind);
-            serde_json::to_string(&v).unwrap()
-        })
-        .collect();
-    write_lines(&newest_rotated, &lines);
+    rewrite_signed(&env, &newest_rotated, |l| {
+        let at = l.find("\"ts\":\"").unwrap() + 6;
+        let end = at + l[at..].find('"').unwrap();
+        format!("{}{behind}{}", &l[..at], &l[end..])
+    });
+    // As the broker wrote it: the log verifies.
+    let key = env.path("broker.pub");
+    let mut args: Vec<String> = vec!["audit".into(), "verify".into(), "--key".into()];
+    args.push(key.to_str().unwrap().into());
+    args.extend(rotated(&env).iter().map(|p| p.to_str().unwrap().to_owned()));
+    args.push(env.path("audit.jsonl").to_str().unwrap().into());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, out, err) = seb(&args);
+    assert_eq!(code, 0, "{out}{err}");
     broker.spawn(&env);
     let r = post(&c, &broker, &once).await;
     assert_still_spent(&r, "after a clock step back");
