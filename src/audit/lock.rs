@@ -86,6 +86,44 @@ impl LogLock {
         Ok((lock, previous))
     }
 
+    /// Before each write: the lock file at the path must still be the one this process holds.
+    /// Deleted or replaced (a cleanup of dot files), another broker could lock a new file and
+    /// write the same log; so a new lock file is taken at once, and if another process already
+    /// holds one, this broker writes no more (a log has one writer).
+    pub(crate) fn ensure_held(&mut self) -> Result<(), String> {
+        use std::os::unix::fs::MetadataExt;
+        let id = |m: std::fs::Metadata| (m.dev(), m.ino());
+        let held = self.file.metadata().map(id).ok();
+        if held.is_some() && std::fs::metadata(&self.path).map(id).ok() == held {
+            return Ok(());
+        }
+        tracing::error!(file = %self.path.display(), "the audit log's lock file was deleted or replaced while this broker held it; taking it again");
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o640)
+            .open(&self.path)
+            .map_err(|e| {
+                format!(
+                    "re-creating the audit log's lock file {}: {e}",
+                    self.path.display()
+                )
+            })?;
+        if file.try_lock().is_err() {
+            let holder = read_head(&file)
+                .map(|h| format!("broker {:?} (pid {})", h.broker, h.pid))
+                .unwrap_or_else(|| "another process".into());
+            return Err(format!(
+                "the audit log's lock file {} was replaced, and {holder} holds the new one: a log has one writer, so this broker writes no more",
+                self.path.display()
+            ));
+        }
+        self.file = file;
+        Ok(())
+    }
+
     /// Records the head of the chain as written so far. A failure is logged, not fatal: the
     /// head only lets the next start detect losses, and the log itself is intact.
     pub(crate) fn record_head(&self, seq: u64, prev: &[u8; 32]) {

@@ -63,6 +63,8 @@ struct Inner {
     lines: broadcast::Sender<Arc<str>>,
     shared: Arc<Shared>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// The last record found on disk at start is not signed by this broker's key.
+    head_unsigned: bool,
 }
 
 impl Drop for Inner {
@@ -116,10 +118,22 @@ impl Audit {
                     torn: None,
                     torn_bytes: None,
                     active_first_seq: None,
+                    head_line: None,
                 },
                 0,
             ),
         };
+        let head_unsigned = recovered
+            .head_line
+            .as_deref()
+            .is_some_and(|l| record::check_signature(l, &key.verifying_key()).is_err());
+        if head_unsigned {
+            tracing::error!(
+                seq = recovered.seq,
+                "the last audit record on disk is not signed by this broker's key: the log was \
+                 altered, or the key changed"
+            );
+        }
         let has_sink = settings.path.is_some() || settings.stdout;
         let shared = Arc::new(Shared::default());
         shared.writable.store(has_sink, Ordering::Relaxed);
@@ -248,8 +262,16 @@ impl Audit {
                 lines,
                 shared,
                 thread: Some(thread),
+                head_unsigned,
             }),
         })
+    }
+
+    /// True when the last record found on disk at start did not verify under this broker's
+    /// key: records before it may have been altered (it anchors their chain), or the key was
+    /// changed. Use counts read from them are then not proof that a certificate is unspent.
+    pub fn head_unsigned(&self) -> bool {
+        self.inner.head_unsigned
     }
 
     /// Appends and waits until the record is durable per `durability`. Err => the caller

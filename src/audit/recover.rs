@@ -20,6 +20,8 @@ pub(crate) struct Recovered {
     pub torn_bytes: Option<Vec<u8>>,
     /// `seq` of the first record in the active file.
     pub active_first_seq: Option<u64>,
+    /// The last complete record on disk, as found (its signature is checked by the caller).
+    pub head_line: Option<Vec<u8>>,
 }
 
 /// `<path>.<N>` files, ascending by N.
@@ -147,10 +149,15 @@ pub(crate) fn recover(path: &Path) -> anyhow::Result<Recovered> {
     } else {
         newest_rotated.as_ref().map(|(p, d)| (p.clone(), d))
     };
-    let (seq, prev) = match head_source.and_then(|(p, d)| lines(d).last().map(|l| (p, l))) {
-        Some((p, last)) => (seq_of(&p, &parse(&p, last)?)?, line_hash(last)),
-        None => (0, GENESIS),
-    };
+    let (seq, prev, head_line) =
+        match head_source.and_then(|(p, d)| lines(d).last().map(|l| (p, l))) {
+            Some((p, last)) => (
+                seq_of(&p, &parse(&p, last)?)?,
+                line_hash(last),
+                Some(last.to_vec()),
+            ),
+            None => (0, GENESIS, None),
+        };
 
     // Outcomes always follow their decision, and earlier restarts already closed dangling
     // decisions in older files, so the newest rotated file plus the active one suffice.
@@ -206,6 +213,7 @@ pub(crate) fn recover(path: &Path) -> anyhow::Result<Recovered> {
         torn,
         torn_bytes,
         active_first_seq,
+        head_line,
     })
 }
 
@@ -249,31 +257,53 @@ pub(crate) fn attribute_torn(bytes: &[u8]) -> Option<Vec<super::record::SpentRef
         if rest.starts_with("null") {
             return Some(None);
         }
-        // Identifiers written by seb carry no escapes; a quote ends them.
-        let rest = rest.strip_prefix('"')?;
-        let end = rest.find('"')?;
-        Some(Some(rest[..end].to_string()))
+        // Read as the JSON string it is: a certificate id may hold quotes and escapes, and a
+        // string cut before its closing quote is not read at all.
+        match serde_json::Deserializer::from_str(rest)
+            .into_iter::<String>()
+            .next()
+        {
+            Some(Ok(s)) => Some(Some(s)),
+            _ => None,
+        }
     };
     match string_member("kind")??.as_str() {
         "decision" => {}
-        // Outcomes, starts and recoveries spend nothing.
+        // A recovery record cut while it was written: the loss it was recording (whose bytes
+        // were already moved aside) is not in it any more, so the uses are unknown.
+        "recovery" => return None,
+        // Outcomes and starts spend nothing.
         _ => return Some(Vec::new()),
-    }
-    if text.contains("\"decision\":\"deny\"") {
-        return Some(Vec::new());
     }
     let Some(cert_id) = string_member("cert_id")? else {
         return Some(Vec::new());
     };
     let iss = string_member("iss").flatten();
-    let use_at = text.find("\"use\":{");
-    if use_at.is_none() && text.contains("\"decision\":\"allow\"") {
+    // `evidence` is free-form (the certificate's) and comes before the record's own `request`
+    // and `decision`: those are read only after it, skipped as one JSON value. A prefix that
+    // ends before the evidence does (or has none) tells nothing more: the use is assumed taken.
+    let own = text
+        .find("\"evidence\":")
+        .map(|at| &text[at + "\"evidence\":".len()..])
+        .and_then(|rest| {
+            let mut values = serde_json::Deserializer::from_str(rest).into_iter::<Value>();
+            match values.next() {
+                Some(Ok(_)) => Some(&rest[values.byte_offset()..]),
+                _ => None,
+            }
+        })
+        .unwrap_or("");
+    if own.contains("\"decision\":\"deny\"") {
+        return Some(Vec::new());
+    }
+    let use_at = own.find("\"use\":{");
+    if use_at.is_none() && own.contains("\"decision\":\"allow\"") {
         // A read authenticated by a certificate: allowed, and no use taken.
         return Some(Vec::new());
     }
     let (kid, exp) = match use_at {
         Some(at) => {
-            let u = &text[at..];
+            let u = &own[at..];
             // Only a value whose end survived: a cut one would name another key or an
             // earlier expiry. Without them every key of the issuer and the longest
             // possible life are assumed.

@@ -338,22 +338,25 @@ async fn failed_writes_refuse_then_resume_without_a_gap() {
     assert!(!audit.is_writable());
     // The half-written line was taken back off the file.
     assert_eq!(std::fs::metadata(&path).unwrap().len(), len_ok);
+    // A record nobody waits on is held while the log fails, not dropped.
     audit.record_best_effort(decision("read"));
-    assert_eq!(audit.dropped_best_effort(), 1);
+    assert_eq!((audit.held(), audit.dropped_best_effort()), (1, 0));
     assert!(audit.record(decision("lost too")).await.is_err());
 
     fail.store(false, Ordering::SeqCst);
-    assert_eq!(audit.record(decision("back")).await.unwrap(), 3);
+    // The held record goes first, then the one that found the log working.
+    assert_eq!(audit.record(decision("back")).await.unwrap(), 4);
     assert!(audit.is_writable());
+    assert_eq!(audit.held(), 0);
     audit.record_best_effort(decision("read 2"));
-    assert_eq!(audit.record(decision("last")).await.unwrap(), 5);
+    assert_eq!(audit.record(decision("last")).await.unwrap(), 6);
     let r = verify_logs(std::slice::from_ref(&path), &key.verifying_key()).unwrap();
-    assert_eq!(r.records, 5);
+    assert_eq!(r.records, 6);
     let subs: Vec<_> = lines(&path)
         .iter()
         .map(|v| v["sub"].as_str().unwrap_or("-").to_owned())
         .collect();
-    assert_eq!(subs, ["-", "ok", "back", "read 2", "last"]);
+    assert_eq!(subs, ["-", "ok", "read", "back", "read 2", "last"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -86,6 +86,8 @@ pub(crate) struct Shared {
     /// Records nobody waits on (refusals, outcomes, reads) that could not be written while
     /// the log was failing: kept, up to [`HELD_MAX`], and written first once it works again.
     pub held: Mutex<std::collections::VecDeque<super::record::Entry>>,
+    /// The writer is gone for good (poisoned by a panic): nothing held would ever be written.
+    pub gone: AtomicBool,
 }
 
 /// Records held in memory while the log is failing; past this they are counted as dropped.
@@ -96,7 +98,7 @@ impl Shared {
     /// them is full. Either is said in the log, once per doubling.
     pub(crate) fn hold(&self, entry: super::record::Entry) {
         let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
-        if held.len() < HELD_MAX {
+        if held.len() < HELD_MAX && !self.gone.load(Ordering::Relaxed) {
             held.push_back(entry);
             if held.len() == 1 {
                 tracing::warn!("audit log unavailable: refusal, outcome and read records are kept in memory (up to {HELD_MAX}) until it works again");
@@ -310,6 +312,7 @@ impl Log {
     /// reply, best-effort jobs are counted as dropped. The caller must not hold the writer.
     fn fail_pending(&self) {
         self.shared.writable.store(false, Ordering::Relaxed);
+        self.shared.gone.store(true, Ordering::Relaxed);
         let mut jobs = std::mem::take(&mut *self.pending());
         // Those a holder had taken when it panicked are still in its spare list.
         if let Err(TryLockError::Poisoned(held)) = self.writer.try_lock() {
@@ -627,6 +630,10 @@ impl Writer {
                 .write_stdout()
                 .map_err(|e| format!("writing to stdout: {e}"));
         };
+        // This process must still be the log's one writer.
+        if let Some(l) = self.lock.as_mut() {
+            l.ensure_held()?;
+        }
         // The file we have open must still be the log: a deleted or replaced file would take
         // records nobody can read, for mutations that then run.
         if let (Some(want), Some(_)) = (self.file_id, self.file.as_ref()) {

@@ -190,6 +190,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 
     let audit_key = keys::load_signing_key(&config.audit.signing_key)
         .with_context(|| config.at("audit.signing_key"))?;
+    let audit_pub = audit_key.verifying_key();
     let audit = Audit::start(
         AuditSettings {
             path: config.audit.path.clone(),
@@ -208,7 +209,20 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         config.limits.max_live_certificates,
         Duration::from_secs(skew as u64),
     );
-    let uses_unknown_before = rebuild_use_counts(&config, window, &kids_by_name, &uses)?;
+    let uses_unknown_before =
+        rebuild_use_counts(&config, window, &kids_by_name, &uses, &audit_pub)?;
+    // The chain the counts were read from is anchored by the last record an earlier run
+    // wrote; unsigned (altered, or another key), no certificate issued before now is proven
+    // unspent.
+    let uses_unknown_before = if audit.head_unsigned() {
+        Some(
+            uses_unknown_before
+                .unwrap_or(i64::MIN)
+                .max(crate::cert::now_secs() + window.skew_secs),
+        )
+    } else {
+        uses_unknown_before
+    };
 
     let tls: Option<server::TlsSlot> = match &config.tls {
         Some(_) => Some(Arc::new(arc_swap::ArcSwap::new(config_reload::tls_config(
@@ -400,6 +414,7 @@ fn rebuild_use_counts(
     window: WindowPolicy,
     kids_by_name: &[(String, String)],
     uses: &MemoryUseStore,
+    audit_pub: &ed25519_dalek::VerifyingKey,
 ) -> anyhow::Result<Option<i64>> {
     let Some(path) = &config.audit.path else {
         tracing::warn!(
@@ -413,7 +428,7 @@ fn rebuild_use_counts(
     // One more minute than the bound needs: the records' clock and this one are the same,
     // but a record is stamped a moment after its use was taken.
     let horizon = now - window.max_ttl_secs - 2 * window.skew_secs - 60;
-    let scan = crate::audit::spent_uses(path, horizon)
+    let scan = crate::audit::spent_uses(path, horizon, Some(audit_pub))
         .context("rebuilding certificate use counts from the audit log")?;
     let mut restored = 0u64;
     for s in &scan.certificates {
