@@ -262,6 +262,11 @@ async fn a_deleted_lock_file_does_not_let_a_second_writer_in() {
         let mut first = Broker::start(&env, &env.config(up.port, ""));
         let c = client(&env, false);
         assert_eq!(post(&c, &first, &cert(&env, 1)).await.status, 200);
+        // The outcome is written after the answer; once it is on disk, the first broker
+        // writes nothing more until it is asked to.
+        wait_for("the first outcome", || {
+            audit_records(&env).iter().any(|r| r["kind"] == "outcome")
+        });
         std::fs::remove_file(env.path(".audit.jsonl.lock")).unwrap();
         let second_cfg = env.config(up.port, "");
         if first_writes_first {
