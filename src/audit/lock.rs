@@ -29,10 +29,37 @@ pub(crate) struct Head {
 
 pub(crate) struct LogLock {
     file: File,
+    /// (device, inode) of `file`: what the path must still name before each write.
+    file_id: (u64, u64),
     path: PathBuf,
-    pid: u32,
-    broker: String,
-    started: String,
+    /// The head's JSON up to `"seq":`, the same for every write: only seq and prev change.
+    prefix: Vec<u8>,
+}
+
+fn id_of(m: &std::fs::Metadata) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    (m.dev(), m.ino())
+}
+
+/// `{"pid":..,"broker":..,"started":..,"seq":`; without the broker id when that one is so
+/// long that the head would not fit its slot.
+fn head_prefix(pid: u32, broker: &str, started: &str) -> Vec<u8> {
+    let build = |broker: &str| {
+        let q = |v: &str| serde_json::to_string(v).unwrap_or_else(|_| "\"\"".into());
+        format!(
+            "{{\"pid\":{pid},\"broker\":{},\"started\":{},\"seq\":",
+            q(broker),
+            q(started)
+        )
+        .into_bytes()
+    };
+    // Room for the seq (20 digits), the prev member (75 bytes) and the closing brace.
+    let p = build(broker);
+    if p.len() + 100 < SLOT {
+        p
+    } else {
+        build("")
+    }
 }
 
 pub(crate) fn lock_path(log: &Path) -> PathBuf {
@@ -76,12 +103,17 @@ impl LogLock {
             return Err(std::io::Error::from(e))
                 .with_context(|| format!("locking {}", path.display()));
         }
+        let file_id = file
+            .metadata()
+            .map(|m| id_of(&m))
+            .with_context(|| format!("reading {}", path.display()))?;
+        let pid = std::process::id();
+        let started = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
         let lock = LogLock {
             file,
+            file_id,
             path,
-            pid: std::process::id(),
-            broker: broker.to_string(),
-            started: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+            prefix: head_prefix(pid, broker, &started),
         };
         Ok((lock, previous))
     }
@@ -91,10 +123,8 @@ impl LogLock {
     /// write the same log; so a new lock file is taken at once, and if another process already
     /// holds one, this broker writes no more (a log has one writer).
     pub(crate) fn ensure_held(&mut self) -> Result<(), String> {
-        use std::os::unix::fs::MetadataExt;
-        let id = |m: std::fs::Metadata| (m.dev(), m.ino());
-        let held = self.file.metadata().map(id).ok();
-        if held.is_some() && std::fs::metadata(&self.path).map(id).ok() == held {
+        // One stat of the path per write; the held file's own identity never changes.
+        if std::fs::metadata(&self.path).map(|m| id_of(&m)).ok() == Some(self.file_id) {
             return Ok(());
         }
         tracing::error!(file = %self.path.display(), "the audit log's lock file was deleted or replaced while this broker held it; taking it again");
@@ -120,6 +150,10 @@ impl LogLock {
                 self.path.display()
             ));
         }
+        self.file_id = file
+            .metadata()
+            .map(|m| id_of(&m))
+            .map_err(|e| format!("reading {}: {e}", self.path.display()))?;
         self.file = file;
         Ok(())
     }
@@ -127,25 +161,14 @@ impl LogLock {
     /// Records the head of the chain as written so far. A failure is logged, not fatal: the
     /// head only lets the next start detect losses, and the log itself is intact.
     pub(crate) fn record_head(&self, seq: u64, prev: &[u8; 32]) {
-        let head = Head {
-            pid: self.pid,
-            broker: self.broker.clone(),
-            started: self.started.clone(),
-            seq,
-            prev: super::record::hex(prev),
-        };
-        let mut buf = match serde_json::to_vec(&head) {
-            Ok(b) => b,
-            Err(_) => return,
-        };
-        if buf.len() >= SLOT {
-            // A broker id that long: keep what fits a slot, the seq and prev matter most.
-            buf = serde_json::to_vec(&Head {
-                broker: String::new(),
-                ..head
-            })
-            .unwrap_or_default();
-        }
+        // Runs after every write of the log: the constant part is made once, at start.
+        use std::io::Write;
+        let mut buf = Vec::with_capacity(SLOT);
+        buf.extend_from_slice(&self.prefix);
+        let _ = write!(buf, "{seq}");
+        buf.extend_from_slice(b",\"prev\":\"");
+        super::record::push_hex(&mut buf, prev);
+        buf.extend_from_slice(b"\"}");
         buf.resize(SLOT - 1, b' ');
         buf.push(b'\n');
         if let Err(e) = self.file.write_all_at(&buf, 0) {
@@ -159,4 +182,34 @@ fn read_head(file: &File) -> Option<Head> {
     let n = file.read_at(&mut buf, 0).ok()?;
     let text = std::str::from_utf8(&buf[..n]).ok()?;
     serde_json::from_str(text.trim()).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What one broker writes after each record, the next reads at start, whatever the
+    /// broker id (one too long for the slot loses the id, never the seq and prev).
+    #[test]
+    fn the_head_written_reads_back() {
+        for broker in ["b-1", &"x".repeat(600)] {
+            let dir = tempfile::tempdir().unwrap();
+            let log = dir.path().join("audit.jsonl");
+            let (lock, before) = LogLock::acquire(&log, broker).unwrap();
+            assert!(before.is_none());
+            lock.record_head(41, &[0xab; 32]);
+            lock.record_head(42, &[0xcd; 32]);
+            let head = read_head(&lock.file).unwrap();
+            assert_eq!(
+                (head.seq, head.prev.as_str()),
+                (42, "cd".repeat(32).as_str())
+            );
+            assert_eq!(head.pid, std::process::id());
+            assert_eq!(head.broker, if broker.len() < 100 { broker } else { "" });
+            assert_eq!(
+                std::fs::metadata(lock_path(&log)).unwrap().len(),
+                SLOT as u64
+            );
+        }
+    }
 }
