@@ -211,14 +211,40 @@ impl RevocationState {
         self.floors.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Writes every issuer's newest document. The push endpoint, the poller and a reload may
+    /// persist at once, and so may another broker sharing the state directory: under an
+    /// exclusive lock, what is on disk is read first and the newer of the two kept for each
+    /// issuer (and taken as this broker's floor too), so no writer rolls back another's.
     fn persist(&self) -> anyhow::Result<()> {
         let Some(path) = &self.store else {
             return Ok(());
         };
-        let file = StateFile {
-            v: 1,
-            issuers: self.floors().clone(),
+        let lock_path = path.with_file_name(format!(".{STATE_FILE}.lock"));
+        let lock = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&lock_path)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", lock_path.display()))?;
+        lock.lock()
+            .map_err(|e| anyhow::anyhow!("locking {}: {e}", lock_path.display()))?;
+        let on_disk: Option<StateFile> = std::fs::read(path)
+            .ok()
+            .and_then(|b| crate::json::from_checked(&b).ok());
+        let issuers = {
+            let mut floors = self.floors();
+            for (iss, p) in on_disk.map(|f| f.issuers).unwrap_or_default() {
+                let newer = floors
+                    .get(&iss)
+                    .is_none_or(|mine| (p.epoch, p.iat) > (mine.epoch, mine.iat));
+                if newer {
+                    floors.insert(iss, p);
+                }
+            }
+            floors.clone()
         };
+        let file = StateFile { v: 1, issuers };
         let mut text = serde_json::to_vec_pretty(&file)?;
         text.push(b'\n');
         crate::fsutil::write_atomic(path, &text, 0o600)?;
@@ -567,6 +593,32 @@ mod tests {
         assert!(e.contains("never goes backwards"), "{e}");
         s.apply(&doc(&rotated, 5, NOW + 6, Revoked::default()), NOW + 6, 30)
             .unwrap();
+    }
+
+    /// Two brokers sharing a state directory (or the pusher and the poller of one): the
+    /// older document written last does not roll back the newer one on disk.
+    #[test]
+    fn a_writer_never_rolls_back_another() {
+        let dir = tempfile::tempdir().unwrap();
+        let i = TestIssuer::new();
+        let a = state(&i).persisted_in(dir.path(), NOW, 30).unwrap();
+        let b = state(&i).persisted_in(dir.path(), NOW, 30).unwrap();
+        let r = Revoked {
+            jti: vec!["c1".into()],
+            ..Default::default()
+        };
+        a.apply(&doc(&i, 5, NOW, r), NOW, 30).unwrap();
+        b.apply(&doc(&i, 3, NOW + 1, Revoked::default()), NOW + 1, 30)
+            .unwrap();
+        // b learnt the newer floor from the disk while writing.
+        let e = b
+            .apply(&doc(&i, 4, NOW + 2, Revoked::default()), NOW + 2, 30)
+            .unwrap_err();
+        assert!(e.contains("never goes backwards"), "{e}");
+        let restarted = state(&i).persisted_in(dir.path(), NOW + 2, 30).unwrap();
+        let d = restarted.current("signer").unwrap();
+        assert_eq!(d.epoch, 5);
+        assert!(d.revoked("k", "c1", "x").is_some());
     }
 
     #[test]
