@@ -365,11 +365,19 @@ impl Audit {
                     w.sync_uncommitted();
                     return Ok(());
                 }
-                match w.file.as_mut() {
-                    Some(f) => f
-                        .sync_data()
-                        .map_err(|e| format!("syncing the audit log: {e}")),
-                    None => Ok(()),
+                // Through the writer's own sync (counted, timed), and a failure is handled as
+                // any failed sync is: the log is marked failing and rolled back.
+                let Some(f) = w.file.as_mut() else {
+                    return Ok(());
+                };
+                match w.shared.sync(f.as_mut()) {
+                    Ok(()) => Ok(()),
+                    Err(e) => {
+                        let e = format!("syncing the audit log: {e}");
+                        w.shared.writable.store(false, Ordering::Relaxed);
+                        w.rollback(&e);
+                        Err(e)
+                    }
                 }
             });
             match synced {

@@ -30,6 +30,10 @@ pub(crate) trait LogFile: Send {
     fn sync_data(&mut self) -> std::io::Result<()>;
     fn set_len(&mut self, len: u64) -> std::io::Result<()>;
     fn size(&self) -> std::io::Result<u64>;
+    /// (device, inode) of the open file, if it has one.
+    fn id(&self) -> Option<(u64, u64)> {
+        None
+    }
 }
 
 impl LogFile for std::fs::File {
@@ -44,6 +48,10 @@ impl LogFile for std::fs::File {
     }
     fn size(&self) -> std::io::Result<u64> {
         Ok(self.metadata()?.len())
+    }
+    fn id(&self) -> Option<(u64, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        self.metadata().ok().map(|m| (m.dev(), m.ino()))
     }
 }
 
@@ -134,7 +142,7 @@ fn file_id(path: &Path) -> Option<(u64, u64)> {
 impl Shared {
     /// `fdatasync`, counted and timed: every sync of the active log goes through here, so the
     /// metrics count them all.
-    fn sync(&self, file: &mut dyn LogFile) -> std::io::Result<()> {
+    pub(crate) fn sync(&self, file: &mut dyn LogFile) -> std::io::Result<()> {
         let started = Instant::now();
         let r = file.sync_data();
         self.syncs.fetch_add(1, Ordering::Relaxed);
@@ -588,7 +596,7 @@ impl Writer {
     /// After a failed sync the kernel may have dropped any page written since the last good
     /// one, and a later sync may report success anyway: the records since `committed` are
     /// treated as lost, cut off the file, and the chain continues from `committed`.
-    fn rollback(&mut self, why: &str) {
+    pub(crate) fn rollback(&mut self, why: &str) {
         if self.uncommitted > 0 {
             tracing::error!(
                 records = self.uncommitted,
@@ -719,8 +727,9 @@ impl Writer {
             tracing::warn!(file = %path.display(), size, expected = self.good_len, "audit log is shorter than written; someone else changed it");
             self.good_len = size;
         }
+        // The file opened, not whatever the path names a moment later.
+        self.file_id = file.id();
         self.file = Some(file);
-        self.file_id = file_id(path);
         *self
             .shared
             .file_id
