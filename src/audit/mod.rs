@@ -214,6 +214,7 @@ impl Audit {
             recovery,
             file_id: None,
             active_first_seq: recovered.active_first_seq,
+            rolled_back: false,
         };
         if has_sink {
             if !recovered.dangling.is_empty() {

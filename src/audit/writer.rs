@@ -188,6 +188,9 @@ pub(crate) struct Writer {
     pub file_id: Option<(u64, u64)>,
     /// `seq` of the first record in the active file.
     pub active_first_seq: Option<u64>,
+    /// Set by [`Writer::rollback`]: the last batch reached the file and was taken back (a
+    /// failed sync), so its records are lost like the rolled-back ones, not kept to retry.
+    pub rolled_back: bool,
 }
 
 /// A point in the chain: file length, last sequence number, hash of the last line.
@@ -470,7 +473,9 @@ impl Writer {
             || (self.durability == Durability::Fsync
                 && (jobs.iter().any(|j| j.reply.is_some())
                     || self.sync_due().is_some_and(|due| due <= Instant::now())));
+        self.rolled_back = false;
         let (outcome, results) = self.append(jobs.iter().map(|j| &j.payload), sync);
+        let keep_failed = !self.rolled_back;
         if held_count > 0 && outcome.is_ok() {
             tracing::info!(
                 records = held_count,
@@ -482,7 +487,8 @@ impl Writer {
                 (Some(reply), _) => {
                     let _ = reply.send(result.map_err(AuditUnavailable));
                 }
-                (None, Payload::Entry(e)) if result.is_err() => self.shared.hold(*e),
+                // Never written (the log is failing): kept to be written once it works.
+                (None, Payload::Entry(e)) if result.is_err() && keep_failed => self.shared.hold(*e),
                 (None, _) if result.is_err() => {
                     self.shared.dropped.fetch_add(1, Ordering::Relaxed);
                 }
@@ -597,6 +603,7 @@ impl Writer {
     /// one, and a later sync may report success anyway: the records since `committed` are
     /// treated as lost, cut off the file, and the chain continues from `committed`.
     pub(crate) fn rollback(&mut self, why: &str) {
+        self.rolled_back = true;
         if self.uncommitted > 0 {
             tracing::error!(
                 records = self.uncommitted,
