@@ -1769,3 +1769,45 @@ credential = {{ header = "Authorization", value_env = "SEB_TEST_PAYMENTS_TOKEN",
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(posts(&up).len(), 4);
 }
+
+/// Headers are judged before the body is read: a request its headers refuse costs no body
+/// read (here a body over the limit, which would otherwise be read and refused as too large).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_are_refused_before_the_body_is_read() {
+    let env = Env::new();
+    let up = Upstream::start(env.dir.path());
+    let broker = Broker::start(
+        &env,
+        &env.config(up.port, "[limits]\nmax_body_bytes = 1024\n"),
+    );
+    let cert = env.cert("POST", "/v1/refunds", refund_rule());
+    let c = client(&env, false);
+    let auth = bearer(&cert);
+    let r = send(
+        &c,
+        "POST",
+        &broker.url("/v1/refunds"),
+        &[
+            JSON,
+            ("authorization", &auth),
+            ("x-original-url", "/v1/payouts"),
+        ],
+        &vec![b' '; 4096],
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.code()),
+        (400, "request_malformed"),
+        "{:?}",
+        r.body
+    );
+    assert!(
+        r.body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("x-original-url"),
+        "{:?}",
+        r.body
+    );
+    assert!(posts(&up).is_empty());
+}

@@ -115,6 +115,8 @@ where
     // layer, so that a slow agent or upstream ends in a recorded refusal or outcome instead of
     // a dropped future.
     let deadline = tokio::time::Instant::now() + broker.request_timeout;
+    // Headers first: a request they refuse costs no body read.
+    target.check_head(&parts)?;
     let (body, upload) = if target.streams_upload(&parts) {
         (Bytes::new(), Some(body))
     } else {

@@ -307,15 +307,21 @@ pub fn check(headers: &HeaderMap, rules: &HeaderRules) -> Result<(), Denial> {
 }
 
 /// Appends to `to` the agent headers that travel upstream. The target then adds what the
-/// broker sets (its identity, the request id, an upgrade it admitted).
+/// broker sets (its identity, the request id, an upgrade it admitted). Refuses whatever
+/// [`check`] refuses, with one verdict per name (taken once, for the refusal and the copy).
 pub fn copy(from: &HeaderMap, rules: &HeaderRules, to: &mut HeaderMap) -> Result<(), Denial> {
+    check_connection(from, rules)?;
+    check_fold_collisions(from)?;
     // All or nothing: a refusal leaves `to` as it was.
-    check(from, rules)?;
+    let mut travel = Vec::with_capacity(from.keys_len());
     for name in from.keys() {
         if verdict(name, rules)? {
-            for value in from.get_all(name) {
-                to.append(name.clone(), value.clone());
-            }
+            travel.push(name);
+        }
+    }
+    for name in travel {
+        for value in from.get_all(name) {
+            to.append(name.clone(), value.clone());
         }
     }
     Ok(())

@@ -173,11 +173,17 @@ impl Target {
         }
     }
 
-    /// Reads the request: which operation on which resource, and whether it is a read.
+    /// The request head alone: headers the upstream could read differently are refused
+    /// whatever the request is (reads included). The pipeline calls this before it reads the
+    /// body, so such a request costs no body read or hash, and before [`Target::parse`],
+    /// which relies on it.
+    pub fn check_head(&self, parts: &::http::request::Parts) -> Result<(), Denial> {
+        headers::check(&parts.headers, self.header_rules())
+    }
+
+    /// Reads the request: which operation on which resource, and whether it is a read. The
+    /// head has passed [`Target::check_head`].
     pub fn parse(&self, parts: &::http::request::Parts, body: &Bytes) -> Result<Parsed, Denial> {
-        // Before any target reads a header: a request the upstream could read differently
-        // is refused whatever it is (reads included).
-        headers::check(&parts.headers, self.header_rules())?;
         headers::check_read_method_body(&parts.method, body.len())?;
         match self {
             Target::Http(t) => t.parse(parts, body),
