@@ -84,7 +84,8 @@ pub fn json_body(body: &BodyView) -> Result<Value, Denial> {
     })
 }
 
-pub fn is_json_media_type(ct: &str) -> bool {
+#[cfg(test)]
+fn is_json_media_type(ct: &str) -> bool {
     json_media_type(ct).is_ok()
 }
 
@@ -111,7 +112,8 @@ pub fn json_media_type(ct: &str) -> Result<(), String> {
         Some(("application", "json")) => true,
         Some(("application", sub)) => sub
             .strip_suffix("+json")
-            .is_some_and(|name| is_token(name) && !name.contains('/')),
+            // `/` is not a token character: `application/a/b+json` is refused here.
+            .is_some_and(is_token),
         _ => false,
     };
     if !json {
@@ -218,6 +220,8 @@ fn as_number(v: &Value) -> Option<Decimal> {
 /// member under the same rule.
 fn values_equal(expected: &Value, actual: &Value) -> bool {
     match (expected, actual) {
+        // Same representation and value: the same decimal, without working it out.
+        (Value::Number(a), Value::Number(b)) if a == b => true,
         (Value::Number(_), Value::Number(_) | Value::String(_))
         | (Value::String(_), Value::Number(_)) => {
             matches!((as_number(expected), as_number(actual)), (Some(a), Some(b)) if a == b)

@@ -396,7 +396,7 @@ async fn forward(
     }
     let (mut parts, body) = resp.into_parts();
     let mut headers = http::HeaderMap::new();
-    crate::targets::http::copy_hop_safe_response_headers(&parts.headers, &mut headers);
+    crate::targets::headers::copy_response(&parts.headers, &mut headers);
     if switching {
         // The upgrade headers describe the connection the agent is switching to.
         if let Some(up) = parts.headers.get(http::header::UPGRADE) {

@@ -330,15 +330,17 @@ pub fn copy(from: &HeaderMap, rules: &HeaderRules, to: &mut HeaderMap) -> Result
 /// Response headers minus those that describe the upstream's connection: the fixed hop-by-hop
 /// set and any named in its `Connection` (the upstream is trusted to mean what it lists).
 pub fn copy_response(from: &HeaderMap, to: &mut HeaderMap) {
-    let listed: Vec<String> = from
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(',').map(|s| s.trim().to_ascii_lowercase()))
-        .collect();
+    // Names are lowercase; the tokens are compared without making lowercase copies of them.
+    let listed = |n: &str| {
+        from.get_all(http::header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(n))
+    };
     for (name, value) in from {
         let n = name.as_str();
-        if !HOP_BY_HOP.contains(&n) && !listed.iter().any(|l| l == n) {
+        if !HOP_BY_HOP.contains(&n) && !listed(n) {
             to.append(name.clone(), value.clone());
         }
     }

@@ -212,11 +212,6 @@ fn prefix_matches(prefix: &str, path: &str) -> bool {
             || path.as_bytes()[prefix.len()] == b'/')
 }
 
-/// Response headers minus those that describe the upstream connection.
-pub fn copy_hop_safe_response_headers(from: &HeaderMap, to: &mut HeaderMap) {
-    super::headers::copy_response(from, to);
-}
-
 /// `Authorization: Bearer <certificate>` or `X-Seb-Certificate: <certificate>`; two of them is
 /// ambiguous and refused.
 pub fn certificate(headers: &HeaderMap) -> Result<Option<&str>, Denial> {
