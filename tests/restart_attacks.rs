@@ -11,58 +11,6 @@ use sha2::Digest;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const JSON: (&str, &str) = ("content-type", "application/json");
-
-async fn post(c: &reqwest::Client, broker: &Broker, cert: &str) -> Reply {
-    let auth = format!("Bearer {cert}");
-    send(
-        c,
-        "POST",
-        &broker.url("/v1/deploys"),
-        &[JSON, ("authorization", &auth)],
-        br#"{"env":"prod"}"#,
-    )
-    .await
-}
-
-fn posts(up: &Upstream) -> usize {
-    up.requests()
-        .into_iter()
-        .filter(|r| r["method"] != "GET")
-        .count()
-}
-
-fn sigterm_and_wait(broker: &mut Broker) {
-    let mut child = broker.child.take().expect("a running broker");
-    // SAFETY: a plain kill(2) on our own child's pid.
-    let rc = unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    assert_eq!(rc, 0);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while child.try_wait().unwrap().is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "broker did not exit after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn cert_edit(env: &Env, max_uses: u32, edit: impl FnOnce(&mut Value)) -> String {
-    env.cert_with(
-        "POST",
-        "/v1/deploys",
-        json!({"constraints": {"/env": {"eq": "prod"}}, "others": "deny"}),
-        |p| {
-            p["seb"]["max_uses"] = json!(max_uses);
-            edit(p);
-        },
-    )
-}
-
-fn cert(env: &Env, max_uses: u32) -> String {
-    cert_edit(env, max_uses, |_| {})
-}
-
 /// A spent use must stay spent: refused as replayed, or (after an unattributed loss) because
 /// the broker cannot prove it unspent.
 fn assert_still_spent(r: &Reply, what: &str) {
@@ -182,7 +130,7 @@ async fn a_torn_decision_is_not_read_from_its_evidence() {
         let port = hanging_upstream();
         let mut broker = Broker::start(&env, &env.config(port, ""));
         let c = client(&env, false);
-        let once = cert_edit(&env, 1, |p| {
+        let once = deploy_cert_edit(&env, 1, |p| {
             p["seb"]["evidence"] = evidence.clone();
             if let Some(jti) = jti {
                 p["jti"] = json!(jti);
@@ -261,7 +209,7 @@ async fn a_deleted_lock_file_does_not_let_a_second_writer_in() {
         let up = Upstream::start(env.dir.path());
         let mut first = Broker::start(&env, &env.config(up.port, ""));
         let c = client(&env, false);
-        assert_eq!(post(&c, &first, &cert(&env, 1)).await.status, 200);
+        assert_eq!(deploy(&c, &first, &deploy_cert(&env, 1)).await.status, 200);
         // The outcome is written after the answer; once it is on disk, the first broker
         // writes nothing more until it is asked to.
         wait_for("the first outcome", || {
@@ -270,7 +218,7 @@ async fn a_deleted_lock_file_does_not_let_a_second_writer_in() {
         std::fs::remove_file(env.path(".audit.jsonl.lock")).unwrap();
         let second_cfg = env.config(up.port, "");
         if first_writes_first {
-            assert_eq!(post(&c, &first, &cert(&env, 1)).await.status, 200);
+            assert_eq!(deploy(&c, &first, &deploy_cert(&env, 1)).await.status, 200);
             match start_second(&env, &second_cfg, "second.toml", Duration::from_secs(5)) {
                 Ok((status, err)) => {
                     assert!(!status.success(), "{err}");
@@ -282,14 +230,14 @@ async fn a_deleted_lock_file_does_not_let_a_second_writer_in() {
                     panic!("a second broker started on a log whose writer is still running");
                 }
             }
-            assert_eq!(post(&c, &first, &cert(&env, 1)).await.status, 200);
+            assert_eq!(deploy(&c, &first, &deploy_cert(&env, 1)).await.status, 200);
         } else {
             let second =
                 match start_second(&env, &second_cfg, "second.toml", Duration::from_secs(3)) {
                     Ok((status, err)) => panic!("second broker exited ({status}): {err}"),
                     Err(child) => KillOnDrop(child),
                 };
-            let r = post(&c, &first, &cert(&env, 1)).await;
+            let r = deploy(&c, &first, &deploy_cert(&env, 1)).await;
             assert_eq!(
                 (r.status, r.code()),
                 (503, "audit_unavailable"),
@@ -303,8 +251,11 @@ async fn a_deleted_lock_file_does_not_let_a_second_writer_in() {
                 config_path: env.path("second.toml"),
                 extra_env: Vec::new(),
             };
-            assert_eq!(post(&c, &via_second, &cert(&env, 1)).await.status, 200);
-            let r = post(&c, &first, &cert(&env, 1)).await;
+            assert_eq!(
+                deploy(&c, &via_second, &deploy_cert(&env, 1)).await.status,
+                200
+            );
+            let r = deploy(&c, &first, &deploy_cert(&env, 1)).await;
             assert_eq!((r.status, r.code()), (503, "audit_unavailable"));
             drop(second);
         }
@@ -377,15 +328,15 @@ async fn a_rotated_file_moved_away_does_not_reopen_its_uses() {
         let up = Upstream::start(env.dir.path());
         let mut broker = Broker::start(&env, &rotating(&env, up.port, 3000));
         let c = client(&env, false);
-        let once = cert(&env, 1);
+        let once = deploy_cert(&env, 1);
         if case == "middle deleted" {
             while rotated(&env).is_empty() {
-                assert_eq!(post(&c, &broker, &cert(&env, 1)).await.status, 200);
+                assert_eq!(deploy(&c, &broker, &deploy_cert(&env, 1)).await.status, 200);
             }
         }
-        assert_eq!(post(&c, &broker, &once).await.status, 200);
+        assert_eq!(deploy(&c, &broker, &once).await.status, 200);
         while rotated(&env).len() < 3 {
-            assert_eq!(post(&c, &broker, &cert(&env, 1)).await.status, 200);
+            assert_eq!(deploy(&c, &broker, &deploy_cert(&env, 1)).await.status, 200);
         }
         sigterm_and_wait(&mut broker);
         if case == "oldest renamed" {
@@ -394,19 +345,19 @@ async fn a_rotated_file_moved_away_does_not_reopen_its_uses() {
         } else {
             std::fs::remove_file(env.path("audit.jsonl.2")).unwrap();
         }
-        let before = posts(&up);
+        let before = mutations_received(&up);
         broker.spawn(&env);
-        let r = post(&c, &broker, &once).await;
+        let r = deploy(&c, &broker, &once).await;
         assert_still_spent(&r, case);
-        assert_eq!(posts(&up), before, "{case}");
+        assert_eq!(mutations_received(&up), before, "{case}");
         // Issued after the gap (and beyond the skew an iat may run ahead): admitted.
-        let fresh = cert_edit(&env, 1, |p| {
+        let fresh = deploy_cert_edit(&env, 1, |p| {
             let t = now() + 31;
             p["iat"] = json!(t);
             p["nbf"] = json!(t - 60);
             p["exp"] = json!(t + 300);
         });
-        assert_eq!(post(&c, &broker, &fresh).await.status, 200, "{case}");
+        assert_eq!(deploy(&c, &broker, &fresh).await.status, 200, "{case}");
     }
 }
 
@@ -419,9 +370,9 @@ async fn rotation_at_odd_sizes_keeps_every_use() {
         let up = Upstream::start(env.dir.path());
         let mut broker = Broker::start(&env, &rotating(&env, up.port, bytes));
         let c = client(&env, false);
-        let tokens: Vec<String> = (0..4).map(|_| cert(&env, 1)).collect();
+        let tokens: Vec<String> = (0..4).map(|_| deploy_cert(&env, 1)).collect();
         for (i, t) in tokens.iter().enumerate() {
-            assert_eq!(post(&c, &broker, t).await.status, 200, "rotate {bytes}");
+            assert_eq!(deploy(&c, &broker, t).await.status, 200, "rotate {bytes}");
             if i % 2 == 1 {
                 broker.kill9();
                 broker.spawn(&env);
@@ -430,9 +381,9 @@ async fn rotation_at_odd_sizes_keeps_every_use() {
         sigterm_and_wait(&mut broker);
         broker.spawn(&env);
         for t in &tokens {
-            assert_still_spent(&post(&c, &broker, t).await, &format!("rotate {bytes}"));
+            assert_still_spent(&deploy(&c, &broker, t).await, &format!("rotate {bytes}"));
         }
-        assert_eq!(posts(&up), 4, "rotate {bytes}");
+        assert_eq!(mutations_received(&up), 4, "rotate {bytes}");
     }
 }
 
@@ -445,8 +396,8 @@ async fn a_forged_returned_outcome_does_not_give_a_use_back() {
     let up = Upstream::start(env.dir.path());
     let mut broker = Broker::start(&env, &env.config(up.port, ""));
     let c = client(&env, false);
-    let once = cert(&env, 1);
-    assert_eq!(post(&c, &broker, &once).await.status, 200);
+    let once = deploy_cert(&env, 1);
+    assert_eq!(deploy(&c, &broker, &once).await.status, 200);
     wait_for("the outcome", || {
         audit_records(&env).iter().any(|r| r["kind"] == "outcome")
     });
@@ -475,9 +426,9 @@ async fn a_forged_returned_outcome_does_not_give_a_use_back() {
     write_lines(&env.path("audit.jsonl"), &lines);
 
     broker.spawn(&env);
-    let r = post(&c, &broker, &once).await;
+    let r = deploy(&c, &broker, &once).await;
     assert_still_spent(&r, "a forged returned outcome");
-    assert_eq!(posts(&up), 1);
+    assert_eq!(mutations_received(&up), 1);
 }
 
 /// The lock file's recorded head is how a cut log is noticed. If that file is garbage (or
@@ -490,8 +441,8 @@ async fn a_cut_log_with_a_damaged_lock_file_does_not_reopen_a_use() {
         let up = Upstream::start(env.dir.path());
         let mut broker = Broker::start(&env, &env.config(up.port, ""));
         let c = client(&env, false);
-        let once = cert(&env, 1);
-        assert_eq!(post(&c, &broker, &once).await.status, 200);
+        let once = deploy_cert(&env, 1);
+        assert_eq!(deploy(&c, &broker, &once).await.status, 200);
         sigterm_and_wait(&mut broker);
         let mut lines = lines_of(&env.path("audit.jsonl"));
         let decision = lines
@@ -512,9 +463,9 @@ async fn a_cut_log_with_a_damaged_lock_file_does_not_reopen_a_use() {
             _ => std::fs::remove_file(&lock_path).unwrap(),
         }
         broker.spawn(&env);
-        let r = post(&c, &broker, &once).await;
+        let r = deploy(&c, &broker, &once).await;
         assert_still_spent(&r, &format!("lock file {lock}"));
-        assert_eq!(posts(&up), 1, "lock file {lock}");
+        assert_eq!(mutations_received(&up), 1, "lock file {lock}");
     }
 }
 
@@ -526,8 +477,8 @@ async fn a_raised_head_in_the_lock_file_fails_closed() {
     let up = Upstream::start(env.dir.path());
     let mut broker = Broker::start(&env, &env.config(up.port, ""));
     let c = client(&env, false);
-    let once = cert(&env, 1);
-    assert_eq!(post(&c, &broker, &once).await.status, 200);
+    let once = deploy_cert(&env, 1);
+    assert_eq!(deploy(&c, &broker, &once).await.status, 200);
     sigterm_and_wait(&mut broker);
     let lock_path = env.path(".audit.jsonl.lock");
     let text = std::fs::read_to_string(&lock_path).unwrap();
@@ -535,7 +486,7 @@ async fn a_raised_head_in_the_lock_file_fails_closed() {
     head["seq"] = json!(head["seq"].as_u64().unwrap() + 5);
     std::fs::write(&lock_path, serde_json::to_vec(&head).unwrap()).unwrap();
     broker.spawn(&env);
-    let r = post(&c, &broker, &once).await;
+    let r = deploy(&c, &broker, &once).await;
     assert_eq!(
         (r.status, r.code()),
         (503, "state_unavailable"),
@@ -593,10 +544,10 @@ async fn a_clock_stepped_back_does_not_hide_older_files() {
     let up = Upstream::start(env.dir.path());
     let mut broker = Broker::start(&env, &rotating(&env, up.port, 3000));
     let c = client(&env, false);
-    let once = cert(&env, 1);
-    assert_eq!(post(&c, &broker, &once).await.status, 200);
+    let once = deploy_cert(&env, 1);
+    assert_eq!(deploy(&c, &broker, &once).await.status, 200);
     while rotated(&env).len() < 2 {
-        assert_eq!(post(&c, &broker, &cert(&env, 1)).await.status, 200);
+        assert_eq!(deploy(&c, &broker, &deploy_cert(&env, 1)).await.status, 200);
     }
     sigterm_and_wait(&mut broker);
     let newest_rotated = rotated(&env).pop().unwrap();
@@ -619,7 +570,7 @@ async fn a_clock_stepped_back_does_not_hide_older_files() {
     let (code, out, err) = seb(&args);
     assert_eq!(code, 0, "{out}{err}");
     broker.spawn(&env);
-    let r = post(&c, &broker, &once).await;
+    let r = deploy(&c, &broker, &once).await;
     assert_still_spent(&r, "after a clock step back");
 }
 
@@ -634,8 +585,8 @@ async fn a_rolled_back_state_file_does_not_unrevoke() {
         let up = Upstream::start(env.dir.path());
         let mut broker = Broker::start(&env, &env.config(up.port, ""));
         let c = client(&env, false);
-        let token = cert(&env, 3);
-        assert_eq!(post(&c, &broker, &token).await.status, 200);
+        let token = deploy_cert(&env, 3);
+        assert_eq!(deploy(&c, &broker, &token).await.status, 200);
         let jti = audit_records(&env)
             .into_iter()
             .find(|r| r["kind"] == "decision")
@@ -671,9 +622,9 @@ async fn a_rolled_back_state_file_does_not_unrevoke() {
             std::fs::write(&state, serde_json::to_vec(&file).unwrap()).unwrap();
         }
         broker.spawn(&env);
-        let r = post(&c, &broker, &token).await;
+        let r = deploy(&c, &broker, &token).await;
         assert_ne!(r.status, 200, "{case}: a revoked certificate was admitted");
-        assert_eq!(posts(&up), 1, "{case}");
+        assert_eq!(mutations_received(&up), 1, "{case}");
     }
 }
 
@@ -734,8 +685,8 @@ async fn an_upstream_that_reads_and_hangs_up_keeps_the_use() {
     let env = Env::new();
     let mut broker = Broker::start(&env, &env.config(port, ""));
     let c = client(&env, false);
-    let once = cert(&env, 1);
-    let r = post(&c, &broker, &once).await;
+    let once = deploy_cert(&env, 1);
+    let r = deploy(&c, &broker, &once).await;
     assert_eq!(
         (r.status, r.code()),
         (502, "upstream_error"),
@@ -751,11 +702,11 @@ async fn an_upstream_that_reads_and_hangs_up_keeps_the_use() {
         r.body
     );
     assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 1);
-    let r = post(&c, &broker, &once).await;
+    let r = deploy(&c, &broker, &once).await;
     assert_eq!((r.status, r.code()), (403, "replayed"), "{:?}", r.body);
     broker.kill9();
     broker.spawn(&env);
-    assert_still_spent(&post(&c, &broker, &once).await, "after a restart");
+    assert_still_spent(&deploy(&c, &broker, &once).await, "after a restart");
     assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
 
@@ -766,7 +717,7 @@ async fn parallel_uses_around_a_restart_stay_at_max_uses() {
     let up = Upstream::start(env.dir.path());
     let mut broker = Broker::start(&env, &env.config(up.port, ""));
     let c = client(&env, false);
-    let twice = cert(&env, 2);
+    let twice = deploy_cert(&env, 2);
     let burst = |broker: &Broker| {
         let reqs: Vec<_> = (0..12)
             .map(|_| {
@@ -780,7 +731,10 @@ async fn parallel_uses_around_a_restart_stay_at_max_uses() {
                         &c,
                         "POST",
                         &url,
-                        &[JSON, ("authorization", &auth)],
+                        &[
+                            ("content-type", "application/json"),
+                            ("authorization", &auth),
+                        ],
                         br#"{"env":"prod"}"#,
                     )
                     .await
@@ -799,12 +753,12 @@ async fn parallel_uses_around_a_restart_stay_at_max_uses() {
         }
     };
     // One use, then a burst for the second, then SIGKILL at once and a burst after.
-    assert_eq!(post(&c, &broker, &twice).await.status, 200);
+    assert_eq!(deploy(&c, &broker, &twice).await.status, 200);
     assert_eq!(burst(&broker).await, 1);
     broker.kill9();
     broker.spawn(&env);
     assert_eq!(burst(&broker).await, 0);
-    assert_eq!(posts(&up), 2);
+    assert_eq!(mutations_received(&up), 2);
 }
 
 /// SIGTERM right after an agent got its answer: the outcome of that request is in the log
@@ -820,7 +774,7 @@ async fn sigterm_right_after_an_answer_keeps_its_outcome() {
     let mut broker = Broker::start(&env, &env.config(up.port, ""));
     let c = client(&env, false);
     for round in 0..60 {
-        assert_eq!(post(&c, &broker, &cert(&env, 1)).await.status, 200);
+        assert_eq!(deploy(&c, &broker, &deploy_cert(&env, 1)).await.status, 200);
         sigterm_and_wait(&mut broker);
         let recs = audit_records(&env);
         let decisions = recs
@@ -850,7 +804,7 @@ async fn a_torn_recovery_record_does_not_forget_the_use_it_recorded() {
     let port = hanging_upstream();
     let mut broker = Broker::start(&env, &env.config(port, ""));
     let c = client(&env, false);
-    let once = cert(&env, 1);
+    let once = deploy_cert(&env, 1);
     let (c2, url, auth) = (
         c.clone(),
         broker.url("/v1/deploys"),
@@ -925,8 +879,8 @@ async fn an_edited_decision_does_not_reopen_a_use() {
         let cfg = env.config(up.port, "");
         let mut broker = Broker::start(&env, &cfg);
         let c = client(&env, false);
-        let once = cert(&env, 1);
-        assert_eq!(post(&c, &broker, &once).await.status, 200);
+        let once = deploy_cert(&env, 1);
+        assert_eq!(deploy(&c, &broker, &once).await.status, 200);
         wait_for("the outcome", || {
             audit_records(&env).iter().any(|r| r["kind"] == "outcome")
         });
@@ -985,7 +939,7 @@ async fn an_edited_decision_does_not_reopen_a_use() {
                 wait_for("the listener", || {
                     std::net::TcpStream::connect(("127.0.0.1", cfg.listen)).is_ok()
                 });
-                let r = post(&c, &served, &once).await;
+                let r = deploy(&c, &served, &once).await;
                 assert_eq!(
                     (r.status, r.code()),
                     (503, "state_unavailable"),
@@ -1000,7 +954,7 @@ async fn an_edited_decision_does_not_reopen_a_use() {
                 panic!("append {append}: the broker started on a log with a broken chain");
             }
         }
-        assert_eq!(posts(&up), 1);
+        assert_eq!(mutations_received(&up), 1);
     }
 }
 
@@ -1021,16 +975,16 @@ async fn an_active_file_replaced_or_deleted_under_load_never_reopens_a_use() {
         let c = client(&env, false);
         if case.starts_with("deleted") {
             while rotated(&env).is_empty() {
-                assert_eq!(post(&c, &broker, &cert(&env, 1)).await.status, 200);
+                assert_eq!(deploy(&c, &broker, &deploy_cert(&env, 1)).await.status, 200);
             }
             // Rotate once more so the active file is young.
             let n = rotated(&env).len();
             while rotated(&env).len() == n {
-                assert_eq!(post(&c, &broker, &cert(&env, 1)).await.status, 200);
+                assert_eq!(deploy(&c, &broker, &deploy_cert(&env, 1)).await.status, 200);
             }
         }
-        let once = cert(&env, 1);
-        assert_eq!(post(&c, &broker, &once).await.status, 200, "{case}");
+        let once = deploy_cert(&env, 1);
+        assert_eq!(deploy(&c, &broker, &once).await.status, 200, "{case}");
         wait_for("the outcome", || {
             audit_records(&env)
                 .last()
@@ -1049,7 +1003,7 @@ async fn an_active_file_replaced_or_deleted_under_load_never_reopens_a_use() {
         // Requests keep coming: refused until the chain goes on, then served.
         let mut served = 0;
         for _ in 0..4 {
-            let r = post(&c, &broker, &cert(&env, 1)).await;
+            let r = deploy(&c, &broker, &deploy_cert(&env, 1)).await;
             if r.status == 200 {
                 served += 1;
             } else {
@@ -1057,10 +1011,10 @@ async fn an_active_file_replaced_or_deleted_under_load_never_reopens_a_use() {
             }
         }
         assert!(served >= 3, "{case}: the chain did not go on");
-        assert_still_spent(&post(&c, &broker, &once).await, case);
+        assert_still_spent(&deploy(&c, &broker, &once).await, case);
         sigterm_and_wait(&mut broker);
         broker.spawn(&env);
-        assert_still_spent(&post(&c, &broker, &once).await, case);
+        assert_still_spent(&deploy(&c, &broker, &once).await, case);
         let rec = rotated(&env)
             .into_iter()
             .chain([log])

@@ -7,20 +7,6 @@ mod common;
 use common::*;
 use serde_json::{json, Value};
 
-const JSON: (&str, &str) = ("content-type", "application/json");
-
-async fn post(c: &reqwest::Client, broker: &Broker, cert: &str) -> Reply {
-    let auth = format!("Bearer {cert}");
-    send(
-        c,
-        "POST",
-        &broker.url("/v1/deploys"),
-        &[JSON, ("authorization", &auth)],
-        br#"{"env":"prod"}"#,
-    )
-    .await
-}
-
 async fn readyz(broker: &Broker) -> Value {
     let body = reqwest::get(broker.admin_url("/readyz"))
         .await
@@ -29,40 +15,6 @@ async fn readyz(broker: &Broker) -> Value {
         .await
         .unwrap();
     serde_json::from_slice(&body).unwrap()
-}
-
-fn posts(up: &Upstream) -> usize {
-    up.requests()
-        .into_iter()
-        .filter(|r| r["method"] != "GET")
-        .count()
-}
-
-fn sigterm_and_wait(broker: &mut Broker) {
-    let mut child = broker.child.take().expect("a running broker");
-    // SAFETY: a plain kill(2) on our own child's pid.
-    let rc = unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    assert_eq!(rc, 0);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "broker did not exit after SIGTERM"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-}
-
-fn cert(env: &Env, max_uses: u32) -> String {
-    env.cert_with(
-        "POST",
-        "/v1/deploys",
-        json!({"constraints": {"/env": {"eq": "prod"}}, "others": "deny"}),
-        |p| p["seb"]["max_uses"] = json!(max_uses),
-    )
 }
 
 /// A use spent before a restart stays spent after it, whether the broker was killed or
@@ -80,43 +32,43 @@ async fn restarts_never_readmit_a_spent_use() {
     let mut broker = Broker::start(&env, &cfg);
     let c = client(&env, false);
 
-    let once = cert(&env, 1);
-    let twice = cert(&env, 2);
-    let half = cert(&env, 2);
-    assert_eq!(post(&c, &broker, &once).await.status, 200);
-    assert_eq!(post(&c, &broker, &twice).await.status, 200);
-    assert_eq!(post(&c, &broker, &twice).await.status, 200);
-    assert_eq!(post(&c, &broker, &half).await.status, 200);
+    let once = deploy_cert(&env, 1);
+    let twice = deploy_cert(&env, 2);
+    let half = deploy_cert(&env, 2);
+    assert_eq!(deploy(&c, &broker, &once).await.status, 200);
+    assert_eq!(deploy(&c, &broker, &twice).await.status, 200);
+    assert_eq!(deploy(&c, &broker, &twice).await.status, 200);
+    assert_eq!(deploy(&c, &broker, &half).await.status, 200);
     // Fill a few files so the first decisions are in rotated ones.
     for _ in 0..6 {
-        let r = post(&c, &broker, &cert(&env, 1)).await;
+        let r = deploy(&c, &broker, &deploy_cert(&env, 1)).await;
         assert_eq!(r.status, 200);
     }
     assert!(
         env.path("audit.jsonl.1").exists(),
         "the log should have rotated"
     );
-    let before = posts(&up);
+    let before = mutations_received(&up);
 
     broker.kill9();
     broker.spawn(&env);
-    let r = post(&c, &broker, &once).await;
+    let r = deploy(&c, &broker, &once).await;
     assert_eq!((r.status, r.code()), (403, "replayed"), "{:?}", r.body);
-    let r = post(&c, &broker, &twice).await;
+    let r = deploy(&c, &broker, &twice).await;
     assert_eq!((r.status, r.code()), (403, "replayed"), "{:?}", r.body);
     // A use left over is still there, and only that one.
-    assert_eq!(post(&c, &broker, &half).await.status, 200);
-    let r = post(&c, &broker, &half).await;
+    assert_eq!(deploy(&c, &broker, &half).await.status, 200);
+    let r = deploy(&c, &broker, &half).await;
     assert_eq!((r.status, r.code()), (403, "replayed"));
 
     sigterm_and_wait(&mut broker);
     broker.spawn(&env);
     for token in [&once, &twice, &half] {
-        let r = post(&c, &broker, token).await;
+        let r = deploy(&c, &broker, token).await;
         assert_eq!((r.status, r.code()), (403, "replayed"), "{:?}", r.body);
     }
     assert_eq!(
-        posts(&up),
+        mutations_received(&up),
         before + 1,
         "only the one use left reached the API"
     );
@@ -146,8 +98,8 @@ async fn decisions_record_what_a_restart_needs() {
     let up = Upstream::start(env.dir.path());
     let broker = Broker::start(&env, &env.config(up.port, ""));
     let c = client(&env, false);
-    let token = cert(&env, 3);
-    let r = post(&c, &broker, &token).await;
+    let token = deploy_cert(&env, 3);
+    let r = deploy(&c, &broker, &token).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     let d: Value = audit_records(&env)
         .into_iter()
@@ -169,9 +121,9 @@ async fn a_request_that_never_left_gives_its_use_back() {
     let down = free_port();
     let mut broker = Broker::start(&env, &env.config(down, ""));
     let c = client(&env, false);
-    let once = cert(&env, 1);
+    let once = deploy_cert(&env, 1);
     for _ in 0..2 {
-        let r = post(&c, &broker, &once).await;
+        let r = deploy(&c, &broker, &once).await;
         assert_eq!(
             (r.status, r.code()),
             (502, "upstream_error"),
@@ -191,7 +143,7 @@ async fn a_request_that_never_left_gives_its_use_back() {
         .count();
     assert_eq!(returned, 2);
     broker.spawn(&env);
-    let r = post(&c, &broker, &once).await;
+    let r = deploy(&c, &broker, &once).await;
     assert_eq!(
         (r.status, r.code()),
         (502, "upstream_error"),
@@ -208,8 +160,8 @@ async fn pushed_revocations_survive_a_restart() {
     let up = Upstream::start(env.dir.path());
     let mut broker = Broker::start(&env, &env.config(up.port, ""));
     let c = client(&env, false);
-    let token = cert(&env, 3);
-    assert_eq!(post(&c, &broker, &token).await.status, 200);
+    let token = deploy_cert(&env, 3);
+    assert_eq!(deploy(&c, &broker, &token).await.status, 200);
     let jti: String = audit_records(&env)
         .into_iter()
         .find(|r| r["kind"] == "decision")
@@ -232,7 +184,7 @@ async fn pushed_revocations_survive_a_restart() {
         .await
         .unwrap();
     assert_eq!(pushed.status(), 200);
-    let r = post(&c, &broker, &token).await;
+    let r = deploy(&c, &broker, &token).await;
     assert_eq!((r.status, r.code()), (403, "revoked"));
 
     for restart in ["SIGKILL", "SIGTERM"] {
@@ -242,7 +194,7 @@ async fn pushed_revocations_survive_a_restart() {
             sigterm_and_wait(&mut broker);
         }
         broker.spawn(&env);
-        let r = post(&c, &broker, &token).await;
+        let r = deploy(&c, &broker, &token).await;
         assert_eq!((r.status, r.code()), (403, "revoked"), "after {restart}");
         let ready: Value = readyz(&broker).await;
         assert_eq!(ready["revocation"]["issuers"]["signer"]["epoch"], 2);
@@ -256,7 +208,7 @@ async fn pushed_revocations_survive_a_restart() {
             .contains("never goes backwards"),
         "{ready}"
     );
-    assert_eq!(posts(&up), 1);
+    assert_eq!(mutations_received(&up), 1);
 }
 
 /// A second broker on the same log refuses to start, naming the one that holds it.
@@ -284,7 +236,7 @@ async fn a_second_broker_on_one_log_refuses_to_start() {
     );
     // The first one still serves.
     let c = client(&env, false);
-    assert_eq!(post(&c, &first, &cert(&env, 1)).await.status, 200);
+    assert_eq!(deploy(&c, &first, &deploy_cert(&env, 1)).await.status, 200);
 }
 
 /// The active log deleted under a running broker: readiness says so at once, the next write
@@ -297,7 +249,7 @@ async fn a_deleted_log_is_noticed_refused_and_recorded() {
     let mut broker = Broker::start(&env, &env.config(up.port, ""));
     let c = client(&env, false);
     for _ in 0..3 {
-        assert_eq!(post(&c, &broker, &cert(&env, 1)).await.status, 200);
+        assert_eq!(deploy(&c, &broker, &deploy_cert(&env, 1)).await.status, 200);
     }
     wait_for("the outcomes", || {
         audit_records(&env)
@@ -311,7 +263,7 @@ async fn a_deleted_log_is_noticed_refused_and_recorded() {
     let ready = reqwest::get(broker.admin_url("/readyz")).await.unwrap();
     assert_eq!(ready.status(), 503);
 
-    let refused = post(&c, &broker, &cert(&env, 1)).await;
+    let refused = deploy(&c, &broker, &deploy_cert(&env, 1)).await;
     assert_eq!(
         (refused.status, refused.code()),
         (503, "audit_unavailable"),
@@ -319,13 +271,13 @@ async fn a_deleted_log_is_noticed_refused_and_recorded() {
         refused.body
     );
     assert_eq!(
-        posts(&up),
+        mutations_received(&up),
         3,
         "nothing forwarded without a readable decision"
     );
-    let r = post(&c, &broker, &cert(&env, 1)).await;
+    let r = deploy(&c, &broker, &deploy_cert(&env, 1)).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
-    assert_eq!(posts(&up), 4);
+    assert_eq!(mutations_received(&up), 4);
     let recs = audit_records(&env);
     assert_eq!(recs[0]["kind"], "recovery", "{:?}", recs[0]);
     assert_eq!(recs[0]["recovery"]["what"], "deleted");
@@ -336,7 +288,7 @@ async fn a_deleted_log_is_noticed_refused_and_recorded() {
     // broker refuses every certificate issued before it, and admits new ones.
     sigterm_and_wait(&mut broker);
     broker.spawn(&env);
-    let r = post(&c, &broker, &cert_issued_at(&env, now() - 5)).await;
+    let r = deploy(&c, &broker, &cert_issued_at(&env, now() - 5)).await;
     assert_eq!(
         (r.status, r.code()),
         (503, "state_unavailable"),
@@ -345,7 +297,7 @@ async fn a_deleted_log_is_noticed_refused_and_recorded() {
     );
     // Issued after the loss (and beyond the clock skew a certificate's iat may run ahead).
     let fresh = cert_issued_at(&env, now() + 31);
-    let r = post(&c, &broker, &fresh).await;
+    let r = deploy(&c, &broker, &fresh).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     let (code, out) = audit_verify(&env);
     assert_eq!(code, 3, "{out}");
@@ -375,8 +327,8 @@ async fn a_cut_tail_is_recorded_and_never_reopens_a_use() {
         let up = Upstream::start(env.dir.path());
         let mut broker = Broker::start(&env, &env.config(up.port, ""));
         let c = client(&env, false);
-        let once = cert(&env, 1);
-        assert_eq!(post(&c, &broker, &once).await.status, 200);
+        let once = deploy_cert(&env, 1);
+        assert_eq!(deploy(&c, &broker, &once).await.status, 200);
         sigterm_and_wait(&mut broker);
         // The decision is the last record before the outcome; cut into or past it. `0`
         // cuts the outcome and the decision as whole lines.
@@ -391,13 +343,13 @@ async fn a_cut_tail_is_recorded_and_never_reopens_a_use() {
         std::fs::write(env.path("audit.jsonl"), &data[..keep]).unwrap();
 
         broker.spawn(&env);
-        let r = post(&c, &broker, &once).await;
+        let r = deploy(&c, &broker, &once).await;
         assert!(
             [(403, "replayed"), (503, "state_unavailable")].contains(&(r.status, r.code())),
             "cut {cut}: the spent use must stay spent: {:?}",
             r.body
         );
-        assert_eq!(posts(&up), 1, "cut {cut}");
+        assert_eq!(mutations_received(&up), 1, "cut {cut}");
         let recs = audit_records(&env);
         let rec = recs
             .iter()

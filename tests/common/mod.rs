@@ -593,3 +593,62 @@ pub fn kubectl(kubeconfig: &Path, token: Option<&str>, args: &[&str]) -> (i32, S
 }
 
 // === end kubernetes ===
+
+// === restarts: one kind of mutation, certified per use count ===
+
+/// `POST /v1/deploys` with the body a [`deploy_cert`] allows.
+pub async fn deploy(c: &reqwest::Client, broker: &Broker, cert: &str) -> Reply {
+    let auth = format!("Bearer {cert}");
+    send(
+        c,
+        "POST",
+        &broker.url("/v1/deploys"),
+        &[
+            ("content-type", "application/json"),
+            ("authorization", &auth),
+        ],
+        br#"{"env":"prod"}"#,
+    )
+    .await
+}
+
+/// A certificate for [`deploy`] good for `max_uses` uses, edited by `edit`.
+pub fn deploy_cert_edit(env: &Env, max_uses: u32, edit: impl FnOnce(&mut Value)) -> String {
+    env.cert_with(
+        "POST",
+        "/v1/deploys",
+        json!({"constraints": {"/env": {"eq": "prod"}}, "others": "deny"}),
+        |p| {
+            p["seb"]["max_uses"] = json!(max_uses);
+            edit(p);
+        },
+    )
+}
+
+pub fn deploy_cert(env: &Env, max_uses: u32) -> String {
+    deploy_cert_edit(env, max_uses, |_| {})
+}
+
+/// Requests other than reads the upstream received.
+pub fn mutations_received(up: &Upstream) -> usize {
+    up.requests()
+        .into_iter()
+        .filter(|r| r["method"] != "GET")
+        .count()
+}
+
+/// SIGTERM, then wait (bounded) for the broker to exit.
+pub fn sigterm_and_wait(broker: &mut Broker) {
+    let mut child = broker.child.take().expect("a running broker");
+    // SAFETY: a plain kill(2) on our own child's pid.
+    let rc = unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert_eq!(rc, 0);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "broker did not exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
