@@ -1589,6 +1589,37 @@ async fn header_seams_are_refused_for_aws_clients() {
         .as_str()
         .unwrap()
         .starts_with("seb: request_malformed"));
+    // Heads hyper's parser would refuse with a bare 400 come back in the client's dialect:
+    // S3's XML error for an S3-scoped request, the JSON one for a json-protocol call.
+    let auth = |service: &str| {
+        format!("AWS4-HMAC-SHA256 Credential=SEBAGENTPLACEHOLDER/20240101/{REGION}/{service}/aws4_request, SignedHeaders=host, Signature=00")
+    };
+    let s3 = format!(
+        "DELETE /prod-artifacts/old.txt HTTP/1.1\r\nhost: localhost\r\nauthorization: {}\r\nx-amz-security-token: {cert}\r\ntransfer-encoding: chunked, identity\r\n\r\n0\r\n\r\n",
+        auth("s3")
+    );
+    let answers = exchange_raw(&env, broker.listen, s3.into_bytes()).await;
+    assert_eq!(answers.len(), 1, "{answers:?}");
+    let (status, body) = &answers[0];
+    assert_eq!(*status, 400, "{body}");
+    assert!(
+        body.contains(
+            "<Error><Code>AccessDenied</Code><Message>seb: request_malformed: Transfer-Encoding"
+        ),
+        "{body}"
+    );
+    let json = format!(
+        "POST / HTTP/1.1\r\nhost: localhost\r\nauthorization: {}\r\nx-amz-target: DynamoDB_20120810.ListTables\r\ncontent-type: application/x-amz-json-1.0\r\ncontent-length: 2\r\ncontent-length: 2\r\n\r\n{{}}",
+        auth("dynamodb")
+    );
+    let answers = exchange_raw(&env, broker.listen, json.into_bytes()).await;
+    assert_eq!(answers.len(), 1, "{answers:?}");
+    let v: Value = serde_json::from_str(&answers[0].1).unwrap();
+    assert_eq!(v["__type"], "AccessDeniedException", "{v}");
+    assert!(v["message"]
+        .as_str()
+        .unwrap()
+        .contains("more than one Content-Length"));
     assert_eq!(moto.state()["s3"], before["s3"]);
 }
 

@@ -4,6 +4,7 @@ pub mod admin;
 pub mod body;
 pub mod config_reload;
 pub mod forward;
+pub mod head;
 pub mod lifecycle;
 pub mod metrics;
 pub mod pipeline;
