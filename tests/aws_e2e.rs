@@ -219,7 +219,7 @@ fn aws_mutations_are_admitted_exactly_as_certified() {
     let body = b"quarterly numbers\n";
     let path = file(&env, "report.txt", body);
     let path = path.to_str().unwrap();
-    let sha = seb::proxy::pipeline::hex(&<sha2::Sha256 as sha2::Digest>::digest(body));
+    let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(body));
     let put = |key: &str| {
         aws_cert(
             &env,
@@ -1049,7 +1049,7 @@ fn s3_uploads_of_50_mib_stream_and_are_held_to_their_certified_hash() {
     big[30 * 1024 * 1024] ^= 1;
     let tampered = file(&env, "big-tampered.bin", &big);
     big[30 * 1024 * 1024] ^= 1;
-    let sha = seb::proxy::pipeline::hex(&<sha2::Sha256 as sha2::Digest>::digest(&big));
+    let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&big));
     let cert = || {
         aws_cert(
             &env,
@@ -1486,7 +1486,7 @@ async fn reads_are_an_allow_list_and_an_agents_signature_covers_its_body() {
             .header("content-type", FORM.1)
             .header(
                 "x-amz-content-sha256",
-                seb::proxy::pipeline::hex(&<sha2::Sha256 as sha2::Digest>::digest(captured)),
+                hex::encode(<sha2::Sha256 as sha2::Digest>::digest(captured)),
             )
             .body(())
             .unwrap();

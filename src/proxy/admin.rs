@@ -2,9 +2,9 @@
 //! the live audit stream. It changes nothing without a signature: a pushed revocation
 //! document is verified exactly like a polled one.
 
-use super::forward::{full_body, Body, BoxError};
 use super::Broker;
 use crate::admission::revocation::{Applied, RevocationState};
+use crate::upstream::{full_body, Body, BoxError};
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited, StreamBody};

@@ -644,7 +644,7 @@ fn head_parts(req: &httparse::Request) -> Option<http::request::Parts> {
 
 /// The bytes of a refusal response: status line, the renderer's headers, the body with its
 /// length, and `Connection: close` (the gate closes after it).
-pub fn serialize(resp: http::Response<super::forward::Body>) -> Vec<u8> {
+pub fn serialize(resp: http::Response<crate::upstream::Body>) -> Vec<u8> {
     use http_body::Body as _;
     let (parts, mut body) = resp.into_parts();
     let mut content = Vec::new();

@@ -12,13 +12,13 @@
 //! request, so it cannot be told apart from the idle timeout, and it does not cover the
 //! bytes hyper-util's protocol detection reads before the first request.
 
-use super::forward::Body;
 use super::head;
 use super::lifecycle::{Admit, ConnGuard, Connections, RefusalGuard, RequestGuard};
 use super::pipeline::{self, ConnInfo};
 use super::Broker;
 use crate::denial::{Denial, Reason};
 use crate::targets::Target;
+use crate::upstream::Body;
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::BodyExt;
@@ -483,7 +483,7 @@ struct Tracked {
 
 impl http_body::Body for Tracked {
     type Data = Bytes;
-    type Error = super::forward::BoxError;
+    type Error = crate::upstream::BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,

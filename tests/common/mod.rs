@@ -235,7 +235,7 @@ tokens = [{{ value_env = "SEB_TEST_AGENT_TOKEN" }}]
 pub fn random_jti() -> String {
     let mut b = [0u8; 12];
     getrandom::getrandom(&mut b).unwrap();
-    seb::proxy::pipeline::hex(&b)
+    hex::encode(b)
 }
 
 pub struct BrokerConfig {

@@ -2,7 +2,7 @@
 //! `Error from server (Forbidden): seb: contract_mismatch: ...`.
 
 use crate::denial::{Denial, Reason};
-use crate::proxy::forward::Body;
+use crate::upstream::Body;
 use http::{Response, StatusCode};
 use serde_json::json;
 
