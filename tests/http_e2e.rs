@@ -995,12 +995,16 @@ async fn admin_endpoints_report_and_stream() {
             .unwrap()
     };
     // The start record, the decision, and the outcome's own lazy sync: one each.
-    assert_eq!(gauge("seb_audit_syncs"), 3.0, "{metrics}");
+    assert_eq!(gauge("seb_audit_syncs_total"), 3.0, "{metrics}");
     // Three real fdatasyncs take time; a sync left untimed would leave this at 0.
-    let synced = gauge("seb_audit_sync_seconds");
+    let synced = gauge("seb_audit_sync_seconds_total");
     assert!(synced > 0.0 && synced < 30.0, "{metrics}");
-    assert!(gauge("seb_audit_writes") >= 3.0, "{metrics}");
-    assert_eq!(gauge("seb_audit_dropped_best_effort"), 0.0, "{metrics}");
+    assert!(gauge("seb_audit_writes_total") >= 3.0, "{metrics}");
+    assert_eq!(
+        gauge("seb_audit_dropped_best_effort_total"),
+        0.0,
+        "{metrics}"
+    );
     assert_eq!(
         reqwest::get(broker.admin_url("/healthz"))
             .await

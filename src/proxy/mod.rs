@@ -249,7 +249,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             uses_unknown_before,
         },
         audit,
-        metrics: metrics::Metrics::default(),
+        metrics: metrics::Metrics::new(config.targets.iter().map(|t| t.name.as_str())),
         max_body_bytes: config.limits.max_body_bytes,
         request_timeout: config.limits.request_timeout,
         connections: lifecycle::Connections::new(max_connections),

@@ -340,10 +340,7 @@ async fn forward(
 ) -> Result<Response<Body>, Failed> {
     let started = Instant::now();
     let failed = |detail: String| {
-        broker
-            .metrics
-            .upstream_errors
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        broker.metrics.upstream_error();
         Denial::new(
             Reason::UpstreamError,
             format!("upstream {} {detail}", target.name()),
