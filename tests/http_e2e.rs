@@ -1067,6 +1067,14 @@ async fn load_is_shed_with_503_and_slow_upstreams_time_out() {
     let cert = env.cert("POST", "/v1/refunds", refund_rule());
     let r = refund(&c, &broker, &cert, br#"{"amount":1,"order":"ord_7"}"#).await;
     assert_eq!((r.status, r.code()), (503, "overloaded"), "{:?}", r.body);
+    // Shed by the stack's load-shedding layer, and recorded like any refusal.
+    wait_for("the shed request's deny record", || {
+        audit_records(&env).iter().any(|r| {
+            r["kind"] == "decision"
+                && r["decision"] == "deny"
+                && r["reason"]["code"] == "overloaded"
+        })
+    });
     // The held request gives up at the request timeout, and its outcome says it failed.
     let r = held.await.unwrap();
     assert_eq!(

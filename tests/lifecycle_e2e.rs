@@ -548,6 +548,14 @@ async fn connections_over_the_limit_get_a_readable_refusal() {
     assert_eq!((r.status, r.code()), (503, "overloaded"), "{:?}", r.body);
     let detail = r.body["detail"].as_str().unwrap_or_default();
     assert!(detail.contains("connection limit"), "{detail}");
+    wait_for("the connection-limit refusal's record", || {
+        audit_records(&env).iter().any(|r| {
+            r["decision"] == "deny"
+                && r["reason"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("connection limit"))
+        })
+    });
     assert!(
         up.requests().is_empty(),
         "nothing reached the upstream over the limit"

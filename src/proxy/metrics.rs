@@ -185,9 +185,17 @@ impl Metrics {
         for (name, help, sample) in extra {
             // The encoder ends every help text with a period of its own.
             let help = help.trim_end_matches('.');
-            match sample {
-                Sample::Gauge(v) => registry.register(*name, help, ConstGauge::new(*v)),
-                Sample::Counter(v) => registry.register(*name, help, ConstCounter::new(*v)),
+            // Whole numbers print as integers (`1496`, not `1496.0`), as they always have.
+            let whole = |v: f64| (v.fract() == 0.0 && v.abs() < 9.0e15).then_some(v as i64);
+            match *sample {
+                Sample::Gauge(v) => match whole(v) {
+                    Some(n) => registry.register(*name, help, ConstGauge::new(n)),
+                    None => registry.register(*name, help, ConstGauge::new(v)),
+                },
+                Sample::Counter(v) => match whole(v).and_then(|n| u64::try_from(n).ok()) {
+                    Some(n) => registry.register(*name, help, ConstCounter::new(n)),
+                    None => registry.register(*name, help, ConstCounter::new(v)),
+                },
             }
         }
         let mut out = String::with_capacity(8192);

@@ -1,5 +1,6 @@
 //! The broker process: listeners, the tower stack around the pipeline, and the admin port.
 
+pub mod activity;
 pub mod admin;
 pub mod body;
 pub mod config_reload;
@@ -9,6 +10,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod server;
 mod shards;
+pub mod stack;
 
 use crate::admission::reload::{self, Source};
 use crate::admission::revocation::RevocationState;

@@ -32,7 +32,26 @@ use http_body_util::BodyExt;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use std::time::Instant;
-use tracing::Instrument;
+
+/// A request's id and what the pipeline has recorded of it, shared with the layers around it
+/// (`proxy::stack`): a layer that refuses the request after its decision was written must
+/// record an outcome for that decision, not a second decision.
+pub struct RequestContext {
+    pub id: String,
+    /// The agent's error format, fixed from the request before anything consumes it.
+    pub dialect: crate::targets::ErrorDialect,
+    decided: std::sync::OnceLock<(u64, Arc<crate::audit::Subject>)>,
+}
+
+impl RequestContext {
+    pub fn new(id: String, dialect: crate::targets::ErrorDialect) -> Arc<RequestContext> {
+        Arc::new(RequestContext {
+            id,
+            dialect,
+            decided: std::sync::OnceLock::new(),
+        })
+    }
+}
 
 /// What the broker knows about the connection a request came on.
 #[derive(Clone, Debug)]
@@ -54,23 +73,27 @@ where
     B::Error: Into<crate::upstream::BoxError>,
 {
     let started = Instant::now();
-    let request_id = broker.next_request_id();
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
+    let ctx = parts
+        .extensions
+        .remove::<Arc<RequestContext>>()
+        .unwrap_or_else(|| {
+            RequestContext::new(broker.next_request_id(), target.error_dialect(&parts))
+        });
+    let request_id = &ctx.id;
     let (broker, target, conn) = (&*broker, &*target, &*conn);
-    let span = tracing::debug_span!("request", id = %request_id, target = target.name(), method = %parts.method, path = parts.uri.path());
-    let mut record = Draft::new(target, &parts, conn);
-    let dialect = target.error_dialect(&parts);
+    let mut record = Draft::new(target, &parts.method, parts.uri.path_and_query(), conn);
+    let dialect = ctx.dialect;
     let result = run(
         broker,
         target,
         parts,
         body,
         conn,
-        &request_id,
+        &ctx,
         &mut record,
         started,
     )
-    .instrument(span)
     .await;
     broker.metrics.observe(Phase::Total, started.elapsed());
     match result {
@@ -90,9 +113,42 @@ where
                 )),
                 None => broker.audit.record_best_effort(record.deny(&denial)),
             }
-            target.render_denial(&denial, dialect, &request_id)
+            target.render_denial(&denial, dialect, request_id)
         }
     }
+}
+
+/// A refusal made by a layer around the pipeline (load shedding, the backstop timeout):
+/// counted, recorded and rendered like the pipeline's own. After a recorded decision it is
+/// that decision's outcome, and since the pipeline was cut wherever it was, an unknown one.
+pub(super) fn refused_around(
+    broker: &Broker,
+    target: &Target,
+    ctx: &RequestContext,
+    line: (&http::Method, Option<&http::uri::PathAndQuery>),
+    conn: &ConnInfo,
+    denial: Denial,
+) -> Response<Body> {
+    broker
+        .metrics
+        .count(target.name(), Decision::Deny, Some(denial.reason));
+    tracing::info!(request_id = %ctx.id, target = target.name(), code = %denial.reason, detail = %denial.message, "refused");
+    let entry = match ctx.decided.get() {
+        Some((seq, subject)) => Entry {
+            kind: Kind::Outcome,
+            subject: subject.clone(),
+            decision: Verdict::Allow,
+            reason: Some((denial.reason.as_str().to_string(), denial.message.clone())),
+            identity: None,
+            upstream_status: None,
+            duration_ms: None,
+            outcome: Some("unknown".into()),
+            decision_seq: Some(*seq),
+        },
+        None => Draft::new(target, line.0, line.1, conn).deny(&denial),
+    };
+    broker.audit.record_best_effort(entry);
+    target.render_denial(&denial, ctx.dialect, &ctx.id)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -102,7 +158,7 @@ async fn run<B>(
     mut parts: http::request::Parts,
     body: B,
     conn: &ConnInfo,
-    request_id: &str,
+    ctx: &RequestContext,
     record: &mut Draft,
     started: Instant,
 ) -> Result<Response<Body>, Denial>
@@ -110,6 +166,7 @@ where
     B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<crate::upstream::BoxError>,
 {
+    let request_id = ctx.id.as_str();
     // 2. parse
     // One deadline for the whole request, enforced here rather than only by the outer timeout
     // layer, so that a slow agent or upstream ends in a recorded refusal or outcome instead of
@@ -251,6 +308,7 @@ where
         )
     })?;
     record.decision_seq = Some(seq);
+    let _ = ctx.decided.set((seq, record.subject()));
     broker
         .metrics
         .observe(Phase::Audit, audit_started.elapsed());
@@ -503,15 +561,20 @@ struct SpentUse {
 }
 
 impl Draft {
-    fn new(target: &Target, parts: &http::request::Parts, conn: &ConnInfo) -> Draft {
+    fn new(
+        target: &Target,
+        method: &http::Method,
+        path: Option<&http::uri::PathAndQuery>,
+        conn: &ConnInfo,
+    ) -> Draft {
         Draft {
             subject: Subject {
                 target: target.name().to_string(),
                 ..Subject::default()
             },
             frozen: None,
-            method: parts.method.clone(),
-            path: parts.uri.path_and_query().cloned(),
+            method: method.clone(),
+            path: path.cloned(),
             peer: conn.peer.as_ref().and_then(|p| p.name.clone()),
             remote: conn.remote,
             identity: None,
