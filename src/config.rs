@@ -457,11 +457,10 @@ pub struct ReadRule {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    /// The OS error is in the message, not the `source`, so a chain printed with `{:#}` says
+    /// it once.
+    #[error("{path}: {error}")]
+    Read { path: String, error: std::io::Error },
     /// `seb.toml:12:3: targets[0].http.upstream: ...`; the line and column are left out
     /// where the field is not in the file (a missing table, a default).
     #[error("{file}{}: {field}: {message}", at.map(|(l, c)| format!(":{l}:{c}")).unwrap_or_default())]
@@ -521,9 +520,9 @@ fn locate(text: &str, field: &str) -> Option<std::ops::Range<usize>> {
 
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.display().to_string(),
-            source,
+            error,
         })?;
         let mut config = Config::parse_located(&text).map_err(|e| ConfigError::Field {
             file: path.display().to_string(),
@@ -1449,9 +1448,9 @@ execution_role_arn = "arn:aws:iam::123456789012:role/seb-exec"
         std::fs::write(&p, MINIMAL).unwrap();
         let c = Config::load(&p).unwrap();
         assert_eq!(c.audit.signing_key, dir.path().join("broker.key"));
-        let e = Config::load(&dir.path().join("missing.toml"))
-            .unwrap_err()
-            .to_string();
+        let e = anyhow::Error::new(Config::load(&dir.path().join("missing.toml")).unwrap_err());
+        let e = format!("{e:#}");
         assert!(e.contains("missing.toml"));
+        assert_eq!(e.matches("No such file").count(), 1, "{e}");
     }
 }
