@@ -755,7 +755,7 @@ impl KubeTarget {
     ) -> Result<(http::StatusCode, Bytes), String> {
         let resp = tokio::time::timeout(std::time::Duration::from_secs(10), self.client.send(req))
             .await
-            .map_err(|_| "timed out".to_string())?
+            .map_err(|_| format!("the apiserver {} did not answer within 10s", self.base))?
             .map_err(|e| e.to_string())?;
         let status = resp.status();
         let body = http_body_util::Limited::new(resp.into_body(), max_body)
