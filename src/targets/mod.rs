@@ -33,6 +33,9 @@ pub enum Target {
 pub enum ErrorDialect {
     Native,
     Aws(aws::ErrorFormat),
+    /// A Kubernetes request that client-go reads with `Result.Raw()` (discovery, `/version`,
+    /// `/openapi`): its error is built from the answer's text, never from a `Status`.
+    KubeRaw,
 }
 
 /// What the request is, as far as the broker is concerned.
@@ -214,7 +217,11 @@ impl Target {
 
     pub fn error_dialect(&self, parts: &::http::request::Parts) -> ErrorDialect {
         match self {
-            Target::Http(_) | Target::Kubernetes(_) => ErrorDialect::Native,
+            Target::Http(_) => ErrorDialect::Native,
+            Target::Kubernetes(_) if kubernetes::read_raw_by_client_go(parts) => {
+                ErrorDialect::KubeRaw
+            }
+            Target::Kubernetes(_) => ErrorDialect::Native,
             Target::Aws(_) => ErrorDialect::Aws(aws::denial::error_format(parts)),
         }
     }
@@ -416,6 +423,9 @@ impl Target {
     ) -> ::http::Response<Body> {
         match (self, dialect) {
             (Target::Aws(_), ErrorDialect::Aws(f)) => aws::denial::render(denial, f, request_id),
+            (Target::Kubernetes(_), ErrorDialect::KubeRaw) => {
+                kubernetes::status::render_text(denial)
+            }
             (Target::Kubernetes(t), _) => t.render_denial(denial, request_id),
             _ => http::problem(denial, request_id),
         }

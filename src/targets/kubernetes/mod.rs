@@ -857,6 +857,15 @@ impl KubeTarget {
     }
 }
 
+/// Whether client-go reads this request's answer with `Result.Raw()`: discovery (`/api`,
+/// `/apis`, a group or group version), `/version` and `/openapi`, the non-resource requests.
+/// For those it builds its error from the answer's text and never decodes a `Status`, so a
+/// refusal in JSON reads "unknown" in kubectl.
+pub fn read_raw_by_client_go(parts: &http::request::Parts) -> bool {
+    requestinfo::classify(parts.method.as_str(), parts.uri.path(), parts.uri.query())
+        .is_ok_and(|info| !info.is_resource)
+}
+
 fn contract(cert: &Certificate) -> Result<KubeContract, Denial> {
     Deserialize::deserialize(&cert.claims.seb.request).map_err(|e| {
         Denial::new(
