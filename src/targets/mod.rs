@@ -48,6 +48,19 @@ pub struct Parsed {
     pub(crate) call: Option<aws::protocol::Call>,
 }
 
+/// What a target says about the agent behind a read, before the broker's own rule (an mTLS
+/// client certificate, an agent token) is applied.
+#[derive(Debug)]
+pub enum ReaderAuth {
+    /// The target authenticated the agent (AWS: an agent key's signature verified).
+    Authenticated,
+    /// The target has no say: the broker's rule decides.
+    BrokerRule,
+    /// The target requires authenticated reads and this request is not (AWS with
+    /// `agent_keys`): the broker's rule may still admit it, otherwise this is the refusal.
+    Locked(Denial),
+}
+
 /// The identity a request is executed under, for the audit record; secrets stay inside.
 pub struct Identity {
     pub audit: Value,
@@ -241,8 +254,8 @@ impl Target {
     /// Whether a verified certificate authenticates reads that carry it (see the pipeline).
     pub fn certificate_authenticates_reads(&self) -> bool {
         match self {
-            Target::Http(_) | Target::Aws(_) => false,
-            Target::Kubernetes(_) => true,
+            Target::Http(_) => false,
+            Target::Aws(_) | Target::Kubernetes(_) => true,
         }
     }
 
@@ -377,14 +390,15 @@ impl Target {
     }
 
     /// Target-specific agent authentication for reads (AWS: the agent's SigV4 signature with
-    /// an agent key); `false` leaves it to the broker's mTLS / agent-token check.
+    /// an agent key). An error when the request claims a target credential that does not
+    /// verify.
     pub fn authenticate_reader(
         &self,
         parts: &::http::request::Parts,
         body: &Bytes,
-    ) -> Result<bool, Denial> {
+    ) -> Result<ReaderAuth, Denial> {
         match self {
-            Target::Http(_) | Target::Kubernetes(_) => Ok(false),
+            Target::Http(_) | Target::Kubernetes(_) => Ok(ReaderAuth::BrokerRule),
             Target::Aws(t) => t.authenticate_reader(parts, body),
         }
     }
