@@ -5,6 +5,7 @@
 //! resumes by itself once writing works again. The line format is specified in [`record`].
 
 pub mod cli;
+pub mod files;
 mod lock;
 pub mod query;
 pub mod record;
@@ -13,6 +14,7 @@ pub mod spent;
 pub mod verify;
 mod writer;
 
+pub use files::log_files;
 pub use query::{query_logs, Filter};
 pub use record::{Durability, Entry, Kind, Subject, Verdict};
 pub use spent::{spent_uses, Spent, SpentScan};
