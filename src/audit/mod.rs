@@ -32,6 +32,13 @@ pub fn log_dir(path: &std::path::Path) -> &std::path::Path {
     recover::parent_dir(path)
 }
 
+/// Creates the log's directory when it is missing, as a new deployment's first start needs.
+fn create_log_dir(path: &std::path::Path) -> anyhow::Result<()> {
+    let dir = log_dir(path);
+    crate::fsutil::create_dir(dir)
+        .map_err(|e| anyhow::anyhow!("creating the audit log's directory {}: {e}", dir.display()))
+}
+
 /// Queue depth in front of the writer; durable callers wait for room, best-effort ones drop.
 const QUEUE: usize = 65_536;
 const TAIL_CAPACITY: usize = 1024;
@@ -94,6 +101,9 @@ impl Audit {
         key: ed25519_dalek::SigningKey,
         opener: writer::Opener,
     ) -> anyhow::Result<Audit> {
+        if let Some(p) = &settings.path {
+            create_log_dir(p)?;
+        }
         // One writer per log, before anything reads or repairs it.
         let (lock, last_head) = match &settings.path {
             Some(p) => {

@@ -179,7 +179,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let revocation = RevocationState::new(issuers.clone());
     let revocation = Arc::new(match config.state_dir() {
         Some(dir) => {
-            std::fs::create_dir_all(&dir).with_context(|| {
+            crate::fsutil::create_dir(&dir).with_context(|| {
                 format!("{}: creating {}", config.at("state.dir"), dir.display())
             })?;
             revocation
