@@ -55,7 +55,7 @@ const SMALL_BODY: &[u8] =
     br#"{"amount":1250,"currency":"EUR","to":"acct-000123","memo":"invoice 42"}"#;
 
 fn hex(bytes: &[u8]) -> String {
-    seb::proxy::pipeline::hex(bytes)
+    hex::encode(bytes)
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {

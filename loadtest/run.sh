@@ -526,8 +526,8 @@ audit_lines() { cat "$RES/$1-audit-lines" 2>/dev/null || echo "?"; }
             /^seb_phase_duration_seconds_sum/ { split($1, a, "\""); sum[a[2]] = $2 }
             /^seb_phase_duration_seconds_count/ { split($1, a, "\""); cnt[a[2]] = $2 }
             /^seb_requests_total\{.*decision="allow"/ { allowed += $2 }
-            /^seb_audit_syncs / { syncs = $2 }
-            /^seb_audit_sync_seconds / { sync_s = $2 }
+            /^seb_audit_syncs_total / { syncs = $2 }
+            /^seb_audit_sync_seconds_total / { sync_s = $2 }
             function us(ph) { return cnt[ph] > 0 ? sprintf("%.1f", sum[ph] / cnt[ph] * 1e6) : "–" }
             END {
                 printf "| %s | %s | %s | %s | %s | %s | %s | %d | %d | %s |\n", path, us("parse"), us("admit"), us("audit"),

@@ -14,3 +14,4 @@ pub mod proxy;
 pub mod state;
 pub mod targets;
 pub mod tls;
+pub mod upstream;

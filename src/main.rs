@@ -286,7 +286,7 @@ fn read_token(arg: &str) -> anyhow::Result<String> {
 fn random_id() -> anyhow::Result<String> {
     let mut b = [0u8; 16];
     getrandom::getrandom(&mut b).map_err(|e| anyhow::anyhow!("random source: {e}"))?;
-    Ok(seb::proxy::pipeline::hex(&b))
+    Ok(hex::encode(b))
 }
 
 fn issue(a: &IssueArgs) -> anyhow::Result<()> {

@@ -995,12 +995,16 @@ async fn admin_endpoints_report_and_stream() {
             .unwrap()
     };
     // The start record, the decision, and the outcome's own lazy sync: one each.
-    assert_eq!(gauge("seb_audit_syncs"), 3.0, "{metrics}");
+    assert_eq!(gauge("seb_audit_syncs_total"), 3.0, "{metrics}");
     // Three real fdatasyncs take time; a sync left untimed would leave this at 0.
-    let synced = gauge("seb_audit_sync_seconds");
+    let synced = gauge("seb_audit_sync_seconds_total");
     assert!(synced > 0.0 && synced < 30.0, "{metrics}");
-    assert!(gauge("seb_audit_writes") >= 3.0, "{metrics}");
-    assert_eq!(gauge("seb_audit_dropped_best_effort"), 0.0, "{metrics}");
+    assert!(gauge("seb_audit_writes_total") >= 3.0, "{metrics}");
+    assert_eq!(
+        gauge("seb_audit_dropped_best_effort_total"),
+        0.0,
+        "{metrics}"
+    );
     assert_eq!(
         reqwest::get(broker.admin_url("/healthz"))
             .await
@@ -1810,4 +1814,146 @@ async fn headers_are_refused_before_the_body_is_read() {
         r.body
     );
     assert!(posts(&up).is_empty());
+}
+
+/// Issue 14: heads hyper's parser would refuse with a bare 400/431, and framings seb will not
+/// guess, are answered with a problem document naming what was wrong, readable by the
+/// client even while it is still uploading; requests before them on the connection are
+/// answered first; nothing reaches the upstream and no certificate is spent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parser_level_refusals_carry_a_reason_the_client_can_read() {
+    let env = Env::new();
+    let up = Upstream::start(env.dir.path());
+    let broker = Broker::start(&env, &api_key_config(&env, up.port, ""));
+
+    let cert = env.cert("POST", "/v1/refunds", refund_rule());
+    let auth = bearer(&cert);
+    let good = r#"{"amount":50,"order":"ord_1"}"#;
+    let n = good.len();
+    let post = |line: &str, extra: &str| {
+        format!(
+            "{line}\r\nhost: localhost\r\ncontent-type: application/json\r\nauthorization: {auth}\r\n{extra}\r\n{good}"
+        )
+    };
+    let line = "POST /v1/refunds HTTP/1.1";
+    let many: String = (0..101).map(|i| format!("x-h{i}: v\r\n")).collect();
+    let long = format!("x-long: {}\r\ncontent-length: {n}\r\n", "a".repeat(70_000));
+    let cases: Vec<(&str, String, u16, &str)> = vec![
+        (
+            "obfuscated Transfer-Encoding",
+            post(line, "transfer-encoding: xchunked\r\n"),
+            400,
+            "is not `chunked`",
+        ),
+        (
+            "a list of codings",
+            post(line, "transfer-encoding: gzip, chunked\r\n"),
+            400,
+            "is not `chunked`",
+        ),
+        (
+            "Transfer-Encoding beside Content-Length",
+            post(
+                line,
+                &format!("transfer-encoding: chunked\r\ncontent-length: {n}\r\n"),
+            ),
+            400,
+            "ambiguous",
+        ),
+        (
+            "two equal Content-Lengths",
+            post(
+                line,
+                &format!("content-length: {n}\r\ncontent-length: {n}\r\n"),
+            ),
+            400,
+            "more than one Content-Length",
+        ),
+        (
+            "two different Content-Lengths",
+            post(
+                line,
+                &format!("content-length: {n}\r\ncontent-length: 2\r\n"),
+            ),
+            400,
+            "more than one Content-Length",
+        ),
+        (
+            "a signed length",
+            post(line, &format!("content-length: +{n}\r\n")),
+            400,
+            "plain decimal",
+        ),
+        (
+            "NUL in a header value",
+            post(line, &format!("x-note: a\0b\r\ncontent-length: {n}\r\n")),
+            400,
+            "control character",
+        ),
+        (
+            "bare CR in a header value",
+            post(line, &format!("x-note: a\rb\r\ncontent-length: {n}\r\n")),
+            400,
+            "control character",
+        ),
+        (
+            "space before the colon",
+            post(line, &format!("content-length : {n}\r\n")),
+            400,
+            "header name",
+        ),
+        (
+            "a raw #fragment",
+            post(
+                "POST /v1/refunds#x HTTP/1.1",
+                &format!("content-length: {n}\r\n"),
+            ),
+            400,
+            "#fragment",
+        ),
+        (
+            "101 header fields",
+            post(line, &format!("{many}content-length: {n}\r\n")),
+            431,
+            "100 header fields",
+        ),
+        ("a 70 KB head", post(line, &long), 431, "longer than"),
+    ];
+    for (name, bytes, status, words) in cases {
+        let answers = exchange_raw(&env, broker.listen, bytes.into_bytes()).await;
+        assert_eq!(answers.len(), 1, "{name}: {answers:?}");
+        let (got, body) = &answers[0];
+        assert_eq!(*got, status, "{name}: {body}");
+        let v: Value = serde_json::from_str(body).unwrap_or_else(|_| panic!("{name}: {body}"));
+        assert_eq!(v["code"], "request_malformed", "{name}");
+        let detail = v["detail"].as_str().unwrap();
+        assert!(detail.contains(words), "{name}: {detail}");
+    }
+
+    // A read and then a bad head on one connection: the read is answered, then the refusal.
+    let read = format!(
+        "GET /v1/items/1 HTTP/1.1\r\nhost: localhost\r\nx-seb-agent-token: {AGENT_TOKEN}\r\n\r\n"
+    );
+    let pipelined = format!("{read}{}", post(line, "transfer-encoding: identity\r\n"));
+    let answers = exchange_raw(&env, broker.listen, pipelined.into_bytes()).await;
+    assert_eq!(answers.len(), 2, "{answers:?}");
+    assert_eq!(answers[0].0, 200, "{answers:?}");
+    assert_eq!(answers[1].0, 400, "{answers:?}");
+    assert!(answers[1].1.contains("identity"), "{answers:?}");
+
+    // A client still uploading megabytes behind a refused head reads the refusal.
+    let mut upload = post(line, "transfer-encoding: chunked, chunked\r\n").into_bytes();
+    upload.extend(std::iter::repeat_n(b'x', 4 << 20));
+    let answers = exchange_raw(&env, broker.listen, upload).await;
+    assert_eq!(answers.first().map(|a| a.0), Some(400), "{answers:?}");
+
+    assert!(posts(&up).is_empty(), "{:?}", posts(&up));
+    // Nothing was spent.
+    let ok = post(
+        line,
+        &format!("content-length: {n}\r\nconnection: close\r\n"),
+    );
+    let answers = exchange_raw(&env, broker.listen, ok.into_bytes()).await;
+    assert_eq!(answers.first().map(|a| a.0), Some(200), "{answers:?}");
+    assert_eq!(posts(&up).len(), 1);
 }

@@ -1685,6 +1685,21 @@ async fn header_seams_are_refused_for_kubernetes_clients() {
             "{what}: {message}"
         );
     }
+    // A head hyper's parser would refuse comes back as a Status kubectl prints, not a bare 400.
+    let bad = format!(
+        "PATCH {web} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {cert}\r\nContent-Type: {smp}\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+    );
+    let answers = exchange_raw(&c.env, c.broker.listen, bad.into_bytes()).await;
+    assert_eq!(answers.len(), 1, "{answers:?}");
+    let status: serde_json::Value = serde_json::from_str(&answers[0].1).unwrap();
+    assert_eq!(
+        (answers[0].0, &status["kind"], &status["code"]),
+        (400, &json!("Status"), &json!(400))
+    );
+    assert!(status["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("seb: request_malformed: more than one Transfer-Encoding"));
     assert_eq!(count_mutations(&c.api), n);
     // Nothing was spent: the same certificate is admitted once, without the extra headers.
     let r = send_raw(

@@ -419,9 +419,7 @@ async fn a_forged_returned_outcome_does_not_give_a_use_back() {
         .unwrap();
     forged["seq"] = json!(last_seq + 1);
     forged["outcome"] = json!("returned");
-    forged["prev"] = json!(seb::proxy::pipeline::hex(&sha2::Sha256::digest(
-        last.as_bytes()
-    )));
+    forged["prev"] = json!(hex::encode(sha2::Sha256::digest(last.as_bytes())));
     lines.push(serde_json::to_string(&forged).unwrap());
     write_lines(&env.path("audit.jsonl"), &lines);
 
@@ -524,9 +522,7 @@ fn rewrite_signed(env: &Env, target: &std::path::Path, edit: impl Fn(&str) -> St
             let sig = base64::engine::general_purpose::URL_SAFE_NO_PAD
                 .encode(key.sign(msg.as_bytes()).to_bytes());
             let l = format!("{},\"sig\":\"{sig}\"}}", &l[..at]);
-            prev = Some(seb::proxy::pipeline::hex(&sha2::Sha256::digest(
-                l.as_bytes(),
-            )));
+            prev = Some(hex::encode(sha2::Sha256::digest(l.as_bytes())));
             out.push(l);
         }
         write_lines(&file, &out);
@@ -903,7 +899,7 @@ async fn an_edited_decision_does_not_reopen_a_use() {
             for i in 1..lines.len() {
                 let mut v: Value = serde_json::from_str(&lines[i]).unwrap();
                 let h = sha2::Sha256::digest(lines[i - 1].as_bytes());
-                v["prev"] = json!(seb::proxy::pipeline::hex(&h));
+                v["prev"] = json!(hex::encode(h));
                 let mut s = serde_json::to_string(&v).unwrap();
                 // Keep `sig` last, as the broker writes it.
                 let sig = v["sig"].as_str().unwrap().to_owned();

@@ -14,7 +14,7 @@ pub enum Source {
 
 pub async fn fetch(
     source: &Source,
-    client: &crate::proxy::forward::UpstreamClient,
+    client: &crate::upstream::UpstreamClient,
 ) -> anyhow::Result<String> {
     match source {
         Source::File(p) => tokio::fs::read_to_string(p)
@@ -28,7 +28,7 @@ pub async fn fetch(
 pub async fn run(
     source: Source,
     state: Arc<RevocationState>,
-    client: crate::proxy::forward::UpstreamClient,
+    client: crate::upstream::UpstreamClient,
     interval: Duration,
     skew: i64,
 ) {

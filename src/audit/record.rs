@@ -329,17 +329,9 @@ fn field_num(out: &mut Vec<u8>, name: &str, v: Option<u64>) {
 }
 
 pub(crate) fn push_hex(out: &mut Vec<u8>, bytes: &[u8]) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    for b in bytes {
-        out.push(HEX[usize::from(b >> 4)]);
-        out.push(HEX[usize::from(b & 0x0f)]);
-    }
-}
-
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    let mut out = Vec::with_capacity(bytes.len() * 2);
-    push_hex(&mut out, bytes);
-    String::from_utf8(out).unwrap_or_default()
+    let at = out.len();
+    out.resize(at + bytes.len() * 2, 0);
+    hex::encode_to_slice(bytes, &mut out[at..]).expect("the slice is twice the input's length");
 }
 
 /// The chain hash of a line: SHA-256 of its bytes without the newline.

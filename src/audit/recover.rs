@@ -90,7 +90,7 @@ fn read_repaired(path: &Path) -> anyhow::Result<(Option<Vec<u8>>, Option<Torn>)>
             Dropped {
                 file: aside.display().to_string(),
                 bytes: tail.len() as u64,
-                sha256: super::record::hex(&sha2::Sha256::digest(tail)),
+                sha256: hex::encode(sha2::Sha256::digest(tail)),
             },
             tail.to_vec(),
         ));

@@ -256,7 +256,7 @@ pub fn spent_uses(
                 let named = head.prev.as_deref();
                 match last_line {
                     Some(before) => {
-                        let want = super::record::hex(&super::record::line_hash(before));
+                        let want = hex::encode(super::record::line_hash(before));
                         if named != Some(want.as_str()) {
                             anyhow::bail!(
                                 "{}: line {}: its prev is not the hash of the line before it: \
@@ -328,7 +328,7 @@ pub fn spent_uses(
         };
         if let (Some(_), Some(newest)) = (key, last_line) {
             if let (Some(want), Some((_, next_ts))) = (&newer_first_prev, newer_first) {
-                if super::record::hex(&super::record::line_hash(newest)) != *want {
+                if hex::encode(super::record::line_hash(newest)) != *want {
                     tracing::error!(file = %file.display(), "the next file's first record does not chain to this file's last: records are missing or were altered");
                     scan.uses_unknown_before = scan
                         .uses_unknown_before

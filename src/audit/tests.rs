@@ -159,10 +159,7 @@ async fn partial_trailing_line_is_moved_aside_and_recorded_on_start() {
     assert_eq!(rec["recovery"]["what"], "torn_tail");
     let dropped = &rec["recovery"]["dropped"];
     assert_eq!(dropped["bytes"], tail.len());
-    assert_eq!(
-        dropped["sha256"],
-        crate::audit::record::hex(&sha2::Sha256::digest(tail))
-    );
+    assert_eq!(dropped["sha256"], hex::encode(sha2::Sha256::digest(tail)));
     assert_eq!(
         std::fs::read(dropped["file"].as_str().unwrap()).unwrap(),
         tail

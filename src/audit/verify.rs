@@ -1,6 +1,6 @@
 //! `seb audit verify`: every signature, every `prev` link, and `seq` without gaps.
 
-use super::record::{check_signature, hex, line_hash, GENESIS};
+use super::record::{check_signature, line_hash, GENESIS};
 use ed25519_dalek::VerifyingKey;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -245,7 +245,7 @@ fn check_line(
                     "seq {seq} follows {last}: records missing, inserted or reordered"
                 )));
             }
-            let want = hex(prev);
+            let want = hex::encode(prev);
             if got_prev != want {
                 return Err(err(format!(
                     "prev {got_prev} is not the hash of the previous line ({want}): \
@@ -254,7 +254,7 @@ fn check_line(
             }
         }
         _ => {
-            let genesis = hex(&GENESIS);
+            let genesis = hex::encode(GENESIS);
             // A chain may start with a recovery record whose declared loss begins at 1.
             if got_prev == genesis && seq != 1 && declared_gap != Some(1) {
                 return Err(err(format!(

@@ -7,11 +7,9 @@
 
 use crate::cert::claims::{BodyRule, ConstraintsRule, Others, Sha256Rule};
 use crate::denial::{Denial, Reason};
+use crate::json::decimal::Decimal;
 use crate::json::{first_uncovered, format_path, Pattern, Selected};
-use decimal::Decimal;
 use serde_json::Value;
-
-pub mod decimal;
 
 fn mismatch(msg: impl Into<String>) -> Denial {
     Denial::new(Reason::ContractMismatch, msg)
@@ -583,10 +581,10 @@ mod tests {
     /// spelled plainly or in one of the spellings other readers take differently.
     fn arriving() -> impl Strategy<Value = (String, bool)> {
         prop_oneof![
-            decimal::testing::number().prop_map(|n| (n, false)),
-            decimal::testing::number().prop_map(|n| (n, true)),
+            crate::json::decimal::testing::number().prop_map(|n| (n, false)),
+            crate::json::decimal::testing::number().prop_map(|n| (n, true)),
             (
-                decimal::testing::number(),
+                crate::json::decimal::testing::number(),
                 prop_oneof![Just("+"), Just(" "), Just("0"), Just("00")],
                 prop_oneof![Just(""), Just(" "), Just("e0"), Just("E1"), Just(".")]
             )
@@ -596,7 +594,8 @@ mod tests {
 
     /// A plain decimal, for a bound.
     fn plain_bound() -> impl Strategy<Value = String> {
-        decimal::testing::number().prop_map(|n| n.split(['e', 'E']).next().unwrap().to_string())
+        crate::json::decimal::testing::number()
+            .prop_map(|n| n.split(['e', 'E']).next().unwrap().to_string())
     }
 
     proptest! {
@@ -610,7 +609,7 @@ mod tests {
             bound in plain_bound(),
             bound_as_string in any::<bool>(),
         ) {
-            use decimal::testing::reference_cmp;
+            use crate::json::decimal::testing::reference_cmp;
             use std::cmp::Ordering;
             let value = if as_string {
                 Value::String(text.clone())

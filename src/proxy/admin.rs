@@ -2,9 +2,10 @@
 //! the live audit stream. It changes nothing without a signature: a pushed revocation
 //! document is verified exactly like a polled one.
 
-use super::forward::{full_body, Body, BoxError};
+use super::metrics::Sample;
 use super::Broker;
 use crate::admission::revocation::{Applied, RevocationState};
+use crate::upstream::{full_body, Body, BoxError};
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited, StreamBody};
@@ -146,62 +147,62 @@ async fn route(
                 (
                     "seb_revocation_epoch",
                     "Lowest loaded revocation epoch over the trusted issuers (-1: an issuer has none).",
-                    if missing { -1.0 } else { epoch.map_or(-1.0, |e| e as f64) },
+                    Sample::Gauge(if missing { -1.0 } else { epoch.map_or(-1.0, |e| e as f64) }),
                 ),
                 (
                     "seb_revocation_age_seconds",
                     "Age of the oldest loaded revocation document (-1: an issuer has none).",
-                    if missing { -1.0 } else { age.map_or(-1.0, |a| a as f64) },
+                    Sample::Gauge(if missing { -1.0 } else { age.map_or(-1.0, |a| a as f64) }),
                 ),
                 (
                     "seb_agent_connections",
                     "Agent connections open (and upgraded sessions), against limits.max_connections.",
-                    broker.connections.live() as f64,
+                    Sample::Gauge(broker.connections.live() as f64),
                 ),
                 (
                     "seb_agent_connections_max",
                     "limits.max_connections as applied (lowered to fit the open file limit when not set).",
-                    broker.connections.max() as f64,
+                    Sample::Gauge(broker.connections.max() as f64),
                 ),
                 (
                     "seb_requests_in_flight",
                     "Agent requests whose response has not been sent yet.",
-                    broker.connections.requests_in_flight() as f64,
+                    Sample::Gauge(broker.connections.requests_in_flight() as f64),
                 ),
                 (
                     "seb_audit_writable",
                     "1 while the audit log accepts records.",
-                    if broker.audit.is_writable() { 1.0 } else { 0.0 },
+                    Sample::Gauge(if broker.audit.is_writable() { 1.0 } else { 0.0 }),
                 ),
                 (
                     "seb_audit_held",
                     "Refusal, outcome and read records held in memory while the audit log fails; written first once it works again.",
-                    broker.audit.held() as f64,
+                    Sample::Gauge(broker.audit.held() as f64),
                 ),
                 (
                     "seb_audit_dropped_best_effort",
                     "Read and outcome records dropped while the log failed.",
-                    broker.audit.dropped_best_effort() as f64,
+                    Sample::Counter(broker.audit.dropped_best_effort() as f64),
                 ),
                 (
                     "seb_audit_writes",
                     "Writes to the audit log so far (a write carries one or more records).",
-                    broker.audit.batches() as f64,
+                    Sample::Counter(broker.audit.batches() as f64),
                 ),
                 (
                     "seb_audit_syncs",
                     "fdatasync calls on the audit log so far (group commit: fewer than records).",
-                    broker.audit.syncs() as f64,
+                    Sample::Counter(broker.audit.syncs() as f64),
                 ),
                 (
                     "seb_audit_sync_seconds",
                     "Time spent in those fdatasync calls so far; divided by seb_audit_syncs, the mean sync, which every durable decision waits for.",
-                    broker.audit.sync_seconds(),
+                    Sample::Counter(broker.audit.sync_seconds()),
                 ),
             ];
             text(
                 StatusCode::OK,
-                "text/plain; version=0.0.4",
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
                 broker.metrics.render(&extra),
             )
         }

@@ -8,8 +8,8 @@
 //! `Expect: 100-continue` client then never sends the body), and a body that grows over the
 //! limit is read to its end and discarded, within a bound, before the refusal is sent.
 
-use super::forward::BoxError;
 use crate::denial::{Denial, Reason};
+use crate::upstream::BoxError;
 use bytes::{Bytes, BytesMut};
 use http_body::Body;
 use http_body_util::BodyExt;

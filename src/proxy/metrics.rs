@@ -1,12 +1,17 @@
-//! Prometheus text metrics: request counts by target, decision and reason, and latency
-//! histograms per pipeline phase. Written by hand: a few atomics and one small map are all it
-//! takes, and the hot path stays free of a registry's locking.
+//! Prometheus metrics (prometheus-client): requests by target, decision and reason, latency
+//! per pipeline phase, upstream errors, and the broker's own state read at each scrape.
+//!
+//! Counting stays off any lock: each (target, decision, reason) counter is looked up in the
+//! family once and kept, and the phase histograms are held directly.
 
 use crate::denial::Reason;
-use std::collections::BTreeMap;
-use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,38 +58,14 @@ const BUCKETS: [f64; 16] = [
     2.5, 10.0,
 ];
 
-struct Histogram {
-    buckets: [AtomicU64; BUCKETS.len()],
-    count: AtomicU64,
-    sum_nanos: AtomicU64,
-}
-
-impl Histogram {
-    fn new() -> Self {
-        Histogram {
-            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
-            count: AtomicU64::new(0),
-            sum_nanos: AtomicU64::new(0),
-        }
-    }
-
-    fn observe(&self, d: Duration) {
-        let secs = d.as_secs_f64();
-        if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
-            self.buckets[i].fetch_add(1, Ordering::Relaxed);
-        }
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_nanos
-            .fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
-    }
-}
-
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Decision {
     Allow,
     Deny,
     Read,
 }
+
+const DECISIONS: [Decision; 3] = [Decision::Allow, Decision::Deny, Decision::Read];
 
 impl Decision {
     fn name(self) -> &'static str {
@@ -96,103 +77,126 @@ impl Decision {
     }
 }
 
-pub struct Metrics {
-    phases: [Histogram; PHASES.len()],
-    requests: Mutex<BTreeMap<(String, Decision, &'static str), u64>>,
-    pub upstream_errors: AtomicU64,
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    target: String,
+    decision: &'static str,
+    reason: &'static str,
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
-        Metrics {
-            phases: std::array::from_fn(|_| Histogram::new()),
-            requests: Mutex::new(BTreeMap::new()),
-            upstream_errors: AtomicU64::new(0),
-        }
-    }
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PhaseLabels {
+    phase: &'static str,
+}
+
+/// One slot per decision and reason (none first, then `Reason::ALL`).
+const SLOTS: usize = DECISIONS.len() * (1 + Reason::ALL.len());
+
+fn slot(decision: Decision, reason: Option<Reason>) -> usize {
+    let d = DECISIONS.iter().position(|x| *x == decision).unwrap_or(0);
+    let r = reason.map_or(0, |r| {
+        1 + Reason::ALL.iter().position(|x| *x == r).unwrap_or(0)
+    });
+    d * (1 + Reason::ALL.len()) + r
+}
+
+type PhaseFamily = Family<PhaseLabels, Histogram, fn() -> Histogram>;
+
+pub struct Metrics {
+    requests: Family<RequestLabels, Counter>,
+    /// Per target, the family's counters once first used.
+    by_target: Vec<(String, Box<[OnceLock<Counter>]>)>,
+    phase_family: PhaseFamily,
+    phases: [Histogram; PHASES.len()],
+    upstream_errors: Counter,
+}
+
+/// A value read at scrape time from the broker's own state.
+pub enum Sample {
+    Gauge(f64),
+    /// A total so far (exported with the `_total` suffix).
+    Counter(f64),
 }
 
 impl Metrics {
+    /// `targets`: the names requests are counted under.
+    pub fn new<'a>(targets: impl IntoIterator<Item = &'a str>) -> Metrics {
+        let phase_family: PhaseFamily =
+            Family::new_with_constructor(|| Histogram::new(BUCKETS.iter().copied()));
+        let phases = PHASES.map(|p| {
+            phase_family
+                .get_or_create(&PhaseLabels { phase: p.name() })
+                .clone()
+        });
+        Metrics {
+            requests: Family::default(),
+            by_target: targets
+                .into_iter()
+                .map(|t| (t.to_string(), (0..SLOTS).map(|_| OnceLock::new()).collect()))
+                .collect(),
+            phase_family,
+            phases,
+            upstream_errors: Counter::default(),
+        }
+    }
+
     pub fn observe(&self, phase: Phase, d: Duration) {
-        self.phases[PHASES.iter().position(|p| *p == phase).unwrap_or(0)].observe(d);
+        let i = PHASES.iter().position(|p| *p == phase).unwrap_or(0);
+        self.phases[i].observe(d.as_secs_f64());
+    }
+
+    pub fn upstream_error(&self) {
+        self.upstream_errors.inc();
     }
 
     pub fn count(&self, target: &str, decision: Decision, reason: Option<Reason>) {
-        let key = (
-            target.to_string(),
-            decision,
-            reason.map(Reason::as_str).unwrap_or(""),
-        );
-        *self
-            .requests
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(key)
-            .or_insert(0) += 1;
+        let labels = || RequestLabels {
+            target: target.to_string(),
+            decision: decision.name(),
+            reason: reason.map(Reason::as_str).unwrap_or(""),
+        };
+        match self.by_target.iter().find(|(t, _)| t == target) {
+            Some((_, slots)) => slots[slot(decision, reason)]
+                .get_or_init(|| self.requests.get_or_create(&labels()).clone())
+                .inc(),
+            // Not a configured target (never expected): counted all the same.
+            None => self.requests.get_or_create(&labels()).inc(),
+        };
     }
 
-    pub fn render(&self, extra: &[(&str, &str, f64)]) -> String {
-        let mut out = String::with_capacity(4096);
-        out.push_str("# HELP seb_requests_total Requests by target, decision and denial reason.\n");
-        out.push_str("# TYPE seb_requests_total counter\n");
-        for ((target, decision, reason), n) in self
-            .requests
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-        {
-            let _ = writeln!(
-                out,
-                "seb_requests_total{{target=\"{}\",decision=\"{}\",reason=\"{}\"}} {n}",
-                escape(target),
-                decision.name(),
-                reason
-            );
-        }
-        out.push_str("# HELP seb_phase_duration_seconds Time spent in each pipeline phase.\n");
-        out.push_str("# TYPE seb_phase_duration_seconds histogram\n");
-        for (phase, h) in PHASES.iter().zip(&self.phases) {
-            let mut cumulative = 0;
-            for (b, c) in BUCKETS.iter().zip(&h.buckets) {
-                cumulative += c.load(Ordering::Relaxed);
-                let _ = writeln!(
-                    out,
-                    "seb_phase_duration_seconds_bucket{{phase=\"{}\",le=\"{b}\"}} {cumulative}",
-                    phase.name()
-                );
+    /// The OpenMetrics text exposition, with `extra` values read by the caller.
+    pub fn render(&self, extra: &[(&str, &str, Sample)]) -> String {
+        let mut registry = Registry::default();
+        registry.register(
+            "seb_requests",
+            "Requests by target, decision and denial reason",
+            self.requests.clone(),
+        );
+        registry.register(
+            "seb_phase_duration_seconds",
+            "Time spent in each pipeline phase",
+            self.phase_family.clone(),
+        );
+        registry.register(
+            "seb_upstream_errors",
+            "Forwarded requests the upstream did not answer",
+            self.upstream_errors.clone(),
+        );
+        for (name, help, sample) in extra {
+            // The encoder ends every help text with a period of its own.
+            let help = help.trim_end_matches('.');
+            match sample {
+                Sample::Gauge(v) => registry.register(*name, help, ConstGauge::new(*v)),
+                Sample::Counter(v) => registry.register(*name, help, ConstCounter::new(*v)),
             }
-            let count = h.count.load(Ordering::Relaxed);
-            let _ = writeln!(
-                out,
-                "seb_phase_duration_seconds_bucket{{phase=\"{}\",le=\"+Inf\"}} {count}",
-                phase.name()
-            );
-            let _ = writeln!(
-                out,
-                "seb_phase_duration_seconds_sum{{phase=\"{}\"}} {}",
-                phase.name(),
-                h.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9
-            );
-            let _ = writeln!(
-                out,
-                "seb_phase_duration_seconds_count{{phase=\"{}\"}} {count}",
-                phase.name()
-            );
         }
-        for (name, help, value) in extra {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
-            );
+        let mut out = String::with_capacity(8192);
+        // Writing to a String does not fail; an encoding error would be a bug in a label.
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &registry) {
+            tracing::error!(error = %e, "metrics could not be encoded");
         }
         out
     }
-}
-
-fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 #[cfg(test)]
@@ -201,21 +205,36 @@ mod tests {
 
     #[test]
     fn renders_counts_and_cumulative_buckets() {
-        let m = Metrics::default();
+        let m = Metrics::new(["pay"]);
         m.count("pay", Decision::Deny, Some(Reason::Expired));
         m.count("pay", Decision::Deny, Some(Reason::Expired));
         m.count("pay", Decision::Allow, None);
         m.observe(Phase::Admit, Duration::from_micros(80));
         m.observe(Phase::Admit, Duration::from_millis(3));
-        let text = m.render(&[("seb_revocation_epoch", "Loaded revocation epoch.", 7.0)]);
+        m.count("other", Decision::Read, None);
+        let text = m.render(&[
+            (
+                "seb_revocation_epoch",
+                "Loaded revocation epoch",
+                Sample::Gauge(7.0),
+            ),
+            ("seb_audit_syncs", "fdatasync calls", Sample::Counter(3.0)),
+        ]);
         assert!(text
             .contains("seb_requests_total{target=\"pay\",decision=\"deny\",reason=\"expired\"} 2"));
         assert!(
             text.contains("seb_requests_total{target=\"pay\",decision=\"allow\",reason=\"\"} 1")
         );
-        assert!(text.contains("seb_phase_duration_seconds_bucket{phase=\"admit\",le=\"0.0001\"} 1"));
-        assert!(text.contains("seb_phase_duration_seconds_bucket{phase=\"admit\",le=\"0.005\"} 2"));
+        assert!(text.contains("seb_phase_duration_seconds_bucket{le=\"0.0001\",phase=\"admit\"} 1"));
+        assert!(text.contains("seb_phase_duration_seconds_bucket{le=\"0.005\",phase=\"admit\"} 2"));
         assert!(text.contains("seb_phase_duration_seconds_count{phase=\"admit\"} 2"));
-        assert!(text.contains("seb_revocation_epoch 7"));
+        assert!(text.contains("seb_revocation_epoch 7"), "{text}");
+        assert!(
+            text.contains("# TYPE seb_audit_syncs counter\nseb_audit_syncs_total 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("seb_requests_total{target=\"other\",decision=\"read\",reason=\"\"} 1")
+        );
     }
 }

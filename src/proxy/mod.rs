@@ -3,11 +3,10 @@
 pub mod admin;
 pub mod body;
 pub mod config_reload;
-pub mod forward;
+pub mod head;
 pub mod lifecycle;
 pub mod metrics;
 pub mod pipeline;
-mod pool;
 pub mod server;
 mod shards;
 
@@ -41,8 +40,6 @@ pub struct Broker {
     request_prefix: String,
     request_counter: AtomicU64,
 }
-
-pub const AGENT_TOKEN_HEADER: &str = "x-seb-agent-token";
 
 impl Broker {
     pub fn next_request_id(&self) -> String {
@@ -83,10 +80,7 @@ impl Broker {
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    subtle::ConstantTimeEq::ct_eq(a, b).into()
 }
 
 /// Everything the process runs, built from a config. Listening sockets are bound here so
@@ -263,18 +257,18 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             uses_unknown_before,
         },
         audit,
-        metrics: metrics::Metrics::default(),
+        metrics: metrics::Metrics::new(config.targets.iter().map(|t| t.name.as_str())),
         max_body_bytes: config.limits.max_body_bytes,
         request_timeout: config.limits.request_timeout,
         connections: lifecycle::Connections::new(max_connections),
         agent_tokens,
         reads_need_agent,
-        request_prefix: pipeline::hex(&prefix),
+        request_prefix: hex::encode(prefix),
         request_counter: AtomicU64::new(1),
     });
 
     let source = config_reload::revocation_source(&config)?;
-    let control_client = forward::UpstreamClient::new(None)?;
+    let control_client = crate::upstream::UpstreamClient::new(None)?;
     // First load before listening, so a broker with good data is ready at once.
     match reload::fetch(&source, &control_client).await {
         Ok(text) => {

@@ -16,7 +16,6 @@
 //! Any `Err(Denial)` ends the request; [`handle`] writes the deny record and renders the
 //! refusal in the agent's own format. Nothing is forwarded unless every step said yes.
 
-use super::forward::{upstream_full, Body, UpstreamBody};
 use super::metrics::{Decision, Phase};
 use super::Broker;
 use crate::admission::Peer;
@@ -26,6 +25,7 @@ use crate::contract::BodyView;
 use crate::denial::{Denial, Reason};
 use crate::targets::{Parsed, Target};
 use crate::tls::PeerIdentity;
+use crate::upstream::{upstream_full, Body, UpstreamBody};
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::BodyExt;
@@ -51,7 +51,7 @@ pub async fn handle<B>(
 ) -> Response<Body>
 where
     B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
-    B::Error: Into<super::forward::BoxError>,
+    B::Error: Into<crate::upstream::BoxError>,
 {
     let started = Instant::now();
     let request_id = broker.next_request_id();
@@ -108,7 +108,7 @@ async fn run<B>(
 ) -> Result<Response<Body>, Denial>
 where
     B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
-    B::Error: Into<super::forward::BoxError>,
+    B::Error: Into<crate::upstream::BoxError>,
 {
     // 2. parse
     // One deadline for the whole request, enforced here rather than only by the outer timeout
@@ -125,7 +125,7 @@ where
             None,
         )
     };
-    let body_sha256 = hex(&Sha256::digest(&body));
+    let body_sha256 = hex::encode(Sha256::digest(&body));
     if upload.is_none() {
         record.unfrozen().body_sha256 = Some(body_sha256.clone());
     }
@@ -345,10 +345,7 @@ async fn forward(
 ) -> Result<Response<Body>, Failed> {
     let started = Instant::now();
     let failed = |detail: String| {
-        broker
-            .metrics
-            .upstream_errors
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        broker.metrics.upstream_error();
         Denial::new(
             Reason::UpstreamError,
             format!("upstream {} {detail}", target.name()),
@@ -364,7 +361,7 @@ async fn forward(
                 if let Some(d) = s.downcast_ref::<Denial>() {
                     return Err(d.clone().into());
                 }
-                never_sent |= s.is::<super::forward::NeverSent>();
+                never_sent |= s.is::<crate::upstream::NeverSent>();
                 source = s.source();
             }
             return Err(Failed {
@@ -476,23 +473,13 @@ async fn read_body<B>(
 ) -> Result<Bytes, Denial>
 where
     B: http_body::Body<Data = Bytes> + Send,
-    B::Error: Into<super::forward::BoxError>,
+    B::Error: Into<crate::upstream::BoxError>,
 {
     let expects_continue = headers
         .get(http::header::EXPECT)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
     // 413 the client can read, and no unchecked trailers: see proxy::body.
     super::body::read_limited(body, limit, deadline, expects_continue).await
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(DIGITS[(b >> 4) as usize] as char);
-        s.push(DIGITS[(b & 0xf) as usize] as char);
-    }
-    s
 }
 
 /// The audit record being assembled as the request moves through the pipeline. Everything in

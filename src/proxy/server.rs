@@ -12,12 +12,13 @@
 //! request, so it cannot be told apart from the idle timeout, and it does not cover the
 //! bytes hyper-util's protocol detection reads before the first request.
 
-use super::forward::Body;
+use super::head;
 use super::lifecycle::{Admit, ConnGuard, Connections, RefusalGuard, RequestGuard};
 use super::pipeline::{self, ConnInfo};
 use super::Broker;
 use crate::denial::{Denial, Reason};
 use crate::targets::Target;
+use crate::upstream::Body;
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::BodyExt;
@@ -201,10 +202,15 @@ async fn serve_connection<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let activity = Activity::new(h2, broker.connections.clone());
-    let io = TokioIo::new(Watched {
-        inner: stream,
-        activity: activity.clone(),
-    });
+    let io = TokioIo::new(head::Gate::new(
+        Watched {
+            inner: stream,
+            activity: activity.clone(),
+        },
+        h2,
+        head_refusal(target.clone(), broker.clone()),
+        activity.clone(),
+    ));
     let remote = conn.remote;
     let conn = Arc::new(conn);
     // A backstop only: the pipeline enforces the request timeout itself so that it can record
@@ -328,6 +334,11 @@ struct Activity {
     /// read is no sign of a request head; only the idle timeout applies.
     h2: AtomicBool,
     connections: Arc<Connections>,
+    /// Requests whose response has been sent (or dropped).
+    finished: AtomicU64,
+    /// The gate waiting to answer a refused head once the responses before it are sent.
+    waiting: AtomicBool,
+    waiter: std::sync::Mutex<Option<std::task::Waker>>,
 }
 
 impl Activity {
@@ -340,6 +351,9 @@ impl Activity {
             served: AtomicBool::new(false),
             h2: AtomicBool::new(h2),
             connections,
+            finished: AtomicU64::new(0),
+            waiting: AtomicBool::new(false),
+            waiter: std::sync::Mutex::new(None),
         })
     }
 
@@ -411,7 +425,55 @@ impl Drop for Busy {
             a.first_byte.store(0, Ordering::Release);
             a.idle_since.store(a.now_ms(), Ordering::Release);
         }
+        // SeqCst here and in `quiet`: each side writes one flag and then reads the other's,
+        // and only a total order guarantees one of them sees the other.
+        a.finished.fetch_add(1, Ordering::SeqCst);
+        if a.waiting.load(Ordering::SeqCst) {
+            if let Some(w) = a.waiter.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                w.wake();
+            }
+        }
     }
+}
+
+impl head::Quiet for Activity {
+    fn quiet(&self, heads: u64, waker: &std::task::Waker) -> bool {
+        if self.finished.load(Ordering::SeqCst) >= heads {
+            return true;
+        }
+        *self.waiter.lock().unwrap_or_else(|e| e.into_inner()) = Some(waker.clone());
+        self.waiting.store(true, Ordering::SeqCst);
+        // A response that finished between the first look and the waker's registration
+        // woke nobody: look again.
+        self.finished.load(Ordering::SeqCst) >= heads
+    }
+}
+
+/// How the gate answers a refused request head: in the target's own error format, counted
+/// like any refusal.
+fn head_refusal(target: Arc<Target>, broker: Arc<Broker>) -> head::Render {
+    Arc::new(move |refusal: head::Refusal| {
+        let parts = refusal
+            .parts
+            .unwrap_or_else(|| Request::new(()).into_parts().0);
+        let dialect = target.error_dialect(&parts);
+        let request_id = broker.next_request_id();
+        tracing::info!(
+            target = target.name(),
+            request_id = %request_id,
+            status = %refusal.status,
+            message = %refusal.message,
+            "request head refused"
+        );
+        broker.metrics.count(
+            target.name(),
+            super::metrics::Decision::Deny,
+            Some(Reason::RequestMalformed),
+        );
+        let denial =
+            Denial::new(Reason::RequestMalformed, refusal.message).with_status(refusal.status);
+        head::serialize(target.render_denial(&denial, dialect, &request_id))
+    })
 }
 
 struct Tracked {
@@ -421,7 +483,7 @@ struct Tracked {
 
 impl http_body::Body for Tracked {
     type Data = Bytes;
-    type Error = super::forward::BoxError;
+    type Error = crate::upstream::BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,

@@ -21,6 +21,9 @@ use crate::denial::{Denial, Reason};
 use http::{HeaderMap, HeaderName};
 use std::borrow::Cow;
 
+/// The header an agent authenticates reads with on the http and aws targets.
+pub const AGENT_TOKEN_HEADER: &str = "x-seb-agent-token";
+
 /// Headers that make some framework run another path or method than the request line's.
 /// Refused under any spelling on every target: the certificate and the read rules name the
 /// request line's method and path.

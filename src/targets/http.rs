@@ -7,7 +7,7 @@ use crate::cert::Certificate;
 use crate::config::{HttpTargetConfig, ReadRule};
 use crate::contract::{self, BodyView};
 use crate::denial::{Denial, Reason};
-use crate::proxy::forward::{Body, UpstreamClient};
+use crate::upstream::{Body, UpstreamClient};
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, AUTHORIZATION};
 use http::{HeaderMap, Request, Response, Uri};

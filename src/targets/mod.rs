@@ -15,7 +15,7 @@ pub mod path;
 use crate::cert::{Certificate, TargetKind};
 use crate::contract::BodyView;
 use crate::denial::Denial;
-use crate::proxy::forward::{Body, UpstreamBody, UpstreamClient};
+use crate::upstream::{Body, UpstreamBody, UpstreamClient};
 use bytes::Bytes;
 use serde_json::Value;
 
@@ -117,7 +117,7 @@ pub fn refusal_response(
     content_type: &'static str,
     body: impl Into<Bytes>,
 ) -> ::http::Response<Body> {
-    let mut resp = ::http::Response::new(crate::proxy::forward::full_body(body.into()));
+    let mut resp = ::http::Response::new(crate::upstream::full_body(body.into()));
     *resp.status_mut() = status;
     let h = resp.headers_mut();
     h.insert(
@@ -245,7 +245,7 @@ impl Target {
     pub fn agent_token<'a>(&self, headers: &'a ::http::HeaderMap) -> Option<&'a str> {
         match self {
             Target::Http(_) | Target::Aws(_) => headers
-                .get(crate::proxy::AGENT_TOKEN_HEADER)
+                .get(crate::targets::headers::AGENT_TOKEN_HEADER)
                 .and_then(|v| v.to_str().ok()),
             Target::Kubernetes(_) => kubernetes::agent_token(headers),
         }

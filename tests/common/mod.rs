@@ -235,7 +235,7 @@ tokens = [{{ value_env = "SEB_TEST_AGENT_TOKEN" }}]
 pub fn random_jti() -> String {
     let mut b = [0u8; 12];
     getrandom::getrandom(&mut b).unwrap();
-    seb::proxy::pipeline::hex(&b)
+    hex::encode(b)
 }
 
 pub struct BrokerConfig {
@@ -442,6 +442,52 @@ pub async fn send_raw(env: &Env, port: u16, request: &str) -> Reply {
         status,
         body: serde_json::from_str(body).unwrap_or(Value::Null),
     }
+}
+
+/// Raw bytes to a TLS listener, written while the answer is read (as a client that keeps
+/// uploading would), and every response read back until the broker closes: status and body
+/// of each, in order.
+pub async fn exchange_raw(env: &Env, port: u16, request: Vec<u8>) -> Vec<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let config = seb::tls::client_config(Some(&env.path("tls/ca.pem")), None).unwrap();
+    let connector = tokio_rustls::TlsConnector::from(config);
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = connector.connect(name, tcp).await.unwrap();
+    let (mut rd, mut wr) = tokio::io::split(tls);
+    let writer = tokio::spawn(async move {
+        // The broker may close before all of it is taken; that is its right.
+        let _ = wr.write_all(&request).await;
+        wr
+    });
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(20), rd.read_to_end(&mut out)).await;
+    writer.abort();
+    let mut responses = Vec::new();
+    let mut rest = &out[..];
+    while let Some(end) = rest.windows(4).position(|w| w == b"\r\n\r\n") {
+        let head = String::from_utf8_lossy(&rest[..end]).into_owned();
+        let status = head
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let length: usize = head
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse().ok())?
+            })
+            .unwrap_or(0);
+        let body_end = (end + 4 + length).min(rest.len());
+        let body = String::from_utf8_lossy(&rest[end + 4..body_end]).into_owned();
+        responses.push((status, body));
+        rest = &rest[body_end..];
+    }
+    responses
 }
 
 /// `seb audit verify` over the broker's active log: exit code, and what it printed.

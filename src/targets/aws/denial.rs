@@ -3,7 +3,7 @@
 
 use super::model::{self, Protocol};
 use crate::denial::{Denial, Reason};
-use crate::proxy::forward::Body;
+use crate::upstream::Body;
 use http::header::HeaderValue;
 use http::{Response, StatusCode};
 

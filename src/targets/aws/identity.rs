@@ -12,7 +12,7 @@
 
 use super::sigv4::{self, Credentials, Payload};
 use crate::denial::{Denial, Reason};
-use crate::proxy::forward::UpstreamClient;
+use crate::upstream::UpstreamClient;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use std::sync::Arc;

@@ -25,8 +25,7 @@ use crate::cert::{Certificate, TargetKind};
 use crate::config::{AwsIdentityMode, AwsTargetConfig, StaticCredentialsConfig};
 use crate::contract::{self, BodyView};
 use crate::denial::{Denial, Reason};
-use crate::proxy::forward::{UpstreamBody, UpstreamClient};
-use crate::proxy::pipeline::hex;
+use crate::upstream::{UpstreamBody, UpstreamClient};
 use bytes::Bytes;
 use http::{HeaderMap, Request, Uri};
 use http_body_util::Full;
@@ -571,7 +570,7 @@ impl AwsTarget {
             body
         };
         let payload = if call.scope.service == "s3" {
-            Payload::Sha256(hex(&Sha256::digest(&body)))
+            Payload::Sha256(hex::encode(Sha256::digest(&body)))
         } else {
             Payload::Bytes(&body)
         };
@@ -642,7 +641,7 @@ fn param_names(params: &Value) -> String {
 /// The sha256 of the payload the upstream will receive (aws-chunked framing removed).
 fn payload_sha256(call: &protocol::Call, body: &BodyView) -> Result<String, Denial> {
     if call.aws_chunked {
-        Ok(hex(&Sha256::digest(protocol::decode_aws_chunked(
+        Ok(hex::encode(Sha256::digest(protocol::decode_aws_chunked(
             body.bytes,
         )?)))
     } else {

@@ -148,7 +148,7 @@ fn declared_payload_hash(
             "x-amz-content-sha256 is {declared} and the request has a body: an authenticated read must sign its body"
         ));
     }
-    let actual = crate::proxy::pipeline::hex(&<sha2::Sha256 as sha2::Digest>::digest(body));
+    let actual = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(body));
     if declared != actual {
         return Err(format!(
             "x-amz-content-sha256 is {declared}, the body's sha256 is {actual}"
@@ -263,12 +263,8 @@ pub fn verify_agent_signature(
     let (_, expected) = sign(signable, &params)
         .map_err(|e| fail(&e.to_string()))?
         .into_parts();
-    let same = expected.len() == signature.len()
-        && expected
-            .bytes()
-            .zip(signature.bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0;
+    let same: bool =
+        subtle::ConstantTimeEq::ct_eq(expected.as_bytes(), signature.as_bytes()).into();
     if same {
         Ok(())
     } else {
@@ -367,7 +363,7 @@ mod tests {
             req.into_parts().0
         };
         let captured = b"Action=DescribeInstances&Version=2016-11-15";
-        let sha = crate::proxy::pipeline::hex(&<sha2::Sha256 as sha2::Digest>::digest(captured));
+        let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(captured));
         let parts = signed(&sha);
         let verify = |body: &[u8]| {
             verify_agent_signature(&parts, body, "SEBAGENTONCALL", "agent-secret", at())
@@ -408,7 +404,7 @@ mod tests {
                 secret_access_key: "agent-secret".into(),
                 session_token: None,
             };
-            let sha = crate::proxy::pipeline::hex(&<sha2::Sha256 as sha2::Digest>::digest(&a));
+            let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&a));
             let mut req = http::Request::post("https://localhost:8443/")
                 .header("host", "localhost:8443")
                 .header("x-amz-content-sha256", sha.as_str())

@@ -578,7 +578,7 @@ fn check(
     let mut h = vec![("authorization", a.as_str())];
     h.extend(with_sdk_content_type(svc, headers, body));
     let p = parts(method, uri, &h);
-    let sha = hex(&Sha256::digest(body));
+    let sha = hex::encode(Sha256::digest(body));
     t.check_contract(
         c,
         &p,
@@ -640,7 +640,7 @@ fn contracts_match_operation_resource_and_parameters() {
 fn s3_uploads_need_a_sha256_certificate_naming_their_resource_and_nothing_else() {
     let t = target(false);
     let body = b"object bytes";
-    let sha = hex(&Sha256::digest(body));
+    let sha = hex::encode(Sha256::digest(body));
     let c = cert(
         json!({"service": "s3", "region": "us-east-1", "operation": "PutObject", "resource": "arn:aws:s3:::b/k"}),
         json!({"sha256": sha}),
@@ -686,7 +686,7 @@ fn s3_uploads_need_a_sha256_certificate_naming_their_resource_and_nothing_else()
     let tagging = b"<Tagging/>";
     let c = cert(
         json!({"service": "s3", "region": "us-east-1", "operation": "PutObjectTagging", "resource": "arn:aws:s3:::b/k"}),
-        json!({"sha256": hex(&Sha256::digest(tagging))}),
+        json!({"sha256": hex::encode(Sha256::digest(tagging))}),
     );
     assert!(check(&t, &c, "s3", "PUT", "/b/k?tagging", &[], tagging).is_ok());
     assert!(check(
@@ -857,7 +857,7 @@ fn forwarded_requests_carry_no_agent_credentials_and_a_fresh_signature() {
         .contains("Credential=AKIDBROKER/"));
     assert_eq!(
         h["x-amz-content-sha256"],
-        hex(&Sha256::digest(b"body")).as_str()
+        hex::encode(Sha256::digest(b"body")).as_str()
     );
     assert!(h.get("x-amz-security-token").is_none());
     assert!(h.get("x-seb-agent-token").is_none());

@@ -18,7 +18,7 @@ use std::collections::VecDeque;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-type BoxError = crate::proxy::forward::BoxError;
+type BoxError = crate::upstream::BoxError;
 
 /// Longest chunk header or trailer line accepted (they carry a size and a signature).
 const MAX_LINE: usize = 8 * 1024;
@@ -198,7 +198,7 @@ impl<B> VerifiedUpload<B> {
         if let Some(d) = &self.decoder {
             d.finish()?;
         }
-        let actual = crate::proxy::pipeline::hex(&self.hasher.clone().finalize());
+        let actual = hex::encode(self.hasher.clone().finalize());
         if self.seen_len != self.declared_len {
             return Err(Denial::new(
                 Reason::ContractMismatch,
@@ -293,7 +293,7 @@ mod tests {
     }
 
     fn sha(b: &[u8]) -> String {
-        crate::proxy::pipeline::hex(&Sha256::digest(b))
+        hex::encode(Sha256::digest(b))
     }
 
     async fn run(

@@ -25,7 +25,7 @@ use crate::cert::Certificate;
 use crate::config::KubeTargetConfig;
 use crate::contract::{self, BodyView};
 use crate::denial::{Denial, Reason};
-use crate::proxy::forward::{Body, UpstreamClient};
+use crate::upstream::{Body, UpstreamClient};
 use bytes::Bytes;
 use effect::Change;
 use http::header::{HeaderName, HeaderValue};

@@ -2,7 +2,7 @@
 //! `Error from server (Forbidden): seb: contract_mismatch: ...`.
 
 use crate::denial::{Denial, Reason};
-use crate::proxy::forward::Body;
+use crate::upstream::Body;
 use http::{Response, StatusCode};
 use serde_json::json;
 
@@ -12,8 +12,15 @@ pub const UNSUPPORTED_MEDIA: &str = "unsupported media type: ";
 
 /// HTTP status and the `Status.reason` the apiserver uses for it.
 pub fn status_for(denial: &Denial) -> (StatusCode, &'static str) {
-    if denial.status == Some(StatusCode::PAYLOAD_TOO_LARGE) {
-        return (StatusCode::PAYLOAD_TOO_LARGE, "RequestEntityTooLarge");
+    match denial.status {
+        Some(StatusCode::PAYLOAD_TOO_LARGE) => {
+            return (StatusCode::PAYLOAD_TOO_LARGE, "RequestEntityTooLarge")
+        }
+        // 431 and 414 for heads seb will not read: the apiserver has no reason of its own.
+        Some(s) if s.is_client_error() && denial.reason == Reason::RequestMalformed => {
+            return (s, "BadRequest")
+        }
+        _ => {}
     }
     match denial.reason {
         Reason::CertMissing | Reason::Unauthenticated => (StatusCode::UNAUTHORIZED, "Unauthorized"),

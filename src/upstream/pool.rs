@@ -13,7 +13,7 @@
 //! request's task possible. Protocol upgrades (kubernetes exec) stay on hyper-util's client,
 //! which keeps the connection alive past the 101 answer.
 
-use super::forward::{BoxError, NeverSent, UpstreamBody};
+use super::body::{BoxError, NeverSent, UpstreamBody};
 use http::{Request, Response, Uri};
 use hyper::body::{Body as _, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::{self, SendRequest};
@@ -406,9 +406,7 @@ mod tests {
 
     fn post(addr: std::net::SocketAddr, path: &str, body: &'static str) -> Request<UpstreamBody> {
         Request::post(format!("http://{addr}{path}"))
-            .body(super::super::forward::upstream_full(Full::new(
-                Bytes::from(body),
-            )))
+            .body(crate::upstream::upstream_full(Full::new(Bytes::from(body))))
             .unwrap()
     }
 
@@ -531,9 +529,7 @@ mod tests {
         assert_eq!((key.host.as_str(), key.port, key.tls), ("::1", 443, true));
         let req = origin_form(
             Request::get("https://api.example/a/b?c=d")
-                .body(super::super::forward::upstream_full(
-                    Full::new(Bytes::new()),
-                ))
+                .body(crate::upstream::upstream_full(Full::new(Bytes::new())))
                 .unwrap(),
             &Key::of(&"https://api.example/".parse().unwrap()).unwrap(),
         )

@@ -4,6 +4,8 @@
 //! such as `{"image":"ok","image":"evil"}` could then pass our check and act differently
 //! upstream. Every JSON the broker makes a decision on goes through [`parse_strict`].
 
+pub mod decimal;
+
 use serde::de::{DeserializeSeed, Error as _, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 use std::borrow::Cow;
@@ -93,8 +95,8 @@ impl<'a> NumberTexts<'a> {
         let text = self
             .next()
             .ok_or_else(|| E::custom("number token not found"))?;
-        let exact = crate::contract::decimal::Decimal::json(text)
-            .zip(crate::contract::decimal::Decimal::json(&number.to_string()))
+        let exact = crate::json::decimal::Decimal::json(text)
+            .zip(crate::json::decimal::Decimal::json(&number.to_string()))
             .is_some_and(|(t, kept)| t == kept);
         if !exact {
             let shown: String = text.chars().take(40).collect();
@@ -607,8 +609,8 @@ mod tests {
             let v = parse_strict(exact.as_bytes()).unwrap_or_else(|e| panic!("{exact}: {e}"));
             assert!(check_strict(exact.as_bytes()).is_ok(), "{exact}");
             assert_eq!(
-                crate::contract::decimal::Decimal::json(&v.to_string()),
-                crate::contract::decimal::Decimal::json(exact),
+                crate::json::decimal::Decimal::json(&v.to_string()),
+                crate::json::decimal::Decimal::json(exact),
                 "{exact} reads as {v}"
             );
         }
@@ -653,11 +655,11 @@ mod tests {
         #[test]
         fn number_tokens_are_read_in_order_and_exactly(
             members in proptest::collection::vec(
-                ("[a-z0-9\\\\\"\\-.eE\\u{e9} ]{0,6}", crate::contract::decimal::testing::number()),
+                ("[a-z0-9\\\\\"\\-.eE\\u{e9} ]{0,6}", crate::json::decimal::testing::number()),
                 0..6,
             )
         ) {
-            use crate::contract::decimal::testing::reference_cmp;
+            use crate::json::decimal::testing::reference_cmp;
             let members: Vec<(String, String)> = {
                 // serde_json keeps the last of duplicate keys only in the reference; strict
                 // readers refuse them, which is not what this property is about.

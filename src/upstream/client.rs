@@ -1,5 +1,7 @@
-//! Sending requests upstream over a pooled client, and streaming the answer back.
+//! The client for everything seb sends upstream: forwarded requests over the pool, upgrades
+//! and control calls (revocation data, identity, live reads) over hyper-util's client.
 
+use super::body::{stream_body, upstream_full, Body, BoxError, UpstreamBody};
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
@@ -8,15 +10,6 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use std::path::Path;
-
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// The request provably never reached the upstream: no connection could be made, or the
-/// connection closed before a byte of the request was written.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct NeverSent(pub String);
-pub type Body = http_body_util::combinators::BoxBody<Bytes, BoxError>;
 
 /// A control call that got no answer, with where it was going and why.
 #[derive(Debug, thiserror::Error)]
@@ -37,24 +30,6 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         next = s.source();
     }
     out
-}
-
-pub fn full_body(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into())
-        .map_err(|never| match never {})
-        .boxed()
-}
-
-/// A request body on its way upstream: buffered, or streamed from the agent (S3 uploads).
-/// Not `Sync`, so any agent body fits.
-pub type UpstreamBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
-
-pub fn upstream_full(bytes: Full<Bytes>) -> UpstreamBody {
-    bytes.map_err(|never| match never {}).boxed_unsync()
-}
-
-pub fn stream_body(incoming: Incoming) -> Body {
-    incoming.map_err(|e| Box::new(e) as BoxError).boxed()
 }
 
 #[derive(Clone)]
