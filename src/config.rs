@@ -52,6 +52,7 @@ pub struct ConfigSource {
 /// rebuilt from): the accepted revocation documents, and the audit log's lock.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[serde(expecting = "a [state] table")]
 pub struct StateConfig {
     /// Default: the audit log's directory.
     #[serde(default)]
@@ -73,6 +74,7 @@ impl Config {
 /// How agent connections are spread over threads.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[serde(expecting = "a [runtime] table")]
 pub struct RuntimeConfig {
     /// Connection shards, each a thread with its own event loop; `0` runs every connection on
     /// one work-stealing runtime instead. Default: one per CPU.
@@ -96,6 +98,7 @@ fn default_broker_id() -> String {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[serde(expecting = "a [tls] table")]
 pub struct TlsConfig {
     pub cert: PathBuf,
     pub key: PathBuf,
@@ -107,6 +110,7 @@ pub struct TlsConfig {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[serde(expecting = "an [admin] table")]
 pub struct AdminConfig {
     #[serde(default = "default_admin_listen")]
     pub listen: SocketAddr,
@@ -126,6 +130,7 @@ fn default_admin_listen() -> SocketAddr {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[serde(expecting = "a [certificates] table")]
 pub struct CertificateConfig {
     #[serde(default = "default_skew", with = "duration")]
     pub clock_skew: Duration,
@@ -154,6 +159,7 @@ fn default_max_ttl() -> Duration {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[serde(expecting = "an [[issuers]] table with name and public_key")]
 pub struct IssuerConfig {
     /// The `iss` claim this key signs for.
     pub name: String,
@@ -162,6 +168,7 @@ pub struct IssuerConfig {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[serde(expecting = "a [revocation] table")]
 pub struct RevocationConfig {
     #[serde(default)]
     pub file: Option<PathBuf>,
@@ -182,6 +189,7 @@ fn default_staleness() -> Duration {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[serde(expecting = "an [audit] table")]
 pub struct AuditConfig {
     #[serde(default)]
     pub path: Option<PathBuf>,
@@ -197,6 +205,7 @@ pub struct AuditConfig {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[serde(expecting = "a [limits] table")]
 pub struct Limits {
     #[serde(default = "default_body")]
     pub max_body_bytes: usize,
@@ -269,6 +278,7 @@ fn default_live() -> u64 {
 /// How agents authenticate for reads (mutations are authorized by their certificate).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[serde(expecting = "an [agents] table")]
 pub struct AgentAuthConfig {
     /// Reads need an mTLS client certificate or one of these bearer tokens; with neither
     /// configured and no client CA, reads are open to anyone who reaches the listener.
@@ -278,6 +288,7 @@ pub struct AgentAuthConfig {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[serde(expecting = "a [[targets]] table with name, kind, listen and the table of its kind")]
 pub struct TargetConfig {
     pub name: String,
     pub kind: crate::cert::TargetKind,
@@ -297,6 +308,7 @@ pub struct TargetConfig {
 /// configured users, so RBAC can limit the broker's `impersonate` to exactly these names.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[serde(expecting = "a [targets.kubernetes] table")]
 pub struct KubeTargetConfig {
     /// `https://host:port` of the apiserver.
     pub apiserver: String,
@@ -322,6 +334,7 @@ pub struct KubeTargetConfig {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[serde(expecting = "a table { namespace, service_account, audience, expiration_seconds }")]
 pub struct TokenRequestConfig {
     pub namespace: String,
     pub service_account: String,
@@ -336,6 +349,7 @@ fn default_token_seconds() -> u32 {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[serde(expecting = "a table { user, groups }")]
 pub struct ImpersonationConfig {
     pub user: String,
     #[serde(default)]
@@ -412,6 +426,7 @@ impl KubeTargetConfig {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[serde(expecting = "a [targets.http] table")]
 pub struct HttpTargetConfig {
     /// Base URL; request paths are appended to its path.
     pub upstream: String,
@@ -430,6 +445,7 @@ pub struct HttpTargetConfig {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[serde(expecting = "a table { header, value_env or value_file, prefix }")]
 pub struct CredentialConfig {
     pub header: String,
     #[serde(flatten)]
@@ -438,6 +454,9 @@ pub struct CredentialConfig {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[serde(
+    expecting = "a secret source: { value_env = \"VARIABLE\" } or { value_file = \"PATH\" }, with an optional prefix"
+)]
 pub struct SecretSource {
     #[serde(default)]
     pub value_env: Option<String>,
@@ -450,6 +469,7 @@ pub struct SecretSource {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[serde(expecting = "a table { methods, path_prefix }")]
 pub struct ReadRule {
     pub methods: Vec<String>,
     pub path_prefix: String,
@@ -457,11 +477,10 @@ pub struct ReadRule {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    /// The OS error is in the message, not the `source`, so a chain printed with `{:#}` says
+    /// it once.
+    #[error("{path}: {error}")]
+    Read { path: String, error: std::io::Error },
     /// `seb.toml:12:3: targets[0].http.upstream: ...`; the line and column are left out
     /// where the field is not in the file (a missing table, a default).
     #[error("{file}{}: {field}: {message}", at.map(|(l, c)| format!(":{l}:{c}")).unwrap_or_default())]
@@ -521,9 +540,9 @@ fn locate(text: &str, field: &str) -> Option<std::ops::Range<usize>> {
 
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.display().to_string(),
-            source,
+            error,
         })?;
         let mut config = Config::parse_located(&text).map_err(|e| ConfigError::Field {
             file: path.display().to_string(),
@@ -893,6 +912,7 @@ impl HttpTargetConfig {
 /// regional AWS endpoint, under an identity minted per certificate.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[serde(expecting = "a [targets.aws] table")]
 pub struct AwsTargetConfig {
     /// Forward here instead of `https://<service>.<region>.amazonaws.com` (moto, VPC endpoints).
     #[serde(default)]
@@ -944,6 +964,7 @@ fn yes() -> bool {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[serde(expecting = "a table { access_key_id, secret_access_key = { value_env or value_file } }")]
 pub struct AgentKeyConfig {
     pub access_key_id: String,
     pub secret_access_key: SecretSource,
@@ -951,6 +972,7 @@ pub struct AgentKeyConfig {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[serde(expecting = "\"sts\" or \"static\"")]
 pub enum AwsIdentityMode {
     Sts,
     Static,
@@ -958,6 +980,9 @@ pub enum AwsIdentityMode {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[serde(
+    expecting = "a table { access_key_id, secret_access_key, session_token }, each a secret source"
+)]
 pub struct StaticCredentialsConfig {
     pub access_key_id: SecretSource,
     pub secret_access_key: SecretSource,
@@ -1449,9 +1474,9 @@ execution_role_arn = "arn:aws:iam::123456789012:role/seb-exec"
         std::fs::write(&p, MINIMAL).unwrap();
         let c = Config::load(&p).unwrap();
         assert_eq!(c.audit.signing_key, dir.path().join("broker.key"));
-        let e = Config::load(&dir.path().join("missing.toml"))
-            .unwrap_err()
-            .to_string();
+        let e = anyhow::Error::new(Config::load(&dir.path().join("missing.toml")).unwrap_err());
+        let e = format!("{e:#}");
         assert!(e.contains("missing.toml"));
+        assert_eq!(e.matches("No such file").count(), 1, "{e}");
     }
 }

@@ -33,3 +33,17 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> anyhow::Result<()> {
     }
     result.map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))
 }
+
+/// Creates `dir` and its missing parents, readable by the owner's group only (0750, before
+/// the umask): the broker's directories hold the audit log and revocation state, which name
+/// every agent, certificate and request. An existing directory is left as it is.
+pub fn create_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o750)
+        .create(dir)
+}

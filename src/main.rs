@@ -34,6 +34,7 @@ enum Command {
     Revocation(RevocationCommand),
     /// Run the broker.
     Serve {
+        /// The broker's TOML config; every field is in docs/CONFIG.md, examples in deploy/.
         #[arg(long)]
         config: PathBuf,
     },

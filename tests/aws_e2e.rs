@@ -56,11 +56,16 @@ max_body_bytes = 1048576
 }
 
 fn start_broker(env: &Env, moto: &Moto, mode: Mode, extra: &str) -> Broker {
+    start_broker_with(env, moto, &aws_config(moto, mode, extra))
+}
+
+/// The broker with a config of the test's own, and the environment its secrets come from.
+fn start_broker_with(env: &Env, moto: &Moto, cfg: &BrokerConfig) -> Broker {
     let (akid, secret) = moto.creds("broker");
     let (sakid, ssecret) = moto.creds("static");
     Broker::start_with_env(
         env,
-        &aws_config(moto, mode, extra),
+        cfg,
         vec![
             ("AWS_ACCESS_KEY_ID".into(), akid),
             ("AWS_SECRET_ACCESS_KEY".into(), secret),
@@ -1029,6 +1034,124 @@ async fn reads_need_an_agent_sensitive_reads_a_certificate_and_static_identity_i
     let state = moto.state();
     assert_eq!(state["ec2"][&ids[0]], "terminated");
     assert_eq!(state["ec2"][&ids[1]], "running");
+}
+
+/// Issue 22: a configured `agent_keys` list locks reads, also where neither a client CA nor an
+/// agent token is configured (which alone left reads open): the placeholder key, a key id the
+/// broker does not know and a wrong secret are refused as `unauthenticated`. An agent key
+/// reads; so does an agent that left its certificate in AWS_SESSION_TOKEN, without spending it.
+#[test]
+fn agent_keys_lock_reads_and_a_certificate_left_in_the_session_token_reads() {
+    let env = Env::new();
+    let moto = Moto::start(&env);
+    let mut cfg = aws_config(
+        &moto,
+        Mode::Static,
+        "agent_keys = [{ access_key_id = \"SEBAGENTONCALL\", secret_access_key = { value_env = \"SEB_TEST_AGENT_SECRET\" } }]",
+    );
+    cfg.text = cfg
+        .text
+        .replace("client_ca = \"tls/ca.pem\"\n", "")
+        .replace("tokens = [{ value_env = \"SEB_TEST_AGENT_TOKEN\" }]\n", "");
+    assert!(
+        !cfg.text.contains("client_ca") && !cfg.text.contains("tokens"),
+        "{}",
+        cfg.text
+    );
+    let broker = start_broker_with(&env, &moto, &cfg);
+    let list = ["dynamodb", "list-tables"];
+    let refused = |out: &CliOut, what: &str, detail: &str| {
+        assert_refused(out, "unauthenticated", what);
+        assert!(out.stderr.contains(detail), "{what}: {}", out.stderr);
+        // The CLI prints the code of the JSON protocol's own error shape.
+        assert!(
+            out.stderr.contains("(AccessDeniedException)"),
+            "{}",
+            out.stderr
+        );
+    };
+    refused(
+        &aws(&env, &broker, None, &list),
+        "placeholder key",
+        "signed with the placeholder access key SEBAGENTPLACEHOLDER",
+    );
+    refused(
+        &aws_with_key(
+            &env,
+            &broker,
+            None,
+            Some(("SEBAGENTSTRANGER", "anything")),
+            &list,
+        ),
+        "unknown key",
+        "access key id \"SEBAGENTSTRANGER\" is not one of its agent_keys",
+    );
+    refused(
+        &aws_with_key(
+            &env,
+            &broker,
+            None,
+            Some(("SEBAGENTONCALL", "wrong")),
+            &list,
+        ),
+        "wrong secret",
+        "agent signature",
+    );
+    assert!(
+        !audit_records(&env).iter().any(|r| r["decision"] == "allow"),
+        "a refused read was forwarded"
+    );
+    let out = aws_with_key(
+        &env,
+        &broker,
+        None,
+        Some(("SEBAGENTONCALL", AGENT_SECRET)),
+        &list,
+    );
+    assert!(out.ok, "agent key: {}", out.stderr);
+    assert!(out.stdout.contains("TableNames"), "{}", out.stdout);
+
+    // The certificate for a change, still in AWS_SESSION_TOKEN while the agent reads: it
+    // authenticates the read (placeholder key), which spends none of its one use.
+    let upd = aws_cert(
+        &env,
+        req("ecs", "UpdateService", Some("prod/api")),
+        rule(
+            json!({"/cluster": {"eq": "prod"}, "/service": {"eq": "api"}, "/desiredCount": {"eq": 3}}),
+        ),
+    );
+    let out = aws(&env, &broker, Some(&upd), &list);
+    assert!(out.ok, "read with a certificate: {}", out.stderr);
+    let out = aws(
+        &env,
+        &broker,
+        Some(&upd),
+        &[
+            "ecs",
+            "update-service",
+            "--cluster",
+            "prod",
+            "--service",
+            "api",
+            "--desired-count",
+            "3",
+        ],
+    );
+    assert!(out.ok, "the change after the read: {}", out.stderr);
+    assert_eq!(moto.state()["ecs"]["api"], 3);
+    // A certificate does not excuse a bad agent signature it comes with.
+    let out = aws_with_key(
+        &env,
+        &broker,
+        Some(&upd),
+        Some(("SEBAGENTONCALL", "wrong")),
+        &list,
+    );
+    assert_refused(
+        &out,
+        "unauthenticated",
+        "certificate with a wrong agent signature",
+    );
 }
 
 #[test]

@@ -433,6 +433,85 @@ fn kubectl_reads_with_the_agent_token_and_changes_only_with_a_certificate() {
     );
 }
 
+/// Issue 22: kubectl prints seb's refusal on each of client-go's paths. Discovery is read with
+/// `Result.Raw()`, which never decodes a `Status` (a JSON refusal there read "unknown"), so
+/// its refusals are text, with a `Warning` where client-go prints a fixed sentence instead;
+/// resource requests and changes decode the `Status`. Shown with the apiserver stopped.
+#[test]
+fn kubectl_prints_seb_refusals_on_every_client_go_path() {
+    let mut c = cluster();
+    create_web(&c);
+    // Discovery cached while the apiserver is up (kubectl's cache is per kubeconfig here).
+    let (code, _, err) = kubectl(&c.kc, None, &["get", "deployments"]);
+    assert_eq!(code, 0, "{err}");
+    let port = c.api.port;
+    c.api.stop();
+    let unreachable = format!(
+        "seb: upstream_error: upstream cluster did not answer: connect to localhost:{port}: "
+    );
+
+    // Discovery with nothing cached.
+    let cold = kubeconfig(&c.env, &c.broker, AGENT_TOKEN, "cold.kubeconfig");
+    let (code, _, err) = kubectl(&cold, None, &["get", "deployments"]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains(&format!(
+            "Error from server (InternalError): an error on the server (\"{unreachable}"
+        )),
+        "{err}"
+    );
+    assert!(!err.contains("unknown"), "{err}");
+    let (code, _, err) = kubectl(&cold, None, &["version"]);
+    assert_ne!(code, 0);
+    assert!(err.contains(&unreachable), "{err}");
+
+    // A resource read, discovery cached.
+    let (code, _, err) = kubectl(&c.kc, None, &["get", "deployments"]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains(&format!("Error from server (InternalError): {unreachable}")),
+        "{err}"
+    );
+
+    // A change whose live object seb cannot read: the message says what it could not reach.
+    let cert = c.env.kube_cert(
+        effect(req("create", "deployments", "apps", None)),
+        json!({"constraints": {"/metadata/name": {"eq": "web"}}, "others": "allow"}),
+        |_| {},
+    );
+    let file = write(&c.env, "web.json", DEPLOYMENT);
+    let (code, _, err) = kubectl(
+        &c.kc,
+        Some(&cert),
+        &["create", "--validate=false", "-f", file.to_str().unwrap()],
+    );
+    assert_ne!(code, 0);
+    assert!(
+        err.contains(&format!(
+            "Error from server (InternalError): error when creating {:?}: seb: upstream_error: \
+             reading the live object /apis/apps/v1/namespaces/shop/deployments/web: \
+             could not connect to https://localhost:{port}: ",
+            file.to_str().unwrap()
+        )),
+        "{err}"
+    );
+    assert!(err.contains("Connection refused"), "{err}");
+
+    // 401 on discovery: client-go prints a fixed sentence for it, and the warning says why.
+    let stranger = kubeconfig(
+        &c.env,
+        &c.broker,
+        "not-an-agent-token",
+        "stranger.kubeconfig",
+    );
+    let (code, _, err) = kubectl(&stranger, None, &["get", "deployments"]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("Warning: seb: unauthenticated: the agent token is not one this broker knows"),
+        "{err}"
+    );
+}
+
 #[test]
 fn kubectl_create_apply_server_side_replace_delete_and_watch() {
     let c = cluster();

@@ -13,7 +13,8 @@ pub struct VerifyArgs {
     /// The broker's public key (SPKI PEM).
     #[arg(long)]
     pub key: PathBuf,
-    /// Log files, oldest first (e.g. audit.jsonl.1 audit.jsonl.2 audit.jsonl): one chain.
+    /// The log: its path (audit.jsonl, which takes its rotated files audit.jsonl.N with it) or
+    /// any of its files, in any order; seb puts them in the chain's order.
     #[arg(required = true, num_args = 1..)]
     pub logs: Vec<PathBuf>,
 }
@@ -29,7 +30,8 @@ pub enum Format {
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct QueryArgs {
-    /// Log files, oldest first.
+    /// The log: its path (audit.jsonl, which takes its rotated files audit.jsonl.N with it) or
+    /// any of its files, in any order; records come out in the chain's order.
     #[arg(required = true, num_args = 1..)]
     pub logs: Vec<PathBuf>,
     #[arg(long)]
@@ -72,7 +74,14 @@ pub fn run_verify(args: &VerifyArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match verify_logs(&args.logs, &key) {
+    let logs = match super::files::log_files(&args.logs) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("audit verify: listing the log's files: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match verify_logs(&logs, &key) {
         Ok(r) => {
             let files = if r.files == 1 { "file" } else { "files" };
             let range = match (r.first_seq, r.last_seq) {
@@ -102,9 +111,34 @@ pub fn run_verify(args: &VerifyArgs) -> ExitCode {
         }
         Err(f) => {
             eprintln!("audit verify: {f}");
+            if let Some(hint) = order_hint(&logs, &f) {
+                eprintln!("{hint}");
+            }
             ExitCode::from(1)
         }
     }
+}
+
+/// For a chain broken where one file meets the next: the order the files were checked in,
+/// since a file missing between them (or one from another log) breaks it there.
+fn order_hint(logs: &[PathBuf], f: &super::VerifyFailure) -> Option<String> {
+    let at = logs.iter().position(|p| *p == f.file)?;
+    if logs.len() < 2 {
+        return None;
+    }
+    let order: Vec<String> = logs.iter().map(|p| p.display().to_string()).collect();
+    let mut hint = format!(
+        "files checked in this order (rotated files by number, the active file last): {}",
+        order.join(", ")
+    );
+    if at > 0 && f.line == 1 {
+        hint.push_str(&format!(
+            "\nthe first record of {} does not follow the last of {}: a file between them is missing, or they are not one log",
+            logs[at].display(),
+            logs[at - 1].display()
+        ));
+    }
+    Some(hint)
 }
 
 /// Exit 0 on success (even with no matches), 2 on bad arguments or unreadable logs.
@@ -116,7 +150,14 @@ pub fn run_query(args: &QueryArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let found = match query_lines(&args.logs, &filter) {
+    let logs = match super::files::log_files(&args.logs) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("audit query: listing the log's files: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let found = match query_lines(&logs, &filter) {
         Ok(f) => f,
         Err(e) => {
             eprintln!("audit query: {e:#}");
@@ -181,6 +222,37 @@ const COLUMNS: [&str; 11] = [
     "STATUS",
 ];
 
+/// What the request did, in its target's words: `ecs:UpdateService prod/api` for AWS (every
+/// AWS call is `POST /` or the like on the wire), `patch apps/deployments/scale shop/web` for
+/// Kubernetes, `POST /v1/refunds` for HTTP; method and path for a request refused before it
+/// was read.
+fn request_cell(req: &Value) -> String {
+    let s = |k: &str| req.get(k).and_then(Value::as_str);
+    let Some(op) = s("operation") else {
+        return match (s("method"), s("path")) {
+            (Some(m), Some(p)) => format!("{m} {p}"),
+            (Some(x), None) | (None, Some(x)) => x.to_owned(),
+            (None, None) => "-".to_owned(),
+        };
+    };
+    let mut out = match s("service") {
+        Some(svc) => format!("{svc}:{op}"),
+        None => op.to_owned(),
+    };
+    if let Some(r) = s("resource").filter(|r| !out.contains(r)) {
+        out.push(' ');
+        out.push_str(r);
+    }
+    let kube = |k: &str| req.pointer(&format!("/kube/{k}")).and_then(Value::as_str);
+    match (kube("namespace"), kube("name")) {
+        (Some(ns), Some(n)) => out.push_str(&format!(" {ns}/{n}")),
+        (Some(ns), None) => out.push_str(&format!(" {ns}/")),
+        (None, Some(n)) => out.push_str(&format!(" {n}")),
+        (None, None) => {}
+    }
+    out
+}
+
 fn table(records: &[&Value]) -> String {
     let text = |v: Option<&Value>| match v {
         None | Some(Value::Null) => "-".to_owned(),
@@ -190,14 +262,9 @@ fn table(records: &[&Value]) -> String {
     let rows: Vec<[String; 11]> = records
         .iter()
         .map(|v| {
-            let req = v.get("request");
-            let method = req.and_then(|r| r.get("method")).and_then(Value::as_str);
-            let path = req.and_then(|r| r.get("path")).and_then(Value::as_str);
-            let request = match (method, path) {
-                (Some(m), Some(p)) => format!("{m} {p}"),
-                (Some(x), None) | (None, Some(x)) => x.to_owned(),
-                (None, None) => "-".to_owned(),
-            };
+            let request = v
+                .get("request")
+                .map_or_else(|| "-".to_owned(), request_cell);
             [
                 text(v.get("seq")),
                 text(v.get("ts")),
@@ -319,6 +386,46 @@ mod tests {
         assert_eq!(col(lines[0], "REQUEST"), col(lines[1], "PUT /bucket/key"));
         assert_eq!(col(lines[0], "REQUEST"), col(lines[2], "GET /"));
         assert!(lines[1].contains("expired") && lines[2].ends_with("200"));
+    }
+
+    #[test]
+    fn the_request_column_says_what_each_target_did() {
+        let cell = |r: Value| request_cell(&r);
+        assert_eq!(
+            cell(
+                json!({"method": "POST", "path": "/", "service": "ecs", "region": "eu-west-1",
+                        "operation": "UpdateService", "resource": "prod/api"})
+            ),
+            "ecs:UpdateService prod/api"
+        );
+        assert_eq!(
+            cell(json!({"method": "POST", "path": "/", "service": "dynamodb",
+                        "operation": "ListTables", "resource": null})),
+            "dynamodb:ListTables"
+        );
+        assert_eq!(
+            cell(
+                json!({"method": "PATCH", "path": "/apis/apps/v1/namespaces/shop/deployments/web/scale",
+                        "operation": "patch", "resource": "apps/deployments/scale",
+                        "kube": {"verb": "patch", "namespace": "shop", "name": "web"}})
+            ),
+            "patch apps/deployments/scale shop/web"
+        );
+        assert_eq!(
+            cell(
+                json!({"method": "GET", "path": "/api", "operation": "get", "resource": "/api",
+                        "kube": {"verb": "get", "nonResourceURL": "/api"}})
+            ),
+            "get /api"
+        );
+        assert_eq!(
+            cell(
+                json!({"method": "POST", "path": "/v1/refunds", "operation": "POST /v1/refunds",
+                        "resource": "/v1/refunds"})
+            ),
+            "POST /v1/refunds"
+        );
+        assert_eq!(cell(json!({"method": "PUT", "path": "/b/k"})), "PUT /b/k");
     }
 
     #[tokio::test]

@@ -5,6 +5,7 @@
 //! resumes by itself once writing works again. The line format is specified in [`record`].
 
 pub mod cli;
+pub mod files;
 mod lock;
 pub mod query;
 pub mod record;
@@ -13,6 +14,7 @@ pub mod spent;
 pub mod verify;
 mod writer;
 
+pub use files::log_files;
 pub use query::{query_logs, Filter};
 pub use record::{Durability, Entry, Kind, Subject, Verdict};
 pub use spent::{spent_uses, Spent, SpentScan};
@@ -28,6 +30,13 @@ use writer::{Job, Log, Shared, Writer};
 /// The directory a log file lives in.
 pub fn log_dir(path: &std::path::Path) -> &std::path::Path {
     recover::parent_dir(path)
+}
+
+/// Creates the log's directory when it is missing, as a new deployment's first start needs.
+fn create_log_dir(path: &std::path::Path) -> anyhow::Result<()> {
+    let dir = log_dir(path);
+    crate::fsutil::create_dir(dir)
+        .map_err(|e| anyhow::anyhow!("creating the audit log's directory {}: {e}", dir.display()))
 }
 
 /// Queue depth in front of the writer; durable callers wait for room, best-effort ones drop.
@@ -92,6 +101,9 @@ impl Audit {
         key: ed25519_dalek::SigningKey,
         opener: writer::Opener,
     ) -> anyhow::Result<Audit> {
+        if let Some(p) = &settings.path {
+            create_log_dir(p)?;
+        }
         // One writer per log, before anything reads or repairs it.
         let (lock, last_head) = match &settings.path {
             Some(p) => {

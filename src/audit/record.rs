@@ -46,7 +46,7 @@ use std::sync::Arc;
 pub(crate) const GENESIS: [u8; 32] = [0; 32];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "lowercase", expecting = "\"fsync\" or \"flush\"")]
 pub enum Durability {
     /// `fdatasync` before a record is acknowledged (one per batch).
     #[default]

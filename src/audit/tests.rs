@@ -220,6 +220,21 @@ async fn a_log_has_one_writer() {
 }
 
 #[tokio::test]
+async fn a_missing_log_directory_is_created_for_the_group_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("var/audit/audit.jsonl");
+    let audit = Audit::start(settings(&path), crate::cert::keys::generate()).unwrap();
+    audit.record(decision("a")).await.unwrap();
+    assert_eq!(lines(&path).len(), 2);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path.parent().unwrap())
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o007, 0, "{mode:o}");
+}
+
+#[tokio::test]
 async fn rotation_continues_the_chain_across_files() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.jsonl");

@@ -39,6 +39,9 @@ pub fn verify_logs(paths: &[PathBuf], key: &VerifyingKey) -> Result<VerifyReport
     };
     let mut prev: Option<[u8; 32]> = None;
     let mut last_seq: Option<u64> = None;
+    // The key the last verified start record names, to explain a signature that does not
+    // verify.
+    let mut start_key: Option<String> = None;
     for path in paths {
         let data = std::fs::read(path).map_err(|e| fail(path, 0, None, format!("reading: {e}")))?;
         let mut rest: &[u8] = &data;
@@ -64,8 +67,16 @@ pub fn verify_logs(paths: &[PathBuf], key: &VerifyingKey) -> Result<VerifyReport
             };
             let line = &rest[..end];
             rest = &rest[end + 1..];
-            let (seq, kind) = check_line(line, key, prev.as_ref(), last_seq)
-                .map_err(|(seq, what)| fail(path, n, seq, what))?;
+            let (seq, kind) =
+                check_line(line, key, prev.as_ref(), last_seq).map_err(|(seq, mut what)| {
+                    if what == BAD_SIGNATURE {
+                        what = signature_hint(key, line, rest, start_key.as_deref());
+                    }
+                    fail(path, n, seq, what)
+                })?;
+            if kind == "start" {
+                start_key = start_key_id(line);
+            }
             if prev.is_none() {
                 report.first_seq = Some(seq);
                 report.starts_mid_chain = line_prev(line) != Some(GENESIS);
@@ -87,6 +98,51 @@ pub fn verify_logs(paths: &[PathBuf], key: &VerifyingKey) -> Result<VerifyReport
     }
     report.last_seq = last_seq;
     Ok(report)
+}
+
+const BAD_SIGNATURE: &str = "signature does not verify";
+
+/// `key_id` of a start record.
+fn start_key_id(line: &[u8]) -> Option<String> {
+    let v = crate::json::parse_strict(line).ok()?;
+    if v.get("kind").and_then(Value::as_str) != Some("start") {
+        return None;
+    }
+    Some(v.get("key_id")?.as_str()?.to_string())
+}
+
+/// Why a signature does not verify, as far as the log says: the key id the broker's start
+/// record names (this line's, the last verified one's, or the next one in the file) against
+/// the key given.
+fn signature_hint(key: &VerifyingKey, line: &[u8], rest: &[u8], verified: Option<&str>) -> String {
+    let given = crate::cert::keys::key_id(key);
+    let named = start_key_id(line)
+        .map(|k| (k, "the broker's start record names"))
+        .or_else(|| {
+            verified.map(|k| {
+                (
+                    k.to_string(),
+                    "the broker's last start record, which verifies, names",
+                )
+            })
+        })
+        .or_else(|| {
+            rest.split(|&b| b == b'\n')
+                .find_map(start_key_id)
+                .map(|k| (k, "the next start record in this file names"))
+        });
+    match named {
+        Some((k, which)) if k != given => format!(
+            "{BAD_SIGNATURE} with --key (key id {given}); {which} key id {k}: verify with that broker's public key"
+        ),
+        Some(_) => format!(
+            "{BAD_SIGNATURE} with --key (key id {given}), the key the log's start record names: \
+             the record was altered after it was signed"
+        ),
+        None => format!(
+            "{BAD_SIGNATURE} with --key (key id {given}); no start record says which key signed this log"
+        ),
+    }
 }
 
 fn recovery_summary(line: &[u8]) -> String {

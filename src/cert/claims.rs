@@ -85,7 +85,10 @@ pub struct Confirmation {
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, Hash)]
-#[serde(rename_all = "lowercase")]
+#[serde(
+    rename_all = "lowercase",
+    expecting = "\"http\", \"aws\" or \"kubernetes\""
+)]
 pub enum TargetKind {
     Aws,
     Kubernetes,

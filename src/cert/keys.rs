@@ -10,11 +10,10 @@ use std::path::Path;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
-    #[error("{path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
+    /// The OS error is part of the message and deliberately not the `source`: callers print
+    /// the whole chain (`{:#}`), which would say it twice.
+    #[error("{path}: {error}")]
+    Io { path: String, error: std::io::Error },
     #[error("{path}: not an Ed25519 {what} PEM ({detail})")]
     Format {
         path: String,
@@ -44,9 +43,9 @@ pub fn load_verifying_key(path: &Path) -> Result<VerifyingKey, KeyError> {
 }
 
 fn read(path: &Path) -> Result<String, KeyError> {
-    std::fs::read_to_string(path).map_err(|source| KeyError::Io {
+    std::fs::read_to_string(path).map_err(|error| KeyError::Io {
         path: path.display().to_string(),
-        source,
+        error,
     })
 }
 
@@ -127,5 +126,20 @@ mod tests {
         // A private key is not a public key.
         assert!(load_verifying_key(&k).is_err());
         assert!(load_signing_key(&p).is_err());
+    }
+
+    #[test]
+    fn a_missing_key_file_names_the_os_error_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope.key");
+        let e = anyhow::Error::new(load_signing_key(&missing).unwrap_err())
+            .context("audit.signing_key");
+        let text = format!("{e:#}");
+        assert_eq!(
+            text.matches("No such file or directory").count(),
+            1,
+            "{text}"
+        );
+        assert!(text.contains("nope.key"), "{text}");
     }
 }

@@ -52,23 +52,31 @@ impl Broker {
         )
     }
 
-    /// Reads need no certificate, but when the deployment names its agents (client CA or
-    /// agent tokens) they still need to come from one of them.
+    /// Reads need no certificate, but when the deployment names its agents (client CA, agent
+    /// tokens, or the target's own agent credentials: `target`) they still need to come from
+    /// one of them.
     pub fn authenticate_reader(
         &self,
+        target: crate::targets::ReaderAuth,
         presented: Option<&str>,
         conn: &ConnInfo,
     ) -> Result<(), Denial> {
-        if !self.reads_need_agent || conn.peer.is_some() {
+        use crate::targets::ReaderAuth;
+        let locked = match target {
+            ReaderAuth::Authenticated => return Ok(()),
+            ReaderAuth::BrokerRule => None,
+            ReaderAuth::Locked(d) => Some(d),
+        };
+        if (!self.reads_need_agent && locked.is_none()) || conn.peer.is_some() {
             return Ok(());
         }
         match presented {
             Some(t) if self.agent_tokens.iter().any(|k| constant_time_eq(k.as_bytes(), t.as_bytes())) => Ok(()),
             Some(_) => Err(Denial::new(Reason::Unauthenticated, "the agent token is not one this broker knows")),
-            None => Err(Denial::new(
+            None => Err(locked.unwrap_or_else(|| Denial::new(
                 Reason::Unauthenticated,
                 "reads need an authenticated agent: a client certificate or the agent token (X-Seb-Agent-Token; the bearer token for kubernetes targets)",
-            )),
+            ))),
         }
     }
 }
@@ -167,7 +175,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let revocation = RevocationState::new(issuers.clone());
     let revocation = Arc::new(match config.state_dir() {
         Some(dir) => {
-            std::fs::create_dir_all(&dir).with_context(|| {
+            crate::fsutil::create_dir(&dir).with_context(|| {
                 format!("{}: creating {}", config.at("state.dir"), dir.display())
             })?;
             revocation

@@ -194,9 +194,11 @@ where
 
     let Some(token) = token else {
         if parsed.is_read {
-            if !target.authenticate_reader(&parts, &body)? {
-                broker.authenticate_reader(target.agent_token(&parts.headers), conn)?;
-            }
+            broker.authenticate_reader(
+                target.authenticate_reader(&parts, &body)?,
+                target.agent_token(&parts.headers),
+                conn,
+            )?;
             return read_pass_through(
                 broker,
                 target,
@@ -224,8 +226,11 @@ where
         .check_certificate(&cert, peer, crate::cert::now_secs())?;
     if parsed.is_read && target.certificate_authenticates_reads() {
         // kubectl has one bearer token per invocation and sends it on the discovery and
-        // GET requests around a mutation too: a certificate that verifies authenticates
-        // those reads, which spend no use and run under the read identity.
+        // GET requests around a mutation too, and an AWS SDK sends AWS_SESSION_TOKEN on
+        // every call: a certificate that verifies authenticates those reads, which spend no
+        // use and run under the read identity. A target credential the request also claims
+        // (an agent key's signature) must still verify.
+        target.authenticate_reader(&parts, &body)?;
         target.check_certificate_target(&cert).map_err(|d| {
             Denial::new(
                 d.reason,

@@ -33,6 +33,9 @@ pub enum Target {
 pub enum ErrorDialect {
     Native,
     Aws(aws::ErrorFormat),
+    /// A Kubernetes request that client-go reads with `Result.Raw()` (discovery, `/version`,
+    /// `/openapi`): its error is built from the answer's text, never from a `Status`.
+    KubeRaw,
 }
 
 /// What the request is, as far as the broker is concerned.
@@ -43,6 +46,19 @@ pub struct Parsed {
     /// What the target read from the request, kept so that later phases do not read (and
     /// for JSON bodies, parse) it again.
     pub(crate) call: Option<aws::protocol::Call>,
+}
+
+/// What a target says about the agent behind a read, before the broker's own rule (an mTLS
+/// client certificate, an agent token) is applied.
+#[derive(Debug)]
+pub enum ReaderAuth {
+    /// The target authenticated the agent (AWS: an agent key's signature verified).
+    Authenticated,
+    /// The target has no say: the broker's rule decides.
+    BrokerRule,
+    /// The target requires authenticated reads and this request is not (AWS with
+    /// `agent_keys`): the broker's rule may still admit it, otherwise this is the refusal.
+    Locked(Denial),
 }
 
 /// The identity a request is executed under, for the audit record; secrets stay inside.
@@ -214,7 +230,11 @@ impl Target {
 
     pub fn error_dialect(&self, parts: &::http::request::Parts) -> ErrorDialect {
         match self {
-            Target::Http(_) | Target::Kubernetes(_) => ErrorDialect::Native,
+            Target::Http(_) => ErrorDialect::Native,
+            Target::Kubernetes(_) if kubernetes::read_raw_by_client_go(parts) => {
+                ErrorDialect::KubeRaw
+            }
+            Target::Kubernetes(_) => ErrorDialect::Native,
             Target::Aws(_) => ErrorDialect::Aws(aws::denial::error_format(parts)),
         }
     }
@@ -234,8 +254,8 @@ impl Target {
     /// Whether a verified certificate authenticates reads that carry it (see the pipeline).
     pub fn certificate_authenticates_reads(&self) -> bool {
         match self {
-            Target::Http(_) | Target::Aws(_) => false,
-            Target::Kubernetes(_) => true,
+            Target::Http(_) => false,
+            Target::Aws(_) | Target::Kubernetes(_) => true,
         }
     }
 
@@ -370,14 +390,15 @@ impl Target {
     }
 
     /// Target-specific agent authentication for reads (AWS: the agent's SigV4 signature with
-    /// an agent key); `false` leaves it to the broker's mTLS / agent-token check.
+    /// an agent key). An error when the request claims a target credential that does not
+    /// verify.
     pub fn authenticate_reader(
         &self,
         parts: &::http::request::Parts,
         body: &Bytes,
-    ) -> Result<bool, Denial> {
+    ) -> Result<ReaderAuth, Denial> {
         match self {
-            Target::Http(_) | Target::Kubernetes(_) => Ok(false),
+            Target::Http(_) | Target::Kubernetes(_) => Ok(ReaderAuth::BrokerRule),
             Target::Aws(t) => t.authenticate_reader(parts, body),
         }
     }
@@ -416,6 +437,9 @@ impl Target {
     ) -> ::http::Response<Body> {
         match (self, dialect) {
             (Target::Aws(_), ErrorDialect::Aws(f)) => aws::denial::render(denial, f, request_id),
+            (Target::Kubernetes(_), ErrorDialect::KubeRaw) => {
+                kubernetes::status::render_text(denial)
+            }
             (Target::Kubernetes(t), _) => t.render_denial(denial, request_id),
             _ => http::problem(denial, request_id),
         }

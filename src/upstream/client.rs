@@ -11,6 +11,27 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use std::path::Path;
 
+/// A control call that got no answer, with where it was going and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SendError(pub String);
+
+/// An error and its sources as one line, each cause said once (a source whose text its
+/// parent already includes is skipped).
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(s) = next {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        next = s.source();
+    }
+    out
+}
+
 #[derive(Clone)]
 pub struct UpstreamClient {
     /// Control calls (revocation data, identity, live reads) and protocol upgrades.
@@ -55,11 +76,32 @@ impl UpstreamClient {
         Ok(UpstreamClient { client, pool })
     }
 
-    pub async fn send(
-        &self,
-        req: Request<Full<Bytes>>,
-    ) -> Result<Response<Incoming>, hyper_util::client::legacy::Error> {
-        self.client.request(req.map(upstream_full)).await
+    /// A control call of the broker's own (a live object, STS, a precondition read). Its
+    /// error says where it was going and why it failed, down to the OS error: hyper-util's
+    /// own text is only "client error (Connect)".
+    pub async fn send(&self, req: Request<Full<Bytes>>) -> Result<Response<Incoming>, SendError> {
+        let scheme = req.uri().scheme_str().unwrap_or("http").to_string();
+        let authority = req
+            .uri()
+            .authority()
+            .map(|a| a.as_str().to_string())
+            .unwrap_or_default();
+        self.client
+            .request(req.map(upstream_full))
+            .await
+            .map_err(|e| {
+                let what = if e.is_connect() {
+                    "could not connect to"
+                } else {
+                    "no answer from"
+                };
+                // The top-level text is the generic "client error (…)"; the sources say why.
+                let why = match std::error::Error::source(&e) {
+                    Some(s) => error_chain(s),
+                    None => e.to_string(),
+                };
+                SendError(format!("{what} {scheme}://{authority}: {why}"))
+            })
     }
 
     /// Forwards an agent's request. An upgrade (kubernetes exec, attach, port-forward) goes
@@ -94,4 +136,31 @@ impl UpstreamClient {
 
 fn rustls_native_roots() -> Vec<rustls_pki_types::CertificateDer<'static>> {
     rustls_native_certs::load_native_certs().certs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The error of a control call names where it was going and the OS error, not just
+    /// hyper-util's "client error (Connect)".
+    #[tokio::test]
+    async fn a_control_call_that_cannot_connect_says_where_and_why() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let client = UpstreamClient::new(None).unwrap();
+        let req = Request::get(format!("http://127.0.0.1:{port}/x"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let e = client.send(req).await.unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!("could not connect to http://127.0.0.1:{port}: ")),
+            "{e}"
+        );
+        assert!(e.contains("Connection refused"), "{e}");
+        assert!(!e.contains("client error"), "{e}");
+    }
 }

@@ -544,6 +544,12 @@ impl KubeApiserver {
         }
     }
 
+    /// Stops the apiserver; the broker in front of it stays up and finds it unreachable.
+    pub fn stop(&mut self) {
+        let _ = self._child.0.kill();
+        let _ = self._child.0.wait();
+    }
+
     /// Every request the apiserver received, in order.
     pub fn requests(&self) -> Vec<Value> {
         read_jsonl(&self.log)

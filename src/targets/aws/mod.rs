@@ -445,28 +445,40 @@ impl AwsTarget {
     }
 
     /// Authenticates a reading agent by its own SigV4 signature when it signed with one of the
-    /// configured agent keys: `Ok(true)` when it verified, `Ok(false)` when the request is not
-    /// signed with an agent key (other agent authentication then applies), an error when it
-    /// claims an agent key and the signature does not verify.
+    /// configured agent keys. A configured `agent_keys` list is authoritative: a read signed
+    /// with any other key (the placeholder, a key id the broker does not know) authenticates
+    /// nothing, and passes only if the broker's own rule (mTLS, agent token) admits it. An
+    /// error when the request claims an agent key and the signature does not verify.
     pub fn authenticate_reader(
         &self,
         parts: &http::request::Parts,
         body: &[u8],
-    ) -> Result<bool, Denial> {
-        let Some(akid) = parts
-            .headers
-            .get(http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split("Credential=").nth(1))
-            .and_then(|c| c.split('/').next())
-        else {
-            return Ok(false);
+    ) -> Result<super::ReaderAuth, Denial> {
+        let akid = signing_key_id(parts)?;
+        if let Some(akid) = &akid {
+            if let Some((_, secret)) = self.agent_keys.iter().find(|(k, _)| k == akid) {
+                sigv4::verify_agent_signature(parts, body, akid, secret, SystemTime::now())?;
+                return Ok(super::ReaderAuth::Authenticated);
+            }
+        }
+        if self.agent_keys.is_empty() {
+            return Ok(super::ReaderAuth::BrokerRule);
+        }
+        let signed_with = match akid.as_deref() {
+            Some(PLACEHOLDER_ACCESS_KEY_ID) => format!(
+                "the request is signed with the placeholder access key {PLACEHOLDER_ACCESS_KEY_ID}, which authenticates nothing"
+            ),
+            Some(k) => format!("access key id {k:?} is not one of its agent_keys"),
+            None => "the request carries no SigV4 access key id".to_string(),
         };
-        let Some((_, secret)) = self.agent_keys.iter().find(|(k, _)| k == akid) else {
-            return Ok(false);
-        };
-        sigv4::verify_agent_signature(parts, body, akid, secret, SystemTime::now())?;
-        Ok(true)
+        Ok(super::ReaderAuth::Locked(Denial::new(
+            Reason::Unauthenticated,
+            format!(
+                "reads on aws target {:?} need an agent key from its agent_keys \
+                 (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY), a client certificate or the agent token: {signed_with}",
+                self.name
+            ),
+        )))
     }
 
     /// S3 object uploads stream: they can be larger than any body the broker buffers, and
@@ -717,6 +729,28 @@ fn copy_headers(
         }
     }
     Ok(())
+}
+
+/// The access key id the request is signed with: from the `Authorization` header's
+/// credential scope, or a presigned URL's `X-Amz-Credential`.
+fn signing_key_id(parts: &http::request::Parts) -> Result<Option<String>, Denial> {
+    if let Some(auth) = parts
+        .headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        return Ok(auth
+            .split("Credential=")
+            .nth(1)
+            .and_then(|c| c.split('/').next())
+            .map(str::to_string));
+    }
+    for (k, v) in protocol::query_pairs(parts.uri.query().unwrap_or(""))? {
+        if k.eq_ignore_ascii_case("x-amz-credential") {
+            return Ok(v.split('/').next().map(str::to_string));
+        }
+    }
+    Ok(None)
 }
 
 /// `X-Amz-Security-Token` as a header or a presigned-URL query parameter; exactly one.

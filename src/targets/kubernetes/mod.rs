@@ -755,7 +755,7 @@ impl KubeTarget {
     ) -> Result<(http::StatusCode, Bytes), String> {
         let resp = tokio::time::timeout(std::time::Duration::from_secs(10), self.client.send(req))
             .await
-            .map_err(|_| "timed out".to_string())?
+            .map_err(|_| format!("the apiserver {} did not answer within 10s", self.base))?
             .map_err(|e| e.to_string())?;
         let status = resp.status();
         let body = http_body_util::Limited::new(resp.into_body(), max_body)
@@ -855,6 +855,15 @@ impl KubeTarget {
     pub fn render_denial(&self, denial: &Denial, request_id: &str) -> Response<Body> {
         status::render(denial, request_id)
     }
+}
+
+/// Whether client-go reads this request's answer with `Result.Raw()`: discovery (`/api`,
+/// `/apis`, a group or group version), `/version` and `/openapi`, the non-resource requests.
+/// For those it builds its error from the answer's text and never decodes a `Status`, so a
+/// refusal in JSON reads "unknown" in kubectl.
+pub fn read_raw_by_client_go(parts: &http::request::Parts) -> bool {
+    requestinfo::classify(parts.method.as_str(), parts.uri.path(), parts.uri.query())
+        .is_ok_and(|info| !info.is_resource)
 }
 
 fn contract(cert: &Certificate) -> Result<KubeContract, Denial> {

@@ -56,6 +56,47 @@ pub fn render(denial: &Denial, request_id: &str) -> Response<Body> {
     crate::targets::refusal_response(status, "application/json", body.to_string())
 }
 
+/// A refusal of a request client-go reads with `Result.Raw()` (see
+/// [`super::read_raw_by_client_go`]): the same status, the message as plain text. client-go
+/// (`newUnstructuredResponseError`, `NewGenericServerResponse`) puts a text answer's body into
+/// its error for 403, 406, 415 and the 5xx codes but 503 and 504; for the others it prints a
+/// fixed sentence, so the message also goes into a `Warning: 299` header, which client-go
+/// hands to kubectl's warning printer for every answer.
+pub fn render_text(denial: &Denial) -> Response<Body> {
+    let (status, _) = status_for(denial);
+    let message = format!("seb: {}: {}", denial.reason, denial.message);
+    let shown = matches!(status.as_u16(), 403 | 406 | 415)
+        || (status.is_server_error() && !matches!(status.as_u16(), 503 | 504));
+    let mut resp = crate::targets::refusal_response(
+        status,
+        "text/plain; charset=utf-8",
+        format!("{message}\n"),
+    );
+    if !shown {
+        if let Ok(v) = http::HeaderValue::from_str(&warning(&message)) {
+            resp.headers_mut().insert(http::header::WARNING, v);
+        }
+    }
+    resp
+}
+
+/// `299 - "text"` (RFC 7234 section 5.5), the text quoted and reduced to printable ASCII.
+fn warning(text: &str) -> String {
+    let mut out = String::from("299 - \"");
+    for c in text.chars() {
+        match c {
+            '"' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            ' '..='~' => out.push(c),
+            _ => out.push('?'),
+        }
+    }
+    out.push('"');
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -79,5 +120,32 @@ mod tests {
         assert_eq!(status_for(&media).0, 415);
         assert_eq!(status_for(&Denial::new(Reason::Drift, "x")).0, 409);
         assert_eq!(status_for(&Denial::new(Reason::CertMissing, "x")).0, 401);
+    }
+
+    #[tokio::test]
+    async fn raw_readers_get_text_and_a_warning_where_client_go_hides_text() {
+        let r = render_text(&Denial::new(Reason::UpstreamError, "no route"));
+        assert_eq!(r.status(), 502);
+        assert_eq!(r.headers()["content-type"], "text/plain; charset=utf-8");
+        // 502: client-go quotes the text itself, a warning would say it twice.
+        assert!(r.headers().get("warning").is_none());
+        let b = r.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&b[..], b"seb: upstream_error: no route\n");
+
+        let r = render_text(&Denial::new(
+            Reason::Unauthenticated,
+            "token \"x\" unknown – é",
+        ));
+        assert_eq!(r.status(), 401);
+        assert_eq!(
+            r.headers()["warning"],
+            "299 - \"seb: unauthenticated: token \\\"x\\\" unknown ? ?\""
+        );
+        let r = render_text(&Denial::new(Reason::Overloaded, "busy"));
+        assert_eq!(r.status(), 503);
+        assert!(r.headers().contains_key("warning"));
+        let r = render_text(&Denial::new(Reason::ContractMismatch, "no"));
+        assert_eq!(r.status(), 403);
+        assert!(!r.headers().contains_key("warning"));
     }
 }

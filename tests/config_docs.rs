@@ -1,0 +1,635 @@
+//! docs/CONFIG.md documents every field the broker's config accepts, and nothing else (issue
+//! 22). The fields come from the config types themselves, as serde sees them (renames, skips,
+//! nesting): a probe deserializer walks `seb::config::Config` and records every struct, field
+//! and enum it is asked for. A field added to a config type without a line in CONFIG.md, or a
+//! line left behind for a field that is gone, fails here. Every example config in `deploy/`
+//! is loaded by tests/examples.rs with the same strict loader, so its fields are fields of
+//! these types; configs written into the docs (`cat > seb.toml <<'EOF'`, ```toml blocks) are
+//! checked here.
+
+use serde::de::{self, DeserializeSeed, IntoDeserializer, Visitor};
+use serde::Deserialize;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+/// Structs whose fields are documented once, as a shape, wherever they appear: the path to a
+/// secret is documented at each place, the secret's own members in "Secret sources".
+const SHAPES: [&str; 1] = ["SecretSource"];
+
+/// Types from std the probe walks through; their internals are not configuration.
+const NOT_CONFIG: [&str; 3] = ["SocketAddr", "SocketAddrV4", "IpAddr"];
+
+/// What the probe was asked for.
+#[derive(Default, Debug)]
+struct Seen {
+    /// Field path (`targets.aws.endpoint`) -> the struct that holds it (`(flattened)` for the
+    /// members of a struct with a flattened part, which serde reads as a map).
+    fields: BTreeMap<String, String>,
+    /// Struct path -> (struct name, what its visitor says it expects).
+    structs: BTreeMap<String, (String, String)>,
+    /// (path, enum name, variants, what it expects).
+    enums: Vec<(String, String, Vec<&'static str>, String)>,
+    /// Keys a flattened map at a path must have (learned from serde's "missing field").
+    map_keys: HashMap<String, Vec<&'static str>>,
+}
+
+#[derive(Debug)]
+enum ProbeError {
+    Missing(&'static str),
+    MissingAt(String, &'static str),
+    Other(String),
+}
+
+impl fmt::Display for ProbeError {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self {
+            ProbeError::Missing(field) => write!(f, "missing field {field}"),
+            ProbeError::MissingAt(path, field) => write!(f, "{path}: missing field {field}"),
+            ProbeError::Other(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for ProbeError {}
+
+impl de::Error for ProbeError {
+    fn custom<T: fmt::Display>(msg: T) -> Self {
+        ProbeError::Other(msg.to_string())
+    }
+    fn missing_field(field: &'static str) -> Self {
+        ProbeError::Missing(field)
+    }
+}
+
+/// What a visitor says it expects, as serde would print it in an error.
+struct Expecting<'a, V>(&'a V);
+
+impl<'de, V: Visitor<'de>> fmt::Display for Expecting<'_, V> {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        self.0.expecting(f)
+    }
+}
+
+/// Answers every request for a value with a plausible one, recording structs, fields and
+/// enums on the way. Not human-readable, so that socket addresses are asked for as their parts
+/// instead of parsed from a string.
+#[derive(Clone)]
+struct Probe {
+    path: String,
+    seen: Rc<RefCell<Seen>>,
+}
+
+impl Probe {
+    fn at(&self, field: &str) -> Probe {
+        Probe {
+            path: if self.path.is_empty() {
+                field.to_string()
+            } else {
+                format!("{}.{field}", self.path)
+            },
+            seen: self.seen.clone(),
+        }
+    }
+}
+
+struct Elements {
+    probe: Probe,
+    left: usize,
+}
+
+impl<'de> de::SeqAccess<'de> for Elements {
+    type Error = ProbeError;
+    fn next_element_seed<T: DeserializeSeed<'de>>(
+        &mut self,
+        seed: T,
+    ) -> Result<Option<T::Value>, ProbeError> {
+        if self.left == 0 {
+            return Ok(None);
+        }
+        self.left -= 1;
+        seed.deserialize(self.probe.clone()).map(Some)
+    }
+}
+
+/// The fields of a struct (or the known keys of a map), each with a probe for its value.
+struct Members {
+    probe: Probe,
+    keys: Box<dyn Iterator<Item = &'static str>>,
+    current: &'static str,
+}
+
+impl<'de> de::MapAccess<'de> for Members {
+    type Error = ProbeError;
+    fn next_key_seed<K: DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, ProbeError> {
+        let Some(k) = self.keys.next() else {
+            return Ok(None);
+        };
+        self.current = k;
+        seed.deserialize(k.into_deserializer()).map(Some)
+    }
+    fn next_value_seed<V: DeserializeSeed<'de>>(
+        &mut self,
+        seed: V,
+    ) -> Result<V::Value, ProbeError> {
+        seed.deserialize(self.probe.at(self.current))
+    }
+}
+
+struct Variant {
+    probe: Probe,
+    name: &'static str,
+}
+
+impl<'de> de::EnumAccess<'de> for Variant {
+    type Error = ProbeError;
+    type Variant = Probe;
+    fn variant_seed<V: DeserializeSeed<'de>>(
+        self,
+        seed: V,
+    ) -> Result<(V::Value, Probe), ProbeError> {
+        let v = seed.deserialize(self.name.into_deserializer())?;
+        Ok((v, self.probe))
+    }
+}
+
+impl<'de> de::VariantAccess<'de> for Probe {
+    type Error = ProbeError;
+    fn unit_variant(self) -> Result<(), ProbeError> {
+        Ok(())
+    }
+    fn newtype_variant_seed<T: DeserializeSeed<'de>>(
+        self,
+        seed: T,
+    ) -> Result<T::Value, ProbeError> {
+        seed.deserialize(self)
+    }
+    fn tuple_variant<V: Visitor<'de>>(
+        self,
+        len: usize,
+        visitor: V,
+    ) -> Result<V::Value, ProbeError> {
+        de::Deserializer::deserialize_tuple(self, len, visitor)
+    }
+    fn struct_variant<V: Visitor<'de>>(
+        self,
+        fields: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, ProbeError> {
+        de::Deserializer::deserialize_struct(self, "", fields, visitor)
+    }
+}
+
+macro_rules! probe_value {
+    ($($method:ident => $visit:ident($($value:expr)?);)*) => {
+        $(fn $method<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, ProbeError> {
+            visitor.$visit($($value)?)
+        })*
+    };
+}
+
+impl<'de> de::Deserializer<'de> for Probe {
+    type Error = ProbeError;
+
+    fn is_human_readable(&self) -> bool {
+        false
+    }
+
+    fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, ProbeError> {
+        Err(ProbeError::Other(format!(
+            "{}: a value the probe cannot type (deserialize_any)",
+            self.path
+        )))
+    }
+
+    probe_value! {
+        deserialize_bool => visit_bool(false);
+        deserialize_i8 => visit_i64(1);
+        deserialize_i16 => visit_i64(1);
+        deserialize_i32 => visit_i64(1);
+        deserialize_i64 => visit_i64(1);
+        deserialize_u8 => visit_u64(1);
+        deserialize_u16 => visit_u64(1);
+        deserialize_u32 => visit_u64(1);
+        deserialize_u64 => visit_u64(1);
+        deserialize_f32 => visit_f64(1.0);
+        deserialize_f64 => visit_f64(1.0);
+        deserialize_char => visit_char('a');
+        // A duration, a path and a name all read "1s".
+        deserialize_str => visit_str("1s");
+        deserialize_string => visit_str("1s");
+        deserialize_bytes => visit_bytes(b"1s");
+        deserialize_byte_buf => visit_bytes(b"1s");
+        deserialize_unit => visit_unit();
+        deserialize_identifier => visit_str("");
+        deserialize_ignored_any => visit_unit();
+    }
+
+    fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, ProbeError> {
+        visitor.visit_some(self)
+    }
+
+    fn deserialize_unit_struct<V: Visitor<'de>>(
+        self,
+        _: &'static str,
+        visitor: V,
+    ) -> Result<V::Value, ProbeError> {
+        visitor.visit_unit()
+    }
+
+    fn deserialize_newtype_struct<V: Visitor<'de>>(
+        self,
+        _: &'static str,
+        visitor: V,
+    ) -> Result<V::Value, ProbeError> {
+        visitor.visit_newtype_struct(self)
+    }
+
+    fn deserialize_seq<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, ProbeError> {
+        visitor.visit_seq(Elements {
+            probe: self,
+            left: 1,
+        })
+    }
+
+    fn deserialize_tuple<V: Visitor<'de>>(
+        self,
+        len: usize,
+        visitor: V,
+    ) -> Result<V::Value, ProbeError> {
+        visitor.visit_seq(Elements {
+            probe: self,
+            left: len,
+        })
+    }
+
+    fn deserialize_tuple_struct<V: Visitor<'de>>(
+        self,
+        _: &'static str,
+        len: usize,
+        visitor: V,
+    ) -> Result<V::Value, ProbeError> {
+        self.deserialize_tuple(len, visitor)
+    }
+
+    /// A struct with a flattened member: serde reads it as a map and finds its own fields
+    /// only by name, so the probe offers the keys it learned from earlier "missing field"
+    /// errors (see [`probe`]).
+    fn deserialize_map<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, ProbeError> {
+        let keys = self
+            .seen
+            .borrow()
+            .map_keys
+            .get(&self.path)
+            .cloned()
+            .unwrap_or_default();
+        for k in &keys {
+            let p = self.at(k).path;
+            self.seen
+                .borrow_mut()
+                .fields
+                .insert(p, "(flattened)".into());
+        }
+        let path = self.path.clone();
+        visitor
+            .visit_map(Members {
+                probe: self,
+                keys: Box::new(keys.into_iter()),
+                current: "",
+            })
+            .map_err(|e| match e {
+                ProbeError::Missing(f) => ProbeError::MissingAt(path, f),
+                e => e,
+            })
+    }
+
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        name: &'static str,
+        fields: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, ProbeError> {
+        {
+            let mut seen = self.seen.borrow_mut();
+            seen.structs.insert(
+                self.path.clone(),
+                (name.to_string(), Expecting(&visitor).to_string()),
+            );
+            for f in fields {
+                seen.fields.insert(self.at(f).path, name.to_string());
+            }
+        }
+        visitor.visit_map(Members {
+            probe: self,
+            keys: Box::new(fields.iter().copied()),
+            current: "",
+        })
+    }
+
+    fn deserialize_enum<V: Visitor<'de>>(
+        self,
+        name: &'static str,
+        variants: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, ProbeError> {
+        self.seen.borrow_mut().enums.push((
+            self.path.clone(),
+            name.to_string(),
+            variants.to_vec(),
+            Expecting(&visitor).to_string(),
+        ));
+        visitor.visit_enum(Variant {
+            name: variants[0],
+            probe: self,
+        })
+    }
+}
+
+/// Walks the config types; a flattened struct's required keys are learned one "missing
+/// field" at a time, the walk starting over with each.
+fn probe() -> Seen {
+    let seen = Rc::new(RefCell::new(Seen::default()));
+    for _ in 0..32 {
+        {
+            let mut s = seen.borrow_mut();
+            let keys = std::mem::take(&mut s.map_keys);
+            *s = Seen {
+                map_keys: keys,
+                ..Seen::default()
+            };
+        }
+        let root = Probe {
+            path: String::new(),
+            seen: seen.clone(),
+        };
+        match seb::config::Config::deserialize(root) {
+            Ok(_) => return Rc::try_unwrap(seen).unwrap().into_inner(),
+            Err(ProbeError::MissingAt(path, field)) => seen
+                .borrow_mut()
+                .map_keys
+                .entry(path)
+                .or_default()
+                .push(field),
+            Err(e) => panic!("the probe could not walk the config types: {e}"),
+        }
+    }
+    panic!("the probe did not finish walking the config types");
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Inline code spans outside fenced blocks, trimmed of TOML's table brackets; and the first
+/// column's spans of each table row.
+fn code_spans(md: &str) -> (BTreeSet<String>, Vec<(usize, String)>) {
+    let mut all = BTreeSet::new();
+    let mut first_column = Vec::new();
+    let mut fenced = false;
+    for (i, line) in md.lines().enumerate() {
+        if line.trim_start().starts_with("```") {
+            fenced = !fenced;
+            continue;
+        }
+        if fenced {
+            continue;
+        }
+        let spans = |text: &str| -> Vec<String> {
+            text.split('`')
+                .skip(1)
+                .step_by(2)
+                .map(|s| s.trim().trim_matches(['[', ']']).trim().to_string())
+                .collect()
+        };
+        all.extend(spans(line));
+        if let Some(cell) = line.strip_prefix('|').and_then(|r| r.split('|').next()) {
+            first_column.extend(spans(cell).into_iter().map(|s| (i + 1, s)));
+        }
+    }
+    (all, first_column)
+}
+
+#[test]
+fn config_md_documents_every_field_of_the_config_types_and_no_other() {
+    let seen = probe();
+    let md = std::fs::read_to_string(repo().join("docs/CONFIG.md")).unwrap();
+    let (documented, first_column) = code_spans(&md);
+    let shape_fields: BTreeSet<String> = seen
+        .fields
+        .iter()
+        .filter(|(_, holder)| SHAPES.contains(&holder.as_str()))
+        .map(|(p, _)| p.rsplit('.').next().unwrap().to_string())
+        .collect();
+    assert!(
+        shape_fields.contains("value_env"),
+        "the probe found no secret source: {seen:?}"
+    );
+    assert!(
+        seen.fields
+            .contains_key("targets.aws.agent_keys.access_key_id")
+            && seen.fields.contains_key("targets.http.credential.header")
+            && seen
+                .fields
+                .contains_key("targets.kubernetes.token_request.audience"),
+        "the probe missed fields: {:?}",
+        seen.fields.keys()
+    );
+
+    let mut missing: Vec<String> = seen
+        .fields
+        .iter()
+        .filter(|(_, holder)| !SHAPES.contains(&holder.as_str()))
+        .map(|(p, _)| p.clone())
+        .filter(|p| !documented.contains(p))
+        .collect();
+    missing.extend(
+        shape_fields
+            .iter()
+            .filter(|f| !documented.contains(*f))
+            .map(|f| format!("{f} (secret source)")),
+    );
+    // The services an aws target can serve are data (the generated route table).
+    for service in seb::targets::aws::model::services().keys() {
+        if !documented.contains(service.as_str()) {
+            missing.push(format!("targets.aws.services: \"{service}\""));
+        }
+    }
+    for (path, name, variants, _) in &seen.enums {
+        if NOT_CONFIG.contains(&name.as_str()) {
+            continue;
+        }
+        for v in variants {
+            if !documented.contains(*v) && !documented.contains(&format!("\"{v}\"")) {
+                missing.push(format!("{path} = \"{v}\""));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "docs/CONFIG.md does not document these config fields (write each as `full.path`):\n  {}",
+        missing.join("\n  ")
+    );
+
+    let stale: Vec<String> = first_column
+        .iter()
+        .filter(|(_, s)| !seen.fields.contains_key(s) && !shape_fields.contains(s))
+        .map(|(line, s)| format!("CONFIG.md:{line}: {s}"))
+        .collect();
+    assert!(
+        stale.is_empty(),
+        "docs/CONFIG.md documents fields the config types do not have:\n  {}",
+        stale.join("\n  ")
+    );
+}
+
+/// A wrong type names what to write, not a Rust type (`expected struct SecretSource`).
+#[test]
+fn config_errors_say_what_is_expected_in_the_files_words() {
+    let seen = probe();
+    let mut rust_words = Vec::new();
+    // The top level is a TOML document: it is always a table.
+    for (path, (name, expecting)) in seen.structs.iter().filter(|(p, _)| !p.is_empty()) {
+        if expecting.starts_with("struct ") || expecting.contains(name.as_str()) {
+            rust_words.push(format!("{path}: expected {expecting}"));
+        }
+    }
+    for (path, name, _, expecting) in &seen.enums {
+        if !NOT_CONFIG.contains(&name.as_str())
+            && (expecting.starts_with("enum ") || expecting.contains(name.as_str()))
+        {
+            rust_words.push(format!("{path}: expected {expecting}"));
+        }
+    }
+    assert!(
+        rust_words.is_empty(),
+        "config errors that name Rust types:\n  {}",
+        rust_words.join("\n  ")
+    );
+    let (f, m) = seb::config::Config::parse(
+        &std::fs::read_to_string(repo().join("deploy/local/seb.toml"))
+            .unwrap()
+            .replace(
+                "tokens = [{ value_env = \"SEB_AGENT_TOKEN\" }]",
+                "tokens = [\"the-token\"]",
+            ),
+    )
+    .unwrap_err();
+    assert_eq!(f, "agents.tokens[0]");
+    assert!(
+        m.contains("value_env") && !m.contains("SecretSource"),
+        "{m}"
+    );
+}
+
+fn markdown_files() -> Vec<PathBuf> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else if p.extension().is_some_and(|x| x == "md") {
+                out.push(p);
+            }
+        }
+    }
+    let mut out = vec![repo().join("README.md")];
+    walk(&repo().join("docs"), &mut out);
+    walk(&repo().join("deploy"), &mut out);
+    out
+}
+
+/// Every key of a TOML fragment, as field paths (array elements share their array's path).
+fn key_paths(prefix: &str, v: &toml::Value, out: &mut Vec<String>) {
+    match v {
+        toml::Value::Table(t) => {
+            for (k, v) in t {
+                let p = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                out.push(p.clone());
+                key_paths(&p, v, out);
+            }
+        }
+        toml::Value::Array(items) => {
+            for i in items {
+                key_paths(prefix, i, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Configs in the docs: a heredoc that writes a `.toml` file is a whole config and must load
+/// as `seb serve` loads it (but for files it names); a ```toml block may be a fragment, and
+/// every key in it must be a config field.
+#[test]
+fn configs_in_the_docs_are_valid() {
+    let seen = probe();
+    let shape_fields: BTreeSet<&str> = seen
+        .fields
+        .iter()
+        .filter(|(_, holder)| SHAPES.contains(&holder.as_str()))
+        .map(|(p, _)| p.rsplit('.').next().unwrap())
+        .collect();
+    let mut whole = 0;
+    let mut problems = Vec::new();
+    for file in markdown_files() {
+        let md = std::fs::read_to_string(&file).unwrap();
+        let name = file.strip_prefix(repo()).unwrap().display().to_string();
+        let mut lines = md.lines().enumerate();
+        while let Some((i, line)) = lines.next() {
+            let heredoc = line.contains(".toml <<'EOF'");
+            let block = line.trim_start() == "```toml";
+            if !heredoc && !block {
+                continue;
+            }
+            let end = if heredoc { "EOF" } else { "```" };
+            let text: Vec<&str> = lines
+                .by_ref()
+                .map(|(_, l)| l)
+                .take_while(|l| l.trim_start() != end)
+                .collect();
+            let text = text.join("\n");
+            let at = format!("{name}:{}", i + 1);
+            if heredoc {
+                whole += 1;
+                if let Err((f, m)) = seb::config::Config::parse(&text) {
+                    problems.push(format!("{at}: {f}: {m}"));
+                }
+                continue;
+            }
+            let v: toml::Value = match toml::from_str(&text) {
+                Ok(v) => v,
+                Err(e) => {
+                    problems.push(format!("{at}: not TOML: {e}"));
+                    continue;
+                }
+            };
+            let mut keys = Vec::new();
+            key_paths("", &v, &mut keys);
+            for k in keys {
+                let (parent, last) = k.rsplit_once('.').unwrap_or(("", &k));
+                let known = seen.fields.contains_key(&k)
+                    // Secret-source members beside a flattened struct's own (a credential's
+                    // `header`): serde reads those from the same table.
+                    || (seen.fields.get(&format!("{parent}.header")).is_some_and(|h| h == "(flattened)")
+                        && shape_fields.contains(last));
+                if !known {
+                    problems.push(format!("{at}: {k} is not a config field"));
+                }
+            }
+        }
+    }
+    assert!(
+        whole >= 2,
+        "expected the kubernetes and aws walk-throughs' configs"
+    );
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
