@@ -4,7 +4,7 @@
 //! On a work-stealing runtime every I/O event can wake a second worker to look for work, and a
 //! request can move between threads while it waits on the agent, the audit log and the
 //! upstream. On the 2-core load test machine that was about 3 context switches per request
-//! at 2,000 requests/s, against about 1 on a shard (loadtest/NOTES.md), and a third of the
+//! at 2,000 requests/s, against about 1 on a shard (docs/performance.md), and a third of the
 //! broker's added latency. The cost: a connection's requests never use more than one core, so
 //! an agent multiplexing many concurrent requests on one HTTP/2 connection is better served by
 //! `runtime.shards = 0`.
@@ -62,7 +62,7 @@ impl Shards {
 /// loop (an `eventfd` write, then an empty turn of the loop) whenever a new timer is due
 /// before every timer it had when it last went to sleep, which is always the case after it
 /// slept with none. Each request arms a few request-timeout timers, so at a moderate rate
-/// that was two such wake-ups per request (loadtest/NOTES.md); with a timer always due
+/// that was two such wake-ups per request (docs/performance.md); with a timer always due
 /// sooner than any request timeout, new ones are filed without waking anything.
 async fn heartbeat() {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));

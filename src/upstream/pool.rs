@@ -4,7 +4,7 @@
 //! forwarded request hops from the agent connection's task to the upstream connection's task
 //! and back: two wake-ups per request, often across worker threads (a futex wake and, on a
 //! virtual machine, an inter-processor interrupt). On the 2-core load test machine those hops
-//! were most of the broker's added latency on a plain pass-through (loadtest/NOTES.md). Here
+//! were most of the broker's added latency on a plain pass-through (docs/performance.md). Here
 //! the request's own task writes the request and reads the answer, and the response body
 //! keeps driving the connection while the agent reads it; a connection whose response was read
 //! to the end goes back to the idle list for the next request to the same upstream.
