@@ -1,7 +1,8 @@
 //! Which of an agent's request headers travel upstream: decided here, once, for every target.
 //!
-//! seb checks one reading of a request and the upstream executes its own (DESIGN.md, "The rule
-//! for parsers"). Headers are where the two readings part most easily:
+//! seb checks one reading of a request and the upstream executes its own; where the two could
+//! differ, seb refuses rather than guess (docs/FORMATS.md, "Request framing"). Headers are
+//! where the two readings part most easily:
 //!
 //! - a `Connection` token makes a proxy drop the header it names, so a header seb checked
 //!   (`If-Match`, `X-Amz-Target`, `Content-Type`) would vanish between the check and the

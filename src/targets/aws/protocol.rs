@@ -3,7 +3,7 @@
 //!
 //! The parameter object, by protocol:
 //! - query and ec2: every form or query-string pair except `Action` and `Version`, as a flat
-//!   object of strings (`{"InstanceId.1": "i-1"}`), exactly as DESIGN.md says;
+//!   object of strings (`{"InstanceId.1": "i-1"}`), as docs/FORMATS.md ("Certificate v1") says;
 //! - json 1.0/1.1: the JSON body;
 //! - rest-json and rest-xml: the operation's members by their model names: URI labels
 //!   (`Bucket`, `Key`, `FunctionName`), bound query-string members, bound headers (minus transport
