@@ -42,6 +42,7 @@ use seb::config::HttpTargetConfig;
 use seb::contract::{check_body, BodyView};
 use seb::state::memory::MemoryUseStore;
 use seb::targets::http::HttpTarget;
+use seb::targets::Target;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -314,7 +315,7 @@ fn bench_admission(c: &mut Criterion<ThreadCpu>) {
             },
             |token| {
                 let sha = sha256_hex(&body);
-                let _parsed = target.parse(&parts, &body).unwrap();
+                let parsed = target.parse(&parts, &body).unwrap();
                 let cert = admission.authenticate(&token).unwrap();
                 admission
                     .check_certificate(&cert, None, cert::now_secs())
@@ -325,7 +326,9 @@ fn bench_admission(c: &mut Criterion<ThreadCpu>) {
                     content_type: Some("application/json"),
                     content_encoding: None,
                 };
-                target.check_contract(&cert, &parts, &view).unwrap();
+                target
+                    .check_contract(&cert, &parts, &parsed, &view)
+                    .unwrap();
                 let used = futures_util::FutureExt::now_or_never(admission.take_use(&cert))
                     .expect("the memory store answers at once")
                     .unwrap();

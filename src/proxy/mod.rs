@@ -318,38 +318,6 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let mut target_addrs = Vec::new();
     let mut accepting = Vec::new();
     for (i, tc) in config.targets.iter().enumerate() {
-        let target = match tc.kind {
-            crate::cert::TargetKind::Http => {
-                let h = tc
-                    .http
-                    .as_ref()
-                    .with_context(|| format!("targets[{i}].http: missing"))?;
-                Target::Http(
-                    HttpTarget::new(&tc.name, h)
-                        .with_context(|| config.at(&format!("targets[{i}]")))?,
-                )
-            }
-            crate::cert::TargetKind::Aws => {
-                let a = tc
-                    .aws
-                    .as_ref()
-                    .with_context(|| format!("targets[{i}].aws: missing"))?;
-                Target::Aws(
-                    crate::targets::aws::AwsTarget::new(&tc.name, a)
-                        .with_context(|| config.at(&format!("targets[{i}]")))?,
-                )
-            }
-            crate::cert::TargetKind::Kubernetes => {
-                let k = tc
-                    .kubernetes
-                    .as_ref()
-                    .with_context(|| format!("targets[{i}].kubernetes: missing"))?;
-                Target::Kubernetes(
-                    KubeTarget::new(&tc.name, k)
-                        .with_context(|| config.at(&format!("targets[{i}]")))?,
-                )
-            }
-        };
         let listener = tokio::net::TcpListener::bind(tc.listen)
             .await
             .with_context(|| {
@@ -361,15 +329,32 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             })?;
         let addr = listener.local_addr()?;
         target_addrs.push((tc.name.clone(), addr));
+        let built = || config.at(&format!("targets[{i}]"));
+        let missing = |kind: &str| format!("targets[{i}].{kind}: missing");
+        // One listener serves one target type: the pipeline is built for it.
+        let accept = match tc.kind {
+            crate::cert::TargetKind::Http => {
+                let h = tc.http.as_ref().with_context(|| missing("http"))?;
+                let target = HttpTarget::new(&tc.name, h).with_context(built)?;
+                listen(target, &broker, listener, &tls, &limits, &shards)
+            }
+            crate::cert::TargetKind::Aws => {
+                let a = tc.aws.as_ref().with_context(|| missing("aws"))?;
+                let target =
+                    crate::targets::aws::AwsTarget::new(&tc.name, a).with_context(built)?;
+                listen(target, &broker, listener, &tls, &limits, &shards)
+            }
+            crate::cert::TargetKind::Kubernetes => {
+                let k = tc
+                    .kubernetes
+                    .as_ref()
+                    .with_context(|| missing("kubernetes"))?;
+                let target = KubeTarget::new(&tc.name, k).with_context(built)?;
+                listen(target, &broker, listener, &tls, &limits, &shards)
+            }
+        };
         tracing::info!(target = tc.name, %addr, tls = tls.is_some(), "listening");
-        accepting.push(tokio::spawn(server::serve(
-            broker.clone(),
-            Arc::new(target),
-            listener,
-            tls.clone(),
-            limits.clone(),
-            shards.clone(),
-        )));
+        accepting.push(accept);
     }
 
     let admin_listener = tokio::net::TcpListener::bind(config.admin.listen)
@@ -410,6 +395,25 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         _shards: shards,
         tasks,
     })
+}
+
+/// Starts the accept loop of one listener for its target.
+fn listen<T: Target>(
+    target: T,
+    broker: &Arc<Broker>,
+    listener: tokio::net::TcpListener,
+    tls: &Option<server::TlsSlot>,
+    limits: &server::StackLimits,
+    shards: &Option<Arc<shards::Shards>>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(server::serve(
+        broker.clone(),
+        Arc::new(target),
+        listener,
+        tls.clone(),
+        limits.clone(),
+        shards.clone(),
+    ))
 }
 
 /// Counts again, from the audit log, the uses of every certificate that may still be used.

@@ -16,19 +16,21 @@
 //! Any `Err(Denial)` ends the request; [`handle`] writes the deny record and renders the
 //! refusal in the agent's own format. Nothing is forwarded unless every step said yes.
 
+mod record;
+
 use super::metrics::{Decision, Phase};
 use super::Broker;
 use crate::admission::Peer;
-use crate::audit::{Entry, Kind, Subject, Verdict};
-use crate::cert::Certificate;
+use crate::audit::{Entry, Kind, Verdict};
 use crate::contract::BodyView;
 use crate::denial::{Denial, Reason};
-use crate::targets::{Parsed, Target};
+use crate::targets::{check_certificate_target, Parsed, Target};
 use crate::tls::PeerIdentity;
 use crate::upstream::{upstream_full, Body, UpstreamBody};
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::BodyExt;
+use record::Draft;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use std::time::Instant;
@@ -62,9 +64,9 @@ pub struct ConnInfo {
 
 /// Takes its context by `Arc` rather than by reference: the future is spawned per connection,
 /// and owned handles keep it `Send` without higher-ranked lifetime trouble.
-pub async fn handle<B>(
+pub async fn handle<T: Target, B>(
     broker: Arc<Broker>,
-    target: Arc<Target>,
+    target: Arc<T>,
     req: Request<B>,
     conn: Arc<ConnInfo>,
 ) -> Response<Body>
@@ -121,9 +123,9 @@ where
 /// A refusal made by a layer around the pipeline (load shedding, the backstop timeout):
 /// counted, recorded and rendered like the pipeline's own. After a recorded decision it is
 /// that decision's outcome, and since the pipeline was cut wherever it was, an unknown one.
-pub(super) fn refused_around(
+pub(super) fn refused_around<T: Target>(
     broker: &Broker,
-    target: &Target,
+    target: &T,
     ctx: &RequestContext,
     line: (&http::Method, Option<&http::uri::PathAndQuery>),
     conn: &ConnInfo,
@@ -152,9 +154,9 @@ pub(super) fn refused_around(
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn run<B>(
+async fn run<T: Target, B>(
     broker: &Broker,
-    target: &Target,
+    target: &T,
     mut parts: http::request::Parts,
     body: B,
     conn: &ConnInfo,
@@ -186,6 +188,7 @@ where
     if upload.is_none() {
         record.unfrozen().body_sha256 = Some(body_sha256.clone());
     }
+    crate::targets::headers::check_read_method_body(&parts.method, body.len())?;
     let mut parsed = target.parse(&parts, &body)?;
     // Only the audit record reads the description.
     record.unfrozen().request = std::mem::take(&mut parsed.describe);
@@ -231,7 +234,7 @@ where
         // use and run under the read identity. A target credential the request also claims
         // (an agent key's signature) must still verify.
         target.authenticate_reader(&parts, &body)?;
-        target.check_certificate_target(&cert).map_err(|d| {
+        check_certificate_target(target, &cert).map_err(|d| {
             Denial::new(
                 d.reason,
                 format!("it does not authenticate reads here: {}", d.message),
@@ -258,6 +261,7 @@ where
             http::header::CONTENT_ENCODING,
         )?,
     };
+    check_certificate_target(target, &cert)?;
     target.check_contract(&cert, &parts, &parsed, &view)?;
     if upload.is_some() {
         // A streamed body is recorded by the hash it is held to in flight.
@@ -268,16 +272,10 @@ where
     // Every call to the upstream or an identity service runs inside the request's one
     // deadline, so a slow dependency ends in a recorded refusal, never in a request cut off by
     // the backstop after its decision.
-    within(
-        deadline,
-        "the live-state check",
-        target.check_drift(&cert, &parsed),
-    )
-    .await?;
     let body = within(
         deadline,
-        "the effect check",
-        target.check_effect(&cert, &parts, body),
+        "the live-state check",
+        target.check_live_state(&cert, &parts, &parsed, body),
     )
     .await?;
 
@@ -369,11 +367,11 @@ where
 
 /// A read, already authenticated by the caller.
 #[allow(clippy::too_many_arguments)]
-async fn read_pass_through(
+async fn read_pass_through<T: Target>(
     broker: &Broker,
-    target: &Target,
+    target: &T,
     parts: &http::request::Parts,
-    parsed: &Parsed,
+    parsed: &Parsed<T::Request>,
     body: Bytes,
     request_id: &str,
     record: &mut Draft,
@@ -394,9 +392,9 @@ async fn read_pass_through(
     Ok(resp)
 }
 
-async fn forward(
+async fn forward<T: Target>(
     broker: &Broker,
-    target: &Target,
+    target: &T,
     req: Request<UpstreamBody>,
     deadline: tokio::time::Instant,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
@@ -540,159 +538,5 @@ where
     super::body::read_limited(body, limit, deadline, expects_continue).await
 }
 
-/// The audit record being assembled as the request moves through the pipeline. Everything in
-/// `subject` is known before the first record is written; that record freezes it, and every
-/// later record of the request shares the frozen copy.
-struct Draft {
-    subject: Subject,
-    frozen: Option<Arc<Subject>>,
-    /// `request` when the target never described the request (refused before parsing).
-    method: http::Method,
-    path: Option<http::uri::PathAndQuery>,
-    peer: Option<String>,
-    remote: std::net::SocketAddr,
-    identity: Option<serde_json::Value>,
-    uses: Option<SpentUse>,
-    decision_seq: Option<u64>,
-    /// The request never reached the upstream and its use was given back.
-    returned: bool,
-}
-
-struct SpentUse {
-    n: u32,
-    max: u32,
-    kid: String,
-    exp: i64,
-}
-
-impl Draft {
-    fn new(
-        target: &Target,
-        method: &http::Method,
-        path: Option<&http::uri::PathAndQuery>,
-        conn: &ConnInfo,
-    ) -> Draft {
-        Draft {
-            subject: Subject {
-                target: target.name().to_string(),
-                ..Subject::default()
-            },
-            frozen: None,
-            method: method.clone(),
-            path: path.cloned(),
-            peer: conn.peer.as_ref().and_then(|p| p.name.clone()),
-            remote: conn.remote,
-            identity: None,
-            uses: None,
-            decision_seq: None,
-            returned: false,
-        }
-    }
-
-    fn certificate(&mut self, cert: &Certificate) {
-        let c = &cert.claims;
-        let s = self.unfrozen();
-        s.cert_id = Some(c.jti.clone());
-        s.iss = Some(c.iss.clone());
-        s.sub = Some(c.sub.clone());
-        s.action = Some(c.seb.action.clone());
-        s.policy = Some(c.seb.policy.clone());
-        s.evidence = c.seb.evidence.clone();
-    }
-
-    /// The subject, to fill in. Everything in it must be set before the first record: later
-    /// records share that record's frozen copy and would not show a later change.
-    fn unfrozen(&mut self) -> &mut Subject {
-        debug_assert!(
-            self.frozen.is_none(),
-            "audit subject changed after the request's first record"
-        );
-        &mut self.subject
-    }
-
-    fn took_use(&mut self, n: u32, max: u32, cert: &Certificate) {
-        // Part of the frozen `request` (its `use` member), under the same rule. The issuer key
-        // and expiry let a restarted broker rebuild this certificate's use count from the log.
-        self.unfrozen();
-        self.uses = Some(SpentUse {
-            n,
-            max,
-            kid: cert.kid.clone(),
-            exp: cert.claims.exp,
-        });
-    }
-
-    fn subject(&mut self) -> Arc<Subject> {
-        if let Some(s) = &self.frozen {
-            return s.clone();
-        }
-        let mut s = std::mem::take(&mut self.subject);
-        if s.request.is_null() {
-            s.request = serde_json::json!({
-                "method": self.method.as_str(),
-                "path": self.path.as_ref().map(|p| p.as_str()).unwrap_or(""),
-            });
-        }
-        if let Some(obj) = s.request.as_object_mut() {
-            obj.insert("remote".into(), self.remote.to_string().into());
-            if let Some(p) = &self.peer {
-                obj.insert("peer".into(), p.clone().into());
-            }
-            if let Some(u) = self.uses.take() {
-                obj.insert(
-                    "use".into(),
-                    serde_json::json!({"n": u.n, "max": u.max, "kid": u.kid, "exp": u.exp}),
-                );
-            }
-        }
-        let s = Arc::new(s);
-        self.frozen = Some(s.clone());
-        s
-    }
-
-    fn entry(&mut self, kind: Kind, decision: Verdict, reason: Option<&Denial>) -> Entry {
-        Entry {
-            kind,
-            subject: self.subject(),
-            decision,
-            reason: reason.map(|d| (d.reason.as_str().to_string(), d.message.clone())),
-            // Set only once a decision is recorded (or for a read), so the one record
-            // written after that is the one that names it.
-            identity: self.identity.take(),
-            upstream_status: None,
-            duration_ms: None,
-            outcome: None,
-            decision_seq: None,
-        }
-    }
-
-    fn allow(&mut self) -> Entry {
-        self.entry(Kind::Decision, Verdict::Allow, None)
-    }
-
-    fn deny(&mut self, denial: &Denial) -> Entry {
-        self.entry(Kind::Decision, Verdict::Deny, Some(denial))
-    }
-
-    fn outcome(
-        &mut self,
-        seq: u64,
-        status: Option<u16>,
-        failure: Option<&Denial>,
-        started: Instant,
-    ) -> Entry {
-        let mut e = self.entry(Kind::Outcome, Verdict::Allow, failure);
-        e.upstream_status = status;
-        e.duration_ms = Some(started.elapsed().as_millis() as u64);
-        e.outcome = Some(
-            match (failure.is_some(), self.returned) {
-                (true, true) => "returned",
-                (true, false) => "failed",
-                (false, _) => "completed",
-            }
-            .to_string(),
-        );
-        e.decision_seq = Some(seq);
-        e
-    }
-}
+#[cfg(test)]
+mod tests;

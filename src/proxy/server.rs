@@ -58,9 +58,9 @@ enum Slot {
     Refuse(#[allow(dead_code)] RefusalGuard),
 }
 
-pub async fn serve(
+pub async fn serve<T: Target>(
     broker: Arc<Broker>,
-    target: Arc<Target>,
+    target: Arc<T>,
     listener: TcpListener,
     tls: Option<TlsSlot>,
     limits: StackLimits,
@@ -117,12 +117,12 @@ pub async fn serve(
     }
 }
 
-async fn accept_one(
+async fn accept_one<T: Target>(
     tcp: tokio::net::TcpStream,
     remote: std::net::SocketAddr,
     tls: Option<TlsSlot>,
     broker: Arc<Broker>,
-    target: Arc<Target>,
+    target: Arc<T>,
     limits: StackLimits,
     slot: Slot,
 ) {
@@ -181,12 +181,12 @@ async fn accept_one(
     drop(slot);
 }
 
-async fn serve_connection<S>(
+async fn serve_connection<T: Target, S>(
     stream: S,
     h2: bool,
     conn: ConnInfo,
     broker: Arc<Broker>,
-    target: Arc<Target>,
+    target: Arc<T>,
     limits: &StackLimits,
     refusing: bool,
 ) where
@@ -217,7 +217,7 @@ async fn serve_connection<S>(
         // not idle, and a drain waits for it.
         let busy = for_requests.begin(req.version() == http::Version::HTTP_2);
         if refusing {
-            let resp = connection_limit(&target, &broker, &conn, req);
+            let resp = connection_limit(&*target, &broker, &conn, req);
             return Box::pin(std::future::ready(Ok(busy.track(resp))));
         }
         let answer = stack.clone().oneshot(req);
@@ -289,7 +289,7 @@ async fn serve_connection<S>(
 
 /// How the gate answers a refused request head: in the target's own error format, counted
 /// like any refusal.
-fn head_refusal(target: Arc<Target>, broker: Arc<Broker>) -> head::Render {
+fn head_refusal<T: Target>(target: Arc<T>, broker: Arc<Broker>) -> head::Render {
     Arc::new(move |refusal: head::Refusal| {
         let parts = refusal
             .parts
@@ -316,8 +316,8 @@ fn head_refusal(target: Arc<Target>, broker: Arc<Broker>) -> head::Render {
 
 /// The answer on a connection accepted over `limits.max_connections`: refused, recorded and
 /// rendered like any refusal.
-fn connection_limit(
-    target: &Target,
+fn connection_limit<T: Target>(
+    target: &T,
     broker: &Broker,
     conn: &ConnInfo,
     req: Request<Incoming>,

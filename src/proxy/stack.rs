@@ -45,13 +45,14 @@ const SENSITIVE: [http::HeaderName; 5] = [
 ];
 
 /// The stack for one connection's requests.
-pub fn build<B>(
+pub fn build<T: Target, B>(
     broker: Arc<Broker>,
-    target: Arc<Target>,
+    target: Arc<T>,
     conn: Arc<ConnInfo>,
     request_timeout: Duration,
     concurrency: Arc<tokio::sync::Semaphore>,
 ) -> Outer<
+    T,
     impl Service<Request<B>, Response = Response<Body>, Error = BoxError, Future: Send> + Clone,
 >
 where
@@ -85,15 +86,26 @@ where
     }
 }
 
-#[derive(Clone)]
-pub struct Outer<S> {
+pub struct Outer<T, S> {
     inner: S,
     broker: Arc<Broker>,
-    target: Arc<Target>,
+    target: Arc<T>,
     conn: Arc<ConnInfo>,
 }
 
-impl<S, B> Service<Request<B>> for Outer<S>
+// By hand: derived Clone would ask `T: Clone`, and the target is shared, not copied.
+impl<T, S: Clone> Clone for Outer<T, S> {
+    fn clone(&self) -> Self {
+        Outer {
+            inner: self.inner.clone(),
+            broker: self.broker.clone(),
+            target: self.target.clone(),
+            conn: self.conn.clone(),
+        }
+    }
+}
+
+impl<T: Target, S, B> Service<Request<B>> for Outer<T, S>
 where
     S: Service<Request<B>, Response = Response<Body>, Error = BoxError> + Clone + Send + 'static,
     S::Future: Send,
@@ -139,7 +151,7 @@ where
                 };
                 let mut resp = pipeline::refused_around(
                     &broker,
-                    &target,
+                    &*target,
                     &ctx,
                     (&line.0, line.1.as_ref()),
                     &conn,

@@ -2,8 +2,9 @@
 //! sees that credential; it presents a certificate for one method on one exact path, and the
 //! broker adds the credential to the request it forwards.
 
-use super::{Identity, Parsed};
+use super::{Identity, Parsed, Target};
 use crate::cert::Certificate;
+use crate::cert::TargetKind;
 use crate::config::{HttpTargetConfig, ReadRule};
 use crate::contract::{self, BodyView};
 use crate::denial::{Denial, Reason};
@@ -78,8 +79,41 @@ impl HttpTarget {
             client: UpstreamClient::new(cfg.upstream_ca.as_deref())?,
         })
     }
+}
 
-    pub fn parse(&self, parts: &http::request::Parts, _body: &Bytes) -> Result<Parsed, Denial> {
+impl Target for HttpTarget {
+    type Request = ();
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn kind(&self) -> TargetKind {
+        TargetKind::Http
+    }
+
+    fn client(&self) -> &UpstreamClient {
+        &self.client
+    }
+
+    fn header_rules(&self) -> &super::headers::HeaderRules {
+        &self.headers
+    }
+
+    /// Http certificates name their target in `seb.request.upstream` (v1).
+    fn require_audience(&self) -> bool {
+        false
+    }
+
+    fn certificate(&self, parts: &http::request::Parts) -> Result<Option<String>, Denial> {
+        Ok(certificate(&parts.headers)?.map(str::to_string))
+    }
+
+    fn certificate_hint(&self) -> &'static str {
+        "this request changes state and carries no certificate; present one as \"Authorization: Bearer <certificate>\""
+    }
+
+    fn parse(&self, parts: &http::request::Parts, _body: &Bytes) -> Result<Parsed<()>, Denial> {
         let path = parts.uri.path();
         super::path::check_canonical(path).map_err(|m| Denial::new(Reason::RequestMalformed, m))?;
         // Method and path overrides were refused with the other headers (targets::headers).
@@ -88,7 +122,7 @@ impl HttpTarget {
                 && prefix_matches(&r.path_prefix, path)
         });
         Ok(Parsed {
-            call: None,
+            request: (),
             is_read,
             describe: json!({
                 "method": parts.method.as_str(),
@@ -99,13 +133,14 @@ impl HttpTarget {
         })
     }
 
-    pub fn check_contract(
+    fn check_contract(
         &self,
         cert: &Certificate,
         parts: &http::request::Parts,
+        _parsed: &Parsed<()>,
         body: &BodyView,
     ) -> Result<(), Denial> {
-        // The target kind was checked by Target::check_contract.
+        // The target kind was checked by targets::check_certificate_target.
         let seb = &cert.claims.seb;
         let c: HttpContract = Deserialize::deserialize(&seb.request).map_err(|e| {
             Denial::new(
@@ -162,13 +197,13 @@ impl HttpTarget {
         contract::check_body(seb.body.as_ref(), body)
     }
 
-    pub fn identity(&self, cert: Option<&Certificate>) -> Identity {
+    async fn identity(&self, cert: Option<&Certificate>) -> Result<Identity, Denial> {
         let header = if cert.is_some() {
             &self.credential
         } else {
             &self.read_credential
         };
-        Identity {
+        Ok(Identity {
             audit: json!({
                 "kind": if cert.is_some() { "broker-credential" } else { "read-credential" },
                 "upstream": self.name,
@@ -176,12 +211,13 @@ impl HttpTarget {
             }),
             header: header.clone(),
             aws: None,
-        }
+        })
     }
 
-    pub fn upstream_request(
+    fn upstream_request(
         &self,
         parts: &http::request::Parts,
+        _parsed: &Parsed<()>,
         body: Bytes,
         identity: &Identity,
         request_id: &str,

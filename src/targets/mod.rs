@@ -3,8 +3,9 @@
 //! resource?), checks it against a certificate's `seb.request`, supplies the identity the
 //! request runs under, and renders refusals in the agent's own error format.
 //!
-//! Dispatch is an enum rather than a trait object: the set of targets is closed and small, and
-//! a reader can follow every call to its code.
+//! [`Target`] names the phases the pipeline calls, in its order, with defaults for what a
+//! target has no part in. The pipeline is generic over it (one listener serves one target
+//! type), so every call is static and a reader can follow it to its code.
 
 pub mod aws;
 pub mod headers;
@@ -18,14 +19,7 @@ use crate::denial::Denial;
 use crate::upstream::{Body, UpstreamBody, UpstreamClient};
 use bytes::Bytes;
 use serde_json::Value;
-
-// One Target per listener, built once and shared behind an Arc: variant sizes do not matter.
-#[allow(clippy::large_enum_variant)]
-pub enum Target {
-    Http(http::HttpTarget),
-    Aws(aws::AwsTarget),
-    Kubernetes(kubernetes::KubeTarget),
-}
+use std::future::Future;
 
 /// How a refusal must look to this request's client, read from the request before the
 /// pipeline consumes it (an AWS client expects its own service's error dialect).
@@ -39,13 +33,13 @@ pub enum ErrorDialect {
 }
 
 /// What the request is, as far as the broker is concerned.
-pub struct Parsed {
+pub struct Parsed<R> {
     pub is_read: bool,
     /// Audit record `request`: method, path, operation or verb, resource.
     pub describe: Value,
-    /// What the target read from the request, kept so that later phases do not read (and
-    /// for JSON bodies, parse) it again.
-    pub(crate) call: Option<aws::protocol::Call>,
+    /// What the target read from the request, in its own terms, kept so that later phases do
+    /// not read (and for JSON bodies, parse) it again.
+    pub request: R,
 }
 
 /// What a target says about the agent behind a read, before the broker's own rule (an mTLS
@@ -155,293 +149,181 @@ pub fn single_header(
     })
 }
 
-impl Target {
-    pub fn name(&self) -> &str {
-        match self {
-            Target::Http(t) => &t.name,
-            Target::Aws(t) => &t.name,
-            Target::Kubernetes(t) => &t.name,
-        }
-    }
+type Parts = ::http::request::Parts;
 
-    pub fn kind(&self) -> TargetKind {
-        match self {
-            Target::Http(_) => TargetKind::Http,
-            Target::Aws(_) => TargetKind::Aws,
-            Target::Kubernetes(_) => TargetKind::Kubernetes,
-        }
-    }
+/// One kind of upstream API, as the pipeline sees it. The methods are the pipeline's phases in
+/// the order it calls them (`proxy::pipeline` reads top to bottom alike); a default is what a
+/// target with no part in that phase does.
+pub trait Target: Send + Sync + 'static {
+    /// The request as this target reads it (an AWS call: protocol, operation, members).
+    type Request: Send + Sync;
 
-    pub fn client(&self) -> &UpstreamClient {
-        match self {
-            Target::Http(t) => &t.client,
-            Target::Aws(t) => &t.client,
-            Target::Kubernetes(t) => &t.client,
-        }
-    }
-
+    // --- what the target is
+    fn name(&self) -> &str;
+    fn kind(&self) -> TargetKind;
+    fn client(&self) -> &UpstreamClient;
     /// Which agent headers travel upstream, and which make a request ambiguous.
-    pub fn header_rules(&self) -> &headers::HeaderRules {
-        match self {
-            Target::Http(t) => &t.headers,
-            Target::Aws(t) => &t.headers,
-            Target::Kubernetes(t) => &t.headers,
-        }
+    fn header_rules(&self) -> &headers::HeaderRules;
+    /// Whether a certificate must name this target in `aud` (see [`check_certificate_target`]).
+    fn require_audience(&self) -> bool;
+
+    /// How a refusal must look to this request's client, read before anything consumes it.
+    fn error_dialect(&self, _parts: &Parts) -> ErrorDialect {
+        ErrorDialect::Native
     }
 
+    // --- parse
     /// The request head alone: headers the upstream could read differently are refused
-    /// whatever the request is (reads included). The pipeline calls this before it reads the
-    /// body, so such a request costs no body read or hash, and before [`Target::parse`],
-    /// which relies on it.
-    pub fn check_head(&self, parts: &::http::request::Parts) -> Result<(), Denial> {
+    /// whatever the request is (reads included). Runs before the body is read, so such a
+    /// request costs no body read or hash, and before [`Target::parse`], which relies on it.
+    fn check_head(&self, parts: &Parts) -> Result<(), Denial> {
         headers::check(&parts.headers, self.header_rules())
     }
 
-    /// Reads the request: which operation on which resource, and whether it is a read. The
-    /// head has passed [`Target::check_head`].
-    pub fn parse(&self, parts: &::http::request::Parts, body: &Bytes) -> Result<Parsed, Denial> {
-        headers::check_read_method_body(&parts.method, body.len())?;
-        match self {
-            Target::Http(t) => t.parse(parts, body),
-            Target::Aws(t) => t.parse(parts, body),
-            Target::Kubernetes(t) => t.parse(parts, body),
-        }
+    /// Whether the request body goes upstream as a stream instead of being read first.
+    fn streams_upload(&self, _parts: &Parts) -> bool {
+        false
     }
 
-    /// The certificate the agent presented, if any (AWS presigned URLs carry it in the query).
-    pub fn certificate(&self, parts: &::http::request::Parts) -> Result<Option<String>, Denial> {
-        match self {
-            Target::Http(_) => Ok(http::certificate(&parts.headers)?.map(str::to_string)),
-            Target::Aws(_) => aws::certificate(parts),
-            Target::Kubernetes(_) => {
-                Ok(kubernetes::certificate(&parts.headers)?.map(str::to_string))
-            }
-        }
-    }
+    /// Reads the request: which operation on which resource, and whether it is a read.
+    fn parse(&self, parts: &Parts, body: &Bytes) -> Result<Parsed<Self::Request>, Denial>;
+
+    /// The certificate the agent presented, if any.
+    fn certificate(&self, parts: &Parts) -> Result<Option<String>, Denial>;
 
     /// What to tell an agent that sent a mutation without a certificate.
-    pub fn certificate_hint(&self) -> &'static str {
-        match self {
-            Target::Http(_) => "this request changes state and carries no certificate; present one as \"Authorization: Bearer <certificate>\"",
-            Target::Aws(_) => aws::CERT_HINT,
-            Target::Kubernetes(_) => "this request changes the cluster and carries no certificate; present one as the bearer token (kubectl --token \"$CERT\")",
-        }
-    }
+    fn certificate_hint(&self) -> &'static str;
 
-    pub fn error_dialect(&self, parts: &::http::request::Parts) -> ErrorDialect {
-        match self {
-            Target::Http(_) => ErrorDialect::Native,
-            Target::Kubernetes(_) if kubernetes::read_raw_by_client_go(parts) => {
-                ErrorDialect::KubeRaw
-            }
-            Target::Kubernetes(_) => ErrorDialect::Native,
-            Target::Aws(_) => ErrorDialect::Aws(aws::denial::error_format(parts)),
-        }
-    }
-
-    /// The token that authenticates an agent for reads: `X-Seb-Agent-Token`, or for
-    /// kubernetes the bearer token (kubectl has no other place for it) when it is not a
-    /// certificate.
-    pub fn agent_token<'a>(&self, headers: &'a ::http::HeaderMap) -> Option<&'a str> {
-        match self {
-            Target::Http(_) | Target::Aws(_) => headers
-                .get(crate::targets::headers::AGENT_TOKEN_HEADER)
-                .and_then(|v| v.to_str().ok()),
-            Target::Kubernetes(_) => kubernetes::agent_token(headers),
-        }
+    // --- authenticate a read
+    /// The token that authenticates an agent for reads.
+    fn agent_token<'a>(&self, headers: &'a ::http::HeaderMap) -> Option<&'a str> {
+        headers
+            .get(headers::AGENT_TOKEN_HEADER)
+            .and_then(|v| v.to_str().ok())
     }
 
     /// Whether a verified certificate authenticates reads that carry it (see the pipeline).
-    pub fn certificate_authenticates_reads(&self) -> bool {
-        match self {
-            Target::Http(_) => false,
-            Target::Aws(_) | Target::Kubernetes(_) => true,
-        }
-    }
-
-    /// Is the certificate for this listener? Its `seb.target` must be this target's kind and
-    /// its `aud` must name this target (`[[targets]] name`): two listeners of one kind may
-    /// trust the same signer (staging and prod), and the kind alone would let a certificate
-    /// made for one be spent on the other. A certificate without `aud` is refused where the
-    /// target requires one; http targets do not, since their certificates name the target in
-    /// `seb.request.upstream` already (v1).
-    pub fn check_certificate_target(&self, cert: &Certificate) -> Result<(), Denial> {
-        let mismatch = |m: String| Denial::new(crate::denial::Reason::ContractMismatch, m);
-        let kind = cert.claims.seb.target;
-        if kind != self.kind() {
-            return Err(mismatch(format!(
-                "certificate is for a {} target, this is {} target {:?}",
-                kind.as_str(),
-                self.kind().as_str(),
-                self.name()
-            )));
-        }
-        match &cert.claims.aud {
-            Some(aud) if aud.contains(self.name()) => Ok(()),
-            Some(aud) => Err(mismatch(format!(
-                "certificate is for target {} (aud), this is target {:?}",
-                serde_json::to_string(&aud.0).unwrap_or_default(),
-                self.name()
-            ))),
-            None if self.require_audience() => Err(mismatch(format!(
-                "certificate names no target (aud); target {:?} admits only certificates whose aud names it \
-                 (require_audience = false admits them while signers migrate)",
-                self.name()
-            ))),
-            None => Ok(()),
-        }
-    }
-
-    fn require_audience(&self) -> bool {
-        match self {
-            Target::Http(_) => false,
-            Target::Aws(t) => t.require_audience,
-            Target::Kubernetes(t) => t.require_audience,
-        }
-    }
-
-    pub fn check_contract(
-        &self,
-        cert: &Certificate,
-        parts: &::http::request::Parts,
-        parsed: &Parsed,
-        body: &BodyView,
-    ) -> Result<(), Denial> {
-        self.check_certificate_target(cert)?;
-        match self {
-            Target::Http(t) => t.check_contract(cert, parts, body),
-            Target::Aws(t) => t.check_contract(cert, parts, body, parsed.call.as_ref()),
-            Target::Kubernetes(t) => t.check_contract(cert, parts, body),
-        }
-    }
-
-    /// Live-state drift: does the target still look as it did when the change was certified
-    /// (`seb.precondition`)? Runs after the contract matched and before a use is spent.
-    pub async fn check_drift(&self, cert: &Certificate, _parsed: &Parsed) -> Result<(), Denial> {
-        match self {
-            // The http target refuses certificates with a precondition in check_contract: it
-            // has no live state to read.
-            Target::Http(_) => {
-                debug_assert!(cert.claims.seb.precondition.is_none());
-                Ok(())
-            }
-            Target::Aws(t) => t.check_drift(cert).await,
-            // Kubernetes checks its precondition in check_effect, on the same read of the
-            // live object that the effect is computed from.
-            Target::Kubernetes(_) => Ok(()),
-        }
-    }
-
-    /// Effect matching against the live object, for targets that can compute it. Returns
-    /// the body to forward, which may carry a precondition pinning the state that was
-    /// checked (no time-of-check/time-of-use gap).
-    pub async fn check_effect(
-        &self,
-        cert: &Certificate,
-        parts: &::http::request::Parts,
-        body: Bytes,
-    ) -> Result<Bytes, Denial> {
-        match self {
-            Target::Http(_) | Target::Aws(_) => Ok(body),
-            Target::Kubernetes(t) => t.check_effect(cert, parts, body).await,
-        }
-    }
-
-    /// How an admitted request's upstream call ended, for targets that explain later
-    /// refusals of the same certificate with it.
-    pub fn observe_outcome(&self, cert: &Certificate, status: ::http::StatusCode) {
-        if let Target::Kubernetes(t) = self {
-            t.observe_outcome(cert, status)
-        }
-    }
-
-    /// A refusal of a certificate, with what the target knows about its earlier uses.
-    pub fn explain(&self, cert: &Certificate, denial: Denial) -> Denial {
-        match self {
-            Target::Kubernetes(t) => t.explain(cert, denial),
-            Target::Http(_) | Target::Aws(_) => denial,
-        }
-    }
-
-    /// Identity for an admitted mutation (`Some(cert)`) or a read (`None`).
-    pub async fn identity(&self, cert: Option<&Certificate>) -> Result<Identity, Denial> {
-        match self {
-            Target::Http(t) => Ok(t.identity(cert)),
-            Target::Aws(t) => t.identity(cert).await,
-            Target::Kubernetes(t) => t.identity(cert).await,
-        }
-    }
-
-    pub fn upstream_request(
-        &self,
-        parts: &::http::request::Parts,
-        parsed: &Parsed,
-        body: Bytes,
-        identity: &Identity,
-        request_id: &str,
-    ) -> Result<::http::Request<http_body_util::Full<Bytes>>, Denial> {
-        match self {
-            Target::Http(t) => t.upstream_request(parts, body, identity, request_id),
-            Target::Aws(t) => {
-                t.upstream_request(parts, body, identity, request_id, parsed.call.as_ref())
-            }
-            Target::Kubernetes(t) => t.upstream_request(parts, body, identity, request_id),
-        }
+    fn certificate_authenticates_reads(&self) -> bool {
+        false
     }
 
     /// Target-specific agent authentication for reads (AWS: the agent's SigV4 signature with
     /// an agent key). An error when the request claims a target credential that does not
     /// verify.
-    pub fn authenticate_reader(
-        &self,
-        parts: &::http::request::Parts,
-        body: &Bytes,
-    ) -> Result<ReaderAuth, Denial> {
-        match self {
-            Target::Http(_) | Target::Kubernetes(_) => Ok(ReaderAuth::BrokerRule),
-            Target::Aws(t) => t.authenticate_reader(parts, body),
-        }
+    fn authenticate_reader(&self, _parts: &Parts, _body: &Bytes) -> Result<ReaderAuth, Denial> {
+        Ok(ReaderAuth::BrokerRule)
     }
 
-    /// Whether the request body goes upstream as a stream instead of being read first.
-    pub fn streams_upload(&self, parts: &::http::request::Parts) -> bool {
-        match self {
-            Target::Http(_) | Target::Kubernetes(_) => false,
-            Target::Aws(t) => t.streams_upload(parts),
-        }
+    // --- check the contract
+    /// The request against the certificate's `seb.request` and `seb.body`. The certificate
+    /// has passed [`check_certificate_target`].
+    fn check_contract(
+        &self,
+        cert: &Certificate,
+        parts: &Parts,
+        parsed: &Parsed<Self::Request>,
+        body: &BodyView,
+    ) -> Result<(), Denial>;
+
+    // --- check live state
+    /// Does the target still look as it did when the change was certified
+    /// (`seb.precondition`), and (where the target can compute it) is the change's effect on
+    /// the live object the certified one? Returns the body to forward, which may pin the state
+    /// that was checked (no gap between check and use). Runs before a use is spent.
+    fn check_live_state(
+        &self,
+        _cert: &Certificate,
+        _parts: &Parts,
+        _parsed: &Parsed<Self::Request>,
+        body: Bytes,
+    ) -> impl Future<Output = Result<Bytes, Denial>> + Send {
+        std::future::ready(Ok(body))
     }
 
-    /// The upstream request for a streamed body (only where [`Target::streams_upload`]).
-    pub fn upstream_upload(
+    // --- identity
+    /// Identity for an admitted mutation (`Some(cert)`) or a read (`None`).
+    fn identity(
         &self,
-        parts: &::http::request::Parts,
-        body: UpstreamBody,
+        cert: Option<&Certificate>,
+    ) -> impl Future<Output = Result<Identity, Denial>> + Send;
+
+    /// A refusal of a certificate, with what the target knows about its earlier uses.
+    fn explain(&self, _cert: &Certificate, denial: Denial) -> Denial {
+        denial
+    }
+
+    // --- upstream request
+    fn upstream_request(
+        &self,
+        parts: &Parts,
+        parsed: &Parsed<Self::Request>,
+        body: Bytes,
         identity: &Identity,
         request_id: &str,
-        cert: &Certificate,
+    ) -> Result<::http::Request<http_body_util::Full<Bytes>>, Denial>;
+
+    /// The upstream request for a streamed body (only where [`Target::streams_upload`]).
+    fn upstream_upload(
+        &self,
+        _parts: &Parts,
+        _body: UpstreamBody,
+        _identity: &Identity,
+        _request_id: &str,
+        _cert: &Certificate,
     ) -> Result<::http::Request<UpstreamBody>, Denial> {
-        match self {
-            Target::Http(_) | Target::Kubernetes(_) => Err(Denial::new(
-                crate::denial::Reason::RequestMalformed,
-                "only aws targets stream request bodies",
-            )),
-            Target::Aws(t) => t.upstream_upload(parts, body, identity, request_id, cert),
-        }
+        Err(Denial::new(
+            crate::denial::Reason::RequestMalformed,
+            "this target does not stream request bodies",
+        ))
     }
 
-    pub fn render_denial(
+    /// How an admitted request's upstream call ended, for targets that explain later
+    /// refusals of the same certificate with it.
+    fn observe_outcome(&self, _cert: &Certificate, _status: ::http::StatusCode) {}
+
+    // --- render a denial
+    fn render_denial(
         &self,
         denial: &Denial,
-        dialect: ErrorDialect,
+        _dialect: ErrorDialect,
         request_id: &str,
     ) -> ::http::Response<Body> {
-        match (self, dialect) {
-            (Target::Aws(_), ErrorDialect::Aws(f)) => aws::denial::render(denial, f, request_id),
-            (Target::Kubernetes(_), ErrorDialect::KubeRaw) => {
-                kubernetes::status::render_text(denial)
-            }
-            (Target::Kubernetes(t), _) => t.render_denial(denial, request_id),
-            _ => http::problem(denial, request_id),
-        }
+        http::problem(denial, request_id)
+    }
+}
+
+/// Is the certificate for this listener? Its `seb.target` must be this target's kind and its
+/// `aud` must name this target (`[[targets]] name`): two listeners of one kind may trust the
+/// same signer (staging and prod), and the kind alone would let a certificate made for one be
+/// spent on the other. A certificate without `aud` is refused where the target requires one;
+/// http targets do not, since their certificates name the target in
+/// `seb.request.upstream` already (v1).
+pub fn check_certificate_target<T: Target + ?Sized>(
+    target: &T,
+    cert: &Certificate,
+) -> Result<(), Denial> {
+    let mismatch = |m: String| Denial::new(crate::denial::Reason::ContractMismatch, m);
+    let kind = cert.claims.seb.target;
+    if kind != target.kind() {
+        return Err(mismatch(format!(
+            "certificate is for a {} target, this is {} target {:?}",
+            kind.as_str(),
+            target.kind().as_str(),
+            target.name()
+        )));
+    }
+    match &cert.claims.aud {
+        Some(aud) if aud.contains(target.name()) => Ok(()),
+        Some(aud) => Err(mismatch(format!(
+            "certificate is for target {} (aud), this is target {:?}",
+            serde_json::to_string(&aud.0).unwrap_or_default(),
+            target.name()
+        ))),
+        None if target.require_audience() => Err(mismatch(format!(
+            "certificate names no target (aud); target {:?} admits only certificates whose aud names it \
+             (require_audience = false admits them while signers migrate)",
+            target.name()
+        ))),
+        None => Ok(()),
     }
 }

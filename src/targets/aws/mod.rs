@@ -19,7 +19,7 @@ pub mod protocol;
 pub mod sigv4;
 pub mod upload;
 
-use super::{Identity, Parsed};
+use super::{Identity, Parsed, Target};
 use crate::cert::claims::BodyRule;
 use crate::cert::{Certificate, TargetKind};
 use crate::config::{AwsIdentityMode, AwsTargetConfig, StaticCredentialsConfig};
@@ -186,7 +186,164 @@ impl AwsTarget {
         Ok(call)
     }
 
-    pub fn parse(&self, parts: &http::request::Parts, body: &Bytes) -> Result<Parsed, Denial> {
+    async fn read_credentials(&self, region: &str) -> Result<(Credentials, Value), Denial> {
+        match self.mode {
+            AwsIdentityMode::Static => {
+                let c = self
+                    .read_static_credentials
+                    .as_ref()
+                    .or(self.static_credentials.as_ref())
+                    .ok_or_else(|| {
+                        Denial::new(Reason::IdentityUnavailable, "no static read credentials")
+                    })?;
+                Ok((c.clone(), static_audit(c, "read")))
+            }
+            AwsIdentityMode::Sts => {
+                let role = self.read_role_arn.as_deref().ok_or_else(|| {
+                    Denial::new(
+                        Reason::IdentityUnavailable,
+                        format!(
+                            "aws target {:?} has no read_role_arn for reads and preconditions",
+                            self.name
+                        ),
+                    )
+                })?;
+                let m = self
+                    .sts
+                    .assume_cached(
+                        &format!("\u{0}read\u{0}{region}"),
+                        region,
+                        AssumeRole {
+                            role_arn: role,
+                            session_name: identity::sanitize_session_name(&format!(
+                                "seb-read-{}",
+                                self.name
+                            )),
+                            source_identity: None,
+                            policy: None,
+                            tags: vec![("seb-purpose", "read".into())],
+                        },
+                    )
+                    .await?;
+                Ok((m.credentials.clone(), m.audit.clone()))
+            }
+        }
+    }
+
+    /// Where a call for `service` in `region` goes.
+    fn upstream_base(&self, service: &model::Service, region: &str) -> Result<Uri, Denial> {
+        if let Some(e) = &self.endpoint {
+            return Ok(e.clone());
+        }
+        let host = match &service.global_endpoint {
+            Some(g) => g.clone(),
+            None => format!("{}.{region}.amazonaws.com", service.endpoint_prefix),
+        };
+        format!("https://{host}")
+            .parse()
+            .map_err(|e| Denial::new(Reason::RequestMalformed, format!("bad endpoint: {e}")))
+    }
+
+    /// Method, URL and headers of the upstream request, signed over `payload`.
+    fn upstream_head(
+        &self,
+        parts: &http::request::Parts,
+        call: &protocol::Call,
+        identity: &Identity,
+        request_id: &str,
+        payload: Payload<'_>,
+        content_length: Option<u64>,
+    ) -> Result<Request<()>, Denial> {
+        let creds = identity.aws.as_ref().ok_or_else(|| {
+            Denial::new(
+                Reason::IdentityUnavailable,
+                "no AWS credentials were minted",
+            )
+        })?;
+        let base = self.upstream_base(call.service, &call.scope.region)?;
+        let path_and_query = match forwarded_query(parts.uri.query().unwrap_or(""))? {
+            q if q.is_empty() => parts.uri.path().to_string(),
+            q => format!("{}?{q}", parts.uri.path()),
+        };
+        let uri = super::upstream_uri(&base, &path_and_query)?;
+        let mut req = Request::builder()
+            .method(parts.method.clone())
+            .uri(uri)
+            .body(())
+            .map_err(|e| {
+                Denial::new(
+                    Reason::RequestMalformed,
+                    format!("cannot build the upstream request: {e}"),
+                )
+            })?;
+        copy_headers(
+            &parts.headers,
+            &self.headers,
+            req.headers_mut(),
+            call.aws_chunked,
+        )?;
+        if let Some(n) = content_length {
+            req.headers_mut()
+                .insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(n));
+        }
+        sigv4::sign_request(
+            &mut req,
+            creds,
+            &call.service.signing_name,
+            &call.scope.region,
+            payload,
+            SystemTime::now(),
+        )?;
+        // Added after signing: AWS ignores it, and it ties upstream logs to the audit record.
+        if let Ok(v) = http::HeaderValue::from_str(request_id) {
+            req.headers_mut().insert("x-request-id", v);
+        }
+        Ok(req)
+    }
+}
+
+impl Target for AwsTarget {
+    type Request = protocol::Call;
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn kind(&self) -> crate::cert::TargetKind {
+        crate::cert::TargetKind::Aws
+    }
+
+    fn client(&self) -> &UpstreamClient {
+        &self.client
+    }
+
+    fn header_rules(&self) -> &super::headers::HeaderRules {
+        &self.headers
+    }
+
+    fn require_audience(&self) -> bool {
+        self.require_audience
+    }
+
+    fn error_dialect(&self, parts: &http::request::Parts) -> super::ErrorDialect {
+        super::ErrorDialect::Aws(denial::error_format(parts))
+    }
+
+    /// S3 object uploads stream: they can be larger than any body the broker buffers, and
+    /// their certificate binds them by sha256 whatever their size.
+    fn streams_upload(&self, parts: &http::request::Parts) -> bool {
+        parts.method == http::Method::PUT
+            && self.call(parts, &[]).is_ok_and(|c| {
+                c.scope.service == "s3"
+                    && matches!(c.operation.as_str(), "PutObject" | "UploadPart")
+            })
+    }
+
+    fn parse(
+        &self,
+        parts: &http::request::Parts,
+        body: &Bytes,
+    ) -> Result<Parsed<protocol::Call>, Denial> {
         let call = self.call(parts, body)?;
         let is_read = self.reads
             && call.route.read
@@ -207,26 +364,70 @@ impl AwsTarget {
         Ok(Parsed {
             is_read,
             describe,
-            call: Some(call),
+            request: call,
         })
     }
 
-    pub fn check_contract(
+    /// The certificate the agent presented (presigned URLs carry it in the query).
+    fn certificate(&self, parts: &http::request::Parts) -> Result<Option<String>, Denial> {
+        certificate(parts)
+    }
+
+    fn certificate_hint(&self) -> &'static str {
+        CERT_HINT
+    }
+
+    /// A certificate left in AWS_SESSION_TOKEN authenticates the reads it rides on.
+    fn certificate_authenticates_reads(&self) -> bool {
+        true
+    }
+
+    /// Authenticates a reading agent by its own SigV4 signature when it signed with one of the
+    /// configured agent keys. A configured `agent_keys` list is authoritative: a read signed
+    /// with any other key (the placeholder, a key id the broker does not know) authenticates
+    /// nothing, and passes only if the broker's own rule (mTLS, agent token) admits it. An
+    /// error when the request claims an agent key and the signature does not verify.
+    fn authenticate_reader(
+        &self,
+        parts: &http::request::Parts,
+        body: &Bytes,
+    ) -> Result<super::ReaderAuth, Denial> {
+        let akid = signing_key_id(parts)?;
+        if let Some(akid) = &akid {
+            if let Some((_, secret)) = self.agent_keys.iter().find(|(k, _)| k == akid) {
+                sigv4::verify_agent_signature(parts, body, akid, secret, SystemTime::now())?;
+                return Ok(super::ReaderAuth::Authenticated);
+            }
+        }
+        if self.agent_keys.is_empty() {
+            return Ok(super::ReaderAuth::BrokerRule);
+        }
+        let signed_with = match akid.as_deref() {
+            Some(PLACEHOLDER_ACCESS_KEY_ID) => format!(
+                "the request is signed with the placeholder access key {PLACEHOLDER_ACCESS_KEY_ID}, which authenticates nothing"
+            ),
+            Some(k) => format!("access key id {k:?} is not one of its agent_keys"),
+            None => "the request carries no SigV4 access key id".to_string(),
+        };
+        Ok(super::ReaderAuth::Locked(Denial::new(
+            Reason::Unauthenticated,
+            format!(
+                "reads on aws target {:?} need an agent key from its agent_keys \
+                 (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY), a client certificate or the agent token: {signed_with}",
+                self.name
+            ),
+        )))
+    }
+
+    fn check_contract(
         &self,
         cert: &Certificate,
         parts: &http::request::Parts,
+        parsed: &Parsed<protocol::Call>,
         body: &BodyView,
-        parsed: Option<&protocol::Call>,
     ) -> Result<(), Denial> {
         let c = contract_of(cert)?;
-        let owned;
-        let call = match parsed {
-            Some(call) => call,
-            None => {
-                owned = self.call(parts, body.bytes)?;
-                &owned
-            }
-        };
+        let call = &parsed.request;
         if c.service != call.scope.service || c.region != call.scope.region {
             return Err(mismatch(format!(
                 "certificate allows {} in {}, the request is {} in {}",
@@ -316,60 +517,24 @@ impl AwsTarget {
         }
     }
 
-    pub async fn check_drift(&self, cert: &Certificate) -> Result<(), Denial> {
+    /// A certified read call whose answer must still be what the certificate expects.
+    async fn check_live_state(
+        &self,
+        cert: &Certificate,
+        _parts: &http::request::Parts,
+        _parsed: &Parsed<protocol::Call>,
+        body: Bytes,
+    ) -> Result<Bytes, Denial> {
         let Some(pre) = &cert.claims.seb.precondition else {
-            return Ok(());
+            return Ok(body);
         };
         let c = contract_of(cert)?;
         let creds = self.read_credentials(&c.region).await?;
-        drift::check(self, pre, &c, &creds).await
+        drift::check(self, pre, &c, &creds).await?;
+        Ok(body)
     }
 
-    async fn read_credentials(&self, region: &str) -> Result<(Credentials, Value), Denial> {
-        match self.mode {
-            AwsIdentityMode::Static => {
-                let c = self
-                    .read_static_credentials
-                    .as_ref()
-                    .or(self.static_credentials.as_ref())
-                    .ok_or_else(|| {
-                        Denial::new(Reason::IdentityUnavailable, "no static read credentials")
-                    })?;
-                Ok((c.clone(), static_audit(c, "read")))
-            }
-            AwsIdentityMode::Sts => {
-                let role = self.read_role_arn.as_deref().ok_or_else(|| {
-                    Denial::new(
-                        Reason::IdentityUnavailable,
-                        format!(
-                            "aws target {:?} has no read_role_arn for reads and preconditions",
-                            self.name
-                        ),
-                    )
-                })?;
-                let m = self
-                    .sts
-                    .assume_cached(
-                        &format!("\u{0}read\u{0}{region}"),
-                        region,
-                        AssumeRole {
-                            role_arn: role,
-                            session_name: identity::sanitize_session_name(&format!(
-                                "seb-read-{}",
-                                self.name
-                            )),
-                            source_identity: None,
-                            policy: None,
-                            tags: vec![("seb-purpose", "read".into())],
-                        },
-                    )
-                    .await?;
-                Ok((m.credentials.clone(), m.audit.clone()))
-            }
-        }
-    }
-
-    pub async fn identity(&self, cert: Option<&Certificate>) -> Result<Identity, Denial> {
+    async fn identity(&self, cert: Option<&Certificate>) -> Result<Identity, Denial> {
         let Some(cert) = cert else {
             let region = self.regions.first().cloned().unwrap_or_default();
             let (credentials, audit) = self.read_credentials(&region).await?;
@@ -430,140 +595,15 @@ impl AwsTarget {
         }
     }
 
-    /// Where a call for `service` in `region` goes.
-    fn upstream_base(&self, service: &model::Service, region: &str) -> Result<Uri, Denial> {
-        if let Some(e) = &self.endpoint {
-            return Ok(e.clone());
-        }
-        let host = match &service.global_endpoint {
-            Some(g) => g.clone(),
-            None => format!("{}.{region}.amazonaws.com", service.endpoint_prefix),
-        };
-        format!("https://{host}")
-            .parse()
-            .map_err(|e| Denial::new(Reason::RequestMalformed, format!("bad endpoint: {e}")))
-    }
-
-    /// Authenticates a reading agent by its own SigV4 signature when it signed with one of the
-    /// configured agent keys. A configured `agent_keys` list is authoritative: a read signed
-    /// with any other key (the placeholder, a key id the broker does not know) authenticates
-    /// nothing, and passes only if the broker's own rule (mTLS, agent token) admits it. An
-    /// error when the request claims an agent key and the signature does not verify.
-    pub fn authenticate_reader(
+    fn upstream_request(
         &self,
         parts: &http::request::Parts,
-        body: &[u8],
-    ) -> Result<super::ReaderAuth, Denial> {
-        let akid = signing_key_id(parts)?;
-        if let Some(akid) = &akid {
-            if let Some((_, secret)) = self.agent_keys.iter().find(|(k, _)| k == akid) {
-                sigv4::verify_agent_signature(parts, body, akid, secret, SystemTime::now())?;
-                return Ok(super::ReaderAuth::Authenticated);
-            }
-        }
-        if self.agent_keys.is_empty() {
-            return Ok(super::ReaderAuth::BrokerRule);
-        }
-        let signed_with = match akid.as_deref() {
-            Some(PLACEHOLDER_ACCESS_KEY_ID) => format!(
-                "the request is signed with the placeholder access key {PLACEHOLDER_ACCESS_KEY_ID}, which authenticates nothing"
-            ),
-            Some(k) => format!("access key id {k:?} is not one of its agent_keys"),
-            None => "the request carries no SigV4 access key id".to_string(),
-        };
-        Ok(super::ReaderAuth::Locked(Denial::new(
-            Reason::Unauthenticated,
-            format!(
-                "reads on aws target {:?} need an agent key from its agent_keys \
-                 (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY), a client certificate or the agent token: {signed_with}",
-                self.name
-            ),
-        )))
-    }
-
-    /// S3 object uploads stream: they can be larger than any body the broker buffers, and
-    /// their certificate binds them by sha256 whatever their size.
-    pub fn streams_upload(&self, parts: &http::request::Parts) -> bool {
-        parts.method == http::Method::PUT
-            && self.call(parts, &[]).is_ok_and(|c| {
-                c.scope.service == "s3"
-                    && matches!(c.operation.as_str(), "PutObject" | "UploadPart")
-            })
-    }
-
-    /// Method, URL and headers of the upstream request, signed over `payload`.
-    fn upstream_head(
-        &self,
-        parts: &http::request::Parts,
-        call: &protocol::Call,
-        identity: &Identity,
-        request_id: &str,
-        payload: Payload<'_>,
-        content_length: Option<u64>,
-    ) -> Result<Request<()>, Denial> {
-        let creds = identity.aws.as_ref().ok_or_else(|| {
-            Denial::new(
-                Reason::IdentityUnavailable,
-                "no AWS credentials were minted",
-            )
-        })?;
-        let base = self.upstream_base(call.service, &call.scope.region)?;
-        let path_and_query = match forwarded_query(parts.uri.query().unwrap_or(""))? {
-            q if q.is_empty() => parts.uri.path().to_string(),
-            q => format!("{}?{q}", parts.uri.path()),
-        };
-        let uri = super::upstream_uri(&base, &path_and_query)?;
-        let mut req = Request::builder()
-            .method(parts.method.clone())
-            .uri(uri)
-            .body(())
-            .map_err(|e| {
-                Denial::new(
-                    Reason::RequestMalformed,
-                    format!("cannot build the upstream request: {e}"),
-                )
-            })?;
-        copy_headers(
-            &parts.headers,
-            &self.headers,
-            req.headers_mut(),
-            call.aws_chunked,
-        )?;
-        if let Some(n) = content_length {
-            req.headers_mut()
-                .insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(n));
-        }
-        sigv4::sign_request(
-            &mut req,
-            creds,
-            &call.service.signing_name,
-            &call.scope.region,
-            payload,
-            SystemTime::now(),
-        )?;
-        // Added after signing: AWS ignores it, and it ties upstream logs to the audit record.
-        if let Ok(v) = http::HeaderValue::from_str(request_id) {
-            req.headers_mut().insert("x-request-id", v);
-        }
-        Ok(req)
-    }
-
-    pub fn upstream_request(
-        &self,
-        parts: &http::request::Parts,
+        parsed: &Parsed<protocol::Call>,
         body: Bytes,
         identity: &Identity,
         request_id: &str,
-        parsed: Option<&protocol::Call>,
     ) -> Result<Request<Full<Bytes>>, Denial> {
-        let owned;
-        let call = match parsed {
-            Some(call) => call,
-            None => {
-                owned = self.call(parts, &body)?;
-                &owned
-            }
-        };
+        let call = &parsed.request;
         let body = if call.aws_chunked {
             Bytes::from(protocol::decode_aws_chunked(&body)?)
         } else {
@@ -579,7 +619,7 @@ impl AwsTarget {
     }
 
     /// A streamed S3 upload: signed over the certified sha256, its body checked in flight.
-    pub fn upstream_upload(
+    fn upstream_upload(
         &self,
         parts: &http::request::Parts,
         body: UpstreamBody,
@@ -618,6 +658,18 @@ impl AwsTarget {
         )?;
         let verified = upload::VerifiedUpload::new(body, call.aws_chunked, &rule.sha256, declared);
         Ok(head.map(|()| http_body_util::BodyExt::boxed_unsync(verified)))
+    }
+
+    fn render_denial(
+        &self,
+        denial: &Denial,
+        dialect: super::ErrorDialect,
+        request_id: &str,
+    ) -> http::Response<crate::upstream::Body> {
+        match dialect {
+            super::ErrorDialect::Aws(f) => denial::render(denial, f, request_id),
+            _ => super::http::problem(denial, request_id),
+        }
     }
 }
 

@@ -579,16 +579,17 @@ fn check(
     h.extend(with_sdk_content_type(svc, headers, body));
     let p = parts(method, uri, &h);
     let sha = hex::encode(Sha256::digest(body));
+    let parsed = t.parse(&p, &Bytes::copy_from_slice(body))?;
     t.check_contract(
         c,
         &p,
+        &parsed,
         &BodyView {
             bytes: body,
             sha256_hex: &sha,
             content_type: None,
             content_encoding: None,
         },
-        None,
     )
 }
 
@@ -843,9 +844,9 @@ fn forwarded_requests_carry_no_agent_credentials_and_a_fresh_signature() {
             session_token: None,
         }),
     };
-    let req = t
-        .upstream_request(&p, Bytes::from_static(b"body"), &id, "rid", None)
-        .unwrap();
+    let body = Bytes::from_static(b"body");
+    let parsed = t.parse(&p, &body).unwrap();
+    let req = t.upstream_request(&p, &parsed, body, &id, "rid").unwrap();
     assert_eq!(
         req.uri().to_string(),
         "http://127.0.0.1:1/b/k%20x?x-id=PutObject"

@@ -19,7 +19,7 @@ pub mod patch;
 pub mod requestinfo;
 pub mod status;
 
-use super::{Identity, Parsed};
+use super::{Identity, Parsed, Target};
 use crate::cert::claims::BodyRule;
 use crate::cert::Certificate;
 use crate::config::KubeTargetConfig;
@@ -428,7 +428,115 @@ impl KubeTarget {
             .map_err(|m| Denial::new(Reason::RequestMalformed, m))
     }
 
-    pub fn parse(&self, parts: &http::request::Parts, body: &Bytes) -> Result<Parsed, Denial> {
+    async fn get_live(&self, path: &str) -> Result<Option<Value>, Denial> {
+        let unavailable = |m: String| {
+            Denial::new(
+                Reason::UpstreamError,
+                format!("reading the live object {path}: {m}"),
+            )
+        };
+        let id = identity::identity(&self.credential, &self.execution, None)?;
+        let mut req = Request::get(self.upstream_uri(path)?).header("accept", "application/json");
+        let h = req.headers_mut().expect("builder is valid");
+        if let Some((n, v)) = &id.header {
+            h.insert(n.clone(), v.clone());
+        }
+        for (n, v) in identity::impersonation_headers(&id.audit)? {
+            h.append(n, v);
+        }
+        let req = req
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| unavailable(e.to_string()))?;
+        let (status, bytes) = self.call(req, 8 << 20).await.map_err(unavailable)?;
+        match status.as_u16() {
+            200 => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| unavailable(format!("not JSON: {e}"))),
+            404 => Ok(None),
+            s => Err(unavailable(format!("the apiserver answered {s}"))),
+        }
+    }
+
+    /// A call of the broker's own to the apiserver (a live object, a TokenRequest): bounded in
+    /// time and in how much of the answer it reads. Err says why, for the caller's denial.
+    async fn call(
+        &self,
+        req: Request<Full<Bytes>>,
+        max_body: usize,
+    ) -> Result<(http::StatusCode, Bytes), String> {
+        let resp = tokio::time::timeout(std::time::Duration::from_secs(10), self.client.send(req))
+            .await
+            .map_err(|_| format!("the apiserver {} did not answer within 10s", self.base))?
+            .map_err(|e| e.to_string())?;
+        let status = resp.status();
+        let body = http_body_util::Limited::new(resp.into_body(), max_body)
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        Ok((status, body))
+    }
+
+    fn upstream_uri(&self, path_and_query: &str) -> Result<Uri, Denial> {
+        super::upstream_uri(&self.base, path_and_query)
+    }
+
+    /// POSTs a TokenRequest with the broker's own credential (no impersonation: the broker
+    /// needs `create` on exactly this `serviceaccounts/token`).
+    async fn mint(&self, minter: &TokenMinter) -> Result<HeaderValue, Denial> {
+        let path = minter.path();
+        let unavailable = |m: String| {
+            Denial::new(
+                Reason::IdentityUnavailable,
+                format!("TokenRequest {path}: {m}"),
+            )
+        };
+        let req = Request::post(self.upstream_uri(&path)?)
+            .header("content-type", "application/json")
+            .header("accept", "application/json")
+            .header(http::header::AUTHORIZATION, self.credential.bearer()?)
+            .body(Full::new(Bytes::from(minter.request_body().to_string())))
+            .map_err(|e| unavailable(e.to_string()))?;
+        let (status, body) = self.call(req, 64 << 10).await.map_err(unavailable)?;
+        if status != http::StatusCode::CREATED && status != http::StatusCode::OK {
+            return Err(unavailable(format!("the apiserver answered {status}")));
+        }
+        identity::minted_token(&body)
+    }
+}
+
+impl Target for KubeTarget {
+    type Request = ();
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn kind(&self) -> crate::cert::TargetKind {
+        crate::cert::TargetKind::Kubernetes
+    }
+
+    fn client(&self) -> &UpstreamClient {
+        &self.client
+    }
+
+    fn header_rules(&self) -> &super::headers::HeaderRules {
+        &self.headers
+    }
+
+    fn require_audience(&self) -> bool {
+        self.require_audience
+    }
+
+    fn error_dialect(&self, parts: &http::request::Parts) -> super::ErrorDialect {
+        if read_raw_by_client_go(parts) {
+            super::ErrorDialect::KubeRaw
+        } else {
+            super::ErrorDialect::Native
+        }
+    }
+
+    fn parse(&self, parts: &http::request::Parts, body: &Bytes) -> Result<Parsed<()>, Denial> {
         // Impersonation headers were refused by the header rules, for reads too.
         let info = Self::classify(parts)?;
         let is_read = info.is_read() && !is_upgrade(&parts.headers);
@@ -496,17 +604,37 @@ impl KubeTarget {
         Ok(Parsed {
             is_read,
             describe,
-            call: None,
+            request: (),
         })
     }
 
-    pub fn check_contract(
+    fn certificate(&self, parts: &http::request::Parts) -> Result<Option<String>, Denial> {
+        Ok(certificate(&parts.headers)?.map(str::to_string))
+    }
+
+    fn certificate_hint(&self) -> &'static str {
+        "this request changes the cluster and carries no certificate; present one as the bearer token (kubectl --token \"$CERT\")"
+    }
+
+    /// The bearer token (kubectl has no other place for it) when it is not a certificate.
+    fn agent_token<'a>(&self, headers: &'a http::HeaderMap) -> Option<&'a str> {
+        agent_token(headers)
+    }
+
+    /// kubectl has one bearer token per invocation and sends it on the discovery and GET
+    /// requests around a mutation too.
+    fn certificate_authenticates_reads(&self) -> bool {
+        true
+    }
+
+    fn check_contract(
         &self,
         cert: &Certificate,
         parts: &http::request::Parts,
+        _parsed: &Parsed<()>,
         body: &BodyView,
     ) -> Result<(), Denial> {
-        // The target kind was checked by Target::check_contract.
+        // The target kind was checked by targets::check_certificate_target.
         let seb = &cert.claims.seb;
         let c = contract(cert)?;
         if let Some(p) = &seb.precondition {
@@ -580,10 +708,11 @@ impl KubeTarget {
     /// Reads the live object the change applies to, when the certificate asks for effect
     /// matching or a drift precondition; checks both; returns the body to forward, carrying a
     /// precondition on the resourceVersion that was checked.
-    pub async fn check_effect(
+    async fn check_live_state(
         &self,
         cert: &Certificate,
         parts: &http::request::Parts,
+        _parsed: &Parsed<()>,
         body: Bytes,
     ) -> Result<Bytes, Denial> {
         let c = contract(cert)?;
@@ -699,78 +828,7 @@ impl KubeTarget {
         Ok(Bytes::from(pinned.to_string()))
     }
 
-    /// Remembers how an admitted request's upstream call ended, so that a later `replayed`
-    /// refusal of the same certificate can say the earlier use hit a conflict.
-    pub fn observe_outcome(&self, cert: &Certificate, status: http::StatusCode) {
-        self.outcomes.record(&cert.claims.jti, status.as_u16());
-    }
-
-    /// A `replayed` refusal says so when the certificate's last use ended in 409 Conflict:
-    /// kubectl retries a conflict with the same certificate, and "replayed" alone hides why.
-    pub fn explain(&self, cert: &Certificate, mut denial: Denial) -> Denial {
-        if denial.reason == Reason::Replayed && self.outcomes.last(&cert.claims.jti) == Some(409) {
-            denial.message = format!(
-                "{}; its earlier use reached the apiserver and ended in 409 Conflict (the object changed after the broker checked it), which spent the certificate: get a new certificate for the object as it is now",
-                denial.message
-            );
-        }
-        denial
-    }
-
-    async fn get_live(&self, path: &str) -> Result<Option<Value>, Denial> {
-        let unavailable = |m: String| {
-            Denial::new(
-                Reason::UpstreamError,
-                format!("reading the live object {path}: {m}"),
-            )
-        };
-        let id = identity::identity(&self.credential, &self.execution, None)?;
-        let mut req = Request::get(self.upstream_uri(path)?).header("accept", "application/json");
-        let h = req.headers_mut().expect("builder is valid");
-        if let Some((n, v)) = &id.header {
-            h.insert(n.clone(), v.clone());
-        }
-        for (n, v) in identity::impersonation_headers(&id.audit)? {
-            h.append(n, v);
-        }
-        let req = req
-            .body(Full::new(Bytes::new()))
-            .map_err(|e| unavailable(e.to_string()))?;
-        let (status, bytes) = self.call(req, 8 << 20).await.map_err(unavailable)?;
-        match status.as_u16() {
-            200 => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| unavailable(format!("not JSON: {e}"))),
-            404 => Ok(None),
-            s => Err(unavailable(format!("the apiserver answered {s}"))),
-        }
-    }
-
-    /// A call of the broker's own to the apiserver (a live object, a TokenRequest): bounded in
-    /// time and in how much of the answer it reads. Err says why, for the caller's denial.
-    async fn call(
-        &self,
-        req: Request<Full<Bytes>>,
-        max_body: usize,
-    ) -> Result<(http::StatusCode, Bytes), String> {
-        let resp = tokio::time::timeout(std::time::Duration::from_secs(10), self.client.send(req))
-            .await
-            .map_err(|_| format!("the apiserver {} did not answer within 10s", self.base))?
-            .map_err(|e| e.to_string())?;
-        let status = resp.status();
-        let body = http_body_util::Limited::new(resp.into_body(), max_body)
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
-        Ok((status, body))
-    }
-
-    fn upstream_uri(&self, path_and_query: &str) -> Result<Uri, Denial> {
-        super::upstream_uri(&self.base, path_and_query)
-    }
-
-    pub async fn identity(&self, cert: Option<&Certificate>) -> Result<Identity, Denial> {
+    async fn identity(&self, cert: Option<&Certificate>) -> Result<Identity, Denial> {
         match (cert, &self.token_request) {
             (Some(c), Some(minter)) => {
                 let token = match minter.cache.get(&c.claims.jti) {
@@ -788,32 +846,22 @@ impl KubeTarget {
         }
     }
 
-    /// POSTs a TokenRequest with the broker's own credential (no impersonation: the broker
-    /// needs `create` on exactly this `serviceaccounts/token`).
-    async fn mint(&self, minter: &TokenMinter) -> Result<HeaderValue, Denial> {
-        let path = minter.path();
-        let unavailable = |m: String| {
-            Denial::new(
-                Reason::IdentityUnavailable,
-                format!("TokenRequest {path}: {m}"),
-            )
-        };
-        let req = Request::post(self.upstream_uri(&path)?)
-            .header("content-type", "application/json")
-            .header("accept", "application/json")
-            .header(http::header::AUTHORIZATION, self.credential.bearer()?)
-            .body(Full::new(Bytes::from(minter.request_body().to_string())))
-            .map_err(|e| unavailable(e.to_string()))?;
-        let (status, body) = self.call(req, 64 << 10).await.map_err(unavailable)?;
-        if status != http::StatusCode::CREATED && status != http::StatusCode::OK {
-            return Err(unavailable(format!("the apiserver answered {status}")));
+    /// A `replayed` refusal says so when the certificate's last use ended in 409 Conflict:
+    /// kubectl retries a conflict with the same certificate, and "replayed" alone hides why.
+    fn explain(&self, cert: &Certificate, mut denial: Denial) -> Denial {
+        if denial.reason == Reason::Replayed && self.outcomes.last(&cert.claims.jti) == Some(409) {
+            denial.message = format!(
+                "{}; its earlier use reached the apiserver and ended in 409 Conflict (the object changed after the broker checked it), which spent the certificate: get a new certificate for the object as it is now",
+                denial.message
+            );
         }
-        identity::minted_token(&body)
+        denial
     }
 
-    pub fn upstream_request(
+    fn upstream_request(
         &self,
         parts: &http::request::Parts,
+        _parsed: &Parsed<()>,
         body: Bytes,
         identity: &Identity,
         request_id: &str,
@@ -852,8 +900,22 @@ impl KubeTarget {
         })
     }
 
-    pub fn render_denial(&self, denial: &Denial, request_id: &str) -> Response<Body> {
-        status::render(denial, request_id)
+    /// Remembers how an admitted request's upstream call ended, so that a later `replayed`
+    /// refusal of the same certificate can say the earlier use hit a conflict.
+    fn observe_outcome(&self, cert: &Certificate, status: http::StatusCode) {
+        self.outcomes.record(&cert.claims.jti, status.as_u16());
+    }
+
+    fn render_denial(
+        &self,
+        denial: &Denial,
+        dialect: super::ErrorDialect,
+        request_id: &str,
+    ) -> Response<Body> {
+        match dialect {
+            super::ErrorDialect::KubeRaw => status::render_text(denial),
+            _ => status::render(denial, request_id),
+        }
     }
 }
 
