@@ -148,7 +148,10 @@ mod tests {
         let e = read_limited(Full::new(Bytes::from_static(b"abcd")), 3, soon(), false)
             .await
             .unwrap_err();
-        assert_eq!(e.status(), http::StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(
+            e.status(crate::denial::Family::Http),
+            http::StatusCode::PAYLOAD_TOO_LARGE
+        );
         assert_eq!(e.reason, Reason::RequestMalformed);
         let e = read_limited(
             frames(vec![
@@ -162,7 +165,10 @@ mod tests {
         )
         .await
         .unwrap_err();
-        assert_eq!(e.status(), http::StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(
+            e.status(crate::denial::Family::Http),
+            http::StatusCode::PAYLOAD_TOO_LARGE
+        );
     }
 
     #[tokio::test]

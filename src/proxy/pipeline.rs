@@ -41,12 +41,12 @@ use std::time::Instant;
 pub struct RequestContext {
     pub id: String,
     /// The agent's error format, fixed from the request before anything consumes it.
-    pub dialect: crate::targets::ErrorDialect,
+    pub dialect: crate::denial::Dialect,
     decided: std::sync::OnceLock<(u64, Arc<crate::audit::Subject>)>,
 }
 
 impl RequestContext {
-    pub fn new(id: String, dialect: crate::targets::ErrorDialect) -> Arc<RequestContext> {
+    pub fn new(id: String, dialect: crate::denial::Dialect) -> Arc<RequestContext> {
         Arc::new(RequestContext {
             id,
             dialect,
@@ -115,7 +115,7 @@ where
                 )),
                 None => broker.audit.record_best_effort(record.deny(&denial)),
             }
-            target.render_denial(&denial, dialect, request_id)
+            crate::denial::render(&denial, dialect, request_id)
         }
     }
 }
@@ -150,7 +150,7 @@ pub(super) fn refused_around<T: Target>(
         None => Draft::new(target, line.0, line.1, conn).deny(&denial),
     };
     broker.audit.record_best_effort(entry);
-    target.render_denial(&denial, ctx.dialect, &ctx.id)
+    crate::denial::render(&denial, ctx.dialect, &ctx.id)
 }
 
 #[allow(clippy::too_many_arguments)]

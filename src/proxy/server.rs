@@ -310,7 +310,7 @@ fn head_refusal<T: Target>(target: Arc<T>, broker: Arc<Broker>) -> head::Render 
         );
         let denial =
             Denial::new(Reason::RequestMalformed, refusal.message).with_status(refusal.status);
-        head::serialize(target.render_denial(&denial, dialect, &request_id))
+        head::serialize(crate::denial::render(&denial, dialect, &request_id))
     })
 }
 

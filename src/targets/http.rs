@@ -8,10 +8,10 @@ use crate::cert::TargetKind;
 use crate::config::{HttpTargetConfig, ReadRule};
 use crate::contract::{self, BodyView};
 use crate::denial::{Denial, Reason};
-use crate::upstream::{Body, UpstreamClient};
+use crate::upstream::UpstreamClient;
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, AUTHORIZATION};
-use http::{HeaderMap, Request, Response, Uri};
+use http::{HeaderMap, Request, Uri};
 use http_body_util::Full;
 use serde::Deserialize;
 use serde_json::json;
@@ -287,28 +287,6 @@ pub fn certificate(headers: &HeaderMap) -> Result<Option<&str>, Denial> {
     }
 }
 
-/// RFC 9457 problem document.
-pub fn problem(denial: &Denial, request_id: &str) -> Response<Body> {
-    let status = denial.status();
-    let body = json!({
-        "type": format!("urn:seb:denial:{}", denial.reason),
-        "title": status.canonical_reason().unwrap_or("Refused"),
-        "status": status.as_u16(),
-        "code": denial.reason.as_str(),
-        "detail": format!("seb: {}: {}", denial.reason, denial.message),
-        "request_id": request_id,
-    });
-    let mut resp = super::refusal_response(status, "application/problem+json", body.to_string());
-    let h = resp.headers_mut();
-    if status == http::StatusCode::UNAUTHORIZED {
-        h.insert(
-            http::header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Bearer realm=\"seb\""),
-        );
-    }
-    resp
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -354,13 +332,5 @@ mod tests {
         assert!(prefix_matches("/v1/items", "/v1/items/3"));
         assert!(!prefix_matches("/v1/items", "/v1/itemsecret"));
         assert!(prefix_matches("/v1/", "/v1/anything"));
-    }
-
-    #[test]
-    fn problem_documents_carry_code_and_detail() {
-        let r = problem(&Denial::new(Reason::CertMissing, "no certificate"), "rid");
-        assert_eq!(r.status(), 401);
-        assert_eq!(r.headers()["content-type"], "application/problem+json");
-        assert!(r.headers().contains_key("www-authenticate"));
     }
 }

@@ -16,21 +16,12 @@ pub mod path;
 use crate::cert::{Certificate, TargetKind};
 use crate::contract::BodyView;
 use crate::denial::Denial;
-use crate::upstream::{Body, UpstreamBody, UpstreamClient};
+use crate::upstream::{UpstreamBody, UpstreamClient};
 use bytes::Bytes;
 use serde_json::Value;
 use std::future::Future;
 
-/// How a refusal must look to this request's client, read from the request before the
-/// pipeline consumes it (an AWS client expects its own service's error dialect).
-#[derive(Clone, Copy, Debug)]
-pub enum ErrorDialect {
-    Native,
-    Aws(aws::ErrorFormat),
-    /// A Kubernetes request that client-go reads with `Result.Raw()` (discovery, `/version`,
-    /// `/openapi`): its error is built from the answer's text, never from a `Status`.
-    KubeRaw,
-}
+pub use crate::denial::Dialect;
 
 /// What the request is, as far as the broker is concerned.
 pub struct Parsed<R> {
@@ -103,28 +94,6 @@ pub fn forwarded_request(
     Ok(req)
 }
 
-/// A refusal's response in any target's dialect: status, media type, and `no-store`, since a
-/// refusal describes one request at one moment and no cache between agent and broker may
-/// replay it for another.
-pub fn refusal_response(
-    status: ::http::StatusCode,
-    content_type: &'static str,
-    body: impl Into<Bytes>,
-) -> ::http::Response<Body> {
-    let mut resp = ::http::Response::new(crate::upstream::full_body(body.into()));
-    *resp.status_mut() = status;
-    let h = resp.headers_mut();
-    h.insert(
-        ::http::header::CONTENT_TYPE,
-        ::http::HeaderValue::from_static(content_type),
-    );
-    h.insert(
-        ::http::header::CACHE_CONTROL,
-        ::http::HeaderValue::from_static("no-store"),
-    );
-    resp
-}
-
 /// A header that may appear at most once, as text: two values (or bytes that are not ASCII)
 /// could be read differently by the broker and the upstream, so both are refused.
 pub fn single_header(
@@ -168,8 +137,8 @@ pub trait Target: Send + Sync + 'static {
     fn require_audience(&self) -> bool;
 
     /// How a refusal must look to this request's client, read before anything consumes it.
-    fn error_dialect(&self, _parts: &Parts) -> ErrorDialect {
-        ErrorDialect::Native
+    fn error_dialect(&self, _parts: &Parts) -> Dialect {
+        Dialect::Problem
     }
 
     // --- parse
@@ -280,16 +249,6 @@ pub trait Target: Send + Sync + 'static {
     /// How an admitted request's upstream call ended, for targets that explain later
     /// refusals of the same certificate with it.
     fn observe_outcome(&self, _cert: &Certificate, _status: ::http::StatusCode) {}
-
-    // --- render a denial
-    fn render_denial(
-        &self,
-        denial: &Denial,
-        _dialect: ErrorDialect,
-        request_id: &str,
-    ) -> ::http::Response<Body> {
-        http::problem(denial, request_id)
-    }
 }
 
 /// Is the certificate for this listener? Its `seb.target` must be this target's kind and its

@@ -36,8 +36,6 @@ use sha2::{Digest, Sha256};
 use sigv4::{Credentials, Payload};
 use std::time::SystemTime;
 
-pub use denial::ErrorFormat;
-
 /// The access key id agents configure; any value works (the signature is never checked), this
 /// one is documented so a log line shows at once that an agent is set up for the broker.
 pub const PLACEHOLDER_ACCESS_KEY_ID: &str = "SEBAGENTPLACEHOLDER";
@@ -325,8 +323,8 @@ impl Target for AwsTarget {
         self.require_audience
     }
 
-    fn error_dialect(&self, parts: &http::request::Parts) -> super::ErrorDialect {
-        super::ErrorDialect::Aws(denial::error_format(parts))
+    fn error_dialect(&self, parts: &http::request::Parts) -> super::Dialect {
+        super::Dialect::Aws(denial::error_format(parts))
     }
 
     /// S3 object uploads stream: they can be larger than any body the broker buffers, and
@@ -658,18 +656,6 @@ impl Target for AwsTarget {
         )?;
         let verified = upload::VerifiedUpload::new(body, call.aws_chunked, &rule.sha256, declared);
         Ok(head.map(|()| http_body_util::BodyExt::boxed_unsync(verified)))
-    }
-
-    fn render_denial(
-        &self,
-        denial: &Denial,
-        dialect: super::ErrorDialect,
-        request_id: &str,
-    ) -> http::Response<crate::upstream::Body> {
-        match dialect {
-            super::ErrorDialect::Aws(f) => denial::render(denial, f, request_id),
-            _ => super::http::problem(denial, request_id),
-        }
     }
 }
 

@@ -17,7 +17,6 @@ pub mod effect;
 pub mod identity;
 pub mod patch;
 pub mod requestinfo;
-pub mod status;
 
 use super::{Identity, Parsed, Target};
 use crate::cert::claims::BodyRule;
@@ -25,17 +24,16 @@ use crate::cert::Certificate;
 use crate::config::KubeTargetConfig;
 use crate::contract::{self, BodyView};
 use crate::denial::{Denial, Reason};
-use crate::upstream::{Body, UpstreamClient};
+use crate::upstream::UpstreamClient;
 use bytes::Bytes;
 use effect::Change;
 use http::header::{HeaderName, HeaderValue};
-use http::{HeaderMap, Request, Response, Uri};
+use http::{HeaderMap, Request, Uri};
 use http_body_util::{BodyExt, Full};
 use identity::{Credential, Impersonation, TokenMinter};
 use requestinfo::RequestInfo;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
-use status::UNSUPPORTED_MEDIA;
 
 pub struct KubeTarget {
     pub name: String,
@@ -287,12 +285,7 @@ fn media(content_type: Option<&str>) -> Result<Option<Media>, Denial> {
         .unwrap_or("")
         .trim()
         .to_ascii_lowercase();
-    let refuse = |why: String| {
-        Denial::new(
-            Reason::RequestMalformed,
-            format!("{UNSUPPORTED_MEDIA}{why}"),
-        )
-    };
+    let refuse = Denial::unsupported_media;
     // Every body the broker reads is parsed as UTF-8 JSON: another charset or an unknown
     // parameter could make the apiserver read other characters than were checked.
     crate::contract::utf8_only_params(ct)
@@ -357,10 +350,7 @@ fn body_value(media: Media, body: &[u8]) -> Result<Value, Denial> {
         && serde_json::from_slice::<serde::de::IgnoredAny>(body).is_err()
         && std::str::from_utf8(body).is_ok()
     {
-        return Err(Denial::new(
-            Reason::RequestMalformed,
-            format!("{UNSUPPORTED_MEDIA}apply patches are read only when the body is JSON, and this one is YAML; use `kubectl apply --server-side` (which sends JSON) or convert the manifest to JSON"),
-        ));
+        return Err(Denial::unsupported_media("apply patches are read only when the body is JSON, and this one is YAML; use `kubectl apply --server-side` (which sends JSON) or convert the manifest to JSON"));
     }
     let v = strict_json(body, what)?;
     let ok = match media {
@@ -528,11 +518,11 @@ impl Target for KubeTarget {
         self.require_audience
     }
 
-    fn error_dialect(&self, parts: &http::request::Parts) -> super::ErrorDialect {
+    fn error_dialect(&self, parts: &http::request::Parts) -> super::Dialect {
         if read_raw_by_client_go(parts) {
-            super::ErrorDialect::KubeRaw
+            super::Dialect::KubeRaw
         } else {
-            super::ErrorDialect::Native
+            super::Dialect::KubeStatus
         }
     }
 
@@ -543,11 +533,8 @@ impl Target for KubeTarget {
         if !is_read && !body.is_empty() {
             let m =
                 media(super::single_header(&parts.headers, "content-type")?)?.ok_or_else(|| {
-                    Denial::new(
-                        Reason::RequestMalformed,
-                        format!(
-                        "{UNSUPPORTED_MEDIA}a body without a Content-Type; send application/json"
-                    ),
+                    Denial::unsupported_media(
+                        "a body without a Content-Type; send application/json",
                     )
                 })?;
             if let Some(enc) = super::single_header(&parts.headers, "content-encoding")? {
@@ -568,13 +555,10 @@ impl Target for KubeTarget {
                     | Media::ApplyPatch
             );
             if patch_verb != patch_media {
-                return Err(Denial::new(
-                    Reason::RequestMalformed,
-                    format!(
-                        "{UNSUPPORTED_MEDIA}a {} request cannot carry this Content-Type",
-                        parts.method
-                    ),
-                ));
+                return Err(Denial::unsupported_media(format!(
+                    "a {} request cannot carry this Content-Type",
+                    parts.method
+                )));
             }
         }
         let mut describe = info.describe();
@@ -905,18 +889,6 @@ impl Target for KubeTarget {
     fn observe_outcome(&self, cert: &Certificate, status: http::StatusCode) {
         self.outcomes.record(&cert.claims.jti, status.as_u16());
     }
-
-    fn render_denial(
-        &self,
-        denial: &Denial,
-        dialect: super::ErrorDialect,
-        request_id: &str,
-    ) -> Response<Body> {
-        match dialect {
-            super::ErrorDialect::KubeRaw => status::render_text(denial),
-            _ => status::render(denial, request_id),
-        }
-    }
 }
 
 /// Whether client-go reads this request's answer with `Result.Raw()`: discovery (`/api`,
@@ -1203,7 +1175,7 @@ mod tests {
             Some(Media::StrategicMergePatch)
         );
         let e = media(Some("application/vnd.kubernetes.protobuf")).unwrap_err();
-        assert_eq!(status::status_for(&e).0, 415);
+        assert_eq!(e.status(crate::denial::Family::Kubernetes), 415);
         assert!(e.message.contains("JSON"));
         assert!(media(Some("application/yaml")).is_err());
         assert!(

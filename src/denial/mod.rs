@@ -1,8 +1,56 @@
 //! Why a request was refused. Codes are stable strings: signers, dashboards and agents match on
-//! them. Rendering into each client's own error format happens in one place per target.
+//! them. One table gives each reason its status per client family; `render` writes every
+//! refusal in its client's own format.
 
 use http::StatusCode;
 use std::fmt;
+
+mod render;
+
+pub use render::{render, AwsFormat, Dialect};
+
+/// Which rules a client's refusals follow: the status table has a column for each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    Http,
+    Aws,
+    Kubernetes,
+}
+
+/// The one table of refusal statuses: by reason, for each family of client. A denial may
+/// carry a more precise status of its own (413, 415, 431, 504), which wins.
+///
+/// - 401 where no credential was offered, 400 for input seb cannot read, 503 where a
+///   dependency of the decision is down (retrying can succeed), 502 for the upstream, 403
+///   for every other refusal.
+/// - AWS: 403 also for a missing certificate and for failures after a use was spent
+///   (identity, audit, upstream): SDKs retry 401 and 5xx on their own, and a retry after a
+///   spent use would only read "replayed". 503 only where no use was spent.
+/// - Kubernetes: `drift` is 409 Conflict, as a stale resourceVersion is: the agent resolves
+///   it with a new certificate for the object as it is now.
+pub fn status(reason: Reason, family: Family) -> StatusCode {
+    use Reason as R;
+    match (family, reason) {
+        (Family::Aws, R::RequestMalformed | R::CertMalformed) => StatusCode::BAD_REQUEST,
+        (Family::Aws, R::Overloaded | R::StateUnavailable | R::RevocationDataStale) => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+        (Family::Aws, _) => StatusCode::FORBIDDEN,
+        (Family::Kubernetes, R::Drift) => StatusCode::CONFLICT,
+        (_, R::CertMissing | R::Unauthenticated) => StatusCode::UNAUTHORIZED,
+        (_, R::CertMalformed | R::RequestMalformed) => StatusCode::BAD_REQUEST,
+        (
+            _,
+            R::RevocationDataStale
+            | R::IdentityUnavailable
+            | R::AuditUnavailable
+            | R::StateUnavailable
+            | R::Overloaded,
+        ) => StatusCode::SERVICE_UNAVAILABLE,
+        (_, R::UpstreamError) => StatusCode::BAD_GATEWAY,
+        _ => StatusCode::FORBIDDEN,
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Reason {
@@ -85,22 +133,6 @@ impl Reason {
     pub fn from_code(code: &str) -> Option<Reason> {
         Reason::ALL.into_iter().find(|r| r.as_str() == code)
     }
-
-    /// 401 when no credential was offered, 400 for input we cannot read, 503 when a dependency
-    /// of the decision is down (retrying later can succeed), 502 for the upstream, 403 otherwise.
-    pub fn status(self) -> StatusCode {
-        match self {
-            Reason::CertMissing | Reason::Unauthenticated => StatusCode::UNAUTHORIZED,
-            Reason::CertMalformed | Reason::RequestMalformed => StatusCode::BAD_REQUEST,
-            Reason::RevocationDataStale
-            | Reason::IdentityUnavailable
-            | Reason::AuditUnavailable
-            | Reason::StateUnavailable
-            | Reason::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
-            Reason::UpstreamError => StatusCode::BAD_GATEWAY,
-            _ => StatusCode::FORBIDDEN,
-        }
-    }
 }
 
 impl fmt::Display for Reason {
@@ -113,8 +145,9 @@ impl fmt::Display for Reason {
 pub struct Denial {
     pub reason: Reason,
     pub message: String,
-    /// A more precise HTTP status than the reason's (413 for a body over the limit), for
-    /// clients that act on the status; the code stays the stable reason.
+    /// A more precise HTTP status than the table's (413 for a body over the limit, 415 for a
+    /// media type seb does not read), for clients that act on the status; the code stays the
+    /// stable reason.
     pub status: Option<StatusCode>,
 }
 
@@ -127,14 +160,23 @@ impl Denial {
         }
     }
 
+    /// A body in a media type seb does not read (415 wherever the client acts on it).
+    pub fn unsupported_media(why: impl std::fmt::Display) -> Self {
+        Denial::new(
+            Reason::RequestMalformed,
+            format!("unsupported media type: {why}"),
+        )
+        .with_status(StatusCode::UNSUPPORTED_MEDIA_TYPE)
+    }
+
     pub fn with_status(mut self, status: StatusCode) -> Self {
         self.status = Some(status);
         self
     }
 
-    /// The status the refusal is sent with.
-    pub fn status(&self) -> StatusCode {
-        self.status.unwrap_or(self.reason.status())
+    /// The status the refusal is sent with to a client of this family.
+    pub fn status(&self, family: Family) -> StatusCode {
+        self.status.unwrap_or_else(|| status(self.reason, family))
     }
 }
 
