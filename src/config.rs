@@ -132,9 +132,9 @@ fn default_admin_listen() -> SocketAddr {
 #[serde(deny_unknown_fields)]
 #[serde(expecting = "a [certificates] table")]
 pub struct CertificateConfig {
-    #[serde(default = "default_skew", with = "duration")]
+    #[serde(default = "default_skew", with = "humantime_serde")]
     pub clock_skew: Duration,
-    #[serde(default = "default_max_ttl", with = "duration")]
+    #[serde(default = "default_max_ttl", with = "humantime_serde")]
     pub max_ttl: Duration,
     #[serde(default)]
     pub min_policy_epoch: u64,
@@ -174,9 +174,9 @@ pub struct RevocationConfig {
     pub file: Option<PathBuf>,
     #[serde(default)]
     pub url: Option<String>,
-    #[serde(default = "default_poll", with = "duration")]
+    #[serde(default = "default_poll", with = "humantime_serde")]
     pub poll_interval: Duration,
-    #[serde(default = "default_staleness", with = "duration")]
+    #[serde(default = "default_staleness", with = "humantime_serde")]
     pub max_staleness: Duration,
 }
 
@@ -209,7 +209,7 @@ pub struct AuditConfig {
 pub struct Limits {
     #[serde(default = "default_body")]
     pub max_body_bytes: usize,
-    #[serde(default = "default_timeout", with = "duration")]
+    #[serde(default = "default_timeout", with = "humantime_serde")]
     pub request_timeout: Duration,
     #[serde(default = "default_concurrency")]
     pub max_concurrent_requests: usize,
@@ -219,14 +219,14 @@ pub struct Limits {
     // --- lifecycle and connection hygiene (issue 15) ---
     /// After SIGTERM/SIGINT: how long in-flight requests may take to finish before the
     /// process exits anyway.
-    #[serde(default = "default_shutdown_grace", with = "duration")]
+    #[serde(default = "default_shutdown_grace", with = "humantime_serde")]
     pub shutdown_grace: Duration,
     /// Time allowed for a request's head to arrive once its first byte has (and for the first
     /// request after the TLS handshake, and for the handshake itself).
-    #[serde(default = "default_header_read_timeout", with = "duration")]
+    #[serde(default = "default_header_read_timeout", with = "humantime_serde")]
     pub header_read_timeout: Duration,
     /// A connection with no request in progress for this long is closed.
-    #[serde(default = "default_idle_timeout", with = "duration")]
+    #[serde(default = "default_idle_timeout", with = "humantime_serde")]
     pub idle_timeout: Duration,
     /// Agent connections open at once, over all listeners. None: the default, lowered (with
     /// a warning) to what the file descriptor limit allows; set explicitly, a value that does
@@ -1189,21 +1189,6 @@ impl SecretSource {
     }
 }
 
-/// Durations as humane strings ("30s", "5m", "1h 30m").
-mod duration {
-    use serde::{Deserialize, Deserializer};
-    use std::time::Duration;
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let s = String::deserialize(d)?;
-        humantime::parse_duration(&s).map_err(|e| {
-            serde::de::Error::custom(format!(
-                "{s:?} is not a duration like \"30s\" or \"5m\": {e}"
-            ))
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1272,6 +1257,33 @@ upstream = "http://127.0.0.1:9000"
         assert_eq!(f, "targets[0].kind");
         let (f, _) = field_error(&MINIMAL.replace("file = \"revocation.jws\"", ""));
         assert_eq!(f, "revocation");
+    }
+
+    /// Durations are humantime's spellings, the ones the docs and examples use.
+    #[test]
+    fn durations_read_as_people_write_them() {
+        for (text, ms) in [
+            ("10ms", 10),
+            ("2s", 2_000),
+            ("90s", 90_000),
+            ("5m", 300_000),
+            ("1h 30m", 5_400_000),
+        ] {
+            let c = Config::parse(&format!(
+                "{MINIMAL}\n[limits]\nrequest_timeout = \"{text}\"\n"
+            ))
+            .unwrap();
+            assert_eq!(
+                c.limits.request_timeout,
+                Duration::from_millis(ms),
+                "{text}"
+            );
+        }
+        for bad in ["30", "\"30\"", "\"soon\""] {
+            let (f, m) = field_error(&format!("{MINIMAL}\n[limits]\nrequest_timeout = {bad}\n"));
+            assert_eq!(f, "limits.request_timeout", "{bad}");
+            assert!(m.contains("expected a duration"), "{bad}: {m}");
+        }
     }
 
     #[test]
