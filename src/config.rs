@@ -4,6 +4,7 @@
 //!
 //! Relative file paths are resolved against the directory of the config file.
 
+use crate::secret::SecretSource;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -450,21 +451,6 @@ pub struct CredentialConfig {
     pub header: String,
     #[serde(flatten)]
     pub value: SecretSource,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-#[serde(
-    expecting = "a secret source: { value_env = \"VARIABLE\" } or { value_file = \"PATH\" }, with an optional prefix"
-)]
-pub struct SecretSource {
-    #[serde(default)]
-    pub value_env: Option<String>,
-    #[serde(default)]
-    pub value_file: Option<PathBuf>,
-    /// Prepended to the secret, e.g. "Bearer ".
-    #[serde(default)]
-    pub prefix: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -1151,43 +1137,6 @@ impl StaticCredentialsConfig {
 }
 
 // === end aws target ===
-
-impl SecretSource {
-    fn validate(&self, at: &str) -> Result<(), (String, String)> {
-        match (&self.value_env, &self.value_file) {
-            (Some(_), None) | (None, Some(_)) => Ok(()),
-            _ => Err((
-                at.to_string(),
-                "set exactly one of value_env or value_file".into(),
-            )),
-        }
-    }
-
-    fn resolve(&mut self, base: &Path) {
-        if let Some(p) = &mut self.value_file {
-            if p.is_relative() {
-                *p = base.join(&*p);
-            }
-        }
-    }
-
-    /// Reads the secret now. A missing secret stops the broker from starting: it would
-    /// otherwise forward requests without the credential the upstream expects.
-    pub fn load(&self) -> anyhow::Result<String> {
-        let raw = match (&self.value_env, &self.value_file) {
-            (Some(var), _) => std::env::var(var)
-                .map_err(|_| anyhow::anyhow!("environment variable {var} is not set"))?,
-            (_, Some(path)) => std::fs::read_to_string(path)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
-            _ => anyhow::bail!("no secret source"),
-        };
-        let secret = raw.trim();
-        if secret.is_empty() {
-            anyhow::bail!("secret is empty");
-        }
-        Ok(format!("{}{}", self.prefix, secret))
-    }
-}
 
 #[cfg(test)]
 mod tests;

@@ -76,7 +76,7 @@ pub struct AwsContract {
 }
 
 fn load_static(c: &StaticCredentialsConfig, at: &str) -> anyhow::Result<Credentials> {
-    let load = |s: &crate::config::SecretSource, f: &str| {
+    let load = |s: &crate::secret::SecretSource, f: &str| {
         s.load().map_err(|e| anyhow::anyhow!("{at}.{f}: {e}"))
     };
     Ok(Credentials {

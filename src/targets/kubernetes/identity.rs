@@ -5,8 +5,9 @@
 
 use super::super::Identity;
 use crate::cert::Certificate;
-use crate::config::{ImpersonationConfig, SecretSource};
+use crate::config::ImpersonationConfig;
 use crate::denial::{Denial, Reason};
+use crate::secret::SecretSource;
 use http::header::{HeaderName, HeaderValue, AUTHORIZATION};
 use serde_json::{json, Value};
 use std::path::PathBuf;
