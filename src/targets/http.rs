@@ -2,13 +2,15 @@
 //! sees that credential; it presents a certificate for one method on one exact path, and the
 //! broker adds the credential to the request it forwards.
 
+pub mod config;
+
 use super::{Identity, Parsed};
 use crate::cert::Certificate;
-use crate::config::{HttpTargetConfig, ReadRule};
 use crate::contract::{self, BodyView};
 use crate::denial::{Denial, Reason};
 use crate::upstream::{Body, UpstreamClient};
 use bytes::Bytes;
+use config::{CredentialConfig, HttpTargetConfig, ReadRule};
 use http::header::{HeaderName, HeaderValue, AUTHORIZATION};
 use http::{HeaderMap, Request, Response, Uri};
 use http_body_util::Full;
@@ -37,7 +39,7 @@ struct HttpContract {
 }
 
 fn load_credential(
-    c: &Option<crate::config::CredentialConfig>,
+    c: &Option<CredentialConfig>,
     what: &str,
 ) -> anyhow::Result<Option<(HeaderName, HeaderValue)>> {
     let Some(c) = c else { return Ok(None) };
