@@ -1,4 +1,5 @@
 use super::*;
+use crate::targets::aws::config::AwsIdentityMode;
 
 const MINIMAL: &str = r#"
 plaintext = true
