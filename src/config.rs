@@ -5,13 +5,13 @@
 //! Relative file paths are resolved against the directory of the config file.
 
 use crate::secret::SecretSource;
-use crate::targets::aws::config::AwsTargetConfig;
-use crate::targets::http::config::HttpTargetConfig;
-use crate::targets::kubernetes::config::KubeTargetConfig;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+mod target;
+pub use target::{TargetConfig, TargetKindConfig};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -290,22 +290,6 @@ pub struct AgentAuthConfig {
     pub tokens: Vec<SecretSource>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-#[serde(expecting = "a [[targets]] table with name, kind, listen and the table of its kind")]
-pub struct TargetConfig {
-    pub name: String,
-    pub kind: crate::cert::TargetKind,
-    pub listen: SocketAddr,
-    #[serde(default)]
-    pub http: Option<HttpTargetConfig>,
-    // --- aws target (kind = "aws") ---
-    #[serde(default)]
-    pub aws: Option<AwsTargetConfig>,
-    #[serde(default)]
-    pub kubernetes: Option<KubeTargetConfig>,
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The OS error is in the message, not the `source`, so a chain printed with `{:#}` says
@@ -561,56 +545,7 @@ impl Config {
                     &format!("{} is used by another listener", t.listen),
                 );
             }
-            match t.kind {
-                crate::cert::TargetKind::Http => {
-                    let Some(h) = &t.http else {
-                        return err(&at, "kind = \"http\" needs an [targets.http] table");
-                    };
-                    h.validate(&format!("{at}.http"))?;
-                    // --- aws target ---
-                    if t.aws.is_some() {
-                        return err(&format!("{at}.aws"), "only for kind = \"aws\"");
-                    }
-                    if t.kubernetes.is_some() {
-                        return err(
-                            &format!("{at}.kubernetes"),
-                            "only for kind = \"kubernetes\"",
-                        );
-                    }
-                }
-                // --- aws target ---
-                crate::cert::TargetKind::Aws => {
-                    let Some(a) = &t.aws else {
-                        return err(&at, "kind = \"aws\" needs an [targets.aws] table");
-                    };
-                    if t.http.is_some() {
-                        return err(&format!("{at}.http"), "only for kind = \"http\"");
-                    }
-                    if t.kubernetes.is_some() {
-                        return err(
-                            &format!("{at}.kubernetes"),
-                            "only for kind = \"kubernetes\"",
-                        );
-                    }
-                    a.validate(&format!("{at}.aws"))?;
-                }
-                crate::cert::TargetKind::Kubernetes => {
-                    let Some(k) = &t.kubernetes else {
-                        return err(
-                            &at,
-                            "kind = \"kubernetes\" needs a [targets.kubernetes] table",
-                        );
-                    };
-                    if t.http.is_some() || t.aws.is_some() {
-                        let other = if t.http.is_some() { "http" } else { "aws" };
-                        return err(
-                            &format!("{at}.{other}"),
-                            &format!("only for kind = \"{other}\""),
-                        );
-                    }
-                    k.validate(&format!("{at}.kubernetes"))?;
-                }
-            }
+            t.kind.validate(&at)?;
         }
         Ok(())
     }
@@ -645,16 +580,7 @@ impl Config {
             s.resolve(base);
         }
         for t in &mut self.targets {
-            // --- aws target ---
-            if let Some(a) = &mut t.aws {
-                a.resolve(base);
-            }
-            if let Some(k) = &mut t.kubernetes {
-                k.resolve(base);
-            }
-            if let Some(h) = &mut t.http {
-                h.resolve(base);
-            }
+            t.kind.resolve(base);
         }
     }
 }

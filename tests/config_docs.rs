@@ -1,11 +1,11 @@
 //! docs/CONFIG.md documents every field the broker's config accepts, and nothing else (issue
 //! 22). The fields come from the config types themselves, as serde sees them (renames, skips,
 //! nesting): a probe deserializer walks `seb::config::Config` and records every struct, field
-//! and enum it is asked for. A field added to a config type without a line in CONFIG.md, or a
-//! line left behind for a field that is gone, fails here. Every example config in `deploy/`
-//! is loaded by tests/examples.rs with the same strict loader, so its fields are fields of
-//! these types; configs written into the docs (`cat > seb.toml <<'EOF'`, ```toml blocks) are
-//! checked here.
+//! and enum it is asked for, once per variant of each enum (a target's table depends on its
+//! `kind`). A field added to a config type without a line in CONFIG.md, or a line left behind
+//! for a field that is gone, fails here. Every example config in `deploy/` is loaded by
+//! tests/examples.rs with the same strict loader, so its fields are fields of these types;
+//! configs written into the docs (`cat > seb.toml <<'EOF'`, ```toml blocks) are checked here.
 
 use serde::de::{self, DeserializeSeed, IntoDeserializer, Visitor};
 use serde::Deserialize;
@@ -34,12 +34,36 @@ struct Seen {
     enums: Vec<(String, String, Vec<&'static str>, String)>,
     /// Keys a flattened map at a path must have (learned from serde's "missing field").
     map_keys: HashMap<String, Vec<&'static str>>,
+    /// Enum path -> the variant to answer (the first unless chosen).
+    choices: BTreeMap<String, usize>,
+    /// Members not offered in this walk, because the config refuses them there (another
+    /// kind's table), with the refusal.
+    refused: BTreeMap<String, String>,
+    /// Members whose value was read.
+    walked: BTreeSet<String>,
+}
+
+impl Seen {
+    /// What another walk saw, added to this one's.
+    fn merge(&mut self, other: Seen) {
+        self.fields.extend(other.fields);
+        self.structs.extend(other.structs);
+        for e in other.enums {
+            if !self.enums.iter().any(|(p, ..)| *p == e.0) {
+                self.enums.push(e);
+            }
+        }
+        self.refused.extend(other.refused);
+        self.walked.extend(other.walked);
+    }
 }
 
 #[derive(Debug)]
 enum ProbeError {
     Missing(&'static str),
     MissingAt(String, &'static str),
+    /// A member's value was refused (path, message).
+    Refused(String, String),
     Other(String),
 }
 
@@ -48,6 +72,7 @@ impl fmt::Display for ProbeError {
         match self {
             ProbeError::Missing(field) => write!(f, "missing field {field}"),
             ProbeError::MissingAt(path, field) => write!(f, "{path}: missing field {field}"),
+            ProbeError::Refused(path, m) => write!(f, "{path}: {m}"),
             ProbeError::Other(m) => f.write_str(m),
         }
     }
@@ -137,7 +162,16 @@ impl<'de> de::MapAccess<'de> for Members {
         &mut self,
         seed: V,
     ) -> Result<V::Value, ProbeError> {
-        seed.deserialize(self.probe.at(self.current))
+        let probe = self.probe.at(self.current);
+        let (path, seen) = (probe.path.clone(), probe.seen.clone());
+        match seed.deserialize(probe) {
+            Ok(v) => {
+                seen.borrow_mut().walked.insert(path);
+                Ok(v)
+            }
+            Err(ProbeError::Other(m)) => Err(ProbeError::Refused(path, m)),
+            Err(e) => Err(e),
+        }
     }
 }
 
@@ -314,7 +348,7 @@ impl<'de> de::Deserializer<'de> for Probe {
         fields: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value, ProbeError> {
-        {
+        let offered: Vec<&'static str> = {
             let mut seen = self.seen.borrow_mut();
             seen.structs.insert(
                 self.path.clone(),
@@ -323,10 +357,15 @@ impl<'de> de::Deserializer<'de> for Probe {
             for f in fields {
                 seen.fields.insert(self.at(f).path, name.to_string());
             }
-        }
+            fields
+                .iter()
+                .copied()
+                .filter(|f| !seen.refused.contains_key(&self.at(f).path))
+                .collect()
+        };
         visitor.visit_map(Members {
             probe: self,
-            keys: Box::new(fields.iter().copied()),
+            keys: Box::new(offered.into_iter()),
             current: "",
         })
     }
@@ -337,29 +376,74 @@ impl<'de> de::Deserializer<'de> for Probe {
         variants: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value, ProbeError> {
-        self.seen.borrow_mut().enums.push((
-            self.path.clone(),
-            name.to_string(),
-            variants.to_vec(),
-            Expecting(&visitor).to_string(),
-        ));
+        let choice = {
+            let mut seen = self.seen.borrow_mut();
+            seen.enums.push((
+                self.path.clone(),
+                name.to_string(),
+                variants.to_vec(),
+                Expecting(&visitor).to_string(),
+            ));
+            seen.choices.get(&self.path).copied().unwrap_or(0)
+        };
         visitor.visit_enum(Variant {
-            name: variants[0],
+            name: variants[choice],
             probe: self,
         })
     }
 }
 
-/// Walks the config types; a flattened struct's required keys are learned one "missing
-/// field" at a time, the walk starting over with each.
+/// Walks the config types once with the first variant of every enum, then again with each
+/// other variant of each enum found (and so on for enums found only under such a choice), and
+/// merges what the walks saw. A member the config refuses under one choice (the aws table of
+/// an http target) is left out of that walk, and must be walked under another.
 fn probe() -> Seen {
-    let seen = Rc::new(RefCell::new(Seen::default()));
+    let mut all = Seen::default();
+    // (the choices, the enums the walk that made them already branched on)
+    let mut todo = vec![(BTreeMap::new(), BTreeSet::new())];
+    while let Some((choices, branched)) = todo.pop() {
+        let seen = walk(choices.clone(), &mut all.map_keys);
+        let found: BTreeSet<String> = seen.enums.iter().map(|(p, ..)| p.clone()).collect();
+        for (path, name, variants, _) in &seen.enums {
+            if branched.contains(path) || NOT_CONFIG.contains(&name.as_str()) {
+                continue;
+            }
+            for i in 1..variants.len() {
+                let mut c = choices.clone();
+                c.insert(path.clone(), i);
+                todo.push((c, found.clone()));
+            }
+        }
+        all.merge(seen);
+    }
+    for (path, m) in &all.refused {
+        assert!(
+            all.walked.contains(path),
+            "the probe could not walk {path} under any choice: {m}"
+        );
+    }
+    all
+}
+
+/// One walk under the given enum choices; a flattened struct's required keys are learned one
+/// "missing field" at a time, and refused members one refusal at a time, the walk starting
+/// over with each.
+fn walk(
+    choices: BTreeMap<String, usize>,
+    map_keys: &mut HashMap<String, Vec<&'static str>>,
+) -> Seen {
+    let seen = Rc::new(RefCell::new(Seen {
+        choices,
+        map_keys: std::mem::take(map_keys),
+        ..Seen::default()
+    }));
     for _ in 0..32 {
         {
             let mut s = seen.borrow_mut();
-            let keys = std::mem::take(&mut s.map_keys);
             *s = Seen {
-                map_keys: keys,
+                map_keys: std::mem::take(&mut s.map_keys),
+                choices: std::mem::take(&mut s.choices),
+                refused: std::mem::take(&mut s.refused),
                 ..Seen::default()
             };
         }
@@ -368,13 +452,20 @@ fn probe() -> Seen {
             seen: seen.clone(),
         };
         match seb::config::Config::deserialize(root) {
-            Ok(_) => return Rc::try_unwrap(seen).unwrap().into_inner(),
+            Ok(_) => {
+                let mut seen = Rc::try_unwrap(seen).unwrap().into_inner();
+                *map_keys = std::mem::take(&mut seen.map_keys);
+                return seen;
+            }
             Err(ProbeError::MissingAt(path, field)) => seen
                 .borrow_mut()
                 .map_keys
                 .entry(path)
                 .or_default()
                 .push(field),
+            Err(ProbeError::Refused(path, m)) => {
+                seen.borrow_mut().refused.insert(path, m);
+            }
             Err(e) => panic!("the probe could not walk the config types: {e}"),
         }
     }

@@ -131,7 +131,9 @@ execution_role_arn = "arn:aws:iam::123456789012:role/seb-exec"
 #[test]
 fn aws_targets_validate_with_field_paths() {
     let c = Config::parse(AWS).unwrap();
-    let a = c.targets[0].aws.as_ref().unwrap();
+    let TargetKindConfig::Aws(a) = &c.targets[0].kind else {
+        panic!("not an aws target: {:?}", c.targets[0]);
+    };
     assert_eq!(a.identity, AwsIdentityMode::Sts);
     assert!(!a.reads);
     let cases = [
@@ -198,10 +200,10 @@ fn kubernetes_targets_name_their_bad_fields() {
         "{MINIMAL}[[targets]]\nname = \"cluster\"\nkind = \"kubernetes\"\nlisten = \"127.0.0.1:8444\"\n[targets.kubernetes]\napiserver = \"https://10.0.0.1:6443\"\nca = \"ca.pem\"\ncredential = {{ value_file = \"token\" }}\nexecution = {{ user = \"seb:exec:deployer\", groups = [\"seb:exec\"] }}\nread = {{ user = \"seb:read\" }}\n"
     );
     let c = Config::parse(&kube).unwrap();
-    assert_eq!(
-        c.targets[1].kubernetes.as_ref().unwrap().execution.groups,
-        ["seb:exec"]
-    );
+    let TargetKindConfig::Kubernetes(k) = &c.targets[1].kind else {
+        panic!("not a kubernetes target: {:?}", c.targets[1]);
+    };
+    assert_eq!(k.execution.groups, ["seb:exec"]);
     let cases = [
         (
             "https://10.0.0.1:6443",
@@ -240,6 +242,51 @@ fn kubernetes_targets_name_their_bad_fields() {
     assert_eq!(field_error(&missing).0, "targets[1]");
 }
 
+/// `kind` picks the table: the table of another kind is refused where it is written, and a
+/// kind without its table is refused at the target.
+#[test]
+fn a_target_has_the_table_of_its_kind_and_no_other() {
+    let aws_table =
+        "[targets.aws]\nservices = [\"s3\"]\nregions = [\"us-east-1\"]\nidentity = \"sts\"\n";
+    assert_eq!(
+        field_error(&format!("{MINIMAL}{aws_table}")),
+        (
+            "targets[0].aws".to_string(),
+            "only for kind = \"aws\"".to_string()
+        )
+    );
+    let no_table = MINIMAL.split("[targets.http]").next().unwrap();
+    assert_eq!(
+        field_error(no_table),
+        (
+            "targets[0]".to_string(),
+            "kind = \"http\" needs an [targets.http] table".to_string()
+        )
+    );
+    let kube = no_table.replace("kind = \"http\"", "kind = \"kubernetes\"");
+    assert_eq!(
+        field_error(&format!("{kube}[targets.http]\nupstream = \"http://x\"\n")).0,
+        "targets[0].http"
+    );
+    // A table written above `kind` (inline, or dotted keys): the mismatch is at `kind`.
+    let above = no_table.replace(
+        "kind = \"http\"",
+        "http = { upstream = \"http://x\" }\nkind = \"aws\"",
+    );
+    let (f, m) = field_error(&above);
+    assert_eq!(f, "targets[0].kind");
+    assert!(m.contains("[targets.http]"), "{m}");
+    let two = no_table.replace(
+        "kind = \"http\"",
+        "http = { upstream = \"http://x\" }\naws.services = [\"s3\"]\nkind = \"http\"",
+    );
+    assert_eq!(field_error(&two).0, "targets[0].aws");
+    assert_eq!(
+        field_error(&MINIMAL.replace("kind = \"http\"\n", "")),
+        ("targets[0]".to_string(), "missing field `kind`".to_string())
+    );
+}
+
 /// Every way a config can be wrong names the file, the line and column where the field
 /// is written, and the field.
 #[test]
@@ -269,6 +316,14 @@ fn load_errors_name_file_line_column_and_field() {
     let e = load(&format!("{MINIMAL}[limits]\nidle_timeout = \"0s\"\n"));
     assert!(
         e.starts_with(&format!("{file}:18:1: limits.idle_timeout:")),
+        "{e}"
+    );
+    // A table of another kind, at its header.
+    let e = load(&format!(
+        "{MINIMAL}[targets.aws]\nservices = [\"s3\"]\nregions = [\"us-east-1\"]\nidentity = \"sts\"\n"
+    ));
+    assert!(
+        e.starts_with(&format!("{file}:17:1: targets[0].aws: only for kind")),
         "{e}"
     );
     // A field that is missing is reported at its table.

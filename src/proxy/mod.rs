@@ -17,7 +17,7 @@ use crate::admission::revocation::RevocationState;
 use crate::admission::Admission;
 use crate::audit::{Audit, AuditSettings};
 use crate::cert::{keys, TrustedIssuers, WindowPolicy};
-use crate::config::Config;
+use crate::config::{Config, TargetKindConfig};
 use crate::denial::{Denial, Reason};
 use crate::state::memory::MemoryUseStore;
 use crate::targets::{http::HttpTarget, kubernetes::KubeTarget, Target};
@@ -318,37 +318,19 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let mut target_addrs = Vec::new();
     let mut accepting = Vec::new();
     for (i, tc) in config.targets.iter().enumerate() {
-        let target = match tc.kind {
-            crate::cert::TargetKind::Http => {
-                let h = tc
-                    .http
-                    .as_ref()
-                    .with_context(|| format!("targets[{i}].http: missing"))?;
-                Target::Http(
-                    HttpTarget::new(&tc.name, h)
-                        .with_context(|| config.at(&format!("targets[{i}]")))?,
-                )
-            }
-            crate::cert::TargetKind::Aws => {
-                let a = tc
-                    .aws
-                    .as_ref()
-                    .with_context(|| format!("targets[{i}].aws: missing"))?;
-                Target::Aws(
-                    crate::targets::aws::AwsTarget::new(&tc.name, a)
-                        .with_context(|| config.at(&format!("targets[{i}]")))?,
-                )
-            }
-            crate::cert::TargetKind::Kubernetes => {
-                let k = tc
-                    .kubernetes
-                    .as_ref()
-                    .with_context(|| format!("targets[{i}].kubernetes: missing"))?;
-                Target::Kubernetes(
-                    KubeTarget::new(&tc.name, k)
-                        .with_context(|| config.at(&format!("targets[{i}]")))?,
-                )
-            }
+        let target = match &tc.kind {
+            TargetKindConfig::Http(h) => Target::Http(
+                HttpTarget::new(&tc.name, h)
+                    .with_context(|| config.at(&format!("targets[{i}]")))?,
+            ),
+            TargetKindConfig::Aws(a) => Target::Aws(
+                crate::targets::aws::AwsTarget::new(&tc.name, a)
+                    .with_context(|| config.at(&format!("targets[{i}]")))?,
+            ),
+            TargetKindConfig::Kubernetes(k) => Target::Kubernetes(
+                KubeTarget::new(&tc.name, k)
+                    .with_context(|| config.at(&format!("targets[{i}]")))?,
+            ),
         };
         let listener = tokio::net::TcpListener::bind(tc.listen)
             .await
