@@ -3,6 +3,11 @@
 //! control must not silently fall back to a default.
 //!
 //! Relative file paths are resolved against the directory of the config file.
+//!
+//! This module holds the broker-wide tables and composes the targets (`config/target.rs`); each
+//! target's own table is a type in its target module (`targets::{http,aws,kubernetes}::config`)
+//! with its own validation, so the dependency runs one way: config -> targets' configs ->
+//! [`crate::secret`].
 
 use crate::secret::SecretSource;
 use serde::Deserialize;
