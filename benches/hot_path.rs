@@ -38,9 +38,9 @@ use seb::admission::revocation::{self, RevocationClaims, RevocationPayload, Revo
 use seb::admission::Admission;
 use seb::audit::{Audit, AuditSettings, Durability, Entry, Kind, Subject, Verdict};
 use seb::cert::{self, keys, BodyRule, Issuer, TrustedIssuers, WindowPolicy, CERT_TYP};
-use seb::config::HttpTargetConfig;
 use seb::contract::{check_body, BodyView};
 use seb::state::memory::MemoryUseStore;
+use seb::targets::http::config::HttpTargetConfig;
 use seb::targets::http::HttpTarget;
 use seb::targets::Target;
 use serde_json::{json, Value};

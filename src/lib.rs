@@ -11,6 +11,7 @@ pub mod devcerts;
 pub mod fsutil;
 pub mod json;
 pub mod proxy;
+pub mod secret;
 pub mod state;
 pub mod targets;
 pub mod tls;

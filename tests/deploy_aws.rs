@@ -25,7 +25,12 @@ fn cloudformation_template_passes_cfn_lint() {
 #[test]
 fn example_broker_config_loads() {
     let c = seb::config::Config::load(&repo().join("deploy/aws/seb.toml")).unwrap();
-    let aws = c.targets[0].aws.as_ref().unwrap();
-    assert_eq!(aws.identity, seb::config::AwsIdentityMode::Sts);
+    let seb::config::TargetKindConfig::Aws(aws) = &c.targets[0].kind else {
+        panic!("deploy/aws/seb.toml: not an aws target");
+    };
+    assert_eq!(
+        aws.identity,
+        seb::targets::aws::config::AwsIdentityMode::Sts
+    );
     assert!(aws.reads && aws.s3_get_object_needs_certificate);
 }

@@ -1246,7 +1246,9 @@ fn deploy_manifests_validate_against_the_kubernetes_schemas() {
     let toml = std::fs::read_to_string(dir.join("seb.toml")).unwrap();
     let config =
         seb::config::Config::parse(&toml).unwrap_or_else(|(f, m)| panic!("seb.toml: {f}: {m}"));
-    let k = config.targets[0].kubernetes.as_ref().unwrap();
+    let seb::config::TargetKindConfig::Kubernetes(k) = &config.targets[0].kind else {
+        panic!("seb.toml: not a kubernetes target");
+    };
     for name in [&k.execution.user, &k.read.user]
         .into_iter()
         .chain(&k.execution.groups)

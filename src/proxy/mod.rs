@@ -17,7 +17,7 @@ use crate::admission::revocation::RevocationState;
 use crate::admission::Admission;
 use crate::audit::{Audit, AuditSettings};
 use crate::cert::{keys, TrustedIssuers, WindowPolicy};
-use crate::config::Config;
+use crate::config::{Config, TargetKindConfig};
 use crate::denial::{Denial, Reason};
 use crate::state::memory::MemoryUseStore;
 use crate::targets::{http::HttpTarget, kubernetes::KubeTarget, Target};
@@ -330,25 +330,18 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         let addr = listener.local_addr()?;
         target_addrs.push((tc.name.clone(), addr));
         let built = || config.at(&format!("targets[{i}]"));
-        let missing = |kind: &str| format!("targets[{i}].{kind}: missing");
         // One listener serves one target type: the pipeline is built for it.
-        let accept = match tc.kind {
-            crate::cert::TargetKind::Http => {
-                let h = tc.http.as_ref().with_context(|| missing("http"))?;
+        let accept = match &tc.kind {
+            TargetKindConfig::Http(h) => {
                 let target = HttpTarget::new(&tc.name, h).with_context(built)?;
                 listen(target, &broker, listener, &tls, &limits, &shards)
             }
-            crate::cert::TargetKind::Aws => {
-                let a = tc.aws.as_ref().with_context(|| missing("aws"))?;
+            TargetKindConfig::Aws(a) => {
                 let target =
                     crate::targets::aws::AwsTarget::new(&tc.name, a).with_context(built)?;
                 listen(target, &broker, listener, &tls, &limits, &shards)
             }
-            crate::cert::TargetKind::Kubernetes => {
-                let k = tc
-                    .kubernetes
-                    .as_ref()
-                    .with_context(|| missing("kubernetes"))?;
+            TargetKindConfig::Kubernetes(k) => {
                 let target = KubeTarget::new(&tc.name, k).with_context(built)?;
                 listen(target, &broker, listener, &tls, &limits, &shards)
             }

@@ -2,14 +2,16 @@
 //! sees that credential; it presents a certificate for one method on one exact path, and the
 //! broker adds the credential to the request it forwards.
 
+pub mod config;
+
 use super::{Identity, Parsed, Target};
 use crate::cert::Certificate;
 use crate::cert::TargetKind;
-use crate::config::{HttpTargetConfig, ReadRule};
 use crate::contract::{self, BodyView};
 use crate::denial::{Denial, Reason};
 use crate::upstream::UpstreamClient;
 use bytes::Bytes;
+use config::{CredentialConfig, HttpTargetConfig, ReadRule};
 use http::header::{HeaderName, HeaderValue, AUTHORIZATION};
 use http::{HeaderMap, Request, Uri};
 use http_body_util::Full;
@@ -38,7 +40,7 @@ struct HttpContract {
 }
 
 fn load_credential(
-    c: &Option<crate::config::CredentialConfig>,
+    c: &Option<CredentialConfig>,
     what: &str,
 ) -> anyhow::Result<Option<(HeaderName, HeaderValue)>> {
     let Some(c) = c else { return Ok(None) };

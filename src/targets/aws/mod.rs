@@ -10,6 +10,7 @@
 //! [`sigv4`] (re-signing), [`denial`] (refusals in the agent's error dialect), [`drift`]
 //! (precondition read calls).
 
+pub mod config;
 pub mod denial;
 pub mod drift;
 pub mod identity;
@@ -22,11 +23,11 @@ pub mod upload;
 use super::{Identity, Parsed, Target};
 use crate::cert::claims::BodyRule;
 use crate::cert::{Certificate, TargetKind};
-use crate::config::{AwsIdentityMode, AwsTargetConfig, StaticCredentialsConfig};
 use crate::contract::{self, BodyView};
 use crate::denial::{Denial, Reason};
 use crate::upstream::{UpstreamBody, UpstreamClient};
 use bytes::Bytes;
+use config::{AwsIdentityMode, AwsTargetConfig, StaticCredentialsConfig};
 use http::{HeaderMap, Request, Uri};
 use http_body_util::Full;
 use identity::{AssumeRole, StsClient};
@@ -74,7 +75,7 @@ pub struct AwsContract {
 }
 
 fn load_static(c: &StaticCredentialsConfig, at: &str) -> anyhow::Result<Credentials> {
-    let load = |s: &crate::config::SecretSource, f: &str| {
+    let load = |s: &crate::secret::SecretSource, f: &str| {
         s.load().map_err(|e| anyhow::anyhow!("{at}.{f}: {e}"))
     };
     Ok(Credentials {

@@ -538,7 +538,7 @@ fn aws_chunked_bodies_decode_and_bad_framing_is_refused() {
 // === contracts ===
 
 fn target(reads: bool) -> AwsTarget {
-    let cfg: crate::config::AwsTargetConfig = toml::from_str(&format!(
+    let cfg: super::config::AwsTargetConfig = toml::from_str(&format!(
         r#"
 endpoint = "http://127.0.0.1:1"
 services = ["s3", "ec2", "ecs", "lambda", "dynamodb", "sqs", "secretsmanager", "sts", "ssm"]

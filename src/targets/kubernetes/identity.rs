@@ -4,9 +4,10 @@
 //! the certificate behind every change.
 
 use super::super::Identity;
+use super::config::{ImpersonationConfig, TokenRequestConfig};
 use crate::cert::Certificate;
-use crate::config::{ImpersonationConfig, SecretSource};
 use crate::denial::{Denial, Reason};
+use crate::secret::SecretSource;
 use http::header::{HeaderName, HeaderValue, AUTHORIZATION};
 use serde_json::{json, Value};
 use std::path::PathBuf;
@@ -104,7 +105,7 @@ pub struct TokenMinter {
 }
 
 impl TokenMinter {
-    pub fn new(c: &crate::config::TokenRequestConfig) -> TokenMinter {
+    pub fn new(c: &TokenRequestConfig) -> TokenMinter {
         let ttl =
             std::time::Duration::from_secs(u64::from(c.expiration_seconds.saturating_sub(60)));
         TokenMinter {
@@ -246,7 +247,7 @@ mod tests {
 
     #[test]
     fn token_requests() {
-        let m = TokenMinter::new(&crate::config::TokenRequestConfig {
+        let m = TokenMinter::new(&TokenRequestConfig {
             namespace: "shop".into(),
             service_account: "deployer".into(),
             audience: "https://kubernetes.default.svc".into(),

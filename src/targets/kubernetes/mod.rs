@@ -13,6 +13,7 @@
 //! - Requests run as the configured user, impersonated with the broker's own token
 //!   ([`identity`]); refusals are `Status` objects ([`status`]).
 
+pub mod config;
 pub mod effect;
 pub mod identity;
 pub mod patch;
@@ -21,11 +22,11 @@ pub mod requestinfo;
 use super::{Identity, Parsed, Target};
 use crate::cert::claims::BodyRule;
 use crate::cert::Certificate;
-use crate::config::KubeTargetConfig;
 use crate::contract::{self, BodyView};
 use crate::denial::{Denial, Reason};
 use crate::upstream::UpstreamClient;
 use bytes::Bytes;
+use config::KubeTargetConfig;
 use effect::Change;
 use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Request, Uri};
