@@ -5,7 +5,7 @@
 //! chain's (`.10` sorts before `.2`, and the active file comes first), so `seb audit verify`
 //! and `query` order the files themselves.
 
-use super::recover::rotated_files;
+use super::paths::rotated_files;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 

@@ -68,7 +68,7 @@ pub(crate) fn lock_path(log: &Path) -> PathBuf {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     // Hidden, so that `audit.jsonl*` (the log and its rotated files) does not match it.
-    super::recover::parent_dir(log).join(format!(".{name}.lock"))
+    super::paths::parent_dir(log).join(format!(".{name}.lock"))
 }
 
 impl LogLock {

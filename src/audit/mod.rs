@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod files;
 mod lock;
+mod paths;
 pub mod query;
 pub mod record;
 mod recover;
@@ -29,7 +30,7 @@ use writer::{Job, Log, Shared, Writer};
 
 /// The directory a log file lives in.
 pub fn log_dir(path: &std::path::Path) -> &std::path::Path {
-    recover::parent_dir(path)
+    paths::parent_dir(path)
 }
 
 /// Creates the log's directory when it is missing, as a new deployment's first start needs.

@@ -1,12 +1,13 @@
 //! Crash recovery at start: repair a torn last line, find the head of the chain, and find the
 //! allowed decisions whose outcome was never recorded.
 
+use super::paths::rotated_files;
 use super::record::{line_hash, Dropped, Entry, Kind, Subject, Verdict, GENESIS};
 use anyhow::{anyhow, Context};
 use serde_json::Value;
 use sha2::Digest;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 pub(crate) struct Recovered {
     /// `seq` of the last record on disk (0 for a new log).
@@ -22,42 +23,6 @@ pub(crate) struct Recovered {
     pub active_first_seq: Option<u64>,
     /// The last complete record on disk, as found (its signature is checked by the caller).
     pub head_line: Option<Vec<u8>>,
-}
-
-/// `<path>.<N>` files, ascending by N.
-pub(crate) fn rotated_files(path: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
-    let dir = parent_dir(path);
-    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
-        return Ok(Vec::new());
-    };
-    let prefix = format!("{name}.");
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e),
-    };
-    let mut out = Vec::new();
-    for entry in entries {
-        let entry = entry?;
-        let file_name = entry.file_name();
-        let Some(rest) = file_name.to_str().and_then(|f| f.strip_prefix(&prefix)) else {
-            continue;
-        };
-        if rest.is_empty() || !rest.bytes().all(|b| b.is_ascii_digit()) {
-            continue;
-        }
-        if let Ok(n) = rest.parse::<u64>() {
-            out.push((n, dir.join(&file_name)));
-        }
-    }
-    out.sort();
-    Ok(out)
-}
-
-pub(crate) fn parent_dir(path: &Path) -> &Path {
-    path.parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."))
 }
 
 /// Reads a log file. A trailing line without its newline was being written when the broker
@@ -77,7 +42,7 @@ fn read_repaired(path: &Path) -> anyhow::Result<(Option<Vec<u8>>, Option<Torn>)>
     if !data.is_empty() && !data.ends_with(b"\n") {
         let keep = data.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
         let tail = &data[keep..];
-        let aside = super::writer::aside_path(path, "torn");
+        let aside = super::paths::aside_path(path, "torn");
         crate::fsutil::write_atomic(&aside, tail, 0o640)
             .with_context(|| format!("moving the torn tail of {} aside", path.display()))?;
         tracing::warn!(

@@ -12,7 +12,7 @@
 //! after `iat - skew`, so after `now - max_ttl - 2 * skew`. Files are read newest first, and
 //! reading stops after the first file that begins before that horizon.
 
-use super::recover::rotated_files;
+use super::paths::rotated_files;
 use anyhow::Context;
 use serde::Deserialize;
 use std::borrow::Cow;

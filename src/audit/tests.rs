@@ -250,7 +250,7 @@ async fn rotation_continues_the_chain_across_files() {
         e.decision = Verdict::Deny;
         audit.record(e).await.unwrap();
     }
-    let rotated = super::recover::rotated_files(&path).unwrap();
+    let rotated = super::paths::rotated_files(&path).unwrap();
     assert!(rotated.len() >= 2, "{rotated:?}");
     assert_eq!(rotated[0].0, 1);
     let mut all: Vec<_> = rotated.iter().map(|(_, p)| p.clone()).collect();
@@ -272,7 +272,7 @@ async fn rotation_continues_the_chain_across_files() {
     std::fs::rename(&path, dir.path().join("audit.jsonl.99")).unwrap();
     let audit = Audit::start(s, key.clone()).unwrap();
     assert_eq!(audit.record(decision("z")).await.unwrap(), 13);
-    let mut all: Vec<_> = super::recover::rotated_files(&path)
+    let mut all: Vec<_> = super::paths::rotated_files(&path)
         .unwrap()
         .into_iter()
         .map(|(_, p)| p)

@@ -4,8 +4,8 @@
 //! durable), so N concurrent callers cost one `write` and one `fdatasync`, not N.
 
 use super::lock::LogLock;
+use super::paths::{aside_path, parent_dir, rotated_files};
 use super::record::{encode_line, line_hash, Payload, RecoveryInfo, GENESIS};
-use super::recover::{parent_dir, rotated_files};
 use super::{AuditUnavailable, Durability};
 use ed25519_dalek::SigningKey;
 use std::io::Write;
@@ -828,19 +828,6 @@ impl Writer {
         tracing::info!(archived = %PathBuf::from(dest).display(), "audit log rotated");
         Ok(())
     }
-}
-
-/// A sibling of the log for bytes moved out of it: hidden, so `audit.jsonl*` does not match it.
-pub(crate) fn aside_path(log: &Path, what: &str) -> PathBuf {
-    let name = log
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis())
-        .unwrap_or(0);
-    parent_dir(log).join(format!(".{name}.{what}-{now}"))
 }
 
 /// The `seq` and line hash of the last record still on disk before the active file: the

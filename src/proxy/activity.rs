@@ -5,8 +5,8 @@
 //! responses before it.
 
 use super::head;
+use super::lifecycle::StackLimits;
 use super::lifecycle::{Connections, RequestGuard};
-use super::server::StackLimits;
 use crate::upstream::Body;
 use bytes::Bytes;
 use http::Response;

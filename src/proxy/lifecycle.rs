@@ -7,7 +7,20 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::{watch, Notify};
+
+/// The limits every agent connection and request is held to.
+#[derive(Clone)]
+pub struct StackLimits {
+    pub request_timeout: Duration,
+    pub concurrency: Arc<tokio::sync::Semaphore>,
+    /// For the TLS handshake, for the first request to begin, and for a request's head once
+    /// its first byte has come.
+    pub header_read_timeout: Duration,
+    /// A connection without a request in progress for this long is closed.
+    pub idle_timeout: Duration,
+}
 
 /// Connections past `max_connections` that are still answered (a readable 503, then
 /// closed) rather than dropped unanswered: enough for agents to see why, few enough that

@@ -298,7 +298,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         })
     };
 
-    let limits = server::StackLimits {
+    let limits = lifecycle::StackLimits {
         request_timeout: config.limits.request_timeout,
         concurrency: Arc::new(tokio::sync::Semaphore::new(
             config.limits.max_concurrent_requests,
@@ -396,7 +396,7 @@ fn listen<T: Target>(
     broker: &Arc<Broker>,
     listener: tokio::net::TcpListener,
     tls: &Option<server::TlsSlot>,
-    limits: &server::StackLimits,
+    limits: &lifecycle::StackLimits,
     shards: &Option<Arc<shards::Shards>>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(server::serve(

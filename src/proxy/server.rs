@@ -14,7 +14,7 @@
 
 use super::activity::{Activity, Expiry, Watched};
 use super::head;
-use super::lifecycle::{Admit, ConnGuard, RefusalGuard};
+use super::lifecycle::{Admit, ConnGuard, RefusalGuard, StackLimits};
 use super::pipeline::{self, ConnInfo};
 use super::stack::{self, BoxedResponse};
 use super::Broker;
@@ -31,17 +31,6 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tower::ServiceExt;
-
-#[derive(Clone)]
-pub struct StackLimits {
-    pub request_timeout: Duration,
-    pub concurrency: Arc<tokio::sync::Semaphore>,
-    /// For the TLS handshake, for the first request to begin, and for a request's head once
-    /// its first byte has come.
-    pub header_read_timeout: Duration,
-    /// A connection without a request in progress for this long is closed.
-    pub idle_timeout: Duration,
-}
 
 /// The TLS configuration new connections are accepted with; a reload swaps it, and
 /// connections already open keep the one they started with.
