@@ -548,14 +548,6 @@ audit_lines() { cat "$RES/$1-audit-lines" 2>/dev/null || echo "?"; }
     echo "- real DynamoDB: the aws path's upstream is the stub above."
     [ "$SOAK" -gt 0 ] || echo "- memory soak: not run this time (\`--soak 600\` runs it)."
     true
-    if [ -f "$HERE/NOTES.md" ]; then
-        echo
-        echo "## Analysis, profile and earlier runs"
-        echo
-        echo "Hand-written in \`loadtest/NOTES.md\` and copied here by run.sh: it explains runs up to the time it was written, and may predate this run."
-        echo
-        sed 's/^#/##/' "$HERE/NOTES.md" | sed '1{/^## /d}'
-    fi
     echo
     echo "## Raw generator output"
     echo

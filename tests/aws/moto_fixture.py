@@ -130,7 +130,8 @@ def state(endpoint, admin):
         url = sqs.get_queue_url(QueueName=q)["QueueUrl"]
         a = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages"])
         out["sqs"][q] = int(a["Attributes"]["ApproximateNumberOfMessages"])
-    # moto wrongly rejects the signature of body-less rest-json GETs (see DESIGN.md), so the
+    # moto wrongly rejects the signature of body-less rest-json GETs (its own bug: botocore's
+    # signature is valid), so the
     # Lambda state is read with auth briefly off; the tests run one request at a time.
     moto_auth(endpoint, b"inf")
     try:
