@@ -41,78 +41,22 @@ impl Admission {
         cert::verify_signed(token, &self.issuers)
     }
 
-    /// Is this genuine certificate good right now, for this peer?
+    /// Is this genuine certificate good right now, for this peer? The checks of
+    /// [`CHECKS`], in their order; the first that says no is the refusal.
     pub fn check_certificate(
         &self,
         cert: &Certificate,
         peer: Option<Peer<'_>>,
         now: i64,
     ) -> Result<(), Denial> {
-        cert::check_window(&cert.claims, self.window, now)?;
-        let c = &cert.claims;
-        let rev = self.revocation.current(&c.iss).ok_or_else(|| {
-            let why = self
-                .revocation
-                .last_refusal()
-                .map(|r| format!(" (the last document offered was refused: {r})"))
-                .unwrap_or_default();
-            Denial::new(
-                Reason::RevocationDataStale,
-                format!(
-                    "no revocation data from issuer {:?} has been loaded yet; its certificates wait for it{why}",
-                    c.iss
-                ),
-            )
-        })?;
-        let age = now - rev.iat;
-        if age > self.max_staleness_secs {
-            return Err(Denial::new(
-                Reason::RevocationDataStale,
-                format!(
-                    "revocation data (epoch {}) was issued {age}s ago, over the {}s maximum staleness",
-                    rev.epoch, self.max_staleness_secs
-                ),
-            ));
-        }
-        let floor = self.min_policy_epoch.max(rev.min_policy_epoch);
-        if c.seb.policy_epoch < floor {
-            return Err(Denial::new(
-                Reason::PolicyEpochStale,
-                format!(
-                    "issued under policy epoch {}, the broker requires at least {floor}",
-                    c.seb.policy_epoch
-                ),
-            ));
-        }
-        if c.seb.revocation_epoch > rev.epoch {
-            return Err(Denial::new(
-                Reason::RevocationDataStale,
-                format!(
-                    "issued at revocation epoch {}, the broker has only epoch {}; retry once it has caught up",
-                    c.seb.revocation_epoch, rev.epoch
-                ),
-            ));
-        }
-        if let Some(why) = rev.revoked(&cert.kid, &c.jti, &c.sub) {
-            return Err(Denial::new(Reason::Revoked, why));
-        }
-        if let Some(cnf) = &c.cnf {
-            match peer {
-                None => {
-                    return Err(Denial::new(
-                        Reason::BindingMismatch,
-                        "certificate is bound to a client certificate (cnf), and the request came without mTLS",
-                    ))
-                }
-                // Both sides are public hashes, so a plain comparison leaks nothing.
-                Some(p) if p.x5t_s256 != cnf.x5t_s256 => {
-                    return Err(Denial::new(
-                        Reason::BindingMismatch,
-                        format!("certificate is bound to client certificate {}, the request used {}", cnf.x5t_s256, p.x5t_s256),
-                    ))
-                }
-                Some(_) => {}
-            }
+        let facts = Facts {
+            cert,
+            peer,
+            now,
+            revocation: self.revocation.current(&cert.claims.iss),
+        };
+        for (_, check) in CHECKS {
+            check(self, &facts)?;
         }
         Ok(())
     }
@@ -161,6 +105,132 @@ impl Admission {
         if let Err(e) = self.uses.give_back(&cert.kid, &cert.claims.jti).await {
             tracing::warn!(cert = %cert.claims.jti, error = %e, "could not give back an unused use");
         }
+    }
+}
+
+/// What the certificate checks read: the certificate, the peer, the time, and the revocation
+/// data of the certificate's issuer (looked up once).
+pub struct Facts<'a> {
+    pub cert: &'a Certificate,
+    pub peer: Option<Peer<'a>>,
+    pub now: i64,
+    pub revocation: Option<Arc<revocation::RevocationData>>,
+}
+
+pub type Check = fn(&Admission, &Facts) -> Result<(), Denial>;
+
+/// The certificate checks, in order: time first (an expired certificate is refused as
+/// expired whatever else is wrong), then the revocation data it is judged against, the
+/// epochs, revocation itself, and last the binding to the peer.
+pub const CHECKS: [(&str, Check); 6] = [
+    ("validity window", check_window),
+    ("revocation data", check_revocation_data),
+    ("policy epoch", check_policy_epoch),
+    ("revocation epoch", check_revocation_epoch),
+    ("not revoked", check_not_revoked),
+    ("client certificate binding", check_binding),
+];
+
+fn check_window(a: &Admission, f: &Facts) -> Result<(), Denial> {
+    cert::check_window(&f.cert.claims, a.window, f.now)
+}
+
+/// The issuer's revocation data, present and fresh enough.
+fn check_revocation_data(a: &Admission, f: &Facts) -> Result<(), Denial> {
+    let c = &f.cert.claims;
+    let Some(rev) = &f.revocation else {
+        let why = a
+            .revocation
+            .last_refusal()
+            .map(|r| format!(" (the last document offered was refused: {r})"))
+            .unwrap_or_default();
+        return Err(Denial::new(
+            Reason::RevocationDataStale,
+            format!(
+                "no revocation data from issuer {:?} has been loaded yet; its certificates wait for it{why}",
+                c.iss
+            ),
+        ));
+    };
+    let age = f.now - rev.iat;
+    if age > a.max_staleness_secs {
+        return Err(Denial::new(
+            Reason::RevocationDataStale,
+            format!(
+                "revocation data (epoch {}) was issued {age}s ago, over the {}s maximum staleness",
+                rev.epoch, a.max_staleness_secs
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Revocation data present: [`check_revocation_data`] runs first.
+fn loaded<'a>(f: &'a Facts) -> Result<&'a revocation::RevocationData, Denial> {
+    f.revocation.as_deref().ok_or_else(|| {
+        Denial::new(
+            Reason::RevocationDataStale,
+            "no revocation data has been loaded for the certificate's issuer",
+        )
+    })
+}
+
+fn check_policy_epoch(a: &Admission, f: &Facts) -> Result<(), Denial> {
+    let c = &f.cert.claims;
+    let floor = a.min_policy_epoch.max(loaded(f)?.min_policy_epoch);
+    if c.seb.policy_epoch < floor {
+        return Err(Denial::new(
+            Reason::PolicyEpochStale,
+            format!(
+                "issued under policy epoch {}, the broker requires at least {floor}",
+                c.seb.policy_epoch
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn check_revocation_epoch(_: &Admission, f: &Facts) -> Result<(), Denial> {
+    let c = &f.cert.claims;
+    let rev = loaded(f)?;
+    if c.seb.revocation_epoch > rev.epoch {
+        return Err(Denial::new(
+            Reason::RevocationDataStale,
+            format!(
+                "issued at revocation epoch {}, the broker has only epoch {}; retry once it has caught up",
+                c.seb.revocation_epoch, rev.epoch
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn check_not_revoked(_: &Admission, f: &Facts) -> Result<(), Denial> {
+    let c = &f.cert.claims;
+    match loaded(f)?.revoked(&f.cert.kid, &c.jti, &c.sub) {
+        Some(why) => Err(Denial::new(Reason::Revoked, why)),
+        None => Ok(()),
+    }
+}
+
+fn check_binding(_: &Admission, f: &Facts) -> Result<(), Denial> {
+    let Some(cnf) = &f.cert.claims.cnf else {
+        return Ok(());
+    };
+    match &f.peer {
+        None => Err(Denial::new(
+            Reason::BindingMismatch,
+            "certificate is bound to a client certificate (cnf), and the request came without mTLS",
+        )),
+        // Both sides are public hashes, so a plain comparison leaks nothing.
+        Some(p) if p.x5t_s256 != cnf.x5t_s256 => Err(Denial::new(
+            Reason::BindingMismatch,
+            format!(
+                "certificate is bound to client certificate {}, the request used {}",
+                cnf.x5t_s256, p.x5t_s256
+            ),
+        )),
+        Some(_) => Ok(()),
     }
 }
 
@@ -352,6 +422,48 @@ mod tests {
         assert_eq!(
             f.admission.take_use(&c).await.unwrap_err().reason,
             Reason::Replayed
+        );
+    }
+
+    /// Each check alone, on facts made by hand: an expired certificate with no revocation data
+    /// is refused by the window check first, and the later checks can be judged without it.
+    #[test]
+    fn each_check_runs_alone_and_the_order_puts_time_first() {
+        let f = fixture(1, 1, Revoked::default());
+        let cert = f
+            .admission
+            .authenticate(&f.issuer.sign(&payload(NOW)))
+            .unwrap();
+        let later = NOW + 3600;
+        let facts = Facts {
+            cert: &cert,
+            peer: None,
+            now: later,
+            revocation: None,
+        };
+        let names: Vec<&str> = CHECKS.iter().map(|(n, _)| *n).collect();
+        assert_eq!(names[0], "validity window");
+        let verdicts: Vec<Option<Reason>> = CHECKS
+            .iter()
+            .map(|(_, c)| c(&f.admission, &facts).err().map(|d| d.reason))
+            .collect();
+        assert_eq!(
+            verdicts,
+            [
+                Some(Reason::Expired),
+                Some(Reason::RevocationDataStale),
+                Some(Reason::RevocationDataStale),
+                Some(Reason::RevocationDataStale),
+                Some(Reason::RevocationDataStale),
+                None,
+            ]
+        );
+        assert_eq!(
+            f.admission
+                .check_certificate(&cert, None, later)
+                .unwrap_err()
+                .reason,
+            Reason::Expired
         );
     }
 }

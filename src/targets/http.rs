@@ -211,7 +211,7 @@ impl Target for HttpTarget {
                 "upstream": self.name,
                 "header": header.as_ref().map(|(n, _)| n.as_str()),
             }),
-            header: header.clone(),
+            headers: header.iter().cloned().collect(),
             aws: None,
         })
     }
@@ -227,7 +227,7 @@ impl Target for HttpTarget {
         // The agent's own credential headers were stripped by the header rules.
         let mut req = super::forwarded_request(&self.base, parts, &self.headers)?;
         let headers = req.headers_mut().expect("builder is valid");
-        if let Some((name, value)) = &identity.header {
+        for (name, value) in &identity.headers {
             headers.insert(name.clone(), value.clone());
         }
         if let Ok(v) = HeaderValue::from_str(request_id) {

@@ -49,7 +49,10 @@ pub enum ReaderAuth {
 /// The identity a request is executed under, for the audit record; secrets stay inside.
 pub struct Identity {
     pub audit: Value,
-    pub(crate) header: Option<(::http::HeaderName, ::http::HeaderValue)>,
+    /// The headers the forwarded request carries for it (a credential, a bearer token,
+    /// impersonation), built when the identity is, beside the audit value that describes
+    /// them: nothing downstream reads the audit value to decide what to send.
+    pub(crate) headers: Vec<(::http::HeaderName, ::http::HeaderValue)>,
     /// AWS: the credentials the forwarded request is signed with.
     pub(crate) aws: Option<aws::sigv4::Credentials>,
 }

@@ -140,7 +140,7 @@ impl Target for Fake {
         self.refuse(Fail::Identity, Reason::IdentityUnavailable)?;
         Ok(Identity {
             audit: json!({"kind": "fake"}),
-            header: None,
+            headers: Vec::new(),
             aws: None,
         })
     }

@@ -539,7 +539,7 @@ impl Target for AwsTarget {
             let (credentials, audit) = self.read_credentials(&region).await?;
             return Ok(Identity {
                 audit,
-                header: None,
+                headers: Vec::new(),
                 aws: Some(credentials),
             });
         };
@@ -551,7 +551,7 @@ impl Target for AwsTarget {
                 })?;
                 Ok(Identity {
                     audit: static_audit(&creds, "execution"),
-                    header: None,
+                    headers: Vec::new(),
                     aws: Some(creds),
                 })
             }
@@ -587,7 +587,7 @@ impl Target for AwsTarget {
                     .await?;
                 Ok(Identity {
                     audit: m.audit.clone(),
-                    header: None,
+                    headers: Vec::new(),
                     aws: Some(m.credentials.clone()),
                 })
             }

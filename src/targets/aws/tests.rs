@@ -837,7 +837,7 @@ fn forwarded_requests_carry_no_agent_credentials_and_a_fresh_signature() {
     );
     let id = Identity {
         audit: Value::Null,
-        header: None,
+        headers: Vec::new(),
         aws: Some(Credentials {
             access_key_id: "AKIDBROKER".into(),
             secret_access_key: "s".into(),

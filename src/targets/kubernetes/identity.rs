@@ -85,9 +85,11 @@ pub fn identity(
             "seb-cert-id": [c.claims.jti],
         });
     }
+    let mut headers = vec![(AUTHORIZATION, credential.bearer()?)];
+    headers.extend(impersonation_headers(&audit)?);
     Ok(Identity {
         audit,
-        header: Some((AUTHORIZATION, credential.bearer()?)),
+        headers,
         aws: None,
     })
 }
@@ -145,7 +147,7 @@ impl TokenMinter {
                 "expirationSeconds": self.expiration_seconds,
                 "cert_id": cert.claims.jti,
             }),
-            header: Some((AUTHORIZATION, token)),
+            headers: vec![(AUTHORIZATION, token)],
             aws: None,
         }
     }
@@ -173,7 +175,7 @@ pub fn minted_token(body: &[u8]) -> Result<HeaderValue, Denial> {
 
 /// The `Impersonate-*` headers for an identity, built from its audit value so the record and
 /// the request cannot disagree.
-pub fn impersonation_headers(audit: &Value) -> Result<Vec<(HeaderName, HeaderValue)>, Denial> {
+fn impersonation_headers(audit: &Value) -> Result<Vec<(HeaderName, HeaderValue)>, Denial> {
     let bad = |what: &str| {
         Denial::new(
             Reason::IdentityUnavailable,
@@ -221,9 +223,9 @@ mod tests {
             groups: vec!["seb:exec".into(), "seb:shop".into()],
         };
         let id = identity(&cred, &who, None).unwrap();
-        assert_eq!(id.header.as_ref().unwrap().1, "Bearer broker-token");
-        let h = impersonation_headers(&id.audit).unwrap();
-        let shown: Vec<(String, String)> = h
+        assert_eq!(id.headers[0].1, "Bearer broker-token");
+        assert_eq!(impersonation_headers(&id.audit).unwrap(), id.headers[1..]);
+        let shown: Vec<(String, String)> = id.headers[1..]
             .iter()
             .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_string()))
             .collect();

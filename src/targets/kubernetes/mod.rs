@@ -173,11 +173,8 @@ impl KubeTarget {
         let id = identity::identity(&self.credential, &self.execution, None)?;
         let mut req = Request::get(self.upstream_uri(path)?).header("accept", "application/json");
         let h = req.headers_mut().expect("builder is valid");
-        if let Some((n, v)) = &id.header {
-            h.insert(n.clone(), v.clone());
-        }
-        for (n, v) in identity::impersonation_headers(&id.audit)? {
-            h.append(n, v);
+        for (n, v) in &id.headers {
+            h.append(n.clone(), v.clone());
         }
         let req = req
             .body(Full::new(Bytes::new()))
@@ -486,8 +483,10 @@ impl Target for KubeTarget {
         // rules (see header_rules).
         let mut req = super::forwarded_request(&self.base, parts, &self.headers)?;
         let headers = req.headers_mut().expect("builder is valid");
-        if let Some((name, value)) = &identity.header {
-            headers.insert(name.clone(), value.clone());
+        // The execution identity's own headers: its bearer token, and impersonation where
+        // it is the broker's credential acting as the execution user.
+        for (name, value) in &identity.headers {
+            headers.append(name.clone(), value.clone());
         }
         // An admitted exec, attach or port-forward asks the apiserver for the same upgrade
         // (the pipeline joins the two upgraded connections).
@@ -497,13 +496,6 @@ impl Target for KubeTarget {
                 http::header::CONNECTION,
                 HeaderValue::from_static("Upgrade"),
             );
-        }
-        // A TokenRequest token is the identity itself; impersonation is for the broker's own
-        // credential.
-        if identity.audit["kind"] == "impersonation" {
-            for (n, v) in identity::impersonation_headers(&identity.audit)? {
-                headers.append(n, v);
-            }
         }
         if let Ok(v) = HeaderValue::from_str(request_id) {
             headers.insert(HeaderName::from_static("x-request-id"), v);
