@@ -3,6 +3,7 @@
 use super::query::{query_lines, Filter};
 use super::record::{Kind, Verdict};
 use super::verify::verify_logs;
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use serde_json::Value;
 use std::io::Write;
 use std::path::PathBuf;
@@ -40,7 +41,7 @@ pub struct QueryArgs {
     pub action: Option<String>,
     #[arg(long)]
     pub policy: Option<String>,
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = PossibleValuesParser::new(["allow", "deny"]).map(|s| verdict(&s)))]
     pub decision: Option<Verdict>,
     /// Reason code, e.g. `expired`.
     #[arg(long)]
@@ -56,10 +57,28 @@ pub struct QueryArgs {
     /// KEY=VALUE on the certificate's evidence; repeat to require several.
     #[arg(long)]
     pub evidence: Vec<String>,
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = PossibleValuesParser::new(["decision", "outcome"]).map(|s| kind(&s)))]
     pub kind: Option<Kind>,
     #[arg(long, value_enum, default_value_t = Format::Jsonl)]
     pub format: Format,
+}
+
+// The record types are the library's; the CLI spells them here, so the library does not
+// depend on clap.
+fn verdict(s: &str) -> Verdict {
+    if s == "allow" {
+        Verdict::Allow
+    } else {
+        Verdict::Deny
+    }
+}
+
+fn kind(s: &str) -> Kind {
+    if s == "decision" {
+        Kind::Decision
+    } else {
+        Kind::Outcome
+    }
 }
 
 /// Exit 0 when every file verifies as one chain, 1 when verification fails, 2 when the key
