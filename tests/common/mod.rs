@@ -417,17 +417,22 @@ pub fn seb(args: &[&str]) -> (i32, String, String) {
     )
 }
 
-/// Sends request bytes exactly as given over TLS, for paths a URL library would normalize
-/// before sending (dot segments, encoded dots). Returns (status, body as JSON).
-pub async fn send_raw(env: &Env, port: u16, request: &str) -> Reply {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+/// A TLS connection to a broker listener, trusting the dev CA, for raw bytes.
+async fn raw_tls(env: &Env, port: u16) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     let config = seb::tls::client_config(Some(&env.path("tls/ca.pem")), None).unwrap();
     let connector = tokio_rustls::TlsConnector::from(config);
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .unwrap();
     let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-    let mut tls = connector.connect(name, tcp).await.unwrap();
+    connector.connect(name, tcp).await.unwrap()
+}
+
+/// Sends request bytes exactly as given over TLS, for paths a URL library would normalize
+/// before sending (dot segments, encoded dots). Returns (status, body as JSON).
+pub async fn send_raw(env: &Env, port: u16, request: &str) -> Reply {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tls = raw_tls(env, port).await;
     tls.write_all(request.as_bytes()).await.unwrap();
     let mut out = Vec::new();
     let _ = tls.read_to_end(&mut out).await;
@@ -449,13 +454,7 @@ pub async fn send_raw(env: &Env, port: u16, request: &str) -> Reply {
 /// of each, in order.
 pub async fn exchange_raw(env: &Env, port: u16, request: Vec<u8>) -> Vec<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let config = seb::tls::client_config(Some(&env.path("tls/ca.pem")), None).unwrap();
-    let connector = tokio_rustls::TlsConnector::from(config);
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-    let tls = connector.connect(name, tcp).await.unwrap();
+    let tls = raw_tls(env, port).await;
     let (mut rd, mut wr) = tokio::io::split(tls);
     let writer = tokio::spawn(async move {
         // The broker may close before all of it is taken; that is its right.
