@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// Files over the line limit today, with their size when listed: each may only shrink.
-const OVER_THE_LIMIT: [(&str, usize); 8] = [
+const OVER_THE_LIMIT: [(&str, usize); 7] = [
     // Unit tests, one file per module.
     ("src/targets/aws/tests.rs", 1424),
     ("src/audit/tests.rs", 719),
@@ -20,7 +20,6 @@ const OVER_THE_LIMIT: [(&str, usize); 8] = [
     ("src/targets/kubernetes/patch.rs", 891),
     ("src/audit/writer.rs", 850),
     ("src/targets/aws/mod.rs", 830),
-    ("src/proxy/head.rs", 690),
     ("src/targets/kubernetes/mod.rs", 620),
 ];
 const LIMIT: usize = 600;
