@@ -1965,3 +1965,42 @@ async fn parser_level_refusals_carry_a_reason_the_client_can_read() {
     assert_eq!(answers.first().map(|a| a.0), Some(200), "{answers:?}");
     assert_eq!(posts(&up).len(), 1);
 }
+
+/// Review of issue 14: the head gate steps aside for a request that asks for an upgrade, so
+/// bytes pipelined behind one must never be read when the answer is not `101`: the connection
+/// ends after that answer. (Seen: `Upgrade: x` on a certified POST, then a request whose
+/// `Transfer-Encoding: gzip, chunked` the gate refuses but hyper reads as chunked.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_pipelined_behind_an_upgrade_request_is_read_unless_it_switched() {
+    let env = Env::new();
+    let up = Upstream::start(env.dir.path());
+    let broker = Broker::start(&env, &api_key_config(&env, up.port, ""));
+    let auth = bearer(&env.cert("POST", "/v1/refunds", refund_rule()));
+    let good = r#"{"amount":50,"order":"ord_1"}"#;
+    let first = format!(
+        "POST /v1/refunds HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\nauthorization: {auth}\r\nupgrade: anything\r\ncontent-length: {}\r\n\r\n{good}",
+        good.len()
+    );
+    let smuggled = format!(
+        "POST /v1/refunds HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\nauthorization: {auth}\r\ntransfer-encoding: gzip, chunked\r\n\r\n{:x}\r\n{good}\r\n0\r\n\r\n",
+        good.len()
+    );
+    let answers = exchange_raw(
+        &env,
+        broker.listen,
+        format!("{first}{smuggled}").into_bytes(),
+    )
+    .await;
+    assert_eq!(answers.len(), 1, "{answers:?}");
+    assert!(posts(&up).len() <= 1, "{:?}", posts(&up));
+    // CONNECT is refused at the head: nothing tunnels.
+    let answers = exchange_raw(
+        &env,
+        broker.listen,
+        b"CONNECT 127.0.0.1:22 HTTP/1.1\r\nhost: 127.0.0.1:22\r\n\r\n".to_vec(),
+    )
+    .await;
+    assert_eq!(answers.len(), 1, "{answers:?}");
+    assert_eq!(answers[0].0, 400, "{answers:?}");
+    assert!(answers[0].1.contains("tunnels nothing"), "{answers:?}");
+}

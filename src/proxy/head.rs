@@ -403,7 +403,11 @@ fn framing(req: &httparse::Request) -> Result<Framing, String> {
         return Err(format!("the request target {target:?} is not a valid URI"));
     }
     let http10 = req.version == Some(0);
-    let (mut length, mut chunked, mut upgrade) = (None, false, method == "CONNECT");
+    if method == "CONNECT" {
+        // No target tunnels; hyper would hand the connection over on any 2xx answer.
+        return Err("CONNECT: seb is not a forward proxy and tunnels nothing".into());
+    }
+    let (mut length, mut chunked, mut upgrade) = (None, false, false);
     for h in req.headers.iter() {
         if h.name.eq_ignore_ascii_case("content-length") {
             if length.is_some() {

@@ -86,6 +86,13 @@ where
     let (broker, target, conn) = (&*broker, &*target, &*conn);
     let mut record = Draft::new(target, &parts.method, parts.uri.path_and_query(), conn);
     let dialect = ctx.dialect;
+    // An HTTP/1 request that asks for an upgrade hands the connection over if the answer is
+    // 101. When it is not, the connection ends after the answer: hyper reads nothing after such
+    // a request, and bytes pipelined behind it must not be read past the request head gate,
+    // which stepped aside for the upgrade.
+    let close_unless_switched = parts.version <= http::Version::HTTP_11
+        && (parts.method == http::Method::CONNECT
+            || parts.headers.contains_key(http::header::UPGRADE));
     let result = run(
         broker,
         target,
@@ -98,6 +105,34 @@ where
     )
     .await;
     broker.metrics.observe(Phase::Total, started.elapsed());
+    let mut resp = answer(
+        broker,
+        target,
+        result,
+        &mut record,
+        started,
+        dialect,
+        request_id,
+    );
+    if close_unless_switched && resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+        resp.headers_mut().insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("close"),
+        );
+    }
+    resp
+}
+
+/// The response, or the refusal rendered, counted and recorded.
+fn answer<T: Target>(
+    broker: &Broker,
+    target: &T,
+    result: Result<Response<Body>, Denial>,
+    record: &mut Draft,
+    started: Instant,
+    dialect: crate::denial::Dialect,
+    request_id: &str,
+) -> Response<Body> {
     match result {
         Ok(resp) => resp,
         Err(denial) => {

@@ -168,6 +168,7 @@ async fn request_lines_hyper_would_refuse_and_fragments_are_answered() {
         ("P(ST /a HTTP/1.1", "method"),
         ("POST /a\x7fb HTTP/1.1", "request target"),
         ("POST /a<b> HTTP/1.1", "not a valid URI"),
+        ("CONNECT example.com:443 HTTP/1.1", "tunnels nothing"),
     ] {
         let bytes = format!("{line}\r\nhost: x\r\ncontent-length: 0\r\n\r\n");
         let (seen, answer) = through(vec![bytes.into_bytes()], false).await;
