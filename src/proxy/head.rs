@@ -217,10 +217,13 @@ impl<S: AsyncRead + Unpin> AsyncRead for Gate<S> {
                 }
                 _ => {
                     let start = this.held.len();
-                    let mut scratch = [0u8; READ_CHUNK];
-                    let mut rb = ReadBuf::new(&mut scratch);
-                    ready!(Pin::new(&mut this.inner).poll_read(cx, &mut rb))?;
-                    let n = rb.filled().len();
+                    // Straight into the held buffer's spare room: no scratch to zero and copy.
+                    this.held.reserve(READ_CHUNK);
+                    let n = ready!(tokio_util::io::poll_read_buf(
+                        Pin::new(&mut this.inner),
+                        cx,
+                        &mut this.held
+                    ))?;
                     if n == 0 {
                         // The agent stopped sending mid-head: hyper reads what there is and
                         // ends the connection as it would have.
@@ -231,7 +234,6 @@ impl<S: AsyncRead + Unpin> AsyncRead for Gate<S> {
                         }
                         continue;
                     }
-                    this.held.extend_from_slice(rb.filled());
                     if this.framing == Framing::Head && !head_may_end(&this.held, start) {
                         if this.held.len() - this.ready > MAX_HEAD_BYTES {
                             this.refuse(too_large());
