@@ -1,6 +1,8 @@
 //! loadgen: the load generator behind loadtest/run.sh.
 //!
 //! * `upstream`: a minimal, fast HTTP/1.1 server answering 200 with a tiny JSON body.
+//! * `sts`: a stand-in for AWS STS answering `AssumeRole` after a fixed delay (100 ms by
+//!   default), each call on its own deadline, counting the calls.
 //! * `certs`: pre-issues single-use seb certificates into a file, one per line, so the
 //!   generator never signs on the hot path.
 //! * `run`: open-loop fixed-rate load (coordinated-omission-free: request i is due at
@@ -12,6 +14,7 @@
 
 mod certs;
 mod run;
+mod sts;
 mod table;
 mod targets;
 mod upstream;
@@ -29,6 +32,8 @@ struct Cli {
 enum Command {
     /// Serve 200 {"ok":true} to every request, as fast as possible.
     Upstream(upstream::Args),
+    /// Answer STS AssumeRole after a fixed delay, each call on its own deadline.
+    Sts(sts::Args),
     /// Pre-issue N single-use certificates into a file, one per line.
     Certs(certs::Args),
     /// Generate load against a URL and report latency percentiles and throughput.
@@ -48,6 +53,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Upstream(a) => upstream::main(a),
+        Command::Sts(a) => sts::main(a),
         Command::Certs(a) => certs::main(a),
         Command::Run(a) => run::main(a),
         Command::Ports { n } => ports(n),
