@@ -9,6 +9,13 @@
 //! Closed loop (`--mode closed --connections C`): C workers each send back to back;
 //! latency is measured from the actual send (the server sets the pace; these latencies are
 //! for context, the figure of merit is throughput).
+//!
+//! Prepare ahead (`--prepare-lead-ms L`, open loop with a certificate pool): certificate i is
+//! also presented to the broker's `POST /v1/prepare` at its request's scheduled time minus L,
+//! on its own connections and schedule, as an agent would before using it, so the broker can
+//! mint the identity in the background. The requests' latencies are measured as always; the
+//! prepares are counted (answered 2xx or not, and whether any came back after its
+//! certificate's use was due) and timed from their own scheduled time.
 
 use bytes::Bytes;
 use hdrhistogram::Histogram;
@@ -85,6 +92,17 @@ pub struct Args {
     /// A label carried into the report.
     #[arg(long, default_value = "")]
     label: String,
+    /// Open loop with --certs: present certificate i at `--prepare-path` this many ms before
+    /// request i is due (an empty POST with the request's headers, the certificate where the
+    /// request carries it, no Content-Type).
+    #[arg(long)]
+    prepare_lead_ms: Option<u64>,
+    #[arg(long, default_value = "/v1/prepare")]
+    prepare_path: String,
+    /// Keep-alive connections that carry the prepares (a prepare is answered without
+    /// waiting for the identity, so a few suffice).
+    #[arg(long, default_value_t = 16)]
+    prepare_connections: usize,
 }
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -120,6 +138,16 @@ struct Target {
     /// Extra fixed headers, parsed once.
     headers: Vec<(http::HeaderName, http::HeaderValue)>,
     timeout: Duration,
+    prepare_path: String,
+}
+
+/// Which request a worker sends for certificate i.
+#[derive(Clone, Copy)]
+enum Kind {
+    /// The measured request.
+    Use,
+    /// The empty POST to the prepare path that announces the certificate ahead of its use.
+    Prepare,
 }
 
 impl Target {
@@ -150,12 +178,16 @@ impl Target {
         }
     }
 
-    fn request(&self, cert: Option<&str>) -> Request<Full<Bytes>> {
+    fn request(&self, cert: Option<&str>, kind: Kind) -> Request<Full<Bytes>> {
+        let (method, path, body) = match kind {
+            Kind::Use => (self.method.clone(), self.path.as_str(), self.body.clone()),
+            Kind::Prepare => (Method::POST, self.prepare_path.as_str(), Bytes::new()),
+        };
         let mut b = Request::builder()
-            .method(self.method.clone())
-            .uri(self.path.as_str())
+            .method(method)
+            .uri(path)
             .header(http::header::HOST, self.authority.as_str());
-        if !self.body.is_empty()
+        if !body.is_empty()
             && !self
                 .headers
                 .iter()
@@ -164,6 +196,10 @@ impl Target {
             b = b.header(http::header::CONTENT_TYPE, "application/json");
         }
         for (n, v) in &self.headers {
+            // A prepare has no body, so nothing for a Content-Type to describe.
+            if matches!(kind, Kind::Prepare) && n == http::header::CONTENT_TYPE {
+                continue;
+            }
             b = b.header(n, v);
         }
         if let Some(c) = cert {
@@ -172,7 +208,7 @@ impl Target {
                 None => b = b.header(http::header::AUTHORIZATION, format!("Bearer {c}")),
             }
         }
-        b.body(Full::new(self.body.clone())).expect("valid request")
+        b.body(Full::new(body)).expect("valid request")
     }
 }
 
@@ -186,6 +222,9 @@ struct Tally {
     status: BTreeMap<u16, u64>,
     transport: BTreeMap<&'static str, u64>,
     last_done: Option<Instant>,
+    /// Prepares only: answered after their certificate's use was due, so the use could not
+    /// have found the identity started by them.
+    after_use: u64,
 }
 
 impl Tally {
@@ -198,6 +237,7 @@ impl Tally {
             status: BTreeMap::new(),
             transport: BTreeMap::new(),
             last_done: None,
+            after_use: 0,
         }
     }
 
@@ -212,6 +252,7 @@ impl Tally {
             *self.transport.entry(k).or_default() += v;
         }
         self.last_done = self.last_done.max(o.last_done);
+        self.after_use += o.after_use;
     }
 }
 
@@ -221,6 +262,7 @@ async fn one(
     t: &Target,
     conn: &mut Option<SendRequest<Full<Bytes>>>,
     cert: Option<&str>,
+    kind: Kind,
 ) -> Result<u16, &'static str> {
     if conn.as_ref().is_none_or(|c| c.is_closed()) {
         *conn = Some(t.connect().await?);
@@ -229,7 +271,7 @@ async fn one(
     let fut = async {
         sender.ready().await.map_err(|_| "connection_closed")?;
         let resp = sender
-            .send_request(t.request(cert))
+            .send_request(t.request(cert, kind))
             .await
             .map_err(|_| "send")?;
         let status = resp.status().as_u16();
@@ -341,8 +383,12 @@ pub fn main(a: Args) -> anyhow::Result<()> {
         cert_header,
         headers,
         timeout: a.timeout,
+        prepare_path: a.prepare_path.clone(),
     });
     let connections = a.connections.max(1);
+    if a.prepare_lead_ms.is_some() && (a.mode != Mode::Open || a.certs.is_none()) {
+        anyhow::bail!("--prepare-lead-ms needs --mode open and --certs");
+    }
     if a.mode == Mode::Open {
         let rate = a
             .rate
@@ -363,24 +409,37 @@ pub fn main(a: Args) -> anyhow::Result<()> {
         .worker_threads(a.threads.max(1))
         .enable_all()
         .build()?;
-    let (tally, wall, exhausted) = rt.block_on(async {
+    let (tally, wall, exhausted, prepared) = rt.block_on(async {
         // Connections (and TLS handshakes) are made before the clock starts.
-        let mut conns = Vec::with_capacity(connections);
-        for _ in 0..connections {
-            conns.push(
-                target
-                    .connect()
-                    .await
-                    .map_err(|k| anyhow::anyhow!("connecting to {addr}: {k}"))?,
-            );
-        }
+        let connect = |n: usize| {
+            let target = target.clone();
+            async move {
+                let mut conns = Vec::with_capacity(n);
+                for _ in 0..n {
+                    conns.push(
+                        target
+                            .connect()
+                            .await
+                            .map_err(|k| anyhow::anyhow!("connecting to {addr}: {k}"))?,
+                    );
+                }
+                anyhow::Ok(conns)
+            }
+        };
+        let conns = connect(connections).await?;
         let result = match a.mode {
-            Mode::Open => run_open(&a, target.clone(), conns).await,
+            Mode::Open => {
+                let prepare_conns = match a.prepare_lead_ms {
+                    Some(_) => connect(a.prepare_connections.max(1)).await?,
+                    None => Vec::new(),
+                };
+                run_open(&a, target.clone(), conns, prepare_conns).await
+            }
             Mode::Closed => run_closed(&a, target.clone(), conns).await,
         };
         anyhow::Ok(result)
     })?;
-    let report = report(&a, &tally, wall, target.certs.len());
+    let report = report(&a, &tally, wall, target.certs.len(), prepared.as_ref());
     eprint!("{}", text(&report));
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -394,17 +453,27 @@ pub fn main(a: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Returns the merged tally, the measured wall time and whether the pool ran out.
+/// The merged tally, the measured wall time, whether the pool ran out, and the prepares'
+/// tally when they were sent.
+type Outcome = (Tally, Duration, bool, Option<Tally>);
+
 async fn run_open(
     a: &Args,
     target: Arc<Target>,
     conns: Vec<SendRequest<Full<Bytes>>>,
-) -> (Tally, Duration, bool) {
+    prepare_conns: Vec<SendRequest<Full<Bytes>>>,
+) -> Outcome {
     let rate = a.rate.expect("checked");
     let total = (rate * (a.warmup + a.duration).as_secs_f64()).round() as usize;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<(usize, Instant)>();
     let rx = Arc::new(tokio::sync::Mutex::new(rx));
-    let start = Instant::now() + Duration::from_millis(20);
+    let lead = Duration::from_millis(a.prepare_lead_ms.unwrap_or(0));
+    // The first prepare is due `lead` before the first request: the schedule starts that much
+    // later, so no prepare is already late when the clock starts.
+    let start = Instant::now() + Duration::from_millis(20) + lead;
+    let prepares = a
+        .prepare_lead_ms
+        .map(|_| spawn_prepares(&target, prepare_conns, start, rate, total, lead));
     let measure_from = start + a.warmup;
     let use_certs = a.certs.is_some();
     let mut workers = Vec::new();
@@ -421,7 +490,7 @@ async fn run_open(
                 } else {
                     None
                 };
-                let r = one(&t, &mut conn, cert).await;
+                let r = one(&t, &mut conn, cert, Kind::Use).await;
                 let done = Instant::now();
                 tally.ok_all += matches!(r, Ok(200..=299)) as u64;
                 if due >= measure_from {
@@ -450,18 +519,82 @@ async fn run_open(
         tally.merge(w.await.expect("worker"));
     }
     let _ = dispatcher.join();
+    let prepared = match prepares {
+        Some((workers, dispatcher)) => {
+            let mut p = Tally::new();
+            for w in workers {
+                p.merge(w.await.expect("prepare worker"));
+            }
+            let _ = dispatcher.join();
+            Some(p)
+        }
+        None => None,
+    };
     let wall = tally
         .last_done
         .map(|d| d.saturating_duration_since(measure_from))
         .unwrap_or_default();
-    (tally, wall, false)
+    (tally, wall, false, prepared)
+}
+
+type PrepareWorkers = (
+    Vec<tokio::task::JoinHandle<Tally>>,
+    std::thread::JoinHandle<()>,
+);
+
+/// The prepares' own schedule: certificate i at `start + i/rate - lead`, on its own
+/// connections, every prepare recorded (warm-up included: a refused prepare is a finding
+/// wherever it falls), its latency from its scheduled time.
+fn spawn_prepares(
+    target: &Arc<Target>,
+    conns: Vec<SendRequest<Full<Bytes>>>,
+    start: Instant,
+    rate: f64,
+    total: usize,
+    lead: Duration,
+) -> PrepareWorkers {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<(usize, Instant)>();
+    let rx = Arc::new(tokio::sync::Mutex::new(rx));
+    let workers = conns
+        .into_iter()
+        .map(|c| {
+            let (rx, t) = (rx.clone(), target.clone());
+            tokio::spawn(async move {
+                let mut conn = Some(c);
+                let mut tally = Tally::new();
+                loop {
+                    let job = rx.lock().await.recv().await;
+                    let Some((i, due)) = job else { break };
+                    let r = one(&t, &mut conn, Some(t.certs[i].as_str()), Kind::Prepare).await;
+                    let done = Instant::now();
+                    tally.ok_all += matches!(r, Ok(200..=299)) as u64;
+                    tally.after_use += u64::from(done > due + lead);
+                    record(&mut tally, r, done.saturating_duration_since(due), done);
+                }
+                tally
+            })
+        })
+        .collect();
+    let dispatcher = std::thread::spawn(move || {
+        for i in 0..total {
+            let due = start + Duration::from_secs_f64(i as f64 / rate) - lead;
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+            if tx.send((i, due)).is_err() {
+                break;
+            }
+        }
+    });
+    (workers, dispatcher)
 }
 
 async fn run_closed(
     a: &Args,
     target: Arc<Target>,
     conns: Vec<SendRequest<Full<Bytes>>>,
-) -> (Tally, Duration, bool) {
+) -> Outcome {
     let start = Instant::now();
     let measure_from = start + a.warmup;
     let end = measure_from + a.duration;
@@ -488,7 +621,7 @@ async fn run_closed(
                     None
                 };
                 let sent = Instant::now();
-                let r = one(&t, &mut conn, cert).await;
+                let r = one(&t, &mut conn, cert, Kind::Use).await;
                 let done = Instant::now();
                 tally.ok_all += matches!(r, Ok(200..=299)) as u64;
                 if sent >= measure_from && done <= end {
@@ -510,12 +643,42 @@ async fn run_closed(
     } else {
         a.duration
     };
-    (tally, wall, exhausted.load(Ordering::Relaxed))
+    (tally, wall, exhausted.load(Ordering::Relaxed), None)
 }
 
-fn report(a: &Args, t: &Tally, wall: Duration, pool: usize) -> serde_json::Value {
+fn us(ns: u64) -> f64 {
+    (ns as f64 / 1000.0 * 10.0).round() / 10.0
+}
+
+fn prepare_report(a: &Args, p: &Tally) -> serde_json::Value {
+    let h = &p.hist;
+    json!({
+        "lead_ms": a.prepare_lead_ms,
+        "path": a.prepare_path,
+        "connections": a.prepare_connections,
+        "sent": h.len(),
+        "ok": p.ok,
+        "failed": h.len() - p.ok,
+        "status_errors": p.status.iter().map(|(k, v)| (k.to_string(), *v)).collect::<BTreeMap<_, _>>(),
+        "transport_errors": p.transport,
+        "answered_after_use_due": p.after_use,
+        "latency_us": {
+            "p50": us(h.value_at_quantile(0.50)),
+            "p99": us(h.value_at_quantile(0.99)),
+            "max": us(h.max()),
+            "measured_from": "scheduled time",
+        },
+    })
+}
+
+fn report(
+    a: &Args,
+    t: &Tally,
+    wall: Duration,
+    pool: usize,
+    prepared: Option<&Tally>,
+) -> serde_json::Value {
     let h = &t.hist;
-    let us = |ns: u64| (ns as f64 / 1000.0 * 10.0).round() / 10.0;
     let requests = h.len();
     let errors = requests - t.ok;
     let secs = wall.as_secs_f64().max(1e-9);
@@ -546,6 +709,7 @@ fn report(a: &Args, t: &Tally, wall: Duration, pool: usize) -> serde_json::Value
             "mean": (h.mean() / 100.0).round() / 10.0,
             "measured_from": match a.mode { Mode::Open => "scheduled time", Mode::Closed => "send time" },
         },
+        "prepare": prepared.map(|p| prepare_report(a, p)),
     })
 }
 
@@ -577,6 +741,28 @@ fn text(r: &serde_json::Value) -> String {
             "  errors: status {}  transport {}\n",
             r["status_errors"], r["transport_errors"]
         );
+    }
+    let p = &r["prepare"];
+    if p.is_object() {
+        let pl = &p["latency_us"];
+        s += &format!(
+            "  prepare {} ms ahead at {}: {} sent, {} ok, {} failed, {} answered after their use was due; latency (from scheduled time) p50 {:.3} ms  p99 {:.3} ms  max {:.3} ms\n",
+            p["lead_ms"],
+            p["path"].as_str().unwrap_or(""),
+            p["sent"],
+            p["ok"],
+            p["failed"],
+            p["answered_after_use_due"],
+            pl["p50"].as_f64().unwrap_or(0.0) / 1000.0,
+            pl["p99"].as_f64().unwrap_or(0.0) / 1000.0,
+            pl["max"].as_f64().unwrap_or(0.0) / 1000.0,
+        );
+        if p["failed"].as_u64().unwrap_or(0) > 0 {
+            s += &format!(
+                "  prepare errors: status {}  transport {}\n",
+                p["status_errors"], p["transport_errors"]
+            );
+        }
     }
     s
 }
