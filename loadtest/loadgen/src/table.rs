@@ -61,6 +61,53 @@ pub fn crypto_floor(dir: &std::path::Path) -> Option<(f64, String)> {
     ))
 }
 
+/// What the STS stub saw during a path's fixed-rate phase, and the prepares the generator
+/// sent, when there were any.
+fn sts_line(dir: &std::path::Path, p: &str) -> String {
+    let Some(s) = crate::targets::sts(dir, p) else {
+        return String::new();
+    };
+    let report = load(dir, &format!("{p}-open.json"));
+    let answered = report
+        .as_ref()
+        .and_then(|r| r["ok_including_warmup"].as_u64())
+        .unwrap_or(0);
+    let mut line = format!(
+        "\n{p}: {:.0} STS AssumeRole calls during its fixed-rate phase (warm-up included) for {answered} 2xx answers; the stub held each answer {} on average (set to {:.0} ms).",
+        s.calls,
+        s.mean_hold_ms
+            .map(|h| format!("{h:.3} ms"))
+            .unwrap_or_else(|| "–".into()),
+        s.delay_ms
+    );
+    if let Some(pr) = report
+        .as_ref()
+        .map(|r| &r["prepare"])
+        .filter(|v| v.is_object())
+    {
+        let l = &pr["latency_us"];
+        let ms = |k: &str| l[k].as_f64().map(|v| v / 1000.0).unwrap_or(0.0);
+        line += &format!(
+            " Prepares {} ms ahead (`POST {}`, {} connections): {} sent, {} answered 2xx, {} failed{}, {} answered after their certificate's use was due; prepare latency from its scheduled time p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms.",
+            pr["lead_ms"],
+            pr["path"].as_str().unwrap_or(""),
+            pr["connections"],
+            pr["sent"],
+            pr["ok"],
+            pr["failed"],
+            match pr["status_errors"].as_object() {
+                Some(m) if !m.is_empty() => format!(" (status {}, transport {})", pr["status_errors"], pr["transport_errors"]),
+                _ => String::new(),
+            },
+            pr["answered_after_use_due"],
+            ms("p50"),
+            ms("p99"),
+            ms("max"),
+        );
+    }
+    line + "\n"
+}
+
 pub fn load(dir: &std::path::Path, name: &str) -> Option<Value> {
     let text = std::fs::read_to_string(dir.join(name)).ok()?;
     serde_json::from_str(&text).ok()
@@ -191,6 +238,9 @@ pub fn main(a: Args) -> anyhow::Result<()> {
     match &floor {
         Some((_, how)) => out += &format!("\nCrypto floor per admitted request (criterion medians): {how}.\n"),
         None => out += "\nCrypto floor: no criterion results found (run `cargo bench --bench hot_path` first).\n",
+    }
+    for p in &a.paths {
+        out += &sts_line(&a.dir, p);
     }
     print!("{out}");
     Ok(())
