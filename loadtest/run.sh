@@ -1,14 +1,21 @@
 #!/usr/bin/env bash
 # seb load test: the same workload direct to a fast local upstream, through nginx as a plain
 # reverse proxy, and through seb (http target, TLS) with durable (fsync) and relaxed (flush)
-# audit, plus seb's aws target (static identity, DynamoDB PutItem re-signed with SigV4, fsync)
-# against the same fast upstream, in one invocation. Prints one table and writes it, with the
-# machine's description, to loadtest/RESULTS.md. See loadtest/README.md.
+# audit, plus seb's aws target (DynamoDB PutItem re-signed with SigV4, fsync) against the same
+# fast upstream, with static identity and with a per-certificate STS session from a delaying
+# STS stub (without and with the certificate prepared ahead), in one invocation. The closed
+# loops come first: the fixed-rate phases run at 25% of seb-fsync's closed-loop maximum. Prints
+# one table and writes it, with the machine's description and the targets against this run's
+# own floors, to loadtest/RESULTS.md. See loadtest/README.md.
 #
-# Usage: loadtest/run.sh [--quick] [--soak SECONDS] [--no-build] [--no-bench] [--keep]
+# Usage: loadtest/run.sh [--quick] [--soak SECONDS] [--rate R] [--sts-delay-ms MS] [--no-build]
+#                        [--no-bench] [--keep]
 #   --quick         short smoke run (a few seconds per phase); writes loadtest/RESULTS.quick.md
 #   --soak SECONDS  afterwards, run seb (fsync) at 50% of its measured closed-loop maximum
 #                   for SECONDS, sampling RSS every 10 s, and report the growth
+#   --rate R        fixed-rate phases at R req/s instead of 25% of seb-fsync's closed-loop
+#                   maximum (the latency targets are stated at the 25% rate)
+#   --sts-delay-ms MS  how long the STS stub holds each AssumeRole answer (default 100)
 #   --no-build      use the release binaries already in $CARGO_TARGET_DIR
 #   --no-bench      do not measure the crypto floor (criterion's `floor` group of
 #                   benches/hot_path.rs) before the run; use the results already there
@@ -23,23 +30,28 @@ set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
-QUICK=0 SOAK=0 BUILD=1 BENCH=1 KEEP=0
+QUICK=0 SOAK=0 BUILD=1 BENCH=1 KEEP=0 RATE_SET="" STS_DELAY_MS=100
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) QUICK=1 ;;
         --soak) SOAK=${2:?--soak needs SECONDS}; shift ;;
+        --rate) RATE_SET=${2:?--rate needs R}; shift ;;
+        --sts-delay-ms) STS_DELAY_MS=${2:?--sts-delay-ms needs MS}; shift ;;
         --no-build) BUILD=0 ;;
         --no-bench) BENCH=0 ;;
         --keep) KEEP=1 ;;
-        -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
         *) echo "run.sh: unknown option $1" >&2; exit 2 ;;
     esac
     shift
 done
 
 # ---- workload ------------------------------------------------------------------------------
-RATE=2000             # fixed-rate (open-loop) requests per second
+# The fixed rate is set after seb-fsync's closed loop, at this share of its maximum: a fixed
+# 2,000 req/s was 16% of it on one host and 50% on another, which moved the latencies 3x.
+RATE_SHARE_PCT=25
 OPEN_CONNS=64         # connections draining the fixed-rate schedule
+PREPARE_LEAD_MS=250   # seb-aws-sts-prepared: each certificate presented this long before use
 CLOSED_CONNS=64       # closed-loop back-to-back connections
 TARGET=payments       # seb http target name (= the certificates' seb.request.upstream)
 REQ_PATH=/v1/x
@@ -68,7 +80,6 @@ else
     OPEN_S=20 OPEN_WARM=2 CLOSED_S=15 CLOSED_WARM=2 CLOSED_POOL=450000
     RESULTS=$HERE/RESULTS.md
 fi
-OPEN_POOL=$(( RATE * (OPEN_S + OPEN_WARM) + 100 ))
 
 log() { printf '\n== %s\n' "$*" >&2; }
 
@@ -198,15 +209,21 @@ issue_revocation
 ( while sleep 60; do issue_revocation || true; done ) &
 PIDS+=("$!")
 
-mapfile -t P < <("$LG" ports 11)
+mapfile -t P < <("$LG" ports 14)
 UP_PORT=${P[0]} NGX_HTTP_PORT=${P[1]} NGX_TLS_PORT=${P[2]}
 SEB_FSYNC_PORT=${P[3]} SEB_FSYNC_ADMIN=${P[4]} SEB_FLUSH_PORT=${P[5]} SEB_FLUSH_ADMIN=${P[6]}
 SEB_SOAK_PORT=${P[7]} SEB_SOAK_ADMIN=${P[8]} SEB_AWS_PORT=${P[9]} SEB_AWS_ADMIN=${P[10]}
+STS_PORT=${P[11]} SEB_STS_PORT=${P[12]} SEB_STS_ADMIN=${P[13]}
 export SEB_LOADTEST_UPSTREAM_TOKEN=loadtest-upstream-secret
 # Static AWS credentials for the aws target (identity = "static": "cached" identity, no STS
 # call per request); the stub upstream does not check the signature made with them.
 export SEB_LOADTEST_AWS_AKID=AKIALOADTESTSTATIC01
 export SEB_LOADTEST_AWS_SECRET=loadtest-static-secret-not-a-real-key
+# seb-aws-sts's base credentials, which sign its AssumeRole calls: the SDK's default chain
+# reads them from these variables, given to that seb process only (no profile files, no
+# instance metadata). The stub does not check the signature.
+STS_BASE_ENV=(AWS_ACCESS_KEY_ID=AKIALOADTESTBASE0001 AWS_SECRET_ACCESS_KEY=loadtest-base-secret-not-a-real-key
+    AWS_EC2_METADATA_DISABLED=true AWS_CONFIG_FILE=/dev/null AWS_SHARED_CREDENTIALS_FILE=/dev/null)
 
 seb_config() { # NAME DURABILITY PORT ADMIN_PORT
     mkdir -p "$W/$1"
@@ -241,35 +258,50 @@ EOF
 }
 seb_config seb-fsync fsync "$SEB_FSYNC_PORT" "$SEB_FSYNC_ADMIN"
 seb_config seb-flush flush "$SEB_FLUSH_PORT" "$SEB_FLUSH_ADMIN"
-mkdir -p "$W/seb-aws"
-cat > "$W/seb-aws.toml" <<EOF
-broker_id = "seb-aws"
+aws_config() { # NAME PORT ADMIN_PORT, then the identity lines on stdin
+    mkdir -p "$W/$1"
+    { cat <<EOF
+broker_id = "$1"
 [tls]
 cert = "tls/server.pem"
 key = "tls/server.key"
 [admin]
-listen = "127.0.0.1:$SEB_AWS_ADMIN"
+listen = "127.0.0.1:$3"
 [[issuers]]
 name = "signer"
 public_key = "signer.pub"
 [revocation]
 file = "revocation.jws"
 [audit]
-path = "seb-aws/audit.jsonl"
+path = "$1/audit.jsonl"
 durability = "fsync"
 signing_key = "broker.key"
 [[targets]]
 name = "$AWS_TARGET"
 kind = "aws"
-listen = "127.0.0.1:$SEB_AWS_PORT"
+listen = "127.0.0.1:$2"
 [targets.aws]
 # The fast stub instead of https://dynamodb.$AWS_REGION.amazonaws.com.
 endpoint = "http://127.0.0.1:$UP_PORT"
 services = ["dynamodb"]
 regions = ["$AWS_REGION"]
+EOF
+    cat; } > "$W/$1.toml"
+}
+aws_config seb-aws "$SEB_AWS_PORT" "$SEB_AWS_ADMIN" <<EOF
 identity = "static"
 static_credentials = { access_key_id = { value_env = "SEB_LOADTEST_AWS_AKID" }, secret_access_key = { value_env = "SEB_LOADTEST_AWS_SECRET" } }
 EOF
+# The same target with a per-certificate STS session: every single-use certificate costs one
+# AssumeRole, answered by the stub after STS_DELAY_MS. The phases without and with prepare
+# run one after the other on the same ports, each on a fresh process with its own audit log.
+for s in seb-aws-sts seb-aws-sts-prepared; do
+    aws_config "$s" "$SEB_STS_PORT" "$SEB_STS_ADMIN" <<EOF
+identity = "sts"
+execution_role_arn = "arn:aws:iam::123456789012:role/seb-loadtest-exec"
+sts_endpoint = "http://127.0.0.1:$STS_PORT"
+EOF
+done
 
 NGINX_USER=""
 [ "$(id -u)" = 0 ] && NGINX_USER="user root;"
@@ -321,8 +353,9 @@ pool() { # OUT COUNT [extra loadgen certs args]
     "$LG" certs --key "$W/signer.key" --iss signer --sub agent:loadtest --count "$count" \
         --out "$out" --upstream "$TARGET" --path "$REQ_PATH" --method POST --body "$BODY" "$@"
 }
+# The closed-loop pools now; the fixed-rate ones once the rate is known (after seb-fsync's
+# closed loop, before any fixed-rate phase).
 for s in seb-fsync seb-flush; do
-    pool "$W/$s-open.certs" "$OPEN_POOL"
     pool "$W/$s-closed.certs" "$CLOSED_POOL"
 done
 aws_pool() { # OUT COUNT
@@ -330,7 +363,6 @@ aws_pool() { # OUT COUNT
         --target aws --aws-service dynamodb --aws-region "$AWS_REGION" --aws-operation PutItem \
         --aws-resource "$AWS_TABLE" --body "$AWS_BODY" --aud "$AWS_TARGET"
 }
-aws_pool "$W/seb-aws-open.certs" "$OPEN_POOL"
 aws_pool "$W/seb-aws-closed.certs" "$CLOSED_POOL"
 
 # ---- (c) processes -------------------------------------------------------------------------------
@@ -338,6 +370,9 @@ log "starting the fast upstream on 127.0.0.1:$UP_PORT"
 start_bg "$W/upstream.log" "$LG" upstream --listen "127.0.0.1:$UP_PORT" --threads 1
 UP_PID=$BG_PID
 wait_port "$UP_PORT" "$UP_PID" "$W/upstream.log"
+log "starting the STS stub on 127.0.0.1:$STS_PORT (AssumeRole answered after $STS_DELAY_MS ms)"
+start_bg "$W/sts.log" "$LG" sts --listen "127.0.0.1:$STS_PORT" --delay-ms "$STS_DELAY_MS" --threads 1
+wait_port "$STS_PORT" "$BG_PID" "$W/sts.log"
 
 NGINX_PID=""
 if [ -n "$NGINX_BIN" ]; then
@@ -369,14 +404,15 @@ ticks_to_s() { awk -v t="$1" -v hz="$CLK_TCK" 'BEGIN { printf "%.3f", t / hz }';
 
 # phase NAME open|closed URL CERTS(or -) PIDS(space-separated, or "") [LOADGEN RUN ARGS...] :
 # runs one load phase and leaves RES/NAME-PHASE.json and, when PIDS are given,
-# RES/NAME-PHASE.cpu (seconds). The body is $PHASE_BODY when set, else $BODY.
+# RES/NAME-PHASE.cpu (seconds). The body is $PHASE_BODY when set, else $BODY; the fixed-rate
+# phase's connections $PHASE_CONNS when set, else $OPEN_CONNS.
 phase() {
     local name=$1 ph=$2 url=$3 certs=$4 pids=$5 c0 c1
     shift 5
     local args=(--url "$url" --ca "$W/tls/ca.pem" --body "${PHASE_BODY:-$BODY}" --method POST --label "$name" --json "$@")
     [ "$certs" != - ] && args+=(--certs "$certs")
     if [ "$ph" = open ]; then
-        args+=(--mode open --rate "$RATE" --connections "$OPEN_CONNS" --duration "$OPEN_S" --warmup "$OPEN_WARM")
+        args+=(--mode open --rate "$RATE" --connections "${PHASE_CONNS:-$OPEN_CONNS}" --duration "$OPEN_S" --warmup "$OPEN_WARM")
     else
         args+=(--mode closed --connections "$CLOSED_CONNS" --duration "$CLOSED_S" --warmup "$CLOSED_WARM")
     fi
@@ -393,27 +429,84 @@ phase() {
     [ -n "$pids" ] && ticks_to_s $(( c1 - c0 )) > "$RES/$name-$ph.cpu"
     return 0
 }
-# seb's own view of a phase: its /metrics right after the fixed-rate phase, the first load it
-# has seen since it started, so the counters cover that phase (with its warm-up) alone.
-scrape() { # ADMIN_PORT OUT (bash's /dev/tcp: no curl needed)
+http_get() { # PORT PATH OUT (bash's /dev/tcp: no curl needed)
     if exec 3<>"/dev/tcp/127.0.0.1/$1"; then
-        printf 'GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' >&3
-        sed '1,/^\r*$/d' <&3 > "$2" || true
+        printf 'GET %s HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' "$2" >&3
+        sed '1,/^\r*$/d' <&3 > "$3" || true
         exec 3<&- 3>&-
     else
-        echo "run.sh: could not read seb's metrics on :$1" >&2
+        echo "run.sh: could not read http://127.0.0.1:$1$2" >&2
+        : > "$3"
     fi
 }
-write_proc() { # NAME RSS_BEFORE RSS_AFTER
+# Counters over one phase, from Prometheus text read before and after it: each counter's
+# (`_total`, `_sum`, `_count`, `_bucket`) value minus its value before; gauges as read after.
+counter_delta() { # BEFORE AFTER OUT
+    awk 'BEGIN { OFMT = "%.9g" }
+         FILENAME == ARGV[1] { if ($1 !~ /^#/) before[$1] = $2; next }
+         /^#/ { print; next }
+         NF >= 2 && $1 ~ /_(total|sum|count)(\{|$)|_bucket\{/ { print $1, ($1 in before ? $2 - before[$1] : $2); next }
+         NF >= 2 { print $1, $2 }' "$1" "$2" > "$3"
+}
+# phase_counted NAME PORT PATH [phase args after NAME]: a fixed-rate phase with the counters
+# at http://127.0.0.1:PORT/PATH differenced around it into RES/NAME-open.SUFFIX (seb's
+# /metrics -> .metrics, the STS stub's /stats -> .sts).
+phase_counted() { # NAME SUFFIX PORT PATH URL CERTS PIDS [ARGS...]
+    local name=$1 suffix=$2 port=$3 path=$4
+    shift 4
+    http_get "$port" "$path" "$RES/$name-open.$suffix.before"
+    phase "$name" open "$@"
+    http_get "$port" "$path" "$RES/$name-open.$suffix.after"
+    counter_delta "$RES/$name-open.$suffix.before" "$RES/$name-open.$suffix.after" "$RES/$name-open.$suffix"
+}
+write_proc() { # NAME RSS_BEFORE RSS_AFTER (a phase that was not run: null)
+    local o c
+    o=$(cat "$RES/$1-open.cpu" 2>/dev/null || echo null)
+    c=$(cat "$RES/$1-closed.cpu" 2>/dev/null || echo null)
     printf '{"cpu_open_s": %s, "cpu_closed_s": %s, "rss_before_kb": %s, "rss_after_kb": %s}\n' \
-        "$(cat "$RES/$1-open.cpu")" "$(cat "$RES/$1-closed.cpu")" "$2" "$3" > "$RES/$1-proc.json"
+        "$o" "$c" "$2" "$3" > "$RES/$1-proc.json"
+}
+seb_start() { # NAME PORT [VAR=VALUE...]: starts seb with $W/NAME.toml; sets SEB_PID and SEB_RSS0
+    local name=$1 port=$2
+    shift 2
+    SEB_LOG=${SEB_LOG:-info} start_bg "$W/$name.log" env "$@" "$SEB" serve --config "$W/$name.toml"
+    SEB_PID=$BG_PID
+    wait_port "$port" "$SEB_PID" "$W/$name.log"
+    sleep 0.5
+    SEB_RSS0=$(rss_kb "$SEB_PID")
+}
+seb_stop() { # NAME
+    write_proc "$1" "$SEB_RSS0" "$(rss_kb "$SEB_PID")"
+    stop_pid "$SEB_PID"
+    wc -l < "$W/$1/audit.jsonl" > "$RES/$1-audit-lines"
 }
 
-PATHS=(direct)
-log "path: direct (fast upstream, plain HTTP)"
-phase direct open "http://127.0.0.1:$UP_PORT$REQ_PATH" - ""
-phase direct closed "http://127.0.0.1:$UP_PORT$REQ_PATH" - ""
+# ---- seb-fsync's closed loop first: it sets the fixed rate of every fixed-rate phase -----------
+log "path: seb-fsync (seb http target, TLS, audit fsync): closed loop first, it sets the fixed rate"
+seb_start seb-fsync "$SEB_FSYNC_PORT"
+phase seb-fsync closed "https://localhost:$SEB_FSYNC_PORT$REQ_PATH" "$W/seb-fsync-closed.certs" "$SEB_PID"
+MAX_RPS=$(awk -F': ' '/"ok_rps"/ { gsub(/,/, "", $2); print int($2) }' "$RES/seb-fsync-closed.json")
+if [ -n "$RATE_SET" ]; then RATE=$RATE_SET; else RATE=$(( MAX_RPS * RATE_SHARE_PCT / 100 )); fi
+[ "$RATE" -ge 1 ] || { echo "run.sh: no usable fixed rate (seb-fsync closed loop: $MAX_RPS/s)" >&2; exit 1; }
+printf '{"rate": %s, "basis": "seb-fsync closed loop", "closed_max_rps": %s, "share_pct": %s, "set_by_option": %s}\n' \
+    "$RATE" "$MAX_RPS" "$RATE_SHARE_PCT" "$([ -n "$RATE_SET" ] && echo true || echo false)" > "$RES/rate.json"
+OPEN_POOL=$(( RATE * (OPEN_S + OPEN_WARM) + 100 ))
+# Without prepare every seb-aws-sts request holds its connection for the STS delay: enough
+# connections that RATE x delay of them can be in flight twice over, so the generator's
+# connections never set the pace.
+STS_CONNS=$(( OPEN_CONNS + (RATE * STS_DELAY_MS * 2 + 999) / 1000 ))
+log "fixed rate: $RATE req/s ($([ -n "$RATE_SET" ] && echo "set with --rate" || echo "$RATE_SHARE_PCT% of seb-fsync's $MAX_RPS req/s closed-loop")); issuing the fixed-rate pools"
+for s in seb-fsync seb-flush; do pool "$W/$s-open.certs" "$OPEN_POOL"; done
+for s in seb-aws seb-aws-sts seb-aws-sts-prepared; do aws_pool "$W/$s-open.certs" "$OPEN_POOL"; done
+phase_counted seb-fsync metrics "$SEB_FSYNC_ADMIN" /metrics "https://localhost:$SEB_FSYNC_PORT$REQ_PATH" "$W/seb-fsync-open.certs" "$SEB_PID"
+seb_stop seb-fsync
 
+# ---- the other paths, each closed loop then fixed rate -------------------------------------------
+log "path: direct (fast upstream, plain HTTP)"
+phase direct closed "http://127.0.0.1:$UP_PORT$REQ_PATH" - ""
+phase direct open "http://127.0.0.1:$UP_PORT$REQ_PATH" - ""
+
+NGINX_PATHS=()
 if [ -n "$NGINX_PID" ]; then
     # shellcheck disable=SC2207
     NGX_PIDS=("$NGINX_PID" $(pgrep -P "$NGINX_PID" || true))
@@ -421,57 +514,62 @@ if [ -n "$NGINX_PID" ]; then
         if [ $v = http ]; then url="http://127.0.0.1:$NGX_HTTP_PORT$REQ_PATH"; else url="https://localhost:$NGX_TLS_PORT$REQ_PATH"; fi
         log "path: nginx-$v"
         r0=$(rss_kb "${NGX_PIDS[@]}")
-        phase "nginx-$v" open "$url" - "${NGX_PIDS[*]}"
         phase "nginx-$v" closed "$url" - "${NGX_PIDS[*]}"
+        phase "nginx-$v" open "$url" - "${NGX_PIDS[*]}"
         write_proc "nginx-$v" "$r0" "$(rss_kb "${NGX_PIDS[@]}")"
-        PATHS+=("nginx-$v")
+        NGINX_PATHS+=("nginx-$v")
     done
 fi
 
-for s in seb-fsync seb-flush; do
-    if [ $s = seb-fsync ]; then port=$SEB_FSYNC_PORT admin=$SEB_FSYNC_ADMIN; else port=$SEB_FLUSH_PORT admin=$SEB_FLUSH_ADMIN; fi
-    log "path: $s (seb http target, TLS, audit $s)"
-    SEB_LOG=${SEB_LOG:-info} start_bg "$W/$s.log" "$SEB" serve --config "$W/$s.toml"
-    pid=$BG_PID
-    wait_port "$port" "$pid" "$W/$s.log"
-    sleep 0.5
-    r0=$(rss_kb "$pid")
-    phase "$s" open "https://localhost:$port$REQ_PATH" "$W/$s-open.certs" "$pid"
-    scrape "$admin" "$RES/$s-open.metrics"
-    phase "$s" closed "https://localhost:$port$REQ_PATH" "$W/$s-closed.certs" "$pid"
-    write_proc "$s" "$r0" "$(rss_kb "$pid")"
-    stop_pid "$pid"
-    wc -l < "$W/$s/audit.jsonl" > "$RES/$s-audit-lines"
-    PATHS+=("$s")
-done
+log "path: seb-flush (seb http target, TLS, audit flush)"
+seb_start seb-flush "$SEB_FLUSH_PORT"
+phase seb-flush closed "https://localhost:$SEB_FLUSH_PORT$REQ_PATH" "$W/seb-flush-closed.certs" "$SEB_PID"
+phase_counted seb-flush metrics "$SEB_FLUSH_ADMIN" /metrics "https://localhost:$SEB_FLUSH_PORT$REQ_PATH" "$W/seb-flush-open.certs" "$SEB_PID"
+seb_stop seb-flush
 
 # The aws path and its own direct baseline: the same PutItem request straight to the stub.
 log "path: direct-aws (the DynamoDB PutItem request straight to the fast upstream)"
-PHASE_BODY=$AWS_BODY phase direct-aws open "http://127.0.0.1:$UP_PORT/" - "" "${AWS_HEADERS[@]}"
 PHASE_BODY=$AWS_BODY phase direct-aws closed "http://127.0.0.1:$UP_PORT/" - "" "${AWS_HEADERS[@]}"
-PATHS+=(direct-aws)
+PHASE_BODY=$AWS_BODY phase direct-aws open "http://127.0.0.1:$UP_PORT/" - "" "${AWS_HEADERS[@]}"
 log "path: seb-aws (seb aws target, static identity, SigV4 re-signing, TLS, audit fsync)"
-SEB_LOG=${SEB_LOG:-info} start_bg "$W/seb-aws.log" "$SEB" serve --config "$W/seb-aws.toml"
-pid=$BG_PID
-wait_port "$SEB_AWS_PORT" "$pid" "$W/seb-aws.log"
-sleep 0.5
-r0=$(rss_kb "$pid")
-for ph in open closed; do
-    PHASE_BODY=$AWS_BODY phase seb-aws "$ph" "https://localhost:$SEB_AWS_PORT/" "$W/seb-aws-$ph.certs" "$pid" \
-        "${AWS_HEADERS[@]}" --cert-header x-amz-security-token
-    [ "$ph" = open ] && scrape "$SEB_AWS_ADMIN" "$RES/seb-aws-open.metrics"
+seb_start seb-aws "$SEB_AWS_PORT"
+PHASE_BODY=$AWS_BODY phase seb-aws closed "https://localhost:$SEB_AWS_PORT/" "$W/seb-aws-closed.certs" "$SEB_PID" \
+    "${AWS_HEADERS[@]}" --cert-header x-amz-security-token
+PHASE_BODY=$AWS_BODY phase_counted seb-aws metrics "$SEB_AWS_ADMIN" /metrics "https://localhost:$SEB_AWS_PORT/" \
+    "$W/seb-aws-open.certs" "$SEB_PID" "${AWS_HEADERS[@]}" --cert-header x-amz-security-token
+seb_stop seb-aws
+
+# The aws path with a per-certificate STS session, fixed rate only (a closed loop would measure
+# the STS delay over the connection count), each phase on a fresh seb: without prepare, every
+# request waits for its AssumeRole; with prepare, each certificate is presented
+# PREPARE_LEAD_MS before its use. The STS stub's counters are differenced around each phase.
+for s in seb-aws-sts seb-aws-sts-prepared; do
+    extra=()
+    if [ $s = seb-aws-sts ]; then
+        log "path: seb-aws-sts (aws target, identity = \"sts\", AssumeRole after $STS_DELAY_MS ms, no prepare; $STS_CONNS connections)"
+    else
+        log "path: seb-aws-sts-prepared (the same, each certificate prepared $PREPARE_LEAD_MS ms before its use)"
+        # As many prepare connections as the other paths' request connections: on a loaded
+        # host a few would queue the prepares until they arrive after their use.
+        extra=(--prepare-lead-ms "$PREPARE_LEAD_MS" --prepare-connections "$OPEN_CONNS")
+    fi
+    seb_start "$s" "$SEB_STS_PORT" "${STS_BASE_ENV[@]}"
+    http_get "$STS_PORT" /stats "$RES/$s-open.sts.before"
+    PHASE_BODY=$AWS_BODY PHASE_CONNS=$STS_CONNS phase_counted "$s" metrics "$SEB_STS_ADMIN" /metrics "https://localhost:$SEB_STS_PORT/" \
+        "$W/$s-open.certs" "$SEB_PID" "${AWS_HEADERS[@]}" --cert-header x-amz-security-token "${extra[@]}"
+    http_get "$STS_PORT" /stats "$RES/$s-open.sts.after"
+    counter_delta "$RES/$s-open.sts.before" "$RES/$s-open.sts.after" "$RES/$s-open.sts"
+    seb_stop "$s"
 done
-write_proc seb-aws "$r0" "$(rss_kb "$pid")"
-stop_pid "$pid"
-wc -l < "$W/seb-aws/audit.jsonl" > "$RES/seb-aws-audit-lines"
-PATHS+=(seb-aws)
+
+PATHS=(direct "${NGINX_PATHS[@]}" seb-fsync seb-flush direct-aws seb-aws seb-aws-sts seb-aws-sts-prepared)
 
 # ---- (f) the table and RESULTS.md ----------------------------------------------------------------
 write_results() {
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 TABLE=$("$LG" table --dir "$RES" --paths "$(IFS=,; echo "${PATHS[*]}")" --direct direct \
     --nginx "$([ -n "$NGINX_PID" ] && echo nginx-tls || echo none)" --criterion "$CRITERION_DIR" \
-    --baseline seb-aws=direct-aws)
+    --baseline seb-aws=direct-aws,seb-aws-sts=direct-aws,seb-aws-sts-prepared=direct-aws)
 echo
 echo "$TABLE"
 
@@ -503,10 +601,12 @@ audit_lines() { cat "$RES/$1-audit-lines" 2>/dev/null || echo "?"; }
     echo "## Workload"
     echo
     echo "- every request on the direct, nginx and seb-fsync/seb-flush paths: \`POST $REQ_PATH\` with a fixed $(printf %s "$BODY" | wc -c)-byte JSON body; answer: 200 with an 11-byte JSON body."
-    echo "- fixed rate: $RATE req/s for ${OPEN_S} s (after ${OPEN_WARM} s unmeasured warm-up), $OPEN_CONNS keep-alive connections, latency measured from each request's scheduled time (no coordinated omission)."
-    echo "- closed loop: $CLOSED_CONNS connections sending back to back for ${CLOSED_S} s (after ${CLOSED_WARM} s warm-up); \"closed-loop req/s\" counts 2xx answers only."
+    echo "- order: seb-fsync's closed loop first, which sets the fixed rate; then every path's closed loop followed by its fixed-rate phase, on the same process (seb's per-phase figures below are its counters differenced around the fixed-rate phase)."
+    echo "- fixed rate: $RATE req/s ($([ -n "$RATE_SET" ] && echo "set with \`--rate\`" || echo "$RATE_SHARE_PCT% of seb-fsync's $MAX_RPS req/s closed-loop maximum in this run, so the load is the same share of what this host can carry whatever its speed")) for ${OPEN_S} s (after ${OPEN_WARM} s unmeasured warm-up), $OPEN_CONNS keep-alive connections ($STS_CONNS on the seb-aws-sts paths), latency measured from each request's scheduled time (no coordinated omission)."
+    echo "- closed loop: $CLOSED_CONNS connections sending back to back for ${CLOSED_S} s (after ${CLOSED_WARM} s warm-up); \"closed-loop req/s\" counts 2xx answers only. Not run on the seb-aws-sts paths, where it would measure the STS delay over the connection count."
     echo "- seb-fsync, seb-flush: http target over TLS (rustls, ECDSA P-256 dev certificate), every request an admitted single-use mutation with its own pre-issued certificate (body pinned by sha256), audit \`fsync\` (group-committed fdatasync) or \`flush\`; audit lines written: seb-fsync $(audit_lines seb-fsync), seb-flush $(audit_lines seb-flush)."
     echo "- seb-aws: seb's aws target over TLS, \`identity = \"static\"\` (fixed credentials from environment variables: the identity is cached, no STS call per request), endpoint override to the same fast upstream, audit \`fsync\`. Every request is a DynamoDB PutItem as an SDK sends it (\`POST /\`, \`Content-Type: application/x-amz-json-1.0\`, \`X-Amz-Target: DynamoDB_20120810.PutItem\`, placeholder-key SigV4 \`Authorization\` whose signature the broker ignores, a fixed $(printf %s "$AWS_BODY" | wc -c)-byte JSON body) with its own pre-issued certificate in \`X-Amz-Security-Token\` (\`seb.request\` = dynamodb/$AWS_REGION/PutItem/$AWS_TABLE, body pinned by sha256); the broker parses the JSON-protocol call, checks it against the contract, and re-signs it with SigV4 before forwarding; audit lines written: $(audit_lines seb-aws). **The upstream is the fast stub, not DynamoDB**: the figure is the broker's overhead on the AWS path (JSON protocol parsing, contract check, SigV4 re-signing, audit) with cached identity, not a DynamoDB latency. Its \"added\" and \"ratio to direct\" columns compare with direct-aws, the same PutItem request straight to the stub; its \"ratio to nginx\" compares with nginx-tls on the http request."
+    echo "- seb-aws-sts, seb-aws-sts-prepared: the same aws target and requests with \`identity = \"sts\"\`: every single-use certificate costs one STS \`AssumeRole\` (execution role, inline session policy for the one call), sent by the AWS Rust SDK inside seb with base credentials from \`AWS_ACCESS_KEY_ID\`/\`AWS_SECRET_ACCESS_KEY\` to \`loadgen sts\`, a stub that answers each call after $STS_DELAY_MS ms on its own timer (standing for the real service; not AWS). seb-aws-sts sends each request with nothing ahead of it, so the request waits for its AssumeRole; seb-aws-sts-prepared presents each certificate to \`POST /v1/prepare\` $PREPARE_LEAD_MS ms before its request is due (same headers, empty body, its own $OPEN_CONNS connections and schedule), so the broker can mint the session before the use. Each phase on a fresh seb; audit lines written: $(audit_lines seb-aws-sts), $(audit_lines seb-aws-sts-prepared). Both compare with direct-aws. The same rate as the other paths: the STS delay holds up to rate × delay requests and AssumeRole calls in flight (idle futures in seb), which bounds nothing in seb's CPU, and the same rate keeps the comparison with seb-aws like for like."
     echo "- nginx-http: nginx as a plain HTTP reverse proxy (upstream block with keepalive); nginx-tls: the same behind TLS with the same dev certificate as seb. \"ratio to nginx\" compares with nginx-tls, the like-for-like proxy for seb's TLS listener."
     echo "- CPU µs/req: the proxy's utime+stime (from /proc/PID/stat, all nginx processes) over the phase, divided by the 2xx answers of that phase including its warm-up. For seb, \"CPU / crypto floor\" divides the closed-loop figure by the crypto floor below."
     echo
@@ -516,11 +616,11 @@ audit_lines() { cat "$RES/$1-audit-lines" 2>/dev/null || echo "?"; }
     echo
     echo "## Where seb's time went"
     echo
-    echo "From each seb's own \`/metrics\`, read right after its fixed-rate phase ($RATE req/s, warm-up included): mean time per request in each pipeline phase (\`seb_phase_duration_seconds\`), and the audit log's \`fdatasync\` calls and their mean (\`seb_audit_syncs\`, \`seb_audit_sync_seconds\`). \"forward\" includes the upstream's own answer; \"total\" runs from the request head to the response head inside seb, so it leaves out TLS and the client's side of the connection. With \`fsync\`, an admitted request waits for one sync: the mean sync under load is the durable path's floor on this machine, next to the idle figure under Machine."
+    echo "From each seb's own \`/metrics\`, its counters read before and after its fixed-rate phase and differenced ($RATE req/s, warm-up included): mean time per request in each pipeline phase (\`seb_phase_duration_seconds\`), and the audit log's \`fdatasync\` calls and their mean (\`seb_audit_syncs\`, \`seb_audit_sync_seconds\`). \"forward\" includes the upstream's own answer; \"total\" runs from the request head to the response head inside seb, so it leaves out TLS and the client's side of the connection. With \`fsync\`, an admitted request waits for one sync: the mean sync under load is the durable path's floor on this machine, next to the idle figure under Machine."
     echo
     echo "| path | parse µs | admit µs | audit µs | identity µs | forward µs | total µs | admitted | fdatasync calls | mean fdatasync ms |"
     echo "|---|---|---|---|---|---|---|---|---|---|"
-    for p in seb-fsync seb-flush seb-aws; do
+    for p in seb-fsync seb-flush seb-aws seb-aws-sts seb-aws-sts-prepared; do
         [ -s "$RES/$p-open.metrics" ] || { echo "| $p | (metrics not read) |||||||||"; continue; }
         awk -v path="$p" '
             /^seb_phase_duration_seconds_sum/ { split($1, a, "\""); sum[a[2]] = $2 }
@@ -538,21 +638,20 @@ audit_lines() { cat "$RES/$1-audit-lines" 2>/dev/null || echo "?"; }
     if [ -n "$SOAK_MD" ]; then echo "## Memory soak"; echo; echo "$SOAK_MD"; echo; fi
     echo "## Against the targets"
     echo
-    echo "Computed by \`loadgen targets\` from this run's figures above."
+    echo "Computed by \`loadgen targets\` from this run's figures above, each against a floor measured in the same run: nginx-tls's added p50, the mean \`fdatasync\` under load (Where seb's time went), the crypto floor (under the table), the static aws path (seb-aws) and the STS stub's delay as served."
     echo
-    "$LG" targets --dir "$RES" --criterion "$CRITERION_DIR"
+    "$LG" targets --dir "$RES" --criterion "$CRITERION_DIR" --cores "$NPROC"
     echo
     echo "## Not measured"
     echo
-    echo "- the aws target with \`identity = \"sts\"\` (an AssumeRole per certificate, cached for its remaining uses): every request here has a fresh single-use certificate, so that path would be one STS call per request, a cost set by STS, not by the broker."
-    echo "- real DynamoDB: the aws path's upstream is the stub above."
+    echo "- real STS and real DynamoDB: the seb-aws-sts paths' AssumeRole goes to the delaying stub, and every aws path's upstream is the fast stub."
     [ "$SOAK" -gt 0 ] || echo "- memory soak: not run this time (\`--soak 600\` runs it)."
     true
     echo
     echo "## Raw generator output"
     echo
     echo '```'
-    for p in "${PATHS[@]}"; do cat "$RES/$p-open.txt" "$RES/$p-closed.txt"; done
+    for p in "${PATHS[@]}"; do for ph in closed open; do [ -f "$RES/$p-$ph.txt" ] && cat "$RES/$p-$ph.txt"; done; done
     echo '```'
 } > "$RESULTS.tmp"
 mv "$RESULTS.tmp" "$RESULTS"
