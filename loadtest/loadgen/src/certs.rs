@@ -81,11 +81,11 @@ pub fn main(a: Args) -> anyhow::Result<()> {
     let kid = keys::key_id(&key.verifying_key());
     let mut run_id = [0u8; 6];
     getrandom::getrandom(&mut run_id).map_err(|e| anyhow::anyhow!("random source: {e}"))?;
-    let run_id = hex::encode(&run_id);
+    let run_id = hex::encode(run_id);
     let body_rule = a
         .body
         .as_ref()
-        .map(|b| json!({"sha256": hex::encode(&Sha256::digest(b.as_bytes()))}));
+        .map(|b| json!({"sha256": hex::encode(Sha256::digest(b.as_bytes()))}));
     let request = if a.target == "aws" {
         let mut r = json!({
             "service": a.aws_service, "region": a.aws_region, "operation": a.aws_operation,
