@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 mod target;
+pub use crate::state::config::StateConfig;
 pub use target::{TargetConfig, TargetKindConfig};
 
 #[derive(Debug, Deserialize)]
@@ -55,17 +56,6 @@ pub struct Config {
 pub struct ConfigSource {
     pub path: PathBuf,
     pub text: String,
-}
-
-/// What the broker keeps across restarts besides the audit log (which is where use counts are
-/// rebuilt from): the accepted revocation documents, and the audit log's lock.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-#[serde(expecting = "a [state] table")]
-pub struct StateConfig {
-    /// Default: the audit log's directory.
-    #[serde(default)]
-    pub dir: Option<PathBuf>,
 }
 
 impl Config {
@@ -520,6 +510,7 @@ impl Config {
         for (i, s) in self.agents.tokens.iter().enumerate() {
             s.validate(&format!("agents.tokens[{i}]"))?;
         }
+        self.state.validate()?;
         if self.targets.is_empty() {
             return err("targets", "at least one target is needed");
         }
@@ -578,9 +569,7 @@ impl Config {
             fix(p);
         }
         fix(&mut self.audit.signing_key);
-        if let Some(d) = &mut self.state.dir {
-            fix(d);
-        }
+        self.state.resolve(base);
         for s in &mut self.agents.tokens {
             s.resolve(base);
         }

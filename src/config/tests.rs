@@ -354,3 +354,59 @@ fn relative_paths_resolve_against_the_config_file() {
     assert!(e.contains("missing.toml"));
     assert_eq!(e.matches("No such file").count(), 1, "{e}");
 }
+
+#[test]
+fn state_etcd_is_checked_with_field_paths() {
+    let etcd =
+        |body: &str| format!("{MINIMAL}\n[state]\nbackend = \"etcd\"\n[state.etcd]\n{body}\n");
+    let ok = Config::parse(&etcd("endpoints = [\"http://127.0.0.1:2379\"]")).unwrap();
+    let e = ok.state.etcd.as_ref().unwrap();
+    assert_eq!(ok.state.backend, crate::state::config::Backend::Etcd);
+    assert_eq!(
+        (e.prefix.as_str(), e.request_timeout),
+        ("/seb/", Duration::from_secs(2))
+    );
+    for (body, field) in [
+        ("endpoints = []", "state.etcd.endpoints"),
+        (
+            "endpoints = [\"127.0.0.1:2379\"]",
+            "state.etcd.endpoints[0]",
+        ),
+        ("endpoints = [\"http://a:1/v3\"]", "state.etcd.endpoints[0]"),
+        (
+            "endpoints = [\"http://a:1\"]\nca = \"ca.pem\"",
+            "state.etcd.endpoints[0]",
+        ),
+        (
+            "endpoints = [\"http://a:1\"]\nprefix = \"/seb\"",
+            "state.etcd.prefix",
+        ),
+        (
+            "endpoints = [\"https://a:1\"]\ncert = \"c.pem\"",
+            "state.etcd.cert",
+        ),
+        (
+            "endpoints = [\"http://a:1\"]\nusername = \"seb\"",
+            "state.etcd.username",
+        ),
+        (
+            "endpoints = [\"http://a:1\"]\nrequest_timeout = \"0s\"",
+            "state.etcd.request_timeout",
+        ),
+        (
+            "endpoints = [\"http://a:1\"]\nendpoint = \"x\"",
+            "state.etcd.endpoint",
+        ),
+    ] {
+        assert_eq!(field_error(&etcd(body)).0, field, "{body}");
+    }
+    // The backend and its table go together.
+    let (f, _) = field_error(&format!("{MINIMAL}\n[state]\nbackend = \"etcd\"\n"));
+    assert_eq!(f, "state.etcd");
+    let (f, _) = field_error(&format!(
+        "{MINIMAL}\n[state.etcd]\nendpoints = [\"http://a:1\"]\n"
+    ));
+    assert_eq!(f, "state.etcd");
+    let (f, _) = field_error(&format!("{MINIMAL}\n[state]\nbackend = \"redis\"\n"));
+    assert_eq!(f, "state.backend");
+}

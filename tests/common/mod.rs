@@ -2,6 +2,7 @@
 //! with a config written per test, and reqwest as the agent.
 #![allow(dead_code)]
 
+pub mod etcd;
 pub mod moto;
 
 use seb::admission::revocation::{self, RevocationClaims, RevocationPayload, Revoked};
