@@ -18,11 +18,21 @@ pub struct Member {
 pub struct Etcd {
     pub members: Vec<Member>,
     initial_cluster: String,
+    /// The members' data, in memory where the machine has /dev/shm: these tests are about
+    /// seb's behaviour, and four builds sharing one disk made etcd's fsyncs take seconds.
+    _data: tempfile::TempDir,
 }
 
 impl Etcd {
-    /// Starts `n` members under `dir` and waits until the cluster answers writes.
+    /// Starts `n` members (logs under `dir`) and waits until the cluster answers writes.
     pub fn start(dir: &Path, n: usize) -> Etcd {
+        let data = match Path::new("/dev/shm").is_dir() {
+            true => tempfile::Builder::new()
+                .prefix("seb-etcd")
+                .tempdir_in("/dev/shm"),
+            false => tempfile::Builder::new().prefix("seb-etcd").tempdir_in(dir),
+        }
+        .unwrap();
         assert!(
             which("etcd"),
             "etcd is not installed: `apt-get install etcd-server` (scripts/test.sh does)"
@@ -32,7 +42,7 @@ impl Etcd {
                 name: format!("m{i}"),
                 client_port: free_port(),
                 peer_port: free_port(),
-                data: dir.join(format!("etcd-m{i}")),
+                data: data.path().join(format!("m{i}")),
                 log: dir.join(format!("etcd-m{i}.log")),
                 process: None,
             })
@@ -45,6 +55,7 @@ impl Etcd {
         let mut etcd = Etcd {
             members,
             initial_cluster,
+            _data: data,
         };
         for i in 0..n {
             etcd.spawn(i);
@@ -64,7 +75,7 @@ impl Etcd {
     pub fn state_section(&self, prefix: &str) -> String {
         let eps: Vec<String> = self.endpoints().iter().map(|e| format!("{e:?}")).collect();
         format!(
-            "\n[state]\nbackend = \"etcd\"\n[state.etcd]\nendpoints = [{}]\nprefix = {prefix:?}\nrequest_timeout = \"1s\"\ndial_timeout = \"500ms\"\n",
+            "\n[state]\nbackend = \"etcd\"\n[state.etcd]\nendpoints = [{}]\nprefix = {prefix:?}\nrequest_timeout = \"2s\"\ndial_timeout = \"500ms\"\n",
             eps.join(", ")
         )
     }
