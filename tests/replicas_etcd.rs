@@ -398,3 +398,206 @@ async fn one_of_three_members_killed_the_service_continues() {
     }
     assert_eq!(mutations_received(&up), expected);
 }
+
+fn signal(b: &Broker, sig: i32) {
+    // SAFETY: a plain kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(b.pid() as i32, sig) }, 0);
+}
+
+fn b64(s: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+/// Lines of every broker log in the test's directory that contain `what`.
+fn logs_mention(env: &Env, what: &str) -> bool {
+    std::fs::read_dir(env.dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("seb-"))
+        .any(|e| {
+            std::fs::read_to_string(e.path())
+                .unwrap_or_default()
+                .contains(what)
+        })
+}
+
+async fn wait_epoch(b: &Broker, epoch: u64) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while epoch_at(b).await != Some(epoch) {
+        assert!(
+            Instant::now() < deadline,
+            "replica never got epoch {epoch}: {:?}",
+            readyz(b).await
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A replica whose watch broke while revocations were written gets them when it resumes:
+/// from the revision after its last event, or, when etcd compacted that away, by reading
+/// every document again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_watch_resumes_from_its_revision_and_rereads_after_compaction() {
+    let env = Env::new();
+    let mut etcd = Etcd::start(env.dir.path(), 1);
+    let up = Upstream::start(env.dir.path());
+    let r1 = replica(&env, &up, &etcd, 1);
+    let r2 = replica(&env, &up, &etcd, 2);
+    let c = client(&env, false);
+    let revoke = |epoch: u64, jti: &[&str]| {
+        env.revocation_doc(
+            epoch,
+            now(),
+            Revoked {
+                jti: jti.iter().map(|j| j.to_string()).collect(),
+                ..Default::default()
+            },
+        )
+    };
+    let a = deploy_cert_edit(&env, 10, |p| p["jti"] = "cert-a".into());
+    let b = deploy_cert_edit(&env, 10, |p| p["jti"] = "cert-b".into());
+
+    // 1. Resume: r2 frozen, etcd restarted under it (its stream is gone), a revocation
+    // written meanwhile.
+    signal(&r2, libc::SIGSTOP);
+    etcd.kill(0);
+    etcd.spawn(0);
+    etcd.wait_writable();
+    let (status, body) = push_revocation(&c, &r1, &revoke(2, &["cert-a"])).await;
+    assert_eq!(status, 200, "{body}");
+    signal(&r2, libc::SIGCONT);
+    wait_epoch(&r2, 2).await;
+    let reply = deploy(&c, &r2, &a).await;
+    assert_eq!((reply.status, reply.code()), (403, "revoked"));
+
+    // 2. Compaction: the same, and etcd's history compacted past r2's revision.
+    signal(&r2, libc::SIGSTOP);
+    etcd.kill(0);
+    etcd.spawn(0);
+    etcd.wait_writable();
+    let (status, body) = push_revocation(&c, &r1, &revoke(3, &["cert-a", "cert-b"])).await;
+    assert_eq!(status, 200, "{body}");
+    // More history after it, then compacted up to now.
+    for _ in 0..3 {
+        etcd.gateway(
+            "/v3/kv/put",
+            &format!(
+                r#"{{"key": "{}", "value": "{}"}}"#,
+                b64(b"/other/x"),
+                b64(b"y")
+            ),
+        );
+    }
+    etcd.compact_now();
+    signal(&r2, libc::SIGCONT);
+    wait_epoch(&r2, 3).await;
+    let reply = deploy(&c, &r2, &b).await;
+    assert_eq!((reply.status, reply.code()), (403, "revoked"));
+    wait_for("r2 to log the compaction", || {
+        logs_mention(&env, "etcd compacted the revisions")
+    });
+    drop(r1);
+}
+
+/// etcd is a shared store, not a trusted one: what a writer with access to it puts there
+/// cannot admit a use or undo a revocation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn what_others_write_into_etcd_cannot_admit_or_unrevoke() {
+    let env = Env::new();
+    let etcd = Etcd::start(env.dir.path(), 1);
+    let up = Upstream::start(env.dir.path());
+    let rs: Vec<Broker> = (1..=2).map(|n| replica(&env, &up, &etcd, n)).collect();
+    let c = client(&env, false);
+
+    // A count that is not one seb wrote: refused (state_unavailable), never admitted.
+    let cert = deploy_cert_edit(&env, 3, |p| p["jti"] = "garbled".into());
+    let key = {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(env.kid.as_bytes());
+        h.update([0]);
+        h.update(b"garbled");
+        format!("/seb-test/uses/{}", hex::encode(h.finalize()))
+    };
+    for junk in ["-1", "one", "", "00"] {
+        etcd.gateway(
+            "/v3/kv/put",
+            &format!(
+                r#"{{"key": "{}", "value": "{}"}}"#,
+                b64(key.as_bytes()),
+                b64(junk.as_bytes())
+            ),
+        );
+        let reply = deploy(&c, &rs[0], &cert).await;
+        assert_eq!(
+            (reply.status, reply.code()),
+            (503, "state_unavailable"),
+            "{junk:?}"
+        );
+    }
+    assert_eq!(mutations_received(&up), 0);
+
+    // Revoke, then try to undo it through etcd: a document signed by a key no replica
+    // trusts, a genuine but older one, and deleting the entry.
+    let revoked = deploy_cert_edit(&env, 10, |p| p["jti"] = "revoked-one".into());
+    let doc = env.revocation_doc(
+        2,
+        now(),
+        Revoked {
+            jti: vec!["revoked-one".into()],
+            ..Default::default()
+        },
+    );
+    assert_eq!(push_revocation(&c, &rs[0], &doc).await.0, 200);
+    wait_epoch(&rs[1], 2).await;
+    let rev_key = format!("/seb-test/revocation/{}", hex::encode("signer"));
+    let mallory = seb::cert::keys::generate();
+    let forged = seb::admission::revocation::sign(
+        &mallory,
+        &env.kid,
+        &seb::admission::revocation::RevocationPayload {
+            iss: "signer".into(),
+            iat: now(),
+            seb: seb::admission::revocation::RevocationClaims {
+                v: 1,
+                revocation_epoch: 9,
+                min_policy_epoch: 0,
+                revoked: Revoked::default(),
+            },
+        },
+    );
+    let older = env.revocation_doc(1, now(), Revoked::default());
+    for document in [&forged, &older] {
+        let stored = serde_json::json!({"epoch": 99, "iat": now(), "document": document});
+        etcd.gateway(
+            "/v3/kv/put",
+            &format!(
+                r#"{{"key": "{}", "value": "{}"}}"#,
+                b64(rev_key.as_bytes()),
+                b64(stored.to_string().as_bytes())
+            ),
+        );
+    }
+    etcd.gateway(
+        "/v3/kv/deleterange",
+        &format!(r#"{{"key": "{}"}}"#, b64(rev_key.as_bytes())),
+    );
+    // The watch delivers in order: once a genuine epoch 3 (revoking the same certificate)
+    // has reached both replicas, so had everything written before it.
+    let doc3 = env.revocation_doc(
+        3,
+        now(),
+        Revoked {
+            jti: vec!["revoked-one".into()],
+            ..Default::default()
+        },
+    );
+    assert_eq!(push_revocation(&c, &rs[0], &doc3).await.0, 200);
+    for r in &rs {
+        wait_epoch(r, 3).await;
+        let reply = deploy(&c, r, &revoked).await;
+        assert_eq!((reply.status, reply.code()), (403, "revoked"));
+    }
+    assert_eq!(mutations_received(&up), 0);
+}
