@@ -362,6 +362,13 @@ impl Config {
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
         config.resolve_paths(base);
+        // Replicas share one file (a ConfigMap) but not an id: each pod sets its own name.
+        if let Some(id) = std::env::var("SEB_BROKER_ID")
+            .ok()
+            .filter(|v| !v.is_empty())
+        {
+            config.broker_id = id;
+        }
         config.source = Some(ConfigSource {
             path: path.to_path_buf(),
             text,
