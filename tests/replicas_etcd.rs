@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::etcd::Etcd;
+use common::etcd::{b64, logs_mention, signal, Etcd};
 use common::*;
 use seb::admission::revocation::Revoked;
 use serde_json::Value;
@@ -397,29 +397,6 @@ async fn one_of_three_members_killed_the_service_continues() {
         etcd.wait_writable();
     }
     assert_eq!(mutations_received(&up), expected);
-}
-
-fn signal(b: &Broker, sig: i32) {
-    // SAFETY: a plain kill(2) on our own child's pid.
-    assert_eq!(unsafe { libc::kill(b.pid() as i32, sig) }, 0);
-}
-
-fn b64(s: &[u8]) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD.encode(s)
-}
-
-/// Lines of every broker log in the test's directory that contain `what`.
-fn logs_mention(env: &Env, what: &str) -> bool {
-    std::fs::read_dir(env.dir.path())
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().starts_with("seb-"))
-        .any(|e| {
-            std::fs::read_to_string(e.path())
-                .unwrap_or_default()
-                .contains(what)
-        })
 }
 
 async fn wait_epoch(b: &Broker, epoch: u64) {

@@ -200,3 +200,28 @@ fn which(bin: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()))
 }
+
+// === for the replica tests ===
+
+pub fn signal(b: &super::Broker, sig: i32) {
+    // SAFETY: a plain kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(b.pid() as i32, sig) }, 0);
+}
+
+pub fn b64(s: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+/// Whether any broker log in the test's directory mentions `what`.
+pub fn logs_mention(env: &super::Env, what: &str) -> bool {
+    std::fs::read_dir(env.dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("seb-"))
+        .any(|e| {
+            std::fs::read_to_string(e.path())
+                .unwrap_or_default()
+                .contains(what)
+        })
+}

@@ -243,12 +243,19 @@ impl EtcdState {
         let forget_after = exp.saturating_add(self.grace.as_secs() as i64);
         let mut lease = self.lease_for(forget_after, now).await?;
         let kv = self.kv.clone();
+        // Written with the count: a call whose answer was lost (and that `again` repeats) may
+        // have taken the use, and finding this mark on the key afterwards says that it did.
+        let mark = {
+            let mut b = [0u8; 8];
+            getrandom::getrandom(&mut b).map_err(|e| StateError(format!("random source: {e}")))?;
+            hex::encode(b)
+        };
         let create = |lease: i64| {
             Txn::new()
                 .when([Compare::version(key.clone(), CompareOp::Equal, 0)])
                 .and_then([TxnOp::put(
                     key.clone(),
-                    "1",
+                    format!("1 {mark}"),
                     Some(PutOptions::new().with_lease(lease)),
                 )])
                 .or_else([TxnOp::get(key.clone(), None)])
@@ -289,7 +296,14 @@ impl EtcdState {
                 next = 1;
                 continue;
             };
-            let used = parse_count(current.value())?;
+            let (used, by) = parse_count(current.value())?;
+            if by == Some(mark.as_str()) {
+                // An earlier try of this very call took use `used`; only its answer was lost.
+                return Ok(UseOutcome::Admitted {
+                    n: used,
+                    max: max_uses,
+                });
+            }
             if used >= max_uses {
                 return Ok(UseOutcome::Exhausted { max: max_uses });
             }
@@ -302,7 +316,7 @@ impl EtcdState {
                 )])
                 .and_then([TxnOp::put(
                     key.clone(),
-                    next.to_string(),
+                    format!("{next} {mark}"),
                     Some(PutOptions::new().with_ignore_lease()),
                 )])
                 .or_else([TxnOp::get(key.clone(), None)]);
@@ -325,7 +339,7 @@ impl EtcdState {
             let Some(current) = got.kvs().first() else {
                 return Ok(());
             };
-            let used = parse_count(current.value())?;
+            let (used, _) = parse_count(current.value())?;
             if used == 0 {
                 return Ok(());
             }
@@ -385,17 +399,23 @@ fn is_lease_gone(e: &etcd_client::Error) -> bool {
     e.to_string().contains("lease not found")
 }
 
-/// A count as this module writes it: decimal ASCII. Anything else is refused (fail closed):
-/// a value seb did not write means something else writes under its prefix.
-fn parse_count(v: &[u8]) -> Result<u32, StateError> {
+/// A count as this module writes it: decimal ASCII, then, when a use wrote it, a space and
+/// that use's mark (16 lowercase hex digits). Anything else is refused (fail closed): a value
+/// seb did not write means something else writes under its prefix.
+fn parse_count(v: &[u8]) -> Result<(u32, Option<&str>), StateError> {
+    let decimal = |s: &str| {
+        !s.is_empty()
+            && s.bytes().all(|b| b.is_ascii_digit())
+            && (s.len() == 1 || !s.starts_with('0'))
+    };
+    let mark = |m: &str| m.len() == 16 && m.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
     std::str::from_utf8(v)
         .ok()
-        .filter(|s| {
-            !s.is_empty()
-                && s.bytes().all(|b| b.is_ascii_digit())
-                && (s.len() == 1 || !s.starts_with('0'))
+        .and_then(|s| match s.split_once(' ') {
+            Some((n, m)) if decimal(n) && mark(m) => Some((n.parse().ok()?, Some(m))),
+            None if decimal(s) => Some((s.parse().ok()?, None)),
+            _ => None,
         })
-        .and_then(|s| s.parse().ok())
         .ok_or_else(|| {
             StateError(format!(
                 "a use count in etcd is not a number ({:?}): is something else writing under seb's prefix?",
@@ -444,11 +464,19 @@ mod tests {
 
     #[test]
     fn counts_are_decimal_ascii_only() {
-        assert_eq!(parse_count(b"0").unwrap(), 0);
-        assert_eq!(parse_count(b"17").unwrap(), 17);
+        assert_eq!(parse_count(b"0").unwrap(), (0, None));
+        assert_eq!(parse_count(b"17").unwrap(), (17, None));
+        assert_eq!(
+            parse_count(b"3 00ff00ff00ff00ff").unwrap(),
+            (3, Some("00ff00ff00ff00ff"))
+        );
         for bad in [
             &b""[..],
             b"01",
+            b"3 00FF00FF00FF00FF",
+            b"3 00ff",
+            b"3  00ff00ff00ff00ff",
+            b"3 00ff00ff00ff00ff ",
             b"-1",
             b"+1",
             b" 1",
@@ -464,10 +492,17 @@ mod tests {
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
         #[test]
-        fn a_count_reads_back_and_nothing_else_reads_as_one(n: u32, junk: Vec<u8>) {
-            proptest::prop_assert_eq!(parse_count(n.to_string().as_bytes()).unwrap(), n);
-            if let Ok(v) = parse_count(&junk) {
-                let back = v.to_string();
+        fn a_count_reads_back_and_nothing_else_reads_as_one(n: u32, mark: u64, junk: Vec<u8>) {
+            let plain = n.to_string();
+            proptest::prop_assert_eq!(parse_count(plain.as_bytes()).unwrap(), (n, None));
+            let marked = format!("{n} {mark:016x}");
+            let m = format!("{mark:016x}");
+            proptest::prop_assert_eq!(parse_count(marked.as_bytes()).unwrap(), (n, Some(m.as_str())));
+            if let Ok((v, m)) = parse_count(&junk) {
+                let back = match m {
+                    Some(m) => format!("{v} {m}"),
+                    None => v.to_string(),
+                };
                 proptest::prop_assert_eq!(back.as_bytes(), &junk[..]);
             }
         }
