@@ -1,7 +1,8 @@
 //! etcd members from Debian's `etcd-server`, started on free loopback ports with temporary
 //! data directories: one member for most tests, three for the replica tests.
 
-use super::{free_port, KillOnDrop};
+use super::{free_port, Broker, Env, KillOnDrop, Upstream};
+use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -21,11 +22,19 @@ pub struct Etcd {
     /// The members' data, in memory where the machine has /dev/shm: these tests are about
     /// seb's behaviour, and four builds sharing one disk made etcd's fsyncs take seconds.
     _data: tempfile::TempDir,
+    /// Client TLS: the members serve https with this (CA, certificate, key) and require a
+    /// client certificate signed by the CA.
+    tls: Option<(PathBuf, PathBuf, PathBuf)>,
 }
 
 impl Etcd {
     /// Starts `n` members (logs under `dir`) and waits until the cluster answers writes.
     pub fn start(dir: &Path, n: usize) -> Etcd {
+        Etcd::start_tls(dir, n, None)
+    }
+
+    /// [`Etcd::start`], serving clients over mutual TLS with (CA, certificate, key).
+    pub fn start_tls(dir: &Path, n: usize, tls: Option<(PathBuf, PathBuf, PathBuf)>) -> Etcd {
         let data = match Path::new("/dev/shm").is_dir() {
             true => tempfile::Builder::new()
                 .prefix("seb-etcd")
@@ -56,6 +65,7 @@ impl Etcd {
             members,
             initial_cluster,
             _data: data,
+            tls,
         };
         for i in 0..n {
             etcd.spawn(i);
@@ -65,9 +75,10 @@ impl Etcd {
     }
 
     pub fn endpoints(&self) -> Vec<String> {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
         self.members
             .iter()
-            .map(|m| format!("http://127.0.0.1:{}", m.client_port))
+            .map(|m| format!("{scheme}://127.0.0.1:{}", m.client_port))
             .collect()
     }
 
@@ -88,9 +99,23 @@ impl Etcd {
             .append(true)
             .open(&m.log)
             .unwrap();
-        let client = format!("http://127.0.0.1:{}", m.client_port);
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let client = format!("{scheme}://127.0.0.1:{}", m.client_port);
         let peer = format!("http://127.0.0.1:{}", m.peer_port);
+        let mut tls_args: Vec<std::ffi::OsString> = Vec::new();
+        if let Some((ca, cert, key)) = &self.tls {
+            for (flag, path) in [
+                ("--trusted-ca-file", ca),
+                ("--cert-file", cert),
+                ("--key-file", key),
+            ] {
+                tls_args.push(flag.into());
+                tls_args.push(path.into());
+            }
+            tls_args.push("--client-cert-auth".into());
+        }
         let child = Command::new("etcd")
+            .args(tls_args)
             .args(["--name", &m.name, "--data-dir"])
             .arg(&m.data)
             .args([
@@ -136,6 +161,18 @@ impl Etcd {
     /// Until every running member answers `/health` (which needs a leader and a quorum).
     pub fn wait_writable(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
+        if self.tls.is_some() {
+            // No plain /health to ask: the port opening (and a moment for the election of a
+            // one-member cluster) will do; the broker's own readiness says the rest.
+            for m in &self.members {
+                while std::net::TcpStream::connect(("127.0.0.1", m.client_port)).is_err() {
+                    assert!(Instant::now() < deadline, "etcd {} never listened", m.name);
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+            std::thread::sleep(Duration::from_millis(500));
+            return;
+        }
         for m in self.members.iter().filter(|m| m.process.is_some()) {
             while !http(m.client_port, "GET", "/health", "").contains("\"health\":\"true\"") {
                 assert!(
@@ -203,7 +240,7 @@ fn which(bin: &str) -> bool {
 
 // === for the replica tests ===
 
-pub fn signal(b: &super::Broker, sig: i32) {
+pub fn signal(b: &Broker, sig: i32) {
     // SAFETY: a plain kill(2) on our own child's pid.
     assert_eq!(unsafe { libc::kill(b.pid() as i32, sig) }, 0);
 }
@@ -214,7 +251,7 @@ pub fn b64(s: &[u8]) -> String {
 }
 
 /// Whether any broker log in the test's directory mentions `what`.
-pub fn logs_mention(env: &super::Env, what: &str) -> bool {
+pub fn logs_mention(env: &Env, what: &str) -> bool {
     std::fs::read_dir(env.dir.path())
         .unwrap()
         .filter_map(|e| e.ok())
@@ -224,4 +261,94 @@ pub fn logs_mention(env: &super::Env, what: &str) -> bool {
                 .unwrap_or_default()
                 .contains(what)
         })
+}
+
+/// A replica: its own config file, audit log, state directory, broker id and ports.
+pub fn replica(env: &Env, up: &Upstream, etcd: &Etcd, n: usize) -> Broker {
+    replica_with(env, up, etcd, n, "", true)
+}
+
+/// [`replica`] with more `[state.etcd]` lines; started, and waited for when `ready`.
+pub fn replica_with(
+    env: &Env,
+    up: &Upstream,
+    etcd: &Etcd,
+    n: usize,
+    more: &str,
+    ready: bool,
+) -> Broker {
+    let cfg = env.config(up.port, "");
+    let dir = env.path(&format!("r{n}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    // Its own audit key: a replica's log is its own signed chain.
+    seb::cert::keys::write_keypair(&dir.join("broker"), &seb::cert::keys::generate()).unwrap();
+    let text = cfg
+        .text
+        .replace(
+            "broker_id = \"test-broker\"",
+            &format!("broker_id = \"replica-{n}\""),
+        )
+        .replace(
+            "path = \"audit.jsonl\"",
+            &format!("path = \"r{n}/audit.jsonl\""),
+        )
+        .replace(
+            "signing_key = \"broker.key\"",
+            &format!("signing_key = \"r{n}/broker.key\""),
+        )
+        + &etcd.state_section("/seb-test/")
+        + more;
+    let config_path = env.path(&format!("seb-r{n}.toml"));
+    std::fs::write(&config_path, text).unwrap();
+    let mut b = Broker {
+        child: None,
+        listen: cfg.listen,
+        admin: cfg.admin,
+        config_path,
+        extra_env: Vec::new(),
+    };
+    if ready {
+        b.spawn(env);
+    } else {
+        b.spawn_unready(env);
+    }
+    b
+}
+
+pub async fn readyz(broker: &Broker) -> (u16, Value) {
+    let Ok(r) = reqwest::get(broker.admin_url("/readyz")).await else {
+        return (0, Value::Null);
+    };
+    let status = r.status().as_u16();
+    let body = r.bytes().await.unwrap_or_default();
+    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+}
+
+pub async fn push_revocation(c: &reqwest::Client, broker: &Broker, doc: &str) -> (u16, Value) {
+    let r = c
+        .post(broker.admin_url("/v1/revocation"))
+        .body(doc.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let body = r.bytes().await.unwrap_or_default();
+    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+}
+
+/// The epoch replica `b` has loaded for the test signer, per `/readyz`.
+pub async fn epoch_at(b: &Broker) -> Option<u64> {
+    readyz(b).await.1["revocation"]["issuers"]["signer"]["epoch"].as_u64()
+}
+
+pub async fn wait_epoch(b: &Broker, epoch: u64) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while epoch_at(b).await != Some(epoch) {
+        assert!(
+            Instant::now() < deadline,
+            "replica never got epoch {epoch}: {:?}",
+            readyz(b).await
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -281,6 +281,12 @@ impl Broker {
     }
 
     pub fn spawn(&mut self, env: &Env) {
+        self.spawn_unready(env);
+        self.wait_ready();
+    }
+
+    /// Starts the process without waiting for it to be ready (or to fail).
+    pub fn spawn_unready(&mut self, env: &Env) {
         let log = std::fs::File::create(env.path(&format!("seb-{}.log", now()))).unwrap();
         let child = Command::new(seb_bin())
             .args(["serve", "--config"])
@@ -295,7 +301,6 @@ impl Broker {
             .spawn()
             .unwrap();
         self.child = Some(child);
-        self.wait_ready();
     }
 
     fn wait_ready(&self) {
