@@ -55,6 +55,9 @@ struct Health {
     failing: Mutex<Option<String>>,
     /// Whether the watch on revocation documents is established, and since when it is not.
     watching: AtomicBool,
+    /// Whether every stored revocation document has been read once: until then this replica
+    /// may lack a revocation pushed to another, and admits nothing.
+    synced: AtomicBool,
     watch_down: Mutex<Option<(Instant, String)>>,
 }
 
@@ -371,6 +374,9 @@ impl EtcdState {
 
     /// Why mutations are refused right now, if they are.
     fn refusal(&self) -> Option<String> {
+        if !self.health.synced.load(Ordering::Acquire) {
+            return Some("the revocation documents stored in etcd have not been read yet".into());
+        }
         if !self.health.watching.load(Ordering::Acquire) {
             let down = self
                 .health

@@ -129,7 +129,7 @@ impl EtcdState {
     }
 
     /// Applies every stored document; the revision to watch from next.
-    async fn read_all(&self, apply: &Apply) -> Result<i64, String> {
+    async fn read_all(&self, apply: &Arc<Apply>) -> Result<i64, String> {
         let mut kv = self.kv.clone();
         let got = tokio::time::timeout(
             self.timeout,
@@ -142,8 +142,9 @@ impl EtcdState {
         .map_err(|_| format!("no answer within {:?}", self.timeout))?
         .map_err(|e| e.to_string())?;
         for item in got.kvs() {
-            apply_stored(item.value(), apply);
+            apply_stored(item.value(), apply).await;
         }
+        self.health.synced.store(true, Ordering::Release);
         let revision = got
             .header()
             .map(|h| h.revision())
@@ -153,6 +154,7 @@ impl EtcdState {
 
     /// Keeps this replica's revocation state in step with etcd, forever.
     pub async fn watch_revocations(self: Arc<Self>, apply: Apply) {
+        let apply = Arc::new(apply);
         // The revision to resume from; None: read everything first.
         let mut from: Option<i64> = None;
         loop {
@@ -219,7 +221,7 @@ impl EtcdState {
                         for ev in resp.events() {
                             let Some(kv) = ev.kv() else { continue };
                             if ev.event_type() == EventType::Put {
-                                apply_stored(kv.value(), &apply);
+                                apply_stored(kv.value(), &apply).await;
                             }
                             // A deletion changes nothing here: revocations only go forward,
                             // and each replica keeps (and persists) what it applied.
@@ -241,9 +243,16 @@ impl EtcdState {
     }
 }
 
-fn apply_stored(value: &[u8], apply: &Apply) {
+/// Applying persists the document (an fsync): off the runtime's threads, which also serve the
+/// admin port and the probe, and awaited, so documents are applied in the watch's order.
+async fn apply_stored(value: &[u8], apply: &Arc<Apply>) {
     match serde_json::from_slice::<Stored>(value) {
-        Ok(s) => apply(&s.document),
+        Ok(s) => {
+            let apply = apply.clone();
+            if let Err(e) = tokio::task::spawn_blocking(move || apply(&s.document)).await {
+                tracing::error!(error = %e, "applying a revocation document from etcd failed");
+            }
+        }
         Err(e) => {
             tracing::warn!(error = %e, "a revocation entry in etcd is not one seb wrote; ignored")
         }
