@@ -108,8 +108,17 @@ pub fn run_verify(args: &VerifyArgs) -> ExitCode {
                 _ => String::new(),
             };
             println!(
-                "verified {} records{range} in {} {files}: {} decisions, {} outcomes, {} starts",
-                r.records, r.files, r.decisions, r.outcomes, r.starts
+                "verified {} records{range} in {} {files}: {} decisions, {} outcomes, {} starts{}",
+                r.records,
+                r.files,
+                r.decisions,
+                r.outcomes,
+                r.starts,
+                if r.labels > 0 {
+                    format!(", {} labels", r.labels)
+                } else {
+                    String::new()
+                }
             );
             if r.starts_mid_chain {
                 println!(
@@ -460,6 +469,7 @@ mod tests {
             rotate_bytes: None,
             stdout: false,
             broker_id: "b".into(),
+            shadow_targets: Vec::new(),
         };
         let audit = crate::audit::Audit::start(settings, key).unwrap();
         let e = crate::audit::record::tests::entry(Kind::Decision, Verdict::Deny);

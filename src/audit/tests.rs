@@ -14,6 +14,7 @@ fn settings(path: &Path) -> AuditSettings {
         rotate_bytes: None,
         stdout: false,
         broker_id: "b1".into(),
+        shadow_targets: Vec::new(),
     }
 }
 
@@ -675,6 +676,7 @@ async fn no_sink_fails_closed_and_stdout_alone_is_a_sink() {
         rotate_bytes: None,
         stdout: false,
         broker_id: "b".into(),
+        shadow_targets: Vec::new(),
     };
     let audit = Audit::start(s.clone(), key.clone()).unwrap();
     assert!(!audit.is_writable());

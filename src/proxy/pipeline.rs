@@ -16,15 +16,14 @@
 //! Any `Err(Denial)` ends the request; [`handle`] writes the deny record and renders the
 //! refusal in the agent's own format. Nothing is forwarded unless every step said yes.
 
-mod record;
+pub(crate) mod admit;
+pub(crate) mod record;
 
 use super::metrics::{Decision, Phase};
 use super::Broker;
-use crate::admission::Peer;
 use crate::audit::{Entry, Kind, Verdict};
-use crate::contract::BodyView;
 use crate::denial::{Denial, Reason};
-use crate::targets::{check_certificate_target, Parsed, Target};
+use crate::targets::{Parsed, Target};
 use crate::tls::PeerIdentity;
 use crate::upstream::{upstream_full, Body, UpstreamBody};
 use bytes::Bytes;
@@ -42,7 +41,7 @@ pub struct RequestContext {
     pub id: String,
     /// The agent's error format, fixed from the request before anything consumes it.
     pub dialect: crate::denial::Dialect,
-    decided: std::sync::OnceLock<(u64, Arc<crate::audit::Subject>)>,
+    decided: std::sync::OnceLock<(u64, Arc<crate::audit::Subject>, Verdict)>,
 }
 
 impl RequestContext {
@@ -171,10 +170,10 @@ pub(super) fn refused_around<T: Target>(
         .count(target.name(), Decision::Deny, Some(denial.reason));
     tracing::info!(request_id = %ctx.id, target = target.name(), code = %denial.reason, detail = %denial.message, "refused");
     let entry = match ctx.decided.get() {
-        Some((seq, subject)) => Entry {
+        Some((seq, subject, verdict)) => Entry {
             kind: Kind::Outcome,
             subject: subject.clone(),
-            decision: Verdict::Allow,
+            decision: *verdict,
             reason: Some((denial.reason.as_str().to_string(), denial.message.clone())),
             identity: None,
             upstream_status: None,
@@ -210,7 +209,7 @@ where
     // a dropped future.
     let deadline = tokio::time::Instant::now() + broker.request_timeout;
     // Headers first: a request they refuse costs no body read.
-    target.check_head(&parts)?;
+    admit::check_head(target, &parts)?;
     let (body, upload) = if target.streams_upload(&parts) {
         (Bytes::new(), Some(body))
     } else {
@@ -223,58 +222,15 @@ where
     if upload.is_none() {
         record.unfrozen().body_sha256 = Some(body_sha256.clone());
     }
-    crate::targets::headers::check_read_method_body(&parts.method, body.len())?;
-    let mut parsed = target.parse(&parts, &body)?;
-    // Only the audit record reads the description.
-    record.unfrozen().request = std::mem::take(&mut parsed.describe);
-    let token = target.certificate(&parts)?;
+    let (parsed, token) = admit::parse(target, &parts, &body, record)?;
     broker.metrics.observe(Phase::Parse, started.elapsed());
 
-    let Some(token) = token else {
-        if parsed.is_read {
-            broker.authenticate_reader(
-                target.authenticate_reader(&parts, &body)?,
-                target.agent_token(&parts.headers),
-                conn,
-            )?;
-            return read_pass_through(
-                broker,
-                target,
-                &parts,
-                &parsed,
-                body,
-                request_id,
-                record,
-                (started, deadline),
-            )
-            .await;
-        }
-        return Err(Denial::new(Reason::CertMissing, target.certificate_hint()));
-    };
-
-    // 3. admit
-    let admit_started = Instant::now();
-    let peer = conn.peer.as_ref().map(|p| Peer {
-        x5t_s256: &p.x5t_s256,
-    });
-    let cert = broker.admission.authenticate(&token)?;
-    record.certificate(&cert);
-    broker
-        .admission
-        .check_certificate(&cert, peer, crate::cert::now_secs())?;
-    if parsed.is_read && target.certificate_authenticates_reads() {
-        // kubectl has one bearer token per invocation and sends it on the discovery and
-        // GET requests around a mutation too, and an AWS SDK sends AWS_SESSION_TOKEN on
-        // every call: a certificate that verifies authenticates those reads, which spend no
-        // use and run under the read identity. A target credential the request also claims
-        // (an agent key's signature) must still verify.
-        target.authenticate_reader(&parts, &body)?;
-        check_certificate_target(target, &cert).map_err(|d| {
-            Denial::new(
-                d.reason,
-                format!("it does not authenticate reads here: {}", d.message),
-            )
-        })?;
+    if parsed.is_read && token.is_none() {
+        broker.authenticate_reader(
+            target.authenticate_reader(&parts, &body)?,
+            target.agent_token(&parts.headers),
+            conn,
+        )?;
         return read_pass_through(
             broker,
             target,
@@ -287,84 +243,111 @@ where
         )
         .await;
     }
-    let view = BodyView {
-        bytes: &body,
-        sha256_hex: &body_sha256,
-        content_type: crate::targets::single_header(&parts.headers, http::header::CONTENT_TYPE)?,
-        content_encoding: crate::targets::single_header(
-            &parts.headers,
-            http::header::CONTENT_ENCODING,
-        )?,
-    };
-    check_certificate_target(target, &cert)?;
-    target.check_contract(&cert, &parts, &parsed, &view)?;
-    if upload.is_some() {
-        // A streamed body is recorded by the hash it is held to in flight.
-        if let Some(crate::cert::BodyRule::Sha256(r)) = &cert.claims.seb.body {
-            record.unfrozen().body_sha256 = Some(r.sha256.clone());
+
+    // 3. admit
+    let admit_started = Instant::now();
+    // A shadow target judges a mutation as an enforcing one would, and forwards it whatever
+    // the verdict; a read is a read in either mode. Parse refusals above stay refusals: a
+    // request the broker cannot read is not one it can rebuild and forward.
+    let shadow = broker.is_shadow(target.name()) && !parsed.is_read;
+    let kept_body = shadow.then(|| body.clone());
+    let judged = admit::mutation(
+        broker,
+        target,
+        &parts,
+        &parsed,
+        (body, &body_sha256),
+        token,
+        upload.is_some(),
+        conn,
+        record,
+        deadline,
+    )
+    .await;
+    let (admitted, verdict, would_deny) = match judged {
+        Ok(admit::Judged::Read(body)) => {
+            return read_pass_through(
+                broker,
+                target,
+                &parts,
+                &parsed,
+                body,
+                request_id,
+                record,
+                (started, deadline),
+            )
+            .await
         }
-    }
-    // Every call to the upstream or an identity service runs inside the request's one
-    // deadline, so a slow dependency ends in a recorded refusal, never in a request cut off by
-    // the backstop after its decision.
-    let body = within(
-        deadline,
-        "the live-state check",
-        target.check_live_state(&cert, &parts, &parsed, body),
-    )
-    .await?;
-
-    // The identity is minted (or taken from its cache) before a use is spent: an identity
-    // service that is down refuses the request without burning a single-use certificate.
-    let identity_started = Instant::now();
-    let identity = within(
-        deadline,
-        "minting the execution identity",
-        target.identity(Some(&cert)),
-    )
-    .await?;
-    broker
-        .metrics
-        .observe(Phase::Identity, identity_started.elapsed());
-
-    let (n, max) = broker
-        .admission
-        .take_use(&cert)
-        .await
-        .map_err(|d| target.explain(&cert, d))?;
-    record.took_use(n, max, &cert);
+        Ok(admit::Judged::Admitted(a)) if shadow => (Some(a), Verdict::WouldAllow, None),
+        Ok(admit::Judged::Admitted(a)) => (Some(a), Verdict::Allow, None),
+        Err(denial) if shadow && upload.is_none() => (None, Verdict::WouldDeny, Some(denial)),
+        Err(mut denial) if shadow => {
+            denial.message.push_str(
+                "; shadow mode forwards no streamed upload it would refuse: the stream's hash is held to a certificate's",
+            );
+            return Err(denial);
+        }
+        Err(denial) => return Err(denial),
+    };
+    let (cert, identity, body) = match (admitted, kept_body) {
+        (Some(a), _) => (Some(a.cert), a.identity, a.body),
+        (None, Some(body)) => {
+            let identity = within(
+                deadline,
+                "minting the shadow execution identity",
+                target.shadow_identity(),
+            )
+            .await?;
+            (None, identity, body)
+        }
+        // Only a shadow verdict comes without admission, and shadow keeps the body.
+        (None, None) => {
+            return Err(Denial::new(
+                Reason::AuditUnavailable,
+                "internal: a refused request reached forwarding outside shadow mode",
+            ))
+        }
+    };
     broker
         .metrics
         .observe(Phase::Admit, admit_started.elapsed());
 
     // 4. audit the decision, durably, before anything reaches the upstream
     let audit_started = Instant::now();
-    let seq = broker.audit.record(record.allow()).await.map_err(|e| {
-        Denial::new(
-            Reason::AuditUnavailable,
-            format!("the decision could not be recorded durably: {}", e.0),
-        )
-    })?;
+    let seq = broker
+        .audit
+        .record(record.entry(Kind::Decision, verdict, would_deny.as_ref()))
+        .await
+        .map_err(|e| {
+            Denial::new(
+                Reason::AuditUnavailable,
+                format!("the decision could not be recorded durably: {}", e.0),
+            )
+        })?;
     record.decision_seq = Some(seq);
-    let _ = ctx.decided.set((seq, record.subject()));
+    record.verdict = verdict;
+    let _ = ctx.decided.set((seq, record.subject(), verdict));
     broker
         .metrics
         .observe(Phase::Audit, audit_started.elapsed());
+    if let Some(d) = &would_deny {
+        tracing::warn!(request_id, target = target.name(), code = %d.reason, detail = %d.message, "SHADOW: would deny; forwarded anyway");
+    }
 
     // 5. sign + forward (an admitted upgrade, such as a kubernetes exec, is joined to the
     //    upstream's once both sides have switched protocols)
     let client_upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
-    let upstream_req = match upload {
-        None => target
-            .upstream_request(&parts, &parsed, body, &identity, request_id)
-            .map(|r| r.map(upstream_full)),
-        Some(upload) => target.upstream_upload(
+    let upstream_req = match (upload, &cert) {
+        (Some(upload), Some(cert)) => target.upstream_upload(
             &parts,
             http_body_util::BodyExt::map_err(upload, Into::into).boxed_unsync(),
             &identity,
             request_id,
-            &cert,
+            cert,
         ),
+        _ => target
+            .upstream_request(&parts, &parsed, body, &identity, request_id)
+            .map(|r| r.map(upstream_full)),
     };
     // Moved, not copied: nothing after the rebuilt request reads it.
     record.identity = Some(identity.audit);
@@ -377,20 +360,29 @@ where
         }) => {
             // The request provably never left (no connection to the upstream): the use goes
             // back, and the outcome record says so, so that a restart does not count it either.
-            broker.admission.give_back(&cert).await;
-            record.returned = true;
-            denial
-                .message
-                .push_str("; nothing was sent, and the certificate's use was given back");
+            if let Some(cert) = &cert {
+                broker.admission.give_back(cert).await;
+                record.returned = true;
+                denial
+                    .message
+                    .push_str("; nothing was sent, and the certificate's use was given back");
+            }
             return Err(denial);
         }
         Err(f) => return Err(f.denial),
     };
-    target.observe_outcome(&cert, resp.status());
+    if let Some(cert) = &cert {
+        target.observe_outcome(cert, resp.status());
+    }
 
     // 6. outcome (not waited on: the decision is already durable, and a crash before this
     //    record lands is written as `unknown` on restart)
-    broker.metrics.count(target.name(), Decision::Allow, None);
+    let (decision, reason) = match (verdict, &would_deny) {
+        (Verdict::WouldAllow, _) => (Decision::WouldAllow, None),
+        (_, Some(d)) => (Decision::WouldDeny, Some(d.reason)),
+        _ => (Decision::Allow, None),
+    };
+    broker.metrics.count(target.name(), decision, reason);
     broker.audit.record_best_effort(record.outcome(
         seq,
         Some(resp.status().as_u16()),

@@ -201,6 +201,7 @@ fn world() -> World {
             rotate_bytes: None,
             stdout: false,
             broker_id: "test".into(),
+            shadow_targets: Vec::new(),
         },
         keys::generate(),
     )
