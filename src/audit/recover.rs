@@ -143,12 +143,13 @@ pub(crate) fn recover(path: &Path) -> anyhow::Result<Recovered> {
             };
             match v.get("kind").and_then(Value::as_str) {
                 // Every decision after which the request was sent: an enforced allow, and in
-                // shadow mode either verdict.
+                // shadow mode either verdict, but not the verdicts of `seb check` (`via`),
+                // which sends nothing.
                 Some("decision")
                     if matches!(
                         v.get("decision").and_then(Value::as_str),
                         Some("allow" | "would_allow" | "would_deny")
-                    ) =>
+                    ) && v.pointer("/request/via").is_none() =>
                 {
                     if let Some(s) = v.get("seq").and_then(Value::as_u64) {
                         allowed.insert(s, v);

@@ -3,6 +3,7 @@
 pub mod activity;
 pub mod admin;
 pub mod body;
+pub mod check;
 pub mod config_reload;
 pub mod head;
 pub mod lifecycle;
@@ -233,8 +234,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         config.limits.max_live_certificates,
         Duration::from_secs(skew as u64),
     );
-    let uses_unknown_before =
-        rebuild_use_counts(&config, window, &kids_by_name, &uses, &audit_pub)?;
+    let uses_unknown_before = rebuild_use_counts(
+        config.audit.path.as_deref(),
+        window,
+        &kids_by_name,
+        &uses,
+        &audit_pub,
+    )?;
     // The chain the counts were read from is anchored by the last record an earlier run
     // wrote; unsigned (altered, or another key), no certificate issued before now is proven
     // unspent.
@@ -432,14 +438,14 @@ fn listen<T: Target>(
 }
 
 /// Counts again, from the audit log, the uses of every certificate that may still be used.
-fn rebuild_use_counts(
-    config: &Config,
+pub(crate) fn rebuild_use_counts(
+    path: Option<&std::path::Path>,
     window: WindowPolicy,
     kids_by_name: &[(String, String)],
     uses: &MemoryUseStore,
     audit_pub: &ed25519_dalek::VerifyingKey,
 ) -> anyhow::Result<Option<i64>> {
-    let Some(path) = &config.audit.path else {
+    let Some(path) = path else {
         tracing::warn!(
             "no audit file is configured: certificate use counts live in memory only, and a \
              restart re-admits uses already spent within the certificates' validity"

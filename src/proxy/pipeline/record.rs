@@ -18,7 +18,8 @@ pub(crate) struct Draft {
     pub(crate) method: http::Method,
     pub(crate) path: Option<http::uri::PathAndQuery>,
     pub(crate) peer: Option<String>,
-    pub(crate) remote: std::net::SocketAddr,
+    /// None for a request judged offline by `seb check`, which the record names instead.
+    pub(crate) remote: Option<std::net::SocketAddr>,
     pub(crate) identity: Option<serde_json::Value>,
     pub(crate) uses: Option<SpentUse>,
     pub(crate) decision_seq: Option<u64>,
@@ -51,13 +52,32 @@ impl Draft {
             method: method.clone(),
             path: path.cloned(),
             peer: conn.peer.as_ref().and_then(|p| p.name.clone()),
-            remote: conn.remote,
+            remote: Some(conn.remote),
             identity: None,
             uses: None,
             decision_seq: None,
             verdict: Verdict::Allow,
             returned: false,
         }
+    }
+
+    /// A request described to `seb check` rather than received.
+    pub(crate) fn offline(
+        target: &impl Target,
+        method: &http::Method,
+        path: Option<&http::uri::PathAndQuery>,
+    ) -> Draft {
+        let mut d = Draft::new(
+            target,
+            method,
+            path,
+            &ConnInfo {
+                remote: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
+                peer: None,
+            },
+        );
+        d.remote = None;
+        d
     }
 
     pub(crate) fn certificate(&mut self, cert: &Certificate) {
@@ -105,7 +125,10 @@ impl Draft {
             });
         }
         if let Some(obj) = s.request.as_object_mut() {
-            obj.insert("remote".into(), self.remote.to_string().into());
+            match self.remote {
+                Some(r) => obj.insert("remote".into(), r.to_string().into()),
+                None => obj.insert("via".into(), "seb check".into()),
+            };
             if let Some(p) = &self.peer {
                 obj.insert("peer".into(), p.clone().into());
             }
