@@ -260,6 +260,11 @@ enum AuditCommand {
     Verify(seb::audit::cli::VerifyArgs),
     /// Search records: every production write under policy X in March, in one command.
     Query(seb::audit::cli::QueryArgs),
+    /// Label a would-block legitimate or harmful: a signed record in a label log of its own.
+    Label(seb::audit::rollout_cli::LabelArgs),
+    /// What enforcing would block, per day, target, agent and policy: would-block and
+    /// false-block rates from broker, shadow and label logs (table, JSON, or an HTML page).
+    Report(seb::audit::rollout_cli::ReportArgs),
 }
 
 // glibc's malloc was ~8% of the broker's CPU under load: every request frees 8-12 KiB buffers
@@ -316,6 +321,8 @@ fn main() -> ExitCode {
         Command::Check(a) => return check(&a),
         Command::Audit(AuditCommand::Verify(a)) => return seb::audit::cli::run_verify(&a),
         Command::Audit(AuditCommand::Query(a)) => return seb::audit::cli::run_query(&a),
+        Command::Audit(AuditCommand::Label(a)) => return seb::audit::rollout_cli::run_label(&a),
+        Command::Audit(AuditCommand::Report(a)) => return seb::audit::rollout_cli::run_report(&a),
         Command::DevCerts { out, agent } => dev_certs(&out, &agent),
         Command::Kubeconfig(a) => kubeconfig(&a),
     };

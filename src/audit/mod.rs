@@ -11,6 +11,8 @@ mod paths;
 pub mod query;
 pub mod record;
 mod recover;
+pub mod report;
+pub mod rollout_cli;
 pub mod spent;
 pub mod verify;
 mod writer;

@@ -122,7 +122,15 @@ enum Field {
     Kubernetes,
 }
 
-const FIELDS: &[&str] = &["name", "kind", "listen", "mode", "http", "aws", "kubernetes"];
+const FIELDS: &[&str] = &[
+    "name",
+    "kind",
+    "listen",
+    "mode",
+    "http",
+    "aws",
+    "kubernetes",
+];
 
 /// The error for a target without its kind's table, spelled as it always has been.
 fn missing_table(kind: TargetKind) -> &'static str {

@@ -221,7 +221,10 @@ async fn judge<T: Target>(
                 Verdict::WouldAllow
             };
             let entry = record.entry(Kind::Decision, shadow, denial.as_ref());
-            Some((log.clone(), record_shadow(config, log, target.name(), entry).await?))
+            Some((
+                log.clone(),
+                record_shadow(config, log, target.name(), entry).await?,
+            ))
         }
         _ => None,
     };

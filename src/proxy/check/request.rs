@@ -128,10 +128,22 @@ mod tests {
             (r#"{"method":"GET","path":"/","extra":1}"#, "unknown field"),
             (r#"{"method":"G T","path":"/"}"#, "not an HTTP method"),
             (r#"{"method":"GET","path":"x"}"#, "must start with '/'"),
-            (r#"{"method":"GET","path":"/","headers":[["a b","1"]]}"#, "headers[0]"),
-            (r#"{"method":"GET","path":"/","headers":[["a","\n"]]}"#, "headers[0] (a)"),
-            (r#"{"method":"GET","path":"/","body":"","body_sha256":"00"}"#, "at most one"),
-            (r#"{"method":"GET","path":"/","body_sha256":"AB"}"#, "64 lowercase hex"),
+            (
+                r#"{"method":"GET","path":"/","headers":[["a b","1"]]}"#,
+                "headers[0]",
+            ),
+            (
+                r#"{"method":"GET","path":"/","headers":[["a","\n"]]}"#,
+                "headers[0] (a)",
+            ),
+            (
+                r#"{"method":"GET","path":"/","body":"","body_sha256":"00"}"#,
+                "at most one",
+            ),
+            (
+                r#"{"method":"GET","path":"/","body_sha256":"AB"}"#,
+                "64 lowercase hex",
+            ),
         ] {
             let e = parse(text.as_bytes(), dir()).err().expect(text).to_string();
             assert!(e.contains(says), "{text}: {e}");

@@ -7,17 +7,20 @@
 use super::record::Draft;
 use super::{within, ConnInfo};
 use crate::admission::{Admission, Peer};
-use crate::proxy::metrics::Phase;
-use crate::proxy::Broker;
 use crate::cert::Certificate;
 use crate::contract::BodyView;
 use crate::denial::{Denial, Reason};
+use crate::proxy::metrics::Phase;
+use crate::proxy::Broker;
 use crate::targets::{check_certificate_target, Parsed, Target};
 use bytes::Bytes;
 use std::time::Instant;
 
 /// The request head, before the body is read: headers the upstream could read differently.
-pub(crate) fn check_head<T: Target>(target: &T, parts: &http::request::Parts) -> Result<(), Denial> {
+pub(crate) fn check_head<T: Target>(
+    target: &T,
+    parts: &http::request::Parts,
+) -> Result<(), Denial> {
     target.check_head(parts)
 }
 
@@ -31,8 +34,15 @@ pub(crate) fn parse<T: Target>(
 ) -> Result<(Parsed<T::Request>, Option<String>), Denial> {
     crate::targets::headers::check_read_method_body(&parts.method, body.len())?;
     let mut parsed = target.parse(parts, body)?;
-    // Only the audit record reads the description.
-    record.unfrozen().request = std::mem::take(&mut parsed.describe);
+    // Only the audit record reads the description. A read says so, so that a reader of the
+    // log (the rollout report) tells a refused read from a refused change.
+    let mut describe = std::mem::take(&mut parsed.describe);
+    if parsed.is_read {
+        if let Some(o) = describe.as_object_mut() {
+            o.insert("read".into(), true.into());
+        }
+    }
+    record.unfrozen().request = describe;
     let token = target.certificate(parts)?;
     Ok((parsed, token))
 }
@@ -191,4 +201,3 @@ pub(super) async fn mutation<T: Target>(
         body,
     }))
 }
-
