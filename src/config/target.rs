@@ -100,6 +100,15 @@ impl TargetKindConfig {
         }
     }
 
+    /// Every secret the target's table names (`seb check` reads none of them).
+    pub fn secret_sources(&mut self) -> Vec<&mut crate::secret::SecretSource> {
+        match self {
+            TargetKindConfig::Http(h) => h.secret_sources(),
+            TargetKindConfig::Aws(a) => a.secret_sources(),
+            TargetKindConfig::Kubernetes(k) => k.secret_sources(),
+        }
+    }
+
     pub(super) fn resolve(&mut self, base: &Path) {
         match self {
             TargetKindConfig::Http(h) => h.resolve(base),

@@ -76,7 +76,12 @@ pub fn default_shadow_log(config: &Config) -> Option<PathBuf> {
 /// Errors are usage errors (a config or request file that does not load); a refusal is an
 /// answer.
 pub fn check(req: &CheckRequest) -> anyhow::Result<CheckAnswer> {
-    let config = Config::load(&req.config)?;
+    let mut config = Config::load(&req.config)?;
+    for t in &mut config.targets {
+        for s in t.kind.secret_sources() {
+            s.set_offline();
+        }
+    }
     let text = std::fs::read(&req.request)
         .with_context(|| format!("reading {}", req.request.display()))?;
     let dir = req.request.parent().unwrap_or(Path::new("."));
@@ -149,14 +154,16 @@ async fn admission_state(config: &Config, shadow_log: Option<&Path>) -> anyhow::
     );
     let key = keys::load_signing_key(&config.audit.signing_key)
         .with_context(|| config.at("audit.signing_key"))?;
-    let shadow_log = shadow_log.filter(|p| p.exists());
-    let uses_unknown_before = super::rebuild_use_counts(
-        shadow_log,
-        window,
-        &kids_by_name,
-        &uses,
-        &key.verifying_key(),
-    )?;
+    let uses_unknown_before = match shadow_log.filter(|p| p.exists()) {
+        Some(log) => super::rebuild_use_counts(
+            Some(log),
+            window,
+            &kids_by_name,
+            &uses,
+            &key.verifying_key(),
+        )?,
+        None => None,
+    };
     Ok(Admission {
         issuers,
         window,
