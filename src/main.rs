@@ -49,11 +49,8 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
-    /// The verdict the broker would give a described request, from its config, offline (with
-    /// static issuer keys and a revocation file). Prints it as JSON. Exit 0 allow (or a read),
-    /// 1 deny, 2 usage; with --shadow, 0 whatever the verdict, which is appended as a signed
-    /// would_allow/would_deny record to the shadow log.
-    Check(CheckArgs),
+    /// The broker's verdict for a described request, offline (exit 0 allow, 1 deny, 2 usage).
+    Check(seb::proxy::check::cli::CheckArgs),
     /// Check and search audit logs.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -68,63 +65,6 @@ enum Command {
     /// Print a kubeconfig whose server is a broker's kubernetes listener. Its token is the
     /// agent token for reads; pass a certificate per change with `kubectl --token`.
     Kubeconfig(KubeconfigArgs),
-}
-
-// === seb check ===
-
-#[derive(Args)]
-struct CheckArgs {
-    /// The broker's config (the same file `seb serve` reads).
-    #[arg(long, default_value = "seb.toml")]
-    config: PathBuf,
-    /// The certificate, or `-` to read it from stdin; leave out to check a request without
-    /// one, or one whose request file carries it.
-    #[arg(long)]
-    cert: Option<String>,
-    /// The request, described as JSON: {"target", "method", "path", "headers": [[name,
-    /// value]], "body_file" | "body" | "body_sha256"} (docs/FORMATS.md).
-    #[arg(long)]
-    request: PathBuf,
-    /// Record the verdict in the shadow log and exit 0 whatever it is.
-    #[arg(long)]
-    shadow: bool,
-    /// The shadow log; default shadow.jsonl beside the config's audit log.
-    #[arg(long, requires = "shadow")]
-    shadow_log: Option<PathBuf>,
-}
-
-fn check(a: &CheckArgs) -> ExitCode {
-    let run = || -> anyhow::Result<seb::proxy::check::CheckAnswer> {
-        let shadow_log = match (&a.shadow_log, a.shadow) {
-            (Some(p), _) => Some(p.clone()),
-            (None, true) => Some(
-                seb::proxy::check::default_shadow_log(&seb::config::Config::load(&a.config)?)
-                    .ok_or_else(|| {
-                        anyhow::anyhow!("the config names no audit log: give --shadow-log")
-                    })?,
-            ),
-            (None, false) => None,
-        };
-        seb::proxy::check::check(&seb::proxy::check::CheckRequest {
-            config: a.config.clone(),
-            request: a.request.clone(),
-            cert: a.cert.as_deref().map(read_token).transpose()?,
-            shadow_log,
-        })
-    };
-    match run() {
-        Ok(answer) => {
-            println!("{}", answer.to_json());
-            match (a.shadow, answer.denial) {
-                (true, _) | (false, None) => ExitCode::SUCCESS,
-                (false, Some(_)) => ExitCode::from(1),
-            }
-        }
-        Err(e) => {
-            eprintln!("seb check: {e:#}");
-            ExitCode::from(2)
-        }
-    }
 }
 
 // === seb kubeconfig ===
@@ -262,8 +202,7 @@ enum AuditCommand {
     Query(seb::audit::cli::QueryArgs),
     /// Label a would-block legitimate or harmful: a signed record in a label log of its own.
     Label(seb::audit::rollout_cli::LabelArgs),
-    /// What enforcing would block, per day, target, agent and policy: would-block and
-    /// false-block rates from broker, shadow and label logs (table, JSON, or an HTML page).
+    /// Would-block and false-block rates per day, target, agent and policy.
     Report(seb::audit::rollout_cli::ReportArgs),
 }
 
@@ -318,7 +257,7 @@ fn main() -> ExitCode {
         ),
         Command::Serve { config } => serve(&config),
         Command::Reload { admin, config } => return reload(&admin, config.as_deref()),
-        Command::Check(a) => return check(&a),
+        Command::Check(a) => return seb::proxy::check::cli::run(&a),
         Command::Audit(AuditCommand::Verify(a)) => return seb::audit::cli::run_verify(&a),
         Command::Audit(AuditCommand::Query(a)) => return seb::audit::cli::run_query(&a),
         Command::Audit(AuditCommand::Label(a)) => return seb::audit::rollout_cli::run_label(&a),

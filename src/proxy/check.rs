@@ -7,6 +7,7 @@
 //! `would_allow`/`would_deny` record to a shadow log, whose spent uses the next check counts
 //! (a certificate checked twice in one shadow log is `replayed`, as at the broker).
 
+pub mod cli;
 pub mod request;
 
 use super::pipeline::admit;
