@@ -391,6 +391,20 @@ async fn check_gives_the_brokers_verdicts_and_shadow_records_them() {
         want.iter().filter(|w| !w.is_empty()).count() as u64
     );
 
+    // The broker's own log is held by the broker: --shadow does not write into it, and says so.
+    let (code, _, err) = check(
+        &env,
+        &req,
+        Some(&once),
+        &[
+            "--shadow",
+            "--shadow-log",
+            env.path("audit.jsonl").to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("shadow log"), "{err}");
+
     // Usage errors exit 2 and say what was wrong.
     std::fs::write(
         env.path("bad.json"),

@@ -449,3 +449,70 @@ async fn shadow_days_report_counts_equal_what_the_upstream_received() {
         }
     }
 }
+
+/// A use a shadow broker spent is still spent after a kill -9 and a restart, and a shadow
+/// decision the broker was killed before finishing gets its `unknown` outcome with its own
+/// verdict at the next start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_uses_and_unfinished_shadow_decisions_survive_a_crash() {
+    let env = Env::new();
+    let up = Upstream::start(env.dir.path());
+    let mut broker = Broker::start(&env, &shadow_config(up.port));
+    let c = client(&env, false);
+    let cert = env.cert("POST", "/v1/refunds/x", refund_rule());
+    change(&c, &env, &broker, "/v1/refunds/x", "ok", Some(&cert)).await;
+    // Uncertified, to a path the upstream holds for 30 s: the decision is durable, the
+    // outcome never comes.
+    let url = broker.url("/slow/change");
+    let slow = tokio::spawn({
+        let c = c.clone();
+        async move { c.post(url).body("{}").send().await }
+    });
+    wait_for("the slow request upstream", || {
+        up.requests().iter().any(|r| r["path"] == "/slow/change")
+    });
+    broker.kill9();
+    slow.abort();
+    broker.spawn(&env);
+
+    let records = audit_records(&env);
+    let decision = records
+        .iter()
+        .find(|r| r["kind"] == "decision" && r["request"]["path"] == "/slow/change")
+        .unwrap();
+    assert_eq!(decision["decision"], "would_deny");
+    let outcome = records
+        .iter()
+        .find(|r| r["kind"] == "outcome" && r["decision_seq"] == decision["seq"])
+        .expect("an outcome written at restart");
+    assert_eq!(
+        (&outcome["outcome"], &outcome["decision"]),
+        (&json!("unknown"), &json!("would_deny"))
+    );
+    // The restarted broker still says shadow, and counts the use spent before the crash.
+    assert_eq!(
+        records
+            .iter()
+            .filter(|r| r["kind"] == "start" && r["shadow_targets"] == json!(["payments"]))
+            .count(),
+        2
+    );
+    change(&c, &env, &broker, "/v1/refunds/x", "ok", Some(&cert)).await;
+    let last = audit_records(&env)
+        .into_iter()
+        .filter(|r| r["kind"] == "decision" && r["request"]["path"] == "/v1/refunds/x")
+        .last()
+        .unwrap();
+    assert_eq!(
+        (&last["decision"], &last["reason"]["code"]),
+        (&json!("would_deny"), &json!("replayed"))
+    );
+    let (code, out, err) = seb(&[
+        "audit",
+        "verify",
+        "--key",
+        env.path("broker.pub").to_str().unwrap(),
+        env.path("audit.jsonl").to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+}
