@@ -418,6 +418,18 @@ async fn shadow_days_report_counts_equal_what_the_upstream_received() {
         metrics.contains(&format!("seb_requests_total{{target=\"payments\",decision=\"would_deny\",reason=\"cert_missing\"}} {unasked}")),
         "{metrics}"
     );
+    let (code, out, _) = seb(&[
+        "audit",
+        "query",
+        env.path("audit.jsonl").to_str().unwrap(),
+        "--decision",
+        "would_deny",
+        "--reason",
+        "cert_missing",
+        "--kind",
+        "decision",
+    ]);
+    assert_eq!((code, out.lines().count() as u64), (0, unasked));
     wait_for("every outcome", || {
         audit_records(&env)
             .iter()

@@ -41,7 +41,7 @@ pub struct QueryArgs {
     pub action: Option<String>,
     #[arg(long)]
     pub policy: Option<String>,
-    #[arg(long, value_parser = PossibleValuesParser::new(["allow", "deny"]).map(|s| verdict(&s)))]
+    #[arg(long, value_parser = PossibleValuesParser::new(["allow", "deny", "would_allow", "would_deny"]).map(|s| verdict(&s)))]
     pub decision: Option<Verdict>,
     /// Reason code, e.g. `expired`.
     #[arg(long)]
@@ -66,10 +66,11 @@ pub struct QueryArgs {
 // The record types are the library's; the CLI spells them here, so the library does not
 // depend on clap.
 fn verdict(s: &str) -> Verdict {
-    if s == "allow" {
-        Verdict::Allow
-    } else {
-        Verdict::Deny
+    match s {
+        "allow" => Verdict::Allow,
+        "would_allow" => Verdict::WouldAllow,
+        "would_deny" => Verdict::WouldDeny,
+        _ => Verdict::Deny,
     }
 }
 
