@@ -203,7 +203,9 @@ async fn judge<T: Target>(
             (b, h)
         }
     };
-    let mut not_checked = vec!["live state (seb.precondition): it reads the upstream"];
+    let mut not_checked = vec![
+        "live state (seb.precondition; for kubernetes, the change's effect on the live object): it reads the upstream",
+    ];
     let verdict = judge_request(
         target,
         admission,
