@@ -431,3 +431,128 @@ async fn check_gives_the_brokers_verdicts_and_shadow_records_them() {
     );
     assert!(err.contains("no target named \"nope\""), "{err}");
 }
+
+/// The same parity for a kubernetes target in front of the test apiserver: the target's own
+/// request-info rules and contract, through the broker and through `seb check`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_gives_the_brokers_verdicts_for_a_kubernetes_target() {
+    let env = Env::new();
+    let api = KubeApiserver::start(&env);
+    let broker = Broker::start(&env, &env.kube_config(api.port));
+    let c = client(&env, false);
+    let create =
+        json!({"verb": "create", "group": "", "resource": "configmaps", "namespace": "shop"});
+    let rule = json!({"constraints": {"/metadata/name": {"eq": "cfg"}}, "others": "allow"});
+    let cert = |aud: &str| {
+        let aud = aud.to_string();
+        env.kube_cert(create.clone(), rule.clone(), move |p| p["aud"] = json!(aud))
+    };
+    let body = |name: &str| {
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": "shop"}, "data": {"a": "1"}}).to_string()
+    };
+    let ct = || vec![("content-type", "application/json".to_string())];
+    let shop = "/api/v1/namespaces/shop/configmaps";
+    let table: Vec<(
+        &str,
+        &str,
+        Vec<(&str, String)>,
+        String,
+        Option<String>,
+        &str,
+    )> = vec![
+        (
+            "certified",
+            shop,
+            ct(),
+            body("cfg"),
+            Some(cert("cluster")),
+            "",
+        ),
+        (
+            "other name",
+            shop,
+            ct(),
+            body("other"),
+            Some(cert("cluster")),
+            "contract_mismatch",
+        ),
+        (
+            "no certificate",
+            shop,
+            ct(),
+            body("cfg"),
+            None,
+            "cert_missing",
+        ),
+        (
+            "other namespace",
+            "/api/v1/namespaces/prod/configmaps",
+            ct(),
+            body("cfg"),
+            Some(cert("cluster")),
+            "contract_mismatch",
+        ),
+        (
+            "for staging",
+            shop,
+            ct(),
+            body("cfg"),
+            Some(cert("staging")),
+            "contract_mismatch",
+        ),
+        (
+            "content-type twice",
+            shop,
+            vec![
+                ("content-type", "application/json".into()),
+                ("content-type", "application/yaml".into()),
+            ],
+            body("cfg"),
+            Some(cert("cluster")),
+            "request_malformed",
+        ),
+    ];
+    for (i, (name, path, headers, body, cert, want)) in table.into_iter().enumerate() {
+        let file = env.path(&format!("kube-{i}.json"));
+        let hs: Vec<Value> = headers.iter().map(|(k, v)| json!([k, v])).collect();
+        std::fs::write(
+            &file,
+            json!({"method": "POST", "path": path, "headers": hs, "body": body}).to_string(),
+        )
+        .unwrap();
+        let (code, answer, err) = check(&env, &file, cert.as_deref(), &[]);
+        assert!(answer.is_object(), "{name}: seb check exited {code}: {err}");
+        let auth = cert.as_ref().map(|c| format!("Bearer {c}"));
+        let mut hs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        if let Some(a) = &auth {
+            hs.push(("authorization", a));
+        }
+        let reply = send(&c, "POST", &broker.url(path), &hs, body.as_bytes()).await;
+        // A kubernetes refusal is a Status whose message starts "seb: CODE: ".
+        let message = reply.body["message"].as_str().unwrap_or("");
+        let broker_code = if reply.status < 300 {
+            ""
+        } else {
+            message
+                .strip_prefix("seb: ")
+                .and_then(|m| m.split(':').next())
+                .unwrap_or("?")
+        };
+        assert_eq!(
+            broker_code, want,
+            "{name}: the broker said {} {:?}",
+            reply.status, reply.body
+        );
+        assert_eq!(
+            answer["code"].as_str().unwrap_or(""),
+            want,
+            "{name}: seb check said {answer}"
+        );
+        assert_eq!(code, if want.is_empty() { 0 } else { 1 }, "{name}");
+    }
+    assert_eq!(
+        api.mutations().len(),
+        1,
+        "only the certified create reached the apiserver"
+    );
+}
