@@ -432,6 +432,16 @@ async fn check_gives_the_brokers_verdicts_and_shadow_records_them() {
     assert!(err.contains("no target named \"nope\""), "{err}");
 }
 
+/// name, path, headers, body, certificate, expected code.
+type KubeCase<'a> = (
+    &'a str,
+    &'a str,
+    Vec<(&'a str, String)>,
+    String,
+    Option<String>,
+    &'a str,
+);
+
 /// The same parity for a kubernetes target in front of the test apiserver: the target's own
 /// request-info rules and contract, through the broker and through `seb check`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -452,14 +462,7 @@ async fn check_gives_the_brokers_verdicts_for_a_kubernetes_target() {
     };
     let ct = || vec![("content-type", "application/json".to_string())];
     let shop = "/api/v1/namespaces/shop/configmaps";
-    let table: Vec<(
-        &str,
-        &str,
-        Vec<(&str, String)>,
-        String,
-        Option<String>,
-        &str,
-    )> = vec![
+    let table: Vec<KubeCase> = vec![
         (
             "certified",
             shop,

@@ -512,8 +512,7 @@ async fn shadow_uses_and_unfinished_shadow_decisions_survive_a_crash() {
     change(&c, &env, &broker, "/v1/refunds/x", "ok", Some(&cert)).await;
     let last = audit_records(&env)
         .into_iter()
-        .filter(|r| r["kind"] == "decision" && r["request"]["path"] == "/v1/refunds/x")
-        .last()
+        .rfind(|r| r["kind"] == "decision" && r["request"]["path"] == "/v1/refunds/x")
         .unwrap();
     assert_eq!(
         (&last["decision"], &last["reason"]["code"]),

@@ -5,10 +5,10 @@
 //!    the body is read within its limit, unless the target streams it (S3 uploads, bound by
 //!    their certified sha256 and verified in flight);
 //! 3. admit: certificate (signature, issuer, window, epochs, revocation, binding), contract
-//!    (operation, resource, body), drift; then the scoped execution identity the agent never
-//!    sees is minted (before the use, so an identity outage spends nothing); then one use is
-//!    spent;
-//! 4. audit: the signed decision record is durable before anything is sent;
+//!    (operation, resource, body), drift; then one use is spent;
+//! 4. audit: the signed decision record is durable before anything is sent; meanwhile the
+//!    scoped execution identity the agent never sees is minted (a failed mint gives the use
+//!    back, so an identity outage spends nothing);
 //! 5. sign + forward: the request is rebuilt with that identity and sent upstream (a request
 //!    that provably never left gives its use back);
 //! 6. audit: the outcome record, while the response streams back.
@@ -17,7 +17,11 @@
 //! refusal in the agent's own format. Nothing is forwarded unless every step said yes.
 
 pub(crate) mod admit;
+mod prepare;
 pub(crate) mod record;
+mod upgrade;
+
+pub use prepare::PATH as PREPARE_PATH;
 
 use super::metrics::{Decision, Phase};
 use super::Broker;
@@ -82,6 +86,7 @@ where
             RequestContext::new(broker.next_request_id(), target.error_dialect(&parts))
         });
     let request_id = &ctx.id;
+    let shared_target = target.clone();
     let (broker, target, conn) = (&*broker, &*target, &*conn);
     let mut record = Draft::new(target, &parts.method, parts.uri.path_and_query(), conn);
     let dialect = ctx.dialect;
@@ -92,17 +97,22 @@ where
     let close_unless_switched = parts.version <= http::Version::HTTP_11
         && (parts.method == http::Method::CONNECT
             || parts.headers.contains_key(http::header::UPGRADE));
-    let result = run(
-        broker,
-        target,
-        parts,
-        body,
-        conn,
-        &ctx,
-        &mut record,
-        started,
-    )
-    .await;
+    let result = if prepare::is_prepare(&parts) {
+        let r = &mut record;
+        prepare::prepare(broker, &shared_target, &parts, body, conn, request_id, r).await
+    } else {
+        run(
+            broker,
+            target,
+            parts,
+            body,
+            conn,
+            &ctx,
+            &mut record,
+            started,
+        )
+        .await
+    };
     broker.metrics.observe(Phase::Total, started.elapsed());
     let mut resp = answer(
         broker,
@@ -264,7 +274,7 @@ where
         deadline,
     )
     .await;
-    let (admitted, verdict, would_deny) = match judged {
+    let (cert, body, verdict, would_deny) = match judged {
         Ok(admit::Judged::Read(body)) => {
             return read_pass_through(
                 broker,
@@ -278,61 +288,90 @@ where
             )
             .await
         }
-        Ok(admit::Judged::Admitted(a)) if shadow => (Some(a), Verdict::WouldAllow, None),
-        Ok(admit::Judged::Admitted(a)) => (Some(a), Verdict::Allow, None),
-        Err(denial) if shadow && upload.is_none() => (None, Verdict::WouldDeny, Some(denial)),
+        Ok(admit::Judged::Admitted { cert, body }) if shadow => {
+            (Some(cert), body, Verdict::WouldAllow, None)
+        }
+        Ok(admit::Judged::Admitted { cert, body }) => (Some(cert), body, Verdict::Allow, None),
+        Err(denial) if shadow && upload.is_none() => match kept_body {
+            Some(body) => (None, body, Verdict::WouldDeny, Some(denial)),
+            None => return Err(denial),
+        },
         Err(mut denial) if shadow => {
             denial.message.push_str(
-                "; shadow mode forwards no streamed upload it would refuse: the stream's hash is held to a certificate's",
+                "; shadow mode forwards no streamed upload it would refuse (a stream is held in flight to its certificate's hash)",
             );
             return Err(denial);
         }
         Err(denial) => return Err(denial),
     };
-    let (cert, identity, body) = match (admitted, kept_body) {
-        (Some(a), _) => (Some(a.cert), a.identity, a.body),
-        (None, Some(body)) => {
-            let identity = within(
-                deadline,
-                "minting the shadow execution identity",
-                target.shadow_identity(),
-            )
-            .await?;
-            (None, identity, body)
-        }
-        // Only a shadow verdict comes without admission, and shadow keeps the body.
-        (None, None) => {
-            return Err(Denial::new(
-                Reason::AuditUnavailable,
-                "internal: a refused request reached forwarding outside shadow mode",
-            ))
-        }
-    };
     broker
         .metrics
         .observe(Phase::Admit, admit_started.elapsed());
 
-    // 4. audit the decision, durably, before anything reaches the upstream
-    let audit_started = Instant::now();
-    let seq = broker
-        .audit
-        .record(record.entry(Kind::Decision, verdict, would_deny.as_ref()))
-        .await
-        .map_err(|e| {
-            Denial::new(
-                Reason::AuditUnavailable,
-                format!("the decision could not be recorded durably: {}", e.0),
-            )
-        })?;
+    // 4. audit the decision, durably, before anything reaches the upstream; meanwhile the
+    //    execution identity is minted (or taken from its cache), so that a mint (one STS
+    //    AssumeRole) and the decision's sync cost the longer of the two, not their sum. A
+    //    shadow would-deny has no certificate to scope one to: it runs under the target's
+    //    shadow identity.
+    let decision = record.entry(Kind::Decision, verdict, would_deny.as_ref());
+    let (identity, seq) = tokio::join!(
+        async {
+            let started = Instant::now();
+            let minted = match &cert {
+                Some(cert) => {
+                    within(
+                        deadline,
+                        "minting the execution identity",
+                        target.identity(Some(cert)),
+                    )
+                    .await
+                }
+                None => {
+                    within(
+                        deadline,
+                        "minting the shadow execution identity",
+                        target.shadow_identity(),
+                    )
+                    .await
+                }
+            };
+            broker.metrics.observe(Phase::Identity, started.elapsed());
+            minted
+        },
+        async {
+            let started = Instant::now();
+            let seq = broker.audit.record(decision).await;
+            broker.metrics.observe(Phase::Audit, started.elapsed());
+            seq
+        }
+    );
+    let seq = seq.map_err(|e| {
+        Denial::new(
+            Reason::AuditUnavailable,
+            format!("the decision could not be recorded durably: {}", e.0),
+        )
+    })?;
     record.decision_seq = Some(seq);
     record.verdict = verdict;
     let _ = ctx.decided.set((seq, record.subject(), verdict));
-    broker
-        .metrics
-        .observe(Phase::Audit, audit_started.elapsed());
     if let Some(d) = &would_deny {
         tracing::warn!(request_id, target = target.name(), code = %d.reason, detail = %d.message, "SHADOW: would deny; forwarded anyway");
     }
+    let identity = match identity {
+        Ok(identity) => identity,
+        Err(mut denial) => {
+            // An identity service that is down must not burn a single-use certificate: the
+            // use goes back, and the outcome record says so, so a restart does not count it.
+            if let Some(cert) = &cert {
+                broker.admission.give_back(cert).await;
+                record.returned = true;
+                denial
+                    .message
+                    .push_str("; nothing was sent, and the certificate's use was given back");
+            }
+            return Err(denial);
+        }
+    };
 
     // 5. sign + forward (an admitted upgrade, such as a kubernetes exec, is joined to the
     //    upstream's once both sides have switched protocols)
@@ -475,7 +514,7 @@ async fn forward<T: Target>(
         let session = broker.connections.hold();
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
         tokio::spawn(async move {
-            join_upgraded(client_upgrade, upstream_upgrade).await;
+            upgrade::join_upgraded(client_upgrade, upstream_upgrade).await;
             drop(session);
         });
     }
@@ -525,27 +564,6 @@ async fn within<T>(
                 format!("{what} did not finish within the request's deadline"),
             ))
         })
-}
-
-/// Copies bytes both ways between the agent's upgraded connection and the upstream's until
-/// either side closes.
-async fn join_upgraded(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
-    match tokio::join!(client, upstream) {
-        (Ok(c), Ok(u)) => {
-            let mut c = hyper_util::rt::TokioIo::new(c);
-            let mut u = hyper_util::rt::TokioIo::new(u);
-            if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
-                tracing::debug!(error = %e, "upgraded connection ended with an error");
-            }
-        }
-        (c, u) => {
-            tracing::debug!(
-                client = c.is_ok(),
-                upstream = u.is_ok(),
-                "upgrade did not complete"
-            );
-        }
-    }
 }
 
 async fn read_body<B>(

@@ -10,11 +10,9 @@ use crate::admission::{Admission, Peer};
 use crate::cert::Certificate;
 use crate::contract::BodyView;
 use crate::denial::{Denial, Reason};
-use crate::proxy::metrics::Phase;
 use crate::proxy::Broker;
 use crate::targets::{check_certificate_target, Parsed, Target};
 use bytes::Bytes;
-use std::time::Instant;
 
 /// The request head, before the body is read: headers the upstream could read differently.
 pub(crate) fn check_head<T: Target>(
@@ -106,19 +104,13 @@ pub(crate) fn contract<T: Target>(
 pub(super) enum Judged {
     /// A read the certificate authenticates: it passes under the read identity.
     Read(Bytes),
-    Admitted(Admitted),
+    /// A mutation every check said yes to, its use spent; `body` is the body to forward,
+    /// which the live-state check may have pinned.
+    Admitted { cert: Certificate, body: Bytes },
 }
 
-/// A mutation every check said yes to, with its identity minted and its use spent.
-pub(super) struct Admitted {
-    pub(super) cert: crate::cert::Certificate,
-    pub(super) identity: crate::targets::Identity,
-    /// The body to forward, which the live-state check may have pinned.
-    pub(super) body: Bytes,
-}
-
-/// The certificate, the contract, the live state, the identity and the use, in that order;
-/// the first that says no is the verdict.
+/// The certificate, the contract, the live state and the use, in that order; the first that
+/// says no is the verdict. The identity is minted after, beside the decision's sync.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn mutation<T: Target>(
     broker: &Broker,
@@ -178,29 +170,11 @@ pub(super) async fn mutation<T: Target>(
         target.check_live_state(&cert, parts, parsed, body),
     )
     .await?;
-
-    // The identity is minted (or taken from its cache) before a use is spent: an identity
-    // service that is down refuses the request without burning a single-use certificate.
-    let identity_started = Instant::now();
-    let identity = within(
-        deadline,
-        "minting the execution identity",
-        target.identity(Some(&cert)),
-    )
-    .await?;
-    broker
-        .metrics
-        .observe(Phase::Identity, identity_started.elapsed());
-
     let (n, max) = broker
         .admission
         .take_use(&cert)
         .await
         .map_err(|d| target.explain(&cert, d))?;
     record.took_use(n, max, &cert);
-    Ok(Judged::Admitted(Admitted {
-        cert,
-        identity,
-        body,
-    }))
+    Ok(Judged::Admitted { cert, body })
 }

@@ -344,7 +344,6 @@ async fn each_refusing_phase_stops_the_pipeline_there_and_spends_nothing() {
     for (fail, code, last) in [
         (Fail::Contract, "contract_mismatch", "check_contract"),
         (Fail::LiveState, "drift", "check_live_state"),
-        (Fail::Identity, "identity_unavailable", "identity"),
     ] {
         let w = world();
         let t = Arc::new(Fake::new(fail));
@@ -370,6 +369,44 @@ async fn each_refusing_phase_stops_the_pipeline_there_and_spends_nothing() {
             "{code}"
         );
     }
+}
+
+#[tokio::test]
+async fn an_identity_that_cannot_be_minted_gives_its_use_back_after_the_decision() {
+    // The identity is minted while the decision is made durable: a failed mint finds the
+    // decision written, so its outcome records the refusal and the use given back.
+    let w = world();
+    let t = Arc::new(Fake::new(Fail::Identity));
+    let cert = w.cert("j-3");
+    let (status, body) = w.send(&t, "POST", Some(&cert)).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("identity_unavailable"), "{body}");
+    assert!(body.contains("given back"), "{body}");
+    assert!(!t.calls().contains(&"upstream_request"), "{:?}", t.calls());
+    let records = w.records().await;
+    let kinds: Vec<(&Value, &Value)> = records
+        .iter()
+        .map(|r| (&r["kind"], &r["decision"]))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            (&json!("decision"), &json!("allow")),
+            (&json!("outcome"), &json!("allow"))
+        ]
+    );
+    assert_eq!(records[1]["outcome"], "returned");
+    assert_eq!(records[1]["reason"]["code"], "identity_unavailable");
+    // Given back: the single-use certificate is taken by the store once more.
+    assert_eq!(
+        w.broker
+            .admission
+            .take_use(&w.broker.admission.authenticate(&cert).unwrap())
+            .await
+            .unwrap()
+            .0,
+        1
+    );
 }
 
 #[tokio::test]
@@ -410,7 +447,6 @@ async fn shadow_records_what_each_phase_would_refuse_and_forwards_it_under_the_s
         (Fail::Nowhere, false, "cert_missing"),
         (Fail::Contract, true, "contract_mismatch"),
         (Fail::LiveState, true, "drift"),
-        (Fail::Identity, true, "identity_unavailable"),
     ] {
         let w = world_in(true);
         let t = Arc::new(Fake::new(fail));
@@ -466,6 +502,25 @@ async fn shadow_spends_the_use_enforcing_would_and_a_replay_is_a_would_deny() {
     let records = w.records().await;
     assert_eq!(records[2]["decision"], "would_deny");
     assert_eq!(records[2]["reason"]["code"], "replayed");
+}
+
+/// The identity is minted after the verdict, beside the decision's sync: a would-allow whose
+/// identity cannot be minted is not forwarded at all (there is nothing to run it under), and
+/// its use goes back, as when enforcing.
+#[tokio::test]
+async fn shadow_cannot_forward_without_an_identity_and_gives_the_use_back() {
+    let w = world_in(true);
+    let t = Arc::new(Fake::new(Fail::Identity));
+    let (status, body) = w.send(&t, "POST", Some(&w.cert("j-i"))).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("identity_unavailable"), "{body}");
+    assert!(!t.calls().contains(&"upstream_request"));
+    let records = w.records().await;
+    assert_eq!(records[0]["decision"], "would_allow");
+    assert_eq!(
+        (&records[1]["decision"], &records[1]["outcome"]),
+        (&json!("would_allow"), &json!("returned"))
+    );
 }
 
 #[tokio::test]
