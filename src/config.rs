@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 mod target;
-pub use target::{TargetConfig, TargetKindConfig};
+pub use target::{TargetConfig, TargetKindConfig, TargetMode};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -551,6 +551,9 @@ impl Config {
                 );
             }
             t.kind.validate(&at)?;
+            if t.mode == target::TargetMode::Shadow {
+                t.kind.validate_shadow(&at)?;
+            }
         }
         Ok(())
     }
