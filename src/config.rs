@@ -17,7 +17,7 @@ use std::time::Duration;
 
 mod target;
 pub use crate::state::config::StateConfig;
-pub use target::{TargetConfig, TargetKindConfig};
+pub use target::{TargetConfig, TargetKindConfig, TargetMode};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -549,6 +549,9 @@ impl Config {
                 );
             }
             t.kind.validate(&at)?;
+            if t.mode == target::TargetMode::Shadow {
+                t.kind.validate_shadow(&at)?;
+            }
         }
         Ok(())
     }

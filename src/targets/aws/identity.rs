@@ -62,7 +62,7 @@ pub struct StsClient {
     region: String,
     connector: Connector,
     sts: tokio::sync::OnceCell<aws_sdk_sts::Client>,
-    cache: moka::sync::Cache<String, Arc<Minted>>,
+    cache: moka::future::Cache<String, Arc<Minted>>,
 }
 
 fn unavailable(msg: impl Into<String>) -> Denial {
@@ -111,7 +111,7 @@ impl StsClient {
             region,
             connector: Connector::new(client),
             sts: tokio::sync::OnceCell::new(),
-            cache: moka::sync::Cache::builder()
+            cache: moka::future::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(Duration::from_secs(CACHE_SECONDS))
                 .build(),
@@ -151,19 +151,19 @@ impl StsClient {
             .await
     }
 
-    /// Cached by `key` (the certificate id, or the read role).
+    /// Cached by `key` (the certificate id, or the read role). Callers asking for a key whose
+    /// session is being minted wait for that one mint (a prepare, then the use it prepared),
+    /// and a failed mint is not cached: the next caller tries again.
     pub async fn assume_cached(
         &self,
         key: &str,
         region: &str,
         req: AssumeRole<'_>,
     ) -> Result<Arc<Minted>, Denial> {
-        if let Some(m) = self.cache.get(key) {
-            return Ok(m);
-        }
-        let minted = Arc::new(self.assume(region, req).await?);
-        self.cache.insert(key.to_string(), minted.clone());
-        Ok(minted)
+        self.cache
+            .try_get_with_by_ref(key, async { self.assume(region, req).await.map(Arc::new) })
+            .await
+            .map_err(|e| (*e).clone())
     }
 
     pub async fn assume(&self, region: &str, req: AssumeRole<'_>) -> Result<Minted, Denial> {
