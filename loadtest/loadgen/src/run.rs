@@ -85,6 +85,10 @@ pub struct Args {
     /// A label carried into the report.
     #[arg(long, default_value = "")]
     label: String,
+    /// More ports on the --url's host serving the same thing (replicas of one broker):
+    /// connection i goes to the i-th of the URL's port and these, round robin.
+    #[arg(long = "also-port")]
+    also_ports: Vec<u16>,
 }
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -108,7 +112,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 
 /// Everything a worker needs to open a connection and build a request.
 struct Target {
-    addr: std::net::SocketAddr,
+    /// Connection i goes to `addrs[i % addrs.len()]`.
+    addrs: Vec<std::net::SocketAddr>,
     tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
     authority: String,
     path: String,
@@ -123,8 +128,8 @@ struct Target {
 }
 
 impl Target {
-    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, &'static str> {
-        let tcp = tokio::net::TcpStream::connect(self.addr)
+    async fn connect(&self, slot: usize) -> Result<SendRequest<Full<Bytes>>, &'static str> {
+        let tcp = tokio::net::TcpStream::connect(self.addrs[slot % self.addrs.len()])
             .await
             .map_err(|_| "connect")?;
         let _ = tcp.set_nodelay(true);
@@ -219,11 +224,12 @@ impl Tally {
 /// transport error kind. On a transport error the connection is dropped.
 async fn one(
     t: &Target,
+    slot: usize,
     conn: &mut Option<SendRequest<Full<Bytes>>>,
     cert: Option<&str>,
 ) -> Result<u16, &'static str> {
     if conn.as_ref().is_none_or(|c| c.is_closed()) {
-        *conn = Some(t.connect().await?);
+        *conn = Some(t.connect(slot).await?);
     }
     let sender = conn.as_mut().expect("connected");
     let fut = async {
@@ -270,6 +276,10 @@ pub fn main(a: Args) -> anyhow::Result<()> {
         .ok_or_else(|| anyhow::anyhow!("--url has no host"))?;
     let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
     let addr = crate::loopback_addr(host, port)?;
+    let mut addrs = vec![addr];
+    for p in &a.also_ports {
+        addrs.push(crate::loopback_addr(host, *p)?);
+    }
     let tls = if https {
         let mut roots = rustls::RootCertStore::empty();
         let ca =
@@ -325,7 +335,7 @@ pub fn main(a: Args) -> anyhow::Result<()> {
         .map(|h| http::HeaderName::from_bytes(h.as_bytes()))
         .transpose()?;
     let target = Arc::new(Target {
-        addr,
+        addrs,
         tls,
         authority: uri
             .authority()
@@ -366,13 +376,13 @@ pub fn main(a: Args) -> anyhow::Result<()> {
     let (tally, wall, exhausted) = rt.block_on(async {
         // Connections (and TLS handshakes) are made before the clock starts.
         let mut conns = Vec::with_capacity(connections);
-        for _ in 0..connections {
-            conns.push(
-                target
-                    .connect()
-                    .await
-                    .map_err(|k| anyhow::anyhow!("connecting to {addr}: {k}"))?,
-            );
+        for i in 0..connections {
+            conns.push(target.connect(i).await.map_err(|k| {
+                anyhow::anyhow!(
+                    "connecting to {}: {k}",
+                    target.addrs[i % target.addrs.len()]
+                )
+            })?);
         }
         let result = match a.mode {
             Mode::Open => run_open(&a, target.clone(), conns).await,
@@ -408,7 +418,7 @@ async fn run_open(
     let measure_from = start + a.warmup;
     let use_certs = a.certs.is_some();
     let mut workers = Vec::new();
-    for c in conns {
+    for (slot, c) in conns.into_iter().enumerate() {
         let (rx, t) = (rx.clone(), target.clone());
         workers.push(tokio::spawn(async move {
             let mut conn = Some(c);
@@ -421,7 +431,7 @@ async fn run_open(
                 } else {
                     None
                 };
-                let r = one(&t, &mut conn, cert).await;
+                let r = one(&t, slot, &mut conn, cert).await;
                 let done = Instant::now();
                 tally.ok_all += matches!(r, Ok(200..=299)) as u64;
                 if due >= measure_from {
@@ -469,7 +479,7 @@ async fn run_closed(
     let exhausted = Arc::new(AtomicBool::new(false));
     let use_certs = a.certs.is_some();
     let mut workers = Vec::new();
-    for c in conns {
+    for (slot, c) in conns.into_iter().enumerate() {
         let (t, next, exhausted) = (target.clone(), next.clone(), exhausted.clone());
         workers.push(tokio::spawn(async move {
             let mut conn = Some(c);
@@ -488,7 +498,7 @@ async fn run_closed(
                     None
                 };
                 let sent = Instant::now();
-                let r = one(&t, &mut conn, cert).await;
+                let r = one(&t, slot, &mut conn, cert).await;
                 let done = Instant::now();
                 tally.ok_all += matches!(r, Ok(200..=299)) as u64;
                 if sent >= measure_from && done <= end {

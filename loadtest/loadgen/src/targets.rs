@@ -39,7 +39,10 @@ fn mean_sync_ms(dir: &Path, path: &str) -> Option<f64> {
         text.lines()
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
     };
-    let (syncs, secs) = (gauge("seb_audit_syncs_total")?, gauge("seb_audit_sync_seconds_total")?);
+    let (syncs, secs) = (
+        gauge("seb_audit_syncs_total")?,
+        gauge("seb_audit_sync_seconds_total")?,
+    );
     (syncs > 0.0).then(|| secs / syncs * 1000.0)
 }
 
