@@ -564,6 +564,129 @@ done
 
 PATHS=(direct "${NGINX_PATHS[@]}" seb-fsync seb-flush direct-aws seb-aws seb-aws-sts seb-aws-sts-prepared)
 
+# ---- the etcd paths: seb-etcd (one replica, one-member etcd) and seb-etcd-3 (three replicas
+# behind the generator, three-member etcd), each in its own etcd with its data on the same
+# disk as the audit logs (etcd fsyncs its WAL on every commit, as in production) -------------
+ETCD_BIN=$(command -v etcd || true)
+if [ -z "$ETCD_BIN" ] && [ "$(id -u)" = 0 ]; then
+    log "installing etcd (Debian etcd-server)"
+    apt-get update -qq
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+        POLICY_RC_GUARD=1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends etcd-server >/dev/null
+    [ "$POLICY_RC_GUARD" = 1 ] && rm -f /usr/sbin/policy-rc.d && POLICY_RC_GUARD=0
+    ETCD_BIN=$(command -v etcd || true)
+fi
+# etcd_cluster NAME MEMBERS : starts the members; sets ETCD_EPS (TOML list items), ETCD_CLIENT
+# (the first member's client port) and ETCD_PIDS.
+etcd_cluster() {
+    local name=$1 n=$2 i cluster="" cports=() pports=()
+    mapfile -t ep < <("$LG" ports $(( 2 * n )))
+    for i in $(seq 0 $(( n - 1 ))); do
+        cports+=("${ep[$i]}") pports+=("${ep[$(( n + i ))]}")
+        cluster+="${cluster:+,}$name-m$i=http://127.0.0.1:${ep[$(( n + i ))]}"
+    done
+    ETCD_EPS="" ETCD_PIDS=()
+    for i in $(seq 0 $(( n - 1 ))); do
+        start_bg "$W/$name-m$i.log" "$ETCD_BIN" --name "$name-m$i" --data-dir "$W/$name-m$i" \
+            --listen-client-urls "http://127.0.0.1:${cports[$i]}" --advertise-client-urls "http://127.0.0.1:${cports[$i]}" \
+            --listen-peer-urls "http://127.0.0.1:${pports[$i]}" --initial-advertise-peer-urls "http://127.0.0.1:${pports[$i]}" \
+            --initial-cluster "$cluster" --initial-cluster-state new --initial-cluster-token "$name" \
+            --logger zap --log-level warn
+        ETCD_PIDS+=("$BG_PID")
+        ETCD_EPS+="${ETCD_EPS:+, }\"http://127.0.0.1:${cports[$i]}\""
+    done
+    ETCD_CLIENT=${cports[0]}
+    for i in $(seq 0 $(( n - 1 ))); do wait_port "${cports[$i]}" "${ETCD_PIDS[$i]}" "$W/$name-m$i.log"; done
+}
+# etcd_metrics PORT OUT : etcd's own /metrics on its client port.
+etcd_metrics() {
+    if exec 3<>"/dev/tcp/127.0.0.1/$1"; then
+        printf 'GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' >&3
+        sed '1,/^\r*$/d' <&3 > "$2" || true
+        exec 3<&- 3>&-
+    fi
+}
+# seb_etcd_config NAME PORT ADMIN ENDPOINTS
+seb_etcd_config() {
+    seb_config "$1" fsync "$2" "$3"
+    # After [targets.http]: a [state] header starts a top-level table wherever it stands.
+    printf '\n[state]\nbackend = "etcd"\n[state.etcd]\nendpoints = [%s]\nprefix = "/seb/loadtest/"\n' "$4" >> "$W/$1.toml"
+}
+ETCD_MD=""
+if [ -n "$ETCD_BIN" ]; then
+    mapfile -t EP < <("$LG" ports 8)
+    pool "$W/seb-etcd-open.certs" "$OPEN_POOL"
+    pool "$W/seb-etcd-closed.certs" "$CLOSED_POOL"
+    pool "$W/seb-etcd-3-open.certs" "$OPEN_POOL"
+    pool "$W/seb-etcd-3-closed.certs" "$CLOSED_POOL"
+
+    log "path: seb-etcd (one replica, one-member etcd, audit fsync)"
+    etcd_cluster etcd1 1
+    ETCD1_PIDS=("${ETCD_PIDS[@]}") ETCD1_CLIENT=$ETCD_CLIENT
+    seb_etcd_config seb-etcd "${EP[0]}" "${EP[1]}" "$ETCD_EPS"
+    SEB_LOG=${SEB_LOG:-info} start_bg "$W/seb-etcd.log" "$SEB" serve --config "$W/seb-etcd.toml"
+    pid=$BG_PID
+    wait_port "${EP[0]}" "$pid" "$W/seb-etcd.log"
+    sleep 1
+    r0=$(rss_kb "$pid")
+    phase seb-etcd closed "https://localhost:${EP[0]}$REQ_PATH" "$W/seb-etcd-closed.certs" "$pid"
+    etcd_metrics "$ETCD1_CLIENT" "$RES/etcd1-before.metrics"
+    phase_counted seb-etcd metrics "${EP[1]}" /metrics "https://localhost:${EP[0]}$REQ_PATH" "$W/seb-etcd-open.certs" "$pid"
+    etcd_metrics "$ETCD1_CLIENT" "$RES/etcd1-after.metrics"
+    write_proc seb-etcd "$r0" "$(rss_kb "$pid")"
+    stop_pid "$pid"
+    for p in "${ETCD1_PIDS[@]}"; do stop_pid "$p"; done
+    PATHS+=(seb-etcd)
+
+    log "path: seb-etcd-3 (three replicas behind the generator, three-member etcd, audit fsync)"
+    etcd_cluster etcd3 3
+    ETCD3_PIDS=("${ETCD_PIDS[@]}")
+    R_PIDS=()
+    for i in 0 1 2; do
+        seb_etcd_config "seb-etcd-3-r$i" "${EP[$(( 2 + 2 * i ))]}" "${EP[$(( 3 + 2 * i ))]}" "$ETCD_EPS"
+        SEB_LOG=${SEB_LOG:-info} start_bg "$W/seb-etcd-3-r$i.log" "$SEB" serve --config "$W/seb-etcd-3-r$i.toml"
+        R_PIDS+=("$BG_PID")
+        wait_port "${EP[$(( 2 + 2 * i ))]}" "$BG_PID" "$W/seb-etcd-3-r$i.log"
+    done
+    sleep 1
+    r0=$(rss_kb "${R_PIDS[@]}")
+    for ph in closed open; do
+        phase seb-etcd-3 "$ph" "https://localhost:${EP[2]}$REQ_PATH" "$W/seb-etcd-3-$ph.certs" "${R_PIDS[*]}" \
+            --also-port "${EP[4]}" --also-port "${EP[6]}"
+    done
+    write_proc seb-etcd-3 "$r0" "$(rss_kb "${R_PIDS[@]}")"
+    PATHS+=(seb-etcd-3)
+
+    log "revocation propagation: pushed to replica 0, timed until replicas 1 and 2 report it"
+    PROP_N=1000
+    [ "$QUICK" = 1 ] && PROP_N=200
+    "$LG" propagation --key "$W/signer.key" --iss signer --push "${EP[3]}" --watch "${EP[5]}" --watch "${EP[7]}" \
+        --count "$PROP_N" --first-epoch 2 --min-policy-epoch 1 --label seb-etcd-3 \
+        > "$RES/propagation.json" 2> "$RES/propagation.txt" || { cat "$RES/propagation.txt" >&2; exit 1; }
+    cat "$RES/propagation.txt" >&2
+    for p in "${R_PIDS[@]}"; do stop_pid "$p"; done
+    for p in "${ETCD3_PIDS[@]}"; do stop_pid "$p"; done
+    # etcd's own commit cost over seb-etcd's fixed-rate phase: WAL fsync and backend commit.
+    ETCD_COMMIT=$(awk '
+        FNR == 1 { f++ }
+        /^etcd_disk_wal_fsync_duration_seconds_(sum|count) / { split($1, a, "_"); k = a[length(a)]; w[f, k] = $2 }
+        /^etcd_disk_backend_commit_duration_seconds_(sum|count) / { split($1, a, "_"); k = a[length(a)]; b[f, k] = $2 }
+        END {
+            wc = w[2, "count"] - w[1, "count"]; bc = b[2, "count"] - b[1, "count"];
+            printf "WAL fsync: %d calls, mean %s ms; backend commit: %d, mean %s ms", wc,
+                (wc > 0 ? sprintf("%.3f", (w[2, "sum"] - w[1, "sum"]) / wc * 1000) : "–"), bc,
+                (bc > 0 ? sprintf("%.3f", (b[2, "sum"] - b[1, "sum"]) / bc * 1000) : "–")
+        }' "$RES/etcd1-before.metrics" "$RES/etcd1-after.metrics")
+    ETCD_MD="- seb-etcd: one seb on a one-member etcd; seb-etcd-3: three seb processes (each its own audit log and broker_id; one signing key file here) on a three-member etcd, the generator's connections spread round robin over them. Same workload and audit \`fsync\` as seb-fsync; every request also takes its use in one etcd transaction.
+- etcd's own commit cost during seb-etcd's fixed-rate phase (its \`/metrics\`): $ETCD_COMMIT. An admitted request on the etcd path waits for one etcd commit (a WAL fsync) and then one audit fsync.
+- revocation propagation (\`loadgen propagation\`): $(cat "$RES/propagation.txt")"
+else
+    ETCD_MD="- etcd paths not run: etcd is not installed and this is not root."
+fi
+
 # ---- (f) the table and RESULTS.md ----------------------------------------------------------------
 write_results() {
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -634,6 +757,10 @@ audit_lines() { cat "$RES/$1-audit-lines" 2>/dev/null || echo "?"; }
                     us("identity"), us("forward"), us("total"), allowed, syncs, (syncs > 0 ? sprintf("%.3f", sync_s / syncs * 1000) : "–")
             }' "$RES/$p-open.metrics"
     done
+    echo
+    echo "## Replicas on etcd"
+    echo
+    echo "$ETCD_MD"
     echo
     if [ -n "$SOAK_MD" ]; then echo "## Memory soak"; echo; echo "$SOAK_MD"; echo; fi
     echo "## Against the targets"

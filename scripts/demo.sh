@@ -11,6 +11,13 @@ DEMO=$ROOT/.demo
 command -v python3 >/dev/null || { echo "demo: python3 is needed for the local upstream" >&2; exit 1; }
 command -v curl >/dev/null || { echo "demo: curl is needed as the agent" >&2; exit 1; }
 
+if ! command -v protoc >/dev/null; then
+  # The etcd client crate compiles etcd's protobufs when seb is built.
+  echo "demo: installing protoc (protobuf-compiler) from Debian"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq protobuf-compiler >/dev/null
+fi
+
 echo "== building seb"
 cargo build --locked --quiet
 SEB=$ROOT/target/debug/seb

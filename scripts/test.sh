@@ -10,6 +10,9 @@ command -v openssl >/dev/null || need_apt+=(openssl)
 command -v curl >/dev/null || need_apt+=(curl)
 command -v prlimit >/dev/null || need_apt+=(util-linux)
 command -v kubectl >/dev/null || need_apt+=(kubernetes-client)
+# The replica tests start etcd members; the etcd-client crate compiles etcd's protobufs.
+command -v etcd >/dev/null || need_apt+=(etcd-server)
+command -v protoc >/dev/null || need_apt+=(protobuf-compiler)
 if [[ ${#need_apt[@]} -gt 0 ]]; then
   echo "test: installing ${need_apt[*]} from Debian"
   apt-get update -qq

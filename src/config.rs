@@ -16,7 +16,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 mod target;
-pub use target::{TargetConfig, TargetKindConfig};
+pub use crate::state::config::StateConfig;
+pub use target::{TargetConfig, TargetKindConfig, TargetMode};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -55,17 +56,6 @@ pub struct Config {
 pub struct ConfigSource {
     pub path: PathBuf,
     pub text: String,
-}
-
-/// What the broker keeps across restarts besides the audit log (which is where use counts are
-/// rebuilt from): the accepted revocation documents, and the audit log's lock.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-#[serde(expecting = "a [state] table")]
-pub struct StateConfig {
-    /// Default: the audit log's directory.
-    #[serde(default)]
-    pub dir: Option<PathBuf>,
 }
 
 impl Config {
@@ -372,6 +362,13 @@ impl Config {
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
         config.resolve_paths(base);
+        // Replicas share one file (a ConfigMap) but not an id: each pod sets its own name.
+        if let Some(id) = std::env::var("SEB_BROKER_ID")
+            .ok()
+            .filter(|v| !v.is_empty())
+        {
+            config.broker_id = id;
+        }
         config.source = Some(ConfigSource {
             path: path.to_path_buf(),
             text,
@@ -520,6 +517,7 @@ impl Config {
         for (i, s) in self.agents.tokens.iter().enumerate() {
             s.validate(&format!("agents.tokens[{i}]"))?;
         }
+        self.state.validate()?;
         if self.targets.is_empty() {
             return err("targets", "at least one target is needed");
         }
@@ -551,6 +549,9 @@ impl Config {
                 );
             }
             t.kind.validate(&at)?;
+            if t.mode == target::TargetMode::Shadow {
+                t.kind.validate_shadow(&at)?;
+            }
         }
         Ok(())
     }
@@ -578,9 +579,7 @@ impl Config {
             fix(p);
         }
         fix(&mut self.audit.signing_key);
-        if let Some(d) = &mut self.state.dir {
-            fix(d);
-        }
+        self.state.resolve(base);
         for s in &mut self.agents.tokens {
             s.resolve(base);
         }

@@ -49,6 +49,8 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// The broker's verdict for a described request, offline (exit 0 allow, 1 deny, 2 usage).
+    Check(seb::proxy::check::cli::CheckArgs),
     /// Check and search audit logs.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -198,6 +200,10 @@ enum AuditCommand {
     Verify(seb::audit::cli::VerifyArgs),
     /// Search records: every production write under policy X in March, in one command.
     Query(seb::audit::cli::QueryArgs),
+    /// Label a would-block legitimate or harmful: a signed record in a label log of its own.
+    Label(seb::audit::rollout_cli::LabelArgs),
+    /// Would-block and false-block rates per day, target, agent and policy.
+    Report(seb::audit::rollout_cli::ReportArgs),
 }
 
 // glibc's malloc was ~8% of the broker's CPU under load: every request frees 8-12 KiB buffers
@@ -251,8 +257,11 @@ fn main() -> ExitCode {
         ),
         Command::Serve { config } => serve(&config),
         Command::Reload { admin, config } => return reload(&admin, config.as_deref()),
+        Command::Check(a) => return seb::proxy::check::cli::run(&a),
         Command::Audit(AuditCommand::Verify(a)) => return seb::audit::cli::run_verify(&a),
         Command::Audit(AuditCommand::Query(a)) => return seb::audit::cli::run_query(&a),
+        Command::Audit(AuditCommand::Label(a)) => return seb::audit::rollout_cli::run_label(&a),
+        Command::Audit(AuditCommand::Report(a)) => return seb::audit::rollout_cli::run_report(&a),
         Command::DevCerts { out, agent } => dev_certs(&out, &agent),
         Command::Kubeconfig(a) => kubeconfig(&a),
     };

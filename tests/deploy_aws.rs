@@ -34,3 +34,37 @@ fn example_broker_config_loads() {
     );
     assert!(aws.reads && aws.s3_get_object_needs_certificate);
 }
+
+/// With BrokerCount above 1 the template adds a `[state]` table for etcd to the broker's
+/// config (the task's SEB_STATE_TOML): that table, filled in as CloudFormation would, makes a
+/// config that loads with the etcd backend; and a rule refuses replicas without endpoints.
+#[test]
+fn replicated_template_adds_an_etcd_state_table_that_loads() {
+    let template = std::fs::read_to_string(repo().join("deploy/aws/seb-broker.yaml")).unwrap();
+    let start = template
+        .find("                    [state]\n")
+        .expect("the template writes a [state] table");
+    let end = start
+        + template[start..]
+            .find("                  - Endpoints:")
+            .unwrap();
+    let state: String = template[start..end]
+        .lines()
+        .map(|l| l.trim_start())
+        .collect::<Vec<_>>()
+        .join("\n")
+        .replace(
+            "${Endpoints}",
+            &["https://10.0.1.10:2379", "https://10.0.2.10:2379"].join("\", \""),
+        )
+        .replace("${AWS::StackName}", "seb-prod");
+    let base = std::fs::read_to_string(repo().join("deploy/aws/seb.toml")).unwrap();
+    let config = seb::config::Config::parse(&format!("{base}\n{state}\n"))
+        .unwrap_or_else(|(f, m)| panic!("{f}: {m}\n{state}"));
+    assert_eq!(config.state.backend, seb::state::config::Backend::Etcd);
+    let etcd = config.state.etcd.unwrap();
+    assert_eq!(etcd.endpoints.len(), 2);
+    assert_eq!(etcd.prefix, "/seb/seb-prod/");
+    assert!(template.contains("DesiredCount: !Ref BrokerCount"));
+    assert!(template.contains("ReplicasNeedEtcd:"));
+}

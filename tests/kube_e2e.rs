@@ -1246,6 +1246,23 @@ fn deploy_manifests_validate_against_the_kubernetes_schemas() {
     let toml = std::fs::read_to_string(dir.join("seb.toml")).unwrap();
     let config =
         seb::config::Config::parse(&toml).unwrap_or_else(|(f, m)| panic!("seb.toml: {f}: {m}"));
+    // Replicas: more than one, sharing state through etcd with the Secret's client
+    // certificate, each naming itself in its records.
+    assert!(
+        rendered.contains("replicas: 2"),
+        "Deployment is not replicated"
+    );
+    assert_eq!(config.state.backend, seb::state::config::Backend::Etcd);
+    let etcd = config.state.etcd.as_ref().unwrap();
+    assert!(etcd.cert.as_ref().unwrap().starts_with("/etc/seb/etcd/"));
+    for needle in [
+        "secretName: seb-etcd",
+        "mountPath: /etc/seb/etcd",
+        "name: SEB_BROKER_ID",
+        "port: 2379",
+    ] {
+        assert!(rendered.contains(needle), "manifests lack {needle}");
+    }
     let seb::config::TargetKindConfig::Kubernetes(k) = &config.targets[0].kind else {
         panic!("seb.toml: not a kubernetes target");
     };

@@ -1,7 +1,7 @@
 //! Keeps revocation data current: polls a file or URL and installs newer documents.
 //! A failed fetch changes nothing; the data simply ages until admission refuses on staleness.
 
-use super::revocation::{Applied, RevocationState};
+use super::revocation::{Applied, RevocationState, ShareError};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,12 +40,22 @@ pub async fn run(
         match fetch(&source, &client).await {
             Ok(text) if last.as_deref() == Some(text.as_str()) => {}
             Ok(text) => {
-                match state.apply(&text, crate::cert::now_secs(), skew) {
+                match state
+                    .apply_shared(&text, crate::cert::now_secs(), skew)
+                    .await
+                {
                     Ok(Applied::Updated { epoch }) => {
                         tracing::info!(epoch, "revocation data loaded")
                     }
                     Ok(Applied::Unchanged { .. }) => {}
-                    Err(e) => tracing::warn!(error = %e, "revocation data refused"),
+                    Err(ShareError::Refused(e)) => {
+                        tracing::warn!(error = %e, "revocation data refused")
+                    }
+                    // Fetched again next time: the replicas must get it.
+                    Err(ShareError::NotShared(e)) => {
+                        tracing::warn!(error = %e, "revocation data not shared");
+                        continue;
+                    }
                 }
                 last = Some(text);
             }

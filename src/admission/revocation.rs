@@ -13,10 +13,11 @@
 //! revocation nor the rollback floor is lost with the process.
 
 use crate::cert::{jws, TrustedIssuers};
+use crate::state::SharedRevocations;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 pub const REVOCATION_TYP: &str = "seb-revocation+jws";
 
@@ -95,6 +96,17 @@ pub struct RevocationState {
     last_refusal: Mutex<Option<String>>,
     /// Where accepted documents are kept across restarts; None keeps them in memory only.
     store: Option<PathBuf>,
+    /// Replicas' shared store (etcd): documents accepted here are written there too.
+    shared: OnceLock<Arc<dyn SharedRevocations>>,
+}
+
+/// Why [`RevocationState::apply_shared`] did not succeed.
+#[derive(Debug)]
+pub enum ShareError {
+    /// The document was refused (signature, rollback, ...): nothing changed.
+    Refused(String),
+    /// Applied here, but not written to the shared store: other replicas do not have it.
+    NotShared(String),
 }
 
 /// One issuer's entry in the state file.
@@ -124,7 +136,49 @@ impl RevocationState {
             floors: Mutex::new(BTreeMap::new()),
             last_refusal: Mutex::new(None),
             store: None,
+            shared: OnceLock::new(),
         }
+    }
+
+    /// Shares accepted documents with other replicas through `shared` (once, at start).
+    pub fn share_through(&self, shared: Arc<dyn SharedRevocations>) {
+        let _ = self.shared.set(shared);
+    }
+
+    /// [`RevocationState::apply`], then writes the issuer's newest document to the shared
+    /// store when there is one. It is written even when unchanged here: the store may have
+    /// missed it (down when it was first pushed), and it keeps the newest anyway.
+    pub async fn apply_shared(
+        &self,
+        token: &str,
+        now: i64,
+        max_skew: i64,
+    ) -> Result<Applied, ShareError> {
+        let applied = self
+            .apply(token, now, max_skew)
+            .map_err(ShareError::Refused)?;
+        let Some(shared) = self.shared.get() else {
+            return Ok(applied);
+        };
+        // The document just verified; what is shared is this issuer's newest, which a
+        // concurrent push may have made newer than `token`.
+        let Ok(payload) = jws::parse(token.trim(), REVOCATION_TYP)
+            .and_then(|c| crate::json::from_checked::<RevocationPayload>(&c.payload))
+        else {
+            return Ok(applied);
+        };
+        let newest = self.floors().get(&payload.iss).cloned();
+        if let Some(p) = newest {
+            shared
+                .publish(&payload.iss, p.epoch, p.iat, &p.document)
+                .await
+                .map_err(|e| {
+                    ShareError::NotShared(format!(
+                        "applied on this replica, but not shared with the others ({e}); push it again"
+                    ))
+                })?;
+        }
+        Ok(applied)
     }
 
     /// Keeps accepted documents in `dir` and loads what an earlier run kept there. A state

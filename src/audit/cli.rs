@@ -11,11 +11,13 @@ use std::process::ExitCode;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct VerifyArgs {
-    /// The broker's public key (SPKI PEM).
-    #[arg(long)]
-    pub key: PathBuf,
+    /// The broker's public key (SPKI PEM). Repeat it for the logs of several replicas, each
+    /// with its own key: each log is verified with the key that signed it.
+    #[arg(long, required = true)]
+    pub key: Vec<PathBuf>,
     /// The log: its path (audit.jsonl, which takes its rotated files audit.jsonl.N with it) or
-    /// any of its files, in any order; seb puts them in the chain's order.
+    /// any of its files, in any order; seb puts them in the chain's order. Several logs (one
+    /// per replica) are verified each as its own chain.
     #[arg(required = true, num_args = 1..)]
     pub logs: Vec<PathBuf>,
 }
@@ -32,7 +34,8 @@ pub enum Format {
 #[derive(Debug, Clone, clap::Args)]
 pub struct QueryArgs {
     /// The log: its path (audit.jsonl, which takes its rotated files audit.jsonl.N with it) or
-    /// any of its files, in any order; records come out in the chain's order.
+    /// any of its files, in any order; records come out in the chain's order. With several
+    /// logs (one per replica), records of all come out merged by time.
     #[arg(required = true, num_args = 1..)]
     pub logs: Vec<PathBuf>,
     #[arg(long)]
@@ -41,7 +44,7 @@ pub struct QueryArgs {
     pub action: Option<String>,
     #[arg(long)]
     pub policy: Option<String>,
-    #[arg(long, value_parser = PossibleValuesParser::new(["allow", "deny"]).map(|s| verdict(&s)))]
+    #[arg(long, value_parser = PossibleValuesParser::new(["allow", "deny", "would_allow", "would_deny"]).map(|s| verdict(&s)))]
     pub decision: Option<Verdict>,
     /// Reason code, e.g. `expired`.
     #[arg(long)]
@@ -66,10 +69,11 @@ pub struct QueryArgs {
 // The record types are the library's; the CLI spells them here, so the library does not
 // depend on clap.
 fn verdict(s: &str) -> Verdict {
-    if s == "allow" {
-        Verdict::Allow
-    } else {
-        Verdict::Deny
+    match s {
+        "allow" => Verdict::Allow,
+        "would_allow" => Verdict::WouldAllow,
+        "would_deny" => Verdict::WouldDeny,
+        _ => Verdict::Deny,
     }
 }
 
@@ -86,56 +90,115 @@ fn kind(s: &str) -> Kind {
 /// records lost (a deleted file, a cut tail) and said so, which a script must not read as "all
 /// is well".
 pub fn run_verify(args: &VerifyArgs) -> ExitCode {
-    let key = match crate::cert::keys::load_verifying_key(&args.key) {
-        Ok(k) => k,
-        Err(e) => {
-            eprintln!("audit verify: {e}");
-            return ExitCode::from(2);
+    let mut keys = Vec::new();
+    for path in &args.key {
+        match crate::cert::keys::load_verifying_key(path) {
+            Ok(k) => keys.push(k),
+            Err(e) => {
+                eprintln!("audit verify: {e}");
+                return ExitCode::from(2);
+            }
         }
-    };
-    let logs = match super::files::log_files(&args.logs) {
+    }
+    let groups = match super::files::log_groups(&args.logs) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("audit verify: listing the log's files: {e}");
             return ExitCode::from(2);
         }
     };
-    match verify_logs(&logs, &key) {
-        Ok(r) => {
-            let files = if r.files == 1 { "file" } else { "files" };
-            let range = match (r.first_seq, r.last_seq) {
-                (Some(a), Some(b)) => format!(" (seq {a}..{b})"),
-                _ => String::new(),
-            };
-            println!(
-                "verified {} records{range} in {} {files}: {} decisions, {} outcomes, {} starts",
-                r.records, r.files, r.decisions, r.outcomes, r.starts
-            );
-            if r.starts_mid_chain {
-                println!(
-                    "note: the first record continues an earlier chain (older files not given)"
-                );
+    // One log: its lines as they always were. Several: each line names its log, and the
+    // worst result is the exit code.
+    let several = groups.len() > 1;
+    let mut code = 0u8;
+    for logs in &groups {
+        let name = if several {
+            format!(
+                "{}: ",
+                logs.last()
+                    .map_or(String::new(), |p| p.display().to_string())
+            )
+        } else {
+            String::new()
+        };
+        let c = verify_one(&name, logs, &keys);
+        code = match (code, c) {
+            (1, _) | (_, 1) => 1,
+            (a, b) => a.max(b),
+        };
+    }
+    if several {
+        println!(
+            "{} logs: {}",
+            groups.len(),
+            match code {
+                0 => "all verified",
+                3 => "all verified, with recovery records",
+                _ => "NOT all verified",
             }
-            if !r.recoveries.is_empty() {
-                for rec in &r.recoveries {
-                    println!("RECOVERY {rec}");
-                }
-                println!(
-                    "{} recovery record(s): the chain is intact, and the broker recorded that records were lost or moved aside",
-                    r.recoveries.len()
-                );
-                return ExitCode::from(3);
+        );
+    }
+    ExitCode::from(code)
+}
+
+/// Verifies one log with whichever key signed it; prints its result, prefixed by `name`.
+fn verify_one(name: &str, logs: &[PathBuf], keys: &[ed25519_dalek::VerifyingKey]) -> u8 {
+    let mut failures = Vec::new();
+    let mut verified = None;
+    for key in keys {
+        match verify_logs(logs, key) {
+            Ok(r) => {
+                verified = Some(r);
+                break;
             }
-            ExitCode::SUCCESS
-        }
-        Err(f) => {
-            eprintln!("audit verify: {f}");
-            if let Some(hint) = order_hint(&logs, &f) {
-                eprintln!("{hint}");
-            }
-            ExitCode::from(1)
+            Err(f) => failures.push(f),
         }
     }
+    let Some(r) = verified else {
+        // The failure that got furthest: with the log's own key that is where it breaks;
+        // with other keys it is at the first signature.
+        let f = failures
+            .into_iter()
+            .max_by_key(|f| (logs.iter().position(|p| *p == f.file), f.line))
+            .expect("at least one key");
+        eprintln!("audit verify: {name}{f}");
+        if let Some(hint) = order_hint(logs, &f) {
+            eprintln!("{hint}");
+        }
+        return 1;
+    };
+    let files = if r.files == 1 { "file" } else { "files" };
+    let range = match (r.first_seq, r.last_seq) {
+        (Some(a), Some(b)) => format!(" (seq {a}..{b})"),
+        _ => String::new(),
+    };
+    println!(
+        "{name}verified {} records{range} in {} {files}: {} decisions, {} outcomes, {} starts{}",
+        r.records,
+        r.files,
+        r.decisions,
+        r.outcomes,
+        r.starts,
+        if r.labels > 0 {
+            format!(", {} labels", r.labels)
+        } else {
+            String::new()
+        }
+    );
+    if r.starts_mid_chain {
+        println!("{name}note: the first record continues an earlier chain (older files not given)");
+    }
+    if !r.recoveries.is_empty() {
+        for rec in &r.recoveries {
+            println!("{name}RECOVERY {rec}");
+        }
+        println!(
+            "{name}{} recovery record(s): the chain is intact, and the broker recorded that records were lost or moved aside",
+            r.recoveries.len()
+        );
+        return 3;
+    }
+    0
 }
 
 /// For a chain broken where one file meets the next: the order the files were checked in,
@@ -169,20 +232,29 @@ pub fn run_query(args: &QueryArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let logs = match super::files::log_files(&args.logs) {
+    let groups = match super::files::log_groups(&args.logs) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("audit query: listing the log's files: {e}");
             return ExitCode::from(2);
         }
     };
-    let found = match query_lines(&logs, &filter) {
-        Ok(f) => f,
-        Err(e) => {
-            eprintln!("audit query: {e:#}");
-            return ExitCode::from(2);
+    let mut found = Vec::new();
+    for logs in &groups {
+        match query_lines(logs, &filter) {
+            Ok(f) => found.extend(f),
+            Err(e) => {
+                eprintln!("audit query: {e:#}");
+                return ExitCode::from(2);
+            }
         }
-    };
+    }
+    let several = groups.len() > 1;
+    if several {
+        // Each log is in its own chain's order; merged by time, a log's records that share a
+        // millisecond keep that order (the sort is stable).
+        found.sort_by_cached_key(|(_, v)| record_time(v));
+    }
     let mut out = std::io::stdout().lock();
     let written = match args.format {
         Format::Jsonl => found
@@ -190,7 +262,7 @@ pub fn run_query(args: &QueryArgs) -> ExitCode {
             .try_for_each(|(line, _)| writeln!(out, "{line}")),
         Format::Table => {
             let values: Vec<&Value> = found.iter().map(|(_, v)| v).collect();
-            out.write_all(table(&values).as_bytes())
+            out.write_all(table(&values, several).as_bytes())
         }
     };
     // A closed pipe (`| head`) is not an error worth reporting.
@@ -202,6 +274,13 @@ pub fn run_query(args: &QueryArgs) -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// A record's `ts` as a time; a record without a readable one sorts first, where it shows.
+fn record_time(v: &Value) -> Option<std::time::SystemTime> {
+    v.get("ts")
+        .and_then(Value::as_str)
+        .and_then(|t| humantime::parse_rfc3339_weak(t).ok())
 }
 
 fn filter_of(args: &QueryArgs) -> Result<Filter, String> {
@@ -272,7 +351,9 @@ fn request_cell(req: &Value) -> String {
     out
 }
 
-fn table(records: &[&Value]) -> String {
+/// `with_broker`: records of several replicas' logs, whose `seq` alone is ambiguous; the
+/// first column then names the broker too (`replica-2/17`).
+fn table(records: &[&Value], with_broker: bool) -> String {
     let text = |v: Option<&Value>| match v {
         None | Some(Value::Null) => "-".to_owned(),
         Some(Value::String(s)) => s.clone(),
@@ -284,8 +365,12 @@ fn table(records: &[&Value]) -> String {
             let request = v
                 .get("request")
                 .map_or_else(|| "-".to_owned(), request_cell);
+            let seq = match with_broker {
+                true => format!("{}/{}", text(v.get("broker")), text(v.get("seq"))),
+                false => text(v.get("seq")),
+            };
             [
-                text(v.get("seq")),
+                seq,
                 text(v.get("ts")),
                 text(v.get("kind")),
                 text(v.get("decision")),
@@ -299,7 +384,11 @@ fn table(records: &[&Value]) -> String {
             ]
         })
         .collect();
-    let mut widths = COLUMNS.map(|c| c.chars().count());
+    let mut columns = COLUMNS;
+    if with_broker {
+        columns[0] = "BROKER/SEQ";
+    }
+    let mut widths = columns.map(|c| c.chars().count());
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
@@ -319,7 +408,7 @@ fn table(records: &[&Value]) -> String {
         out.push_str(line.trim_end());
         out.push('\n');
     };
-    push_row(&mut COLUMNS.iter().copied());
+    push_row(&mut columns.iter().copied());
     for row in &rows {
         push_row(&mut row.iter().map(String::as_str));
     }
@@ -398,7 +487,7 @@ mod tests {
         let b = json!({"seq": 12, "ts": "t", "kind": "outcome", "decision": "allow",
             "reason": null, "sub": "x", "request": {"method": "GET", "path": "/"},
             "upstream_status": 200});
-        let t = table(&[&a, &b]);
+        let t = table(&[&a, &b], false);
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(lines.len(), 3);
         let col = |l: &str, what: &str| l.find(what).unwrap();
@@ -460,13 +549,14 @@ mod tests {
             rotate_bytes: None,
             stdout: false,
             broker_id: "b".into(),
+            shadow_targets: Vec::new(),
         };
         let audit = crate::audit::Audit::start(settings, key).unwrap();
         let e = crate::audit::record::tests::entry(Kind::Decision, Verdict::Deny);
         audit.record(e).await.unwrap();
         let code = |c: ExitCode| format!("{c:?}");
         let args = VerifyArgs {
-            key: public.clone(),
+            key: vec![public.clone()],
             logs: vec![log.clone()],
         };
         assert_eq!(code(run_verify(&args)), code(ExitCode::SUCCESS));
@@ -479,7 +569,7 @@ mod tests {
         std::fs::write(&log, tampered).unwrap();
         assert_eq!(code(run_verify(&args)), code(ExitCode::from(1)));
         let no_key = VerifyArgs {
-            key: dir.path().join("missing.pub"),
+            key: vec![dir.path().join("missing.pub")],
             logs: vec![log],
         };
         assert_eq!(code(run_verify(&no_key)), code(ExitCode::from(2)));

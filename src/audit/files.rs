@@ -26,6 +26,12 @@ struct Log {
 /// another `NAME.M` is named (archived files without their active file); otherwise it is a
 /// log of its own (a log called `audit.2026`).
 pub fn log_files(given: &[PathBuf]) -> std::io::Result<Vec<PathBuf>> {
+    Ok(log_groups(given)?.into_iter().flatten().collect())
+}
+
+/// [`log_files`], one list per log: several logs (one per broker replica, each its own
+/// chain) are verified and queried log by log.
+pub fn log_groups(given: &[PathBuf]) -> std::io::Result<Vec<Vec<PathBuf>>> {
     let as_rotated = |p: &Path| -> Option<(PathBuf, u64)> {
         let name = p.file_name()?.to_str()?;
         let (stem, n) = name.rsplit_once('.')?;
@@ -59,12 +65,13 @@ pub fn log_files(given: &[PathBuf]) -> std::io::Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for log in logs {
         let rotated = log.rotated.len();
-        out.extend(log.rotated.into_values());
+        let mut files: Vec<PathBuf> = log.rotated.into_values().collect();
         // A base path whose active file is gone still names its rotated files; one with none
         // of either stays in, so that reading it says what is missing.
         if log.active && (log.base.exists() || rotated == 0) {
-            out.push(log.base);
+            files.push(log.base);
         }
+        out.push(files);
     }
     Ok(out)
 }

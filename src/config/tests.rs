@@ -354,3 +354,92 @@ fn relative_paths_resolve_against_the_config_file() {
     assert!(e.contains("missing.toml"));
     assert_eq!(e.matches("No such file").count(), 1, "{e}");
 }
+
+#[test]
+fn state_etcd_is_checked_with_field_paths() {
+    let etcd =
+        |body: &str| format!("{MINIMAL}\n[state]\nbackend = \"etcd\"\n[state.etcd]\n{body}\n");
+    let ok = Config::parse(&etcd("endpoints = [\"http://127.0.0.1:2379\"]")).unwrap();
+    let e = ok.state.etcd.as_ref().unwrap();
+    assert_eq!(ok.state.backend, crate::state::config::Backend::Etcd);
+    assert_eq!(
+        (e.prefix.as_str(), e.request_timeout),
+        ("/seb/", Duration::from_secs(2))
+    );
+    for (body, field) in [
+        ("endpoints = []", "state.etcd.endpoints"),
+        (
+            "endpoints = [\"127.0.0.1:2379\"]",
+            "state.etcd.endpoints[0]",
+        ),
+        ("endpoints = [\"http://a:1/v3\"]", "state.etcd.endpoints[0]"),
+        (
+            "endpoints = [\"http://a:1\"]\nca = \"ca.pem\"",
+            "state.etcd.endpoints[0]",
+        ),
+        (
+            "endpoints = [\"http://a:1\"]\nprefix = \"/seb\"",
+            "state.etcd.prefix",
+        ),
+        (
+            "endpoints = [\"https://a:1\"]\ncert = \"c.pem\"",
+            "state.etcd.cert",
+        ),
+        (
+            "endpoints = [\"http://a:1\"]\nusername = \"seb\"",
+            "state.etcd.username",
+        ),
+        (
+            "endpoints = [\"http://a:1\"]\nrequest_timeout = \"0s\"",
+            "state.etcd.request_timeout",
+        ),
+        (
+            "endpoints = [\"http://a:1\"]\nendpoint = \"x\"",
+            "state.etcd.endpoint",
+        ),
+    ] {
+        assert_eq!(field_error(&etcd(body)).0, field, "{body}");
+    }
+    // The backend and its table go together.
+    let (f, _) = field_error(&format!("{MINIMAL}\n[state]\nbackend = \"etcd\"\n"));
+    assert_eq!(f, "state.etcd");
+    let (f, _) = field_error(&format!(
+        "{MINIMAL}\n[state.etcd]\nendpoints = [\"http://a:1\"]\n"
+    ));
+    assert_eq!(f, "state.etcd");
+    let (f, _) = field_error(&format!("{MINIMAL}\n[state]\nbackend = \"redis\"\n"));
+    assert_eq!(f, "state.backend");
+}
+
+#[test]
+fn shadow_is_never_a_default_and_only_where_a_request_without_a_certificate_has_an_identity() {
+    assert_eq!(
+        Config::parse(MINIMAL).unwrap().targets[0].mode,
+        TargetMode::Enforce
+    );
+    let shadow = MINIMAL.replace("kind = \"http\"", "kind = \"http\"\nmode = \"shadow\"");
+    assert_eq!(
+        Config::parse(&shadow).unwrap().targets[0].mode,
+        TargetMode::Shadow
+    );
+    let (f, m) =
+        field_error(&MINIMAL.replace("kind = \"http\"", "kind = \"http\"\nmode = \"shadows\""));
+    assert_eq!(f, "targets[0].mode");
+    assert!(m.contains("`enforce` or `shadow`"), "{m}");
+    // An STS session is scoped to the certificate's call: no certificate, no session.
+    let (f, m) = field_error(&AWS.replace("kind = \"aws\"", "kind = \"aws\"\nmode = \"shadow\""));
+    assert_eq!(f, "targets[0].mode");
+    assert!(m.contains("identity = \"static\""), "{m}");
+    let kube = format!(
+        "{MINIMAL}[[targets]]\nname = \"cluster\"\nkind = \"kubernetes\"\nmode = \"shadow\"\nlisten = \"127.0.0.1:8444\"\n[targets.kubernetes]\napiserver = \"https://10.0.0.1:6443\"\ncredential = {{ value_file = \"token\" }}\nexecution = {{ user = \"seb:exec:d\" }}\nread = {{ user = \"seb:read\" }}\n"
+    );
+    assert_eq!(
+        Config::parse(&kube).unwrap().targets[1].mode,
+        TargetMode::Shadow
+    );
+    let (f, m) = field_error(&format!(
+        "{kube}token_request = {{ namespace = \"seb\", service_account = \"exec\", audience = \"https://k\" }}\n"
+    ));
+    assert_eq!(f, "targets[1].mode");
+    assert!(m.contains("token_request"), "{m}");
+}

@@ -4,7 +4,7 @@
 
 use super::metrics::Sample;
 use super::Broker;
-use crate::admission::revocation::{Applied, RevocationState};
+use crate::admission::revocation::{Applied, RevocationState, ShareError};
 use crate::upstream::{full_body, Body, BoxError};
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
@@ -94,10 +94,15 @@ pub fn readiness(broker: &Broker) -> (bool, serde_json::Value) {
     let audit_ok = broker.audit.is_writable();
     // A draining broker takes no new connections: a load balancer should send none.
     let draining = broker.connections.draining();
+    let uses_unavailable = broker.admission.uses.unavailable();
     (
-        rev_ok && audit_ok && !draining,
+        rev_ok && audit_ok && !draining && uses_unavailable.is_none(),
         json!({
             "draining": draining,
+            "state": {
+                "available": uses_unavailable.is_none(),
+                "why": uses_unavailable,
+            },
             "revocation": {
                 "fresh": rev_ok,
                 "issuers": issuers,
@@ -222,7 +227,12 @@ async fn route(
                     json!({"error": "body is not UTF-8"}),
                 );
             };
-            match revocation.apply(token, crate::cert::now_secs(), skew) {
+            // With replicas, the answer comes once etcd holds the document: every other
+            // replica then has it or is refusing mutations.
+            match revocation
+                .apply_shared(token, crate::cert::now_secs(), skew)
+                .await
+            {
                 Ok(Applied::Updated { epoch }) => {
                     tracing::info!(epoch, "revocation data pushed");
                     json_response(StatusCode::OK, json!({"epoch": epoch, "updated": true}))
@@ -230,7 +240,13 @@ async fn route(
                 Ok(Applied::Unchanged { epoch }) => {
                     json_response(StatusCode::OK, json!({"epoch": epoch, "updated": false}))
                 }
-                Err(e) => json_response(StatusCode::CONFLICT, json!({"error": e})),
+                Err(ShareError::Refused(e)) => {
+                    json_response(StatusCode::CONFLICT, json!({"error": e}))
+                }
+                Err(ShareError::NotShared(e)) => {
+                    tracing::error!(error = %e, "pushed revocation data not shared");
+                    json_response(StatusCode::SERVICE_UNAVAILABLE, json!({"error": e}))
+                }
             }
         }
         (&Method::GET, "/v1/audit/stream") => audit_stream(broker),

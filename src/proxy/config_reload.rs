@@ -226,6 +226,12 @@ impl Reloader {
             format!("{:?}", old.targets),
             format!("{:?}", new.targets),
         );
+        // The backend and the etcd client are built once, before anything listens.
+        check(
+            "state",
+            format!("{:?}", old.state),
+            format!("{:?}", new.state),
+        );
         changed
     }
 }

@@ -3,6 +3,7 @@
 pub mod activity;
 pub mod admin;
 pub mod body;
+pub mod check;
 pub mod config_reload;
 pub mod head;
 pub mod lifecycle;
@@ -13,13 +14,16 @@ mod shards;
 pub mod stack;
 
 use crate::admission::reload::{self, Source};
-use crate::admission::revocation::RevocationState;
+use crate::admission::revocation::{Applied, RevocationState, ShareError};
 use crate::admission::Admission;
 use crate::audit::{Audit, AuditSettings};
 use crate::cert::{keys, TrustedIssuers, WindowPolicy};
 use crate::config::{Config, TargetKindConfig};
 use crate::denial::{Denial, Reason};
+use crate::state::config::Backend;
+use crate::state::etcd::EtcdState;
 use crate::state::memory::MemoryUseStore;
+use crate::state::UseStore;
 use crate::targets::{http::HttpTarget, kubernetes::KubeTarget, Target};
 use anyhow::Context;
 use pipeline::ConnInfo;
@@ -35,6 +39,8 @@ pub struct Broker {
     pub request_timeout: Duration,
     /// Agent connections and requests in flight, and the drain at shutdown.
     pub connections: Arc<lifecycle::Connections>,
+    /// Targets in shadow mode (`mode = "shadow"`): verdicts recorded, nothing refused.
+    pub shadow: Vec<String>,
     /// Bearer tokens that authenticate agents for reads (`X-Seb-Agent-Token`).
     agent_tokens: Vec<String>,
     /// Whether reads need an authenticated agent (mTLS or token) at all.
@@ -44,6 +50,10 @@ pub struct Broker {
 }
 
 impl Broker {
+    pub fn is_shadow(&self, target: &str) -> bool {
+        self.shadow.iter().any(|t| t == target)
+    }
+
     pub fn next_request_id(&self) -> String {
         format!(
             "{}-{}",
@@ -192,6 +202,19 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         max_ttl_secs: config.certificates.max_ttl.as_secs() as i64,
     };
 
+    let shadow_targets: Vec<String> = config
+        .targets
+        .iter()
+        .filter(|t| t.mode == crate::config::TargetMode::Shadow)
+        .map(|t| t.name.clone())
+        .collect();
+    for name in &shadow_targets {
+        tracing::warn!(
+            target = name.as_str(),
+            "SHADOW MODE: target {name} enforces nothing; every mutation is checked, recorded as \
+             would_allow or would_deny, and forwarded under the target's execution identity"
+        );
+    }
     let audit_key = keys::load_signing_key(&config.audit.signing_key)
         .with_context(|| config.at("audit.signing_key"))?;
     let audit_pub = audit_key.verifying_key();
@@ -202,30 +225,54 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             rotate_bytes: config.audit.rotate_bytes,
             stdout: config.audit.stdout,
             broker_id: config.broker_id.clone(),
+            shadow_targets: shadow_targets.clone(),
         },
         audit_key,
     )
     .with_context(|| config.at("audit"))?;
 
-    // Before anything listens: every use the log recorded for a certificate that is still
-    // usable counts again, so a restart never re-admits a spent use.
-    let uses = MemoryUseStore::new(
-        config.limits.max_live_certificates,
-        Duration::from_secs(skew as u64),
-    );
-    let uses_unknown_before =
-        rebuild_use_counts(&config, window, &kids_by_name, &uses, &audit_pub)?;
-    // The chain the counts were read from is anchored by the last record an earlier run
-    // wrote; unsigned (altered, or another key), no certificate issued before now is proven
-    // unspent.
-    let uses_unknown_before = if audit.head_unsigned() {
-        Some(
-            uses_unknown_before
-                .unwrap_or(i64::MIN)
-                .max(crate::cert::now_secs() + window.skew_secs),
-        )
-    } else {
-        uses_unknown_before
+    let (uses, uses_unknown_before, etcd) = match config.state.backend {
+        Backend::Memory => {
+            // Before anything listens: every use the log recorded for a certificate that is
+            // still usable counts again, so a restart never re-admits a spent use.
+            let uses = MemoryUseStore::new(
+                config.limits.max_live_certificates,
+                Duration::from_secs(skew as u64),
+            );
+            let unknown = rebuild_use_counts(
+                config.audit.path.as_deref(),
+                window,
+                &kids_by_name,
+                &uses,
+                &audit_pub,
+            )?;
+            // The chain the counts were read from is anchored by the last record an earlier
+            // run wrote; unsigned (altered, or another key), no certificate issued before now
+            // is proven unspent.
+            let unknown = if audit.head_unsigned() {
+                Some(
+                    unknown
+                        .unwrap_or(i64::MIN)
+                        .max(crate::cert::now_secs() + window.skew_secs),
+                )
+            } else {
+                unknown
+            };
+            (Arc::new(uses) as Arc<dyn UseStore>, unknown, None)
+        }
+        // The counts live in etcd, shared by every replica and kept across restarts of any
+        // of them: this replica's own log is not where they come from.
+        Backend::Etcd => {
+            let Some(etcd_config) = &config.state.etcd else {
+                anyhow::bail!("{}: missing", config.at("state.etcd"));
+            };
+            let etcd = EtcdState::connect(etcd_config, Duration::from_secs(skew as u64))
+                .await
+                .with_context(|| config.at("state.etcd"))?;
+            revocation.share_through(etcd.clone());
+            tracing::info!(endpoints = ?etcd_config.endpoints, prefix = %etcd_config.prefix, "use counts and revocation documents are shared through etcd");
+            (etcd.clone() as Arc<dyn UseStore>, None, Some(etcd))
+        }
     };
 
     let tls: Option<server::TlsSlot> = match &config.tls {
@@ -255,11 +302,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             min_policy_epoch: config.certificates.min_policy_epoch,
             max_staleness_secs: config.revocation.max_staleness.as_secs() as i64,
             revocation: revocation.clone(),
-            uses: Arc::new(uses),
+            uses,
             uses_unknown_before,
         },
         audit,
-        metrics: metrics::Metrics::new(config.targets.iter().map(|t| t.name.as_str())),
+        metrics: metrics::Metrics::new(config.targets.iter().map(|t| t.name.as_str()))
+            .with_shadow(&shadow_targets),
+        shadow: shadow_targets,
         max_body_bytes: config.limits.max_body_bytes,
         request_timeout: config.limits.request_timeout,
         connections: lifecycle::Connections::new(max_connections),
@@ -273,17 +322,38 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let control_client = crate::upstream::UpstreamClient::new(None)?;
     // First load before listening, so a broker with good data is ready at once.
     match reload::fetch(&source, &control_client).await {
-        Ok(text) => {
-            if let Err(e) = revocation.apply(&text, crate::cert::now_secs(), skew) {
+        Ok(text) => match revocation
+            .apply_shared(&text, crate::cert::now_secs(), skew)
+            .await
+        {
+            Err(ShareError::Refused(e)) => {
                 tracing::warn!(error = %e, "initial revocation data refused; mutations are refused until valid data loads");
             }
-        }
+            Err(ShareError::NotShared(e)) => {
+                tracing::warn!(error = %e, "initial revocation data not shared yet");
+            }
+            Ok(_) => {}
+        },
         Err(e) => {
             tracing::warn!(error = %e, "initial revocation data unavailable; mutations are refused until it loads")
         }
     }
 
     let mut tasks = Vec::new();
+    if let Some(etcd) = &etcd {
+        let revocation = revocation.clone();
+        tasks.push(tokio::spawn(etcd.clone().watch_revocations(Box::new(
+            move |doc| match revocation.apply(doc, crate::cert::now_secs(), skew) {
+                Ok(Applied::Updated { epoch }) => {
+                    tracing::info!(epoch, "revocation data from another replica applied")
+                }
+                Ok(Applied::Unchanged { .. }) => {}
+                // Older than what this replica holds, or its key rotated out here.
+                Err(e) => tracing::debug!(error = %e, "revocation data from etcd not applied"),
+            },
+        ))));
+        tasks.push(tokio::spawn(etcd.clone().probe(Duration::from_millis(500))));
+    }
     // The poller is (re)started by the reloader, with the source of the config it has.
     let spawn_poller = {
         let (revocation, client) = (revocation.clone(), control_client.clone());
@@ -410,14 +480,14 @@ fn listen<T: Target>(
 }
 
 /// Counts again, from the audit log, the uses of every certificate that may still be used.
-fn rebuild_use_counts(
-    config: &Config,
+pub(crate) fn rebuild_use_counts(
+    path: Option<&std::path::Path>,
     window: WindowPolicy,
     kids_by_name: &[(String, String)],
     uses: &MemoryUseStore,
     audit_pub: &ed25519_dalek::VerifyingKey,
 ) -> anyhow::Result<Option<i64>> {
-    let Some(path) = &config.audit.path else {
+    let Some(path) = path else {
         tracing::warn!(
             "no audit file is configured: certificate use counts live in memory only, and a \
              restart re-admits uses already spent within the certificates' validity"

@@ -2,6 +2,7 @@
 //! with a config written per test, and reqwest as the agent.
 #![allow(dead_code)]
 
+pub mod etcd;
 pub mod moto;
 
 use seb::admission::revocation::{self, RevocationClaims, RevocationPayload, Revoked};
@@ -290,6 +291,12 @@ impl Broker {
     }
 
     pub fn spawn(&mut self, env: &Env) {
+        self.spawn_unready(env);
+        self.wait_ready();
+    }
+
+    /// Starts the process without waiting for it to be ready (or to fail).
+    pub fn spawn_unready(&mut self, env: &Env) {
         let log = std::fs::File::create(env.path(&format!("seb-{}.log", now()))).unwrap();
         let child = Command::new(seb_bin())
             .args(["serve", "--config"])
@@ -304,7 +311,6 @@ impl Broker {
             .spawn()
             .unwrap();
         self.child = Some(child);
-        self.wait_ready();
     }
 
     fn wait_ready(&self) {

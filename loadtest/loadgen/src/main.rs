@@ -13,6 +13,7 @@
 //! Traffic goes to loopback addresses only; anything else is refused.
 
 mod certs;
+mod propagation;
 mod run;
 mod sts;
 mod table;
@@ -38,6 +39,8 @@ enum Command {
     Certs(certs::Args),
     /// Generate load against a URL and report latency percentiles and throughput.
     Run(run::Args),
+    /// Push revocations to one replica and time until the others report them.
+    Propagation(propagation::Args),
     /// Print N free loopback TCP ports (bound and released; for scripts).
     Ports {
         #[arg(default_value_t = 1)]
@@ -56,6 +59,7 @@ fn main() -> std::process::ExitCode {
         Command::Sts(a) => sts::main(a),
         Command::Certs(a) => certs::main(a),
         Command::Run(a) => run::main(a),
+        Command::Propagation(a) => propagation::main(a),
         Command::Ports { n } => ports(n),
         Command::Table(a) => table::main(a),
         Command::Targets(a) => targets::main(a),

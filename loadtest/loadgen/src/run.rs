@@ -92,6 +92,10 @@ pub struct Args {
     /// A label carried into the report.
     #[arg(long, default_value = "")]
     label: String,
+    /// More ports on the --url's host serving the same thing (replicas of one broker):
+    /// connection i goes to the i-th of the URL's port and these, round robin.
+    #[arg(long = "also-port")]
+    also_ports: Vec<u16>,
     /// Open loop with --certs: present certificate i at `--prepare-path` this many ms before
     /// request i is due (an empty POST with the request's headers, the certificate where the
     /// request carries it, no Content-Type).
@@ -126,7 +130,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 
 /// Everything a worker needs to open a connection and build a request.
 struct Target {
-    addr: std::net::SocketAddr,
+    /// Connection i goes to `addrs[i % addrs.len()]`.
+    addrs: Vec<std::net::SocketAddr>,
     tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
     authority: String,
     path: String,
@@ -151,8 +156,8 @@ enum Kind {
 }
 
 impl Target {
-    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, &'static str> {
-        let tcp = tokio::net::TcpStream::connect(self.addr)
+    async fn connect(&self, slot: usize) -> Result<SendRequest<Full<Bytes>>, &'static str> {
+        let tcp = tokio::net::TcpStream::connect(self.addrs[slot % self.addrs.len()])
             .await
             .map_err(|_| "connect")?;
         let _ = tcp.set_nodelay(true);
@@ -260,12 +265,13 @@ impl Tally {
 /// transport error kind. On a transport error the connection is dropped.
 async fn one(
     t: &Target,
+    slot: usize,
     conn: &mut Option<SendRequest<Full<Bytes>>>,
     cert: Option<&str>,
     kind: Kind,
 ) -> Result<u16, &'static str> {
     if conn.as_ref().is_none_or(|c| c.is_closed()) {
-        *conn = Some(t.connect().await?);
+        *conn = Some(t.connect(slot).await?);
     }
     let sender = conn.as_mut().expect("connected");
     let fut = async {
@@ -312,6 +318,10 @@ pub fn main(a: Args) -> anyhow::Result<()> {
         .ok_or_else(|| anyhow::anyhow!("--url has no host"))?;
     let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
     let addr = crate::loopback_addr(host, port)?;
+    let mut addrs = vec![addr];
+    for p in &a.also_ports {
+        addrs.push(crate::loopback_addr(host, *p)?);
+    }
     let tls = if https {
         let mut roots = rustls::RootCertStore::empty();
         let ca =
@@ -367,7 +377,7 @@ pub fn main(a: Args) -> anyhow::Result<()> {
         .map(|h| http::HeaderName::from_bytes(h.as_bytes()))
         .transpose()?;
     let target = Arc::new(Target {
-        addr,
+        addrs,
         tls,
         authority: uri
             .authority()
@@ -415,13 +425,13 @@ pub fn main(a: Args) -> anyhow::Result<()> {
             let target = target.clone();
             async move {
                 let mut conns = Vec::with_capacity(n);
-                for _ in 0..n {
-                    conns.push(
-                        target
-                            .connect()
-                            .await
-                            .map_err(|k| anyhow::anyhow!("connecting to {addr}: {k}"))?,
-                    );
+                for i in 0..n {
+                    conns.push(target.connect(i).await.map_err(|k| {
+                        anyhow::anyhow!(
+                            "connecting to {}: {k}",
+                            target.addrs[i % target.addrs.len()]
+                        )
+                    })?);
                 }
                 anyhow::Ok(conns)
             }
@@ -477,7 +487,7 @@ async fn run_open(
     let measure_from = start + a.warmup;
     let use_certs = a.certs.is_some();
     let mut workers = Vec::new();
-    for c in conns {
+    for (slot, c) in conns.into_iter().enumerate() {
         let (rx, t) = (rx.clone(), target.clone());
         workers.push(tokio::spawn(async move {
             let mut conn = Some(c);
@@ -490,7 +500,7 @@ async fn run_open(
                 } else {
                     None
                 };
-                let r = one(&t, &mut conn, cert, Kind::Use).await;
+                let r = one(&t, slot, &mut conn, cert, Kind::Use).await;
                 let done = Instant::now();
                 tally.ok_all += matches!(r, Ok(200..=299)) as u64;
                 if due >= measure_from {
@@ -557,7 +567,8 @@ fn spawn_prepares(
     let rx = Arc::new(tokio::sync::Mutex::new(rx));
     let workers = conns
         .into_iter()
-        .map(|c| {
+        .enumerate()
+        .map(|(slot, c)| {
             let (rx, t) = (rx.clone(), target.clone());
             tokio::spawn(async move {
                 let mut conn = Some(c);
@@ -565,7 +576,14 @@ fn spawn_prepares(
                 loop {
                     let job = rx.lock().await.recv().await;
                     let Some((i, due)) = job else { break };
-                    let r = one(&t, &mut conn, Some(t.certs[i].as_str()), Kind::Prepare).await;
+                    let r = one(
+                        &t,
+                        slot,
+                        &mut conn,
+                        Some(t.certs[i].as_str()),
+                        Kind::Prepare,
+                    )
+                    .await;
                     let done = Instant::now();
                     tally.ok_all += matches!(r, Ok(200..=299)) as u64;
                     tally.after_use += u64::from(done > due + lead);
@@ -602,7 +620,7 @@ async fn run_closed(
     let exhausted = Arc::new(AtomicBool::new(false));
     let use_certs = a.certs.is_some();
     let mut workers = Vec::new();
-    for c in conns {
+    for (slot, c) in conns.into_iter().enumerate() {
         let (t, next, exhausted) = (target.clone(), next.clone(), exhausted.clone());
         workers.push(tokio::spawn(async move {
             let mut conn = Some(c);
@@ -621,7 +639,7 @@ async fn run_closed(
                     None
                 };
                 let sent = Instant::now();
-                let r = one(&t, &mut conn, cert, Kind::Use).await;
+                let r = one(&t, slot, &mut conn, cert, Kind::Use).await;
                 let done = Instant::now();
                 tally.ok_all += matches!(r, Ok(200..=299)) as u64;
                 if sent >= measure_from && done <= end {
