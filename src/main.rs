@@ -63,6 +63,11 @@ enum Command {
     /// Print a kubeconfig whose server is a broker's kubernetes listener. Its token is the
     /// agent token for reads; pass a certificate per change with `kubectl --token`.
     Kubeconfig(KubeconfigArgs),
+    #[command(subcommand)]
+    Signer(seb::signer::cli::SignerCommand),
+    Request(seb::signer::agent::SignerClientArgs),
+    Exec(seb::signer::cli::ExecArgs),
+    Approve(seb::signer::cli::ApproveArgs),
 }
 
 // === seb kubeconfig ===
@@ -255,6 +260,10 @@ fn main() -> ExitCode {
         Command::Audit(AuditCommand::Query(a)) => return seb::audit::cli::run_query(&a),
         Command::DevCerts { out, agent } => dev_certs(&out, &agent),
         Command::Kubeconfig(a) => kubeconfig(&a),
+        Command::Signer(c) => return seb::signer::cli::run_signer(c),
+        Command::Request(a) => return seb::signer::cli::run_request(a),
+        Command::Exec(a) => return seb::signer::cli::run_exec(a),
+        Command::Approve(a) => return seb::signer::cli::run_approve(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

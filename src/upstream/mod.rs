@@ -6,4 +6,4 @@ mod client;
 mod pool;
 
 pub use body::{full_body, stream_body, upstream_full, Body, BoxError, NeverSent, UpstreamBody};
-pub use client::UpstreamClient;
+pub use client::{error_chain, UpstreamClient};
