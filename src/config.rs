@@ -183,6 +183,9 @@ pub struct RevocationConfig {
     pub file: Option<PathBuf>,
     #[serde(default)]
     pub url: Option<String>,
+    /// CA bundle for an https `url` on a private CA (a signer with its own certificate).
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
     #[serde(default = "default_poll", with = "humantime_serde")]
     pub poll_interval: Duration,
     #[serde(default = "default_staleness", with = "humantime_serde")]
@@ -572,6 +575,9 @@ impl Config {
             fix(&mut i.public_key);
         }
         if let Some(f) = &mut self.revocation.file {
+            fix(f);
+        }
+        if let Some(f) = &mut self.revocation.ca {
             fix(f);
         }
         if let Some(p) = &mut self.audit.path {

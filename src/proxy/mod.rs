@@ -270,7 +270,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     });
 
     let source = config_reload::revocation_source(&config)?;
-    let control_client = crate::upstream::UpstreamClient::new(None)?;
+    let control_client = crate::upstream::UpstreamClient::new(config.revocation.ca.as_deref())?;
     // First load before listening, so a broker with good data is ready at once.
     match reload::fetch(&source, &control_client).await {
         Ok(text) => {

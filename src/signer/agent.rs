@@ -37,7 +37,10 @@ pub struct SignerClientArgs {
 }
 
 /// Reads the proposal (and evidence) files into one request, refusing what the signer would.
-pub fn load_request(proposal: &Path, evidence: Option<&Path>) -> anyhow::Result<CertificateRequest> {
+pub fn load_request(
+    proposal: &Path,
+    evidence: Option<&Path>,
+) -> anyhow::Result<CertificateRequest> {
     let read = |p: &Path| -> anyhow::Result<Value> {
         let b = std::fs::read(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
         crate::json::parse_strict(&b).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))
@@ -60,7 +63,12 @@ pub fn load_request(proposal: &Path, evidence: Option<&Path>) -> anyhow::Result<
 /// What the signer answered.
 pub enum Answer {
     Certificate(String),
-    Refused { status: u16, code: String, message: String, retry: bool },
+    Refused {
+        status: u16,
+        code: String,
+        message: String,
+        retry: bool,
+    },
 }
 
 pub async fn ask(a: &SignerClientArgs, req: &CertificateRequest) -> anyhow::Result<Answer> {
@@ -74,7 +82,8 @@ pub async fn ask(a: &SignerClientArgs, req: &CertificateRequest) -> anyhow::Resu
         .enable_http1()
         .build();
     let client: hyper_util::client::legacy::Client<_, Full<Bytes>> =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(https);
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build(https);
     let url = format!("{}/v1/certificates", a.signer.trim_end_matches('/'));
     let mut r = http::Request::post(&url).header(http::header::CONTENT_TYPE, "application/json");
     if let Some(t) = &a.token {
@@ -116,14 +125,24 @@ pub async fn obtain(a: &SignerClientArgs) -> anyhow::Result<String> {
     loop {
         match ask(a, &req).await? {
             Answer::Certificate(c) => return Ok(c),
-            Answer::Refused { retry: true, code, message, .. } if Instant::now() < deadline => {
+            Answer::Refused {
+                retry: true,
+                code,
+                message,
+                ..
+            } if Instant::now() < deadline => {
                 eprintln!(
                     "seb: waiting for approvals of proposal {digest} ({}s left): {code}: {message}",
                     deadline.saturating_duration_since(Instant::now()).as_secs()
                 );
                 tokio::time::sleep(Duration::from_secs(2).min(deadline - Instant::now())).await;
             }
-            Answer::Refused { status, code, message, .. } => {
+            Answer::Refused {
+                status,
+                code,
+                message,
+                ..
+            } => {
                 anyhow::bail!("the signer refused ({status} {code}): {message}")
             }
         }
@@ -131,7 +150,11 @@ pub async fn obtain(a: &SignerClientArgs) -> anyhow::Result<String> {
 }
 
 /// Where the certificate goes for the command: by target kind.
-pub fn exec_env(target: crate::cert::TargetKind, cert: &str, dir: &Path) -> anyhow::Result<Vec<(String, String)>> {
+pub fn exec_env(
+    target: crate::cert::TargetKind,
+    cert: &str,
+    dir: &Path,
+) -> anyhow::Result<Vec<(String, String)>> {
     use crate::cert::TargetKind;
     let mut env = Vec::new();
     match target {
@@ -140,16 +163,24 @@ pub fn exec_env(target: crate::cert::TargetKind, cert: &str, dir: &Path) -> anyh
             // The certificate is the authority; SDKs still want a key pair to sign with.
             if std::env::var_os("AWS_ACCESS_KEY_ID").is_none() {
                 env.push(("AWS_ACCESS_KEY_ID".into(), "SEBAGENTPLACEHOLDER".into()));
-                env.push(("AWS_SECRET_ACCESS_KEY".into(), "placeholder-not-a-secret".into()));
+                env.push((
+                    "AWS_SECRET_ACCESS_KEY".into(),
+                    "placeholder-not-a-secret".into(),
+                ));
             }
         }
         TargetKind::Kubernetes => {
-            let src = std::env::var_os("KUBECONFIG")
-                .ok_or_else(|| anyhow::anyhow!("KUBECONFIG is not set: point it at `seb kubeconfig` output"))?;
+            let src = std::env::var_os("KUBECONFIG").ok_or_else(|| {
+                anyhow::anyhow!("KUBECONFIG is not set: point it at `seb kubeconfig` output")
+            })?;
             let src = PathBuf::from(src);
-            let text = std::fs::read(&src).map_err(|e| anyhow::anyhow!("{}: {e}", src.display()))?;
+            let text =
+                std::fs::read(&src).map_err(|e| anyhow::anyhow!("{}: {e}", src.display()))?;
             let mut kc: Value = serde_json::from_slice(&text).map_err(|e| {
-                anyhow::anyhow!("{}: not a JSON kubeconfig as `seb kubeconfig` writes ({e})", src.display())
+                anyhow::anyhow!(
+                    "{}: not a JSON kubeconfig as `seb kubeconfig` writes ({e})",
+                    src.display()
+                )
             })?;
             let users = kc
                 .get_mut("users")

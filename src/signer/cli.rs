@@ -78,7 +78,13 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 pub fn run_signer(c: SignerCommand) -> ExitCode {
     let result = match c {
         SignerCommand::Serve { config } => serve(&config),
-        SignerCommand::Revoke { admin, jti, sub, kid, reason } => {
+        SignerCommand::Revoke {
+            admin,
+            jti,
+            sub,
+            kid,
+            reason,
+        } => {
             let body = serde_json::json!({"jti": jti, "sub": sub, "kid": kid, "reason": reason});
             let mut body = body;
             if let Some(o) = body.as_object_mut() {
@@ -156,7 +162,11 @@ fn admin_post(addr: &str, path: &str, body: String) -> anyhow::Result<()> {
 }
 
 pub fn run_request(a: SignerClientArgs) -> ExitCode {
-    finish(runtime().and_then(|rt| rt.block_on(agent::obtain(&a))).map(|c| println!("{c}")))
+    finish(
+        runtime()
+            .and_then(|rt| rt.block_on(agent::obtain(&a)))
+            .map(|c| println!("{c}")),
+    )
 }
 
 /// Obtains a certificate and runs the command with it in place; the command's exit status is
@@ -178,7 +188,9 @@ pub fn run_exec(a: ExecArgs) -> ExitCode {
             .map_err(|e| anyhow::anyhow!("{prog}: {e}"));
         let _ = std::fs::remove_dir_all(&dir);
         let status = status?;
-        Ok(ExitCode::from(status.code().unwrap_or(1).clamp(0, 255) as u8))
+        Ok(ExitCode::from(
+            status.code().unwrap_or(1).clamp(0, 255) as u8
+        ))
     };
     match run() {
         Ok(c) => c,
@@ -223,7 +235,11 @@ pub fn run_approve(a: ApproveArgs) -> ExitCode {
     finish(run())
 }
 
-async fn post_approval(url: &str, ca: Option<&std::path::Path>, statement: &str) -> anyhow::Result<()> {
+async fn post_approval(
+    url: &str,
+    ca: Option<&std::path::Path>,
+    statement: &str,
+) -> anyhow::Result<()> {
     use http_body_util::BodyExt;
     let tls = crate::tls::client_config(ca, None)?;
     let https = hyper_rustls::HttpsConnectorBuilder::new()
@@ -232,10 +248,13 @@ async fn post_approval(url: &str, ca: Option<&std::path::Path>, statement: &str)
         .enable_http1()
         .build();
     let client: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(https);
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build(https);
     let target = format!("{}/v1/approvals", url.trim_end_matches('/'));
     let resp = client
-        .request(http::Request::post(&target).body(http_body_util::Full::new(bytes::Bytes::from(statement.to_string())))?)
+        .request(http::Request::post(&target).body(http_body_util::Full::new(
+            bytes::Bytes::from(statement.to_string()),
+        ))?)
         .await
         .map_err(|e| anyhow::anyhow!("{target}: {}", crate::upstream::error_chain(&e)))?;
     let status = resp.status();

@@ -83,7 +83,12 @@ impl Source {
     }
 
     /// One call; the whole exchange, body included, within the source's deadline.
-    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, EvidenceError> {
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, EvidenceError> {
         let url = format!("{}{path}", self.base);
         let what = format!("{method} {url}");
         let mut req = http::Request::builder()
@@ -120,19 +125,23 @@ impl Source {
         match tokio::time::timeout(self.timeout, exchange).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(m)) => Err(self.unavailable(&what, m)),
-            Err(_) => Err(self.unavailable(
-                &what,
-                format!("no answer within {:?}", self.timeout),
-            )),
+            Err(_) => Err(self.unavailable(&what, format!("no answer within {:?}", self.timeout))),
         }
     }
 
-    fn shape<T: serde::de::DeserializeOwned>(&self, what: &str, v: Value) -> Result<T, EvidenceError> {
+    fn shape<T: serde::de::DeserializeOwned>(
+        &self,
+        what: &str,
+        v: Value,
+    ) -> Result<T, EvidenceError> {
         serde_json::from_value(v)
             .map_err(|e| self.unavailable(what, format!("answer is not the expected shape: {e}")))
     }
 
-    pub async fn pull_request(&self, r: &PullRequestRef) -> Result<PullRequestFacts, EvidenceError> {
+    pub async fn pull_request(
+        &self,
+        r: &PullRequestRef,
+    ) -> Result<PullRequestFacts, EvidenceError> {
         #[derive(Deserialize)]
         struct Head {
             sha: String,
@@ -159,7 +168,9 @@ impl Source {
         let base = format!("/repos/{}/pulls/{}", r.repo, r.number);
         let pull: Pull = self.shape(&base, self.call("GET", &base, None).await?)?;
         if pull.number != r.number {
-            return Err(self.unavailable(&base, format!("answered for pull {} instead", pull.number)));
+            return Err(
+                self.unavailable(&base, format!("answered for pull {} instead", pull.number))
+            );
         }
         if pull.head.sha.len() < 7 || !pull.head.sha.chars().all(|c| c.is_ascii_hexdigit()) {
             return Err(self.unavailable(&base, "head.sha is not a commit id"));
@@ -216,12 +227,18 @@ impl Source {
             environment: String,
             payload: Payload,
         }
-        let path = format!("/repos/{}/deployments?environment={}&per_page=100", r.repo, r.environment);
+        let path = format!(
+            "/repos/{}/deployments?environment={}&per_page=100",
+            r.repo, r.environment
+        );
         let list: Vec<Deployment> = self.shape(&path, self.call("GET", &path, None).await?)?;
         if let Some(d) = list.iter().find(|d| d.environment != r.environment) {
             return Err(self.unavailable(
                 &path,
-                format!("listed a deployment to {:?}, not {:?}", d.environment, r.environment),
+                format!(
+                    "listed a deployment to {:?}, not {:?}",
+                    d.environment, r.environment
+                ),
             ));
         }
         Ok(list.into_iter().map(|d| d.payload.image).collect())
@@ -234,7 +251,8 @@ impl Source {
         struct Score {
             score: i64,
         }
-        let body = serde_json::json!({"agent": agent, "digest": proposal.digest(), "proposal": proposal});
+        let body =
+            serde_json::json!({"agent": agent, "digest": proposal.digest(), "proposal": proposal});
         let s: Score = self.shape("POST", self.call("POST", "", Some(body)).await?)?;
         if !(0..=100).contains(&s.score) {
             return Err(self.unavailable("POST", format!("score {} is not 0 to 100", s.score)));
@@ -270,7 +288,12 @@ impl Approvers {
     /// The distinct approvers whose statements verify for this digest at `now`. Any statement
     /// that does not verify refuses the whole proposal: a forged approval is an attack, not
     /// noise to skip.
-    pub fn verify(&self, statements: &[String], digest: &str, now: i64) -> Result<Vec<String>, EvidenceError> {
+    pub fn verify(
+        &self,
+        statements: &[String],
+        digest: &str,
+        now: i64,
+    ) -> Result<Vec<String>, EvidenceError> {
         let mut names = Vec::new();
         for (i, s) in statements.iter().enumerate() {
             let bad = |m: String| EvidenceError::Invalid {
@@ -279,20 +302,32 @@ impl Approvers {
             };
             let c = crate::cert::jws::parse(s.trim(), APPROVAL_TYP).map_err(bad)?;
             let Some((_, name, key)) = self.0.iter().find(|(kid, _, _)| *kid == c.kid) else {
-                return Err(bad(format!("signed by key {}, which is no configured approver's", c.kid)));
+                return Err(bad(format!(
+                    "signed by key {}, which is no configured approver's",
+                    c.kid
+                )));
             };
             if !c.verify(s.trim(), key) {
                 return Err(bad(format!("signature does not verify under {name}'s key")));
             }
             let p: ApprovalPayload = crate::json::from_checked(&c.payload).map_err(bad)?;
             if &p.approver != name {
-                return Err(bad(format!("names approver {:?} but is signed by {name}'s key", p.approver)));
+                return Err(bad(format!(
+                    "names approver {:?} but is signed by {name}'s key",
+                    p.approver
+                )));
             }
             if p.proposal != digest {
-                return Err(bad(format!("approves proposal {}, not this one ({digest})", p.proposal)));
+                return Err(bad(format!(
+                    "approves proposal {}, not this one ({digest})",
+                    p.proposal
+                )));
             }
             if p.iat > now + 30 || p.exp <= now {
-                return Err(bad(format!("{name}'s approval is not valid now (iat {}, exp {})", p.iat, p.exp)));
+                return Err(bad(format!(
+                    "{name}'s approval is not valid now (iat {}, exp {})",
+                    p.iat, p.exp
+                )));
             }
             if !names.contains(name) {
                 names.push(name.clone());
@@ -305,7 +340,12 @@ impl Approvers {
 
 pub fn sign_approval(key: &ed25519_dalek::SigningKey, p: &ApprovalPayload) -> String {
     let kid = crate::cert::keys::key_id(&key.verifying_key());
-    crate::cert::jws::sign(key, APPROVAL_TYP, &kid, &serde_json::to_value(p).unwrap_or(Value::Null))
+    crate::cert::jws::sign(
+        key,
+        APPROVAL_TYP,
+        &kid,
+        &serde_json::to_value(p).unwrap_or(Value::Null),
+    )
 }
 
 /// A deploy window, read from its config.
@@ -349,12 +389,21 @@ impl Window {
         };
         let (from, to) = (hm(&w.from)?, hm(&w.to)?);
         if from >= to {
-            return Err(format!("from {} is not before to {} (windows do not cross midnight; write two)", w.from, w.to));
+            return Err(format!(
+                "from {} is not before to {} (windows do not cross midnight; write two)",
+                w.from, w.to
+            ));
         }
         if w.name.is_empty() || days.is_empty() {
             return Err("a window needs a name and at least one day".into());
         }
-        Ok(Window { name: w.name.clone(), tz, days, from, to })
+        Ok(Window {
+            name: w.name.clone(),
+            tz,
+            days,
+            from,
+            to,
+        })
     }
 
     /// Open at `now` (seconds since the epoch), in the window's own timezone (daylight saving
@@ -371,7 +420,11 @@ impl Window {
     /// For refusals: the local time the window was judged at.
     pub fn local_time(&self, now: i64) -> String {
         jiff::Timestamp::from_second(now)
-            .map(|ts| ts.to_zoned(self.tz.clone()).strftime("%a %H:%M %Z").to_string())
+            .map(|ts| {
+                ts.to_zoned(self.tz.clone())
+                    .strftime("%a %H:%M %Z")
+                    .to_string()
+            })
             .unwrap_or_default()
     }
 }

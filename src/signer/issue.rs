@@ -67,21 +67,36 @@ struct Facts {
 
 impl Signer {
     /// Judges one request and records the verdict; a certificate only once its record is durable.
-    pub async fn issue(&self, agent: &AgentIdentity, req: CertificateRequest) -> Result<Issued, Refusal> {
-        let now = crate::cert::now_secs();
+    pub async fn issue(
+        &self,
+        agent: &AgentIdentity,
+        req: CertificateRequest,
+    ) -> Result<Issued, Refusal> {
+        self.issue_at(agent, req, crate::cert::now_secs()).await
+    }
+
+    /// As [`Signer::issue`], judged at `now` (seconds since the epoch): tests of deploy
+    /// windows and approval lifetimes need a clock they choose.
+    pub async fn issue_at(
+        &self,
+        agent: &AgentIdentity,
+        req: CertificateRequest,
+        now: i64,
+    ) -> Result<Issued, Refusal> {
         let result = self.judge(agent, &req, now).await;
-        let subject = |policy: Option<String>, cert: Option<&Claims>, evidence: Option<Value>| Subject {
-            cert_id: cert.map(|c| c.jti.clone()),
-            iss: Some(self.issuer.clone()),
-            sub: Some(agent.name.clone()),
-            action: Some(req.proposal.action.clone()),
-            policy,
-            evidence,
-            target: req.proposal.target.as_str().to_string(),
-            request: json!({"proposal": req.proposal.digest(), "request": req.proposal.request,
+        let subject =
+            |policy: Option<String>, cert: Option<&Claims>, evidence: Option<Value>| Subject {
+                cert_id: cert.map(|c| c.jti.clone()),
+                iss: Some(self.issuer.clone()),
+                sub: Some(agent.name.clone()),
+                action: Some(req.proposal.action.clone()),
+                policy,
+                evidence,
+                target: req.proposal.target.as_str().to_string(),
+                request: json!({"proposal": req.proposal.digest(), "request": req.proposal.request,
                             "aud": req.proposal.aud, "peer": agent.x5t_s256}),
-            body_sha256: None,
-        };
+                body_sha256: None,
+            };
         let entry = match &result {
             Ok(i) => Entry {
                 kind: Kind::Decision,
@@ -112,18 +127,31 @@ impl Signer {
         };
         if let Err(e) = self.audit.record(entry).await {
             // Nothing leaves unrecorded: an issuance the log cannot hold is not made.
-            return Err(Refusal::new("audit_unavailable", format!("the signer's log: {e}")));
+            return Err(Refusal::new(
+                "audit_unavailable",
+                format!("the signer's log: {e}"),
+            ));
         }
         result
     }
 
-    async fn judge(&self, agent: &AgentIdentity, req: &CertificateRequest, now: i64) -> Result<Issued, Refusal> {
+    async fn judge(
+        &self,
+        agent: &AgentIdentity,
+        req: &CertificateRequest,
+        now: i64,
+    ) -> Result<Issued, Refusal> {
         let p = &req.proposal;
         let digest = p.digest();
-        let facts = self.gather(agent, req, &digest, now).await.map_err(|e| match e {
-            EvidenceError::Unavailable { .. } => Refusal::new("evidence_unavailable", e.to_string()),
-            EvidenceError::Invalid { .. } => Refusal::new("evidence_invalid", e.to_string()),
-        })?;
+        let facts = self
+            .gather(agent, req, &digest, now)
+            .await
+            .map_err(|e| match e {
+                EvidenceError::Unavailable { .. } => {
+                    Refusal::new("evidence_unavailable", e.to_string())
+                }
+                EvidenceError::Invalid { .. } => Refusal::new("evidence_invalid", e.to_string()),
+            })?;
         let requested_ttl = p.ttl_secs.unwrap_or(self.limits.default_ttl.as_secs());
         let requested_uses = p.max_uses.unwrap_or(1);
         let (rtype, rid, entities) = resource_entities(p, &agent.name, &digest)
@@ -135,7 +163,10 @@ impl Signer {
             .map_err(|m| Refusal::new("proposal_malformed", m))?;
         let grant = match verdict {
             Verdict::Forbid(ids) => {
-                let mut r = Refusal::new("policy_forbid", format!("forbidden by policy {}", ids.join(", ")));
+                let mut r = Refusal::new(
+                    "policy_forbid",
+                    format!("forbidden by policy {}", ids.join(", ")),
+                );
                 r.policy = ids.first().cloned();
                 return Err(r);
             }
@@ -154,7 +185,10 @@ impl Signer {
         let mut evidence = Map::new();
         evidence.insert("proposal".into(), json!(digest));
         if let Some(pr) = &facts.pr {
-            evidence.insert("pull_request".into(), json!(format!("{}#{}", pr.repo, pr.number)));
+            evidence.insert(
+                "pull_request".into(),
+                json!(format!("{}#{}", pr.repo, pr.number)),
+            );
             evidence.insert("commit".into(), json!(pr.head_sha));
             evidence.insert("ci".into(), json!(pr.checks));
         }
@@ -192,9 +226,14 @@ impl Signer {
             payload["cnf"] = json!({"x5t#S256": x5t});
         }
         // What the broker would refuse to read is refused here, naming why.
-        let claims = Claims::from_payload(payload.clone())
-            .map_err(|m| Refusal::new("proposal_malformed", format!("would not make a valid certificate: {m}")))?;
-        let token = crate::cert::jws::sign(&self.keys.active, CERT_TYP, &self.keys.active_kid, &payload);
+        let claims = Claims::from_payload(payload.clone()).map_err(|m| {
+            Refusal::new(
+                "proposal_malformed",
+                format!("would not make a valid certificate: {m}"),
+            )
+        })?;
+        let token =
+            crate::cert::jws::sign(&self.keys.active, CERT_TYP, &self.keys.active_kid, &payload);
         Ok(Issued { token, claims })
     }
 
@@ -222,11 +261,19 @@ impl Signer {
         Err(r)
     }
 
-    async fn gather(&self, agent: &AgentIdentity, req: &CertificateRequest, digest: &str, now: i64) -> Result<Facts, EvidenceError> {
+    async fn gather(
+        &self,
+        agent: &AgentIdentity,
+        req: &CertificateRequest,
+        digest: &str,
+        now: i64,
+    ) -> Result<Facts, EvidenceError> {
         let refs = &req.evidence;
         let missing_source = |kind: &str, source: &str| EvidenceError::Unavailable {
             source: source.to_string(),
-            message: format!("the proposal references {kind} but this signer has no {source} configured"),
+            message: format!(
+                "the proposal references {kind} but this signer has no {source} configured"
+            ),
         };
         // Approvals given with the request and approvals posted since, for this digest.
         let mut statements = refs.approvals.clone();
@@ -292,13 +339,23 @@ impl Signer {
 
 /// The refusal when no policy permits: what the policies written for this action needed, and
 /// what the evidence showed.
-fn not_permitted(p: &Proposal, req: &CertificateRequest, f: &Facts, candidates: &[Grant], errors: &[String]) -> Refusal {
+fn not_permitted(
+    p: &Proposal,
+    req: &CertificateRequest,
+    f: &Facts,
+    candidates: &[Grant],
+    errors: &[String],
+) -> Refusal {
     let mut parts = Vec::new();
     if candidates.is_empty() {
         parts.push(format!("no policy permits action {:?}", p.action));
     } else {
         let ids: Vec<&str> = candidates.iter().map(|g| g.policy.as_str()).collect();
-        parts.push(format!("no policy permits this {} (policies for it: {})", p.action, ids.join(", ")));
+        parts.push(format!(
+            "no policy permits this {} (policies for it: {})",
+            p.action,
+            ids.join(", ")
+        ));
     }
     for g in candidates {
         let missing: Vec<&str> = g
@@ -314,7 +371,11 @@ fn not_permitted(p: &Proposal, req: &CertificateRequest, f: &Facts, candidates: 
             })
             .collect();
         if !missing.is_empty() {
-            parts.push(format!("policy {} needs evidence not given: {}", g.policy, missing.join(", ")));
+            parts.push(format!(
+                "policy {} needs evidence not given: {}",
+                g.policy,
+                missing.join(", ")
+            ));
         }
     }
     if let Some(pr) = &f.pr {
@@ -323,7 +384,12 @@ fn not_permitted(p: &Proposal, req: &CertificateRequest, f: &Facts, candidates: 
         } else if pr.failing.is_empty() {
             parts.push(format!("CI of {}#{} has no check runs", pr.repo, pr.number));
         } else {
-            parts.push(format!("CI of {}#{} is not green: {}", pr.repo, pr.number, pr.failing.join(", ")));
+            parts.push(format!(
+                "CI of {}#{} is not green: {}",
+                pr.repo,
+                pr.number,
+                pr.failing.join(", ")
+            ));
         }
     }
     if let Some(r) = f.risk {
@@ -335,7 +401,14 @@ fn not_permitted(p: &Proposal, req: &CertificateRequest, f: &Facts, candidates: 
     if !f.open_windows.is_empty() {
         parts.push(format!("open windows: {}", f.open_windows.join(", ")));
     }
-    parts.push(format!("approvers: {}", if f.approvers.is_empty() { "none".to_string() } else { f.approvers.join(", ") }));
+    parts.push(format!(
+        "approvers: {}",
+        if f.approvers.is_empty() {
+            "none".to_string()
+        } else {
+            f.approvers.join(", ")
+        }
+    ));
     if let Some(d) = &f.deployed_images {
         parts.push(format!("{} image(s) deployed before", d.len()));
     }
@@ -344,7 +417,9 @@ fn not_permitted(p: &Proposal, req: &CertificateRequest, f: &Facts, candidates: 
     }
     let mut r = Refusal::new("not_permitted", parts.join("; "));
     r.policy = candidates.first().map(|g| g.policy.clone());
-    r.retry = candidates.iter().any(|g| g.needs.iter().any(|n| n == "approvals"));
+    r.retry = candidates
+        .iter()
+        .any(|g| g.needs.iter().any(|n| n == "approvals"));
     r
 }
 
@@ -375,14 +450,36 @@ fn context(f: &Facts, now: i64, ttl: u64, uses: u32) -> Value {
 }
 
 /// The resource entity (with its pins) and the principal, as Cedar entities JSON.
-fn resource_entities(p: &Proposal, agent: &str, digest: &str) -> Result<(&'static str, String, Value), String> {
+fn resource_entities(
+    p: &Proposal,
+    agent: &str,
+    digest: &str,
+) -> Result<(&'static str, String, Value), String> {
     let (rtype, fields): (&str, &[(&str, bool)]) = match p.target {
-        TargetKind::Http => ("HttpRoute", &[("upstream", true), ("method", true), ("path", true)]),
-        TargetKind::Aws => ("AwsCall", &[("service", true), ("region", true), ("operation", true), ("resource", false)]),
-        TargetKind::Kubernetes => ("KubeObject", &[
-            ("verb", true), ("group", true), ("resource", true),
-            ("subresource", false), ("namespace", false), ("name", false),
-        ]),
+        TargetKind::Http => (
+            "HttpRoute",
+            &[("upstream", true), ("method", true), ("path", true)],
+        ),
+        TargetKind::Aws => (
+            "AwsCall",
+            &[
+                ("service", true),
+                ("region", true),
+                ("operation", true),
+                ("resource", false),
+            ],
+        ),
+        TargetKind::Kubernetes => (
+            "KubeObject",
+            &[
+                ("verb", true),
+                ("group", true),
+                ("resource", true),
+                ("subresource", false),
+                ("namespace", false),
+                ("name", false),
+            ],
+        ),
     };
     let mut attrs = Map::new();
     let mut id = Vec::new();
@@ -393,8 +490,17 @@ fn resource_entities(p: &Proposal, agent: &str, digest: &str) -> Result<(&'stati
                 id.push(s.clone());
             }
             None if !required => {}
-            None => return Err(format!("proposal.request.{name} is required for a {} target", p.target.as_str())),
-            Some(other) => return Err(format!("proposal.request.{name} must be a string, not {other}")),
+            None => {
+                return Err(format!(
+                    "proposal.request.{name} is required for a {} target",
+                    p.target.as_str()
+                ))
+            }
+            Some(other) => {
+                return Err(format!(
+                    "proposal.request.{name} must be a string, not {other}"
+                ))
+            }
         }
     }
     let mut tags = Map::new();
@@ -404,7 +510,9 @@ fn resource_entities(p: &Proposal, agent: &str, digest: &str) -> Result<(&'stati
         Some(BodyRule::Sha256(_)) => ("sha256", true),
         Some(BodyRule::Constraints(c)) => {
             for (ptr, rule) in &c.constraints {
-                let Some(rule) = rule.as_object() else { continue };
+                let Some(rule) = rule.as_object() else {
+                    continue;
+                };
                 for (op, v) in rule {
                     match (op.as_str(), v) {
                         ("max" | "min" | "eq", Value::Number(n)) if n.as_i64().is_some() => {
@@ -422,7 +530,10 @@ fn resource_entities(p: &Proposal, agent: &str, digest: &str) -> Result<(&'stati
     };
     attrs.insert("body_kind".into(), json!(kind));
     attrs.insert("others_deny".into(), json!(others_deny));
-    attrs.insert("pins".into(), json!({"__entity": {"type": "Pins", "id": digest}}));
+    attrs.insert(
+        "pins".into(),
+        json!({"__entity": {"type": "Pins", "id": digest}}),
+    );
     let rid = id.join(" ");
     let entities = json!([
         {"uid": {"type": "Agent", "id": agent}, "attrs": {"name": agent}, "parents": []},

@@ -18,7 +18,7 @@ pub mod proposal;
 mod server;
 pub mod state;
 
-pub use issue::{Issued, Refusal};
+pub use issue::{AgentIdentity, Issued, Refusal};
 pub use server::{serve, Running};
 
 use crate::admission::revocation::{self, RevocationClaims, RevocationPayload};
@@ -53,8 +53,7 @@ impl Keys {
                 active = Some((key, kid));
             }
         }
-        let (active, active_kid) =
-            active.ok_or_else(|| anyhow::anyhow!("keys: no active key"))?;
+        let (active, active_kid) = active.ok_or_else(|| anyhow::anyhow!("keys: no active key"))?;
         Ok(Keys {
             active,
             active_kid,
@@ -211,7 +210,12 @@ impl Signer {
 
     /// Signs the revocation document anew with a fresh `iat` (the heartbeat).
     pub fn resign_revocation(&self) -> String {
-        let state = self.state.lock().unwrap_or_else(|p| p.into_inner()).1.clone();
+        let state = self
+            .state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .1
+            .clone();
         let doc = revocation::sign(
             &self.keys.active,
             &self.keys.active_kid,
@@ -246,7 +250,11 @@ impl Signer {
         let c = crate::cert::jws::parse(statement.trim(), evidence::APPROVAL_TYP)?;
         let p: evidence::ApprovalPayload = crate::json::from_checked(&c.payload)?;
         self.approvers
-            .verify(&[statement.to_string()], &p.proposal, crate::cert::now_secs())
+            .verify(
+                &[statement.to_string()],
+                &p.proposal,
+                crate::cert::now_secs(),
+            )
             .map_err(|e| e.to_string())?;
         let mut g = self
             .posted_approvals

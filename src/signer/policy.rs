@@ -154,13 +154,9 @@ impl Policies {
                         cedar_policy::ActionConstraint::Eq(u) => u == a,
                         cedar_policy::ActionConstraint::In(us) => us.contains(&a),
                     })
-                    .filter_map(|p| self.grant(&p.id().to_string()))
+                    .filter_map(|p| self.grant(p.id().as_ref()))
                     .collect();
-                let errors = resp
-                    .diagnostics()
-                    .errors()
-                    .map(|e| e.to_string())
-                    .collect();
+                let errors = resp.diagnostics().errors().map(|e| e.to_string()).collect();
                 Ok(Verdict::NotPermitted { candidates, errors })
             }
         }

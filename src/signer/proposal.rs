@@ -211,13 +211,34 @@ mod tests {
     #[test]
     fn refuses_repeats_unknowns_and_bad_repos() {
         for (bad, why) in [
-            (r#"{"proposal":{"action":"a","action":"b","target":"http","request":{}}}"#, "duplicate"),
-            (r#"{"proposal":{"action":"a","target":"http","request":{},"sub":"agent:root"}}"#, "unknown field"),
-            (r#"{"proposal":{"action":"a","target":"http","request":{}},"evidence":{"ci":"green"}}"#, "unknown field"),
-            (r#"{"proposal":{"action":"a","target":"http","request":{}},"evidence":{"pull_request":{"repo":"../x","number":1}}}"#, "owner/name"),
-            (r#"{"proposal":{"action":"a","target":"http","request":{}},"evidence":{"pull_request":{"repo":"a/b/c","number":1}}}"#, "owner/name"),
-            (r#"{"proposal":{"action":"a b","target":"http","request":{}}}"#, "letters"),
-            (r#"{"proposal":{"action":"a","target":"ftp","request":{}}}"#, "http"),
+            (
+                r#"{"proposal":{"action":"a","action":"b","target":"http","request":{}}}"#,
+                "duplicate",
+            ),
+            (
+                r#"{"proposal":{"action":"a","target":"http","request":{},"sub":"agent:root"}}"#,
+                "unknown field",
+            ),
+            (
+                r#"{"proposal":{"action":"a","target":"http","request":{}},"evidence":{"ci":"green"}}"#,
+                "unknown field",
+            ),
+            (
+                r#"{"proposal":{"action":"a","target":"http","request":{}},"evidence":{"pull_request":{"repo":"../x","number":1}}}"#,
+                "owner/name",
+            ),
+            (
+                r#"{"proposal":{"action":"a","target":"http","request":{}},"evidence":{"pull_request":{"repo":"a/b/c","number":1}}}"#,
+                "owner/name",
+            ),
+            (
+                r#"{"proposal":{"action":"a b","target":"http","request":{}}}"#,
+                "letters",
+            ),
+            (
+                r#"{"proposal":{"action":"a","target":"ftp","request":{}}}"#,
+                "http",
+            ),
         ] {
             let e = CertificateRequest::parse(bad.as_bytes()).unwrap_err();
             assert!(e.contains(why), "{bad}: {e}");

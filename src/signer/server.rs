@@ -81,9 +81,15 @@ pub async fn serve(cfg: SignerConfig) -> anyhow::Result<Running> {
         let acceptor = tokio_rustls::TlsAcceptor::from(tls);
         tasks.push(tokio::spawn(async move {
             loop {
-                let Ok((tcp, _)) = listener.accept().await else { continue };
-                let (signer, tokens, acceptor, push) =
-                    (signer.clone(), tokens.clone(), acceptor.clone(), push.clone());
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (signer, tokens, acceptor, push) = (
+                    signer.clone(),
+                    tokens.clone(),
+                    acceptor.clone(),
+                    push.clone(),
+                );
                 tokio::spawn(async move {
                     let Ok(Ok(stream)) = tokio::time::timeout(
                         std::time::Duration::from_secs(10),
@@ -116,13 +122,17 @@ pub async fn serve(cfg: SignerConfig) -> anyhow::Result<Running> {
         let (signer, push) = (signer.clone(), push.clone());
         tasks.push(tokio::spawn(async move {
             loop {
-                let Ok((tcp, _)) = admin.accept().await else { continue };
+                let Ok((tcp, _)) = admin.accept().await else {
+                    continue;
+                };
                 let (signer, push) = (signer.clone(), push.clone());
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req| {
                         let (signer, push) = (signer.clone(), push.clone());
                         async move {
-                            Ok::<_, std::convert::Infallible>(admin_route(req, &signer, &push).await)
+                            Ok::<_, std::convert::Infallible>(
+                                admin_route(req, &signer, &push).await,
+                            )
                         }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
@@ -170,13 +180,18 @@ impl Pusher {
 
     async fn push(&self, doc: &str) {
         let sends = self.urls.iter().map(|u| async move {
-            let req = match Request::post(u.as_str()).body(Full::new(Bytes::from(doc.to_string()))) {
+            let req = match Request::post(u.as_str()).body(Full::new(Bytes::from(doc.to_string())))
+            {
                 Ok(r) => r,
                 Err(e) => return tracing::warn!(url = %u, error = %e, "revocation push"),
             };
-            match tokio::time::timeout(std::time::Duration::from_secs(5), self.client.send(req)).await {
+            match tokio::time::timeout(std::time::Duration::from_secs(5), self.client.send(req))
+                .await
+            {
                 Ok(Ok(r)) if r.status().is_success() => {}
-                Ok(Ok(r)) => tracing::warn!(url = %u, status = %r.status(), "revocation push refused"),
+                Ok(Ok(r)) => {
+                    tracing::warn!(url = %u, status = %r.status(), "revocation push refused")
+                }
                 Ok(Err(e)) => tracing::warn!(url = %u, error = %e.0, "revocation push failed"),
                 Err(_) => tracing::warn!(url = %u, "revocation push timed out"),
             }
@@ -204,7 +219,13 @@ async fn body(req: Request<Incoming>) -> Result<Bytes, Response<Full<Bytes>>> {
         .collect()
         .await
         .map(|b| b.to_bytes())
-        .map_err(|e| problem(StatusCode::BAD_REQUEST, "proposal_malformed", format!("body: {e}")))
+        .map_err(|e| {
+            problem(
+                StatusCode::BAD_REQUEST,
+                "proposal_malformed",
+                format!("body: {e}"),
+            )
+        })
 }
 
 async fn public(
@@ -239,7 +260,10 @@ async fn public(
                 Ok(b) => b,
                 Err(r) => return r,
             };
-            match std::str::from_utf8(&b).map_err(|e| e.to_string()).and_then(|s| signer.post_approval(s)) {
+            match std::str::from_utf8(&b)
+                .map_err(|e| e.to_string())
+                .and_then(|s| signer.post_approval(s))
+            {
                 Ok(digest) => reply(StatusCode::OK, json!({"proposal": digest})),
                 Err(m) => problem(StatusCode::BAD_REQUEST, "evidence_invalid", m),
             }
@@ -305,7 +329,11 @@ async fn public(
     }
 }
 
-async fn admin_route(req: Request<Incoming>, signer: &Signer, push: &Pusher) -> Response<Full<Bytes>> {
+async fn admin_route(
+    req: Request<Incoming>,
+    signer: &Signer,
+    push: &Pusher,
+) -> Response<Full<Bytes>> {
     match (req.method().clone(), req.uri().path()) {
         (Method::POST, "/v1/revoke") => {
             let b = match body(req).await {
@@ -346,7 +374,11 @@ async fn admin_route(req: Request<Incoming>, signer: &Signer, push: &Pusher) -> 
                     push.push(&doc).await;
                     reply(StatusCode::OK, json!({"epoch": epoch, "updated": changed}))
                 }
-                Err(e) => problem(StatusCode::INTERNAL_SERVER_ERROR, "state_unavailable", format!("{e:#}")),
+                Err(e) => problem(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "state_unavailable",
+                    format!("{e:#}"),
+                ),
             }
         }
         (Method::POST, "/v1/reload") => match signer.reload_policies() {
@@ -355,7 +387,10 @@ async fn admin_route(req: Request<Incoming>, signer: &Signer, push: &Pusher) -> 
                     push.push(&signer.revocation_document()).await;
                 }
                 let (p, r) = signer.epochs();
-                reply(StatusCode::OK, json!({"changed": changed, "policy_epoch": p, "revocation_epoch": r}))
+                reply(
+                    StatusCode::OK,
+                    json!({"changed": changed, "policy_epoch": p, "revocation_epoch": r}),
+                )
             }
             Err(e) => problem(StatusCode::CONFLICT, "policies_invalid", format!("{e:#}")),
         },

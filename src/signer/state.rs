@@ -47,11 +47,12 @@ impl StateFile {
         crate::fsutil::create_dir(dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
         let path = dir.join(STATE_FILE);
         let state = match std::fs::read(&path) {
-            Ok(b) => crate::json::from_checked::<SignerState>(&b).and_then(|s| {
-                crate::json::check_strict(&b).map_err(|e| e.to_string())?;
-                Ok(s)
-            })
-            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
+            Ok(b) => crate::json::from_checked::<SignerState>(&b)
+                .and_then(|s| {
+                    crate::json::check_strict(&b).map_err(|e| e.to_string())?;
+                    Ok(s)
+                })
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => SignerState {
                 v: 1,
                 ..SignerState::default()

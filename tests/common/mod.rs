@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod moto;
+pub mod signer;
 
 use seb::admission::revocation::{self, RevocationClaims, RevocationPayload, Revoked};
 use seb::cert::{jws, keys, CERT_TYP};
