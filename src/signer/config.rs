@@ -280,9 +280,6 @@ impl SignerConfig {
                 }
             }
         }
-        for (i, w) in self.windows.iter().enumerate() {
-            super::evidence::Window::parse(w).map_err(|m| (format!("windows[{i}]"), m))?;
-        }
         let limits = &self.certificates;
         if limits.default_ttl.is_zero() || limits.default_ttl > limits.max_ttl {
             return err(

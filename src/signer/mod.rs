@@ -141,9 +141,9 @@ impl Signer {
             windows: cfg
                 .windows
                 .iter()
-                .map(Window::parse)
-                .collect::<Result<_, _>>()
-                .map_err(|e| anyhow::anyhow!("windows: {e}"))?,
+                .enumerate()
+                .map(|(i, w)| Window::parse(w).map_err(|e| anyhow::anyhow!("windows[{i}]: {e}")))
+                .collect::<anyhow::Result<_>>()?,
             limits: config::CertificateLimits {
                 default_ttl: cfg.certificates.default_ttl,
                 max_ttl: cfg.certificates.max_ttl,
