@@ -748,3 +748,73 @@ async fn broken_policies_are_refused_and_changes_raise_the_epoch() {
     let signer = Signer::new(&SignerConfig::load(&env.path("signer.toml")).unwrap()).unwrap();
     assert_eq!(signer.epochs(), (2, 2));
 }
+
+/// Every example in `certs/` loads: proposals as `seb request` reads them, judged by the
+/// example policies as certs/README.md says; claims files as `seb cert issue` reads them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_example_in_certs_loads() {
+    let w = world(None);
+    let now = TUE_10_BERLIN;
+    let mut seen = Vec::new();
+    for e in std::fs::read_dir(repo().join("certs")).unwrap() {
+        let path = e.unwrap().path();
+        if path.extension().is_none_or(|x| x != "json") {
+            continue;
+        }
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        seen.push(name.clone());
+        if name.ends_with("-claims.json") {
+            let key = w.env.path("signer.key");
+            let (code, out, err) = seb(&[
+                "cert",
+                "issue",
+                "--key",
+                key.to_str().unwrap(),
+                "--iss",
+                "signer",
+                "--sub",
+                "agent:demo",
+                "--ttl",
+                "5m",
+                "--claims",
+                path.to_str().unwrap(),
+            ]);
+            assert_eq!(code, 0, "{name}: {err}");
+            assert_eq!(out.trim().split('.').count(), 3, "{name}");
+            continue;
+        }
+        let req = seb::signer::agent::load_request(&path, None)
+            .unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        let mut v = serde_json::to_value(&req).unwrap();
+        let approvers: &[&str] = match name.as_str() {
+            "rollback.json" => &["alice"],
+            "break-glass.json" => &["alice", "bob"],
+            _ => &[],
+        };
+        let approvals = approvers
+            .iter()
+            .map(|a| approval(&w.env, a, &v, now))
+            .collect();
+        v = with_approvals(v, approvals);
+        let want = match name.as_str() {
+            "refund.json" => Some("refunds-under-100"),
+            "deploy.json" => Some("low-risk-deploy"),
+            "scale.json" => Some("scale-within-bounds"),
+            "rollback.json" => Some("emergency-rollback"),
+            "break-glass.json" => Some("break-glass"),
+            "refund-too-large.json" => None,
+            other => panic!("{other}: add it to this test and to certs/README.md"),
+        };
+        let got = judge(&w, "agent:oncall", &v, now).await;
+        match (want, got) {
+            (Some(p), Ok(i)) => assert_eq!(i.claims.seb.policy, p, "{name}"),
+            (None, Err(r)) => assert_eq!(r.code, "not_permitted", "{name}"),
+            (want, got) => panic!(
+                "{name}: wanted {want:?}, got {:?}",
+                got.map(|i| i.claims.seb.policy)
+            ),
+        }
+    }
+    seen.sort();
+    assert_eq!(seen.len(), 7, "{seen:?}");
+}
