@@ -1882,3 +1882,203 @@ fn an_aws_certificate_for_staging_is_refused_by_prod() {
     );
     assert_eq!(moto.state()["asg"]["web"], 3);
 }
+
+/// A loopback HTTP/1.1 server for the broker's credential sources: `answer(method, path,
+/// headers)` gives the status and body; every request head it saw is kept, lowercased.
+fn fake_credentials_source(
+    answer: impl Fn(&str, &str, &str) -> (u16, String) + Send + Sync + 'static,
+) -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let mut reader = BufReader::new(conn.try_clone().unwrap());
+            let mut head = String::new();
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                head.push_str(&line.to_ascii_lowercase());
+            }
+            let mut words = head.split_whitespace();
+            let (method, path) = (
+                words.next().unwrap_or("").to_uppercase(),
+                words.next().unwrap_or("").to_string(),
+            );
+            let (status, body) = answer(&method, &path, &head);
+            log.lock().unwrap().push(head);
+            let _ = write!(
+                conn,
+                // The TTL header is IMDSv2's (its token answer must carry it); others ignore it.
+                "HTTP/1.1 {status} X\r\ncontent-length: {}\r\nx-aws-ec2-metadata-token-ttl-seconds: 21600\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (port, seen)
+}
+
+/// The broker's base credentials come from the AWS SDK's chain: here, a container credentials
+/// endpoint with a token file (how EKS Pod Identity hands them out), then IMDSv2 (EC2), each
+/// serving the session of a role that may only assume the execution and read roles; with no
+/// source at all, mutations are refused as `identity_unavailable`.
+#[test]
+fn base_credentials_come_from_the_container_endpoint_or_imdsv2() {
+    let env = Env::new();
+    let moto = Moto::start(&env);
+    let session = moto.setup["broker_session"].to_string();
+    let cfg = aws_config(&moto, Mode::Sts, "");
+    let nowhere = env.path("no-such-aws-file").display().to_string();
+    let chain_env = |extra: &[(&str, String)]| {
+        let mut v: Vec<(String, String)> = [
+            // Blank: the SDK's environment provider then steps aside for the next source.
+            ("AWS_ACCESS_KEY_ID", String::new()),
+            ("AWS_SECRET_ACCESS_KEY", String::new()),
+            ("AWS_SESSION_TOKEN", String::new()),
+            ("AWS_CONFIG_FILE", nowhere.clone()),
+            ("AWS_SHARED_CREDENTIALS_FILE", nowhere.clone()),
+            ("SEB_TEST_AGENT_SECRET", AGENT_SECRET.to_string()),
+        ]
+        .iter()
+        .chain(extra)
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
+        v.dedup_by(|a, b| a.0 == b.0);
+        v
+    };
+    let scale = |broker: &Broker, count: &str| {
+        let cert = aws_cert(
+            &env,
+            req("ecs", "UpdateService", Some("prod/api")),
+            rule(
+                json!({"/cluster": {"eq": "prod"}, "/service": {"eq": "api"}, "/desiredCount": {"eq": count.parse::<u32>().unwrap()}}),
+            ),
+        );
+        aws(
+            &env,
+            broker,
+            Some(&cert),
+            &[
+                "ecs",
+                "update-service",
+                "--cluster",
+                "prod",
+                "--service",
+                "api",
+                "--desired-count",
+                count,
+            ],
+        )
+    };
+
+    // --- container credentials, token from a file ---
+    let token_file = env.path("pod-identity-token");
+    std::fs::write(&token_file, "pod-identity-secret").unwrap();
+    let body = session.clone();
+    let (port, seen) = fake_credentials_source(move |method, path, head| {
+        if method == "GET"
+            && path == "/creds"
+            && head.contains("authorization: pod-identity-secret")
+        {
+            (200, body.clone())
+        } else {
+            (403, "{}".into())
+        }
+    });
+    let broker = Broker::start_with_env(
+        &env,
+        &cfg,
+        chain_env(&[
+            (
+                "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                format!("http://127.0.0.1:{port}/creds"),
+            ),
+            (
+                "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+                token_file.display().to_string(),
+            ),
+            ("AWS_EC2_METADATA_DISABLED", "true".into()),
+        ]),
+    );
+    let out = scale(&broker, "3");
+    assert!(
+        out.ok,
+        "admitted under container credentials: {}",
+        out.stderr
+    );
+    assert_eq!(moto.state()["ecs"]["api"], json!(3));
+    assert!(
+        seen.lock()
+            .unwrap()
+            .iter()
+            .any(|h| h.starts_with("get /creds ")),
+        "the container endpoint was asked"
+    );
+    drop(broker);
+
+    // --- IMDSv2: a session token first, then the role's credentials under it ---
+    let body = session.clone();
+    let (port, seen) = fake_credentials_source(move |method, path, head| {
+        let authed = head.contains("x-aws-ec2-metadata-token: imds-session-1");
+        match (method, path) {
+            ("PUT", "/latest/api/token")
+                if head.contains("x-aws-ec2-metadata-token-ttl-seconds:") =>
+            {
+                (200, "imds-session-1".into())
+            }
+            (_, _) if !authed => (401, String::new()),
+            ("GET", "/latest/meta-data/iam/security-credentials/") => {
+                (200, "seb-broker-role".into())
+            }
+            ("GET", "/latest/meta-data/iam/security-credentials/seb-broker-role") => {
+                let mut v: Value = serde_json::from_str(&body).unwrap();
+                v["Code"] = json!("Success");
+                v["Type"] = json!("AWS-HMAC");
+                v["LastUpdated"] = json!("2026-01-01T00:00:00Z");
+                (200, v.to_string())
+            }
+            _ => (404, String::new()),
+        }
+    });
+    let broker = Broker::start_with_env(
+        &env,
+        &cfg,
+        chain_env(&[(
+            "AWS_EC2_METADATA_SERVICE_ENDPOINT",
+            format!("http://127.0.0.1:{port}"),
+        )]),
+    );
+    let out = scale(&broker, "4");
+    assert!(out.ok, "admitted under IMDSv2 credentials: {}", out.stderr);
+    assert_eq!(moto.state()["ecs"]["api"], json!(4));
+    let seen = seen.lock().unwrap().clone();
+    assert!(seen[0].starts_with("put /latest/api/token "), "{seen:#?}");
+    assert!(
+        seen.iter()
+            .filter(|h| h.starts_with("get "))
+            .all(|h| h.contains("x-aws-ec2-metadata-token: imds-session-1")),
+        "every metadata read carried the session token: {seen:#?}"
+    );
+    assert!(
+        seen.iter()
+            .any(|h| h
+                .starts_with("get /latest/meta-data/iam/security-credentials/seb-broker-role ")),
+        "{seen:#?}"
+    );
+    drop(broker);
+
+    // --- no source: refused, nothing changed ---
+    let broker = Broker::start_with_env(
+        &env,
+        &cfg,
+        chain_env(&[("AWS_EC2_METADATA_DISABLED", "true".into())]),
+    );
+    let out = scale(&broker, "5");
+    assert_refused(&out, "identity_unavailable", "no base credentials anywhere");
+    assert_eq!(moto.state()["ecs"]["api"], json!(4));
+}

@@ -48,8 +48,21 @@ def setup(endpoint):
     only_assume = json.dumps({"Version": "2012-10-17", "Statement": [
         {"Effect": "Allow", "Action": ["sts:AssumeRole", "sts:TagSession", "sts:SetSourceIdentity"], "Resource": "*"}]})
     out["broker"] = user_with_key(iam, "seb-broker", only_assume)
+    # The broker as it runs on ECS, EKS or EC2: its base credentials are a role's session, handed
+    # out by a container credentials endpoint or IMDS (the tests serve these from fakes).
+    broker_role = iam.create_role(RoleName="seb-broker-role", AssumeRolePolicyDocument=json.dumps({
+        "Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:root"},
+                                                "Action": "sts:AssumeRole"}]}))["Role"]
+    iam.put_role_policy(RoleName="seb-broker-role", PolicyName="only-assume", PolicyDocument=only_assume)
+    c = client(endpoint, "sts", out["admin"]).assume_role(RoleArn=broker_role["Arn"], RoleSessionName="seb-broker",
+                                                          DurationSeconds=3600)["Credentials"]
+    out["broker_session"] = {"AccessKeyId": c["AccessKeyId"], "SecretAccessKey": c["SecretAccessKey"],
+                             "Token": c["SessionToken"], "Expiration": c["Expiration"].strftime("%Y-%m-%dT%H:%M:%SZ")}
     trust = json.dumps({"Version": "2012-10-17", "Statement": [{
-        "Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:user/seb-broker"},
+        "Effect": "Allow", "Principal": {"AWS": [
+            f"arn:aws:iam::{ACCOUNT}:user/seb-broker", broker_role["Arn"],
+            # moto matches the caller's session ARN literally, where AWS also matches the role.
+            f"arn:aws:sts::{ACCOUNT}:assumed-role/seb-broker-role/seb-broker"]},
         "Action": ["sts:AssumeRole", "sts:TagSession", "sts:SetSourceIdentity"]}]})
     for role, policy in [("seb-exec", ALLOW_ALL), ("seb-read", json.dumps({"Version": "2012-10-17", "Statement": [
             {"Effect": "Allow", "Action": ["ec2:Describe*", "ecs:Describe*", "ecs:List*", "s3:List*", "s3:Get*",

@@ -154,6 +154,7 @@ impl AwsTarget {
                 .collect::<anyhow::Result<_>>()?,
             sts: StsClient::new(
                 cfg.sts_endpoint.clone().or_else(|| cfg.endpoint.clone()),
+                cfg.regions.first().cloned().unwrap_or_default(),
                 client.clone(),
             ),
             headers: header_rules(),
