@@ -93,8 +93,17 @@ impl Signer {
                 policy,
                 evidence,
                 target: req.proposal.target.as_str().to_string(),
-                request: json!({"proposal": req.proposal.digest(), "request": req.proposal.request,
-                            "aud": req.proposal.aud, "peer": agent.x5t_s256}),
+                // The target's own request members (method and path, operation, verb...) as
+                // the broker's records have them, so one query reads both logs alike.
+                request: {
+                    let mut r = req.proposal.request.clone();
+                    if let Some(o) = r.as_object_mut() {
+                        o.insert("proposal".into(), json!(req.proposal.digest()));
+                        o.insert("aud".into(), json!(req.proposal.aud));
+                        o.insert("peer".into(), json!(agent.x5t_s256));
+                    }
+                    r
+                },
                 body_sha256: None,
             };
         let entry = match &result {
@@ -395,20 +404,29 @@ fn not_permitted(
     if let Some(r) = f.risk {
         parts.push(format!("risk score {r}"));
     }
-    if !f.closed_windows.is_empty() {
-        parts.push(format!("deploy windows {}", f.closed_windows.join(", ")));
+    let needs = |kind: &str| candidates.iter().any(|g| g.needs.iter().any(|n| n == kind));
+    if needs("window") {
+        if !f.closed_windows.is_empty() {
+            parts.push(format!("deploy windows {}", f.closed_windows.join(", ")));
+        }
+        if !f.open_windows.is_empty() {
+            parts.push(format!("open windows: {}", f.open_windows.join(", ")));
+        }
     }
-    if !f.open_windows.is_empty() {
-        parts.push(format!("open windows: {}", f.open_windows.join(", ")));
-    }
-    parts.push(format!(
-        "approvers: {}",
-        if f.approvers.is_empty() {
+    if needs("approvals") || !f.approvers.is_empty() {
+        let names = if f.approvers.is_empty() {
             "none".to_string()
         } else {
             f.approvers.join(", ")
-        }
-    ));
+        };
+        parts.push(format!("approvers: {names}"));
+    }
+    if !candidates.is_empty() && candidates.iter().all(|g| g.needs.is_empty()) {
+        parts.push(
+            "the policies' conditions on the request and its body do not hold for this proposal"
+                .into(),
+        );
+    }
     if let Some(d) = &f.deployed_images {
         parts.push(format!("{} image(s) deployed before", d.len()));
     }
