@@ -23,9 +23,9 @@ const SUMMER_0630_UTC: i64 = SUMMER_0830_UTC - 2 * 3600;
 
 fn deploy(evidence: Value) -> Value {
     json!({"proposal": {"action": "deploy", "target": "aws", "aud": "prod-aws",
-        "request": {"service": "ecs", "region": "eu-west-1", "operation": "UpdateService"},
+        "request": {"service": "ecs", "region": "us-east-1", "operation": "UpdateService"},
         "body": {"constraints": {"/cluster": {"eq": "prod"}, "/service": {"eq": "api"},
-                                 "/taskDefinition": {"eq": "api:43"}}, "others": "deny"},
+                                 "/taskDefinition": {"eq": "api:1"}}, "others": "deny"},
         "ttl_secs": 600},
         "evidence": evidence})
 }
@@ -37,11 +37,11 @@ fn refund(max: i64, others: &str) -> Value {
         "ttl_secs": 3600, "max_uses": 5}})
 }
 
-fn scale(ns: &str, min: i64, max: i64) -> Value {
+fn scale(ns: &str, max: i64) -> Value {
     json!({"proposal": {"action": "scale", "target": "kubernetes", "aud": "cluster",
         "request": {"verb": "patch", "group": "apps", "resource": "deployments", "subresource": "scale",
                     "namespace": ns, "name": "web"},
-        "body": {"constraints": {"/spec/replicas": {"min": min, "max": max}}, "others": "deny"}}})
+        "body": {"constraints": {"/spec/replicas": {"max": max}}, "others": "deny"}}})
 }
 
 fn rollback(image: &str) -> Value {
@@ -421,7 +421,7 @@ async fn every_example_policy_over_real_evidence() {
         (
             "scale within bounds",
             "agent:oncall",
-            scale("shop", 2, 10),
+            scale("shop", 10),
             TUE_10_BERLIN,
             Want::Allow {
                 policy: "scale-within-bounds",
@@ -433,7 +433,7 @@ async fn every_example_policy_over_real_evidence() {
         (
             "scale beyond bounds",
             "agent:oncall",
-            scale("shop", 2, 50),
+            scale("shop", 50),
             TUE_10_BERLIN,
             Want::Deny {
                 code: "not_permitted",
@@ -444,7 +444,7 @@ async fn every_example_policy_over_real_evidence() {
         (
             "scale in another namespace",
             "agent:oncall",
-            scale("kube-system", 2, 10),
+            scale("kube-system", 10),
             TUE_10_BERLIN,
             Want::Deny {
                 code: "not_permitted",
@@ -613,6 +613,16 @@ async fn every_example_policy_over_real_evidence() {
         },
     );
 
+    let mut two_bounds = scale("shop", 10);
+    two_bounds["proposal"]["body"]["constraints"]["/spec/replicas"] = json!({"min": 2, "max": 10});
+    check(
+        "a body rule the broker would refuse as malformed",
+        judge(&w, "agent:oncall", &two_bounds, now).await,
+        &Want::Deny {
+            code: "proposal_malformed",
+            says: &["exactly one of"],
+        },
+    );
     // Every decision is in the signer's own log, which `seb audit verify` verifies and
     // `seb audit query --break-glass` filters.
     drop(w.signer);

@@ -235,6 +235,10 @@ impl Signer {
             payload["cnf"] = json!({"x5t#S256": x5t});
         }
         // What the broker would refuse to read is refused here, naming why.
+        if let Some(BodyRule::Constraints(rule)) = &p.body {
+            crate::contract::check_rule_shape(rule)
+                .map_err(|m| Refusal::new("proposal_malformed", format!("proposal.body: {m}")))?;
+        }
         let claims = Claims::from_payload(payload.clone()).map_err(|m| {
             Refusal::new(
                 "proposal_malformed",
