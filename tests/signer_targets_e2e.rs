@@ -16,7 +16,7 @@ use std::process::Command;
 /// A timezone in which it is about noon now, so a window from 00:00 to 23:59 there is open
 /// for hours whatever the time of day the test runs.
 fn noon_zone() -> String {
-    let hour = (now().rem_euclid(86_400) / 3600) as i64;
+    let hour = now().rem_euclid(86_400) / 3600;
     let mut off = 12 - hour;
     if off > 12 {
         off -= 24;
