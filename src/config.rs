@@ -15,7 +15,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+mod issuer;
 mod target;
+pub use issuer::IssuerConfig;
 pub use target::{TargetConfig, TargetKindConfig};
 
 #[derive(Debug, Deserialize)]
@@ -164,15 +166,6 @@ fn default_skew() -> Duration {
 }
 fn default_max_ttl() -> Duration {
     Duration::from_secs(3600)
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-#[serde(expecting = "an [[issuers]] table with name and public_key")]
-pub struct IssuerConfig {
-    /// The `iss` claim this key signs for.
-    pub name: String,
-    pub public_key: PathBuf,
 }
 
 #[derive(Debug, Deserialize)]
@@ -469,8 +462,8 @@ impl Config {
             return err("issuers", "at least one trusted issuer is needed");
         }
         for (i, issuer) in self.issuers.iter().enumerate() {
-            if issuer.name.is_empty() {
-                return err(&format!("issuers[{i}].name"), "must not be empty");
+            if let Err((field, m)) = issuer.validate() {
+                return err(&format!("issuers[{i}]{field}"), &m);
             }
         }
         match (&self.revocation.file, &self.revocation.url) {
@@ -572,7 +565,7 @@ impl Config {
             }
         }
         for i in &mut self.issuers {
-            fix(&mut i.public_key);
+            i.resolve(base);
         }
         if let Some(f) = &mut self.revocation.file {
             fix(f);

@@ -200,9 +200,7 @@ fn kubectl_scale_through_the_signer() {
     let admitted: Vec<Value> = audit_records(&env)
         .into_iter()
         .filter(|r| {
-            r["kind"] == "decision"
-                && r["decision"] == "allow"
-                && r["request"]["method"] == "PATCH"
+            r["kind"] == "decision" && r["decision"] == "allow" && r["request"]["method"] == "PATCH"
         })
         .collect();
     assert_eq!(admitted.len(), 1, "{admitted:?}");
