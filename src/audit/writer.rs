@@ -15,6 +15,13 @@ use std::sync::{Arc, Mutex, TryLockError};
 use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
+mod file;
+mod log;
+
+use file::file_id;
+pub(crate) use file::{default_opener, LogFile, Opener};
+pub(crate) use log::{Appended, Log};
+
 /// Upper bound on records per batch, so one batch's latency and buffer stay bounded.
 const MAX_BATCH: usize = 4096;
 
@@ -23,52 +30,6 @@ const MAX_BATCH: usize = 4096;
 /// sync of their own for each would double the syncs per admitted request, and every
 /// decision queued behind such a sync waits for it.
 pub(crate) const LAZY_SYNC: Duration = Duration::from_millis(50);
-
-/// File operations the writer needs, behind a trait so tests can make them fail.
-pub(crate) trait LogFile: Send {
-    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()>;
-    fn sync_data(&mut self) -> std::io::Result<()>;
-    fn set_len(&mut self, len: u64) -> std::io::Result<()>;
-    fn size(&self) -> std::io::Result<u64>;
-    /// (device, inode) of the open file, if it has one.
-    fn id(&self) -> Option<(u64, u64)> {
-        None
-    }
-}
-
-impl LogFile for std::fs::File {
-    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
-        Write::write_all(self, buf)
-    }
-    fn sync_data(&mut self) -> std::io::Result<()> {
-        std::fs::File::sync_data(self)
-    }
-    fn set_len(&mut self, len: u64) -> std::io::Result<()> {
-        std::fs::File::set_len(self, len)
-    }
-    fn size(&self) -> std::io::Result<u64> {
-        Ok(self.metadata()?.len())
-    }
-    fn id(&self) -> Option<(u64, u64)> {
-        use std::os::unix::fs::MetadataExt;
-        self.metadata().ok().map(|m| (m.dev(), m.ino()))
-    }
-}
-
-/// Opens the active file for appending, creating it if needed.
-pub(crate) type Opener = Box<dyn Fn(&Path) -> std::io::Result<Box<dyn LogFile>> + Send>;
-
-pub(crate) fn default_opener() -> Opener {
-    Box::new(|path| {
-        use std::os::unix::fs::OpenOptionsExt;
-        let f = std::fs::OpenOptions::new()
-            .append(true)
-            .create(true)
-            .mode(0o640)
-            .open(path)?;
-        Ok(Box::new(f) as Box<dyn LogFile>)
-    })
-}
 
 pub(crate) type Reply = oneshot::Sender<Result<u64, AuditUnavailable>>;
 
@@ -134,11 +95,6 @@ impl Shared {
     }
 }
 
-fn file_id(path: &Path) -> Option<(u64, u64)> {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
-}
-
 impl Shared {
     /// `fdatasync`, counted and timed: every sync of the active log goes through here, so the
     /// metrics count them all.
@@ -199,172 +155,6 @@ pub(crate) struct Mark {
     pub len: u64,
     pub seq: u64,
     pub prev: [u8; 32],
-}
-
-/// The writer behind its lock, and the records left for whoever holds it.
-///
-/// With `flush` the caller's own thread appends (there is no sync to share). Two shards
-/// appending at once would otherwise queue on the lock for a whole signature and write each
-/// (~25 µs), their threads asleep meanwhile; instead a caller that finds the writer busy
-/// leaves its record here and goes on, and the holder appends it with its own in one write.
-/// Every holder looks here again after unlocking, so no record waits for a later caller.
-pub(crate) struct Log {
-    writer: Mutex<Held>,
-    pending: Mutex<Vec<Job>>,
-    shared: Arc<Shared>,
-}
-
-struct Held {
-    writer: Writer,
-    /// Swapped with `pending` by each holder, so that neither list is reallocated per batch.
-    spare: Vec<Job>,
-}
-
-/// What became of a record given to [`Log::append`].
-pub(crate) enum Appended {
-    /// Written by the caller: its sequence number, or why it was not written.
-    Now(Result<u64, String>),
-    /// Left to the thread holding the writer, which answers here.
-    Left(oneshot::Receiver<Result<u64, AuditUnavailable>>),
-}
-
-impl Log {
-    pub(crate) fn new(writer: Writer) -> Log {
-        Log {
-            shared: writer.shared.clone(),
-            writer: Mutex::new(Held {
-                writer,
-                spare: Vec::new(),
-            }),
-            pending: Mutex::new(Vec::new()),
-        }
-    }
-
-    /// Appends a record someone waits for: at once if the writer is free (no queue, no
-    /// channel), else left to its holder.
-    pub(crate) fn append(&self, payload: Payload) -> Appended {
-        let _unwinding = FailOnPanic::new(self);
-        match self.writer.try_lock() {
-            Ok(mut h) => {
-                let sync = h.writer.durability == Durability::Fsync;
-                let (_, mut results) = h.writer.append(std::iter::once(&payload), sync);
-                drop(h);
-                self.drain();
-                Appended::Now(
-                    results
-                        .pop()
-                        .unwrap_or_else(|| Err("the record was not written".into())),
-                )
-            }
-            Err(TryLockError::WouldBlock) => {
-                let (reply, answer) = oneshot::channel();
-                self.submit(Job {
-                    payload,
-                    reply: Some(reply),
-                });
-                Appended::Left(answer)
-            }
-            Err(TryLockError::Poisoned(held)) => {
-                drop(held);
-                self.fail_pending();
-                Appended::Now(Err("the audit writer failed while holding the log".into()))
-            }
-        }
-    }
-
-    /// Appends `job` now, or leaves it to the thread that holds the writer. Never blocks on
-    /// the writer; the job's reply, if any, says when it is written.
-    pub(crate) fn submit(&self, job: Job) {
-        self.pending().push(job);
-        self.drain();
-    }
-
-    /// Waits for the writer (the writer thread), then appends what was left meanwhile.
-    /// None once the writer is poisoned: a panic mid-batch may have left its chain
-    /// half-updated, so nothing more may be appended to it.
-    pub(crate) fn with<R>(&self, f: impl FnOnce(&mut Writer) -> R) -> Option<R> {
-        let _unwinding = FailOnPanic::new(self);
-        let r = match self.writer.lock() {
-            Ok(mut h) => f(&mut h.writer),
-            Err(held) => {
-                drop(held);
-                self.fail_pending();
-                return None;
-            }
-        };
-        self.drain();
-        Some(r)
-    }
-
-    // Whoever submits a job and then fails to take the writer has seen it held; that holder
-    // takes `pending` again after it unlocks, and so sees the job (or another holder does,
-    // by the same argument). Hence the loop, and `pending` under its own short lock.
-    fn drain(&self) {
-        let _unwinding = FailOnPanic::new(self);
-        loop {
-            let mut h = match self.writer.try_lock() {
-                Ok(h) => h,
-                Err(TryLockError::WouldBlock) => return,
-                Err(TryLockError::Poisoned(held)) => {
-                    drop(held);
-                    return self.fail_pending();
-                }
-            };
-            let h = &mut *h;
-            std::mem::swap(&mut *self.pending(), &mut h.spare);
-            if h.spare.is_empty() {
-                return;
-            }
-            let _ = h.writer.write_batch(&mut h.spare, false);
-        }
-    }
-
-    /// The writer is gone for good: callers waiting on a job are answered by its dropped
-    /// reply, best-effort jobs are counted as dropped. The caller must not hold the writer.
-    fn fail_pending(&self) {
-        self.shared.writable.store(false, Ordering::Relaxed);
-        self.shared.gone.store(true, Ordering::Relaxed);
-        let mut jobs = std::mem::take(&mut *self.pending());
-        // Those a holder had taken when it panicked are still in its spare list.
-        if let Err(TryLockError::Poisoned(held)) = self.writer.try_lock() {
-            jobs.append(&mut held.into_inner().spare);
-        }
-        let lost = jobs.iter().filter(|j| j.reply.is_none()).count() as u64;
-        self.shared.dropped.fetch_add(lost, Ordering::Relaxed);
-    }
-
-    fn pending(&self) -> std::sync::MutexGuard<'_, Vec<Job>> {
-        // A push or a take cannot leave the vector half-changed.
-        self.pending.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-/// A holder that panics never looks at `pending` again, and the records it had taken stay in
-/// its spare list: without this, their callers would wait for an answer until their request
-/// timed out, and records left later would wait for a caller that finds the writer poisoned.
-/// A log used from a destructor while another panic unwinds is not failed by it.
-struct FailOnPanic<'a> {
-    log: &'a Log,
-    already: bool,
-}
-
-impl<'a> FailOnPanic<'a> {
-    fn new(log: &'a Log) -> Self {
-        FailOnPanic {
-            log,
-            already: std::thread::panicking(),
-        }
-    }
-}
-
-impl Drop for FailOnPanic<'_> {
-    fn drop(&mut self) {
-        // Declared before the writer's guard, so dropped after it: the writer is unlocked
-        // (poisoned) by the time this runs.
-        if !self.already && std::thread::panicking() {
-            self.log.fail_pending();
-        }
-    }
 }
 
 impl Writer {
@@ -717,134 +507,4 @@ impl Writer {
         out.write_all(&self.buf)?;
         out.flush()
     }
-
-    fn reopen(&mut self, path: &Path) -> std::io::Result<()> {
-        let created = !path.exists();
-        let mut file = (self.opener)(path)?;
-        if created {
-            // fdatasync on the file does not make its directory entry durable.
-            std::fs::File::open(parent_dir(path))?.sync_all()?;
-        }
-        let size = file.size()?;
-        if size > self.good_len {
-            // Leftovers of a failed write that could not be truncated at the time.
-            file.set_len(self.good_len)?;
-            self.shared.sync(file.as_mut())?;
-        } else if size < self.good_len {
-            tracing::warn!(file = %path.display(), size, expected = self.good_len, "audit log is shorter than written; someone else changed it");
-            self.good_len = size;
-        }
-        // The file opened, not whatever the path names a moment later.
-        self.file_id = file.id();
-        self.file = Some(file);
-        *self
-            .shared
-            .file_id
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = self.file_id.map(|id| (path.to_path_buf(), id));
-        Ok(())
-    }
-
-    /// The active file was deleted or replaced while open. Its records are lost to readers;
-    /// the chain continues in a new file from the last record still on disk, and its first
-    /// record says which numbers were lost. The batch in hand is refused.
-    fn lost_active_file(&mut self, path: &Path, replaced: bool) -> String {
-        let what = if replaced { "replaced" } else { "deleted" };
-        let mut moved = None;
-        if replaced {
-            // Appending to someone else's file would mix chains; keep it for the operator.
-            let aside = aside_path(path, "foreign");
-            match std::fs::rename(path, &aside) {
-                Ok(()) => moved = Some(aside),
-                Err(e) => {
-                    tracing::error!(file = %path.display(), error = %e, "could not move the replacing file aside; refusing until it is gone");
-                    self.file = None;
-                    return format!("the active audit log {} was replaced while open, and the new file could not be moved aside: {e}", path.display());
-                }
-            }
-        }
-        let (last_seq, last_prev) = last_remaining_line(path);
-        let lost = self
-            .active_first_seq
-            .map(|first| [first.min(last_seq + 1), self.seq]);
-        let message = format!(
-            "the active audit log {} was {what} while open{}",
-            path.display(),
-            moved
-                .as_ref()
-                .map(|m| format!("; the file found in its place was moved to {}", m.display()))
-                .unwrap_or_default()
-        );
-        tracing::error!(lost = ?lost, "{message}; continuing the chain in a new file");
-        if self.uncommitted > 0 {
-            self.shared
-                .dropped
-                .fetch_add(self.uncommitted, Ordering::Relaxed);
-        }
-        self.recovery = Some(RecoveryInfo {
-            what,
-            message: message.clone(),
-            lost_seq: lost,
-            dropped: None,
-            // This process still counts those uses in memory; a restart cannot.
-            uses_known: lost.is_none(),
-            spent: Vec::new(),
-        });
-        // The next record follows the lost ones, chained to the last line still on disk.
-        self.file = None;
-        self.file_id = None;
-        self.good_len = 0;
-        self.prev = last_prev;
-        self.committed = Mark {
-            len: 0,
-            seq: self.seq,
-            prev: last_prev,
-        };
-        self.uncommitted = 0;
-        self.uncommitted_since = None;
-        self.uncommitted_lines.clear();
-        self.active_first_seq = None;
-        message
-    }
-
-    /// Moves the active file to `<path>.<N+1>` and starts a fresh one; the chain carries on
-    /// because `seq` and `prev` live here, not in the file.
-    /// The caller has synced the active file and committed it.
-    fn rotate(&mut self, path: &Path) -> std::io::Result<()> {
-        self.file = None;
-        let n = rotated_files(path)?.last().map_or(1, |(n, _)| n + 1);
-        let mut dest = path.as_os_str().to_owned();
-        dest.push(format!(".{n}"));
-        std::fs::rename(path, &dest)?;
-        self.good_len = 0;
-        self.committed.len = 0;
-        self.active_first_seq = None;
-        // Creating the new file syncs the directory, which also makes the rename durable;
-        // if that failed, the rename still has to be.
-        if let Err(e) = self.reopen(path) {
-            std::fs::File::open(parent_dir(path))?.sync_all()?;
-            return Err(e);
-        }
-        tracing::info!(archived = %PathBuf::from(dest).display(), "audit log rotated");
-        Ok(())
-    }
-}
-
-/// The `seq` and line hash of the last record still on disk before the active file: the
-/// newest rotated file's last line, or the chain's start.
-fn last_remaining_line(path: &Path) -> (u64, [u8; 32]) {
-    let newest = rotated_files(path).ok().and_then(|r| r.last().cloned());
-    let Some((_, file)) = newest else {
-        return (0, GENESIS);
-    };
-    let Ok(data) = std::fs::read(&file) else {
-        return (0, GENESIS);
-    };
-    data.split(|&b| b == b'\n')
-        .rfind(|l| !l.is_empty())
-        .and_then(|l| {
-            let seq = crate::json::parse_strict(l).ok()?.get("seq")?.as_u64()?;
-            Some((seq, line_hash(l)))
-        })
-        .unwrap_or((0, GENESIS))
 }

@@ -5,10 +5,10 @@
 //!    the body is read within its limit, unless the target streams it (S3 uploads, bound by
 //!    their certified sha256 and verified in flight);
 //! 3. admit: certificate (signature, issuer, window, epochs, revocation, binding), contract
-//!    (operation, resource, body), drift; then the scoped execution identity the agent never
-//!    sees is minted (before the use, so an identity outage spends nothing); then one use is
-//!    spent;
-//! 4. audit: the signed decision record is durable before anything is sent;
+//!    (operation, resource, body), drift; then one use is spent;
+//! 4. audit: the signed decision record is durable before anything is sent; meanwhile the
+//!    scoped execution identity the agent never sees is minted (a failed mint gives the use
+//!    back, so an identity outage spends nothing);
 //! 5. sign + forward: the request is rebuilt with that identity and sent upstream (a request
 //!    that provably never left gives its use back);
 //! 6. audit: the outcome record, while the response streams back.
@@ -16,7 +16,10 @@
 //! Any `Err(Denial)` ends the request; [`handle`] writes the deny record and renders the
 //! refusal in the agent's own format. Nothing is forwarded unless every step said yes.
 
+mod prepare;
 mod record;
+
+pub use prepare::PATH as PREPARE_PATH;
 
 use super::metrics::{Decision, Phase};
 use super::Broker;
@@ -83,6 +86,7 @@ where
             RequestContext::new(broker.next_request_id(), target.error_dialect(&parts))
         });
     let request_id = &ctx.id;
+    let shared_target = target.clone();
     let (broker, target, conn) = (&*broker, &*target, &*conn);
     let mut record = Draft::new(target, &parts.method, parts.uri.path_and_query(), conn);
     let dialect = ctx.dialect;
@@ -93,17 +97,22 @@ where
     let close_unless_switched = parts.version <= http::Version::HTTP_11
         && (parts.method == http::Method::CONNECT
             || parts.headers.contains_key(http::header::UPGRADE));
-    let result = run(
-        broker,
-        target,
-        parts,
-        body,
-        conn,
-        &ctx,
-        &mut record,
-        started,
-    )
-    .await;
+    let result = if prepare::is_prepare(&parts) {
+        let r = &mut record;
+        prepare::prepare(broker, &shared_target, &parts, body, conn, request_id, r).await
+    } else {
+        run(
+            broker,
+            target,
+            parts,
+            body,
+            conn,
+            &ctx,
+            &mut record,
+            started,
+        )
+        .await
+    };
     broker.metrics.observe(Phase::Total, started.elapsed());
     let mut resp = answer(
         broker,
@@ -314,19 +323,6 @@ where
     )
     .await?;
 
-    // The identity is minted (or taken from its cache) before a use is spent: an identity
-    // service that is down refuses the request without burning a single-use certificate.
-    let identity_started = Instant::now();
-    let identity = within(
-        deadline,
-        "minting the execution identity",
-        target.identity(Some(&cert)),
-    )
-    .await?;
-    broker
-        .metrics
-        .observe(Phase::Identity, identity_started.elapsed());
-
     let (n, max) = broker
         .admission
         .take_use(&cert)
@@ -337,9 +333,30 @@ where
         .metrics
         .observe(Phase::Admit, admit_started.elapsed());
 
-    // 4. audit the decision, durably, before anything reaches the upstream
-    let audit_started = Instant::now();
-    let seq = broker.audit.record(record.allow()).await.map_err(|e| {
+    // 4. audit the decision, durably, before anything reaches the upstream; meanwhile the
+    //    execution identity is minted (or taken from its cache), so that a mint (one STS
+    //    AssumeRole) and the decision's sync cost the longer of the two, not their sum.
+    let allow = record.allow();
+    let (identity, seq) = tokio::join!(
+        async {
+            let started = Instant::now();
+            let minted = within(
+                deadline,
+                "minting the execution identity",
+                target.identity(Some(&cert)),
+            )
+            .await;
+            broker.metrics.observe(Phase::Identity, started.elapsed());
+            minted
+        },
+        async {
+            let started = Instant::now();
+            let seq = broker.audit.record(allow).await;
+            broker.metrics.observe(Phase::Audit, started.elapsed());
+            seq
+        }
+    );
+    let seq = seq.map_err(|e| {
         Denial::new(
             Reason::AuditUnavailable,
             format!("the decision could not be recorded durably: {}", e.0),
@@ -347,9 +364,19 @@ where
     })?;
     record.decision_seq = Some(seq);
     let _ = ctx.decided.set((seq, record.subject()));
-    broker
-        .metrics
-        .observe(Phase::Audit, audit_started.elapsed());
+    let identity = match identity {
+        Ok(identity) => identity,
+        Err(mut denial) => {
+            // An identity service that is down must not burn a single-use certificate: the
+            // use goes back, and the outcome record says so, so a restart does not count it.
+            broker.admission.give_back(&cert).await;
+            record.returned = true;
+            denial
+                .message
+                .push_str("; nothing was sent, and the certificate's use was given back");
+            return Err(denial);
+        }
+    };
 
     // 5. sign + forward (an admitted upgrade, such as a kubernetes exec, is joined to the
     //    upstream's once both sides have switched protocols)

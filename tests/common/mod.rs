@@ -78,14 +78,24 @@ pub struct Upstream {
 
 impl Upstream {
     pub fn start(dir: &Path) -> Upstream {
-        let log = dir.join("upstream.jsonl");
-        let port_file = dir.join("upstream.port");
+        Upstream::start_with(dir, "upstream", &[])
+    }
+
+    /// The recording upstream standing for STS too: AssumeRole answered after `delay` seconds.
+    pub fn start_sts(dir: &Path, delay: f64) -> Upstream {
+        Upstream::start_with(dir, "sts", &["--sts-delay", &delay.to_string()])
+    }
+
+    fn start_with(dir: &Path, name: &str, args: &[&str]) -> Upstream {
+        let log = dir.join(format!("{name}.jsonl"));
+        let port_file = dir.join(format!("{name}.port"));
         let mut cmd = Command::new("python3");
         cmd.arg(repo().join("tests/upstream/recording_upstream.py"))
             .arg("--log")
             .arg(&log)
             .arg("--port-file")
-            .arg(&port_file);
+            .arg(&port_file)
+            .args(args);
         let (port, child) = spawn_with_port_file(cmd, &port_file, "the recording upstream");
         Upstream {
             port,

@@ -324,7 +324,6 @@ async fn each_refusing_phase_stops_the_pipeline_there_and_spends_nothing() {
     for (fail, code, last) in [
         (Fail::Contract, "contract_mismatch", "check_contract"),
         (Fail::LiveState, "drift", "check_live_state"),
-        (Fail::Identity, "identity_unavailable", "identity"),
     ] {
         let w = world();
         let t = Arc::new(Fake::new(fail));
@@ -350,6 +349,44 @@ async fn each_refusing_phase_stops_the_pipeline_there_and_spends_nothing() {
             "{code}"
         );
     }
+}
+
+#[tokio::test]
+async fn an_identity_that_cannot_be_minted_gives_its_use_back_after_the_decision() {
+    // The identity is minted while the decision is made durable: a failed mint finds the
+    // decision written, so its outcome records the refusal and the use given back.
+    let w = world();
+    let t = Arc::new(Fake::new(Fail::Identity));
+    let cert = w.cert("j-3");
+    let (status, body) = w.send(&t, "POST", Some(&cert)).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("identity_unavailable"), "{body}");
+    assert!(body.contains("given back"), "{body}");
+    assert!(!t.calls().contains(&"upstream_request"), "{:?}", t.calls());
+    let records = w.records().await;
+    let kinds: Vec<(&Value, &Value)> = records
+        .iter()
+        .map(|r| (&r["kind"], &r["decision"]))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            (&json!("decision"), &json!("allow")),
+            (&json!("outcome"), &json!("allow"))
+        ]
+    );
+    assert_eq!(records[1]["outcome"], "returned");
+    assert_eq!(records[1]["reason"]["code"], "identity_unavailable");
+    // Given back: the single-use certificate is taken by the store once more.
+    assert_eq!(
+        w.broker
+            .admission
+            .take_use(&w.broker.admission.authenticate(&cert).unwrap())
+            .await
+            .unwrap()
+            .0,
+        1
+    );
 }
 
 #[tokio::test]

@@ -17,6 +17,7 @@
 mod connector;
 mod form;
 
+use super::config::{AwsIdentityMode, StaticCredentialsConfig};
 use super::sigv4::Credentials;
 use crate::denial::{Denial, Reason};
 use crate::upstream::{error_chain, UpstreamClient};
@@ -27,6 +28,7 @@ use aws_sdk_sts::error::SdkError;
 use aws_sdk_sts::types::Tag;
 use aws_smithy_types::timeout::TimeoutConfig;
 use connector::Connector;
+use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -60,7 +62,7 @@ pub struct StsClient {
     region: String,
     connector: Connector,
     sts: tokio::sync::OnceCell<aws_sdk_sts::Client>,
-    cache: moka::sync::Cache<String, Arc<Minted>>,
+    cache: moka::future::Cache<String, Arc<Minted>>,
 }
 
 fn unavailable(msg: impl Into<String>) -> Denial {
@@ -109,7 +111,7 @@ impl StsClient {
             region,
             connector: Connector::new(client),
             sts: tokio::sync::OnceCell::new(),
-            cache: moka::sync::Cache::builder()
+            cache: moka::future::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(Duration::from_secs(CACHE_SECONDS))
                 .build(),
@@ -149,19 +151,19 @@ impl StsClient {
             .await
     }
 
-    /// Cached by `key` (the certificate id, or the read role).
+    /// Cached by `key` (the certificate id, or the read role). Callers asking for a key whose
+    /// session is being minted wait for that one mint (a prepare, then the use it prepared),
+    /// and a failed mint is not cached: the next caller tries again.
     pub async fn assume_cached(
         &self,
         key: &str,
         region: &str,
         req: AssumeRole<'_>,
     ) -> Result<Arc<Minted>, Denial> {
-        if let Some(m) = self.cache.get(key) {
-            return Ok(m);
-        }
-        let minted = Arc::new(self.assume(region, req).await?);
-        self.cache.insert(key.to_string(), minted.clone());
-        Ok(minted)
+        self.cache
+            .try_get_with_by_ref(key, async { self.assume(region, req).await.map(Arc::new) })
+            .await
+            .map_err(|e| (*e).clone())
     }
 
     pub async fn assume(&self, region: &str, req: AssumeRole<'_>) -> Result<Minted, Denial> {
@@ -236,6 +238,76 @@ impl StsClient {
             credentials,
         })
     }
+}
+
+impl super::AwsTarget {
+    pub(super) async fn read_credentials(
+        &self,
+        region: &str,
+    ) -> Result<(Credentials, Value), Denial> {
+        match self.mode {
+            AwsIdentityMode::Static => {
+                let c = self
+                    .read_static_credentials
+                    .as_ref()
+                    .or(self.static_credentials.as_ref())
+                    .ok_or_else(|| {
+                        Denial::new(Reason::IdentityUnavailable, "no static read credentials")
+                    })?;
+                Ok((c.clone(), static_audit(c, "read")))
+            }
+            AwsIdentityMode::Sts => {
+                let role = self.read_role_arn.as_deref().ok_or_else(|| {
+                    Denial::new(
+                        Reason::IdentityUnavailable,
+                        format!(
+                            "aws target {:?} has no read_role_arn for reads and preconditions",
+                            self.name
+                        ),
+                    )
+                })?;
+                let m = self
+                    .sts
+                    .assume_cached(
+                        &format!("\u{0}read\u{0}{region}"),
+                        region,
+                        AssumeRole {
+                            role_arn: role,
+                            session_name: sanitize_session_name(&format!("seb-read-{}", self.name)),
+                            source_identity: None,
+                            policy: None,
+                            tags: vec![("seb-purpose", "read".into())],
+                        },
+                    )
+                    .await?;
+                Ok((m.credentials.clone(), m.audit.clone()))
+            }
+        }
+    }
+}
+
+pub(super) fn static_audit(c: &Credentials, purpose: &str) -> Value {
+    json!({
+        "kind": "static",
+        "purpose": purpose,
+        "access_key_id": c.access_key_id,
+        "note": "static credentials from the broker config (emulators and tests): not scoped per certificate",
+    })
+}
+
+pub(super) fn load_static(c: &StaticCredentialsConfig, at: &str) -> anyhow::Result<Credentials> {
+    let load = |s: &crate::secret::SecretSource, f: &str| {
+        s.load().map_err(|e| anyhow::anyhow!("{at}.{f}: {e}"))
+    };
+    Ok(Credentials {
+        access_key_id: load(&c.access_key_id, "access_key_id")?,
+        secret_access_key: load(&c.secret_access_key, "secret_access_key")?,
+        session_token: c
+            .session_token
+            .as_ref()
+            .map(|t| load(t, "session_token"))
+            .transpose()?,
+    })
 }
 
 #[cfg(test)]

@@ -10,9 +10,11 @@
 //! [`sigv4`] (re-signing), [`denial`] (refusals in the agent's error dialect), [`drift`]
 //! (precondition read calls).
 
+mod agent;
 pub mod config;
 pub mod denial;
 pub mod drift;
+mod forward;
 pub mod identity;
 pub mod model;
 pub mod policy;
@@ -26,11 +28,14 @@ use crate::cert::{Certificate, TargetKind};
 use crate::contract::{self, BodyView};
 use crate::denial::{Denial, Reason};
 use crate::upstream::{UpstreamBody, UpstreamClient};
+use agent::signing_key_id;
+pub use agent::{certificate, CERT_HINT};
 use bytes::Bytes;
-use config::{AwsIdentityMode, AwsTargetConfig, StaticCredentialsConfig};
+use config::{AwsIdentityMode, AwsTargetConfig};
+use forward::header_rules;
 use http::{HeaderMap, Request, Uri};
 use http_body_util::Full;
-use identity::{AssumeRole, StsClient};
+use identity::{load_static, static_audit, AssumeRole, StsClient};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -72,21 +77,6 @@ pub struct AwsContract {
     pub operation: String,
     #[serde(default)]
     pub resource: Option<String>,
-}
-
-fn load_static(c: &StaticCredentialsConfig, at: &str) -> anyhow::Result<Credentials> {
-    let load = |s: &crate::secret::SecretSource, f: &str| {
-        s.load().map_err(|e| anyhow::anyhow!("{at}.{f}: {e}"))
-    };
-    Ok(Credentials {
-        access_key_id: load(&c.access_key_id, "access_key_id")?,
-        secret_access_key: load(&c.secret_access_key, "secret_access_key")?,
-        session_token: c
-            .session_token
-            .as_ref()
-            .map(|t| load(t, "session_token"))
-            .transpose()?,
-    })
 }
 
 fn contract_of(cert: &Certificate) -> Result<AwsContract, Denial> {
@@ -184,121 +174,6 @@ impl AwsTarget {
             ));
         }
         Ok(call)
-    }
-
-    async fn read_credentials(&self, region: &str) -> Result<(Credentials, Value), Denial> {
-        match self.mode {
-            AwsIdentityMode::Static => {
-                let c = self
-                    .read_static_credentials
-                    .as_ref()
-                    .or(self.static_credentials.as_ref())
-                    .ok_or_else(|| {
-                        Denial::new(Reason::IdentityUnavailable, "no static read credentials")
-                    })?;
-                Ok((c.clone(), static_audit(c, "read")))
-            }
-            AwsIdentityMode::Sts => {
-                let role = self.read_role_arn.as_deref().ok_or_else(|| {
-                    Denial::new(
-                        Reason::IdentityUnavailable,
-                        format!(
-                            "aws target {:?} has no read_role_arn for reads and preconditions",
-                            self.name
-                        ),
-                    )
-                })?;
-                let m = self
-                    .sts
-                    .assume_cached(
-                        &format!("\u{0}read\u{0}{region}"),
-                        region,
-                        AssumeRole {
-                            role_arn: role,
-                            session_name: identity::sanitize_session_name(&format!(
-                                "seb-read-{}",
-                                self.name
-                            )),
-                            source_identity: None,
-                            policy: None,
-                            tags: vec![("seb-purpose", "read".into())],
-                        },
-                    )
-                    .await?;
-                Ok((m.credentials.clone(), m.audit.clone()))
-            }
-        }
-    }
-
-    /// Where a call for `service` in `region` goes.
-    fn upstream_base(&self, service: &model::Service, region: &str) -> Result<Uri, Denial> {
-        if let Some(e) = &self.endpoint {
-            return Ok(e.clone());
-        }
-        let host = match &service.global_endpoint {
-            Some(g) => g.clone(),
-            None => format!("{}.{region}.amazonaws.com", service.endpoint_prefix),
-        };
-        format!("https://{host}")
-            .parse()
-            .map_err(|e| Denial::new(Reason::RequestMalformed, format!("bad endpoint: {e}")))
-    }
-
-    /// Method, URL and headers of the upstream request, signed over `payload`.
-    fn upstream_head(
-        &self,
-        parts: &http::request::Parts,
-        call: &protocol::Call,
-        identity: &Identity,
-        request_id: &str,
-        payload: Payload<'_>,
-        content_length: Option<u64>,
-    ) -> Result<Request<()>, Denial> {
-        let creds = identity.aws.as_ref().ok_or_else(|| {
-            Denial::new(
-                Reason::IdentityUnavailable,
-                "no AWS credentials were minted",
-            )
-        })?;
-        let base = self.upstream_base(call.service, &call.scope.region)?;
-        let path_and_query = match forwarded_query(parts.uri.query().unwrap_or(""))? {
-            q if q.is_empty() => parts.uri.path().to_string(),
-            q => format!("{}?{q}", parts.uri.path()),
-        };
-        let uri = super::upstream_uri(&base, &path_and_query)?;
-        let mut req = Request::builder()
-            .method(parts.method.clone())
-            .uri(uri)
-            .body(())
-            .map_err(|e| {
-                Denial::new(
-                    Reason::RequestMalformed,
-                    format!("cannot build the upstream request: {e}"),
-                )
-            })?;
-        copy_headers(
-            &parts.headers,
-            &self.headers,
-            req.headers_mut(),
-            call.aws_chunked,
-        )?;
-        if let Some(n) = content_length {
-            req.headers_mut()
-                .insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(n));
-        }
-        sigv4::sign_request(
-            &mut req,
-            creds,
-            &call.service.signing_name,
-            &call.scope.region,
-            payload,
-            SystemTime::now(),
-        )?;
-        // Added after signing: AWS ignores it, and it ties upstream logs to the audit record.
-        if let Ok(v) = http::HeaderValue::from_str(request_id) {
-            req.headers_mut().insert("x-request-id", v);
-        }
-        Ok(req)
     }
 }
 
@@ -661,15 +536,6 @@ impl Target for AwsTarget {
     }
 }
 
-fn static_audit(c: &Credentials, purpose: &str) -> Value {
-    json!({
-        "kind": "static",
-        "purpose": purpose,
-        "access_key_id": c.access_key_id,
-        "note": "static credentials from the broker config (emulators and tests): not scoped per certificate",
-    })
-}
-
 fn param_names(params: &Value) -> String {
     params
         .as_object()
@@ -688,140 +554,6 @@ fn payload_sha256(call: &protocol::Call, body: &BodyView) -> Result<String, Deni
         Ok(body.sha256_hex.to_string())
     }
 }
-
-/// The agent's query string minus presigned-URL authentication, in its original spelling.
-fn forwarded_query(q: &str) -> Result<String, Denial> {
-    let mut kept = Vec::new();
-    for piece in q.split('&').filter(|p| !p.is_empty()) {
-        let key = protocol::percent_decode(piece.split('=').next().unwrap_or(""))?;
-        if !key.to_ascii_lowercase().starts_with("x-amz-")
-            || !matches!(
-                key.to_ascii_lowercase().as_str(),
-                "x-amz-algorithm"
-                    | "x-amz-credential"
-                    | "x-amz-date"
-                    | "x-amz-expires"
-                    | "x-amz-signedheaders"
-                    | "x-amz-signature"
-                    | "x-amz-security-token"
-            )
-        {
-            kept.push(piece);
-        }
-    }
-    Ok(kept.join("&"))
-}
-
-/// Which agent headers travel: the shared rules, plus the agent's signature and certificate
-/// (the certificate rides in `X-Amz-Security-Token` and never goes upstream), which the broker
-/// replaces when it re-signs. AWS reads any `x-amz-` header as a parameter, so no folded
-/// spelling of one may travel; S3 metadata names (`x-amz-meta-`) are the user's own.
-fn header_rules() -> super::headers::HeaderRules {
-    use super::headers::{Exact, HeaderRules};
-    let mut r = HeaderRules::new();
-    for n in [
-        "x-amz-security-token",
-        "x-amz-date",
-        "x-amz-content-sha256",
-        "expect",
-        "user-agent",
-    ] {
-        r = r.name(n, Exact::Strip);
-    }
-    r.user_prefix("x-amz-meta-").prefix("x-amz-", Exact::Keep)
-}
-
-/// The agent's headers as the header rules let them travel, and for aws-chunked bodies minus
-/// the framing headers, since the broker forwards the decoded payload.
-fn copy_headers(
-    from: &HeaderMap,
-    rules: &super::headers::HeaderRules,
-    to: &mut HeaderMap,
-    aws_chunked: bool,
-) -> Result<(), Denial> {
-    let mut copied = HeaderMap::new();
-    super::headers::copy(from, rules, &mut copied)?;
-    for (name, value) in &copied {
-        let n = name.as_str();
-        let drop = aws_chunked
-            && matches!(
-                n,
-                "x-amz-decoded-content-length" | "x-amz-trailer" | "content-encoding"
-            );
-        if !drop {
-            to.append(name.clone(), value.clone());
-        }
-    }
-    if aws_chunked {
-        // Keep any real content coding listed beside aws-chunked (S3 stores it as metadata).
-        let rest: Vec<String> = from
-            .get_all(http::header::CONTENT_ENCODING)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(|e| e.trim().to_string())
-            .filter(|e| !e.is_empty() && !e.eq_ignore_ascii_case("aws-chunked"))
-            .collect();
-        if let Ok(v) = http::HeaderValue::from_str(&rest.join(", ")) {
-            if !rest.is_empty() {
-                to.insert(http::header::CONTENT_ENCODING, v);
-            }
-        }
-    }
-    Ok(())
-}
-
-/// The access key id the request is signed with: from the `Authorization` header's
-/// credential scope, or a presigned URL's `X-Amz-Credential`.
-fn signing_key_id(parts: &http::request::Parts) -> Result<Option<String>, Denial> {
-    if let Some(auth) = parts
-        .headers
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-    {
-        return Ok(auth
-            .split("Credential=")
-            .nth(1)
-            .and_then(|c| c.split('/').next())
-            .map(str::to_string));
-    }
-    for (k, v) in protocol::query_pairs(parts.uri.query().unwrap_or(""))? {
-        if k.eq_ignore_ascii_case("x-amz-credential") {
-            return Ok(v.split('/').next().map(str::to_string));
-        }
-    }
-    Ok(None)
-}
-
-/// `X-Amz-Security-Token` as a header or a presigned-URL query parameter; exactly one.
-pub fn certificate(parts: &http::request::Parts) -> Result<Option<String>, Denial> {
-    let mut found: Vec<String> = Vec::new();
-    for v in parts.headers.get_all("x-amz-security-token") {
-        found.push(
-            v.to_str()
-                .map_err(|_| {
-                    Denial::new(Reason::CertMalformed, "X-Amz-Security-Token is not ASCII")
-                })?
-                .trim()
-                .to_string(),
-        );
-    }
-    for (k, v) in protocol::query_pairs(parts.uri.query().unwrap_or(""))? {
-        if k.eq_ignore_ascii_case("x-amz-security-token") {
-            found.push(v.trim().to_string());
-        }
-    }
-    match found.len() {
-        0 => Ok(None),
-        1 => Ok(found.pop()),
-        _ => Err(Denial::new(
-            Reason::CertMalformed,
-            "more than one X-Amz-Security-Token was presented; send exactly one certificate",
-        )),
-    }
-}
-
-pub const CERT_HINT: &str = "this AWS call is not on the list of reads that pass without a certificate (it changes state or returns a secret) and carries none; set AWS_SESSION_TOKEN to the certificate";
 
 #[cfg(test)]
 mod tests;
