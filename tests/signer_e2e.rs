@@ -293,3 +293,151 @@ async fn agent_signer_broker_upstream_and_the_signer_stopped() {
         .iter()
         .all(|r| r["policy"] == "refunds-under-100" && r["evidence"]["proposal"].is_string()));
 }
+
+/// Break-glass through the real path: `seb request --wait` keeps asking while the signer says
+/// approvals are missing (progress on stderr); two approvers post theirs with `seb approve
+/// --post`; the certificate comes, marked break_glass, and the broker admits it once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn break_glass_waits_for_two_approvers() {
+    let s = stack();
+    let mut args = vec!["request".to_string()];
+    args.extend(request_args(&s, "break-glass.json", true));
+    args.extend(["--wait".into(), "30s".into()]);
+    let waiting = Command::new(seb_bin())
+        .args(&args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let approve = |who: &str| {
+        let key = s.env.path(&format!("approver-{who}.key"));
+        seb(&[
+            "approve",
+            "--key",
+            key.to_str().unwrap(),
+            "--name",
+            who,
+            "--proposal",
+            repo().join("certs/break-glass.json").to_str().unwrap(),
+            "--post",
+            &s.signer.url(),
+            "--ca",
+            s.env.path("tls/ca.pem").to_str().unwrap(),
+        ])
+    };
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (code, _, err) = approve("alice");
+    assert_eq!(code, 0, "{err}");
+    // An approval by a key no approver has is refused where it is posted.
+    let (code, _, err) = approve("mallory");
+    assert_ne!(code, 0);
+    assert!(err.contains("no configured approver"), "{err}");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (code, _, err) = approve("bob");
+    assert_eq!(code, 0, "{err}");
+    let out = tokio::task::spawn_blocking(move || waiting.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("waiting for approvals"), "{stderr}");
+    let cert = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let c = claims(&cert);
+    assert_eq!(c["seb"]["policy"], "break-glass");
+    assert_eq!(c["seb"]["evidence"]["break_glass"], true);
+    assert_eq!(
+        c["seb"]["evidence"]["approvers"],
+        serde_json::json!(["alice", "bob"])
+    );
+    assert!(c["exp"].as_i64().unwrap() - c["nbf"].as_i64().unwrap() <= 120);
+    let auth = format!("Bearer {cert}");
+    let mtls = client(&s.env, true);
+    let url = s.broker.url("/v1/accounts/acct_7/unfreeze");
+    let r = send(&mtls, "POST", &url, &[("authorization", &auth)], b"").await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let r = send(&mtls, "POST", &url, &[("authorization", &auth)], b"").await;
+    assert_eq!(r.code(), "replayed");
+    // Listed on its own in both logs.
+    let broker_log = s.env.path("audit.jsonl");
+    let (_, out, _) = seb(&[
+        "audit",
+        "query",
+        broker_log.to_str().unwrap(),
+        "--break-glass",
+        "--kind",
+        "decision",
+        "--decision",
+        "allow",
+    ]);
+    assert_eq!(out.lines().count(), 1, "{out}");
+    let signer_log = s.env.path("signer-audit/audit.jsonl");
+    let (_, out, _) = seb(&[
+        "audit",
+        "query",
+        signer_log.to_str().unwrap(),
+        "--break-glass",
+    ]);
+    assert_eq!(out.lines().count(), 1, "{out}");
+}
+
+/// Who may ask: a wrong token, no credential, a client certificate from a CA the signer does
+/// not trust, and a body over the limit are all refused before any policy is read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_signer_refuses_callers_it_cannot_name() {
+    let s = stack();
+    let url = format!("{}/v1/certificates", s.signer.url());
+    let body = std::fs::read(repo().join("certs/refund.json")).unwrap();
+    let plain = client(&s.env, false);
+    let r = send(
+        &plain,
+        "POST",
+        &url,
+        &[JSON, ("authorization", "Bearer not-a-token")],
+        &body,
+    )
+    .await;
+    assert_eq!((r.status, r.code()), (401, "agent_unknown"));
+    let r = send(&plain, "POST", &url, &[JSON], &body).await;
+    assert_eq!((r.status, r.code()), (401, "agent_unknown"));
+    let r = send(
+        &plain,
+        "POST",
+        &url,
+        &[JSON, ("authorization", &format!("Bearer {SIGNER_TOKEN}"))],
+        &vec![b' '; 300 * 1024],
+    )
+    .await;
+    assert_eq!((r.status, r.code()), (400, "proposal_malformed"));
+    // A proposal naming its own subject is refused, not believed.
+    let mut v: Value = serde_json::from_slice(&body).unwrap();
+    v["proposal"]["sub"] = "agent:root".into();
+    let r = send(
+        &plain,
+        "POST",
+        &url,
+        &[JSON, ("authorization", &format!("Bearer {SIGNER_TOKEN}"))],
+        v.to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!((r.status, r.code()), (400, "proposal_malformed"));
+    // An agent certificate from another CA: the TLS handshake fails.
+    let other = seb::devcerts::write_dev_certs(&s.env.path("other-ca"), "agent:intruder").unwrap();
+    let mut pem = std::fs::read(other.dir.join("agent.pem")).unwrap();
+    pem.extend(std::fs::read(other.dir.join("agent.key")).unwrap());
+    let intruder = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(&std::fs::read(s.env.path("tls/ca.pem")).unwrap())
+                .unwrap(),
+        )
+        .identity(reqwest::Identity::from_pem(&pem).unwrap())
+        .build()
+        .unwrap();
+    assert!(
+        intruder.post(&url).body(body.clone()).send().await.is_err(),
+        "a foreign client certificate got through"
+    );
+    assert_eq!(posts(&s.up), 0);
+}
