@@ -18,6 +18,7 @@
 
 mod prepare;
 mod record;
+mod upgrade;
 
 pub use prepare::PATH as PREPARE_PATH;
 
@@ -510,7 +511,7 @@ async fn forward<T: Target>(
         let session = broker.connections.hold();
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
         tokio::spawn(async move {
-            join_upgraded(client_upgrade, upstream_upgrade).await;
+            upgrade::join_upgraded(client_upgrade, upstream_upgrade).await;
             drop(session);
         });
     }
@@ -560,27 +561,6 @@ async fn within<T>(
                 format!("{what} did not finish within the request's deadline"),
             ))
         })
-}
-
-/// Copies bytes both ways between the agent's upgraded connection and the upstream's until
-/// either side closes.
-async fn join_upgraded(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
-    match tokio::join!(client, upstream) {
-        (Ok(c), Ok(u)) => {
-            let mut c = hyper_util::rt::TokioIo::new(c);
-            let mut u = hyper_util::rt::TokioIo::new(u);
-            if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
-                tracing::debug!(error = %e, "upgraded connection ended with an error");
-            }
-        }
-        (c, u) => {
-            tracing::debug!(
-                client = c.is_ok(),
-                upstream = u.is_ok(),
-                "upgrade did not complete"
-            );
-        }
-    }
 }
 
 async fn read_body<B>(
