@@ -227,6 +227,7 @@ fn bench_audit_with(c: &mut Criterion, group: &str, durability: Durability, samp
             rotate_bytes: None,
             stdout: false,
             broker_id: "bench".into(),
+            shadow_targets: Vec::new(),
         },
         keys::generate(),
     )

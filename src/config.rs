@@ -18,7 +18,7 @@ use std::time::Duration;
 mod issuer;
 mod target;
 pub use issuer::IssuerConfig;
-pub use target::{TargetConfig, TargetKindConfig};
+pub use target::{TargetConfig, TargetKindConfig, TargetMode};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -547,6 +547,9 @@ impl Config {
                 );
             }
             t.kind.validate(&at)?;
+            if t.mode == target::TargetMode::Shadow {
+                t.kind.validate_shadow(&at)?;
+            }
         }
         Ok(())
     }

@@ -49,6 +49,8 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// The broker's verdict for a described request, offline (exit 0 allow, 1 deny, 2 usage).
+    Check(seb::proxy::check::cli::CheckArgs),
     /// Check and search audit logs.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -63,11 +65,8 @@ enum Command {
     /// Print a kubeconfig whose server is a broker's kubernetes listener. Its token is the
     /// agent token for reads; pass a certificate per change with `kubectl --token`.
     Kubeconfig(KubeconfigArgs),
-    #[command(subcommand)]
-    Signer(seb::signer::cli::SignerCommand),
-    Request(seb::signer::agent::SignerClientArgs),
-    Exec(seb::signer::cli::ExecArgs),
-    Approve(seb::signer::cli::ApproveArgs),
+    #[command(flatten)]
+    Signer(seb::signer::cli::Commands),
 }
 
 // === seb kubeconfig ===
@@ -203,6 +202,10 @@ enum AuditCommand {
     Verify(seb::audit::cli::VerifyArgs),
     /// Search records: every production write under policy X in March, in one command.
     Query(seb::audit::cli::QueryArgs),
+    /// Label a would-block legitimate or harmful: a signed record in a label log of its own.
+    Label(seb::audit::rollout_cli::LabelArgs),
+    /// Would-block and false-block rates per day, target, agent and policy.
+    Report(seb::audit::rollout_cli::ReportArgs),
 }
 
 // glibc's malloc was ~8% of the broker's CPU under load: every request frees 8-12 KiB buffers
@@ -256,14 +259,14 @@ fn main() -> ExitCode {
         ),
         Command::Serve { config } => serve(&config),
         Command::Reload { admin, config } => return reload(&admin, config.as_deref()),
+        Command::Check(a) => return seb::proxy::check::cli::run(&a),
         Command::Audit(AuditCommand::Verify(a)) => return seb::audit::cli::run_verify(&a),
         Command::Audit(AuditCommand::Query(a)) => return seb::audit::cli::run_query(&a),
-        Command::DevCerts { out, agent } => dev_certs(&out, &agent),
+        Command::Audit(AuditCommand::Label(a)) => return seb::audit::rollout_cli::run_label(&a),
+        Command::Audit(AuditCommand::Report(a)) => return seb::audit::rollout_cli::run_report(&a),
+        Command::DevCerts { out, agent } => seb::devcerts::run_cli(&out, &agent),
         Command::Kubeconfig(a) => kubeconfig(&a),
-        Command::Signer(c) => return seb::signer::cli::run_signer(c),
-        Command::Request(a) => return seb::signer::cli::run_request(a),
-        Command::Exec(a) => return seb::signer::cli::run_exec(a),
-        Command::Approve(a) => return seb::signer::cli::run_approve(a),
+        Command::Signer(c) => return seb::signer::cli::run(c),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -587,14 +590,4 @@ fn reload(admin: &str, config: Option<&std::path::Path>) -> ExitCode {
             ExitCode::from(2)
         }
     }
-}
-
-fn dev_certs(out: &std::path::Path, agent: &str) -> anyhow::Result<()> {
-    let c = seb::devcerts::write_dev_certs(out, agent)?;
-    eprintln!(
-        "wrote CA, server and agent certificates to {}",
-        c.dir.display()
-    );
-    println!("{}", c.agent_x5t);
-    Ok(())
 }

@@ -18,6 +18,10 @@ pub struct SecretSource {
     /// Prepended to the secret, e.g. "Bearer ".
     #[serde(default)]
     pub prefix: String,
+    /// Set only by `seb check`, which never sends anything upstream: the secret is not read
+    /// (a CI job has no business holding the broker's upstream credentials).
+    #[serde(skip)]
+    offline: bool,
 }
 
 impl SecretSource {
@@ -42,9 +46,17 @@ impl SecretSource {
         }
     }
 
+    /// For `seb check`: this secret will not be read, and nothing is sent with it.
+    pub fn set_offline(&mut self) {
+        self.offline = true;
+    }
+
     /// Reads the secret now. A missing secret stops the broker from starting: it would
     /// otherwise forward requests without the credential the upstream expects.
     pub fn load(&self) -> anyhow::Result<String> {
+        if self.offline {
+            return Ok(format!("{}seb-check-never-sends-this", self.prefix));
+        }
         let raw = match (&self.value_env, &self.value_file) {
             (Some(var), _) => std::env::var(var)
                 .map_err(|_| anyhow::anyhow!("environment variable {var} is not set"))?,

@@ -20,6 +20,7 @@ async fn rotated_log(dir: &Path, n: usize) -> PathBuf {
         rotate_bytes: Some(1500),
         stdout: false,
         broker_id: "seb-test".into(),
+        shadow_targets: Vec::new(),
     };
     let audit = seb::audit::Audit::start(settings, key).unwrap();
     for i in 0..n {

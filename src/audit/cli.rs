@@ -41,7 +41,7 @@ pub struct QueryArgs {
     pub action: Option<String>,
     #[arg(long)]
     pub policy: Option<String>,
-    #[arg(long, value_parser = PossibleValuesParser::new(["allow", "deny"]).map(|s| verdict(&s)))]
+    #[arg(long, value_parser = PossibleValuesParser::new(["allow", "deny", "would_allow", "would_deny"]).map(|s| verdict(&s)))]
     pub decision: Option<Verdict>,
     /// Reason code, e.g. `expired`.
     #[arg(long)]
@@ -70,10 +70,11 @@ pub struct QueryArgs {
 // The record types are the library's; the CLI spells them here, so the library does not
 // depend on clap.
 fn verdict(s: &str) -> Verdict {
-    if s == "allow" {
-        Verdict::Allow
-    } else {
-        Verdict::Deny
+    match s {
+        "allow" => Verdict::Allow,
+        "would_allow" => Verdict::WouldAllow,
+        "would_deny" => Verdict::WouldDeny,
+        _ => Verdict::Deny,
     }
 }
 
@@ -112,8 +113,17 @@ pub fn run_verify(args: &VerifyArgs) -> ExitCode {
                 _ => String::new(),
             };
             println!(
-                "verified {} records{range} in {} {files}: {} decisions, {} outcomes, {} starts",
-                r.records, r.files, r.decisions, r.outcomes, r.starts
+                "verified {} records{range} in {} {files}: {} decisions, {} outcomes, {} starts{}",
+                r.records,
+                r.files,
+                r.decisions,
+                r.outcomes,
+                r.starts,
+                if r.labels > 0 {
+                    format!(", {} labels", r.labels)
+                } else {
+                    String::new()
+                }
             );
             if r.starts_mid_chain {
                 println!(
@@ -467,6 +477,7 @@ mod tests {
             rotate_bytes: None,
             stdout: false,
             broker_id: "b".into(),
+            shadow_targets: Vec::new(),
         };
         let audit = crate::audit::Audit::start(settings, key).unwrap();
         let e = crate::audit::record::tests::entry(Kind::Decision, Verdict::Deny);

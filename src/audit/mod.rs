@@ -11,13 +11,15 @@ mod paths;
 pub mod query;
 pub mod record;
 mod recover;
+pub mod report;
+pub mod rollout_cli;
 pub mod spent;
 pub mod verify;
 mod writer;
 
 pub use files::log_files;
 pub use query::{query_logs, Filter};
-pub use record::{Durability, Entry, Kind, Subject, Verdict};
+pub use record::{Durability, Entry, Kind, LabelInfo, LabelledRecord, Subject, Verdict};
 pub use spent::{spent_uses, Spent, SpentScan};
 pub use verify::{verify_logs, VerifyFailure, VerifyReport};
 
@@ -54,6 +56,8 @@ pub struct AuditSettings {
     /// Also write each line to stdout.
     pub stdout: bool,
     pub broker_id: String,
+    /// Targets in shadow mode, named in the start record.
+    pub shadow_targets: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -248,6 +252,7 @@ impl Audit {
                 payload: Payload::Start(StartInfo {
                     durability: settings.durability,
                     key_id,
+                    shadow: settings.shadow_targets.clone(),
                 }),
                 reply: None,
             });
@@ -291,12 +296,21 @@ impl Audit {
     /// Appends and waits until the record is durable per `durability`. Err => the caller
     /// refuses the request with `audit_unavailable`.
     pub async fn record(&self, entry: Entry) -> Result<u64, AuditUnavailable> {
+        self.record_payload(Payload::Entry(Box::new(entry))).await
+    }
+
+    /// Appends an operator's label (`seb audit label`) and waits until it is durable.
+    pub async fn record_label(&self, label: record::LabelInfo) -> Result<u64, AuditUnavailable> {
+        self.record_payload(Payload::Label(Box::new(label))).await
+    }
+
+    async fn record_payload(&self, payload: Payload) -> Result<u64, AuditUnavailable> {
         if self.inner.inline {
             // A write to the page cache takes microseconds; the round trip to the writer
             // thread (two wake-ups) took longer than the record itself. Only `fsync` has a
             // sync worth sharing between callers, so only `fsync` queues. This waits only
             // when another thread held the writer and appends the record for us.
-            return match self.inner.log.append(Payload::Entry(Box::new(entry))) {
+            return match self.inner.log.append(payload) {
                 writer::Appended::Now(r) => r.map_err(AuditUnavailable),
                 writer::Appended::Left(answer) => answer.await.map_err(|_| {
                     AuditUnavailable("the audit writer failed while holding the log".into())
@@ -305,7 +319,7 @@ impl Audit {
         }
         let (reply, answer) = oneshot::channel();
         let job = Job {
-            payload: Payload::Entry(Box::new(entry)),
+            payload,
             reply: Some(reply),
         };
         let stopped = || AuditUnavailable("the audit writer has stopped".into());

@@ -11,7 +11,12 @@
 //!
 //! * `kind: "outcome"` adds `outcome` (`completed` | `failed` | `unknown`) and `decision_seq`;
 //! * `kind: "start"` adds `durability` (`fsync` | `flush`), `key_id` (RFC 7638 thumbprint of the
-//!   broker's public key) and `version` (of the broker); its v1 members are `null`.
+//!   broker's public key), `version` (of the broker) and `shadow_targets` (the targets in
+//!   shadow mode, usually `[]`); its v1 members are `null`.
+//! * `kind: "label"` (a label log, `seb audit label`) adds `label`: `{"record": {"broker",
+//!   "seq", "sha256"}, "verdict": "legitimate" | "harmful", "note"}`; its v1 members are `null`.
+//!
+//! `decision` is `allow` | `deny`, or in shadow mode `would_allow` | `would_deny`.
 //! * `kind: "recovery"` (written when the broker finds records missing: a torn tail at start,
 //!   an active file deleted or replaced while open, a log shorter than the broker last left it)
 //!   adds `recovery`: `{"what", "message", "lost_seq": [first, last] | null, "dropped":
@@ -85,6 +90,12 @@ impl Kind {
 pub enum Verdict {
     Allow,
     Deny,
+    /// Shadow mode: enforcing would have admitted it; it was forwarded.
+    #[serde(rename = "would_allow")]
+    WouldAllow,
+    /// Shadow mode: enforcing would have refused it (the reason says why); it was forwarded.
+    #[serde(rename = "would_deny")]
+    WouldDeny,
 }
 
 impl Verdict {
@@ -92,7 +103,15 @@ impl Verdict {
         match self {
             Verdict::Allow => "allow",
             Verdict::Deny => "deny",
+            Verdict::WouldAllow => "would_allow",
+            Verdict::WouldDeny => "would_deny",
         }
+    }
+
+    /// Whether the request was sent upstream after this decision (enforced allow, or either
+    /// shadow verdict): its outcome follows.
+    pub fn forwarded(self) -> bool {
+        !matches!(self, Verdict::Deny)
     }
 }
 
@@ -134,6 +153,25 @@ pub(crate) enum Payload {
     Entry(Box<Entry>),
     Start(StartInfo),
     Recovery(Box<RecoveryInfo>),
+    Label(Box<LabelInfo>),
+}
+
+/// An operator's judgement of one would-block, in a log of its own (`seb audit label`).
+#[derive(Debug, Clone, Serialize)]
+pub struct LabelInfo {
+    /// The labelled record: its `broker`, `seq` and the SHA-256 of its line (which the report
+    /// matches on: `seq` alone repeats across logs).
+    pub record: LabelledRecord,
+    /// `legitimate` | `harmful`.
+    pub verdict: &'static str,
+    pub note: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LabelledRecord {
+    pub broker: Option<String>,
+    pub seq: u64,
+    pub sha256: String,
 }
 
 /// Records the broker found missing, and what it moved aside.
@@ -173,6 +211,9 @@ pub(crate) struct Dropped {
 pub(crate) struct StartInfo {
     pub durability: Durability,
     pub key_id: String,
+    /// Targets in shadow mode, named in the start record so that nobody reads a shadow log
+    /// as an enforcing one.
+    pub shadow: Vec<String>,
 }
 
 /// Appends one signed line (without `\n`) to `out`. On error `out` is left as it was.
@@ -260,6 +301,14 @@ fn encode_unsigned(
             field_str(out, "durability", Some(s.durability.as_str()))?;
             field_str(out, "key_id", Some(&s.key_id))?;
             field_str(out, "version", Some(env!("CARGO_PKG_VERSION")))?;
+            key(out, "shadow_targets");
+            serde_json::to_writer(&mut *out, &s.shadow)?;
+        }
+        Payload::Label(l) => {
+            field_str(out, "kind", Some("label"))?;
+            null_v1_members(out);
+            key(out, "label");
+            serde_json::to_writer(&mut *out, &**l)?;
         }
     }
     key(out, "prev");
@@ -473,12 +522,14 @@ pub(crate) mod tests {
         let p = Payload::Start(StartInfo {
             durability: Durability::Flush,
             key_id: "kid".into(),
+            shadow: vec!["pay".into()],
         });
         let mut out = Vec::new();
         encode_line(&mut out, 1, "t", "b", &p, &[7; 32], &key).unwrap();
         let v = crate::json::parse_strict(&out).unwrap();
         assert_eq!(v["kind"], "start");
         assert_eq!(v["durability"], "flush");
+        assert_eq!(v["shadow_targets"], serde_json::json!(["pay"]));
         assert!(v["decision"].is_null() && v["request"].is_null());
         assert_eq!(v["prev"], "07".repeat(32));
         check_signature(&out, &key.verifying_key()).unwrap();

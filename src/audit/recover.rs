@@ -142,7 +142,15 @@ pub(crate) fn recover(path: &Path) -> anyhow::Result<Recovered> {
                 }
             };
             match v.get("kind").and_then(Value::as_str) {
-                Some("decision") if v.get("decision").and_then(Value::as_str) == Some("allow") => {
+                // Every decision after which the request was sent: an enforced allow, and in
+                // shadow mode either verdict, but not the verdicts of `seb check` (`via`),
+                // which sends nothing.
+                Some("decision")
+                    if matches!(
+                        v.get("decision").and_then(Value::as_str),
+                        Some("allow" | "would_allow" | "would_deny")
+                    ) && v.pointer("/request/via").is_none() =>
+                {
                     if let Some(s) = v.get("seq").and_then(Value::as_u64) {
                         allowed.insert(s, v);
                     }
@@ -197,7 +205,12 @@ fn unknown_outcome(decision_seq: u64, d: &Value) -> Entry {
             request: d.get("request").cloned().unwrap_or(Value::Null),
             body_sha256: s("body_sha256"),
         }),
-        decision: Verdict::Allow,
+        // The decision's own verdict: a shadow decision's outcome stays a shadow one.
+        decision: match d.get("decision").and_then(Value::as_str) {
+            Some("would_allow") => Verdict::WouldAllow,
+            Some("would_deny") => Verdict::WouldDeny,
+            _ => Verdict::Allow,
+        },
         reason: Some((
             "outcome_unknown".into(),
             "broker stopped before the upstream's answer was recorded".into(),
@@ -258,11 +271,14 @@ pub(crate) fn attribute_torn(bytes: &[u8]) -> Option<Vec<super::record::SpentRef
             }
         })
         .unwrap_or("");
-    if own.contains("\"decision\":\"deny\"") {
+    // A shadow `would_deny` took no use, as an enforced `deny` did not.
+    if own.contains("\"decision\":\"deny\"") || own.contains("\"decision\":\"would_deny\"") {
         return Some(Vec::new());
     }
     let use_at = own.find("\"use\":{");
-    if use_at.is_none() && own.contains("\"decision\":\"allow\"") {
+    if use_at.is_none()
+        && (own.contains("\"decision\":\"allow\"") || own.contains("\"decision\":\"would_allow\""))
+    {
         // A read authenticated by a certificate: allowed, and no use taken.
         return Some(Vec::new());
     }

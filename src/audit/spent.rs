@@ -299,7 +299,8 @@ pub fn spent_uses(
                 continue;
             }
             let delta = match (line.kind.as_deref(), line.decision.as_deref()) {
-                (Some("decision"), Some("allow")) => 1,
+                // A shadow `would_allow` spent its use as an enforced allow would have.
+                (Some("decision"), Some("allow" | "would_allow")) => 1,
                 (Some("outcome"), _) if line.outcome.as_deref() == Some("returned") => {
                     if let Some(Err(e)) = key.map(|k| super::record::check_signature(raw, k)) {
                         tracing::error!(file = %file.display(), line = n + 1, error = %e, "a `returned` outcome whose signature does not verify gives no use back");

@@ -14,6 +14,7 @@ fn settings(path: &Path) -> AuditSettings {
         rotate_bytes: None,
         stdout: false,
         broker_id: "b1".into(),
+        shadow_targets: Vec::new(),
     }
 }
 

@@ -16,6 +16,8 @@ pub struct VerifyReport {
     pub decisions: u64,
     pub outcomes: u64,
     pub starts: u64,
+    /// Operators' labels (a label log, `seb audit label`).
+    pub labels: u64,
     /// What each `recovery` record says was lost or moved aside: the chain verifies across
     /// it, and a reader must still hear about it.
     pub recoveries: Vec<String>,
@@ -84,6 +86,7 @@ pub fn verify_logs(paths: &[PathBuf], key: &VerifyingKey) -> Result<VerifyReport
             match kind.as_str() {
                 "decision" => report.decisions += 1,
                 "outcome" => report.outcomes += 1,
+                "label" => report.labels += 1,
                 "recovery" => report.recoveries.push(format!(
                     "{}:{n} (seq {seq}): {}",
                     path.display(),
@@ -212,7 +215,7 @@ fn check_line(
         return Err(err("sig is not the last member".into()));
     }
     let kind = match v.get("kind").and_then(Value::as_str) {
-        Some(k @ ("decision" | "outcome" | "start" | "recovery")) => k.to_owned(),
+        Some(k @ ("decision" | "outcome" | "start" | "recovery" | "label")) => k.to_owned(),
         other => return Err(err(format!("unknown kind {other:?}"))),
     };
     let got_prev = v

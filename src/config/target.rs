@@ -31,8 +31,22 @@ use std::path::Path;
 pub struct TargetConfig {
     pub name: String,
     pub listen: SocketAddr,
+    /// Enforcing unless the file says `mode = "shadow"`: shadow is never a default.
+    pub mode: TargetMode,
     /// `kind` and the table named after it.
     pub kind: TargetKindConfig,
+}
+
+/// Whether a target's verdicts are enforced or only recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase", expecting = "\"enforce\" or \"shadow\"")]
+pub enum TargetMode {
+    /// Refusals refuse.
+    #[default]
+    Enforce,
+    /// Every mutation is checked and recorded as `would_allow` or `would_deny`, and forwarded
+    /// either way under the target's execution identity.
+    Shadow,
 }
 
 // A few of these live in one Vec for the process's life; boxing the largest would only add
@@ -64,6 +78,37 @@ impl TargetKindConfig {
         }
     }
 
+    /// Shadow mode forwards refused requests too, under an identity that cannot be scoped to a
+    /// certificate the request may not have: only targets whose execution identity exists
+    /// without one can run in it.
+    pub(super) fn validate_shadow(&self, at: &str) -> Result<(), (String, String)> {
+        let refuse = |field: &str, why: &str| Err((format!("{at}.{field}"), why.to_string()));
+        match self {
+            TargetKindConfig::Aws(a)
+                if a.identity == crate::targets::aws::config::AwsIdentityMode::Sts =>
+            {
+                refuse(
+                    "mode",
+                    "mode = \"shadow\" needs targets.aws.identity = \"static\": an STS session is scoped to the certificate's call, and a refused request may have no certificate",
+                )
+            }
+            TargetKindConfig::Kubernetes(k) if k.token_request.is_some() => refuse(
+                "mode",
+                "mode = \"shadow\" needs impersonation (no targets.kubernetes.token_request): a token is minted per certificate, and a refused request may have no certificate",
+            ),
+            _ => Ok(()),
+        }
+    }
+
+    /// Every secret the target's table names (`seb check` reads none of them).
+    pub fn secret_sources(&mut self) -> Vec<&mut crate::secret::SecretSource> {
+        match self {
+            TargetKindConfig::Http(h) => h.secret_sources(),
+            TargetKindConfig::Aws(a) => a.secret_sources(),
+            TargetKindConfig::Kubernetes(k) => k.secret_sources(),
+        }
+    }
+
     pub(super) fn resolve(&mut self, base: &Path) {
         match self {
             TargetKindConfig::Http(h) => h.resolve(base),
@@ -80,12 +125,21 @@ enum Field {
     Name,
     Kind,
     Listen,
+    Mode,
     Http,
     Aws,
     Kubernetes,
 }
 
-const FIELDS: &[&str] = &["name", "kind", "listen", "http", "aws", "kubernetes"];
+const FIELDS: &[&str] = &[
+    "name",
+    "kind",
+    "listen",
+    "mode",
+    "http",
+    "aws",
+    "kubernetes",
+];
 
 /// The error for a target without its kind's table, spelled as it always has been.
 fn missing_table(kind: TargetKind) -> &'static str {
@@ -115,6 +169,7 @@ impl<'de> Visitor<'de> for TargetVisitor {
         let mut name = None;
         let mut kind = None;
         let mut listen = None;
+        let mut mode = None;
         let mut table: Option<TargetKindConfig> = None;
         while let Some(field) = map.next_key()? {
             // Every refusal below happens while reading the value of the key it is about, so
@@ -126,6 +181,8 @@ impl<'de> Visitor<'de> for TargetVisitor {
                     return Err(de::Error::duplicate_field("listen"))
                 }
                 Field::Listen => listen = Some(map.next_value()?),
+                Field::Mode if mode.is_some() => return Err(de::Error::duplicate_field("mode")),
+                Field::Mode => mode = Some(map.next_value()?),
                 Field::Kind if kind.is_some() => return Err(de::Error::duplicate_field("kind")),
                 Field::Kind => {
                     kind = Some(map.next_value_seed(KindSeed {
@@ -151,6 +208,7 @@ impl<'de> Visitor<'de> for TargetVisitor {
         Ok(TargetConfig {
             name,
             listen,
+            mode: mode.unwrap_or_default(),
             kind: table,
         })
     }

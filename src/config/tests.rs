@@ -354,3 +354,36 @@ fn relative_paths_resolve_against_the_config_file() {
     assert!(e.contains("missing.toml"));
     assert_eq!(e.matches("No such file").count(), 1, "{e}");
 }
+
+#[test]
+fn shadow_is_never_a_default_and_only_where_a_request_without_a_certificate_has_an_identity() {
+    assert_eq!(
+        Config::parse(MINIMAL).unwrap().targets[0].mode,
+        TargetMode::Enforce
+    );
+    let shadow = MINIMAL.replace("kind = \"http\"", "kind = \"http\"\nmode = \"shadow\"");
+    assert_eq!(
+        Config::parse(&shadow).unwrap().targets[0].mode,
+        TargetMode::Shadow
+    );
+    let (f, m) =
+        field_error(&MINIMAL.replace("kind = \"http\"", "kind = \"http\"\nmode = \"shadows\""));
+    assert_eq!(f, "targets[0].mode");
+    assert!(m.contains("`enforce` or `shadow`"), "{m}");
+    // An STS session is scoped to the certificate's call: no certificate, no session.
+    let (f, m) = field_error(&AWS.replace("kind = \"aws\"", "kind = \"aws\"\nmode = \"shadow\""));
+    assert_eq!(f, "targets[0].mode");
+    assert!(m.contains("identity = \"static\""), "{m}");
+    let kube = format!(
+        "{MINIMAL}[[targets]]\nname = \"cluster\"\nkind = \"kubernetes\"\nmode = \"shadow\"\nlisten = \"127.0.0.1:8444\"\n[targets.kubernetes]\napiserver = \"https://10.0.0.1:6443\"\ncredential = {{ value_file = \"token\" }}\nexecution = {{ user = \"seb:exec:d\" }}\nread = {{ user = \"seb:read\" }}\n"
+    );
+    assert_eq!(
+        Config::parse(&kube).unwrap().targets[1].mode,
+        TargetMode::Shadow
+    );
+    let (f, m) = field_error(&format!(
+        "{kube}token_request = {{ namespace = \"seb\", service_account = \"exec\", audience = \"https://k\" }}\n"
+    ));
+    assert_eq!(f, "targets[1].mode");
+    assert!(m.contains("token_request"), "{m}");
+}

@@ -63,9 +63,19 @@ pub enum Decision {
     Allow,
     Deny,
     Read,
+    /// Shadow mode: checked, would have been admitted, forwarded.
+    WouldAllow,
+    /// Shadow mode: checked, would have been refused, forwarded anyway.
+    WouldDeny,
 }
 
-const DECISIONS: [Decision; 3] = [Decision::Allow, Decision::Deny, Decision::Read];
+const DECISIONS: [Decision; 5] = [
+    Decision::Allow,
+    Decision::Deny,
+    Decision::Read,
+    Decision::WouldAllow,
+    Decision::WouldDeny,
+];
 
 impl Decision {
     fn name(self) -> &'static str {
@@ -73,6 +83,8 @@ impl Decision {
             Decision::Allow => "allow",
             Decision::Deny => "deny",
             Decision::Read => "read",
+            Decision::WouldAllow => "would_allow",
+            Decision::WouldDeny => "would_deny",
         }
     }
 }
@@ -109,6 +121,13 @@ pub struct Metrics {
     phase_family: PhaseFamily,
     phases: [Histogram; PHASES.len()],
     upstream_errors: Counter,
+    /// 1 per target in shadow mode, so that a dashboard cannot miss one.
+    shadow: Family<TargetLabel, prometheus_client::metrics::gauge::Gauge>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TargetLabel {
+    target: String,
 }
 
 /// A value read at scrape time from the broker's own state.
@@ -137,7 +156,18 @@ impl Metrics {
             phase_family,
             phases,
             upstream_errors: Counter::default(),
+            shadow: Family::default(),
         }
+    }
+
+    /// Marks these targets as in shadow mode (`seb_target_shadow_mode{target} 1`).
+    pub fn with_shadow(self, targets: &[String]) -> Metrics {
+        for t in targets {
+            self.shadow
+                .get_or_create(&TargetLabel { target: t.clone() })
+                .set(1);
+        }
+        self
     }
 
     pub fn observe(&self, phase: Phase, d: Duration) {
@@ -181,6 +211,11 @@ impl Metrics {
             "seb_upstream_errors",
             "Forwarded requests the upstream did not answer",
             self.upstream_errors.clone(),
+        );
+        registry.register(
+            "seb_target_shadow_mode",
+            "1 for a target in shadow mode: it refuses nothing, it records would_allow and would_deny",
+            self.shadow.clone(),
         );
         for (name, help, sample) in extra {
             // The encoder ends every help text with a period of its own.

@@ -3,6 +3,7 @@
 pub mod activity;
 pub mod admin;
 pub mod body;
+pub mod check;
 pub mod config_reload;
 pub mod head;
 pub mod lifecycle;
@@ -35,6 +36,8 @@ pub struct Broker {
     pub request_timeout: Duration,
     /// Agent connections and requests in flight, and the drain at shutdown.
     pub connections: Arc<lifecycle::Connections>,
+    /// Targets in shadow mode (`mode = "shadow"`): verdicts recorded, nothing refused.
+    pub shadow: Vec<String>,
     /// Bearer tokens that authenticate agents for reads (`X-Seb-Agent-Token`).
     agent_tokens: Vec<String>,
     /// Whether reads need an authenticated agent (mTLS or token) at all.
@@ -44,6 +47,10 @@ pub struct Broker {
 }
 
 impl Broker {
+    pub fn is_shadow(&self, target: &str) -> bool {
+        self.shadow.iter().any(|t| t == target)
+    }
+
     pub fn next_request_id(&self) -> String {
         format!(
             "{}-{}",
@@ -208,6 +215,19 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         max_ttl_secs: config.certificates.max_ttl.as_secs() as i64,
     };
 
+    let shadow_targets: Vec<String> = config
+        .targets
+        .iter()
+        .filter(|t| t.mode == crate::config::TargetMode::Shadow)
+        .map(|t| t.name.clone())
+        .collect();
+    for name in &shadow_targets {
+        tracing::warn!(
+            target = name.as_str(),
+            "SHADOW MODE: target {name} enforces nothing; every mutation is checked, recorded as \
+             would_allow or would_deny, and forwarded under the target's execution identity"
+        );
+    }
     let audit_key = keys::load_signing_key(&config.audit.signing_key)
         .with_context(|| config.at("audit.signing_key"))?;
     let audit_pub = audit_key.verifying_key();
@@ -218,6 +238,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             rotate_bytes: config.audit.rotate_bytes,
             stdout: config.audit.stdout,
             broker_id: config.broker_id.clone(),
+            shadow_targets: shadow_targets.clone(),
         },
         audit_key,
     )
@@ -229,8 +250,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         config.limits.max_live_certificates,
         Duration::from_secs(skew as u64),
     );
-    let uses_unknown_before =
-        rebuild_use_counts(&config, window, &kids_by_name, &uses, &audit_pub)?;
+    let uses_unknown_before = rebuild_use_counts(
+        config.audit.path.as_deref(),
+        window,
+        &kids_by_name,
+        &uses,
+        &audit_pub,
+    )?;
     // The chain the counts were read from is anchored by the last record an earlier run
     // wrote; unsigned (altered, or another key), no certificate issued before now is proven
     // unspent.
@@ -275,7 +301,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             uses_unknown_before,
         },
         audit,
-        metrics: metrics::Metrics::new(config.targets.iter().map(|t| t.name.as_str())),
+        metrics: metrics::Metrics::new(config.targets.iter().map(|t| t.name.as_str()))
+            .with_shadow(&shadow_targets),
+        shadow: shadow_targets,
         max_body_bytes: config.limits.max_body_bytes,
         request_timeout: config.limits.request_timeout,
         connections: lifecycle::Connections::new(max_connections),
@@ -426,14 +454,14 @@ fn listen<T: Target>(
 }
 
 /// Counts again, from the audit log, the uses of every certificate that may still be used.
-fn rebuild_use_counts(
-    config: &Config,
+pub(crate) fn rebuild_use_counts(
+    path: Option<&std::path::Path>,
     window: WindowPolicy,
     kids_by_name: &[(String, String)],
     uses: &MemoryUseStore,
     audit_pub: &ed25519_dalek::VerifyingKey,
 ) -> anyhow::Result<Option<i64>> {
-    let Some(path) = &config.audit.path else {
+    let Some(path) = path else {
         tracing::warn!(
             "no audit file is configured: certificate use counts live in memory only, and a \
              restart re-admits uses already spent within the certificates' validity"

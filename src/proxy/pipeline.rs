@@ -16,19 +16,18 @@
 //! Any `Err(Denial)` ends the request; [`handle`] writes the deny record and renders the
 //! refusal in the agent's own format. Nothing is forwarded unless every step said yes.
 
+pub(crate) mod admit;
 mod prepare;
-mod record;
+pub(crate) mod record;
 mod upgrade;
 
 pub use prepare::PATH as PREPARE_PATH;
 
 use super::metrics::{Decision, Phase};
 use super::Broker;
-use crate::admission::Peer;
 use crate::audit::{Entry, Kind, Verdict};
-use crate::contract::BodyView;
 use crate::denial::{Denial, Reason};
-use crate::targets::{check_certificate_target, Parsed, Target};
+use crate::targets::{Parsed, Target};
 use crate::tls::PeerIdentity;
 use crate::upstream::{upstream_full, Body, UpstreamBody};
 use bytes::Bytes;
@@ -46,7 +45,7 @@ pub struct RequestContext {
     pub id: String,
     /// The agent's error format, fixed from the request before anything consumes it.
     pub dialect: crate::denial::Dialect,
-    decided: std::sync::OnceLock<(u64, Arc<crate::audit::Subject>)>,
+    decided: std::sync::OnceLock<(u64, Arc<crate::audit::Subject>, Verdict)>,
 }
 
 impl RequestContext {
@@ -181,10 +180,10 @@ pub(super) fn refused_around<T: Target>(
         .count(target.name(), Decision::Deny, Some(denial.reason));
     tracing::info!(request_id = %ctx.id, target = target.name(), code = %denial.reason, detail = %denial.message, "refused");
     let entry = match ctx.decided.get() {
-        Some((seq, subject)) => Entry {
+        Some((seq, subject, verdict)) => Entry {
             kind: Kind::Outcome,
             subject: subject.clone(),
-            decision: Verdict::Allow,
+            decision: *verdict,
             reason: Some((denial.reason.as_str().to_string(), denial.message.clone())),
             identity: None,
             upstream_status: None,
@@ -220,7 +219,7 @@ where
     // a dropped future.
     let deadline = tokio::time::Instant::now() + broker.request_timeout;
     // Headers first: a request they refuse costs no body read.
-    target.check_head(&parts)?;
+    admit::check_head(target, &parts)?;
     let (body, upload) = if target.streams_upload(&parts) {
         (Bytes::new(), Some(body))
     } else {
@@ -233,58 +232,15 @@ where
     if upload.is_none() {
         record.unfrozen().body_sha256 = Some(body_sha256.clone());
     }
-    crate::targets::headers::check_read_method_body(&parts.method, body.len())?;
-    let mut parsed = target.parse(&parts, &body)?;
-    // Only the audit record reads the description.
-    record.unfrozen().request = std::mem::take(&mut parsed.describe);
-    let token = target.certificate(&parts)?;
+    let (parsed, token) = admit::parse(target, &parts, &body, record)?;
     broker.metrics.observe(Phase::Parse, started.elapsed());
 
-    let Some(token) = token else {
-        if parsed.is_read {
-            broker.authenticate_reader(
-                target.authenticate_reader(&parts, &body)?,
-                target.agent_token(&parts.headers),
-                conn,
-            )?;
-            return read_pass_through(
-                broker,
-                target,
-                &parts,
-                &parsed,
-                body,
-                request_id,
-                record,
-                (started, deadline),
-            )
-            .await;
-        }
-        return Err(Denial::new(Reason::CertMissing, target.certificate_hint()));
-    };
-
-    // 3. admit
-    let admit_started = Instant::now();
-    let peer = conn.peer.as_ref().map(|p| Peer {
-        x5t_s256: &p.x5t_s256,
-    });
-    let cert = broker.admission.authenticate(&token)?;
-    record.certificate(&cert);
-    broker
-        .admission
-        .check_certificate(&cert, peer, crate::cert::now_secs())?;
-    if parsed.is_read && target.certificate_authenticates_reads() {
-        // kubectl has one bearer token per invocation and sends it on the discovery and
-        // GET requests around a mutation too, and an AWS SDK sends AWS_SESSION_TOKEN on
-        // every call: a certificate that verifies authenticates those reads, which spend no
-        // use and run under the read identity. A target credential the request also claims
-        // (an agent key's signature) must still verify.
-        target.authenticate_reader(&parts, &body)?;
-        check_certificate_target(target, &cert).map_err(|d| {
-            Denial::new(
-                d.reason,
-                format!("it does not authenticate reads here: {}", d.message),
-            )
-        })?;
+    if parsed.is_read && token.is_none() {
+        broker.authenticate_reader(
+            target.authenticate_reader(&parts, &body)?,
+            target.agent_token(&parts.headers),
+            conn,
+        )?;
         return read_pass_through(
             broker,
             target,
@@ -297,62 +253,94 @@ where
         )
         .await;
     }
-    let view = BodyView {
-        bytes: &body,
-        sha256_hex: &body_sha256,
-        content_type: crate::targets::single_header(&parts.headers, http::header::CONTENT_TYPE)?,
-        content_encoding: crate::targets::single_header(
-            &parts.headers,
-            http::header::CONTENT_ENCODING,
-        )?,
-    };
-    check_certificate_target(target, &cert)?;
-    target.check_contract(&cert, &parts, &parsed, &view)?;
-    if upload.is_some() {
-        // A streamed body is recorded by the hash it is held to in flight.
-        if let Some(crate::cert::BodyRule::Sha256(r)) = &cert.claims.seb.body {
-            record.unfrozen().body_sha256 = Some(r.sha256.clone());
-        }
-    }
-    // Every call to the upstream or an identity service runs inside the request's one
-    // deadline, so a slow dependency ends in a recorded refusal, never in a request cut off by
-    // the backstop after its decision.
-    let body = within(
-        deadline,
-        "the live-state check",
-        target.check_live_state(&cert, &parts, &parsed, body),
-    )
-    .await?;
 
-    let (n, max) = broker
-        .admission
-        .take_use(&cert)
-        .await
-        .map_err(|d| target.explain(&cert, d))?;
-    record.took_use(n, max, &cert);
+    // 3. admit
+    let admit_started = Instant::now();
+    // A shadow target judges a mutation as an enforcing one would, and forwards it whatever
+    // the verdict; a read is a read in either mode. Parse refusals above stay refusals: a
+    // request the broker cannot read is not one it can rebuild and forward.
+    let shadow = broker.is_shadow(target.name()) && !parsed.is_read;
+    let kept_body = shadow.then(|| body.clone());
+    let judged = admit::mutation(
+        broker,
+        target,
+        &parts,
+        &parsed,
+        (body, &body_sha256),
+        token,
+        upload.is_some(),
+        conn,
+        record,
+        deadline,
+    )
+    .await;
+    let (cert, body, verdict, would_deny) = match judged {
+        Ok(admit::Judged::Read(body)) => {
+            return read_pass_through(
+                broker,
+                target,
+                &parts,
+                &parsed,
+                body,
+                request_id,
+                record,
+                (started, deadline),
+            )
+            .await
+        }
+        Ok(admit::Judged::Admitted { cert, body }) if shadow => {
+            (Some(cert), body, Verdict::WouldAllow, None)
+        }
+        Ok(admit::Judged::Admitted { cert, body }) => (Some(cert), body, Verdict::Allow, None),
+        Err(denial) if shadow && upload.is_none() => match kept_body {
+            Some(body) => (None, body, Verdict::WouldDeny, Some(denial)),
+            None => return Err(denial),
+        },
+        Err(mut denial) if shadow => {
+            denial.message.push_str(
+                "; shadow mode forwards no streamed upload it would refuse (a stream is held in flight to its certificate's hash)",
+            );
+            return Err(denial);
+        }
+        Err(denial) => return Err(denial),
+    };
     broker
         .metrics
         .observe(Phase::Admit, admit_started.elapsed());
 
     // 4. audit the decision, durably, before anything reaches the upstream; meanwhile the
     //    execution identity is minted (or taken from its cache), so that a mint (one STS
-    //    AssumeRole) and the decision's sync cost the longer of the two, not their sum.
-    let allow = record.allow();
+    //    AssumeRole) and the decision's sync cost the longer of the two, not their sum. A
+    //    shadow would-deny has no certificate to scope one to: it runs under the target's
+    //    shadow identity.
+    let decision = record.entry(Kind::Decision, verdict, would_deny.as_ref());
     let (identity, seq) = tokio::join!(
         async {
             let started = Instant::now();
-            let minted = within(
-                deadline,
-                "minting the execution identity",
-                target.identity(Some(&cert)),
-            )
-            .await;
+            let minted = match &cert {
+                Some(cert) => {
+                    within(
+                        deadline,
+                        "minting the execution identity",
+                        target.identity(Some(cert)),
+                    )
+                    .await
+                }
+                None => {
+                    within(
+                        deadline,
+                        "minting the shadow execution identity",
+                        target.shadow_identity(),
+                    )
+                    .await
+                }
+            };
             broker.metrics.observe(Phase::Identity, started.elapsed());
             minted
         },
         async {
             let started = Instant::now();
-            let seq = broker.audit.record(allow).await;
+            let seq = broker.audit.record(decision).await;
             broker.metrics.observe(Phase::Audit, started.elapsed());
             seq
         }
@@ -364,17 +352,23 @@ where
         )
     })?;
     record.decision_seq = Some(seq);
-    let _ = ctx.decided.set((seq, record.subject()));
+    record.verdict = verdict;
+    let _ = ctx.decided.set((seq, record.subject(), verdict));
+    if let Some(d) = &would_deny {
+        tracing::warn!(request_id, target = target.name(), code = %d.reason, detail = %d.message, "SHADOW: would deny; forwarded anyway");
+    }
     let identity = match identity {
         Ok(identity) => identity,
         Err(mut denial) => {
             // An identity service that is down must not burn a single-use certificate: the
             // use goes back, and the outcome record says so, so a restart does not count it.
-            broker.admission.give_back(&cert).await;
-            record.returned = true;
-            denial
-                .message
-                .push_str("; nothing was sent, and the certificate's use was given back");
+            if let Some(cert) = &cert {
+                broker.admission.give_back(cert).await;
+                record.returned = true;
+                denial
+                    .message
+                    .push_str("; nothing was sent, and the certificate's use was given back");
+            }
             return Err(denial);
         }
     };
@@ -382,17 +376,17 @@ where
     // 5. sign + forward (an admitted upgrade, such as a kubernetes exec, is joined to the
     //    upstream's once both sides have switched protocols)
     let client_upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
-    let upstream_req = match upload {
-        None => target
-            .upstream_request(&parts, &parsed, body, &identity, request_id)
-            .map(|r| r.map(upstream_full)),
-        Some(upload) => target.upstream_upload(
+    let upstream_req = match (upload, &cert) {
+        (Some(upload), Some(cert)) => target.upstream_upload(
             &parts,
             http_body_util::BodyExt::map_err(upload, Into::into).boxed_unsync(),
             &identity,
             request_id,
-            &cert,
+            cert,
         ),
+        _ => target
+            .upstream_request(&parts, &parsed, body, &identity, request_id)
+            .map(|r| r.map(upstream_full)),
     };
     // Moved, not copied: nothing after the rebuilt request reads it.
     record.identity = Some(identity.audit);
@@ -405,20 +399,29 @@ where
         }) => {
             // The request provably never left (no connection to the upstream): the use goes
             // back, and the outcome record says so, so that a restart does not count it either.
-            broker.admission.give_back(&cert).await;
-            record.returned = true;
-            denial
-                .message
-                .push_str("; nothing was sent, and the certificate's use was given back");
+            if let Some(cert) = &cert {
+                broker.admission.give_back(cert).await;
+                record.returned = true;
+                denial
+                    .message
+                    .push_str("; nothing was sent, and the certificate's use was given back");
+            }
             return Err(denial);
         }
         Err(f) => return Err(f.denial),
     };
-    target.observe_outcome(&cert, resp.status());
+    if let Some(cert) = &cert {
+        target.observe_outcome(cert, resp.status());
+    }
 
     // 6. outcome (not waited on: the decision is already durable, and a crash before this
     //    record lands is written as `unknown` on restart)
-    broker.metrics.count(target.name(), Decision::Allow, None);
+    let (decision, reason) = match (verdict, &would_deny) {
+        (Verdict::WouldAllow, _) => (Decision::WouldAllow, None),
+        (_, Some(d)) => (Decision::WouldDeny, Some(d.reason)),
+        _ => (Decision::Allow, None),
+    };
+    broker.metrics.count(target.name(), decision, reason);
     broker.audit.record_best_effort(record.outcome(
         seq,
         Some(resp.status().as_u16()),

@@ -6,6 +6,25 @@ use super::config::SignerConfig;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// The signer's commands and the agent's, flattened into `seb`'s own.
+#[derive(Debug, clap::Subcommand)]
+pub enum Commands {
+    #[command(subcommand)]
+    Signer(SignerCommand),
+    Request(SignerClientArgs),
+    Exec(ExecArgs),
+    Approve(ApproveArgs),
+}
+
+pub fn run(c: Commands) -> ExitCode {
+    match c {
+        Commands::Signer(c) => run_signer(c),
+        Commands::Request(a) => run_request(a),
+        Commands::Exec(a) => run_exec(a),
+        Commands::Approve(a) => run_approve(a),
+    }
+}
+
 /// The signer: evidence-checked certificate issuance from Cedar policies.
 #[derive(Debug, clap::Subcommand)]
 pub enum SignerCommand {

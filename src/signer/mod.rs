@@ -116,6 +116,7 @@ impl Signer {
                 rotate_bytes: None,
                 stdout: false,
                 broker_id: cfg.issuer.clone(),
+                shadow_targets: Vec::new(),
             },
             audit_key,
         )?;

@@ -216,6 +216,19 @@ impl Target for HttpTarget {
         })
     }
 
+    async fn shadow_identity(&self) -> Result<Identity, Denial> {
+        Ok(Identity {
+            audit: json!({
+                "kind": "broker-credential",
+                "upstream": self.name,
+                "header": self.credential.as_ref().map(|(n, _)| n.as_str()),
+                "shadow": true,
+            }),
+            headers: self.credential.iter().cloned().collect(),
+            aws: None,
+        })
+    }
+
     fn upstream_request(
         &self,
         parts: &http::request::Parts,

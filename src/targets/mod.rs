@@ -219,6 +219,16 @@ pub trait Target: Send + Sync + 'static {
         cert: Option<&Certificate>,
     ) -> impl Future<Output = Result<Identity, Denial>> + Send;
 
+    /// The execution identity a target in shadow mode forwards a request under when the
+    /// request would have been refused: there may be no certificate to scope it to. Only
+    /// targets whose config allows shadow mode (see `config::target`) have one.
+    fn shadow_identity(&self) -> impl Future<Output = Result<Identity, Denial>> + Send {
+        std::future::ready(Err(Denial::new(
+            crate::denial::Reason::IdentityUnavailable,
+            "this target has no execution identity without a certificate, so it cannot run in shadow mode",
+        )))
+    }
+
     /// A refusal of a certificate, with what the target knows about its earlier uses.
     fn explain(&self, _cert: &Certificate, denial: Denial) -> Denial {
         denial

@@ -396,6 +396,7 @@ async fn no_sink_fails_closed_and_stdout_alone_is_a_sink() {
         rotate_bytes: None,
         stdout: false,
         broker_id: "b".into(),
+        shadow_targets: Vec::new(),
     };
     let audit = Audit::start(s.clone(), key.clone()).unwrap();
     assert!(!audit.is_writable());

@@ -11,22 +11,25 @@ use std::time::Instant;
 /// The audit record being assembled as the request moves through the pipeline. Everything in
 /// `subject` is known before the first record is written; that record freezes it, and every
 /// later record of the request shares the frozen copy.
-pub(super) struct Draft {
-    pub(super) subject: Subject,
-    pub(super) frozen: Option<Arc<Subject>>,
+pub(crate) struct Draft {
+    pub(crate) subject: Subject,
+    pub(crate) frozen: Option<Arc<Subject>>,
     /// `request` when the target never described the request (refused before parsing).
-    pub(super) method: http::Method,
-    pub(super) path: Option<http::uri::PathAndQuery>,
-    pub(super) peer: Option<String>,
-    pub(super) remote: std::net::SocketAddr,
-    pub(super) identity: Option<serde_json::Value>,
-    pub(super) uses: Option<SpentUse>,
-    pub(super) decision_seq: Option<u64>,
+    pub(crate) method: http::Method,
+    pub(crate) path: Option<http::uri::PathAndQuery>,
+    pub(crate) peer: Option<String>,
+    /// None for a request judged offline by `seb check`, which the record names instead.
+    pub(crate) remote: Option<std::net::SocketAddr>,
+    pub(crate) identity: Option<serde_json::Value>,
+    pub(crate) uses: Option<SpentUse>,
+    pub(crate) decision_seq: Option<u64>,
+    /// The recorded decision's verdict, which its outcome repeats (`allow`, or a shadow one).
+    pub(crate) verdict: Verdict,
     /// The request never reached the upstream and its use was given back.
-    pub(super) returned: bool,
+    pub(crate) returned: bool,
 }
 
-pub(super) struct SpentUse {
+pub(crate) struct SpentUse {
     n: u32,
     max: u32,
     kid: String,
@@ -34,7 +37,7 @@ pub(super) struct SpentUse {
 }
 
 impl Draft {
-    pub(super) fn new(
+    pub(crate) fn new(
         target: &impl Target,
         method: &http::Method,
         path: Option<&http::uri::PathAndQuery>,
@@ -49,15 +52,35 @@ impl Draft {
             method: method.clone(),
             path: path.cloned(),
             peer: conn.peer.as_ref().and_then(|p| p.name.clone()),
-            remote: conn.remote,
+            remote: Some(conn.remote),
             identity: None,
             uses: None,
             decision_seq: None,
+            verdict: Verdict::Allow,
             returned: false,
         }
     }
 
-    pub(super) fn certificate(&mut self, cert: &Certificate) {
+    /// A request described to `seb check` rather than received.
+    pub(crate) fn offline(
+        target: &impl Target,
+        method: &http::Method,
+        path: Option<&http::uri::PathAndQuery>,
+    ) -> Draft {
+        let mut d = Draft::new(
+            target,
+            method,
+            path,
+            &ConnInfo {
+                remote: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
+                peer: None,
+            },
+        );
+        d.remote = None;
+        d
+    }
+
+    pub(crate) fn certificate(&mut self, cert: &Certificate) {
         let c = &cert.claims;
         let s = self.unfrozen();
         s.cert_id = Some(c.jti.clone());
@@ -70,7 +93,7 @@ impl Draft {
 
     /// The subject, to fill in. Everything in it must be set before the first record: later
     /// records share that record's frozen copy and would not show a later change.
-    pub(super) fn unfrozen(&mut self) -> &mut Subject {
+    pub(crate) fn unfrozen(&mut self) -> &mut Subject {
         debug_assert!(
             self.frozen.is_none(),
             "audit subject changed after the request's first record"
@@ -78,7 +101,7 @@ impl Draft {
         &mut self.subject
     }
 
-    pub(super) fn took_use(&mut self, n: u32, max: u32, cert: &Certificate) {
+    pub(crate) fn took_use(&mut self, n: u32, max: u32, cert: &Certificate) {
         // Part of the frozen `request` (its `use` member), under the same rule. The issuer key
         // and expiry let a restarted broker rebuild this certificate's use count from the log.
         self.unfrozen();
@@ -90,7 +113,7 @@ impl Draft {
         });
     }
 
-    pub(super) fn subject(&mut self) -> Arc<Subject> {
+    pub(crate) fn subject(&mut self) -> Arc<Subject> {
         if let Some(s) = &self.frozen {
             return s.clone();
         }
@@ -102,7 +125,10 @@ impl Draft {
             });
         }
         if let Some(obj) = s.request.as_object_mut() {
-            obj.insert("remote".into(), self.remote.to_string().into());
+            match self.remote {
+                Some(r) => obj.insert("remote".into(), r.to_string().into()),
+                None => obj.insert("via".into(), "seb check".into()),
+            };
             if let Some(p) = &self.peer {
                 obj.insert("peer".into(), p.clone().into());
             }
@@ -118,7 +144,7 @@ impl Draft {
         s
     }
 
-    pub(super) fn entry(
+    pub(crate) fn entry(
         &mut self,
         kind: Kind,
         decision: Verdict,
@@ -139,22 +165,22 @@ impl Draft {
         }
     }
 
-    pub(super) fn allow(&mut self) -> Entry {
+    pub(crate) fn allow(&mut self) -> Entry {
         self.entry(Kind::Decision, Verdict::Allow, None)
     }
 
-    pub(super) fn deny(&mut self, denial: &Denial) -> Entry {
+    pub(crate) fn deny(&mut self, denial: &Denial) -> Entry {
         self.entry(Kind::Decision, Verdict::Deny, Some(denial))
     }
 
-    pub(super) fn outcome(
+    pub(crate) fn outcome(
         &mut self,
         seq: u64,
         status: Option<u16>,
         failure: Option<&Denial>,
         started: Instant,
     ) -> Entry {
-        let mut e = self.entry(Kind::Outcome, Verdict::Allow, failure);
+        let mut e = self.entry(Kind::Outcome, self.verdict, failure);
         e.upstream_status = status;
         e.duration_ms = Some(started.elapsed().as_millis() as u64);
         e.outcome = Some(

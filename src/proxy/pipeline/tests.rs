@@ -6,6 +6,7 @@ use crate::admission::revocation::{self, RevocationClaims, RevocationPayload, Re
 use crate::admission::Admission;
 use crate::audit::{AuditSettings, Durability};
 use crate::cert::{keys, Certificate, Issuer, TargetKind, TrustedIssuers, WindowPolicy, CERT_TYP};
+use crate::contract::BodyView;
 use crate::state::memory::MemoryUseStore;
 use crate::targets::{headers::HeaderRules, Identity, Parsed};
 use crate::upstream::UpstreamClient;
@@ -144,6 +145,14 @@ impl Target for Fake {
             aws: None,
         })
     }
+    async fn shadow_identity(&self) -> Result<Identity, Denial> {
+        self.called("shadow_identity");
+        Ok(Identity {
+            audit: json!({"kind": "fake", "shadow": true}),
+            headers: Vec::new(),
+            aws: None,
+        })
+    }
     fn upstream_request(
         &self,
         parts: &http::request::Parts,
@@ -170,6 +179,11 @@ struct World {
 }
 
 fn world() -> World {
+    world_in(false)
+}
+
+/// `shadow`: the fake target runs in shadow mode.
+fn world_in(shadow: bool) -> World {
     let key = keys::generate();
     let kid = keys::key_id(&key.verifying_key());
     let issuers = TrustedIssuers::new([Issuer {
@@ -201,6 +215,7 @@ fn world() -> World {
             rotate_bytes: None,
             stdout: false,
             broker_id: "test".into(),
+            shadow_targets: Vec::new(),
         },
         keys::generate(),
     )
@@ -220,6 +235,11 @@ fn world() -> World {
         max_body_bytes: 1 << 20,
         request_timeout: Duration::from_secs(5),
         connections: super::super::lifecycle::Connections::new(16),
+        shadow: if shadow {
+            vec!["fake".into()]
+        } else {
+            Vec::new()
+        },
         agent_tokens: Vec::new(),
         reads_need_agent: false,
         request_prefix: "t".into(),
@@ -419,4 +439,94 @@ async fn a_read_takes_the_read_identity_and_no_certificate_phase() {
             "upstream_request"
         ]
     );
+}
+
+#[tokio::test]
+async fn shadow_records_what_each_phase_would_refuse_and_forwards_it_under_the_shadow_identity() {
+    for (fail, cert, code) in [
+        (Fail::Nowhere, false, "cert_missing"),
+        (Fail::Contract, true, "contract_mismatch"),
+        (Fail::LiveState, true, "drift"),
+    ] {
+        let w = world_in(true);
+        let t = Arc::new(Fake::new(fail));
+        let c = w.cert("j-s");
+        let (status, body) = w.send(&t, "POST", cert.then_some(c.as_str())).await;
+        // Forwarded: nothing listens upstream, so the answer is the upstream's failure, not
+        // the refusal that enforcing would have given.
+        assert_eq!(status, 502, "{code}: {body}");
+        assert!(!body.contains(code), "{code}: {body}");
+        let calls = t.calls();
+        assert_eq!(
+            &calls[calls.len() - 2..],
+            ["shadow_identity", "upstream_request"],
+            "{code}: {calls:?}"
+        );
+        let records = w.records().await;
+        assert_eq!(records.len(), 2, "{code}: {records:?}");
+        assert_eq!(records[0]["kind"], "decision");
+        assert_eq!(records[0]["decision"], "would_deny");
+        assert_eq!(records[0]["reason"]["code"], code);
+        assert_eq!(records[1]["kind"], "outcome");
+        assert_eq!(records[1]["decision"], "would_deny");
+        assert_eq!(records[1]["decision_seq"], records[0]["seq"]);
+        assert_eq!(records[1]["identity"]["shadow"], true);
+        // No use taken for a verdict enforcing would not have admitted.
+        if cert {
+            let parsed = w.broker.admission.authenticate(&c).unwrap();
+            assert_eq!(
+                w.broker.admission.take_use(&parsed).await.unwrap().0,
+                1,
+                "{code}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn shadow_spends_the_use_enforcing_would_and_a_replay_is_a_would_deny() {
+    let w = world_in(true);
+    let t = Arc::new(Fake::new(Fail::Nowhere));
+    let c = w.cert("j-r");
+    let (status, _) = w.send(&t, "POST", Some(&c)).await;
+    assert_eq!(status, 502);
+    let records = w.records().await;
+    assert_eq!(records[0]["decision"], "would_allow");
+    assert_eq!(records[0]["request"]["use"]["n"], 1);
+    // Never sent: given back, as enforcing would.
+    assert_eq!(records[1]["outcome"], "returned");
+    // Spent for real this time (taken directly), the next request is a replay: would_deny.
+    let parsed = w.broker.admission.authenticate(&c).unwrap();
+    w.broker.admission.take_use(&parsed).await.unwrap();
+    w.send(&t, "POST", Some(&c)).await;
+    let records = w.records().await;
+    assert_eq!(records[2]["decision"], "would_deny");
+    assert_eq!(records[2]["reason"]["code"], "replayed");
+}
+
+/// The identity is minted after the verdict, beside the decision's sync: a would-allow whose
+/// identity cannot be minted is not forwarded at all (there is nothing to run it under), and
+/// its use goes back, as when enforcing.
+#[tokio::test]
+async fn shadow_cannot_forward_without_an_identity_and_gives_the_use_back() {
+    let w = world_in(true);
+    let t = Arc::new(Fake::new(Fail::Identity));
+    let (status, body) = w.send(&t, "POST", Some(&w.cert("j-i"))).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("identity_unavailable"), "{body}");
+    assert!(!t.calls().contains(&"upstream_request"));
+    let records = w.records().await;
+    assert_eq!(records[0]["decision"], "would_allow");
+    assert_eq!(
+        (&records[1]["decision"], &records[1]["outcome"]),
+        (&json!("would_allow"), &json!("returned"))
+    );
+}
+
+#[tokio::test]
+async fn a_read_on_a_shadow_target_is_an_ordinary_read() {
+    let w = world_in(true);
+    let t = Arc::new(Fake::new(Fail::Nowhere));
+    w.send(&t, "GET", None).await;
+    assert!(!t.calls().contains(&"shadow_identity"));
 }

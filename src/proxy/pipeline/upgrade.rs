@@ -1,5 +1,4 @@
-//! An admitted upgrade (a kubernetes exec, attach or port-forward): once both sides have
-//! switched protocols, bytes are copied both ways until either side closes.
+//! An admitted upgrade (a kubernetes exec), joined to the upstream's once both sides switched.
 
 /// Copies bytes both ways between the agent's upgraded connection and the upstream's until
 /// either side closes.

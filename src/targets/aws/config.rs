@@ -216,6 +216,20 @@ impl AwsTargetConfig {
     }
 
     /// Relative paths are relative to the config file's directory.
+    /// Every secret this table names.
+    pub fn secret_sources(&mut self) -> Vec<&mut SecretSource> {
+        let mut out: Vec<&mut SecretSource> = [
+            &mut self.static_credentials,
+            &mut self.read_static_credentials,
+        ]
+        .into_iter()
+        .flatten()
+        .flat_map(|c| c.sources())
+        .collect();
+        out.extend(self.agent_keys.iter_mut().map(|k| &mut k.secret_access_key));
+        out
+    }
+
     pub fn resolve(&mut self, base: &Path) {
         if let Some(ca) = &mut self.upstream_ca {
             if ca.is_relative() {

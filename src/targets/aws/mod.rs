@@ -409,6 +409,28 @@ impl Target for AwsTarget {
         Ok(body)
     }
 
+    async fn shadow_identity(&self) -> Result<Identity, Denial> {
+        // Config allows shadow mode only with static credentials: an STS session is scoped to
+        // the certificate's call.
+        let creds = match self.mode {
+            AwsIdentityMode::Static => self.static_credentials.clone(),
+            AwsIdentityMode::Sts => None,
+        }
+        .ok_or_else(|| {
+            Denial::new(
+                Reason::IdentityUnavailable,
+                "shadow mode needs static execution credentials",
+            )
+        })?;
+        let mut audit = static_audit(&creds, "execution");
+        audit["shadow"] = true.into();
+        Ok(Identity {
+            audit,
+            headers: Vec::new(),
+            aws: Some(creds),
+        })
+    }
+
     async fn identity(&self, cert: Option<&Certificate>) -> Result<Identity, Denial> {
         let Some(cert) = cert else {
             let region = self.regions.first().cloned().unwrap_or_default();

@@ -101,6 +101,15 @@ impl HttpTargetConfig {
     }
 
     /// Relative paths are relative to the config file's directory.
+    /// Every secret this table names.
+    pub fn secret_sources(&mut self) -> Vec<&mut SecretSource> {
+        [&mut self.credential, &mut self.read_credential]
+            .into_iter()
+            .flatten()
+            .map(|c| &mut c.value)
+            .collect()
+    }
+
     pub fn resolve(&mut self, base: &Path) {
         if let Some(ca) = &mut self.upstream_ca {
             if ca.is_relative() {

@@ -124,6 +124,11 @@ impl KubeTargetConfig {
     }
 
     /// Relative paths are relative to the config file's directory.
+    /// Every secret this table names.
+    pub fn secret_sources(&mut self) -> Vec<&mut SecretSource> {
+        vec![&mut self.credential]
+    }
+
     pub fn resolve(&mut self, base: &Path) {
         if let Some(ca) = &mut self.ca {
             if ca.is_relative() {

@@ -459,6 +459,13 @@ impl Target for KubeTarget {
         }
     }
 
+    async fn shadow_identity(&self) -> Result<Identity, Denial> {
+        // Config refuses shadow mode with token_request: impersonation is the only way here.
+        let mut id = identity::identity(&self.credential, &self.execution, None)?;
+        id.audit["shadow"] = true.into();
+        Ok(id)
+    }
+
     /// A `replayed` refusal says so when the certificate's last use ended in 409 Conflict:
     /// kubectl retries a conflict with the same certificate, and "replayed" alone hides why.
     fn explain(&self, cert: &Certificate, mut denial: Denial) -> Denial {
