@@ -23,7 +23,8 @@ cargo build --locked --quiet
 SEB=$ROOT/target/debug/seb
 
 rm -rf "$DEMO" && mkdir -p "$DEMO/audit"
-cp deploy/local/seb.toml "$DEMO/seb.toml"
+cp deploy/local/seb.toml deploy/local/signer.toml "$DEMO/"
+cp -r policies "$DEMO/policies"
 cd "$DEMO"
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
@@ -32,6 +33,7 @@ trap cleanup EXIT
 echo "== keys and certificates"
 echo "signer key id: $($SEB keygen --out signer 2>/dev/null)"
 echo "broker key id: $($SEB keygen --out broker 2>/dev/null)"
+$SEB keygen --out signer-log >/dev/null 2>&1   # the signer's own audit log key
 AGENT_X5T=$($SEB dev-certs --out tls --agent agent:oncall 2>/dev/null)
 $SEB revocation issue --key signer.key --iss signer-local --epoch 1 --out revocation.jws
 
@@ -49,15 +51,8 @@ curl -sf http://127.0.0.1:19901/readyz >/dev/null || { echo "broker did not beco
 
 URL=https://localhost:18443
 AGENT=(--silent --cacert tls/ca.pem)
-cat > refund-claims.json <<'JSON'
-{"action": "refund", "policy": "refunds-under-100", "policy_epoch": 1, "revocation_epoch": 1,
- "target": "http", "request": {"upstream": "payments", "method": "POST", "path": "/v1/refunds"},
- "body": {"constraints": {"/amount": {"max": 100}, "/currency": {"in": ["EUR", "USD"]}, "/order": {"prefix": "ord_"}},
-          "others": "deny"},
- "evidence": {"ticket": "INC-4711", "approved_by": "alice", "risk": "low"}}
-JSON
 # --aud names the target (optional for http, whose certificates name it in request.upstream).
-issue() { $SEB cert issue --key signer.key --iss signer-local --sub agent:oncall --aud payments --claims refund-claims.json "$@"; }
+issue() { $SEB cert issue --key signer.key --iss signer-local --sub agent:oncall --aud payments --claims "$ROOT/certs/refund-claims.json" "$@"; }
 BODY='{"amount": 42, "currency": "EUR", "order": "ord_981"}'
 FAILED=0
 
@@ -77,6 +72,30 @@ except Exception: print("-")')
     FAILED=1
   fi
 }
+
+echo "== starting the signer (policies/ on https://localhost:19443)"
+SEB_LOG=warn $SEB signer serve --config signer.toml 2>signer.log &
+PIDS+=($!)
+for _ in $(seq 100); do
+  curl -sf --cacert tls/ca.pem https://localhost:19443/healthz >/dev/null 2>&1 && break
+  sleep 0.1
+done
+curl -sf --cacert tls/ca.pem https://localhost:19443/healthz >/dev/null || { echo "signer did not start:"; cat signer.log; exit 1; }
+ASK=(--signer https://localhost:19443 --ca tls/ca.pem --client-cert tls/agent.pem --client-key tls/agent.key)
+MTLS=(--cert tls/agent.pem --key tls/agent.key)
+
+echo "== the agent asks the signer (seb request), the broker acts"
+SIGNED=$($SEB request "${ASK[@]}" --proposal "$ROOT/certs/refund.json")
+$SEB cert inspect "$SIGNED" 2>/dev/null | python3 -c 'import json,sys; p=json.load(sys.stdin)["payload"]
+print("  the signer issued %s... to %s under policy %s, valid %ss, bound to the agent certificate: %s" % (p["jti"][:12], p["sub"], p["seb"]["policy"], p["exp"] - p["nbf"], "cnf" in p))'
+expect "refund under the signer's certificate"      200 -                -X POST "$URL/v1/refunds" "${MTLS[@]}" -H 'content-type: application/json' -H "authorization: Bearer $SIGNED" -d "$BODY"
+if REFUSAL=$($SEB request "${ASK[@]}" --proposal "$ROOT/certs/refund-too-large.json" 2>&1); then
+  echo "  a refund of up to 5000: the signer issued it   (EXPECTED a refusal)"; FAILED=1
+else
+  printf '  %-44s -> refused by the signer:\n      %s\n' "a refund of up to 5000" "${REFUSAL#seb: }"
+fi
+SIGNED2=$($SEB request "${ASK[@]}" --proposal "$ROOT/certs/refund.json")
+expect "4200 under the signer's 100 limit"           403 contract_mismatch -X POST "$URL/v1/refunds" "${MTLS[@]}" -H 'content-type: application/json' -H "authorization: Bearer $SIGNED2" -d '{"amount": 4200, "currency": "EUR", "order": "ord_982"}'
 
 echo "== the agent at work"
 CERT=$(issue --ttl 5m)
@@ -99,11 +118,11 @@ expect "a certificate edited to allow more"         403 bad_signature    -X POST
 expect "a refund over the certified limit"          403 contract_mismatch -X POST "$URL/v1/refunds" -H 'content-type: application/json' -H "authorization: Bearer $FRESH" -d '{"amount": 4200, "currency": "EUR", "order": "ord_981"}'
 expect "a refund with an extra field"               403 contract_mismatch -X POST "$URL/v1/refunds" -H 'content-type: application/json' -H "authorization: Bearer $FRESH" -d '{"amount": 42, "currency": "EUR", "order": "ord_981", "iban": "XX00"}'
 expect "the certificate on another path"            403 contract_mismatch -X POST "$URL/v1/payouts" -H 'content-type: application/json' -H "authorization: Bearer $FRESH" -d "$BODY"
-REVOKED=$(issue --ttl 5m)
+REVOKED=$($SEB request "${ASK[@]}" --proposal "$ROOT/certs/refund.json")
 REVOKED_JTI=$($SEB cert inspect "$REVOKED" 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["payload"]["jti"])')
-$SEB revocation issue --key signer.key --iss signer-local --epoch 2 --revoke-jti "$REVOKED_JTI" > revocation-2.jws
-curl -sf -X POST --data-binary @revocation-2.jws http://127.0.0.1:19901/v1/revocation >/dev/null
-expect "a certificate revoked a moment ago"         403 revoked          -X POST "$URL/v1/refunds" -H 'content-type: application/json' -H "authorization: Bearer $REVOKED" -d "$BODY"
+# The signer signs a new revocation document and pushes it to the broker before answering.
+$SEB signer revoke --admin 127.0.0.1:19911 --jti "$REVOKED_JTI" --reason "demo" >/dev/null
+expect "a certificate revoked a moment ago"         403 revoked          -X POST "$URL/v1/refunds" "${MTLS[@]}" -H 'content-type: application/json' -H "authorization: Bearer $REVOKED" -d "$BODY"
 expect "a read over mTLS, no certificate needed"    200 -                "$URL/v1/refunds/ref_1" --cert tls/agent.pem --key tls/agent.key
 expect "a read from an unknown caller"              401 unauthenticated  "$URL/v1/refunds/ref_1"
 
@@ -115,7 +134,7 @@ for line in open("upstream.jsonl"):
     print(f"  {r['method']:5} {r['path']:22} authorization={r['headers'].get('authorization')!r} body={r['body']!r}")
 PY
 RECEIVED=$(wc -l < upstream.jsonl)
-[[ $RECEIVED -eq 2 ]] || { echo "  EXPECTED exactly 2 requests (one admitted mutation, one read), got $RECEIVED"; FAILED=1; }
+[[ $RECEIVED -eq 3 ]] || { echo "  EXPECTED exactly 3 requests (two admitted mutations, one read), got $RECEIVED"; FAILED=1; }
 
 echo "== the audit trail (seb audit query)"
 sleep 0.3   # outcome records are written just after the response
@@ -124,9 +143,12 @@ echo "== every production refund under policy refunds-under-100, as JSON lines"
 $SEB audit query audit/audit.jsonl --policy refunds-under-100 --decision allow --kind decision | cut -c1-160
 echo "== seb audit verify"
 $SEB audit verify --key broker.pub audit/audit.jsonl || FAILED=1
+echo "== the signer's own log: every issuance and refusal, signed and chained"
+$SEB audit query signer-audit/audit.jsonl --format table
+$SEB audit verify --key signer-log.pub signer-audit/audit.jsonl || FAILED=1
 
 if [[ $FAILED -ne 0 ]]; then
   echo "demo: something did not behave as shown above" >&2
   exit 1
 fi
-echo "== demo complete: one mutation admitted, every bad certificate refused, audit chain verified"
+echo "== demo complete: the signer issued and refused, the broker admitted and refused, both audit chains verified"

@@ -15,8 +15,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+mod issuer;
 mod target;
 pub use crate::state::config::StateConfig;
+pub use issuer::IssuerConfig;
 pub use target::{TargetConfig, TargetKindConfig, TargetMode};
 
 #[derive(Debug, Deserialize)]
@@ -158,21 +160,15 @@ fn default_max_ttl() -> Duration {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-#[serde(expecting = "an [[issuers]] table with name and public_key")]
-pub struct IssuerConfig {
-    /// The `iss` claim this key signs for.
-    pub name: String,
-    pub public_key: PathBuf,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 #[serde(expecting = "a [revocation] table")]
 pub struct RevocationConfig {
     #[serde(default)]
     pub file: Option<PathBuf>,
     #[serde(default)]
     pub url: Option<String>,
+    /// CA bundle for an https `url` on a private CA (a signer with its own certificate).
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
     #[serde(default = "default_poll", with = "humantime_serde")]
     pub poll_interval: Duration,
     #[serde(default = "default_staleness", with = "humantime_serde")]
@@ -463,8 +459,8 @@ impl Config {
             return err("issuers", "at least one trusted issuer is needed");
         }
         for (i, issuer) in self.issuers.iter().enumerate() {
-            if issuer.name.is_empty() {
-                return err(&format!("issuers[{i}].name"), "must not be empty");
+            if let Err((field, m)) = issuer.validate() {
+                return err(&format!("issuers[{i}]{field}"), &m);
             }
         }
         match (&self.revocation.file, &self.revocation.url) {
@@ -570,9 +566,12 @@ impl Config {
             }
         }
         for i in &mut self.issuers {
-            fix(&mut i.public_key);
+            i.resolve(base);
         }
         if let Some(f) = &mut self.revocation.file {
+            fix(f);
+        }
+        if let Some(f) = &mut self.revocation.ca {
             fix(f);
         }
         if let Some(p) = &mut self.audit.path {

@@ -90,6 +90,18 @@ pub fn agent_spiffe_uri(agent_name: &str) -> anyhow::Result<String> {
 /// Creates `dir` (mode 0700) if needed and writes `ca.pem`, `ca.key`, `server.pem`,
 /// `server.key`, `agent.pem`, `agent.key` and `agent.x5t` into it. Keys are ECDSA P-256,
 /// written as PKCS#8 PEM with mode 0600.
+/// `seb dev-certs`: writes them and prints the agent certificate's thumbprint (moved out of
+/// main.rs, which is at its line limit).
+pub fn run_cli(out: &Path, agent: &str) -> anyhow::Result<()> {
+    let c = write_dev_certs(out, agent)?;
+    eprintln!(
+        "wrote CA, server and agent certificates to {}",
+        c.dir.display()
+    );
+    println!("{}", c.agent_x5t);
+    Ok(())
+}
+
 pub fn write_dev_certs(dir: &Path, agent_name: &str) -> anyhow::Result<DevCerts> {
     // Validate before touching the filesystem.
     let agent_uri = agent_spiffe_uri(agent_name)?;

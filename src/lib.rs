@@ -12,6 +12,7 @@ pub mod fsutil;
 pub mod json;
 pub mod proxy;
 pub mod secret;
+pub mod signer;
 pub mod state;
 pub mod targets;
 pub mod tls;

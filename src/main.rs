@@ -65,6 +65,8 @@ enum Command {
     /// Print a kubeconfig whose server is a broker's kubernetes listener. Its token is the
     /// agent token for reads; pass a certificate per change with `kubectl --token`.
     Kubeconfig(KubeconfigArgs),
+    #[command(flatten)]
+    Signer(seb::signer::cli::Commands),
 }
 
 // === seb kubeconfig ===
@@ -262,8 +264,9 @@ fn main() -> ExitCode {
         Command::Audit(AuditCommand::Query(a)) => return seb::audit::cli::run_query(&a),
         Command::Audit(AuditCommand::Label(a)) => return seb::audit::rollout_cli::run_label(&a),
         Command::Audit(AuditCommand::Report(a)) => return seb::audit::rollout_cli::run_report(&a),
-        Command::DevCerts { out, agent } => dev_certs(&out, &agent),
+        Command::DevCerts { out, agent } => seb::devcerts::run_cli(&out, &agent),
         Command::Kubeconfig(a) => kubeconfig(&a),
+        Command::Signer(c) => return seb::signer::cli::run(c),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -587,14 +590,4 @@ fn reload(admin: &str, config: Option<&std::path::Path>) -> ExitCode {
             ExitCode::from(2)
         }
     }
-}
-
-fn dev_certs(out: &std::path::Path, agent: &str) -> anyhow::Result<()> {
-    let c = seb::devcerts::write_dev_certs(out, agent)?;
-    eprintln!(
-        "wrote CA, server and agent certificates to {}",
-        c.dir.display()
-    );
-    println!("{}", c.agent_x5t);
-    Ok(())
 }

@@ -28,9 +28,21 @@ fn every_example_config_loads() {
     }
     assert!(!found.is_empty(), "no example configs found");
     for p in &found {
-        // Only broker configs live in these folders; each must pass the same strict loader
-        // `seb serve` uses.
-        if let Err(e) = seb::config::Config::load(p) {
+        // Broker configs, and signer configs (named signer*.toml), each through the same
+        // strict loader `seb serve` or `seb signer serve` uses.
+        let signer = p
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("signer"));
+        let loaded = if signer {
+            seb::signer::config::SignerConfig::load(p)
+                .map_err(|e| format!("{e:#}"))
+                .map(|_| ())
+        } else {
+            seb::config::Config::load(p)
+                .map_err(|e| e.to_string())
+                .map(|_| ())
+        };
+        if let Err(e) = loaded {
             panic!("{}: {e}", p.display());
         }
     }

@@ -7,6 +7,7 @@
 //! target's job and runs between these checks and [`Admission::take_use`], so a certificate
 //! is only spent on a request it actually covers.
 
+pub mod jwks;
 pub mod reload;
 pub mod revocation;
 

@@ -60,6 +60,10 @@ pub struct QueryArgs {
     /// KEY=VALUE on the certificate's evidence; repeat to require several.
     #[arg(long)]
     pub evidence: Vec<String>,
+    /// Only break-glass certificates (`evidence.break_glass` true): the signer's issuances
+    /// under a break-glass policy, and the broker's records of their use.
+    #[arg(long)]
+    pub break_glass: bool,
     #[arg(long, value_parser = PossibleValuesParser::new(["decision", "outcome"]).map(|s| kind(&s)))]
     pub kind: Option<Kind>,
     #[arg(long, value_enum, default_value_t = Format::Jsonl)]
@@ -292,7 +296,7 @@ fn filter_of(args: &QueryArgs) -> Result<Filter, String> {
             })
             .transpose()
     };
-    let evidence = args
+    let mut evidence: Vec<(String, String)> = args
         .evidence
         .iter()
         .map(|kv| {
@@ -301,6 +305,9 @@ fn filter_of(args: &QueryArgs) -> Result<Filter, String> {
                 .ok_or_else(|| format!("--evidence {kv:?}: expected KEY=VALUE"))
         })
         .collect::<Result<_, _>>()?;
+    if args.break_glass {
+        evidence.push(("break_glass".into(), "true".into()));
+    }
     Ok(Filter {
         sub: args.sub.clone(),
         action: args.action.clone(),

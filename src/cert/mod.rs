@@ -4,6 +4,7 @@
 //! `admission`'s.
 
 pub mod claims;
+pub mod jwks;
 pub mod jws;
 pub mod keys;
 
@@ -29,12 +30,16 @@ pub struct Issuer {
 #[derive(Clone, Debug, Default)]
 pub struct TrustedIssuers {
     by_kid: std::sync::Arc<arc_swap::ArcSwap<HashMap<String, std::sync::Arc<Issuer>>>>,
+    /// Keys learned from issuers' JWKS URLs, each pinned to its issuer's name; replaced one
+    /// issuer at a time by its poller, untouched by a config reload of the keys above.
+    published: std::sync::Arc<arc_swap::ArcSwap<HashMap<String, std::sync::Arc<Issuer>>>>,
 }
 
 impl TrustedIssuers {
     pub fn new(issuers: impl IntoIterator<Item = Issuer>) -> Self {
         TrustedIssuers {
             by_kid: std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(Self::index(issuers))),
+            published: Default::default(),
         }
     }
 
@@ -46,11 +51,38 @@ impl TrustedIssuers {
     }
 
     pub fn get(&self, kid: &str) -> Option<std::sync::Arc<Issuer>> {
-        self.by_kid.load().get(kid).cloned()
+        self.by_kid
+            .load()
+            .get(kid)
+            .cloned()
+            .or_else(|| self.published.load().get(kid).cloned())
     }
 
     pub fn is_empty(&self) -> bool {
-        self.by_kid.load().is_empty()
+        self.by_kid.load().is_empty() && self.published.load().is_empty()
+    }
+
+    /// Replaces the keys published by issuer `iss` (its JWKS) with `keys`, each trusted for
+    /// that issuer only; an empty list withdraws them (a set gone stale).
+    pub fn set_published(&self, iss: &str, keys: Vec<(String, VerifyingKey)>) {
+        self.published.rcu(|current| {
+            let mut next: HashMap<String, std::sync::Arc<Issuer>> = current
+                .iter()
+                .filter(|(_, i)| i.name.as_deref() != Some(iss))
+                .map(|(k, i)| (k.clone(), i.clone()))
+                .collect();
+            for (kid, key) in &keys {
+                next.insert(
+                    kid.clone(),
+                    std::sync::Arc::new(Issuer {
+                        name: Some(iss.to_string()),
+                        kid: kid.clone(),
+                        key: *key,
+                    }),
+                );
+            }
+            next
+        });
     }
 
     /// Installs a new set for every holder of this one (a config reload).
@@ -64,6 +96,7 @@ impl TrustedIssuers {
             .by_kid
             .load()
             .values()
+            .chain(self.published.load().values())
             .map(|i| (i.kid.clone(), i.name.clone()))
             .collect();
         v.sort();
@@ -76,6 +109,7 @@ impl TrustedIssuers {
             .by_kid
             .load()
             .values()
+            .chain(self.published.load().values())
             .filter_map(|i| i.name.clone())
             .collect();
         v.sort();

@@ -307,6 +307,16 @@ fn missing(pointer: &str, path: &[crate::json::Step], segment: &str, node: &Valu
     }
 }
 
+/// Whether every constraint and pointer of a rule reads, as [`check_constraints`] reads them:
+/// the signer refuses to sign a rule the broker would refuse as `cert_malformed`.
+pub fn check_rule_shape(rule: &ConstraintsRule) -> Result<(), String> {
+    for (pointer, c) in &rule.constraints {
+        parse_constraint(pointer, c).map_err(|d| d.message)?;
+        Pattern::parse(pointer)?;
+    }
+    Ok(())
+}
+
 /// Every named pointer must exist and satisfy its constraint; with `others: deny`, every leaf
 /// of the value must lie at or under a named pointer.
 pub fn check_constraints(rule: &ConstraintsRule, value: &Value) -> Result<(), Denial> {

@@ -250,7 +250,11 @@ impl Drop for Reloader {
 pub fn load_issuers(config: &Config) -> anyhow::Result<Vec<Issuer>> {
     let mut issuers = Vec::new();
     for (i, ic) in config.issuers.iter().enumerate() {
-        let key = keys::load_verifying_key(&ic.public_key)
+        // Issuers known by a JWKS URL get their keys from its poller.
+        let Some(public_key) = &ic.public_key else {
+            continue;
+        };
+        let key = keys::load_verifying_key(public_key)
             .with_context(|| config.at(&format!("issuers[{i}].public_key")))?;
         issuers.push(Issuer {
             name: Some(ic.name.clone()),

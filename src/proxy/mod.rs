@@ -181,6 +181,22 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .collect();
     let issuers = TrustedIssuers::new(loaded);
     let issuers_handle = issuers.clone();
+    // Issuers known by their JWKS URL: keys fetched before anything else reads them (the
+    // persisted and the first revocation documents may be signed by them).
+    let mut jwks_pollers = Vec::new();
+    for (i, ic) in config.issuers.iter().enumerate() {
+        let Some(url) = &ic.jwks_url else { continue };
+        let client = crate::upstream::UpstreamClient::new(ic.jwks_ca.as_deref())
+            .with_context(|| config.at(&format!("issuers[{i}].jwks_ca")))?;
+        let source = crate::admission::jwks::JwksSource {
+            iss: ic.name.clone(),
+            url: url.clone(),
+            refresh: ic.jwks_refresh,
+            max_staleness: ic.jwks_max_staleness,
+        };
+        let poller = crate::admission::jwks::start(source, client, issuers.clone()).await;
+        jwks_pollers.push(tokio::spawn(poller));
+    }
     let skew = config.certificates.clock_skew.as_secs() as i64;
     let revocation = RevocationState::new(issuers.clone());
     let revocation = Arc::new(match config.state_dir() {
@@ -319,7 +335,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     });
 
     let source = config_reload::revocation_source(&config)?;
-    let control_client = crate::upstream::UpstreamClient::new(None)?;
+    let control_client = crate::upstream::UpstreamClient::new(config.revocation.ca.as_deref())?;
     // First load before listening, so a broker with good data is ready at once.
     match reload::fetch(&source, &control_client).await {
         Ok(text) => match revocation
@@ -339,7 +355,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         }
     }
 
-    let mut tasks = Vec::new();
+    let mut tasks = jwks_pollers;
     if let Some(etcd) = &etcd {
         let revocation = revocation.clone();
         tasks.push(tokio::spawn(etcd.clone().watch_revocations(Box::new(

@@ -4,6 +4,7 @@
 
 pub mod etcd;
 pub mod moto;
+pub mod signer;
 
 use seb::admission::revocation::{self, RevocationClaims, RevocationPayload, Revoked};
 use seb::cert::{jws, keys, CERT_TYP};
