@@ -89,7 +89,8 @@ where
             }
         }
     });
-    tracing::info!(request_id, target = target.name(), jti = %cert.claims.jti, "prepare accepted");
+    // Debug, not info: on a prepared path this runs once per request, beside the use's own line.
+    tracing::debug!(request_id, target = target.name(), jti = %cert.claims.jti, "prepare accepted");
     let answer = serde_json::json!({
         "prepared": cert.claims.jti,
         "target": target.name(),
