@@ -467,8 +467,13 @@ impl Target for AwsTarget {
                 let m = self
                     .sts
                     .assume_cached(
-                        // jti is unique per issuer, not across issuers.
-                        &format!("{}\u{0}{}", claims.iss, claims.jti),
+                        // jti is unique per issuer, not across issuers; the region and the
+                        // session policy are in the key too, so that a session is only ever
+                        // reused for the scope it was minted for, whatever an issuer reuses.
+                        &format!(
+                            "{}\u{0}{}\u{0}{}\u{0}{policy}",
+                            claims.iss, claims.jti, c.region
+                        ),
                         &c.region,
                         AssumeRole {
                             role_arn: role,
