@@ -25,14 +25,31 @@ pub fn now() -> i64 {
     seb::cert::now_secs()
 }
 
-/// A free loopback port. The port is released before use, so another process could take it
-/// in between; tests retry nothing, and on this single-user machine that has not happened.
+/// A free loopback port for a server a test starts. The port is released before the server
+/// binds it, so it is taken below the kernel's ephemeral range (32768 and up by default): a
+/// port from `bind(0)` is one that any outgoing connection of this machine may take as its
+/// source port in between, which once left a broker unable to bind its listener in CI. Ports
+/// are handed out in turn from an offset of this process's pid, so tests running in parallel
+/// in one binary never get the same one, and one still bound (by an earlier binary's leftover
+/// server) is skipped.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 10_000;
+    const SPAN: u32 = 22_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        (std::process::id() * 7919) % SPAN,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..SPAN {
+        let port = (LOW + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port between {LOW} and {}", LOW + SPAN);
 }
 
 pub struct KillOnDrop(pub Child);
@@ -314,7 +331,7 @@ impl Broker {
         self.child = Some(child);
     }
 
-    fn wait_ready(&self) {
+    fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.admin)) {
@@ -329,8 +346,49 @@ impl Broker {
                     return;
                 }
             }
-            assert!(Instant::now() < deadline, "broker did not become ready");
+            if let Some(status) = self.exited() {
+                panic!(
+                    "broker exited before it was ready ({status}): {}",
+                    self.log_tail()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "broker did not become ready: {}",
+                self.log_tail()
+            );
             std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// The end of the newest broker log in the test's directory, so that a broker that did not
+    /// start says why in the test's own failure.
+    fn log_tail(&self) -> String {
+        let dir = self.config_path.parent().unwrap();
+        let newest = std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("seb-"))
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".log"))
+            .max_by_key(|e| e.metadata().and_then(|m| m.modified()).ok());
+        match newest {
+            Some(e) => {
+                let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+                let start = text.len().saturating_sub(2000);
+                format!(
+                    "{}:\n{}",
+                    e.path().display(),
+                    &text[text.floor_char_boundary(start)..]
+                )
+            }
+            None => "no broker log".into(),
         }
     }
 
