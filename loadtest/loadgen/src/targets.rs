@@ -169,6 +169,11 @@ pub fn main(a: Args) -> anyhow::Result<()> {
             );
         }
     }
+    if let Some(sts) = load(d, "rate.json").and_then(|r| r["sts_rate"].as_f64()) {
+        head += &format!(
+            "The seb-aws-sts paths ran at {sts:.0} req/s (each request also mints an STS session in seb; see Workload); their targets compare with seb-aws at the fixed rate above.\n\n"
+        );
+    }
     let mut t = Table(String::from(
         "| target (issue 21) | path | floor in this run | this run | met? |\n|---|---|---|---|---|\n",
     ));
