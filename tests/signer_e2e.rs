@@ -24,11 +24,19 @@ struct Stack {
 /// The broker polls the signer's revocation document every second and refuses mutations once
 /// its copy is 4 s old; the signer re-signs it every second and pushes it to the broker.
 fn stack() -> Stack {
+    stack_in_mode("enforce")
+}
+
+fn stack_in_mode(mode: &str) -> Stack {
     let env = Env::new();
     let up = Upstream::start(env.dir.path());
     let fake = EvidenceFake::start(env.dir.path());
     fake.set(&green_world());
     let mut bcfg = env.config(up.port, "");
+    bcfg.text = bcfg.text.replace(
+        "[targets.http]",
+        &format!("mode = \"{mode}\"\n[targets.http]"),
+    );
     let signer_cfg = signer_config(
         &env,
         &fake.url(),
@@ -114,6 +122,13 @@ async fn refund(c: &reqwest::Client, s: &Stack, cert: &str, amount: u32) -> Repl
         body.as_bytes(),
     )
     .await
+}
+
+/// A change sent without any certificate; the status it got.
+async fn uncertified(c: &reqwest::Client, s: &Stack, path: &str, amount: u32) -> u16 {
+    let body = format!(r#"{{"amount": {amount}, "currency": "EUR", "order": "ord_77"}}"#);
+    let r = send(c, "POST", &s.broker.url(path), &[JSON], body.as_bytes()).await;
+    r.status
 }
 
 fn posts(up: &Upstream) -> usize {
@@ -440,4 +455,77 @@ async fn the_signer_refuses_callers_it_cannot_name() {
         "a foreign client certificate got through"
     );
     assert_eq!(posts(&s.up), 0);
+}
+
+/// The rollout report reads the signer's own log: a change the agent sent without the
+/// certificate it was issued is out of contract, one the signer refused is the policy's, one
+/// nobody asked for is unasked; the same broker log without the signer's log calls all three
+/// unasked. Shadow mode, so every change reaches the upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rollout_report_reads_the_signers_log() {
+    let s = stack_in_mode("shadow");
+    let mtls = client(&s.env, true);
+    let since = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+
+    let (code, cert, err) = request(&s, "refund.json", true);
+    assert_eq!(code, 0, "{err}");
+    // Issued, then sent without its certificate.
+    assert_eq!(uncertified(&mtls, &s, "/v1/refunds", 50).await, 200);
+    // Refused by the signer (no policy permits a bound of 5000), then sent anyway.
+    let (code, _, _) = request(&s, "refund-too-large.json", true);
+    assert_ne!(code, 0);
+    assert_eq!(uncertified(&mtls, &s, "/v1/refunds", 4000).await, 200);
+    // Never proposed.
+    assert_eq!(uncertified(&mtls, &s, "/v1/payouts", 1).await, 200);
+    // Certified and sent with its certificate.
+    assert_eq!(refund(&mtls, &s, &cert, 50).await.status, 200);
+    assert_eq!(posts(&s.up), 4, "shadow mode forwards every change");
+
+    let until =
+        humantime::format_rfc3339_seconds(std::time::SystemTime::now() + Duration::from_secs(2))
+            .to_string();
+    let broker_log = s.env.path("audit.jsonl").display().to_string();
+    let signer_log = s.env.path("signer-audit/audit.jsonl").display().to_string();
+    let report = |extra: &[&str]| {
+        let mut args = vec![
+            "audit",
+            "report",
+            &broker_log,
+            "--since",
+            &since,
+            "--until",
+            &until,
+            "--format",
+            "json",
+        ];
+        args.extend_from_slice(extra);
+        let (code, out, err) = seb(&args);
+        assert_eq!(code, 0, "{err}");
+        let v: Value = serde_json::from_str(&out).unwrap();
+        v["total"].clone()
+    };
+    let with = report(&["--signer-log", &signer_log]);
+    assert_eq!(with["changes"], 4, "{with}");
+    assert_eq!(with["would_block"], 3, "{with}");
+    assert_eq!(
+        with["causes"],
+        serde_json::json!({"unasked": 1, "out_of_contract": 1, "policy": 1, "other": 0}),
+        "{with}"
+    );
+    let without = report(&[]);
+    assert_eq!(without["causes"]["unasked"], 3, "{without}");
+
+    // The signer's log in the broker logs' place is refused, not counted as changes.
+    let (code, _, err) = seb(&[
+        "audit",
+        "report",
+        &broker_log,
+        &signer_log,
+        "--since",
+        &since,
+        "--until",
+        &until,
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--signer-log"), "{err}");
 }

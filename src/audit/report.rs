@@ -15,7 +15,13 @@
 //!
 //! The false-block rate is the share of would-blocks an operator labelled `legitimate`.
 //!
-//! Proposals are the hook for the signer's log: NDJSON, one object per line,
+//! What the signer decided comes from its own audit log (`--signer-log`): each of its decision
+//! records is a proposal, issued (`allow`) or refused (`deny`), for the target its `aud` names
+//! (else the http `upstream`, else the certificate's target kind), with the proposal's request
+//! members (less the `proposal`, `aud` and `peer` the signer adds). A signer's log given as a
+//! broker log is refused rather than counted as changes.
+//!
+//! Proposals from elsewhere come as NDJSON, one object per line,
 //! `{"ts": RFC 3339, "target": NAME, "request": <seb.request>, "decision": "issued" |
 //! "refused", "sub": AGENT?, "policy": ID?}` (docs/FORMATS.md). A `cert_missing` change
 //! matches a proposal for the same target, made before it within the report's range, whose
@@ -40,6 +46,8 @@ pub struct ReportInput {
     pub logs: Vec<PathBuf>,
     pub labels: Vec<PathBuf>,
     pub proposals: Vec<PathBuf>,
+    /// The signer's own audit logs.
+    pub signer_logs: Vec<PathBuf>,
     pub since: SystemTime,
     pub until: SystemTime,
     /// Width of one point of the trend: a day unless asked otherwise.
@@ -165,7 +173,8 @@ pub fn report(input: &ReportInput) -> anyhow::Result<Report> {
         bail!("--bucket must be a whole number of seconds, at least 1s");
     }
     let labels = read_labels(&input.labels)?;
-    let proposals = read_proposals(&input.proposals, input.until)?;
+    let mut proposals = read_proposals(&input.proposals, input.until)?;
+    proposals.extend(read_signer_logs(&input.signer_logs, input.until)?);
     let filter = Filter {
         since: Some(input.since),
         until: Some(input.until),
@@ -177,6 +186,14 @@ pub fn report(input: &ReportInput) -> anyhow::Result<Report> {
         let files = super::files::log_files(std::slice::from_ref(log))
             .with_context(|| format!("listing {}", log.display()))?;
         for (line, v) in query_lines(&files, &filter)? {
+            if v.pointer("/request/proposal").is_some() {
+                bail!(
+                    "{}: record seq {} is the signer's (its request names a proposal): give the \
+                     signer's log with --signer-log",
+                    log.display(),
+                    v.get("seq").unwrap_or(&Value::Null)
+                );
+            }
             if let Some(c) = count(&line, &v, &labels, &proposals)? {
                 counted.push(c);
             }
@@ -399,6 +416,61 @@ fn read_proposals(paths: &[PathBuf], until: SystemTime) -> anyhow::Result<Vec<Pr
                 at: ts,
                 target: target.to_owned(),
                 request: request.clone(),
+                issued,
+                sub: v.get("sub").and_then(Value::as_str).map(str::to_owned),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// The signer's decisions up to `until` (not from `since`: a proposal decided before the
+/// range still explains a change inside it).
+fn read_signer_logs(paths: &[PathBuf], until: SystemTime) -> anyhow::Result<Vec<Proposal>> {
+    let filter = Filter {
+        until: Some(until),
+        kind: Some(Kind::Decision),
+        ..Filter::default()
+    };
+    let mut out = Vec::new();
+    for p in paths {
+        let files = super::files::log_files(std::slice::from_ref(p))
+            .with_context(|| format!("listing {}", p.display()))?;
+        for (_, v) in query_lines(&files, &filter)? {
+            let at = |what: &str| {
+                anyhow!(
+                    "{}: record seq {}: {what}",
+                    p.display(),
+                    v.get("seq").unwrap_or(&Value::Null)
+                )
+            };
+            let mut request = v
+                .get("request")
+                .and_then(Value::as_object)
+                .filter(|r| r.contains_key("proposal"))
+                .cloned()
+                .ok_or_else(|| at("not a signer's decision (its request names no proposal)"))?;
+            let issued = match v.get("decision").and_then(Value::as_str) {
+                Some("allow") => true,
+                Some("deny") => false,
+                _ => return Err(at("decision must be \"allow\" or \"deny\"")),
+            };
+            let ts = parse_ts(&v).ok_or_else(|| at("no RFC 3339 ts"))?;
+            // The broker's records name the target by its configured name: the certificate's
+            // `aud`, or for an http certificate without one its `upstream`.
+            let target = [request.get("aud"), request.get("upstream"), v.get("target")]
+                .into_iter()
+                .flatten()
+                .find_map(Value::as_str)
+                .ok_or_else(|| at("no target"))?
+                .to_owned();
+            for added in ["proposal", "aud", "peer"] {
+                request.remove(added);
+            }
+            out.push(Proposal {
+                at: ts,
+                target,
+                request,
                 issued,
                 sub: v.get("sub").and_then(Value::as_str).map(str::to_owned),
             });

@@ -58,6 +58,10 @@ pub struct ReportArgs {
     /// signer refused from one nobody asked for.
     #[arg(long)]
     pub proposals: Vec<PathBuf>,
+    /// The signer's own audit log (each path takes its rotated files with it): its issuances
+    /// and refusals are the proposals.
+    #[arg(long)]
+    pub signer_log: Vec<PathBuf>,
     /// RFC 3339 time (inclusive).
     #[arg(long)]
     pub since: String,
@@ -81,6 +85,7 @@ pub fn run_report(a: &ReportArgs) -> ExitCode {
             logs: a.logs.clone(),
             labels: a.labels.clone(),
             proposals: a.proposals.clone(),
+            signer_logs: a.signer_log.clone(),
             since: time(&a.since, "since")?,
             until: time(&a.until, "until")?,
             bucket: a.bucket,

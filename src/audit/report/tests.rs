@@ -35,6 +35,7 @@ fn input(logs: Vec<PathBuf>, labels: Vec<PathBuf>, proposals: Vec<PathBuf>) -> R
         logs,
         labels,
         proposals,
+        signer_logs: Vec::new(),
         since: at("2026-03-01T00:00:00Z"),
         until: at("2026-03-04T00:00:00Z"),
         bucket: Duration::from_secs(86_400),
