@@ -63,11 +63,24 @@ fn exec(
     extra_env: &[(String, String)],
     cmd: &[&str],
 ) -> (i32, String, String) {
+    exec_with(env, signer, proposal, extra_env, &[], cmd)
+}
+
+/// `exec` with more of `seb exec`'s own options (`--prepare URL`).
+fn exec_with(
+    env: &Env,
+    signer: &SignerProcess,
+    proposal: &Path,
+    extra_env: &[(String, String)],
+    options: &[&str],
+    cmd: &[&str],
+) -> (i32, String, String) {
     let out = Command::new(seb_bin())
         .args(["exec", "--signer", &signer.url(), "--ca"])
         .arg(env.path("tls/ca.pem"))
         .args(["--token", SIGNER_TOKEN, "--proposal"])
         .arg(proposal)
+        .args(options)
         .arg("--")
         .args(cmd)
         .env_remove("AWS_SESSION_TOKEN")
@@ -293,6 +306,47 @@ read_role_arn = {read:?}
     assert_eq!(code, 0, "{out}{err}");
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["service"]["serviceName"], "api");
+    // Prepared: `seb exec --prepare` presents the certificate before the CLI starts, and the
+    // broker mints its STS session (an AssumeRole at moto) in the background.
+    let metric = |outcome: &str| {
+        let text = http_get(broker.admin, "/metrics");
+        let line = format!("seb_prepares_total{{outcome=\"{outcome}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&line))
+            .map_or(0, |n| n.trim().parse::<u64>().unwrap())
+    };
+    let listener = format!("https://localhost:{}", broker.listen);
+    let args: Vec<String> = update("api:1").to_vec();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, out, err) = exec_with(
+        &env,
+        &signer,
+        &deploy,
+        &aws_env,
+        &["--prepare", &listener],
+        &args,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(!err.contains("did not prepare"), "{err}");
+    assert_eq!(metric("accepted"), 1);
+    // The use waited for the prepared mint; its counter follows a moment after.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while metric("minted") + metric("mint_failed") == 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!((metric("minted"), metric("mint_failed")), (1, 0));
+    // A prepare that fails (here sent to the admin port, which is no target listener) is
+    // reported, and the command still runs and is judged in full.
+    let (code, _, err) = exec_with(
+        &env,
+        &signer,
+        &deploy,
+        &aws_env,
+        &["--prepare", &format!("https://localhost:{}", broker.admin)],
+        &args,
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("did not prepare"), "{err}");
     // Refused by the broker: the certificate pins task definition api:1.
     let (code, _, err) = run(&deploy, &update("api:2"));
     assert_ne!(code, 0);
@@ -316,7 +370,23 @@ read_role_arn = {read:?}
             r["kind"] == "decision" && r["decision"] == "allow" && r["policy"] == "low-risk-deploy"
         })
         .collect();
-    assert_eq!(admitted.len(), 1);
+    assert_eq!(admitted.len(), 3);
     assert_eq!(admitted[0]["evidence"]["pull_request"], "acme/api#42");
     assert_eq!(admitted[0]["evidence"]["risk"], 12);
+}
+
+/// A plain HTTP GET on a loopback port (the broker's admin listener); the body.
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default()
 }

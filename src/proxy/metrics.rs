@@ -123,6 +123,24 @@ pub struct Metrics {
     upstream_errors: Counter,
     /// 1 per target in shadow mode, so that a dashboard cannot miss one.
     shadow: Family<TargetLabel, prometheus_client::metrics::gauge::Gauge>,
+    prepares: Prepares,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PrepareLabels {
+    outcome: &'static str,
+}
+
+/// Accepted prepares and what became of their background mints: whether agents prepare, and
+/// whether it helps, is otherwise invisible (an accepted prepare writes no record).
+#[derive(Clone, Default)]
+pub struct Prepares(Family<PrepareLabels, Counter>);
+
+impl Prepares {
+    /// `accepted`, then one of `minted`, `mint_failed`, `mint_timeout`.
+    pub fn count(&self, outcome: &'static str) {
+        self.0.get_or_create(&PrepareLabels { outcome }).inc();
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -157,7 +175,13 @@ impl Metrics {
             phases,
             upstream_errors: Counter::default(),
             shadow: Family::default(),
+            prepares: Prepares::default(),
         }
+    }
+
+    /// The prepare counters, cloned into the task that mints in the background.
+    pub fn prepares(&self) -> Prepares {
+        self.prepares.clone()
     }
 
     /// Marks these targets as in shadow mode (`seb_target_shadow_mode{target} 1`).
@@ -216,6 +240,11 @@ impl Metrics {
             "seb_target_shadow_mode",
             "1 for a target in shadow mode: it refuses nothing, it records would_allow and would_deny",
             self.shadow.clone(),
+        );
+        registry.register(
+            "seb_prepares",
+            "Accepted prepares (POST /v1/prepare) and the outcome of their background identity mints",
+            self.prepares.0.clone(),
         );
         for (name, help, sample) in extra {
             // The encoder ends every help text with a period of its own.

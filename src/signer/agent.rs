@@ -71,19 +71,34 @@ pub enum Answer {
     },
 }
 
-pub async fn ask(a: &SignerClientArgs, req: &CertificateRequest) -> anyhow::Result<Answer> {
-    let tls = crate::tls::client_config(
-        a.ca.as_deref(),
-        a.client_cert.as_deref().zip(a.client_key.as_deref()),
-    )?;
+type HttpsClient = hyper_util::client::legacy::Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    Full<Bytes>,
+>;
+
+/// An HTTPS-only client trusting `ca` (else the platform's roots), with the agent's client
+/// certificate when it has one.
+pub fn https_client(
+    ca: Option<&Path>,
+    identity: Option<(&Path, &Path)>,
+) -> anyhow::Result<HttpsClient> {
+    let tls = crate::tls::client_config(ca, identity)?;
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config((*tls).clone())
         .https_only()
         .enable_http1()
         .build();
-    let client: hyper_util::client::legacy::Client<_, Full<Bytes>> =
+    Ok(
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .build(https);
+            .build(https),
+    )
+}
+
+pub async fn ask(a: &SignerClientArgs, req: &CertificateRequest) -> anyhow::Result<Answer> {
+    let client = https_client(
+        a.ca.as_deref(),
+        a.client_cert.as_deref().zip(a.client_key.as_deref()),
+    )?;
     let url = format!("{}/v1/certificates", a.signer.trim_end_matches('/'));
     let mut r = http::Request::post(&url).header(http::header::CONTENT_TYPE, "application/json");
     if let Some(t) = &a.token {
@@ -147,6 +162,42 @@ pub async fn obtain(a: &SignerClientArgs) -> anyhow::Result<String> {
             }
         }
     }
+}
+
+/// Presents the certificate to a broker's target listener (`POST /v1/prepare`, where that
+/// target reads a certificate, over the agent's own TLS identity) so that the broker mints the
+/// execution identity while the command starts. Returns the broker's answer.
+pub async fn prepare(
+    a: &SignerClientArgs,
+    broker: &str,
+    ca: Option<&Path>,
+    target: crate::cert::TargetKind,
+    cert: &str,
+) -> anyhow::Result<Value> {
+    let client = https_client(ca, a.client_cert.as_deref().zip(a.client_key.as_deref()))?;
+    let url = format!("{}/v1/prepare", broker.trim_end_matches('/'));
+    let r = http::Request::post(&url);
+    let r = match target {
+        crate::cert::TargetKind::Aws => r.header("x-amz-security-token", cert),
+        _ => r.header(http::header::AUTHORIZATION, format!("Bearer {cert}")),
+    };
+    let resp = tokio::time::timeout(
+        Duration::from_secs(10),
+        client.request(r.body(Full::new(Bytes::new()))?),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("{url}: no answer within 10s"))?
+    .map_err(|e| anyhow::anyhow!("{url}: {}", crate::upstream::error_chain(&e)))?;
+    let status = resp.status();
+    let body = Limited::new(resp.into_body(), 64 * 1024)
+        .collect()
+        .await
+        .map_err(|e| anyhow::anyhow!("{url}: {e}"))?
+        .to_bytes();
+    if status != http::StatusCode::ACCEPTED {
+        anyhow::bail!("{url}: {status}: {}", String::from_utf8_lossy(&body).trim());
+    }
+    serde_json::from_slice(&body).map_err(|e| anyhow::anyhow!("{url}: answer is not JSON: {e}"))
 }
 
 /// Where the certificate goes for the command: by target kind.

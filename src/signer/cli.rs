@@ -82,6 +82,15 @@ pub struct ApproveArgs {
 pub struct ExecArgs {
     #[command(flatten)]
     pub signer: SignerClientArgs,
+    /// Present the certificate to the broker's target listener at this URL (for aws, the
+    /// `AWS_ENDPOINT_URL` the command uses) with `POST /v1/prepare` before the command runs,
+    /// so that the broker mints the execution identity while the command starts. A prepare
+    /// that fails is reported and the command runs anyway: its use is judged in full.
+    #[arg(long)]
+    pub prepare: Option<String>,
+    /// CA bundle that signed the broker's TLS certificate, for --prepare (default: --ca).
+    #[arg(long, requires = "prepare")]
+    pub prepare_ca: Option<PathBuf>,
     /// The command, after `--`.
     #[arg(last = true, required = true)]
     pub command: Vec<String>,
@@ -193,7 +202,19 @@ pub fn run_request(a: SignerClientArgs) -> ExitCode {
 pub fn run_exec(a: ExecArgs) -> ExitCode {
     let run = || -> anyhow::Result<ExitCode> {
         let req = agent::load_request(&a.signer.proposal, a.signer.evidence.as_deref())?;
-        let cert = runtime()?.block_on(agent::obtain(&a.signer))?;
+        let rt = runtime()?;
+        let cert = rt.block_on(agent::obtain(&a.signer))?;
+        if let Some(url) = &a.prepare {
+            let ca = a.prepare_ca.as_deref().or(a.signer.ca.as_deref());
+            let target = req.proposal.target;
+            match rt.block_on(agent::prepare(&a.signer, url, ca, target, &cert)) {
+                Ok(answer) => tracing::debug!(%answer, "prepared"),
+                Err(e) => eprintln!(
+                    "seb: the broker did not prepare the certificate, running the command anyway: {e:#}"
+                ),
+            }
+        }
+        drop(rt);
         let dir = tempfile_dir()?;
         let env = agent::exec_env(req.proposal.target, &cert, &dir)?;
         let (prog, args) = a
@@ -260,15 +281,7 @@ async fn post_approval(
     statement: &str,
 ) -> anyhow::Result<()> {
     use http_body_util::BodyExt;
-    let tls = crate::tls::client_config(ca, None)?;
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config((*tls).clone())
-        .https_only()
-        .enable_http1()
-        .build();
-    let client: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .build(https);
+    let client = agent::https_client(ca, None)?;
     let target = format!("{}/v1/approvals", url.trim_end_matches('/'));
     let resp = client
         .request(http::Request::post(&target).body(http_body_util::Full::new(

@@ -76,15 +76,20 @@ where
     check_certificate_target(&**target, &cert)?;
 
     let (t, c, id) = (target.clone(), cert.clone(), request_id.to_string());
+    let counts = broker.metrics.prepares();
+    counts.count("accepted");
     tokio::spawn(async move {
         match tokio::time::timeout(MINT_TIMEOUT, t.identity(Some(&c))).await {
             Ok(Ok(_)) => {
+                counts.count("minted");
                 tracing::debug!(request_id = %id, jti = %c.claims.jti, "identity prepared")
             }
             Ok(Err(d)) => {
+                counts.count("mint_failed");
                 tracing::warn!(request_id = %id, jti = %c.claims.jti, code = %d.reason, detail = %d.message, "preparing the identity failed; the use will mint it")
             }
             Err(_) => {
+                counts.count("mint_timeout");
                 tracing::warn!(request_id = %id, jti = %c.claims.jti, "preparing the identity did not finish in time; the use will mint it")
             }
         }
