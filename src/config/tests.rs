@@ -368,6 +368,11 @@ fn state_etcd_is_checked_with_field_paths() {
     );
     for (body, field) in [
         ("endpoints = []", "state.etcd.endpoints"),
+        ("prefix = \"/x/\"", "state.etcd.endpoints"),
+        (
+            "endpoints = [\"http://a:1\"]\nendpoints_file = \"members\"",
+            "state.etcd.endpoints_file",
+        ),
         (
             "endpoints = [\"127.0.0.1:2379\"]",
             "state.etcd.endpoints[0]",

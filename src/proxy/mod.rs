@@ -286,7 +286,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 .await
                 .with_context(|| config.at("state.etcd"))?;
             revocation.share_through(etcd.clone());
-            tracing::info!(endpoints = ?etcd_config.endpoints, prefix = %etcd_config.prefix, "use counts and revocation documents are shared through etcd");
+            tracing::info!(endpoints = ?etcd_config.endpoints, endpoints_file = ?etcd_config.endpoints_file, prefix = %etcd_config.prefix, "use counts and revocation documents are shared through etcd");
             (etcd.clone() as Arc<dyn UseStore>, None, Some(etcd))
         }
     };

@@ -39,7 +39,12 @@ pub enum Backend {
 #[serde(expecting = "a [state.etcd] table")]
 pub struct EtcdConfig {
     /// `http://host:port` or `https://host:port`, one per member.
+    #[serde(default)]
     pub endpoints: Vec<String>,
+    /// Or a file holding them, one per line (a key of a Kubernetes Secret: where the cluster's
+    /// members are is not for every reader of the ConfigMap). Read when the broker connects.
+    #[serde(default)]
+    pub endpoints_file: Option<PathBuf>,
     /// Every key seb writes starts with it; replicas that share counts share the prefix.
     #[serde(default = "default_prefix")]
     pub prefix: String,
@@ -64,6 +69,60 @@ pub struct EtcdConfig {
     /// refused with `state_unavailable`.
     #[serde(default = "default_request_timeout", with = "humantime_serde")]
     pub request_timeout: Duration,
+}
+
+impl EtcdConfig {
+    fn check_endpoints(&self, list: &[String], field: &str) -> Result<(), (String, String)> {
+        let tls = self.ca.is_some() || self.cert.is_some();
+        for (i, e) in list.iter().enumerate() {
+            let at = format!("{field}[{i}]");
+            let Some(rest) = e
+                .strip_prefix("http://")
+                .or_else(|| e.strip_prefix("https://"))
+            else {
+                return Err((at, "must be an http:// or https:// URL".into()));
+            };
+            if rest.is_empty() || rest.contains('/') {
+                return Err((at, "must be scheme://host:port, without a path".into()));
+            }
+            // The client refuses TLS options on a plain endpoint; a mix would silently send
+            // some of the traffic in clear.
+            if tls && e.starts_with("http://") {
+                return Err((
+                    at,
+                    "is plain http while ca or cert is set: use https://".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The members: `endpoints`, or the lines of `endpoints_file` (blank lines and `#`
+    /// comments skipped), checked as the config's own list is.
+    pub fn member_urls(&self) -> anyhow::Result<Vec<String>> {
+        let Some(file) = &self.endpoints_file else {
+            return Ok(self.endpoints.clone());
+        };
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| anyhow::anyhow!("state.etcd.endpoints_file {}: {e}", file.display()))?;
+        let list: Vec<String> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(str::to_owned)
+            .collect();
+        if list.is_empty() {
+            anyhow::bail!(
+                "state.etcd.endpoints_file {}: no endpoint in it",
+                file.display()
+            );
+        }
+        self.check_endpoints(&list, "endpoints")
+            .map_err(|(at, m)| {
+                anyhow::anyhow!("state.etcd.endpoints_file {}: {at} {m}", file.display())
+            })?;
+        Ok(list)
+    }
 }
 
 fn default_prefix() -> String {
@@ -95,26 +154,16 @@ impl StateConfig {
             }
             (Backend::Etcd, Some(e)) => e,
         };
-        if etcd.endpoints.is_empty() {
-            return err("state.etcd.endpoints", "at least one endpoint is needed");
-        }
-        let tls = etcd.ca.is_some() || etcd.cert.is_some();
-        for (i, e) in etcd.endpoints.iter().enumerate() {
-            let at = format!("state.etcd.endpoints[{i}]");
-            let Some(rest) = e
-                .strip_prefix("http://")
-                .or_else(|| e.strip_prefix("https://"))
-            else {
-                return err(&at, "must be an http:// or https:// URL");
-            };
-            if rest.is_empty() || rest.contains('/') {
-                return err(&at, "must be scheme://host:port, without a path");
+        match (&etcd.endpoints_file, etcd.endpoints.is_empty()) {
+            (Some(_), false) => {
+                return err(
+                    "state.etcd.endpoints_file",
+                    "endpoints and endpoints_file: give one or the other",
+                )
             }
-            // The client refuses TLS options on a plain endpoint; a mix would silently send
-            // some of the traffic in clear.
-            if tls && e.starts_with("http://") {
-                return err(&at, "is plain http while ca or cert is set: use https://");
-            }
+            (None, true) => return err("state.etcd.endpoints", "at least one endpoint is needed"),
+            (Some(_), true) => {}
+            (None, false) => etcd.check_endpoints(&etcd.endpoints, "state.etcd.endpoints")?,
         }
         if etcd.prefix.is_empty() || !etcd.prefix.ends_with('/') {
             return err("state.etcd.prefix", "must be non-empty and end with '/'");
@@ -139,6 +188,11 @@ impl StateConfig {
     }
 
     pub fn resolve(&mut self, base: &Path) {
+        if let Some(f) = self.etcd.as_mut().and_then(|e| e.endpoints_file.as_mut()) {
+            if f.is_relative() {
+                *f = base.join(&*f);
+            }
+        }
         let fix = |p: &mut PathBuf| {
             if p.is_relative() {
                 *p = base.join(&*p);

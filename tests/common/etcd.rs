@@ -280,6 +280,25 @@ pub fn replica_with(
     let cfg = env.config(up.port, "");
     let dir = env.path(&format!("r{n}"));
     std::fs::create_dir_all(&dir).unwrap();
+    // Replica 3 reads the members from a file, as the Kubernetes deployment does from its
+    // Secret (state.etcd.endpoints_file); the others from the config.
+    let mut state = etcd.state_section("/seb-test/");
+    if n == 3 {
+        let file = dir.join("etcd-endpoints");
+        std::fs::write(
+            &file,
+            format!("# members\n{}\n", etcd.endpoints().join("\n")),
+        )
+        .unwrap();
+        let list = state
+            .lines()
+            .find(|l| l.starts_with("endpoints = "))
+            .unwrap();
+        state = state.replace(
+            list,
+            &format!("endpoints_file = {:?}", file.display().to_string()),
+        );
+    }
     // Its own audit key: a replica's log is its own signed chain.
     seb::cert::keys::write_keypair(&dir.join("broker"), &seb::cert::keys::generate()).unwrap();
     let text = cfg
@@ -296,7 +315,7 @@ pub fn replica_with(
             "signing_key = \"broker.key\"",
             &format!("signing_key = \"r{n}/broker.key\""),
         )
-        + &etcd.state_section("/seb-test/")
+        + &state
         + more;
     let config_path = env.path(&format!("seb-r{n}.toml"));
     std::fs::write(&config_path, text).unwrap();

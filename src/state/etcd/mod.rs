@@ -102,9 +102,10 @@ impl EtcdState {
                 .with_user(user.clone(), password.load()?)
                 .with_auto_token_refresh(true);
         }
-        let client = Client::connect(&config.endpoints, Some(opts))
+        let endpoints = config.member_urls()?;
+        let client = Client::connect(&endpoints, Some(opts))
             .await
-            .map_err(|e| anyhow::anyhow!("etcd at {:?}: {e}", config.endpoints))?;
+            .map_err(|e| anyhow::anyhow!("etcd at {endpoints:?}: {e}"))?;
         let state = Arc::new(EtcdState {
             kv: client.kv_client(),
             lease: client.lease_client(),
