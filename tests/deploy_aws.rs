@@ -58,13 +58,39 @@ fn replicated_template_adds_an_etcd_state_table_that_loads() {
             &["https://10.0.1.10:2379", "https://10.0.2.10:2379"].join("\", \""),
         )
         .replace("${AWS::StackName}", "seb-prod");
+    // With EtcdUsername and EtcdPasswordSecretArn, ${Auth} is the template's own !Sub text
+    // (a YAML double-quoted string), unescaped as YAML would; without them, nothing.
+    let auth_line = template
+        .lines()
+        .map(str::trim_start)
+        .find(|l| l.starts_with("- !Sub \"username = "))
+        .expect("the template's password auth lines");
+    let auth = auth_line["- !Sub \"".len()..auth_line.len() - 1]
+        .replace("\\n", "\n")
+        .replace("\\\"", "\"")
+        .replace("${EtcdUsername}", "seb-broker");
     let base = std::fs::read_to_string(repo().join("deploy/aws/seb.toml")).unwrap();
-    let config = seb::config::Config::parse(&format!("{base}\n{state}\n"))
-        .unwrap_or_else(|(f, m)| panic!("{f}: {m}\n{state}"));
-    assert_eq!(config.state.backend, seb::state::config::Backend::Etcd);
-    let etcd = config.state.etcd.unwrap();
-    assert_eq!(etcd.endpoints.len(), 2);
-    assert_eq!(etcd.prefix, "/seb/seb-prod/");
+    for (variant, auth) in [("mTLS", ""), ("mTLS and a password", auth.as_str())] {
+        let state = state.replace("${Auth}", auth);
+        let config = seb::config::Config::parse(&format!("{base}\n{state}\n"))
+            .unwrap_or_else(|(f, m)| panic!("{variant}: {f}: {m}\n{state}"));
+        assert_eq!(config.state.backend, seb::state::config::Backend::Etcd);
+        let etcd = config.state.etcd.unwrap();
+        assert_eq!(etcd.endpoints.len(), 2);
+        assert_eq!(etcd.prefix, "/seb/seb-prod/");
+        assert_eq!(
+            etcd.cert.as_deref(),
+            Some(std::path::Path::new("/etc/seb/etcd/client.pem")),
+            "{variant}"
+        );
+        assert!(etcd.ca.is_some() && etcd.key.is_some(), "{variant}");
+        assert_eq!(
+            etcd.username.as_deref(),
+            (!auth.is_empty()).then_some("seb-broker"),
+            "{variant}"
+        );
+        assert_eq!(etcd.password.is_some(), !auth.is_empty(), "{variant}");
+    }
     assert!(template.contains("DesiredCount: !Ref BrokerCount"));
     assert!(template.contains("ReplicasNeedEtcd:"));
 }
