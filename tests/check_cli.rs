@@ -559,3 +559,174 @@ async fn check_gives_the_brokers_verdicts_for_a_kubernetes_target() {
         "only the certified create reached the apiserver"
     );
 }
+
+/// (name, headers, body, the broker's code: `Some("")` admitted, `None` any refusal).
+type AwsCase<'a> = (&'a str, Vec<(String, String)>, String, Option<&'a str>);
+
+/// The same parity for an aws target (DynamoDB, the JSON protocol): the broker's own
+/// operation parsing and contract, through the broker and through `seb check`. The broker's
+/// refusal code comes from its `x-seb-reason` header; the agent's SigV4 signature is not what
+/// admits a change, so a placeholder one is sent, as SDKs with the certificate as session
+/// token do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_gives_the_brokers_verdicts_for_an_aws_target() {
+    const REGION: &str = "eu-west-1";
+    let env = Env::new();
+    let up = Upstream::start(env.dir.path());
+    let port = up.port;
+    let cfg = broker_config(|listen| {
+        format!(
+            r#"
+[[targets]]
+name = "aws"
+kind = "aws"
+listen = "127.0.0.1:{listen}"
+[targets.aws]
+endpoint = "http://127.0.0.1:{port}"
+services = ["dynamodb"]
+regions = ["{REGION}"]
+identity = "static"
+static_credentials = {{ access_key_id = {{ value_env = "SEB_TEST_STATIC_AKID" }}, secret_access_key = {{ value_env = "SEB_TEST_STATIC_SECRET" }} }}
+"#
+        )
+    });
+    let broker = Broker::start_with_env(
+        &env,
+        &cfg,
+        vec![
+            ("SEB_TEST_STATIC_AKID".into(), "AKIASTATICTEST".into()),
+            ("SEB_TEST_STATIC_SECRET".into(), "static-secret".into()),
+        ],
+    );
+    let c = client(&env, false);
+    let item = |id: &str| json!({"TableName": "orders", "Item": {"id": {"S": id}}}).to_string();
+    let cert = |body: &str, aud: &str| {
+        let t = now();
+        let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(body.as_bytes()));
+        let p = json!({
+            "iss": "signer", "sub": "agent:oncall", "jti": random_jti(), "iat": t,
+            "nbf": t, "exp": t + 300, "aud": aud,
+            "seb": {"v": 1, "action": "write", "policy": "p-1", "policy_epoch": 1,
+                    "revocation_epoch": 1, "target": "aws", "max_uses": 1,
+                    "request": {"service": "dynamodb", "region": REGION, "operation": "PutItem",
+                                "resource": "orders"},
+                    "body": {"sha256": sha}}
+        });
+        seb::cert::jws::sign(&env.signer, seb::cert::CERT_TYP, &env.kid, &p)
+    };
+    let headers = |op: &str, region: &str, cert: Option<&str>| {
+        let mut h = vec![
+            ("content-type".to_string(), "application/x-amz-json-1.0".to_string()),
+            ("x-amz-target".into(), format!("DynamoDB_20120810.{op}")),
+            ("x-amz-date".into(), "20261201T000000Z".into()),
+            (
+                "authorization".into(),
+                format!(
+                    "AWS4-HMAC-SHA256 Credential={}/20261201/{region}/dynamodb/aws4_request, SignedHeaders=host;x-amz-date, Signature={}",
+                    seb::targets::aws::PLACEHOLDER_ACCESS_KEY_ID,
+                    "0".repeat(64)
+                ),
+            ),
+        ];
+        if let Some(c) = cert {
+            h.push(("x-amz-security-token".into(), c.to_string()));
+        }
+        h
+    };
+    let a = item("a");
+    let table: Vec<AwsCase> = vec![
+        (
+            "certified",
+            headers("PutItem", REGION, Some(&cert(&a, "aws"))),
+            a.clone(),
+            Some(""),
+        ),
+        (
+            "another item",
+            headers("PutItem", REGION, Some(&cert(&a, "aws"))),
+            item("b"),
+            Some("contract_mismatch"),
+        ),
+        (
+            "no certificate",
+            headers("PutItem", REGION, None),
+            a.clone(),
+            Some("cert_missing"),
+        ),
+        (
+            "another operation",
+            headers("DeleteItem", REGION, Some(&cert(&a, "aws"))),
+            json!({"TableName": "orders", "Key": {"id": {"S": "a"}}}).to_string(),
+            Some("contract_mismatch"),
+        ),
+        (
+            "a member the operation does not have",
+            headers("DeleteItem", REGION, Some(&cert(&a, "aws"))),
+            a.clone(),
+            Some("request_malformed"),
+        ),
+        (
+            "for staging",
+            headers("PutItem", REGION, Some(&cert(&a, "staging"))),
+            a.clone(),
+            Some("contract_mismatch"),
+        ),
+        (
+            "another region",
+            headers("PutItem", "us-east-1", Some(&cert(&a, "aws"))),
+            a.clone(),
+            None,
+        ),
+        (
+            "x-amz-target twice",
+            {
+                let mut h = headers("PutItem", REGION, Some(&cert(&a, "aws")));
+                h.push((
+                    "x-amz-target".into(),
+                    "DynamoDB_20120810.DeleteTable".into(),
+                ));
+                h
+            },
+            a.clone(),
+            Some("request_malformed"),
+        ),
+    ];
+    for (i, (name, headers, body, want)) in table.into_iter().enumerate() {
+        let file = env.path(&format!("aws-{i}.json"));
+        let hs: Vec<Value> = headers.iter().map(|(k, v)| json!([k, v])).collect();
+        std::fs::write(
+            &file,
+            json!({"method": "POST", "path": "/", "headers": hs, "body": body}).to_string(),
+        )
+        .unwrap();
+        let (code, answer, err) = check(&env, &file, None, &[]);
+        assert!(answer.is_object(), "{name}: seb check exited {code}: {err}");
+        let mut r = c.post(broker.url("/"));
+        for (k, v) in &headers {
+            r = r.header(k.as_str(), v.as_str());
+        }
+        let resp = r.body(body.clone()).send().await.unwrap();
+        let status = resp.status().as_u16();
+        let broker_code = match resp.headers().get("x-seb-reason") {
+            Some(v) => v.to_str().unwrap().to_string(),
+            None => String::new(),
+        };
+        assert_eq!(broker_code.is_empty(), status < 300, "{name}: {status}");
+        let checked = answer["code"].as_str().unwrap_or("");
+        assert_eq!(checked, broker_code, "{name}: seb check said {answer}");
+        match want {
+            Some(w) => assert_eq!(broker_code, w, "{name}"),
+            None => assert!(!broker_code.is_empty(), "{name}: admitted"),
+        }
+        assert_eq!(code, if broker_code.is_empty() { 0 } else { 1 }, "{name}");
+    }
+    let mutations = up
+        .requests()
+        .iter()
+        .filter(|r| r["method"] == "POST")
+        .count();
+    assert_eq!(
+        mutations, 1,
+        "only the certified PutItem reached the upstream"
+    );
+}
