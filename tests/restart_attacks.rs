@@ -574,7 +574,6 @@ async fn a_clock_stepped_back_does_not_hide_older_files() {
 /// (genuinely signed, epoch 1) that the polled source still serves, or deleted: the
 /// revocation is gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "hole: seb-revocation.json is the only memory of a pushed epoch; rolled back to an older signed document, or deleted, the revoked certificate is admitted"]
 async fn a_rolled_back_state_file_does_not_unrevoke() {
     for case in ["rolled back", "deleted"] {
         let env = Env::new();
@@ -621,6 +620,22 @@ async fn a_rolled_back_state_file_does_not_unrevoke() {
         let r = deploy(&c, &broker, &token).await;
         assert_ne!(r.status, 200, "{case}: a revoked certificate was admitted");
         assert_eq!(mutations_received(&up), 1, "{case}");
+        // The audit log is where the revocation was found again: a record of each document
+        // applied (epoch 1 polled at the first start, epoch 2 pushed; the restored one is
+        // not applied anew), a chain that verifies, and the state file at epoch 2 once more.
+        let logged: Vec<Value> = audit_records(&env)
+            .into_iter()
+            .filter(|r| r["kind"] == "revocation")
+            .map(|r| r["revocation"].clone())
+            .collect();
+        let epochs: Vec<&Value> = logged.iter().map(|r| &r["epoch"]).collect();
+        assert_eq!(epochs, [&json!(1), &json!(2)], "{case}: {logged:?}");
+        assert!(logged.iter().all(|r| r["iss"] == "signer"), "{case}");
+        let (code, out) = audit_verify(&env);
+        assert_eq!(code, 0, "{case}: {out}");
+        assert!(out.contains("2 revocations applied"), "{case}: {out}");
+        let file: Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
+        assert_eq!(file["issuers"]["signer"]["epoch"], 2, "{case}");
     }
 }
 

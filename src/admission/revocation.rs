@@ -98,7 +98,14 @@ pub struct RevocationState {
     store: Option<PathBuf>,
     /// Replicas' shared store (etcd): documents accepted here are written there too.
     shared: OnceLock<Arc<dyn SharedRevocations>>,
+    /// Told of every document applied with a newer epoch than what was held (not of the
+    /// same epoch re-signed): the broker records it in its audit log, the second memory of
+    /// revocations besides the state file.
+    on_applied: OnceLock<OnApplied>,
 }
+
+/// See [`RevocationState::on_applied`]: the issuer and its newest document.
+pub type OnApplied = Box<dyn Fn(&str, &Persisted) + Send + Sync>;
 
 /// Why [`RevocationState::apply_shared`] did not succeed.
 #[derive(Debug)]
@@ -137,7 +144,48 @@ impl RevocationState {
             last_refusal: Mutex::new(None),
             store: None,
             shared: OnceLock::new(),
+            on_applied: OnceLock::new(),
         }
+    }
+
+    /// Calls `f` with each document applied from now on that is newer than what was held
+    /// (once, at start).
+    pub fn on_applied(&self, f: OnApplied) {
+        let _ = self.on_applied.set(f);
+    }
+
+    /// Installs again the documents the audit log says this broker applied and the state
+    /// file no longer holds (rolled back to an older document, or deleted), oldest first,
+    /// and persists them. A logged document that no longer verifies (its key rotated out) is
+    /// skipped: it cannot be told from one that was never signed. Returns how many were
+    /// installed.
+    pub fn restore_logged(&self, logged: &[(String, Persisted)], now: i64, max_skew: i64) -> usize {
+        let mut logged: Vec<&(String, Persisted)> = logged.iter().collect();
+        logged.sort_by_key(|(iss, p)| (iss.clone(), p.epoch, p.iat));
+        let mut restored = 0;
+        for (iss, p) in logged {
+            let held = self.floors().get(iss).map(|f| (f.epoch, f.iat));
+            if held.is_some_and(|h| h >= (p.epoch, p.iat)) {
+                continue;
+            }
+            // Accepted once already: an iat now "in the future" means this clock went back.
+            match self.install(&p.document, now, max_skew.max(p.iat - now)) {
+                Ok(Applied::Updated { .. }) => {
+                    tracing::warn!(issuer = %iss, epoch = p.epoch, held = ?held, "the revocation state file had lost a document this broker applied (rolled back or deleted); installed again from the audit log");
+                    restored += 1;
+                }
+                Ok(Applied::Unchanged { .. }) => {}
+                Err(e) => {
+                    tracing::error!(issuer = %iss, epoch = p.epoch, error = %e, "a revocation document in the audit log does not apply")
+                }
+            }
+        }
+        if restored > 0 {
+            if let Err(e) = self.persist() {
+                tracing::error!(error = %e, "revocation documents restored from the audit log could not be persisted; they hold in memory and are read from the log again at the next start");
+            }
+        }
+        restored
     }
 
     /// Shares accepted documents with other replicas through `shared` (once, at start).
@@ -249,10 +297,24 @@ impl RevocationState {
     /// Verifies and installs a document, and persists it. Errors say why it was refused; the
     /// loaded data is then left as it was.
     pub fn apply(&self, token: &str, now: i64, max_skew: i64) -> Result<Applied, String> {
+        // The issuer and its epoch before, for `on_applied`: told of a new epoch (or a first
+        // document), not of the heartbeat that re-signs the same one every few seconds.
+        let told = self.on_applied.get().and_then(|_| {
+            let c = jws::parse(token.trim(), REVOCATION_TYP).ok()?;
+            let p = crate::json::from_checked::<RevocationPayload>(&c.payload).ok()?;
+            let before = self.floors().get(&p.iss).map(|f| f.epoch);
+            Some((p.iss, before))
+        });
         let result = self.install(token, now, max_skew);
         *self.last_refusal.lock().unwrap_or_else(|p| p.into_inner()) =
             result.as_ref().err().cloned();
         if let Ok(Applied::Updated { .. }) = &result {
+            if let (Some(f), Some((iss, before))) = (self.on_applied.get(), &told) {
+                let newest = self.floors().get(iss).cloned();
+                if let Some(newest) = newest.filter(|n| before.is_none_or(|b| n.epoch > b)) {
+                    f(iss, &newest);
+                }
+            }
             // Installed first: a revocation is honoured at once even if the disk fails, and
             // the pusher hears that it must push again.
             self.persist()

@@ -183,11 +183,11 @@ fn verify_one(name: &str, logs: &[PathBuf], keys: &[ed25519_dalek::VerifyingKey]
         r.decisions,
         r.outcomes,
         r.starts,
-        if r.labels > 0 {
-            format!(", {} labels", r.labels)
-        } else {
-            String::new()
-        }
+        [(r.labels, "labels"), (r.revocations, "revocations applied")]
+            .iter()
+            .filter(|(n, _)| *n > 0)
+            .map(|(n, what)| format!(", {n} {what}"))
+            .collect::<String>()
     );
     if r.starts_mid_chain {
         println!("{name}note: the first record continues an earlier chain (older files not given)");

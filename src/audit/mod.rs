@@ -19,8 +19,10 @@ mod writer;
 
 pub use files::log_files;
 pub use query::{query_logs, Filter};
-pub use record::{Durability, Entry, Kind, LabelInfo, LabelledRecord, Subject, Verdict};
-pub use spent::{spent_uses, Spent, SpentScan};
+pub use record::{
+    Durability, Entry, Kind, LabelInfo, LabelledRecord, RevocationInfo, Subject, Verdict,
+};
+pub use spent::{spent_uses, LoggedRevocation, Spent, SpentScan};
 pub use verify::{verify_logs, VerifyFailure, VerifyReport};
 
 use record::{Payload, StartInfo, GENESIS};
@@ -302,6 +304,16 @@ impl Audit {
     /// Appends an operator's label (`seb audit label`) and waits until it is durable.
     pub async fn record_label(&self, label: record::LabelInfo) -> Result<u64, AuditUnavailable> {
         self.record_payload(Payload::Label(Box::new(label))).await
+    }
+
+    /// Records a revocation document this broker applied, and waits until it is durable: the
+    /// log is where a restarted broker finds it again if the state file lost it.
+    pub async fn record_revocation(
+        &self,
+        info: record::RevocationInfo,
+    ) -> Result<u64, AuditUnavailable> {
+        self.record_payload(Payload::Revocation(Box::new(info)))
+            .await
     }
 
     async fn record_payload(&self, payload: Payload) -> Result<u64, AuditUnavailable> {

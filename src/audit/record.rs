@@ -13,6 +13,11 @@
 //! * `kind: "start"` adds `durability` (`fsync` | `flush`), `key_id` (RFC 7638 thumbprint of the
 //!   broker's public key), `version` (of the broker) and `shadow_targets` (the targets in
 //!   shadow mode, usually `[]`); its v1 members are `null`.
+//! * `kind: "revocation"` (written when the broker applies a revocation document with a newer
+//!   epoch than it held, pushed, polled or from etcd; not for the same epoch re-signed) adds `revocation`: `{"iss", "epoch", "iat", "sha256",
+//!   "document"}` (the document's compact JWS and its SHA-256); its v1 members are `null`. A
+//!   broker reads these back at start, so a revocation state file rolled back or deleted does
+//!   not make it forget a revocation.
 //! * `kind: "label"` (a label log, `seb audit label`) adds `label`: `{"record": {"broker",
 //!   "seq", "sha256"}, "verdict": "legitimate" | "harmful", "note"}`; its v1 members are `null`.
 //!
@@ -154,6 +159,18 @@ pub(crate) enum Payload {
     Start(StartInfo),
     Recovery(Box<RecoveryInfo>),
     Label(Box<LabelInfo>),
+    Revocation(Box<RevocationInfo>),
+}
+
+/// A revocation document the broker applied (newer than what it had for that issuer).
+#[derive(Debug, Clone, Serialize)]
+pub struct RevocationInfo {
+    pub iss: String,
+    pub epoch: u64,
+    pub iat: i64,
+    /// Of `document`'s bytes, so that a reader can match it without parsing the JWS.
+    pub sha256: String,
+    pub document: String,
 }
 
 /// An operator's judgement of one would-block, in a log of its own (`seb audit label`).
@@ -309,6 +326,12 @@ fn encode_unsigned(
             null_v1_members(out);
             key(out, "label");
             serde_json::to_writer(&mut *out, &**l)?;
+        }
+        Payload::Revocation(r) => {
+            field_str(out, "kind", Some("revocation"))?;
+            null_v1_members(out);
+            key(out, "revocation");
+            serde_json::to_writer(&mut *out, &**r)?;
         }
     }
     key(out, "prev");

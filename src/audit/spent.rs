@@ -41,6 +41,20 @@ pub struct SpentScan {
     /// When the latest recovery record whose lost records' uses are unknown was written
     /// (seconds since the epoch): no certificate issued before it can be proven unspent.
     pub uses_unknown_before: Option<i64>,
+    /// The revocation documents the broker applied, as far back as the horizon.
+    pub revocations: Vec<LoggedRevocation>,
+}
+
+/// A `revocation` record's document. Back to the horizon is far enough: a certificate still
+/// usable was issued after it, so a revocation of it was applied after it too, and one
+/// issued after a revocation carries that revocation's epoch or a later one, which a broker
+/// holding an older document refuses to admit.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct LoggedRevocation {
+    pub iss: String,
+    pub epoch: u64,
+    pub iat: i64,
+    pub document: String,
 }
 
 #[derive(Deserialize)]
@@ -63,6 +77,7 @@ struct Line<'a> {
     #[serde(borrow)]
     request: Option<Request<'a>>,
     recovery: Option<Recovery>,
+    revocation: Option<LoggedRevocation>,
 }
 
 #[derive(Deserialize)]
@@ -282,6 +297,12 @@ pub fn spent_uses(
             let Some(line) = full else {
                 continue;
             };
+            if let Some(r) = line.revocation {
+                if line.kind.as_deref() == Some("revocation") {
+                    scan.revocations.push(r);
+                }
+                continue;
+            }
             if let Some(r) = line.recovery {
                 declared.extend(r.lost_seq);
                 if r.lost_seq.is_some() && !r.uses_known {

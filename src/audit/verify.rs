@@ -18,6 +18,8 @@ pub struct VerifyReport {
     pub starts: u64,
     /// Operators' labels (a label log, `seb audit label`).
     pub labels: u64,
+    /// Revocation documents the broker applied.
+    pub revocations: u64,
     /// What each `recovery` record says was lost or moved aside: the chain verifies across
     /// it, and a reader must still hear about it.
     pub recoveries: Vec<String>,
@@ -87,6 +89,7 @@ pub fn verify_logs(paths: &[PathBuf], key: &VerifyingKey) -> Result<VerifyReport
                 "decision" => report.decisions += 1,
                 "outcome" => report.outcomes += 1,
                 "label" => report.labels += 1,
+                "revocation" => report.revocations += 1,
                 "recovery" => report.recoveries.push(format!(
                     "{}:{n} (seq {seq}): {}",
                     path.display(),
@@ -215,7 +218,9 @@ fn check_line(
         return Err(err("sig is not the last member".into()));
     }
     let kind = match v.get("kind").and_then(Value::as_str) {
-        Some(k @ ("decision" | "outcome" | "start" | "recovery" | "label")) => k.to_owned(),
+        Some(k @ ("decision" | "outcome" | "start" | "recovery" | "label" | "revocation")) => {
+            k.to_owned()
+        }
         other => return Err(err(format!("unknown kind {other:?}"))),
     };
     let got_prev = v

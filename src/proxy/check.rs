@@ -156,13 +156,16 @@ async fn admission_state(config: &Config, shadow_log: Option<&Path>) -> anyhow::
     let key = keys::load_signing_key(&config.audit.signing_key)
         .with_context(|| config.at("audit.signing_key"))?;
     let uses_unknown_before = match shadow_log.filter(|p| p.exists()) {
-        Some(log) => super::rebuild_use_counts(
-            Some(log),
-            window,
-            &kids_by_name,
-            &uses,
-            &key.verifying_key(),
-        )?,
+        Some(log) => {
+            super::restore::rebuild_use_counts(
+                Some(log),
+                window,
+                &kids_by_name,
+                &uses,
+                &key.verifying_key(),
+            )?
+            .0
+        }
         None => None,
     };
     Ok(Admission {

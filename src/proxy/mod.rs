@@ -9,6 +9,7 @@ pub mod head;
 pub mod lifecycle;
 pub mod metrics;
 pub mod pipeline;
+mod restore;
 pub mod server;
 mod shards;
 pub mod stack;
@@ -255,13 +256,25 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 config.limits.max_live_certificates,
                 Duration::from_secs(skew as u64),
             );
-            let unknown = rebuild_use_counts(
+            let (unknown, logged) = restore::rebuild_use_counts(
                 config.audit.path.as_deref(),
                 window,
                 &kids_by_name,
                 &uses,
                 &audit_pub,
             )?;
+            let logged: Vec<_> = logged
+                .into_iter()
+                .map(|l| {
+                    let p = crate::admission::revocation::Persisted {
+                        epoch: l.epoch,
+                        iat: l.iat,
+                        document: l.document,
+                    };
+                    (l.iss, p)
+                })
+                .collect();
+            revocation.restore_logged(&logged, crate::cert::now_secs(), skew);
             // The chain the counts were read from is anchored by the last record an earlier
             // run wrote; unsigned (altered, or another key), no certificate issued before now
             // is proven unspent.
@@ -290,6 +303,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             (etcd.clone() as Arc<dyn UseStore>, None, Some(etcd))
         }
     };
+
+    restore::record_applied_revocations(&revocation, &audit);
 
     let tls: Option<server::TlsSlot> = match &config.tls {
         Some(_) => Some(Arc::new(arc_swap::ArcSwap::new(config_reload::tls_config(
@@ -493,68 +508,6 @@ fn listen<T: Target>(
         limits.clone(),
         shards.clone(),
     ))
-}
-
-/// Counts again, from the audit log, the uses of every certificate that may still be used.
-pub(crate) fn rebuild_use_counts(
-    path: Option<&std::path::Path>,
-    window: WindowPolicy,
-    kids_by_name: &[(String, String)],
-    uses: &MemoryUseStore,
-    audit_pub: &ed25519_dalek::VerifyingKey,
-) -> anyhow::Result<Option<i64>> {
-    let Some(path) = path else {
-        tracing::warn!(
-            "no audit file is configured: certificate use counts live in memory only, and a \
-             restart re-admits uses already spent within the certificates' validity"
-        );
-        return Ok(None);
-    };
-    let started = std::time::Instant::now();
-    let now = crate::cert::now_secs();
-    // One more minute than the bound needs: the records' clock and this one are the same,
-    // but a record is stamped a moment after its use was taken.
-    let horizon = now - window.max_ttl_secs - 2 * window.skew_secs - 60;
-    let scan = crate::audit::spent_uses(path, horizon, Some(audit_pub))
-        .context("rebuilding certificate use counts from the audit log")?;
-    let mut restored = 0u64;
-    for s in &scan.certificates {
-        // Records written before `exp` was recorded: the latest the certificate can expire.
-        let exp = s
-            .exp
-            .unwrap_or(s.last_ts + window.max_ttl_secs + window.skew_secs);
-        if exp + window.skew_secs < now {
-            continue;
-        }
-        match (&s.kid, &s.iss) {
-            (Some(kid), _) => uses.restore(kid, &s.jti, s.used, exp),
-            // Records written before the issuer key was recorded: every key of that issuer.
-            (None, Some(iss)) => {
-                for (_, kid) in kids_by_name.iter().filter(|(n, _)| n == iss) {
-                    uses.restore(kid, &s.jti, s.used, exp);
-                }
-            }
-            (None, None) => continue,
-        }
-        restored += 1;
-    }
-    tracing::info!(
-        certificates = restored,
-        records = scan.lines,
-        files = scan.files.len(),
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "certificate use counts rebuilt from the audit log"
-    );
-    if let Some(t) = scan.uses_unknown_before {
-        tracing::error!(
-            lost_at = t,
-            "the audit log records a loss of decisions whose certificate uses are unknown: certificates issued before then are refused until they expire"
-        );
-    }
-    // A certificate's iat may run ahead of this clock by the skew.
-    Ok(scan
-        .uses_unknown_before
-        .map(|t| t.saturating_add(window.skew_secs)))
 }
 
 /// Agent connections that fit in the open file limit (raised to the hard limit first) with

@@ -301,3 +301,53 @@ fn each_refusal_says_what_was_wrong() {
         .unwrap_err();
     assert!(e.contains("rotated out"), "{e}");
 }
+
+/// The audit log hears of each new epoch, not of the heartbeat re-signing the same one; and
+/// what it logged installs again into a state that lost it, never below what is held.
+#[test]
+fn new_epochs_are_told_and_logged_ones_restore() {
+    let i = TestIssuer::new();
+    let s = state(&i);
+    let told = Arc::new(Mutex::new(Vec::new()));
+    let t = told.clone();
+    s.on_applied(Box::new(move |iss, p| {
+        t.lock().unwrap().push((iss.to_string(), p.clone()))
+    }));
+    let revoked = Revoked {
+        jti: vec!["c1".into()],
+        ..Revoked::default()
+    };
+    s.apply(&doc(&i, 1, NOW, Revoked::default()), NOW, 30)
+        .unwrap();
+    s.apply(&doc(&i, 1, NOW + 5, Revoked::default()), NOW + 5, 30)
+        .unwrap();
+    s.apply(&doc(&i, 2, NOW + 6, revoked.clone()), NOW + 6, 30)
+        .unwrap();
+    s.apply(&doc(&i, 2, NOW + 9, revoked), NOW + 9, 30).unwrap();
+    let logged = told.lock().unwrap().clone();
+    let epochs: Vec<u64> = logged.iter().map(|(_, p)| p.epoch).collect();
+    assert_eq!(epochs, [1, 2], "a heartbeat is not a new epoch");
+
+    // A broker that lost epoch 2 (its state file rolled back to epoch 1) gets it back.
+    let fresh = state(&i);
+    fresh
+        .apply(&doc(&i, 1, NOW, Revoked::default()), NOW, 30)
+        .unwrap();
+    assert_eq!(fresh.restore_logged(&logged, NOW + 10, 30), 1);
+    let d = fresh.current("signer").unwrap();
+    assert_eq!(d.epoch, 2);
+    assert!(d.revoked("k", "c1", "agent:a").is_some());
+    // Nothing goes below what is held, and a logged document that does not verify is skipped.
+    assert_eq!(fresh.restore_logged(&logged, NOW + 10, 30), 0);
+    let other = TestIssuer::new();
+    let forged = vec![(
+        "signer".to_string(),
+        Persisted {
+            epoch: 9,
+            iat: NOW,
+            document: doc(&other, 9, NOW, Revoked::default()),
+        },
+    )];
+    assert_eq!(fresh.restore_logged(&forged, NOW + 10, 30), 0);
+    assert_eq!(fresh.current("signer").unwrap().epoch, 2);
+}
