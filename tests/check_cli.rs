@@ -601,38 +601,9 @@ static_credentials = {{ access_key_id = {{ value_env = "SEB_TEST_STATIC_AKID" }}
     let c = client(&env, false);
     let item = |id: &str| json!({"TableName": "orders", "Item": {"id": {"S": id}}}).to_string();
     let cert = |body: &str, aud: &str| {
-        let t = now();
-        let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(body.as_bytes()));
-        let p = json!({
-            "iss": "signer", "sub": "agent:oncall", "jti": random_jti(), "iat": t,
-            "nbf": t, "exp": t + 300, "aud": aud,
-            "seb": {"v": 1, "action": "write", "policy": "p-1", "policy_epoch": 1,
-                    "revocation_epoch": 1, "target": "aws", "max_uses": 1,
-                    "request": {"service": "dynamodb", "region": REGION, "operation": "PutItem",
-                                "resource": "orders"},
-                    "body": {"sha256": sha}}
-        });
-        seb::cert::jws::sign(&env.signer, seb::cert::CERT_TYP, &env.kid, &p)
+        common::aws::put_item_cert(&env, body.as_bytes(), REGION, aud, None)
     };
-    let headers = |op: &str, region: &str, cert: Option<&str>| {
-        let mut h = vec![
-            ("content-type".to_string(), "application/x-amz-json-1.0".to_string()),
-            ("x-amz-target".into(), format!("DynamoDB_20120810.{op}")),
-            ("x-amz-date".into(), "20261201T000000Z".into()),
-            (
-                "authorization".into(),
-                format!(
-                    "AWS4-HMAC-SHA256 Credential={}/20261201/{region}/dynamodb/aws4_request, SignedHeaders=host;x-amz-date, Signature={}",
-                    seb::targets::aws::PLACEHOLDER_ACCESS_KEY_ID,
-                    "0".repeat(64)
-                ),
-            ),
-        ];
-        if let Some(c) = cert {
-            h.push(("x-amz-security-token".into(), c.to_string()));
-        }
-        h
-    };
+    let headers = common::aws::dynamodb_headers;
     let a = item("a");
     let table: Vec<AwsCase> = vec![
         (

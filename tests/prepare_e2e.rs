@@ -70,17 +70,7 @@ fn put_item_body(id: &str) -> Vec<u8> {
 impl World {
     /// A single-use certificate for one PutItem with exactly `body`.
     fn cert(&self, jti: &str, body: &[u8], aud: &str) -> String {
-        let t = now();
-        let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(body));
-        let p = json!({
-            "iss": "signer", "sub": "agent:oncall", "jti": jti, "iat": t, "nbf": t, "exp": t + 300,
-            "aud": aud,
-            "seb": {"v": 1, "action": "write", "policy": "p-1", "policy_epoch": 1, "revocation_epoch": 1,
-                    "target": "aws", "max_uses": 1,
-                    "request": {"service": "dynamodb", "region": REGION, "operation": "PutItem", "resource": "orders"},
-                    "body": {"sha256": sha}}
-        });
-        seb::cert::jws::sign(&self.env.signer, seb::cert::CERT_TYP, &self.env.kid, &p)
+        common::aws::put_item_cert(&self.env, body, REGION, aud, Some(jti))
     }
 
     async fn prepare(&self, cert: Option<&str>, body: &[u8]) -> (u16, String) {
@@ -94,26 +84,11 @@ impl World {
 
     /// PutItem as an AWS SDK with AWS_SESSION_TOKEN set to the certificate sends it.
     async fn put(&self, cert: &str, body: &[u8]) -> (u16, String) {
-        let date = "20261201T000000Z";
-        let resp = self
-            .client
-            .post(self.broker.url("/"))
-            .header("content-type", "application/x-amz-json-1.0")
-            .header("x-amz-target", "DynamoDB_20120810.PutItem")
-            .header("x-amz-date", date)
-            .header(
-                "authorization",
-                format!(
-                    "AWS4-HMAC-SHA256 Credential={}/20261201/{REGION}/dynamodb/aws4_request, SignedHeaders=host;x-amz-date, Signature={}",
-                    seb::targets::aws::PLACEHOLDER_ACCESS_KEY_ID,
-                    "0".repeat(64)
-                ),
-            )
-            .header("x-amz-security-token", cert)
-            .body(body.to_vec())
-            .send()
-            .await
-            .unwrap();
+        let mut r = self.client.post(self.broker.url("/"));
+        for (k, v) in common::aws::dynamodb_headers("PutItem", REGION, Some(cert)) {
+            r = r.header(k, v);
+        }
+        let resp = r.body(body.to_vec()).send().await.unwrap();
         (resp.status().as_u16(), resp.text().await.unwrap())
     }
 

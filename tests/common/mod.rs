@@ -2,6 +2,7 @@
 //! with a config written per test, and reqwest as the agent.
 #![allow(dead_code)]
 
+pub mod aws;
 pub mod etcd;
 pub mod moto;
 pub mod signer;
