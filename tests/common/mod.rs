@@ -4,6 +4,7 @@
 
 pub mod etcd;
 pub mod moto;
+pub mod otlp;
 pub mod signer;
 
 use seb::admission::revocation::{self, RevocationClaims, RevocationPayload, Revoked};
