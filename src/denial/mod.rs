@@ -149,6 +149,9 @@ pub struct Denial {
     /// media type seb does not read), for clients that act on the status; the code stays the
     /// stable reason.
     pub status: Option<StatusCode>,
+    /// The message is the broker's own words with nothing of a dependency's in it (a
+    /// deadline), so agents read it even where [`Denial::for_agent`] would replace it.
+    pub own_words: bool,
 }
 
 impl Denial {
@@ -157,6 +160,7 @@ impl Denial {
             reason,
             message: message.into(),
             status: None,
+            own_words: false,
         }
     }
 
@@ -167,6 +171,12 @@ impl Denial {
             format!("unsupported media type: {why}"),
         )
         .with_status(StatusCode::UNSUPPORTED_MEDIA_TYPE)
+    }
+
+    /// Marks the message as the broker's own words (see `own_words`).
+    pub fn in_own_words(mut self) -> Self {
+        self.own_words = true;
+        self
     }
 
     pub fn with_status(mut self, status: StatusCode) -> Self {
@@ -191,7 +201,7 @@ impl Denial {
     /// the whole text. `expose` (config `expose_upstream_errors`) passes the text through.
     pub fn for_agent(&self, expose: bool, request_id: &str) -> std::borrow::Cow<'_, Denial> {
         let generic = match self.reason {
-            _ if expose => return std::borrow::Cow::Borrowed(self),
+            _ if expose || self.own_words => return std::borrow::Cow::Borrowed(self),
             Reason::IdentityUnavailable => {
                 "the broker could not obtain the execution identity for this request"
             }
@@ -211,6 +221,7 @@ impl Denial {
                 "{generic}; the operator finds the cause in the audit log (request {request_id}){returned}"
             ),
             status: self.status,
+            own_words: true,
         })
     }
 }
@@ -255,6 +266,12 @@ mod tests {
         // Refusals about the agent's own request keep their message.
         let own = Denial::new(Reason::ContractMismatch, "/amount: 500 is above 100");
         assert_eq!(*own.for_agent(false, "r-8"), own);
+        let deadline = Denial::new(
+            Reason::UpstreamError,
+            "upstream payments did not answer within 2s",
+        )
+        .in_own_words();
+        assert_eq!(*deadline.for_agent(false, "r-9"), deadline);
         for r in [
             Reason::UpstreamError,
             Reason::StateUnavailable,

@@ -148,6 +148,7 @@ where
                         Reason::UpstreamError,
                         "the request did not complete within limits.request_timeout",
                     )
+                    .in_own_words()
                     .with_status(http::StatusCode::GATEWAY_TIMEOUT)
                 } else {
                     Denial::new(Reason::UpstreamError, format!("the request failed: {e}"))

@@ -46,11 +46,13 @@ pub(super) async fn forward<T: Target>(
             });
         }
         Err(_) => {
+            // A deadline names nothing of the upstream's: the agent may read it.
             return Err(failed(format!(
                 "did not answer within {:?}",
                 broker.request_timeout
             ))
-            .into())
+            .in_own_words()
+            .into());
         }
     };
     broker.metrics.observe(Phase::Forward, started.elapsed());
@@ -116,7 +118,8 @@ pub(super) async fn within<T>(
             Err(Denial::new(
                 Reason::UpstreamError,
                 format!("{what} did not finish within the request's deadline"),
-            ))
+            )
+            .in_own_words())
         })
 }
 

@@ -156,7 +156,8 @@ mod tests {
             if let Some(tp) = parsed {
                 let sampled = u8::from_str_radix(&flags, 16).unwrap() & 1 == 1;
                 prop_assert_eq!(tp.sampled, sampled);
-                prop_assert_eq!(&tp.to_header().as_bytes()[..53], &v.as_bytes()[..53]);
+                let written = tp.to_header();
+                prop_assert_eq!(&written.as_bytes()[..53], &v.as_bytes()[..53]);
             }
             let mut edited = v.clone().into_bytes();
             let is_dash = matches!(at, 2 | 35 | 52);
