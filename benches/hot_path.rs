@@ -200,6 +200,7 @@ fn entry(jti: &str) -> Entry {
             request: json!({"method": "POST", "path": PATH, "operation": format!("POST {PATH}"),
                             "resource": PATH, "remote": "127.0.0.1:54321", "use": {"n": 1, "max": 1}}),
             body_sha256: Some(sha256_hex(SMALL_BODY)),
+            trace_id: None,
         }),
         decision: Verdict::Allow,
         reason: None,
@@ -383,6 +384,43 @@ fn bench_floor(c: &mut Criterion<ThreadCpu>) {
     g.finish();
 }
 
+/// What tracing adds to every request when no spans are exported (the default): looking for a
+/// `traceparent` that is not there, and, when an agent sends one, parsing it and drawing the
+/// broker's span id.
+fn bench_trace(c: &mut Criterion<ThreadCpu>) {
+    let tracing = seb::proxy::trace::Tracing::off();
+    let method = http::Method::POST;
+    let about = || seb::proxy::trace::Describe {
+        request_id: "0a1b2c3d-42",
+        target: TARGET,
+        method: &method,
+        path: PATH,
+    };
+    let mut plain = http::HeaderMap::new();
+    plain.insert("content-type", "application/json".parse().unwrap());
+    plain.insert("authorization", "Bearer x".parse().unwrap());
+    let mut traced = plain.clone();
+    traced.insert(
+        "traceparent",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+            .parse()
+            .unwrap(),
+    );
+    let mut g = c.benchmark_group("trace");
+    g.sampling_mode(SamplingMode::Flat);
+    g.bench_function("off_without_traceparent", |b| {
+        b.iter(|| tracing.start(black_box(&plain), about()).is_some())
+    });
+    g.bench_function("off_with_traceparent", |b| {
+        b.iter(|| {
+            tracing
+                .start(black_box(&traced), about())
+                .map(|t| t.trace_id())
+        })
+    });
+    g.finish();
+}
+
 /// On-CPU time of the calling thread, in ns, from `/proc/thread-self/schedstat`.
 pub struct ThreadCpu;
 
@@ -471,7 +509,7 @@ fn wall_config() -> Criterion {
 criterion_group! {
     name = cpu_benches;
     config = cpu_config();
-    targets = bench_floor, bench_cert, bench_contract, bench_admission
+    targets = bench_floor, bench_cert, bench_contract, bench_admission, bench_trace
 }
 criterion_group! {
     name = wall_benches;

@@ -11,15 +11,18 @@
 
 use crate::secret::SecretSource;
 use serde::Deserialize;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+mod admin;
 mod issuer;
 mod target;
+mod traces;
 pub use crate::state::config::StateConfig;
+pub use admin::AdminConfig;
 pub use issuer::IssuerConfig;
 pub use target::{TargetConfig, TargetKindConfig, TargetMode};
+pub use traces::TracingConfig;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -32,6 +35,10 @@ pub struct Config {
     /// Plain HTTP on the agent listeners: only when said explicitly, for local tests.
     #[serde(default)]
     pub plaintext: bool,
+    /// Pass STS, upstream-connection, state and audit failure text to agents (it names roles,
+    /// hosts and paths); by default they get the reason code and a generic message.
+    #[serde(default)]
+    pub expose_upstream_errors: bool,
     #[serde(default)]
     pub admin: AdminConfig,
     #[serde(default)]
@@ -47,6 +54,8 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     #[serde(default)]
     pub state: StateConfig,
+    #[serde(default)]
+    pub tracing: TracingConfig,
     pub targets: Vec<TargetConfig>,
     /// The file this was read from and its text, so that errors found after parsing (a key
     /// file that does not load, a port in use) can still name the file, line and column.
@@ -107,26 +116,6 @@ pub struct TlsConfig {
     pub client_ca: Option<PathBuf>,
     #[serde(default)]
     pub require_client_cert: bool,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-#[serde(expecting = "an [admin] table")]
-pub struct AdminConfig {
-    #[serde(default = "default_admin_listen")]
-    pub listen: SocketAddr,
-}
-
-impl Default for AdminConfig {
-    fn default() -> Self {
-        AdminConfig {
-            listen: default_admin_listen(),
-        }
-    }
-}
-
-fn default_admin_listen() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 9901))
 }
 
 #[derive(Debug, Deserialize)]
@@ -513,6 +502,8 @@ impl Config {
         for (i, s) in self.agents.tokens.iter().enumerate() {
             s.validate(&format!("agents.tokens[{i}]"))?;
         }
+        self.admin.validate()?;
+        self.tracing.validate()?;
         self.state.validate()?;
         if self.targets.is_empty() {
             return err("targets", "at least one target is needed");
@@ -579,6 +570,8 @@ impl Config {
         }
         fix(&mut self.audit.signing_key);
         self.state.resolve(base);
+        self.admin.resolve(base);
+        self.tracing.resolve(base);
         for s in &mut self.agents.tokens {
             s.resolve(base);
         }

@@ -8,10 +8,18 @@ use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// `seb --version`: the crate version and the commit it was built from (build.rs).
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("SEB_COMMIT"),
+    ")"
+);
+
 #[derive(Parser)]
 #[command(
     name = "seb",
-    version,
+    version = VERSION,
     about = "Sovereign Execution Broker: admits mutations only under signed, scoped, short-lived certificates"
 )]
 struct Cli {
@@ -42,10 +50,10 @@ enum Command {
     /// TLS certificate, key and client CA, revocation source. Exit 0 when reloaded, 1 when
     /// the broker refused the new config (it keeps the running one), 2 when unreachable.
     Reload {
-        /// The broker's admin address.
+        /// The broker's admin address (its admin token, if any, from SEB_ADMIN_TOKEN).
         #[arg(long, default_value = "127.0.0.1:9901", conflicts_with = "config")]
         admin: String,
-        /// Read the admin address from this config file instead.
+        /// Read the admin address and token from this config file instead.
         #[arg(long)]
         config: Option<PathBuf>,
     },
@@ -543,10 +551,7 @@ fn second_signal(signo: i32) -> ExitCode {
 /// `seb reload`: POST /v1/reload on the admin port, and print its answer.
 fn reload(admin: &str, config: Option<&std::path::Path>) -> ExitCode {
     let run = || -> anyhow::Result<(u16, String)> {
-        let addr = match config {
-            Some(p) => seb::config::Config::load(p)?.admin.listen.to_string(),
-            None => admin.to_string(),
-        };
+        let (addr, token) = seb::proxy::admin::client_target(admin, config)?;
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -562,9 +567,11 @@ fn reload(admin: &str, config: Option<&std::path::Path>) -> ExitCode {
             let (mut send, conn) =
                 hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await?;
             tokio::spawn(conn);
-            let req = http::Request::post("/v1/reload")
-                .header(http::header::HOST, &addr)
-                .body(http_body_util::Empty::<bytes::Bytes>::new())?;
+            let mut req = http::Request::post("/v1/reload").header(http::header::HOST, &addr);
+            if let Some(t) = &token {
+                req = req.header(http::header::AUTHORIZATION, format!("Bearer {t}"));
+            }
+            let req = req.body(http_body_util::Empty::<bytes::Bytes>::new())?;
             // Loading keys and certificates is quick; a minute is a bound, not an estimate.
             let resp =
                 tokio::time::timeout(std::time::Duration::from_secs(60), send.send_request(req))

@@ -51,6 +51,9 @@ pub struct QueryArgs {
     pub reason: Option<String>,
     #[arg(long)]
     pub cert_id: Option<String>,
+    /// W3C trace id (32 lowercase hex digits): the records of a traced request.
+    #[arg(long)]
+    pub trace_id: Option<String>,
     /// RFC 3339 time (inclusive), e.g. 2026-03-01T00:00:00Z.
     #[arg(long)]
     pub since: Option<String>,
@@ -315,6 +318,7 @@ fn filter_of(args: &QueryArgs) -> Result<Filter, String> {
         decision: args.decision,
         reason: args.reason.clone(),
         cert_id: args.cert_id.clone(),
+        trace_id: args.trace_id.clone(),
         since: time(&args.since, "since")?,
         until: time(&args.until, "until")?,
         evidence,

@@ -19,6 +19,7 @@ pub struct Filter {
     /// Matches `reason.code`.
     pub reason: Option<String>,
     pub cert_id: Option<String>,
+    pub trace_id: Option<String>,
     pub since: Option<SystemTime>,
     pub until: Option<SystemTime>,
     /// `(key, value)`: `evidence[key]` equals `value` as a string, or, for a non-string,
@@ -36,7 +37,8 @@ impl Filter {
         if !(str_is("sub", &self.sub)
             && str_is("action", &self.action)
             && str_is("policy", &self.policy)
-            && str_is("cert_id", &self.cert_id))
+            && str_is("cert_id", &self.cert_id)
+            && str_is("trace_id", &self.trace_id))
         {
             return false;
         }

@@ -10,6 +10,8 @@
 //! `duration_ms`, then the extensions for the kind, then `prev`, then `sig`:
 //!
 //! * `kind: "outcome"` adds `outcome` (`completed` | `failed` | `unknown`) and `decision_seq`;
+//! * a decision or outcome of a traced request (W3C `traceparent`, or OTLP export on) then adds
+//!   `trace_id` (32 lowercase hex digits); untraced requests' records do not have the member;
 //! * `kind: "start"` adds `durability` (`fsync` | `flush`), `key_id` (RFC 7638 thumbprint of the
 //!   broker's public key), `version` (of the broker) and `shadow_targets` (the targets in
 //!   shadow mode, usually `[]`); its v1 members are `null`.
@@ -133,6 +135,9 @@ pub struct Subject {
     pub target: String,
     pub request: Value,
     pub body_sha256: Option<String>,
+    /// The W3C trace id the request ran under, when it was traced (an agent's `traceparent`,
+    /// or OTLP export on): `trace_id`, the last member before `prev`.
+    pub trace_id: Option<[u8; 16]>,
 }
 
 /// What the pipeline supplies; `seq`, `ts`, `broker`, `prev` and `sig` are added by the writer.
@@ -305,6 +310,13 @@ fn encode_unsigned(
                 field_str(out, "outcome", e.outcome.as_deref())?;
                 field_num(out, "decision_seq", e.decision_seq);
             }
+            // Only on traced requests: a log written without traces reads exactly as before.
+            if let Some(t) = &s.trace_id {
+                key(out, "trace_id");
+                out.push(b'"');
+                push_hex(out, t);
+                out.push(b'"');
+            }
         }
         Payload::Recovery(r) => {
             field_str(out, "kind", Some("recovery"))?;
@@ -462,6 +474,7 @@ pub(crate) mod tests {
                 target: "aws".into(),
                 request: json!({"method": "PUT", "path": "/b/k"}),
                 body_sha256: Some("ab".repeat(32)),
+                trace_id: None,
             }),
             decision,
             reason: None,

@@ -204,6 +204,11 @@ fn unknown_outcome(decision_seq: u64, d: &Value) -> Entry {
             target: s("target").unwrap_or_default(),
             request: d.get("request").cloned().unwrap_or(Value::Null),
             body_sha256: s("body_sha256"),
+            // The trace the decision ran under: its unknown outcome belongs to it too.
+            trace_id: d
+                .get("trace_id")
+                .and_then(Value::as_str)
+                .and_then(|t| <[u8; 16]>::try_from(hex::decode(t).ok()?).ok()),
         }),
         // The decision's own verdict: a shadow decision's outcome stays a shadow one.
         decision: match d.get("decision").and_then(Value::as_str) {

@@ -149,6 +149,9 @@ pub struct Denial {
     /// media type seb does not read), for clients that act on the status; the code stays the
     /// stable reason.
     pub status: Option<StatusCode>,
+    /// The message is the broker's own words with nothing of a dependency's in it (a
+    /// deadline), so agents read it even where [`Denial::for_agent`] would replace it.
+    pub own_words: bool,
 }
 
 impl Denial {
@@ -157,6 +160,7 @@ impl Denial {
             reason,
             message: message.into(),
             status: None,
+            own_words: false,
         }
     }
 
@@ -169,6 +173,12 @@ impl Denial {
         .with_status(StatusCode::UNSUPPORTED_MEDIA_TYPE)
     }
 
+    /// Marks the message as the broker's own words (see `own_words`).
+    pub fn in_own_words(mut self) -> Self {
+        self.own_words = true;
+        self
+    }
+
     pub fn with_status(mut self, status: StatusCode) -> Self {
         self.status = Some(status);
         self
@@ -177,6 +187,42 @@ impl Denial {
     /// The status the refusal is sent with to a client of this family.
     pub fn status(&self, family: Family) -> StatusCode {
         self.status.unwrap_or_else(|| status(self.reason, family))
+    }
+}
+
+/// Said to the agent after a failure that spent nothing: the certificate can be sent again.
+pub const GIVEN_BACK: &str = "; nothing was sent, and the certificate's use was given back";
+
+impl Denial {
+    /// What the agent is told. A failure of one of the broker's own dependencies (STS, the
+    /// upstream's connection, the state store, the audit log) carries that dependency's text,
+    /// which names roles, ARNs, hosts and paths the agent has no business learning; the agent
+    /// gets the reason code and a generic message pointing to the audit record, which keeps
+    /// the whole text. `expose` (config `expose_upstream_errors`) passes the text through.
+    pub fn for_agent(&self, expose: bool, request_id: &str) -> std::borrow::Cow<'_, Denial> {
+        let generic = match self.reason {
+            _ if expose || self.own_words => return std::borrow::Cow::Borrowed(self),
+            Reason::IdentityUnavailable => {
+                "the broker could not obtain the execution identity for this request"
+            }
+            Reason::UpstreamError => "the upstream could not be reached or did not answer",
+            Reason::StateUnavailable => "the broker's use-count state cannot be read or written",
+            Reason::AuditUnavailable => "the broker's audit log cannot record this request",
+            _ => return std::borrow::Cow::Borrowed(self),
+        };
+        let returned = if self.message.ends_with(GIVEN_BACK) {
+            GIVEN_BACK
+        } else {
+            ""
+        };
+        std::borrow::Cow::Owned(Denial {
+            reason: self.reason,
+            message: format!(
+                "{generic}; the operator finds the cause in the audit log (request {request_id}){returned}"
+            ),
+            status: self.status,
+            own_words: true,
+        })
     }
 }
 
@@ -200,5 +246,39 @@ mod tests {
             assert_eq!(Reason::from_code(r.as_str()), Some(r));
         }
         assert_eq!(Reason::from_code("nope"), None);
+    }
+
+    #[test]
+    fn agents_get_no_dependency_text_unless_exposed() {
+        let sts = Denial::new(
+            Reason::IdentityUnavailable,
+            format!(
+                "AssumeRole arn:aws:iam::1:role/seb-exec at sts.internal: AccessDenied{GIVEN_BACK}"
+            ),
+        )
+        .with_status(StatusCode::GATEWAY_TIMEOUT);
+        let told = sts.for_agent(false, "r-7");
+        assert_eq!(told.reason, Reason::IdentityUnavailable);
+        assert_eq!(told.status, Some(StatusCode::GATEWAY_TIMEOUT));
+        assert!(!told.message.contains("arn:") && !told.message.contains("internal"));
+        assert!(told.message.contains("request r-7") && told.message.ends_with(GIVEN_BACK));
+        assert_eq!(*sts.for_agent(true, "r-7"), sts);
+        // Refusals about the agent's own request keep their message.
+        let own = Denial::new(Reason::ContractMismatch, "/amount: 500 is above 100");
+        assert_eq!(*own.for_agent(false, "r-8"), own);
+        let deadline = Denial::new(
+            Reason::UpstreamError,
+            "upstream payments did not answer within 2s",
+        )
+        .in_own_words();
+        assert_eq!(*deadline.for_agent(false, "r-9"), deadline);
+        for r in [
+            Reason::UpstreamError,
+            Reason::StateUnavailable,
+            Reason::AuditUnavailable,
+        ] {
+            let d = Denial::new(r, "connect 10.0.0.7:443: refused");
+            assert!(!d.for_agent(false, "x").message.contains("10.0.0.7"));
+        }
     }
 }

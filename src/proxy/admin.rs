@@ -1,6 +1,10 @@
 //! The admin listener (loopback by default): health, readiness, metrics, revocation pushes and
 //! the live audit stream. It changes nothing without a signature: a pushed revocation
 //! document is verified exactly like a polled one.
+//!
+//! With `admin.token` set, every endpoint but `/healthz` and `/readyz` (what probes and load
+//! balancers ask, and which reveal nothing an agent could use) needs `Authorization: Bearer
+//! TOKEN`; the config refuses a non-loopback listener without one (`config::AdminConfig`).
 
 use super::metrics::Sample;
 use super::Broker;
@@ -21,7 +25,9 @@ pub async fn serve(
     listener: TcpListener,
     skew: i64,
     reloader: Arc<super::config_reload::Reloader>,
+    token: Option<String>,
 ) {
+    let token: Arc<Option<String>> = Arc::new(token);
     // Bounded, so that file descriptors set aside for the admin port (see
     // `lifecycle::fd_reserve`) are enough.
     let slots = Arc::new(tokio::sync::Semaphore::new(
@@ -35,15 +41,22 @@ pub async fn serve(
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             continue;
         };
-        let (broker, revocation, reloader) = (broker.clone(), revocation.clone(), reloader.clone());
+        let (broker, revocation, reloader, token) = (
+            broker.clone(),
+            revocation.clone(),
+            reloader.clone(),
+            token.clone(),
+        );
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| {
+            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let (broker, revocation, reloader) =
                     (broker.clone(), revocation.clone(), reloader.clone());
+                let allowed = authorized(token.as_deref(), &req);
                 async move {
-                    Ok::<_, std::convert::Infallible>(
-                        route(&broker, &revocation, &reloader, req, skew).await,
-                    )
+                    Ok::<_, std::convert::Infallible>(match allowed {
+                        true => route(&broker, &revocation, &reloader, req, skew).await,
+                        false => unauthorized(),
+                    })
                 }
             });
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
@@ -52,6 +65,54 @@ pub async fn serve(
             drop(slot);
         });
     }
+}
+
+/// Where `seb reload` sends its request, and with which token: the config's own, or
+/// `SEB_ADMIN_TOKEN` with `--admin ADDR`.
+pub fn client_target(
+    admin: &str,
+    config: Option<&std::path::Path>,
+) -> anyhow::Result<(String, Option<String>)> {
+    Ok(match config {
+        Some(p) => {
+            let c = crate::config::Config::load(p)?;
+            let token = c.admin.token.as_ref().map(|t| t.load()).transpose()?;
+            (c.admin.listen.to_string(), token)
+        }
+        None => (admin.to_string(), std::env::var("SEB_ADMIN_TOKEN").ok()),
+    })
+}
+
+/// Probes stay open; anything else needs the token when one is configured. The comparison is
+/// constant-time, and a header that is not exactly `Bearer TOKEN` (a second Authorization
+/// header included) is refused.
+fn authorized(token: Option<&str>, req: &Request<Incoming>) -> bool {
+    let Some(token) = token else {
+        return true;
+    };
+    if req.method() == Method::GET && matches!(req.uri().path(), "/healthz" | "/readyz") {
+        return true;
+    }
+    let mut values = req.headers().get_all(http::header::AUTHORIZATION).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return false;
+    };
+    let Some(given) = value.as_bytes().strip_prefix(b"Bearer ") else {
+        return false;
+    };
+    subtle::ConstantTimeEq::ct_eq(given, token.as_bytes()).into()
+}
+
+fn unauthorized() -> Response<Body> {
+    let mut r = json_response(
+        StatusCode::UNAUTHORIZED,
+        json!({"error": "this admin endpoint needs Authorization: Bearer <admin.token>"}),
+    );
+    r.headers_mut().insert(
+        http::header::WWW_AUTHENTICATE,
+        http::HeaderValue::from_static("Bearer realm=\"seb-admin\""),
+    );
+    r
 }
 
 fn text(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Body> {

@@ -13,6 +13,7 @@ mod restore;
 pub mod server;
 mod shards;
 pub mod stack;
+pub mod trace;
 
 use crate::admission::reload::{self, Source};
 use crate::admission::revocation::{Applied, RevocationState, ShareError};
@@ -42,6 +43,9 @@ pub struct Broker {
     pub connections: Arc<lifecycle::Connections>,
     /// Targets in shadow mode (`mode = "shadow"`): verdicts recorded, nothing refused.
     pub shadow: Vec<String>,
+    /// `expose_upstream_errors`: dependency failure text reaches agents (`Denial::for_agent`).
+    pub expose_upstream_errors: bool,
+    pub tracing: trace::Tracing,
     /// Bearer tokens that authenticate agents for reads (`X-Seb-Agent-Token`).
     agent_tokens: Vec<String>,
     /// Whether reads need an authenticated agent (mTLS or token) at all.
@@ -170,6 +174,11 @@ impl Running {
                     "flushing the audit log: {e}"
                 )))
             });
+        // Spans still queued go out now (the exporter's requests run on this runtime).
+        let broker = self.broker.clone();
+        let _ =
+            tokio::task::spawn_blocking(move || broker.tracing.shutdown(Duration::from_secs(5)))
+                .await;
         Drained { cut, audit }
     }
 }
@@ -340,6 +349,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         metrics: metrics::Metrics::new(config.targets.iter().map(|t| t.name.as_str()))
             .with_shadow(&shadow_targets),
         shadow: shadow_targets,
+        expose_upstream_errors: config.expose_upstream_errors,
+        tracing: trace::Tracing::from_config(&config.tracing)
+            .with_context(|| config.at("tracing"))?,
         max_body_bytes: config.limits.max_body_bytes,
         request_timeout: config.limits.request_timeout,
         connections: lifecycle::Connections::new(max_connections),
@@ -461,6 +473,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             )
         })?;
     let admin_addr = admin_listener.local_addr()?;
+    let admin_token = config.admin.token.as_ref().map(|t| t.load());
+    let admin_token = admin_token
+        .transpose()
+        .with_context(|| config.at("admin.token"))?;
     tracing::info!(%admin_addr, "admin listening");
     let shutdown_grace = config.limits.shutdown_grace;
     let reloader = Arc::new(config_reload::Reloader::new(
@@ -476,6 +492,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         admin_listener,
         skew,
         reloader.clone(),
+        admin_token,
     )));
 
     Ok(Running {

@@ -17,6 +17,7 @@
 //! refusal in the agent's own format. Nothing is forwarded unless every step said yes.
 
 pub(crate) mod admit;
+mod forward;
 mod prepare;
 pub(crate) mod record;
 mod upgrade;
@@ -24,13 +25,15 @@ mod upgrade;
 pub use prepare::PATH as PREPARE_PATH;
 
 use super::metrics::{Decision, Phase};
+use super::trace::RequestTrace;
 use super::Broker;
 use crate::audit::{Entry, Kind, Verdict};
 use crate::denial::{Denial, Reason};
 use crate::targets::{Parsed, Target};
 use crate::tls::PeerIdentity;
-use crate::upstream::{upstream_full, Body, UpstreamBody};
+use crate::upstream::{upstream_full, Body};
 use bytes::Bytes;
+use forward::{forward, read_body, within, Failed};
 use http::{Request, Response};
 use http_body_util::BodyExt;
 use record::Draft;
@@ -45,16 +48,42 @@ pub struct RequestContext {
     pub id: String,
     /// The agent's error format, fixed from the request before anything consumes it.
     pub dialect: crate::denial::Dialect,
+    /// The request's trace, when it has one (`proxy::trace`).
+    pub trace: Option<RequestTrace>,
     decided: std::sync::OnceLock<(u64, Arc<crate::audit::Subject>, Verdict)>,
 }
 
 impl RequestContext {
     pub fn new(id: String, dialect: crate::denial::Dialect) -> Arc<RequestContext> {
+        RequestContext::traced(id, dialect, None)
+    }
+
+    pub fn traced(
+        id: String,
+        dialect: crate::denial::Dialect,
+        trace: Option<RequestTrace>,
+    ) -> Arc<RequestContext> {
         Arc::new(RequestContext {
             id,
             dialect,
+            trace,
             decided: std::sync::OnceLock::new(),
         })
+    }
+
+    /// One pipeline phase, from `from` to now, in the request's trace if spans are exported.
+    fn phase(&self, name: &'static str, from: Instant) {
+        if let Some(t) = &self.trace {
+            t.phase(name, from);
+        }
+    }
+
+    /// The broker's span as the upstream's parent, on a request about to be forwarded.
+    fn propagate<B>(&self, req: &mut Request<B>) {
+        if let Some(t) = &self.trace {
+            req.headers_mut()
+                .insert("traceparent", t.upstream.to_header());
+        }
     }
 }
 
@@ -83,12 +112,16 @@ where
         .extensions
         .remove::<Arc<RequestContext>>()
         .unwrap_or_else(|| {
-            RequestContext::new(broker.next_request_id(), target.error_dialect(&parts))
+            let id = broker.next_request_id();
+            let about = describe(&id, &*target, &parts);
+            let trace = broker.tracing.start(&parts.headers, about);
+            RequestContext::traced(id, target.error_dialect(&parts), trace)
         });
     let request_id = &ctx.id;
     let shared_target = target.clone();
     let (broker, target, conn) = (&*broker, &*target, &*conn);
     let mut record = Draft::new(target, &parts.method, parts.uri.path_and_query(), conn);
+    record.subject.trace_id = ctx.trace.as_ref().map(RequestTrace::trace_id);
     let dialect = ctx.dialect;
     // An HTTP/1 request that asks for an upgrade hands the connection over if the answer is
     // 101. When it is not, the connection ends after the answer: hyper reads nothing after such
@@ -114,6 +147,7 @@ where
         .await
     };
     broker.metrics.observe(Phase::Total, started.elapsed());
+    let refused = result.as_ref().err().map(|d| d.reason.as_str());
     let mut resp = answer(
         broker,
         target,
@@ -123,6 +157,9 @@ where
         dialect,
         request_id,
     );
+    if let Some(t) = &ctx.trace {
+        t.finish(resp.status().as_u16(), refused);
+    }
     if close_unless_switched && resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
         resp.headers_mut().insert(
             http::header::CONNECTION,
@@ -159,7 +196,8 @@ fn answer<T: Target>(
                 )),
                 None => broker.audit.record_best_effort(record.deny(&denial)),
             }
-            crate::denial::render(&denial, dialect, request_id)
+            let told = denial.for_agent(broker.expose_upstream_errors, request_id);
+            crate::denial::render(&told, dialect, request_id)
         }
     }
 }
@@ -191,10 +229,15 @@ pub(super) fn refused_around<T: Target>(
             outcome: Some("unknown".into()),
             decision_seq: Some(*seq),
         },
-        None => Draft::new(target, line.0, line.1, conn).deny(&denial),
+        None => {
+            let mut draft = Draft::new(target, line.0, line.1, conn);
+            draft.subject.trace_id = ctx.trace.as_ref().map(RequestTrace::trace_id);
+            draft.deny(&denial)
+        }
     };
     broker.audit.record_best_effort(entry);
-    crate::denial::render(&denial, ctx.dialect, &ctx.id)
+    let told = denial.for_agent(broker.expose_upstream_errors, &ctx.id);
+    crate::denial::render(&told, ctx.dialect, &ctx.id)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -234,6 +277,7 @@ where
     }
     let (parsed, token) = admit::parse(target, &parts, &body, record)?;
     broker.metrics.observe(Phase::Parse, started.elapsed());
+    ctx.phase("seb.parse", started);
 
     if parsed.is_read && token.is_none() {
         broker.authenticate_reader(
@@ -247,7 +291,7 @@ where
             &parts,
             &parsed,
             body,
-            request_id,
+            ctx,
             record,
             (started, deadline),
         )
@@ -282,7 +326,7 @@ where
                 &parts,
                 &parsed,
                 body,
-                request_id,
+                ctx,
                 record,
                 (started, deadline),
             )
@@ -307,6 +351,7 @@ where
     broker
         .metrics
         .observe(Phase::Admit, admit_started.elapsed());
+    ctx.phase("seb.admit", admit_started);
 
     // 4. audit the decision, durably, before anything reaches the upstream; meanwhile the
     //    execution identity is minted (or taken from its cache), so that a mint (one STS
@@ -336,12 +381,14 @@ where
                 }
             };
             broker.metrics.observe(Phase::Identity, started.elapsed());
+            ctx.phase("seb.identity", started);
             minted
         },
         async {
             let started = Instant::now();
             let seq = broker.audit.record(decision).await;
             broker.metrics.observe(Phase::Audit, started.elapsed());
+            ctx.phase("seb.audit.decision", started);
             seq
         }
     );
@@ -365,9 +412,7 @@ where
             if let Some(cert) = &cert {
                 broker.admission.give_back(cert).await;
                 record.returned = true;
-                denial
-                    .message
-                    .push_str("; nothing was sent, and the certificate's use was given back");
+                denial.message.push_str(crate::denial::GIVEN_BACK);
             }
             return Err(denial);
         }
@@ -390,7 +435,9 @@ where
     };
     // Moved, not copied: nothing after the rebuilt request reads it.
     record.identity = Some(identity.audit);
-    let upstream_req = upstream_req?;
+    let mut upstream_req = upstream_req?;
+    ctx.propagate(&mut upstream_req);
+    let forward_started = Instant::now();
     let resp = match forward(broker, target, upstream_req, deadline, client_upgrade).await {
         Ok(resp) => resp,
         Err(Failed {
@@ -402,14 +449,13 @@ where
             if let Some(cert) = &cert {
                 broker.admission.give_back(cert).await;
                 record.returned = true;
-                denial
-                    .message
-                    .push_str("; nothing was sent, and the certificate's use was given back");
+                denial.message.push_str(crate::denial::GIVEN_BACK);
             }
             return Err(denial);
         }
         Err(f) => return Err(f.denial),
     };
+    ctx.phase("seb.forward", forward_started);
     if let Some(cert) = &cert {
         target.observe_outcome(cert, resp.status());
     }
@@ -422,12 +468,14 @@ where
         _ => (Decision::Allow, None),
     };
     broker.metrics.count(target.name(), decision, reason);
+    let outcome_started = Instant::now();
     broker.audit.record_best_effort(record.outcome(
         seq,
         Some(resp.status().as_u16()),
         None,
         started,
     ));
+    ctx.phase("seb.audit.outcome", outcome_started);
     Ok(resp)
 }
 
@@ -439,14 +487,15 @@ async fn read_pass_through<T: Target>(
     parts: &http::request::Parts,
     parsed: &Parsed<T::Request>,
     body: Bytes,
-    request_id: &str,
+    ctx: &RequestContext,
     record: &mut Draft,
     (started, deadline): (Instant, tokio::time::Instant),
 ) -> Result<Response<Body>, Denial> {
     let identity = target.identity(None).await?;
-    let upstream_req = target.upstream_request(parts, parsed, body, &identity, request_id);
+    let upstream_req = target.upstream_request(parts, parsed, body, &identity, &ctx.id);
     record.identity = Some(identity.audit);
-    let upstream_req = upstream_req?.map(upstream_full);
+    let mut upstream_req = upstream_req?.map(upstream_full);
+    ctx.propagate(&mut upstream_req);
     let resp = forward(broker, target, upstream_req, deadline, None)
         .await
         .map_err(|f| f.denial)?;
@@ -458,129 +507,18 @@ async fn read_pass_through<T: Target>(
     Ok(resp)
 }
 
-async fn forward<T: Target>(
-    broker: &Broker,
-    target: &T,
-    req: Request<UpstreamBody>,
-    deadline: tokio::time::Instant,
-    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
-) -> Result<Response<Body>, Failed> {
-    let started = Instant::now();
-    let failed = |detail: String| {
-        broker.metrics.upstream_error();
-        Denial::new(
-            Reason::UpstreamError,
-            format!("upstream {} {detail}", target.name()),
-        )
-    };
-    let mut resp = match tokio::time::timeout_at(deadline, target.client().forward(req)).await {
-        Ok(Ok(resp)) => resp,
-        Ok(Err(e)) => {
-            // A streamed body that failed its check in flight says why; that is the refusal.
-            let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e.as_ref());
-            let mut never_sent = false;
-            while let Some(s) = source {
-                if let Some(d) = s.downcast_ref::<Denial>() {
-                    return Err(d.clone().into());
-                }
-                never_sent |= s.is::<crate::upstream::NeverSent>();
-                source = s.source();
-            }
-            return Err(Failed {
-                denial: failed(format!("did not answer: {e}")),
-                never_sent,
-            });
-        }
-        Err(_) => {
-            return Err(failed(format!(
-                "did not answer within {:?}",
-                broker.request_timeout
-            ))
-            .into())
-        }
-    };
-    broker.metrics.observe(Phase::Forward, started.elapsed());
-    let switching = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
-    if switching {
-        let Some(client_upgrade) = client_upgrade else {
-            return Err(Denial::new(
-                Reason::UpstreamError,
-                "the upstream switched protocols on a request that asked for no upgrade",
-            )
-            .into());
-        };
-        // The HTTP connection ends here and the session lives on in its own task: held, so
-        // a drain waits for it until the grace period ends.
-        let session = broker.connections.hold();
-        let upstream_upgrade = hyper::upgrade::on(&mut resp);
-        tokio::spawn(async move {
-            upgrade::join_upgraded(client_upgrade, upstream_upgrade).await;
-            drop(session);
-        });
+/// What a request's span says about it: never the query (a presigned URL's certificate).
+pub(super) fn describe<'a, T: Target>(
+    id: &'a str,
+    target: &'a T,
+    parts: &'a http::request::Parts,
+) -> super::trace::Describe<'a> {
+    super::trace::Describe {
+        request_id: id,
+        target: target.name(),
+        method: &parts.method,
+        path: parts.uri.path(),
     }
-    let (mut parts, body) = resp.into_parts();
-    let mut headers = http::HeaderMap::new();
-    crate::targets::headers::copy_response(&parts.headers, &mut headers);
-    if switching {
-        // The upgrade headers describe the connection the agent is switching to.
-        if let Some(up) = parts.headers.get(http::header::UPGRADE) {
-            headers.insert(http::header::UPGRADE, up.clone());
-            headers.insert(
-                http::header::CONNECTION,
-                http::HeaderValue::from_static("Upgrade"),
-            );
-        }
-    }
-    parts.headers = headers;
-    Ok(Response::from_parts(parts, body))
-}
-
-/// Why forwarding failed, and whether the request provably never reached the upstream.
-struct Failed {
-    denial: Denial,
-    never_sent: bool,
-}
-
-impl From<Denial> for Failed {
-    fn from(denial: Denial) -> Failed {
-        Failed {
-            denial,
-            never_sent: false,
-        }
-    }
-}
-
-/// Runs a step that calls out (live state, identity service) inside the request's deadline.
-async fn within<T>(
-    deadline: tokio::time::Instant,
-    what: &str,
-    step: impl std::future::Future<Output = Result<T, Denial>>,
-) -> Result<T, Denial> {
-    tokio::time::timeout_at(deadline, step)
-        .await
-        .unwrap_or_else(|_| {
-            Err(Denial::new(
-                Reason::UpstreamError,
-                format!("{what} did not finish within the request's deadline"),
-            ))
-        })
-}
-
-async fn read_body<B>(
-    body: B,
-    headers: &http::HeaderMap,
-    limit: usize,
-    deadline: tokio::time::Instant,
-) -> Result<Bytes, Denial>
-where
-    B: http_body::Body<Data = Bytes> + Send,
-    B::Error: Into<crate::upstream::BoxError>,
-{
-    let expects_continue = headers
-        .get(http::header::EXPECT)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-    // 413 the client can read, and no unchecked trailers: see proxy::body.
-    super::body::read_limited(body, limit, deadline, expects_continue).await
 }
 
 #[cfg(test)]

@@ -123,7 +123,10 @@ where
     fn call(&mut self, req: Request<B>) -> BoxedResponse {
         let (mut parts, body) = req.into_parts();
         let dialect = self.target.error_dialect(&parts);
-        let ctx = RequestContext::new(self.broker.next_request_id(), dialect);
+        let id = self.broker.next_request_id();
+        let about = pipeline::describe(&id, &*self.target, &parts);
+        let trace = self.broker.tracing.start(&parts.headers, about);
+        let ctx = RequestContext::traced(id, dialect, trace);
         parts.extensions.insert(ctx.clone());
         let span = tracing::debug_span!("request", id = %ctx.id, target = self.target.name(), method = %parts.method, path = parts.uri.path());
         let line = (parts.method.clone(), parts.uri.path_and_query().cloned());
@@ -145,6 +148,7 @@ where
                         Reason::UpstreamError,
                         "the request did not complete within limits.request_timeout",
                     )
+                    .in_own_words()
                     .with_status(http::StatusCode::GATEWAY_TIMEOUT)
                 } else {
                     Denial::new(Reason::UpstreamError, format!("the request failed: {e}"))

@@ -178,6 +178,10 @@ pub struct RevocationPublishing {
     /// pushed to.
     #[serde(default)]
     pub push: Vec<String>,
+    /// The brokers' `admin.token`, sent as `Authorization: Bearer` with every push (a broker
+    /// whose admin port is off loopback requires one).
+    #[serde(default)]
+    pub push_token: Option<SecretSource>,
 }
 
 impl Default for RevocationPublishing {
@@ -185,6 +189,7 @@ impl Default for RevocationPublishing {
         RevocationPublishing {
             heartbeat: default_heartbeat(),
             push: Vec::new(),
+            push_token: None,
         }
     }
 }
@@ -228,6 +233,9 @@ impl SignerConfig {
         fix(&mut self.audit.signing_key);
         for a in &mut self.agents {
             a.token.resolve(base);
+        }
+        if let Some(t) = &mut self.revocation.push_token {
+            t.resolve(base);
         }
         for a in &mut self.approvers {
             fix(&mut a.public_key);
@@ -289,6 +297,9 @@ impl SignerConfig {
         }
         if self.revocation.heartbeat.is_zero() {
             return err("revocation.heartbeat", "must be greater than zero");
+        }
+        if let Some(t) = &self.revocation.push_token {
+            t.validate("revocation.push_token")?;
         }
         for (i, u) in self.revocation.push.iter().enumerate() {
             if !(u.starts_with("http://") || u.starts_with("https://")) {

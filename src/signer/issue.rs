@@ -105,6 +105,7 @@ impl Signer {
                     r
                 },
                 body_sha256: None,
+                trace_id: None,
             };
         let entry = match &result {
             Ok(i) => Entry {

@@ -74,7 +74,11 @@ pub async fn serve(cfg: SignerConfig) -> anyhow::Result<Running> {
         .map_err(|e| anyhow::anyhow!("admin_listen {}: {e}", cfg.admin_listen))?;
     let addr = listener.local_addr()?;
     let admin_addr = admin.local_addr()?;
-    let push = Arc::new(Pusher::new(cfg.revocation.push.clone())?);
+    let push_token = cfg.revocation.push_token.as_ref().map(|t| t.load());
+    let push_token = push_token
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("revocation.push_token: {e}"))?;
+    let push = Arc::new(Pusher::new(cfg.revocation.push.clone(), push_token)?);
     let mut tasks = Vec::new();
     {
         let (signer, push) = (signer.clone(), push.clone());
@@ -167,21 +171,27 @@ pub async fn serve(cfg: SignerConfig) -> anyhow::Result<Running> {
 /// push and catches up by polling; each push is bounded so one slow broker delays no other.
 struct Pusher {
     urls: Vec<String>,
+    /// The brokers' admin token, when their admin ports need one.
+    token: Option<String>,
     client: crate::upstream::UpstreamClient,
 }
 
 impl Pusher {
-    fn new(urls: Vec<String>) -> anyhow::Result<Pusher> {
+    fn new(urls: Vec<String>, token: Option<String>) -> anyhow::Result<Pusher> {
         Ok(Pusher {
             urls,
+            token,
             client: crate::upstream::UpstreamClient::new(None)?,
         })
     }
 
     async fn push(&self, doc: &str) {
         let sends = self.urls.iter().map(|u| async move {
-            let req = match Request::post(u.as_str()).body(Full::new(Bytes::from(doc.to_string())))
-            {
+            let mut req = Request::post(u.as_str());
+            if let Some(t) = &self.token {
+                req = req.header(http::header::AUTHORIZATION, format!("Bearer {t}"));
+            }
+            let req = match req.body(Full::new(Bytes::from(doc.to_string()))) {
                 Ok(r) => r,
                 Err(e) => return tracing::warn!(url = %u, error = %e, "revocation push"),
             };

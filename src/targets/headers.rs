@@ -62,6 +62,12 @@ const BROKER_SET: &[&str] = &[
     "proxy-authorization",
     "cookie",
     "x-request-id",
+    // W3C Trace Context: the broker sends its own `traceparent` (its span, child of the
+    // agent's: proxy::trace), and nothing of the agent's trace headers beyond the ids it
+    // parsed (tracestate and baggage are free-form).
+    "traceparent",
+    "tracestate",
+    "baggage",
 ];
 
 /// Where the request came from, as proxies in front of seb (a load balancer) or the agent

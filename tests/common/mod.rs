@@ -5,6 +5,7 @@
 pub mod aws;
 pub mod etcd;
 pub mod moto;
+pub mod otlp;
 pub mod signer;
 
 use seb::admission::revocation::{self, RevocationClaims, RevocationPayload, Revoked};

@@ -5,6 +5,7 @@ use crate::audit::{Entry, Kind, Subject, Verdict};
 use crate::cert::Certificate;
 use crate::denial::Denial;
 use crate::targets::Target;
+use sha2::Digest;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -119,10 +120,17 @@ impl Draft {
         }
         let mut s = std::mem::take(&mut self.subject);
         if s.request.is_null() {
+            // Refused before the target described it: the path, and the query only by its
+            // hash. A query can carry a certificate and a presigned signature
+            // (`X-Amz-Security-Token`, `X-Amz-Signature`), which the log must never hold.
+            let path = self.path.as_ref();
             s.request = serde_json::json!({
                 "method": self.method.as_str(),
-                "path": self.path.as_ref().map(|p| p.as_str()).unwrap_or(""),
+                "path": path.map(|p| p.path()).unwrap_or(""),
             });
+            if let Some(q) = path.and_then(|p| p.query()) {
+                s.request["query_sha256"] = hex::encode(sha2::Sha256::digest(q)).into();
+            }
         }
         if let Some(obj) = s.request.as_object_mut() {
             match self.remote {

@@ -244,6 +244,8 @@ fn world_in(shadow: bool) -> World {
         reads_need_agent: false,
         request_prefix: "t".into(),
         request_counter: AtomicU64::new(1),
+        expose_upstream_errors: true,
+        tracing: crate::proxy::trace::Tracing::off(),
     });
     World {
         broker,
