@@ -437,8 +437,10 @@ impl Target for KubeTarget {
         parts: &http::request::Parts,
         _parsed: &Parsed<()>,
         body: Bytes,
-    ) -> Result<Bytes, Denial> {
-        live::check(self, cert, parts, body).await
+    ) -> Result<crate::targets::LiveState, Denial> {
+        live::check(self, cert, parts, body)
+            .await
+            .map(crate::targets::LiveState::unrecorded)
     }
 
     async fn identity(&self, cert: Option<&Certificate>) -> Result<Identity, Denial> {
