@@ -438,9 +438,8 @@ impl Target for KubeTarget {
         _parsed: &Parsed<()>,
         body: Bytes,
     ) -> Result<crate::targets::LiveState, Denial> {
-        live::check(self, cert, parts, body)
-            .await
-            .map(crate::targets::LiveState::unrecorded)
+        let body = live::check(self, cert, parts, body).await?;
+        Ok(crate::targets::LiveState::unrecorded(body))
     }
 
     async fn identity(&self, cert: Option<&Certificate>) -> Result<Identity, Denial> {
