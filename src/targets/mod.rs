@@ -33,6 +33,20 @@ pub struct Parsed<R> {
     pub request: R,
 }
 
+/// What the live-state check leaves: the body to forward, and for the audit record's
+/// `request.drift` what was checked and whether the write is pinned to it.
+pub struct LiveState {
+    pub body: Bytes,
+    pub drift: Option<Value>,
+}
+
+impl LiveState {
+    /// Nothing recorded about drift (no precondition, or a target that records none).
+    pub fn unrecorded(body: Bytes) -> LiveState {
+        LiveState { body, drift: None }
+    }
+}
+
 /// What a target says about the agent behind a read, before the broker's own rule (an mTLS
 /// client certificate, an agent token) is applied.
 #[derive(Debug)]
@@ -201,15 +215,16 @@ pub trait Target: Send + Sync + 'static {
     /// Does the target still look as it did when the change was certified
     /// (`seb.precondition`), and (where the target can compute it) is the change's effect on
     /// the live object the certified one? Returns the body to forward, which may pin the state
-    /// that was checked (no gap between check and use). Runs before a use is spent.
+    /// that was checked (no gap between check and use), and what the audit record says about
+    /// the check. Runs before a use is spent.
     fn check_live_state(
         &self,
         _cert: &Certificate,
         _parts: &Parts,
         _parsed: &Parsed<Self::Request>,
         body: Bytes,
-    ) -> impl Future<Output = Result<Bytes, Denial>> + Send {
-        std::future::ready(Ok(body))
+    ) -> impl Future<Output = Result<LiveState, Denial>> + Send {
+        std::future::ready(Ok(LiveState::unrecorded(body)))
     }
 
     // --- identity

@@ -56,6 +56,14 @@ pub struct Args {
     /// certificate admits only an empty body.
     #[arg(long)]
     body: Option<String>,
+    /// Bind the body by these constraints (`seb.body.constraints`, with `others: "deny"`)
+    /// instead of by --body's sha256: a JSON object of POINTER -> constraint. For rest calls
+    /// whose headers or body members are parameters (S3 `If-Match`, Lambda `RevisionId`).
+    #[arg(long, conflicts_with = "body")]
+    constraints: Option<String>,
+    /// `seb.precondition`, as JSON (the drift check the broker makes before the write).
+    #[arg(long)]
+    precondition: Option<String>,
     /// Lifetime in seconds (the broker's default maximum is 3600).
     #[arg(long, default_value_t = 3600)]
     ttl: i64,
@@ -82,10 +90,21 @@ pub fn main(a: Args) -> anyhow::Result<()> {
     let mut run_id = [0u8; 6];
     getrandom::getrandom(&mut run_id).map_err(|e| anyhow::anyhow!("random source: {e}"))?;
     let run_id = hex::encode(run_id);
-    let body_rule = a
-        .body
-        .as_ref()
-        .map(|b| json!({"sha256": hex::encode(Sha256::digest(b.as_bytes()))}));
+    let body_rule = match (&a.body, &a.constraints) {
+        (Some(b), _) => Some(json!({"sha256": hex::encode(Sha256::digest(b.as_bytes()))})),
+        (None, Some(c)) => {
+            let c: serde_json::Value = serde_json::from_str(c)
+                .map_err(|e| anyhow::anyhow!("--constraints is not JSON: {e}"))?;
+            Some(json!({"constraints": c, "others": "deny"}))
+        }
+        (None, None) => None,
+    };
+    let precondition = a
+        .precondition
+        .as_deref()
+        .map(serde_json::from_str::<serde_json::Value>)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("--precondition is not JSON: {e}"))?;
     let request = if a.target == "aws" {
         let mut r = json!({
             "service": a.aws_service, "region": a.aws_region, "operation": a.aws_operation,
@@ -112,6 +131,9 @@ pub fn main(a: Args) -> anyhow::Result<()> {
         });
         if let Some(r) = &body_rule {
             seb["body"] = r.clone();
+        }
+        if let Some(p) = &precondition {
+            seb["precondition"] = p.clone();
         }
         let mut payload = json!({
             "iss": a.iss, "sub": a.sub, "jti": format!("{run_id}-{i}"),

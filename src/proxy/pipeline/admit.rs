@@ -164,12 +164,18 @@ pub(super) async fn mutation<T: Target>(
     // Every call to the upstream or an identity service runs inside the request's one
     // deadline, so a slow dependency ends in a recorded refusal, never in a request cut off by
     // the backstop after its decision.
-    let body = within(
+    let live = within(
         deadline,
         "the live-state check",
         target.check_live_state(&cert, parts, parsed, body),
     )
     .await?;
+    if let (Some(drift), Some(request)) = (live.drift, record.unfrozen().request.as_object_mut()) {
+        // What the precondition read and whether the write is pinned to it (an addition to
+        // the v1 `request` object; see docs/FORMATS.md).
+        request.insert("drift".into(), drift);
+    }
+    let body = live.body;
     let (n, max) = broker
         .admission
         .take_use(&cert)

@@ -127,10 +127,10 @@ impl Target for Fake {
         _: &http::request::Parts,
         _: &Parsed<&'static str>,
         body: Bytes,
-    ) -> Result<Bytes, Denial> {
+    ) -> Result<crate::targets::LiveState, Denial> {
         self.called("check_live_state");
         self.refuse(Fail::LiveState, Reason::Drift)?;
-        Ok(body)
+        Ok(crate::targets::LiveState::unrecorded(body))
     }
     async fn identity(&self, cert: Option<&Certificate>) -> Result<Identity, Denial> {
         self.called(if cert.is_some() {

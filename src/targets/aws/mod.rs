@@ -11,6 +11,7 @@
 //! (precondition read calls).
 
 mod agent;
+pub mod answer;
 pub mod config;
 pub mod denial;
 pub mod drift;
@@ -397,16 +398,29 @@ impl Target for AwsTarget {
         &self,
         cert: &Certificate,
         _parts: &http::request::Parts,
-        _parsed: &Parsed<protocol::Call>,
+        parsed: &Parsed<protocol::Call>,
         body: Bytes,
-    ) -> Result<Bytes, Denial> {
+    ) -> Result<super::LiveState, Denial> {
         let Some(pre) = &cert.claims.seb.precondition else {
-            return Ok(body);
+            return Ok(super::LiveState::unrecorded(body));
         };
         let c = contract_of(cert)?;
+        let p = drift::parse(pre, &c)?;
+        // Before the read: a request that lacks the pin its precondition calls for is refused
+        // whatever the live state.
+        let empty = serde_json::Map::new();
+        let pin = drift::pin::check(
+            &c.service,
+            &c.operation,
+            parsed.request.params.as_object().unwrap_or(&empty),
+            &p,
+        )?;
         let creds = self.read_credentials(&c.region).await?;
-        drift::check(self, pre, &c, &creds).await?;
-        Ok(body)
+        drift::check(self, &p, &c, &creds).await?;
+        Ok(super::LiveState {
+            body,
+            drift: Some(pin.audit(&p.operation)),
+        })
     }
 
     async fn shadow_identity(&self) -> Result<Identity, Denial> {

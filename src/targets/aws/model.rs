@@ -35,6 +35,8 @@ impl Protocol {
 
 #[derive(Debug, Deserialize)]
 pub struct Service {
+    /// The API version (`Version=` of query and ec2 requests).
+    pub api_version: String,
     pub protocol: Protocol,
     pub signing_name: String,
     pub endpoint_prefix: String,
@@ -68,6 +70,11 @@ pub struct Route {
     /// A read that returns secrets when this boolean member is true (ssm `WithDecryption`).
     #[serde(default)]
     pub secret_if: Option<String>,
+    /// Not a read (its answer holds a secret), but a precondition may compare these top-level
+    /// members of its answer, and only these (lambda `GetFunctionConfiguration`'s
+    /// `RevisionId`); the broker never echoes their live values.
+    #[serde(default)]
+    pub precondition_fields: Option<Vec<String>>,
     #[serde(default)]
     pub method: String,
     #[serde(default)]

@@ -437,8 +437,9 @@ impl Target for KubeTarget {
         parts: &http::request::Parts,
         _parsed: &Parsed<()>,
         body: Bytes,
-    ) -> Result<Bytes, Denial> {
-        live::check(self, cert, parts, body).await
+    ) -> Result<crate::targets::LiveState, Denial> {
+        let body = live::check(self, cert, parts, body).await?;
+        Ok(crate::targets::LiveState::unrecorded(body))
     }
 
     async fn identity(&self, cert: Option<&Certificate>) -> Result<Identity, Denial> {
