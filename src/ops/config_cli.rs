@@ -129,9 +129,15 @@ pub fn check(file: &Path, kind: Which, syntax_only: bool) -> anyhow::Result<&'st
     for (i, t) in config.targets.iter().enumerate() {
         let at = || config.at(&format!("targets[{i}]"));
         match &t.kind {
-            TargetKindConfig::Http(h) => drop(HttpTarget::new(&t.name, h).with_context(at)?),
-            TargetKindConfig::Aws(a) => drop(AwsTarget::new(&t.name, a).with_context(at)?),
-            TargetKindConfig::Kubernetes(k) => drop(KubeTarget::new(&t.name, k).with_context(at)?),
+            TargetKindConfig::Http(h) => {
+                HttpTarget::new(&t.name, h).with_context(at)?;
+            }
+            TargetKindConfig::Aws(a) => {
+                AwsTarget::new(&t.name, a).with_context(at)?;
+            }
+            TargetKindConfig::Kubernetes(k) => {
+                KubeTarget::new(&t.name, k).with_context(at)?;
+            }
         }
     }
     Ok("broker config")

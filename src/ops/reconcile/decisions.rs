@@ -95,6 +95,11 @@ pub fn read(logs: &[PathBuf]) -> anyhow::Result<Vec<Decision>> {
                 continue;
             }
             let request = v.get("request").cloned().unwrap_or(Value::Null);
+            // A read a certificate authenticated: it ran under the read identity and changes
+            // nothing, so no mutation is expected of it.
+            if request.get("read") == Some(&Value::Bool(true)) {
+                continue;
+            }
             let provider = if request.get("kube").is_some_and(Value::is_object) {
                 Provider::Kubernetes
             } else if request.get("service").is_some() && request.get("operation").is_some() {

@@ -16,6 +16,9 @@ pub const EXTRA_ISSUER: &str = "seb-issuer";
 /// a pod, could change something.
 const READ_VERBS: &[&str] = &["get", "list", "watch"];
 const STREAM_SUBRESOURCES: &[&str] = &["exec", "attach", "portforward", "proxy"];
+/// Reviews are created to ask a question and never stored: `create` on them changes nothing
+/// (`seb preflight` sends SelfSubjectAccessReviews; the apiserver's own webhooks others).
+const REVIEW_GROUPS: &[&str] = &["authorization.k8s.io", "authentication.k8s.io"];
 
 /// Every completed call in one log file.
 pub fn parse_file(name: &str, raw: &[u8]) -> Result<Vec<ProviderEvent>, String> {
@@ -123,7 +126,9 @@ fn parse_event(v: &Value) -> Result<Option<ProviderEvent>, String> {
         }
         Some(_) => return Err("objectRef is not an object".into()),
     };
-    let mutating = !READ_VERBS.contains(&verb.as_str())
+    let review = matches!(&operation, Operation::Kubernetes { group, resource, .. }
+        if REVIEW_GROUPS.contains(&group.as_str()) && resource.ends_with("reviews"));
+    let mutating = !review && !READ_VERBS.contains(&verb.as_str())
         || sub
             .as_deref()
             .is_some_and(|s| STREAM_SUBRESOURCES.contains(&s));

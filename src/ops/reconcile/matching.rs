@@ -83,6 +83,8 @@ pub struct Report {
     /// Mutations the provider refused (the guard at work).
     pub refused: usize,
     pub ignored: usize,
+    /// TokenRequest tokens the broker minted for certificates.
+    pub minted: usize,
     pub findings: Vec<Finding>,
 }
 
@@ -157,6 +159,12 @@ fn same_aws_operation(want: &str, got: &str) -> bool {
                 .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())))
 }
 
+fn is_token_mint(e: &ProviderEvent) -> bool {
+    matches!(&e.operation, Operation::Kubernetes { verb, group, resource, subresource, .. }
+        if verb == "create" && group.is_empty() && resource == "serviceaccounts"
+            && subresource.as_deref() == Some("token"))
+}
+
 pub fn reconcile(decisions: &[Decision], events: &[ProviderEvent], scope: &Scope) -> Report {
     let decisions: Vec<&Decision> = decisions
         .iter()
@@ -197,6 +205,13 @@ pub fn reconcile(decisions: &[Decision], events: &[ProviderEvent], scope: &Scope
             continue;
         }
         report.mutations += 1;
+        if brokers(e) && is_token_mint(e) {
+            // The broker minting a TokenRequest token for a certificate (token_request mode):
+            // its own bookkeeping. What the token does is an event of the service account,
+            // matched to the decisions like any other.
+            report.minted += 1;
+            continue;
+        }
         if brokers(e) {
             groups
                 .entry((e.provider, e.key.clone()))
@@ -208,6 +223,8 @@ pub fn reconcile(decisions: &[Decision], events: &[ProviderEvent], scope: &Scope
         if e.refused {
             report.refused += 1;
         } else if !scope.in_window(e.ts) {
+            // Outside the window: it confirms nothing and is reported by the run that covers it.
+            continue;
         } else if scope.ignored(&e.principal) {
             report.ignored += 1;
         } else {
