@@ -159,6 +159,10 @@ fn same_aws_operation(want: &str, got: &str) -> bool {
                 .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())))
 }
 
+/// Broker events and decisions under one identity key, of one provider.
+type GroupKey = (Provider, Option<String>);
+type Group<'a> = (Vec<&'a ProviderEvent>, Vec<&'a Decision>);
+
 fn is_token_mint(e: &ProviderEvent) -> bool {
     matches!(&e.operation, Operation::Kubernetes { verb, group, resource, subresource, .. }
         if verb == "create" && group.is_empty() && resource == "serviceaccounts"
@@ -198,8 +202,7 @@ pub fn reconcile(decisions: &[Decision], events: &[ProviderEvent], scope: &Scope
         Provider::Kubernetes => kube_users.contains(e.principal.as_str()),
     };
     // Broker events by (provider, key), in time order; decisions likewise.
-    let mut groups: BTreeMap<(Provider, Option<String>), (Vec<&ProviderEvent>, Vec<&Decision>)> =
-        BTreeMap::new();
+    let mut groups: BTreeMap<GroupKey, Group> = BTreeMap::new();
     for e in events {
         if !e.mutating {
             continue;
@@ -330,6 +333,6 @@ pub fn reconcile(decisions: &[Decision], events: &[ProviderEvent], scope: &Scope
             _ => report.pending += 1,
         }
     }
-    report.findings.sort_by(|a, b| a.class.cmp(&b.class));
+    report.findings.sort_by_key(|f| f.class);
     report
 }
