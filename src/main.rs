@@ -65,15 +65,8 @@ enum Command {
     /// Print a kubeconfig whose server is a broker's kubernetes listener. Its token is the
     /// agent token for reads; pass a certificate per change with `kubectl --token`.
     Kubeconfig(KubeconfigArgs),
-    /// Match every mutation in CloudTrail / Kubernetes audit logs to a seb decision; exit 1
-    /// on a bypass, an unadmitted or unconfirmed call, or a mismatch (docs/OPERATIONS.md).
-    Reconcile(seb::ops::reconcile::ReconcileArgs),
-    /// Prove with the agent's own credentials that it cannot mutate directly (and the
-    /// broker's base AWS identity neither); exit 1 on a gap (docs/OPERATIONS.md).
-    Preflight(seb::ops::preflight::PreflightArgs),
-    /// Print the config file's JSON Schema, or check a config file without starting anything.
-    #[command(subcommand)]
-    Config(seb::ops::config_cli::ConfigCommand),
+    #[command(flatten)]
+    Ops(seb::ops::Commands),
     #[command(flatten)]
     Signer(seb::signer::cli::Commands),
 }
@@ -276,11 +269,9 @@ fn main() -> ExitCode {
         Command::Audit(AuditCommand::Label(a)) => return seb::audit::rollout_cli::run_label(&a),
         Command::Audit(AuditCommand::Report(a)) => return seb::audit::rollout_cli::run_report(&a),
         Command::Audit(AuditCommand::Export(a)) => return seb::audit::export::run(&a),
-        Command::Reconcile(a) => return seb::ops::reconcile::run(&a),
-        Command::Config(c) => return seb::ops::config_cli::run(&c),
-        Command::Preflight(a) => return seb::ops::preflight::run(&a),
         Command::DevCerts { out, agent } => seb::devcerts::run_cli(&out, &agent),
         Command::Kubeconfig(a) => kubeconfig(&a),
+        Command::Ops(c) => return seb::ops::run(&c),
         Command::Signer(c) => return seb::signer::cli::run(c),
     };
     match result {
