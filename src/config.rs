@@ -24,7 +24,7 @@ pub use issuer::IssuerConfig;
 pub use target::{TargetConfig, TargetKindConfig, TargetMode};
 pub use traces::TracingConfig;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Replica id written into every audit record.
@@ -82,7 +82,7 @@ impl Config {
 }
 
 /// How agent connections are spread over threads.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 #[serde(expecting = "a [runtime] table")]
 pub struct RuntimeConfig {
@@ -106,7 +106,7 @@ fn default_broker_id() -> String {
     "seb-1".into()
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 #[serde(expecting = "a [tls] table")]
 pub struct TlsConfig {
@@ -118,13 +118,15 @@ pub struct TlsConfig {
     pub require_client_cert: bool,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 #[serde(expecting = "a [certificates] table")]
 pub struct CertificateConfig {
     #[serde(default = "default_skew", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub clock_skew: Duration,
     #[serde(default = "default_max_ttl", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub max_ttl: Duration,
     #[serde(default)]
     pub min_policy_epoch: u64,
@@ -147,7 +149,7 @@ fn default_max_ttl() -> Duration {
     Duration::from_secs(3600)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 #[serde(expecting = "a [revocation] table")]
 pub struct RevocationConfig {
@@ -159,8 +161,10 @@ pub struct RevocationConfig {
     #[serde(default)]
     pub ca: Option<PathBuf>,
     #[serde(default = "default_poll", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub poll_interval: Duration,
     #[serde(default = "default_staleness", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub max_staleness: Duration,
 }
 
@@ -171,7 +175,7 @@ fn default_staleness() -> Duration {
     Duration::from_secs(300)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 #[serde(expecting = "an [audit] table")]
 pub struct AuditConfig {
@@ -187,13 +191,14 @@ pub struct AuditConfig {
     pub signing_key: PathBuf,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 #[serde(expecting = "a [limits] table")]
 pub struct Limits {
     #[serde(default = "default_body")]
     pub max_body_bytes: usize,
     #[serde(default = "default_timeout", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub request_timeout: Duration,
     #[serde(default = "default_concurrency")]
     pub max_concurrent_requests: usize,
@@ -204,13 +209,16 @@ pub struct Limits {
     /// After SIGTERM/SIGINT: how long in-flight requests may take to finish before the
     /// process exits anyway.
     #[serde(default = "default_shutdown_grace", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub shutdown_grace: Duration,
     /// Time allowed for a request's head to arrive once its first byte has (and for the first
     /// request after the TLS handshake, and for the handshake itself).
     #[serde(default = "default_header_read_timeout", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub header_read_timeout: Duration,
     /// A connection with no request in progress for this long is closed.
     #[serde(default = "default_idle_timeout", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub idle_timeout: Duration,
     /// Agent connections open at once, over all listeners. None: the default, lowered (with
     /// a warning) to what the file descriptor limit allows; set explicitly, a value that does
@@ -260,7 +268,7 @@ fn default_live() -> u64 {
 }
 
 /// How agents authenticate for reads (mutations are authorized by their certificate).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 #[serde(expecting = "an [agents] table")]
 pub struct AgentAuthConfig {

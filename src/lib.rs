@@ -10,6 +10,7 @@ pub mod denial;
 pub mod devcerts;
 pub mod fsutil;
 pub mod json;
+pub mod ops;
 pub mod proxy;
 pub mod secret;
 pub mod signer;

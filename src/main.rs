@@ -74,6 +74,8 @@ enum Command {
     /// agent token for reads; pass a certificate per change with `kubectl --token`.
     Kubeconfig(KubeconfigArgs),
     #[command(flatten)]
+    Ops(seb::ops::Commands),
+    #[command(flatten)]
     Signer(seb::signer::cli::Commands),
 }
 
@@ -214,6 +216,8 @@ enum AuditCommand {
     Label(seb::audit::rollout_cli::LabelArgs),
     /// Would-block and false-block rates per day, target, agent and policy.
     Report(seb::audit::rollout_cli::ReportArgs),
+    /// Records as OCSF API Activity or CloudTrail Lake PutAuditEvents input (docs/OPERATIONS.md).
+    Export(seb::audit::export::ExportArgs),
 }
 
 // glibc's malloc was ~8% of the broker's CPU under load: every request frees 8-12 KiB buffers
@@ -266,14 +270,18 @@ fn main() -> ExitCode {
             out,
         ),
         Command::Serve { config } => serve(&config),
-        Command::Reload { admin, config } => return reload(&admin, config.as_deref()),
+        Command::Reload { admin, config } => {
+            return seb::proxy::admin::run_reload(&admin, config.as_deref())
+        }
         Command::Check(a) => return seb::proxy::check::cli::run(&a),
         Command::Audit(AuditCommand::Verify(a)) => return seb::audit::cli::run_verify(&a),
         Command::Audit(AuditCommand::Query(a)) => return seb::audit::cli::run_query(&a),
         Command::Audit(AuditCommand::Label(a)) => return seb::audit::rollout_cli::run_label(&a),
         Command::Audit(AuditCommand::Report(a)) => return seb::audit::rollout_cli::run_report(&a),
+        Command::Audit(AuditCommand::Export(a)) => return seb::audit::export::run(&a),
         Command::DevCerts { out, agent } => seb::devcerts::run_cli(&out, &agent),
         Command::Kubeconfig(a) => kubeconfig(&a),
+        Command::Ops(c) => return seb::ops::run(&c),
         Command::Signer(c) => return seb::signer::cli::run(c),
     };
     match result {
@@ -546,55 +554,4 @@ fn second_signal(signo: i32) -> ExitCode {
         signal_name(signo)
     );
     std::process::exit(128 + signo)
-}
-
-/// `seb reload`: POST /v1/reload on the admin port, and print its answer.
-fn reload(admin: &str, config: Option<&std::path::Path>) -> ExitCode {
-    let run = || -> anyhow::Result<(u16, String)> {
-        let (addr, token) = seb::proxy::admin::client_target(admin, config)?;
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        rt.block_on(async {
-            use http_body_util::BodyExt;
-            let tcp = tokio::time::timeout(
-                std::time::Duration::from_secs(10),
-                tokio::net::TcpStream::connect(&addr),
-            )
-            .await
-            .map_err(|_| anyhow::anyhow!("{addr}: connect timed out"))?
-            .map_err(|e| anyhow::anyhow!("{addr}: {e}"))?;
-            let (mut send, conn) =
-                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await?;
-            tokio::spawn(conn);
-            let mut req = http::Request::post("/v1/reload").header(http::header::HOST, &addr);
-            if let Some(t) = &token {
-                req = req.header(http::header::AUTHORIZATION, format!("Bearer {t}"));
-            }
-            let req = req.body(http_body_util::Empty::<bytes::Bytes>::new())?;
-            // Loading keys and certificates is quick; a minute is a bound, not an estimate.
-            let resp =
-                tokio::time::timeout(std::time::Duration::from_secs(60), send.send_request(req))
-                    .await
-                    .map_err(|_| anyhow::anyhow!("{addr}: no answer"))??;
-            let status = resp.status().as_u16();
-            let body = resp.into_body().collect().await?.to_bytes();
-            Ok((status, String::from_utf8_lossy(&body).into_owned()))
-        })
-    };
-    match run() {
-        Ok((200, body)) => {
-            println!("{body}");
-            ExitCode::SUCCESS
-        }
-        Ok((status, body)) => {
-            println!("{body}");
-            eprintln!("seb: reload refused ({status}); the broker keeps its running configuration");
-            ExitCode::from(1)
-        }
-        Err(e) => {
-            eprintln!("seb: {e:#}");
-            ExitCode::from(2)
-        }
-    }
 }

@@ -133,6 +133,12 @@ fn assert_impersonated(m: &Value, cert: &str) {
         json!(["agent:demo"]),
         "{m}"
     );
+    // The certificate id is unique per issuer only; the issuer names which (seb reconcile).
+    assert_eq!(
+        m["impersonate"]["impersonate-extra-seb-issuer"],
+        json!(["signer"]),
+        "{m}"
+    );
 }
 
 fn jti_of(cert: &str) -> String {

@@ -5,6 +5,7 @@
 //! resumes by itself once writing works again. The line format is specified in [`record`].
 
 pub mod cli;
+pub mod export;
 pub mod files;
 mod lock;
 mod paths;

@@ -57,7 +57,9 @@ use std::sync::Arc;
 /// `prev` of the first record of a log.
 pub(crate) const GENESIS: [u8; 32] = [0; 32];
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase", expecting = "\"fsync\" or \"flush\"")]
 pub enum Durability {
     /// `fdatasync` before a record is acknowledged (one per batch).

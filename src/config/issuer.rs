@@ -6,7 +6,7 @@ use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 #[serde(expecting = "an [[issuers]] table with name and public_key or jwks_url")]
 pub struct IssuerConfig {
@@ -21,10 +21,12 @@ pub struct IssuerConfig {
     #[serde(default)]
     pub jwks_ca: Option<PathBuf>,
     #[serde(default = "default_refresh", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub jwks_refresh: Duration,
     /// A set not fetched for this long is withdrawn: the issuer's certificates are refused
     /// until a fetch succeeds again.
     #[serde(default = "default_max_staleness", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub jwks_max_staleness: Duration,
 }
 

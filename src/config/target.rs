@@ -38,7 +38,7 @@ pub struct TargetConfig {
 }
 
 /// Whether a target's verdicts are enforced or only recorded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase", expecting = "\"enforce\" or \"shadow\"")]
 pub enum TargetMode {
     /// Refusals refuse.
@@ -115,6 +115,46 @@ impl TargetKindConfig {
             TargetKindConfig::Aws(a) => a.resolve(base),
             TargetKindConfig::Kubernetes(k) => k.resolve(base),
         }
+    }
+}
+
+/// The schema of what the hand-written reader below accepts: the common keys, and exactly the
+/// table of the target's kind.
+impl schemars::JsonSchema for TargetConfig {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "TargetConfig".into()
+    }
+
+    fn json_schema(g: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let kinds = ["http", "aws", "kubernetes"];
+        let only = |kind: &str| {
+            let others: Vec<_> = kinds
+                .iter()
+                .filter(|k| **k != kind)
+                .map(|k| serde_json::json!({"required": [k]}))
+                .collect();
+            serde_json::json!({
+                "properties": {"kind": {"const": kind}},
+                "required": [kind],
+                "not": {"anyOf": others},
+            })
+        };
+        schemars::json_schema!({
+            "description": "A [[targets]] table: name, kind, listen, and the table named after the kind.",
+            "type": "object",
+            "properties": {
+                "name": {"type": "string"},
+                "kind": {"enum": kinds},
+                "listen": g.subschema_for::<SocketAddr>(),
+                "mode": g.subschema_for::<TargetMode>(),
+                "http": g.subschema_for::<HttpTargetConfig>(),
+                "aws": g.subschema_for::<AwsTargetConfig>(),
+                "kubernetes": g.subschema_for::<KubeTargetConfig>(),
+            },
+            "required": ["name", "kind", "listen"],
+            "additionalProperties": false,
+            "oneOf": [only("http"), only("aws"), only("kubernetes")],
+        })
     }
 }
 

@@ -6,7 +6,7 @@ use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 #[serde(expecting = "a [tracing] table")]
 pub struct TracingConfig {
@@ -19,6 +19,7 @@ pub struct TracingConfig {
     /// How long one export may take before it is given up (spans are dropped, never queued
     /// without bound).
     #[serde(default = "default_timeout", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub otlp_timeout: Duration,
     /// `service.name` of the exported spans.
     #[serde(default = "default_service")]

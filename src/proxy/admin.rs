@@ -363,3 +363,55 @@ fn tokio_stream_from<T>(
 ) -> impl futures_util::Stream<Item = T> {
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
+
+/// `seb reload`: POST /v1/reload on the admin port, and print its answer.
+pub fn run_reload(admin: &str, config: Option<&std::path::Path>) -> std::process::ExitCode {
+    use std::process::ExitCode;
+    let run = || -> anyhow::Result<(u16, String)> {
+        let (addr, token) = client_target(admin, config)?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async {
+            use http_body_util::BodyExt;
+            let tcp = tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                tokio::net::TcpStream::connect(&addr),
+            )
+            .await
+            .map_err(|_| anyhow::anyhow!("{addr}: connect timed out"))?
+            .map_err(|e| anyhow::anyhow!("{addr}: {e}"))?;
+            let (mut send, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await?;
+            tokio::spawn(conn);
+            let mut req = http::Request::post("/v1/reload").header(http::header::HOST, &addr);
+            if let Some(t) = &token {
+                req = req.header(http::header::AUTHORIZATION, format!("Bearer {t}"));
+            }
+            let req = req.body(http_body_util::Empty::<bytes::Bytes>::new())?;
+            // Loading keys and certificates is quick; a minute is a bound, not an estimate.
+            let resp =
+                tokio::time::timeout(std::time::Duration::from_secs(60), send.send_request(req))
+                    .await
+                    .map_err(|_| anyhow::anyhow!("{addr}: no answer"))??;
+            let status = resp.status().as_u16();
+            let body = resp.into_body().collect().await?.to_bytes();
+            Ok((status, String::from_utf8_lossy(&body).into_owned()))
+        })
+    };
+    match run() {
+        Ok((200, body)) => {
+            println!("{body}");
+            ExitCode::SUCCESS
+        }
+        Ok((status, body)) => {
+            println!("{body}");
+            eprintln!("seb: reload refused ({status}); the broker keeps its running configuration");
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("seb: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SignerConfig {
     /// The `iss` of every certificate and revocation document this signer makes.
@@ -44,7 +44,7 @@ fn default_admin() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 9911))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SignerTls {
     pub cert: PathBuf,
@@ -55,7 +55,7 @@ pub struct SignerTls {
     pub client_ca: Option<PathBuf>,
 }
 
-#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum KeyStatus {
     /// Published, not yet signing: brokers learn it before the first certificate it signs.
@@ -66,14 +66,14 @@ pub enum KeyStatus {
     Retired,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KeyConfig {
     pub private_key: PathBuf,
     pub status: KeyStatus,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SignerAudit {
     pub path: PathBuf,
@@ -82,7 +82,7 @@ pub struct SignerAudit {
 }
 
 /// An agent that authenticates with a bearer token instead of a client certificate.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AgentToken {
     /// The `sub` its certificates carry.
@@ -90,7 +90,7 @@ pub struct AgentToken {
     pub token: SecretSource,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EvidenceConfig {
     /// A GitHub-style API: pulls, their files, check runs, deployments.
@@ -101,7 +101,7 @@ pub struct EvidenceConfig {
     pub risk: Option<HttpSource>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HttpSource {
     pub url: String,
@@ -109,6 +109,7 @@ pub struct HttpSource {
     pub token: Option<SecretSource>,
     /// A source slower than this is a source that failed.
     #[serde(default = "default_source_timeout", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub timeout: Duration,
     /// CA bundle for an https:// source on a private CA.
     #[serde(default)]
@@ -119,7 +120,7 @@ fn default_source_timeout() -> Duration {
     Duration::from_secs(3)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Approver {
     pub name: String,
@@ -127,7 +128,7 @@ pub struct Approver {
 }
 
 /// A named window, open on `days` from `from` to `to` (local time in `timezone`, IANA name).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeployWindow {
     pub name: String,
@@ -140,14 +141,16 @@ pub struct DeployWindow {
     pub to: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CertificateLimits {
     /// Lifetime when neither the proposal nor the policy says less.
     #[serde(default = "default_ttl", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub default_ttl: Duration,
     /// No policy can grant longer than this.
     #[serde(default = "default_max_ttl", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub max_ttl: Duration,
 }
 
@@ -167,12 +170,13 @@ fn default_max_ttl() -> Duration {
     Duration::from_secs(900)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RevocationPublishing {
     /// How often the revocation document is re-signed and pushed; must be well under the
     /// brokers' `revocation.max_staleness`.
     #[serde(default = "default_heartbeat", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub heartbeat: Duration,
     /// Brokers' admin endpoints (`http://HOST:PORT/v1/revocation`) every new document is
     /// pushed to.

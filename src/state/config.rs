@@ -9,7 +9,7 @@ use std::time::Duration;
 /// What the broker keeps across restarts besides the audit log (which is where a lone
 /// broker's use counts are rebuilt from), and, with `backend = "etcd"`, what its replicas
 /// share.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 #[serde(expecting = "a [state] table")]
 pub struct StateConfig {
@@ -23,7 +23,7 @@ pub struct StateConfig {
     pub etcd: Option<EtcdConfig>,
 }
 
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 #[serde(expecting = "\"memory\" or \"etcd\"")]
 pub enum Backend {
@@ -34,7 +34,7 @@ pub enum Backend {
     Etcd,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 #[serde(expecting = "a [state.etcd] table")]
 pub struct EtcdConfig {
@@ -64,10 +64,12 @@ pub struct EtcdConfig {
     pub password: Option<SecretSource>,
     /// Time to open a connection to a member.
     #[serde(default = "default_dial_timeout", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub dial_timeout: Duration,
     /// Time one state operation (a use, a revocation write) may take before the request is
     /// refused with `state_unavailable`.
     #[serde(default = "default_request_timeout", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub request_timeout: Duration,
 }
 

@@ -602,6 +602,12 @@ pub struct KubeApiserver {
 
 impl KubeApiserver {
     pub fn start(env: &Env) -> KubeApiserver {
+        KubeApiserver::start_with(env, &[], &[])
+    }
+
+    /// With more arguments for tests/kube/apiserver.py (`--audit-log`, an agent's own token)
+    /// and the environment variables they name.
+    pub fn start_with(env: &Env, args: &[&str], vars: &[(&str, &str)]) -> KubeApiserver {
         let log = env.path("apiserver.jsonl");
         let port_file = env.path("apiserver.port");
         let mut cmd = Command::new("python3");
@@ -614,7 +620,9 @@ impl KubeApiserver {
             .arg(env.path("tls/server.key"))
             .args(["--token-env", "SEB_TEST_KUBE_TOKEN", "--port-file"])
             .arg(&port_file)
-            .env("SEB_TEST_KUBE_TOKEN", KUBE_BROKER_TOKEN);
+            .env("SEB_TEST_KUBE_TOKEN", KUBE_BROKER_TOKEN)
+            .args(args)
+            .envs(vars.iter().copied());
         let (port, child) = spawn_with_port_file(cmd, &port_file, "the test apiserver");
         KubeApiserver {
             port,

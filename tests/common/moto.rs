@@ -33,6 +33,9 @@ impl Moto {
                     "-p",
                     &port.to_string(),
                 ])
+                // Where moto's recorder writes when a test starts it
+                // (`/moto-api/recorder/start-recording`); nothing is recorded otherwise.
+                .env("MOTO_RECORDER_FILEPATH", env.path("moto-recording.jsonl"))
                 .stdout(Stdio::null())
                 .stderr(log)
                 .spawn()

@@ -13,9 +13,18 @@ No real kube-apiserver can be installed on the test machines, so this one stands
 - protobuf request bodies are 415, as for a server that only reads JSON.
 
 Every request is a line in --log (JSON), with its impersonation headers, so tests can assert
-that refused mutations never arrived and admitted ones ran as the configured identity.
+that refused mutations never arrived and admitted ones ran as the configured identity. With
+--audit-log, every completed request is also an `audit.k8s.io/v1` Event line there, as a real
+apiserver's log backend writes them (level Metadata, stage ResponseComplete), for
+`seb reconcile`.
+
+--agent-token-env names a second accepted token, an agent's own credential (--agent-user): it
+may read, and mutate only with --agent-can-write (a cluster where the bypass guard is missing).
+SelfSubjectAccessReviews are answered for both identities (`seb preflight`).
 
 Usage: apiserver.py --log FILE --cert PEM --key PEM --token-env VAR [--port-file FILE]
+                    [--audit-log FILE] [--broker-user NAME]
+                    [--agent-token-env VAR --agent-user NAME [--agent-can-write]]
 """
 import argparse
 import base64
@@ -517,12 +526,18 @@ class Handler(BaseHTTPRequestHandler):
     minted = {}  # TokenRequest tokens -> the service account user they authenticate
     log_file = None
     log_lock = threading.Lock()
+    audit_file = None
+    broker_user = "system:serviceaccount:seb:seb"
+    agent_token = None
+    agent_user = None
+    agent_can_write = False
 
     def log_message(self, fmt, *args):
         pass
 
     def send_json(self, code, obj):
         body = json.dumps(obj).encode()
+        self.code = code
         self.send_response(code)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -533,7 +548,47 @@ class Handler(BaseHTTPRequestHandler):
         auth = self.headers.get("Authorization", "")
         if auth == f"Bearer {Handler.token}":
             return "broker"
+        if Handler.agent_token and auth == f"Bearer {Handler.agent_token}":
+            return "agent"
         return Handler.minted.get(auth.removeprefix("Bearer "))
+
+    def username(self):
+        who = self.authenticated()
+        return {"broker": Handler.broker_user, "agent": Handler.agent_user}.get(who, who)
+
+    def may(self, verb):
+        """What the authenticated identity may do: the broker anything, the agent reads (and
+        writes with --agent-can-write), a minted token anything (it is the broker's)."""
+        if self.authenticated() != "agent":
+            return True
+        return verb in ("get", "list", "watch") or Handler.agent_can_write
+
+    def audit(self, started):
+        """One audit.k8s.io/v1 Event, level Metadata, for a completed request."""
+        if Handler.audit_file is None:
+            return
+        url = urlsplit(self.path)
+        verb, ref = request_info(self.command, url.path, parse_qs(url.query), getattr(self, "body_name", None))
+        ev = {"kind": "Event", "apiVersion": "audit.k8s.io/v1", "level": "Metadata",
+              "auditID": str(uuid.uuid4()), "stage": "ResponseComplete", "requestURI": self.path,
+              "verb": verb, "user": {"username": self.username() or "system:anonymous",
+                                     "groups": ["system:authenticated"] if self.username() else ["system:unauthenticated"]},
+              "sourceIPs": [self.client_address[0]], "userAgent": self.headers.get("User-Agent", ""),
+              "responseStatus": {"metadata": {}, "code": getattr(self, "code", 0)},
+              "requestReceivedTimestamp": rfc3339(started), "stageTimestamp": rfc3339(time.time())}
+        imp_user = self.headers.get("Impersonate-User")
+        if imp_user is not None:
+            extra = {}
+            for k in set(self.headers.keys()):
+                if k.lower().startswith("impersonate-extra-"):
+                    extra[k.lower().removeprefix("impersonate-extra-")] = self.headers.get_all(k)
+            ev["impersonatedUser"] = {"username": imp_user, "groups": self.headers.get_all("Impersonate-Group") or [],
+                                      "extra": extra}
+        if ref is not None:
+            ev["objectRef"] = ref
+        with Handler.log_lock:
+            Handler.audit_file.write(json.dumps(ev) + "\n")
+            Handler.audit_file.flush()
 
     def record(self, body):
         imp = {k.lower(): self.headers.get_all(k) for k in set(self.headers.keys())
@@ -546,11 +601,45 @@ class Handler(BaseHTTPRequestHandler):
             Handler.log_file.flush()
 
     def handle_any(self):
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else b""
+        started = time.time()
+        if (self.headers.get("Transfer-Encoding") or "").lower() == "chunked":
+            # kubectl streams a body it reads from stdin (`create --raw -f -`) in chunks.
+            body = b""
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    break
+                body += self.rfile.read(size)
+                self.rfile.readline()
+        else:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else b""
         self.record(body)
+        self.code = 0
+        self.body_name = None  # the handler outlives one request on a kept-alive connection
+        if self.command == "POST" and body:
+            try:
+                self.body_name = (json.loads(body).get("metadata") or {}).get("name")
+            except (ValueError, AttributeError):
+                self.body_name = None
+        try:
+            self.authorize_and_route(body)
+        finally:
+            self.audit(started)
+
+    def authorize_and_route(self, body):
         if self.authenticated() is None:
             return self.send_json(401, status(401, "Unauthorized", "Unauthorized"))
+        url = urlsplit(self.path)
+        if url.path == "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews" and self.command == "POST":
+            return self.access_review(body)
+        verb, _ = request_info(self.command, url.path, parse_qs(url.query), None)
+        if self.authenticated() == "agent" and not Handler.agent_can_write and any(k.lower().startswith("impersonate-") for k in self.headers.keys()):
+            return self.send_json(403, status(403, "Forbidden", f'User "{Handler.agent_user}" cannot impersonate'))
+        if not self.may(verb):
+            return self.send_json(403, status(403, "Forbidden", f'User "{Handler.agent_user}" cannot {verb} here'))
         try:
             self.route(body)
         except ApiError as e:
@@ -558,6 +647,17 @@ class Handler(BaseHTTPRequestHandler):
         except OSError:
             # The client went away (a watch that was stopped); nothing to answer.
             pass
+
+    def access_review(self, body):
+        review = self.decode(body)
+        attrs = (review.get("spec") or {}).get("resourceAttributes") or {}
+        allowed = self.may(attrs.get("verb", ""))
+        review["status"] = {"allowed": allowed}
+        if not allowed:
+            review["status"]["reason"] = f'{Handler.agent_user} may only read'
+        review.setdefault("apiVersion", "authorization.k8s.io/v1")
+        review.setdefault("kind", "SelfSubjectAccessReview")
+        return self.send_json(201, review)
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = handle_any
 
@@ -703,6 +803,7 @@ class Handler(BaseHTTPRequestHandler):
             raise ApiError(400, "BadRequest", f"no supported channel protocol in {offered}")
         guid = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
         accept = base64.b64encode(hashlib.sha1((self.headers["Sec-WebSocket-Key"] + guid).encode()).digest()).decode()
+        self.code = 101
         self.send_response(101)
         self.send_header("Upgrade", "websocket")
         self.send_header("Connection", "Upgrade")
@@ -841,6 +942,7 @@ class Handler(BaseHTTPRequestHandler):
         # Called with the store lock held; releases it while waiting for events.
         since = int(q.get("resourceVersion") or 0)
         deadline = time.time() + min(int(q.get("timeoutSeconds") or 30), 60)
+        self.code = 200
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Transfer-Encoding", "chunked")
@@ -868,6 +970,52 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.flush()
 
 
+def rfc3339(t):
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + ".%06dZ" % int((t % 1) * 1e6)
+
+
+def request_info(method, path, q, body_name):
+    """(verb, objectRef) as the apiserver's request info gives them for the audit log."""
+    parts = [p for p in path.split("/") if p]
+    if parts[:1] == ["api"] and len(parts) >= 2:
+        group, version, rest = "", parts[1], parts[2:]
+    elif parts[:1] == ["apis"] and len(parts) >= 3:
+        group, version, rest = parts[1], parts[2], parts[3:]
+    else:
+        return {"GET": "get", "POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}.get(method, method.lower()), None
+    watch = bool(rest) and rest[0] == "watch"
+    if watch:
+        rest = rest[1:]
+    ns = None
+    if len(rest) >= 2 and rest[0] == "namespaces" and len(rest) > 2:
+        ns, rest = rest[1], rest[2:]
+    if not rest:
+        return "get", None
+    resource = rest[0]
+    name = rest[1] if len(rest) > 1 else None
+    sub = rest[2] if len(rest) > 2 else None
+    if resource == "namespaces" and name is not None and ns is None and len(rest) == 2:
+        pass
+    if name is None:
+        verb = {"GET": "watch" if watch or q.get("watch", [""])[0] in ("true", "1") else "list",
+                "POST": "create", "DELETE": "deletecollection"}.get(method, method.lower())
+    else:
+        verb = {"GET": "watch" if watch else "get", "POST": "create", "PUT": "update", "PATCH": "patch",
+                "DELETE": "delete"}.get(method, method.lower())
+    ref = {"resource": resource, "apiVersion": version}
+    if group:
+        ref["apiGroup"] = group
+    if ns is not None:
+        ref["namespace"] = ns
+    if name is not None:
+        ref["name"] = name
+    elif method == "POST" and body_name:
+        ref["name"] = body_name
+    if sub is not None:
+        ref["subresource"] = sub
+    return verb, ref
+
+
 def main():
     if len(sys.argv) == 3 and sys.argv[1] == "--smp-oracle":
         return smp_oracle(sys.argv[2])
@@ -878,8 +1026,20 @@ def main():
     p.add_argument("--token-env", required=True, help="environment variable holding the one accepted bearer token")
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--port-file")
+    p.add_argument("--audit-log")
+    p.add_argument("--broker-user", default=Handler.broker_user)
+    p.add_argument("--agent-token-env")
+    p.add_argument("--agent-user", default="agent")
+    p.add_argument("--agent-can-write", action="store_true")
     a = p.parse_args()
     Handler.token = os.environ[a.token_env]
+    Handler.broker_user = a.broker_user
+    if a.agent_token_env:
+        Handler.agent_token = os.environ[a.agent_token_env]
+        Handler.agent_user = a.agent_user
+        Handler.agent_can_write = a.agent_can_write
+    if a.audit_log:
+        Handler.audit_file = open(a.audit_log, "a", buffering=1)
     # kubectl checks that the namespace of a namespaced command exists.
     for ns in ("default", "kube-system", "shop", "locked"):
         STORE.objects[("", "namespaces", None, ns)] = {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 /// `[targets.aws]`: an AWS API front. Agents point their SDK at the listener
 /// (`AWS_ENDPOINT_URL`); the broker forwards to `endpoint` (an emulator, a VPC endpoint) or the
 /// regional AWS endpoint, under an identity minted per certificate.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 #[serde(expecting = "a [targets.aws] table")]
 pub struct AwsTargetConfig {
@@ -59,7 +59,7 @@ fn yes() -> bool {
     true
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 #[serde(expecting = "a table { access_key_id, secret_access_key = { value_env or value_file } }")]
 pub struct AgentKeyConfig {
@@ -67,7 +67,7 @@ pub struct AgentKeyConfig {
     pub secret_access_key: SecretSource,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 #[serde(expecting = "\"sts\" or \"static\"")]
 pub enum AwsIdentityMode {
@@ -75,7 +75,7 @@ pub enum AwsIdentityMode {
     Static,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 #[serde(
     expecting = "a table { access_key_id, secret_access_key, session_token }, each a secret source"

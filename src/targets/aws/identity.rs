@@ -14,7 +14,7 @@
 //! `static`: fixed credentials from the config, for emulators and tests; every audit record
 //! says so.
 
-mod connector;
+pub mod connector;
 mod form;
 
 use super::config::{AwsIdentityMode, StaticCredentialsConfig};

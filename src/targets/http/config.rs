@@ -4,7 +4,7 @@ use crate::secret::SecretSource;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 #[serde(expecting = "a [targets.http] table")]
 pub struct HttpTargetConfig {
@@ -23,7 +23,7 @@ pub struct HttpTargetConfig {
     pub read_credential: Option<CredentialConfig>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 #[serde(expecting = "a table { header, value_env or value_file, prefix }")]
 pub struct CredentialConfig {
@@ -32,7 +32,7 @@ pub struct CredentialConfig {
     pub value: SecretSource,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 #[serde(expecting = "a table { methods, path_prefix }")]
 pub struct ReadRule {

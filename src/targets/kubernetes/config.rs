@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 /// A kube-apiserver. The broker calls it with its own credential and impersonates the
 /// configured users, so RBAC can limit the broker's `impersonate` to exactly these names.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 #[serde(expecting = "a [targets.kubernetes] table")]
 pub struct KubeTargetConfig {
@@ -32,7 +32,7 @@ pub struct KubeTargetConfig {
     pub require_audience: bool,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 #[serde(expecting = "a table { namespace, service_account, audience, expiration_seconds }")]
 pub struct TokenRequestConfig {
@@ -47,7 +47,7 @@ fn default_token_seconds() -> u32 {
     600
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 #[serde(expecting = "a table { user, groups }")]
 pub struct ImpersonationConfig {

@@ -1,7 +1,8 @@
 //! The identity a request runs under in the cluster: the broker's own credential, impersonating
 //! the configured user and groups. For an admitted mutation the agent's subject and the
 //! certificate id travel as impersonated "extra" values, so the cluster's own audit log names
-//! the certificate behind every change.
+//! the certificate behind every change. The issuer travels too: a certificate id is unique per
+//! issuer only, and `seb reconcile` matches the cluster's events to decisions on the pair.
 
 use super::super::Identity;
 use super::config::{ImpersonationConfig, TokenRequestConfig};
@@ -83,6 +84,7 @@ pub fn identity(
         audit["extra"] = json!({
             "seb-subject": [c.claims.sub],
             "seb-cert-id": [c.claims.jti],
+            "seb-issuer": [c.claims.iss],
         });
     }
     let mut headers = vec![(AUTHORIZATION, credential.bearer()?)];
