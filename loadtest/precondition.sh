@@ -165,7 +165,7 @@ pair ec2 ec2 TerminateInstances i-0123456789abcdef0 POST / \
     'Action=TerminateInstances&Version=2016-11-15&InstanceId.1=i-0123456789abcdef0' body \
     '{"operation":"DescribeInstances","params":{"InstanceId.1":"i-0123456789abcdef0"},"expect":{"/Reservations/0/Instances/0/State/Name":"running","/Reservations/0/Instances/0/Tags/0/Value":"canary"}}' \
     "Content-Type: application/x-www-form-urlencoded; charset=utf-8"
-pair rest-xml s3 DeleteObject loadtest-bucket/obj.txt DELETE /loadtest-bucket/obj.txt '' \
+pair rest-xml s3 DeleteObject arn:aws:s3:::loadtest-bucket/obj.txt DELETE /loadtest-bucket/obj.txt '' \
     '{"/Bucket":{"eq":"loadtest-bucket"},"/Key":{"eq":"obj.txt"},"/IfMatch":{"eq":"\"loadtest-etag\""}}' \
     '{"operation":"HeadObject","params":{"Bucket":"loadtest-bucket","Key":"obj.txt"},"expect":{"/ETag":"\"loadtest-etag\""}}' \
     'If-Match: "loadtest-etag"' "X-Amz-Content-Sha256: e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
