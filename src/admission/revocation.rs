@@ -297,24 +297,18 @@ impl RevocationState {
     /// Verifies and installs a document, and persists it. Errors say why it was refused; the
     /// loaded data is then left as it was.
     pub fn apply(&self, token: &str, now: i64, max_skew: i64) -> Result<Applied, String> {
-        // The issuer and its epoch before, for `on_applied`: told of a new epoch (or a first
-        // document), not of the heartbeat that re-signs the same one every few seconds.
-        let told = self.on_applied.get().and_then(|_| {
-            let c = jws::parse(token.trim(), REVOCATION_TYP).ok()?;
-            let p = crate::json::from_checked::<RevocationPayload>(&c.payload).ok()?;
-            let before = self.floors().get(&p.iss).map(|f| f.epoch);
-            Some((p.iss, before))
-        });
-        let result = self.install(token, now, max_skew);
+        let result = self.install_telling(token, now, max_skew);
         *self.last_refusal.lock().unwrap_or_else(|p| p.into_inner()) =
             result.as_ref().err().cloned();
-        if let Ok(Applied::Updated { .. }) = &result {
-            if let (Some(f), Some((iss, before))) = (self.on_applied.get(), &told) {
-                let newest = self.floors().get(iss).cloned();
-                if let Some(newest) = newest.filter(|n| before.is_none_or(|b| n.epoch > b)) {
-                    f(iss, &newest);
-                }
+        let result = result.map(|(applied, new_epoch)| {
+            // Told of a new epoch (or a first document), not of the heartbeat that re-signs
+            // the same one every few seconds.
+            if let (Some(f), Some((iss, p))) = (self.on_applied.get(), new_epoch) {
+                f(&iss, &p);
             }
+            applied
+        });
+        if let Ok(Applied::Updated { .. }) = &result {
             // Installed first: a revocation is honoured at once even if the disk fails, and
             // the pusher hears that it must push again.
             self.persist()
@@ -368,6 +362,17 @@ impl RevocationState {
     }
 
     fn install(&self, token: &str, now: i64, max_skew: i64) -> Result<Applied, String> {
+        self.install_telling(token, now, max_skew).map(|(a, _)| a)
+    }
+
+    /// [`Self::install`], also returning the issuer and its new entry when the document
+    /// raised that issuer's epoch (decided under the same lock that installs it).
+    fn install_telling(
+        &self,
+        token: &str,
+        now: i64,
+        max_skew: i64,
+    ) -> Result<(Applied, Option<(String, Persisted)>), String> {
         let token = token.trim();
         let compact = jws::parse(token, REVOCATION_TYP)?;
         let issuer = self.issuers.get(&compact.kid).ok_or_else(|| {
@@ -413,7 +418,7 @@ impl RevocationState {
         }
         if let Some(cur) = guard.get(&payload.iss) {
             if epoch == cur.epoch && iat == cur.iat {
-                return Ok(Applied::Unchanged { epoch: cur.epoch });
+                return Ok((Applied::Unchanged { epoch: cur.epoch }, None));
             }
             // The same epoch must not lose entries: an epoch names one set of revocations.
             if epoch == cur.epoch {
@@ -430,6 +435,10 @@ impl RevocationState {
                 }
             }
         }
+        let new_epoch = self
+            .floors()
+            .get(&payload.iss)
+            .is_none_or(|f| epoch > f.epoch);
         let seb = payload.seb;
         let data = RevocationData {
             iss: payload.iss.clone(),
@@ -440,16 +449,15 @@ impl RevocationState {
             sub: seb.revoked.sub.into_iter().collect(),
             kid: seb.revoked.kid.into_iter().collect(),
         };
-        self.floors().insert(
-            payload.iss.clone(),
-            Persisted {
-                epoch,
-                iat,
-                document: token.to_string(),
-            },
-        );
+        let entry = Persisted {
+            epoch,
+            iat,
+            document: token.to_string(),
+        };
+        self.floors().insert(payload.iss.clone(), entry.clone());
+        let told = new_epoch.then(|| (payload.iss.clone(), entry));
         guard.insert(payload.iss, Arc::new(data));
-        Ok(Applied::Updated { epoch })
+        Ok((Applied::Updated { epoch }, told))
     }
 }
 
